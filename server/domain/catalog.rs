@@ -1,0 +1,433 @@
+//! The catalog: what qistatus knows about each webhook kind, as data.
+//!
+//! Why data and not code: QI Tech adds statuses and kinds without notice. A deployment that
+//! meets a new one extends the catalog with `--catalog FILE` (TOML, the shape of the built-in
+//! `catalog.toml`) and runs `qistatus-server rebuild`; no new release is needed.
+//!
+//! Guarantees: a loaded catalog is valid. No status is both a stage and an end status, no
+//! status is both a success and a failure, and supersession only relates end statuses and has
+//! no cycles. Kinds are stored under their canonical name (see [`canonical_kind`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+const BUILTIN: &str = include_str!("catalog.toml");
+
+/// An error in a catalog file.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The file could not be read.
+    #[error("cannot read catalog file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not TOML of the catalog's shape.
+    #[error("catalog is not valid TOML of the catalog's shape: {0}")]
+    Syntax(#[from] toml::de::Error),
+    /// The file is well-formed but contradicts itself.
+    #[error("catalog is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+/// The effective catalog: the built-in one, optionally extended by a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalog {
+    /// Offset from UTC, in minutes, at which event times without an offset are read.
+    pub naive_time_offset_minutes: i32,
+    /// Texts of `data.cancel_reason_enumerator` values.
+    #[serde(default)]
+    pub cancel_reasons: BTreeMap<String, String>,
+    /// The known kinds, by canonical name.
+    #[serde(default)]
+    pub kinds: BTreeMap<String, KindSpec>,
+}
+
+/// What the catalog knows about one kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KindSpec {
+    /// The non-final statuses, in the order the flow goes through them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<String>,
+    /// Statuses that end the flow in success.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub success: Vec<String>,
+    /// Statuses that end the flow in failure.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failure: Vec<String>,
+    /// End status -> the end statuses it supersedes whatever their event times.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub supersedes: BTreeMap<String, Vec<String>>,
+    /// Extra dotted paths where the operation key may be found (after the generic ones).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_paths: Vec<String>,
+    /// Dotted path of a field that carries the real outcome when the status does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome_path: Option<String>,
+    /// The statuses for which `outcome_path` is read instead of the status.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outcome_statuses: Vec<String>,
+}
+
+/// A file that extends or overrides the built-in catalog: every field is optional, and a
+/// field given for a kind replaces that field of the built-in kind.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogOverlay {
+    naive_time_offset_minutes: Option<i32>,
+    #[serde(default)]
+    cancel_reasons: BTreeMap<String, String>,
+    #[serde(default)]
+    kinds: BTreeMap<String, KindOverlay>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KindOverlay {
+    stages: Option<Vec<String>>,
+    success: Option<Vec<String>>,
+    failure: Option<Vec<String>>,
+    supersedes: Option<BTreeMap<String, Vec<String>>>,
+    key_paths: Option<Vec<String>>,
+    outcome_path: Option<String>,
+    outcome_statuses: Option<Vec<String>>,
+}
+
+/// How the catalog classifies a status of a kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusClass {
+    /// Not in the catalog.
+    Unknown,
+    /// A stage, with its position in the flow (0 is the first stage).
+    Stage(u32),
+    /// An end status; `rank` counts how many levels of end statuses it supersedes.
+    End {
+        /// Success or failure.
+        outcome: EndOutcome,
+        /// Supersession depth: an end status beats every end status of lower rank.
+        rank: u32,
+    },
+}
+
+/// How a flow ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndOutcome {
+    /// The operation succeeded.
+    Success,
+    /// The operation failed.
+    Failure,
+}
+
+/// The canonical name of a kind: trimmed, lower-cased, with `-` written as `_`.
+///
+/// `historic-card-settlement` and `Historic_Card_Settlement` are both
+/// `historic_card_settlement`; dots are kept (`installment.status_change`).
+pub fn canonical_kind(raw: &str) -> String {
+    raw.trim().to_lowercase().replace('-', "_")
+}
+
+/// The canonical form of a status: trimmed and lower-cased (seed 004 sends `"canceled "`).
+pub fn canonical_status(raw: &str) -> String {
+    raw.trim().to_lowercase()
+}
+
+impl Catalog {
+    /// The catalog built into this release (`server/domain/catalog.toml`).
+    pub fn builtin() -> Catalog {
+        let catalog: Catalog =
+            toml::from_str(BUILTIN).expect("the built-in catalog parses: checked by a unit test");
+        catalog
+            .validated()
+            .expect("the built-in catalog is consistent: checked by a unit test")
+    }
+
+    /// The built-in catalog, extended by `path` when one is given.
+    pub fn load(path: Option<&Path>) -> Result<Catalog, CatalogError> {
+        let catalog = Catalog::builtin();
+        match path {
+            None => Ok(catalog),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                catalog.extended_with(&text)
+            }
+        }
+    }
+
+    /// This catalog extended or overridden by the TOML text of a catalog file.
+    pub fn extended_with(mut self, toml_text: &str) -> Result<Catalog, CatalogError> {
+        let overlay: CatalogOverlay = toml::from_str(toml_text)?;
+        if let Some(offset) = overlay.naive_time_offset_minutes {
+            self.naive_time_offset_minutes = offset;
+        }
+        self.cancel_reasons.extend(overlay.cancel_reasons);
+        for (name, o) in overlay.kinds {
+            let spec = self.kinds.entry(canonical_kind(&name)).or_default();
+            let set = |target: &mut Vec<String>, value: Option<Vec<String>>| {
+                if let Some(v) = value {
+                    *target = v;
+                }
+            };
+            set(&mut spec.stages, o.stages);
+            set(&mut spec.success, o.success);
+            set(&mut spec.failure, o.failure);
+            set(&mut spec.key_paths, o.key_paths);
+            set(&mut spec.outcome_statuses, o.outcome_statuses);
+            if let Some(s) = o.supersedes {
+                spec.supersedes = s;
+            }
+            if o.outcome_path.is_some() {
+                spec.outcome_path = o.outcome_path;
+            }
+        }
+        self.validated()
+    }
+
+    /// The catalog as TOML, in the shape `--catalog` reads.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a catalog always serializes: plain strings and maps")
+    }
+
+    /// The spec of a kind, by canonical name.
+    pub fn kind(&self, kind: &str) -> Option<&KindSpec> {
+        self.kinds.get(kind)
+    }
+
+    /// Classifies a canonical status (or outcome) of a kind.
+    pub fn classify(&self, kind: &str, status: &str) -> StatusClass {
+        let Some(spec) = self.kinds.get(kind) else {
+            return StatusClass::Unknown;
+        };
+        if let Some(i) = spec.stages.iter().position(|s| s == status) {
+            return StatusClass::Stage(i as u32);
+        }
+        let outcome = if spec.success.iter().any(|s| s == status) {
+            EndOutcome::Success
+        } else if spec.failure.iter().any(|s| s == status) {
+            EndOutcome::Failure
+        } else {
+            return StatusClass::Unknown;
+        };
+        StatusClass::End {
+            outcome,
+            rank: supersession_rank(spec, status, 0),
+        }
+    }
+
+    /// Canonicalizes every name and checks the guarantees stated in the module docs.
+    fn validated(mut self) -> Result<Catalog, CatalogError> {
+        let bad = |msg: String| Err(CatalogError::Inconsistent(msg));
+        for (kind, spec) in &mut self.kinds {
+            for list in [
+                &mut spec.stages,
+                &mut spec.success,
+                &mut spec.failure,
+                &mut spec.outcome_statuses,
+            ] {
+                for s in list.iter_mut() {
+                    *s = canonical_status(s);
+                }
+            }
+            spec.supersedes = std::mem::take(&mut spec.supersedes)
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = v.iter().map(|s| canonical_status(s)).collect();
+                    (canonical_status(&k), v)
+                })
+                .collect();
+            let stages: BTreeSet<&String> = spec.stages.iter().collect();
+            let success: BTreeSet<&String> = spec.success.iter().collect();
+            let failure: BTreeSet<&String> = spec.failure.iter().collect();
+            if stages.len() != spec.stages.len() {
+                return bad(format!("kind {kind}: a stage is listed twice"));
+            }
+            if let Some(s) = stages
+                .intersection(&success)
+                .chain(stages.intersection(&failure))
+                .next()
+            {
+                return bad(format!(
+                    "kind {kind}: status {s} is both a stage and an end"
+                ));
+            }
+            if let Some(s) = success.intersection(&failure).next() {
+                return bad(format!(
+                    "kind {kind}: status {s} is both a success and a failure"
+                ));
+            }
+            let is_end = |s: &String| success.contains(s) || failure.contains(s);
+            for (winner, losers) in &spec.supersedes {
+                if let Some(s) = std::iter::once(winner).chain(losers).find(|s| !is_end(s)) {
+                    return bad(format!(
+                        "kind {kind}: supersedes names {s}, which is not an end status"
+                    ));
+                }
+            }
+            for winner in spec.supersedes.keys() {
+                if supersedes_transitively(spec, winner, winner, 0) {
+                    return bad(format!("kind {kind}: {winner} supersedes itself"));
+                }
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// How deep the supersession chain below `status` goes (0 when it supersedes nothing).
+/// `depth` guards against cycles, which `validated` rejects anyway.
+fn supersession_rank(spec: &KindSpec, status: &str, depth: u32) -> u32 {
+    match spec.supersedes.get(status) {
+        Some(losers) if depth < 64 => losers
+            .iter()
+            .map(|l| 1 + supersession_rank(spec, l, depth + 1))
+            .max()
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn supersedes_transitively(spec: &KindSpec, from: &str, target: &str, depth: u32) -> bool {
+    if depth > 64 {
+        return true;
+    }
+    spec.supersedes.get(from).is_some_and(|losers| {
+        losers
+            .iter()
+            .any(|l| l == target || supersedes_transitively(spec, l, target, depth + 1))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_catalog_parses_and_is_consistent() {
+        let c = Catalog::builtin();
+        assert_eq!(c.naive_time_offset_minutes, -180);
+        assert!(c.kind("debt").is_some());
+        assert!(c.kind("historic_card_settlement").is_some());
+        assert!(c.kind("account_request.status_change").is_some());
+        assert_eq!(
+            c.cancel_reasons.get("manual").map(String::as_str),
+            Some("Operation cancelled manually")
+        );
+    }
+
+    #[test]
+    fn classifies_debt_statuses() {
+        let c = Catalog::builtin();
+        assert_eq!(
+            c.classify("debt", "waiting_signature"),
+            StatusClass::Stage(0)
+        );
+        assert_eq!(c.classify("debt", "disbursed"), StatusClass::Stage(6));
+        assert_eq!(
+            c.classify("debt", "canceled"),
+            StatusClass::End {
+                outcome: EndOutcome::Failure,
+                rank: 0
+            }
+        );
+        assert_eq!(
+            c.classify("debt", "canceled_permanently"),
+            StatusClass::End {
+                outcome: EndOutcome::Failure,
+                rank: 1
+            }
+        );
+        assert_eq!(
+            c.classify("debt", "settled"),
+            StatusClass::End {
+                outcome: EndOutcome::Success,
+                rank: 0
+            }
+        );
+        assert_eq!(c.classify("debt", "brand_new"), StatusClass::Unknown);
+        assert_eq!(c.classify("unheard_of", "done"), StatusClass::Unknown);
+    }
+
+    #[test]
+    fn overlay_extends_and_overrides() {
+        let c = Catalog::builtin()
+            .extended_with(
+                r#"
+                naive_time_offset_minutes = 0
+                [kinds.debt]
+                stages = ["waiting_signature", "brand_new"]
+                [kinds."Pix-Transfer"]
+                success = ["Sent"]
+                "#,
+            )
+            .unwrap();
+        assert_eq!(c.naive_time_offset_minutes, 0);
+        assert_eq!(c.classify("debt", "brand_new"), StatusClass::Stage(1));
+        // Fields not given keep their built-in value.
+        assert!(matches!(
+            c.classify("debt", "settled"),
+            StatusClass::End { .. }
+        ));
+        assert!(matches!(
+            c.classify("pix_transfer", "sent"),
+            StatusClass::End {
+                outcome: EndOutcome::Success,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn effective_catalog_round_trips_through_toml() {
+        let c = Catalog::builtin();
+        let again: Catalog = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn inconsistent_overlays_are_rejected_with_the_reason() {
+        let cases = [
+            (
+                r#"[kinds.debt]
+                stages = ["settled"]"#,
+                "both a stage and an end",
+            ),
+            (
+                r#"[kinds.x]
+                success = ["a"]
+                failure = ["a"]"#,
+                "both a success and a failure",
+            ),
+            (
+                r#"[kinds.x]
+                failure = ["a", "b"]
+                supersedes = { a = ["b"], b = ["a"] }"#,
+                "supersedes itself",
+            ),
+            (
+                r#"[kinds.x]
+                failure = ["a"]
+                supersedes = { a = ["zzz"] }"#,
+                "not an end status",
+            ),
+            (
+                r#"[kinds.x]
+                colour = "red""#,
+                "unknown field",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = Catalog::builtin()
+                .extended_with(text)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! The domain: pure functions from webhooks to operations. No I/O, no clocks, no async.
+//!
+//! - [`catalog`]: what is known about each kind, as data;
+//! - [`webhook`]: raw bytes -> [`webhook::WebhookEnvelope`] (or a quarantine reason);
+//! - [`reconcile`]: the set of an operation's webhooks -> its [`reconcile::Operation`].
+
+pub mod catalog;
+pub mod reconcile;
+pub mod webhook;

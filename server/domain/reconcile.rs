@@ -1,0 +1,224 @@
+//! Reconciliation: the status of an operation, derived from the *set* of its webhooks.
+//!
+//! QI Tech delivers webhooks at least once and in no particular order. qistatus therefore
+//! never asks "what came last?" but "which webhook wins?", under a total order that depends
+//! only on the webhooks' contents and the catalog. Any delivery order, with any repetition,
+//! gives the same operation.
+//!
+//! # The rule
+//!
+//! Each webhook is classified by the catalog, using its status (or, for kinds whose status
+//! defers to an outcome field, that outcome: a `processed` card-settlement query is
+//! classified by `data.response_data.slc_status`). Webhooks are then ordered by the tuple
+//! [`Precedence`], compared field by field; the greatest one sets the operation's `status`,
+//! `phase`, `detail` and `event_time`:
+//!
+//! 1. **tier**: an end status (success or failure) beats every stage; a stage the catalog
+//!    knows beats a status it does not know;
+//! 2. **rank**: between stages, the later stage in the flow wins, so a late webhook never
+//!    moves an operation back; between end statuses, one that the catalog declares to
+//!    supersede another (`canceled_permanently` over `canceled`) wins;
+//! 3. **event time**: otherwise the later event time wins (a webhook with no event time
+//!    counts as earliest); this is also how statuses the catalog does not know are placed
+//!    among themselves. They never displace a known status: they are kept in history until
+//!    the catalog learns them (`--catalog` and `qistatus-server rebuild`);
+//! 4. **content hash**: a last tie is broken by the webhook's [`EventId`], never by arrival.
+//!
+//! The phase follows the winner: `Succeeded` or `Failed` for an end status, else `Pending`.
+//! `version` and `event_count` count the distinct webhooks (each one changes the operation),
+//! `first_received_at`/`updated_at` are the least and greatest receive times, and `history`
+//! lists every distinct webhook ordered by (event time, precedence).
+//!
+//! Example: a debt that received `waiting_signature`, `disbursed` and then, late,
+//! `waiting_balance_block` is `disbursed`; one that also received `canceled` is `canceled`
+//! (failed), whatever the order the four arrived in.
+
+use serde::{Deserialize, Serialize};
+
+use super::catalog::{Catalog, EndOutcome, StatusClass};
+use super::webhook::{EventId, WebhookEnvelope};
+
+/// The coarse state of an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Phase {
+    /// Not at an end status (or at a status the catalog does not know).
+    Pending,
+    /// Ended in success.
+    Succeeded,
+    /// Ended in failure.
+    Failed,
+}
+
+impl Phase {
+    /// Every phase, in a stable order.
+    pub const ALL: [Phase; 3] = [Phase::Pending, Phase::Succeeded, Phase::Failed];
+
+    /// The lower-case name used in logs and CLI output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Succeeded => "succeeded",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+/// What an operation keeps of each distinct webhook, forever (raw payloads may be compacted
+/// away by retention; this summary never is).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventSummary {
+    /// Position in the event log.
+    pub sequence: u64,
+    /// Content identifier.
+    pub event_id: EventId,
+    /// Canonical status.
+    pub status: String,
+    /// Outcome field value, for kinds whose status defers to one.
+    pub outcome: Option<String>,
+    /// Reason or outcome text; empty when none.
+    pub detail: String,
+    /// Event time, ms since the epoch.
+    pub event_time: Option<i64>,
+    /// Receive time, ms since the epoch.
+    pub received_at: i64,
+}
+
+impl EventSummary {
+    /// The summary of a normalized webhook stored at `sequence`.
+    pub fn new(envelope: &WebhookEnvelope, sequence: u64, received_at: i64) -> EventSummary {
+        EventSummary {
+            sequence,
+            event_id: envelope.event_id,
+            status: envelope.status.clone(),
+            outcome: envelope.outcome.clone(),
+            detail: envelope.detail.clone(),
+            event_time: envelope.event_time,
+            received_at,
+        }
+    }
+}
+
+/// The reconciled state of one operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operation {
+    /// Canonical kind.
+    pub kind: String,
+    /// QI Tech's key.
+    pub key: String,
+    /// Status of the winning webhook.
+    pub status: String,
+    /// Phase of the winning webhook.
+    pub phase: Phase,
+    /// Detail of the winning webhook.
+    pub detail: String,
+    /// Event time of the winning webhook.
+    pub event_time: Option<i64>,
+    /// Least receive time, ms since the epoch.
+    pub first_received_at: i64,
+    /// Greatest receive time, ms since the epoch.
+    pub updated_at: i64,
+    /// Number of changes: one per distinct webhook.
+    pub version: u64,
+    /// Greatest sequence among the webhooks.
+    pub last_sequence: u64,
+    /// Every distinct webhook, ordered by (event time, precedence).
+    pub history: Vec<EventSummary>,
+}
+
+/// The order in which webhooks win, compared field by field (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Precedence {
+    /// 2 for an end status, 1 for a known stage, 0 for an unknown status.
+    pub tier: u8,
+    /// Stage position, or supersession rank of an end status.
+    pub rank: u32,
+    /// Event time; `None` is earliest.
+    pub event_time: Option<i64>,
+    /// Content hash: the final tie-break.
+    pub event_id: EventId,
+}
+
+/// Applies the rule of the module docs under one catalog.
+#[derive(Debug, Clone, Copy)]
+pub struct Reconciler<'a> {
+    catalog: &'a Catalog,
+}
+
+impl<'a> Reconciler<'a> {
+    /// A reconciler for `catalog`.
+    pub fn new(catalog: &'a Catalog) -> Self {
+        Reconciler { catalog }
+    }
+
+    /// How the catalog classifies a webhook of `kind`.
+    pub fn classify(&self, kind: &str, event: &EventSummary) -> StatusClass {
+        let status = event.outcome.as_deref().unwrap_or(&event.status);
+        self.catalog.classify(kind, status)
+    }
+
+    /// Where a webhook of `kind` stands in the total order.
+    pub fn precedence(&self, kind: &str, event: &EventSummary) -> Precedence {
+        let (tier, rank) = match self.classify(kind, event) {
+            StatusClass::End { rank, .. } => (2, rank),
+            StatusClass::Stage(position) => (1, position),
+            StatusClass::Unknown => (0, 0),
+        };
+        Precedence {
+            tier,
+            rank,
+            event_time: event.event_time,
+            event_id: event.event_id,
+        }
+    }
+
+    /// The operation of `kind`/`key` made of `events` (which must be distinct), or `None`
+    /// when there are none. Depends only on the set of events, not their order.
+    pub fn reconcile(
+        &self,
+        kind: &str,
+        key: &str,
+        mut events: Vec<EventSummary>,
+    ) -> Option<Operation> {
+        events.sort_by_cached_key(|e| (e.event_time, self.precedence(kind, e)));
+        events.dedup_by_key(|e| e.event_id);
+        let winner = events.iter().max_by_key(|e| self.precedence(kind, e))?;
+        let phase = match self.classify(kind, winner) {
+            StatusClass::End {
+                outcome: EndOutcome::Success,
+                ..
+            } => Phase::Succeeded,
+            StatusClass::End {
+                outcome: EndOutcome::Failure,
+                ..
+            } => Phase::Failed,
+            StatusClass::Stage(_) | StatusClass::Unknown => Phase::Pending,
+        };
+        Some(Operation {
+            kind: kind.to_owned(),
+            key: key.to_owned(),
+            status: winner.status.clone(),
+            phase,
+            detail: winner.detail.clone(),
+            event_time: winner.event_time,
+            first_received_at: events.iter().map(|e| e.received_at).min()?,
+            updated_at: events.iter().map(|e| e.received_at).max()?,
+            version: events.len() as u64,
+            last_sequence: events.iter().map(|e| e.sequence).max()?,
+            history: events,
+        })
+    }
+
+    /// `current` with one more distinct event (or a new operation when `current` is `None`).
+    pub fn apply(
+        &self,
+        current: Option<Operation>,
+        kind: &str,
+        key: &str,
+        event: EventSummary,
+    ) -> Operation {
+        let mut events = current.map(|op| op.history).unwrap_or_default();
+        events.push(event);
+        self.reconcile(kind, key, events)
+            .expect("reconciling a non-empty list of events yields an operation")
+    }
+}

@@ -1,0 +1,301 @@
+//! Normalizing a QI Tech webhook: raw bytes in, a [`WebhookEnvelope`] out. Pure: no I/O.
+//!
+//! QI Tech's webhooks do not share one shape (see `../shared/seeds/`): the debt failure
+//! webhook has `debt_key` and no `webhook_type`; the card-settlement kind is spelled with `-`
+//! or `_`; event times come as `2019-11-04 16:52:49` or `2022-05-18T20:57:00`; a status may
+//! carry a trailing space. This module reads every such shape into one envelope, and says
+//! precisely why when it cannot.
+//!
+//! Guarantees:
+//! - the result depends only on the bytes and the catalog;
+//! - two bodies that are the same JSON value (whatever their whitespace or key order) get the
+//!   same [`EventId`]: the SHA-256 of the value's canonical serialization (sorted keys, no
+//!   whitespace);
+//! - a body that is not a JSON object is [`MalformedWebhook`] (the sender's mistake, `400`);
+//!   a JSON object from which no kind, key or status can be read is
+//!   [`Normalized::Quarantine`] (kept, not lost); anything else is an event;
+//! - reasons name fields and types, never field values, so they are safe to log.
+
+use std::fmt;
+
+use chrono::{DateTime, FixedOffset, NaiveDateTime};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::catalog::{Catalog, canonical_kind, canonical_status};
+
+/// Longest accepted operation key, in bytes.
+pub const MAX_KEY_LEN: usize = 256;
+/// Longest accepted kind or status, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Content identifier of a webhook: SHA-256 of its canonical JSON.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EventId(pub [u8; 32]);
+
+impl EventId {
+    /// The identifier of a JSON value, independent of whitespace and key order.
+    pub fn of(value: &Value) -> EventId {
+        // serde_json's `Map` is a BTreeMap (the `preserve_order` feature is off), so
+        // serializing a `Value` writes keys sorted and no whitespace: a canonical form.
+        let canonical = serde_json::to_vec(value).expect("a serde_json::Value always serializes");
+        EventId(Sha256::digest(&canonical).into())
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EventId({})", &hex::encode(self.0)[..12])
+    }
+}
+
+/// A webhook read into the fields qistatus reconciles on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookEnvelope {
+    /// Content identifier, for deduplication.
+    pub event_id: EventId,
+    /// Canonical kind (`debt`, `historic_card_settlement`, ...).
+    pub kind: String,
+    /// QI Tech's operation key, as sent.
+    pub key: String,
+    /// The status, trimmed and lower-cased.
+    pub status: String,
+    /// The value of the kind's outcome field, when the catalog says the status defers to it.
+    pub outcome: Option<String>,
+    /// When QI Tech says it happened, in milliseconds since the Unix epoch.
+    pub event_time: Option<i64>,
+    /// A reason or outcome text carried by the webhook; empty when none.
+    pub detail: String,
+}
+
+/// What a well-formed JSON object normalizes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Normalized {
+    /// A webhook of an operation.
+    Event(WebhookEnvelope),
+    /// A JSON object qistatus cannot attribute to an operation: stored raw with the reason.
+    Quarantine {
+        /// Content identifier, for deduplication.
+        event_id: EventId,
+        /// Why it could not be read, naming the field.
+        reason: String,
+    },
+}
+
+/// A body that is not a webhook at all: the sender's mistake.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MalformedWebhook {
+    /// Not JSON, or JSON beyond the parser's limits.
+    #[error("body is not valid JSON: {0}")]
+    NotJson(String),
+    /// JSON, but not an object.
+    #[error("a webhook must be a JSON object, but the body is {0}")]
+    NotObject(&'static str),
+}
+
+/// Normalizes raw webhook bytes under `catalog`.
+pub fn normalize(catalog: &Catalog, raw: &[u8]) -> Result<Normalized, MalformedWebhook> {
+    let value: Value =
+        serde_json::from_slice(raw).map_err(|e| MalformedWebhook::NotJson(e.to_string()))?;
+    if !value.is_object() {
+        return Err(MalformedWebhook::NotObject(json_type(&value)));
+    }
+    let event_id = EventId::of(&value);
+    Ok(match read_envelope(catalog, &value, event_id) {
+        Ok(envelope) => Normalized::Event(envelope),
+        Err(reason) => Normalized::Quarantine { event_id, reason },
+    })
+}
+
+/// The `data` object of a raw webhook, when it has one. Used to serve history entries.
+pub fn data_object(raw: &[u8]) -> Option<serde_json::Map<String, Value>> {
+    #[derive(Deserialize)]
+    struct OnlyData {
+        data: Option<Value>,
+    }
+    match serde_json::from_slice::<OnlyData>(raw).ok()?.data? {
+        Value::Object(map) => Some(map),
+        _ => None,
+    }
+}
+
+fn read_envelope(
+    catalog: &Catalog,
+    v: &Value,
+    event_id: EventId,
+) -> Result<WebhookEnvelope, String> {
+    let kind = match text_field(v, "webhook_type")? {
+        Some(raw) => canonical_kind(raw),
+        None if present(v, "debt_key") => "debt".to_owned(),
+        None => return Err("no webhook_type, and no debt_key to imply a debt".to_owned()),
+    };
+    check_name("webhook_type", &kind)?;
+    if !kind
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+    {
+        return Err("webhook_type has characters other than letters, digits, '_', '-', '.'".into());
+    }
+    let spec = catalog.kind(&kind);
+    let base = kind.split('.').next().unwrap_or(&kind);
+
+    let generic_key = format!("data.{base}_key");
+    let key_paths = ["key", "debt_key", generic_key.as_str()].into_iter().chain(
+        spec.iter()
+            .flat_map(|s| s.key_paths.iter().map(String::as_str)),
+    );
+    let key = first_text(v, key_paths)?
+        .ok_or_else(|| format!("no operation key: none of key, debt_key, {generic_key}"))?
+        .to_owned();
+    if key.is_empty() {
+        return Err("key is empty".into());
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(format!("key is longer than {MAX_KEY_LEN} bytes"));
+    }
+    if key.chars().any(char::is_control) {
+        return Err("key contains control characters".into());
+    }
+
+    let generic_status = format!("data.{base}_status");
+    let status_paths = ["status", "data.status", generic_status.as_str()];
+    let status = first_text(v, status_paths)?
+        .map(canonical_status)
+        .ok_or_else(|| format!("no status: none of status, data.status, {generic_status}"))?;
+    check_name("status", &status)?;
+
+    let outcome = spec
+        .filter(|s| s.outcome_statuses.contains(&status))
+        .and_then(|s| s.outcome_path.as_deref())
+        .and_then(|path| lookup(v, path))
+        .and_then(Value::as_str)
+        .map(canonical_status)
+        .filter(|o| !o.is_empty() && o.len() <= MAX_NAME_LEN);
+
+    let event_time = ["event_datetime", "webhook_datetime"]
+        .into_iter()
+        .filter_map(|f| v.get(f).and_then(Value::as_str))
+        .find_map(|t| parse_event_time(t, catalog.naive_time_offset_minutes));
+
+    Ok(WebhookEnvelope {
+        event_id,
+        kind,
+        key,
+        detail: detail(catalog, v, &status),
+        status,
+        outcome,
+        event_time,
+    })
+}
+
+/// The first reason or outcome text the webhook carries, in the order the seeds document.
+fn detail(catalog: &Catalog, v: &Value, status: &str) -> String {
+    let text = |path: &str| {
+        lookup(v, path)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+    };
+    if let Some(d) = text("description") {
+        return d.to_owned();
+    }
+    if let Some(reason) = text("data.cancel_reason_enumerator") {
+        let reason = canonical_status(reason);
+        let explanation = catalog
+            .cancel_reasons
+            .get(&reason)
+            .map(String::as_str)
+            .or_else(|| text("data.cancel_reason"));
+        return match explanation {
+            Some(e) => format!("{reason}: {e}"),
+            None => reason,
+        };
+    }
+    ["data.response_data.slc_status", "data.scr_status"]
+        .into_iter()
+        .filter_map(text)
+        .map(canonical_status)
+        .find(|d| d != status)
+        .unwrap_or_default()
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err(format!("{field} is empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!("{field} is longer than {MAX_NAME_LEN} bytes"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("{field} contains control characters"));
+    }
+    Ok(())
+}
+
+/// Parses QI Tech's event times: RFC 3339 (with `T` or a space, optional fraction, `Z` or an
+/// offset), or a naive date-time read at the catalog's offset. `None` when unreadable.
+pub fn parse_event_time(text: &str, naive_offset_minutes: i32) -> Option<i64> {
+    let text = text.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(t.timestamp_millis());
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f%z", "%Y-%m-%dT%H:%M:%S%.f%z"] {
+        if let Ok(t) = DateTime::parse_from_str(text, format) {
+            return Some(t.timestamp_millis());
+        }
+    }
+    let offset = FixedOffset::east_opt(naive_offset_minutes * 60)?;
+    ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]
+        .into_iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
+        .and_then(|naive| naive.and_local_timezone(offset).single())
+        .map(|t| t.timestamp_millis())
+}
+
+/// The value at a dotted path (`data.response_data.slc_status`).
+fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(v, |v, part| v.get(part))
+}
+
+fn present(v: &Value, path: &str) -> bool {
+    lookup(v, path).is_some_and(|v| !v.is_null())
+}
+
+/// A string field; `Ok(None)` when absent or null, `Err` naming the type when not a string.
+fn text_field<'a>(v: &'a Value, path: &str) -> Result<Option<&'a str>, String> {
+    match lookup(v, path) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(format!("{path} is {}, expected a string", json_type(other))),
+    }
+}
+
+fn first_text<'a, 'p>(
+    v: &'a Value,
+    paths: impl IntoIterator<Item = &'p str>,
+) -> Result<Option<&'a str>, String> {
+    for path in paths {
+        if let Some(s) = text_field(v, path)? {
+            return Ok(Some(s));
+        }
+    }
+    Ok(None)
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

@@ -1,0 +1,175 @@
+//! Webhook intake over HTTP: `POST /webhooks`.
+//!
+//! The handler normalizes the body (pure, in the request task), hands it to the single
+//! writer, and answers only when the writer says the webhook is on disk:
+//!
+//! | outcome | status | body |
+//! |---|---|---|
+//! | new webhook | `200` | `{"result":"accepted","sequence":N}` |
+//! | same JSON seen before | `200` | `{"result":"duplicate","sequence":N}` |
+//! | JSON object with no readable kind, key or status | `202` | `{"result":"quarantined","reason":"..."}` |
+//! | not a JSON object | `400` | `{"error":"..."}` |
+//! | body over the limit | `413` | `{"error":"..."}` |
+//! | writer queue full, or shutting down | `503` + `Retry-After` | `{"error":"..."}` |
+//!
+//! Nothing about the payload is logged but its kind, key and status: webhooks carry names,
+//! document numbers and emails.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use tower::ServiceBuilder;
+
+use crate::domain::catalog::Catalog;
+use crate::domain::webhook::{MalformedWebhook, normalize};
+use crate::store::writer::{Ack, SubmitError, WriterHandle};
+
+/// Limits of the intake.
+#[derive(Debug, Clone, Copy)]
+pub struct IntakeLimits {
+    /// Largest accepted body, in bytes.
+    pub max_body: usize,
+    /// Longest a request may take before it is answered `408`.
+    pub request_timeout: Duration,
+    /// Most requests handled at once; more wait their turn.
+    pub max_concurrent: usize,
+}
+
+impl Default for IntakeLimits {
+    fn default() -> Self {
+        IntakeLimits {
+            max_body: 1024 * 1024,
+            request_timeout: Duration::from_secs(4),
+            max_concurrent: 512,
+        }
+    }
+}
+
+/// What the intake handlers share.
+#[derive(Debug, Clone)]
+pub struct IntakeState {
+    /// The effective catalog.
+    pub catalog: Arc<Catalog>,
+    /// Where webhooks go to be stored.
+    pub writer: WriterHandle,
+}
+
+/// The intake's HTTP routes with their limits.
+pub fn router(state: IntakeState, limits: IntakeLimits) -> Router {
+    Router::new()
+        .route("/webhooks", post(receive_webhook))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async { IntakeError::NoRoute })
+        .with_state(state)
+        .layer(
+            ServiceBuilder::new()
+                .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    limits.request_timeout,
+                ))
+                .layer(tower::limit::ConcurrencyLimitLayer::new(
+                    limits.max_concurrent,
+                ))
+                .layer(DefaultBodyLimit::max(limits.max_body)),
+        )
+}
+
+/// The body of a successful answer.
+#[derive(Debug, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+enum IntakeReply {
+    Accepted { sequence: u64 },
+    Duplicate { sequence: u64 },
+    Quarantined { reason: String, quarantine_id: u64 },
+}
+
+async fn receive_webhook(
+    State(state): State<IntakeState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, IntakeError> {
+    let body = body?;
+    let normalized = normalize(&state.catalog, &body)?;
+    let ack = state.writer.submit(normalized, body.to_vec()).await?;
+    Ok(match ack {
+        Ack::Accepted { sequence } => {
+            (StatusCode::OK, Json(IntakeReply::Accepted { sequence })).into_response()
+        }
+        Ack::Duplicate { sequence } => {
+            (StatusCode::OK, Json(IntakeReply::Duplicate { sequence })).into_response()
+        }
+        Ack::Quarantined { id, reason } => (
+            StatusCode::ACCEPTED,
+            Json(IntakeReply::Quarantined {
+                reason,
+                quarantine_id: id,
+            }),
+        )
+            .into_response(),
+    })
+}
+
+/// Everything that can go wrong at the intake, turned into an HTTP answer in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// The body is not a webhook.
+    #[error(transparent)]
+    Malformed(#[from] MalformedWebhook),
+    /// The body could not be read (too large, connection dropped).
+    #[error("cannot read the request body: {0}")]
+    Body(#[from] BytesRejection),
+    /// The writer could not take or store the webhook.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    /// No such route.
+    #[error("no such endpoint: webhooks are received at POST /webhooks")]
+    NoRoute,
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+impl IntoResponse for IntakeError {
+    fn into_response(self) -> Response {
+        let (status, message) = match &self {
+            IntakeError::Malformed(e) => (StatusCode::BAD_REQUEST, e.to_string()),
+            IntakeError::Body(rejection) => (rejection.status(), rejection.body_text()),
+            IntakeError::NoRoute => (StatusCode::NOT_FOUND, self.to_string()),
+            IntakeError::Submit(SubmitError::Busy) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "qistatus is busy: retry shortly".to_owned(),
+            ),
+            IntakeError::Submit(SubmitError::Closed) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "qistatus is shutting down: retry shortly".to_owned(),
+            ),
+            IntakeError::Submit(SubmitError::Store(e)) => {
+                tracing::error!(error = %e, "webhook not stored");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the webhook could not be stored: retry later".to_owned(),
+                )
+            }
+        };
+        if status.is_client_error() {
+            tracing::debug!(status = status.as_u16(), %message, "webhook refused");
+        }
+        let mut response = (status, Json(ErrorBody { error: message })).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

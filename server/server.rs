@@ -1,0 +1,161 @@
+//! Starting and stopping qistatus: both listeners, the writer, and a graceful drain.
+//!
+//! [`run`] takes listeners that are already bound and a shutdown future, so tests start the
+//! real server on port 0 in-process, and the binary passes SIGINT/SIGTERM. On shutdown the
+//! listeners stop accepting, in-flight requests finish (their webhooks are stored and
+//! answered), the writer drains its queue and flushes, and `run` returns.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::domain::catalog::Catalog;
+use crate::grpc::OperationStatusApi;
+use crate::intake::{self, IntakeLimits, IntakeState};
+use crate::pb;
+use crate::store::writer::{self, WriterLimits};
+use crate::store::{Store, StoreError};
+
+/// Everything `run` needs besides its listeners.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+    /// The effective catalog.
+    pub catalog: Catalog,
+    /// Intake limits.
+    pub intake: IntakeLimits,
+    /// Writer limits.
+    pub writer: WriterLimits,
+}
+
+impl Settings {
+    /// Default settings on `data_dir`, with the built-in catalog.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Settings {
+            data_dir: data_dir.into(),
+            catalog: Catalog::builtin(),
+            intake: IntakeLimits::default(),
+            writer: WriterLimits::default(),
+        }
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store could not be opened or written.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The HTTP listener failed.
+    #[error("HTTP server: {0}")]
+    Http(#[from] std::io::Error),
+    /// The gRPC listener failed.
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    /// The reflection service could not be built.
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Serves webhooks on `http` and the gRPC API on `grpc` until `shutdown` completes, then
+/// drains and returns.
+pub async fn run(
+    settings: Settings,
+    http: TcpListener,
+    grpc: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let store = Store::open(&settings.data_dir)?;
+    let catalog = Arc::new(settings.catalog);
+    let (writer, writer_task) = writer::spawn(store.clone(), catalog.clone(), settings.writer)?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move |mut rx: watch::Receiver<bool>| async move {
+        // An error means the sender is gone, which also means stop.
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let app = intake::router(IntakeState { catalog, writer }, settings.intake);
+    let http_server = axum::serve(http, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::operation_status_service_server::OperationStatusServiceServer<OperationStatusApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let api = pb::operation_status_service_server::OperationStatusServiceServer::new(
+        OperationStatusApi::new(store.clone()),
+    );
+    let incoming = TcpListenerStream::new(grpc).map(|conn| {
+        if let Ok(stream) = &conn {
+            // Small, latency-sensitive messages: do not wait to coalesce them.
+            let _ = stream.set_nodelay(true);
+        }
+        conn
+    });
+    let grpc_server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(api)
+        .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: draining in-flight requests");
+        health
+            .set_not_serving::<pb::operation_status_service_server::OperationStatusServiceServer<OperationStatusApi>>()
+            .await;
+        let _ = stop_tx.send(true);
+    });
+
+    let (http_result, grpc_result) = tokio::join!(http_server.into_future(), grpc_server);
+    // Every writer handle lived in the HTTP app, which is gone now: the writer drains its
+    // queue, flushes and stops.
+    tokio::task::spawn_blocking(move || writer_task.join())
+        .await
+        .expect("the writer join task does not panic: join() logs a writer panic instead");
+    store.flush()?;
+    http_result?;
+    grpc_result?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

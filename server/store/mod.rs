@@ -1,0 +1,291 @@
+//! The embedded store: sled trees for the event log, deduplication, operations and the
+//! status index. Readers read sled directly; every write goes through the single
+//! [`writer`] task.
+//!
+//! # Layout
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `log` | sequence (u64, big-endian) | [`LogEntry`]: the raw webhook, byte for byte |
+//! | `changes` | sequence | [`Change`]: the operation right after that webhook (the watch feed) |
+//! | `event_ids` | [`EventId`] | [`EventRef`]: where that webhook is (dedupe) |
+//! | `operations` | `key \0 kind` | [`Operation`] with its history summaries |
+//! | `status_index` | `status \0 kind \0 key` | empty |
+//! | `phase_index` | `phase byte, kind \0 key` | empty |
+//! | `quarantine` | id (u64, big-endian) | [`QuarantineEntry`] |
+//! | `meta` | name | counters, format version |
+//!
+//! Kinds, statuses and keys never contain control characters (the normalizer quarantines
+//! those), so `\0` separates them unambiguously and index order is (kind, key) order.
+//!
+//! # Guarantees
+//!
+//! - Every batch the writer commits is one sled transaction across all trees, flushed to
+//!   disk before any webhook of the batch is acknowledged: after a crash, a batch is either
+//!   entirely there or entirely absent.
+//! - Sequence numbers start at 1 and are gap-free in commit order.
+//! - The indexes always agree with the operations tree (same transaction).
+
+pub mod writer;
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::reconcile::{Operation, Phase};
+use crate::domain::webhook::EventId;
+
+/// Storage failures. Internal detail: logged, never returned to a client.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed (I/O, corruption it detected).
+    #[error("storage engine: {0}")]
+    Sled(#[from] sled::Error),
+    /// A record did not decode: the data directory was written by something else.
+    #[error("corrupt record in tree {tree}: {reason}")]
+    Corrupt {
+        /// The tree.
+        tree: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The transaction failed.
+    #[error("transaction: {0}")]
+    Transaction(String),
+}
+
+/// One stored webhook, byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Content identifier.
+    pub event_id: EventId,
+    /// Canonical kind it was attributed to.
+    pub kind: String,
+    /// Operation key it was attributed to.
+    pub key: String,
+    /// Receive time, ms since the epoch.
+    pub received_at: i64,
+    /// The request body exactly as received.
+    pub raw: Vec<u8>,
+}
+
+/// The effect of one stored webhook on its operation: what watchers read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// Status before this webhook; `None` when it created the operation.
+    pub previous_status: Option<String>,
+    /// Whether the status (or phase) changed, or the operation is new.
+    pub status_changed: bool,
+    /// The operation right after this webhook, without history.
+    pub operation: Operation,
+}
+
+/// A JSON object that could not be attributed to an operation, kept with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineEntry {
+    /// Content identifier.
+    pub event_id: EventId,
+    /// Receive time, ms since the epoch.
+    pub received_at: i64,
+    /// Why it could not be read.
+    pub reason: String,
+    /// The request body exactly as received.
+    pub raw: Vec<u8>,
+}
+
+/// Where a known webhook is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventRef {
+    /// In the event log, at this sequence.
+    Event(u64),
+    /// In the quarantine, under this id.
+    Quarantine(u64),
+}
+
+/// The handles of every tree, cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) struct Trees {
+    pub(crate) log: sled::Tree,
+    pub(crate) changes: sled::Tree,
+    pub(crate) event_ids: sled::Tree,
+    pub(crate) operations: sled::Tree,
+    pub(crate) status_index: sled::Tree,
+    pub(crate) phase_index: sled::Tree,
+    pub(crate) quarantine: sled::Tree,
+    pub(crate) meta: sled::Tree,
+}
+
+const NEXT_SEQUENCE: &[u8] = b"next_sequence";
+const NEXT_QUARANTINE: &[u8] = b"next_quarantine";
+
+/// A handle on the data directory, cheap to clone. Reads go straight to sled.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: sled::Db,
+    pub(crate) trees: Trees,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(256 * 1024 * 1024)
+            // Durability comes from the writer's explicit flush per batch, not a timer.
+            .flush_every_ms(None)
+            .open()?;
+        let tree = |name: &str| db.open_tree(name);
+        let trees = Trees {
+            log: tree("log")?,
+            changes: tree("changes")?,
+            event_ids: tree("event_ids")?,
+            operations: tree("operations")?,
+            status_index: tree("status_index")?,
+            phase_index: tree("phase_index")?,
+            quarantine: tree("quarantine")?,
+            meta: tree("meta")?,
+        };
+        Ok(Store { db, trees })
+    }
+
+    /// Flushes everything to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The sequence the next stored webhook will get (1 on an empty store).
+    pub fn next_sequence(&self) -> Result<u64, StoreError> {
+        self.counter(NEXT_SEQUENCE)
+    }
+
+    pub(crate) fn next_quarantine_id(&self) -> Result<u64, StoreError> {
+        self.counter(NEXT_QUARANTINE)
+    }
+
+    fn counter(&self, name: &[u8]) -> Result<u64, StoreError> {
+        Ok(match self.trees.meta.get(name)? {
+            Some(v) => u64_from_be(&v, "meta")?,
+            None => 1,
+        })
+    }
+
+    /// The operation of `kind` with `key`.
+    pub fn operation(&self, kind: &str, key: &str) -> Result<Option<Operation>, StoreError> {
+        self.trees
+            .operations
+            .get(operation_key(kind, key))?
+            .map(|v| decode(&v, "operations"))
+            .transpose()
+    }
+
+    /// Every operation with `key`, whatever its kind, ordered by kind.
+    pub fn operations_with_key(&self, key: &str) -> Result<Vec<Operation>, StoreError> {
+        let mut prefix = key.as_bytes().to_vec();
+        prefix.push(0);
+        self.trees
+            .operations
+            .scan_prefix(prefix)
+            .map(|kv| decode(&kv?.1, "operations"))
+            .collect()
+    }
+
+    /// The stored webhook at `sequence`, unless retention has compacted it away.
+    pub fn log_entry(&self, sequence: u64) -> Result<Option<LogEntry>, StoreError> {
+        self.trees
+            .log
+            .get(sequence.to_be_bytes())?
+            .map(|v| decode(&v, "log"))
+            .transpose()
+    }
+
+    /// Where the webhook with `id` is stored, if it is.
+    pub fn event_ref(&self, id: &EventId) -> Result<Option<EventRef>, StoreError> {
+        self.trees
+            .event_ids
+            .get(id.0)?
+            .map(|v| decode(&v, "event_ids"))
+            .transpose()
+    }
+
+    /// The quarantined webhooks, oldest first.
+    pub fn quarantined(
+        &self,
+    ) -> impl Iterator<Item = Result<(u64, QuarantineEntry), StoreError>> + '_ {
+        self.trees.quarantine.iter().map(|kv| {
+            let (k, v) = kv?;
+            Ok((u64_from_be(&k, "quarantine")?, decode(&v, "quarantine")?))
+        })
+    }
+
+    /// How many webhooks are quarantined.
+    pub fn quarantine_len(&self) -> usize {
+        self.trees.quarantine.len()
+    }
+
+    /// How many operations are stored.
+    pub fn operation_count(&self) -> usize {
+        self.trees.operations.len()
+    }
+}
+
+/// `key \0 kind`: operations with one key are adjacent, for lookups without a kind.
+pub(crate) fn operation_key(kind: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + kind.len() + 1);
+    k.extend_from_slice(key.as_bytes());
+    k.push(0);
+    k.extend_from_slice(kind.as_bytes());
+    k
+}
+
+/// `status \0 kind \0 key`.
+pub(crate) fn status_index_key(op: &Operation) -> Vec<u8> {
+    let mut k = Vec::with_capacity(op.status.len() + op.kind.len() + op.key.len() + 2);
+    k.extend_from_slice(op.status.as_bytes());
+    k.push(0);
+    k.extend_from_slice(op.kind.as_bytes());
+    k.push(0);
+    k.extend_from_slice(op.key.as_bytes());
+    k
+}
+
+/// `phase byte, kind \0 key`.
+pub(crate) fn phase_index_key(op: &Operation) -> Vec<u8> {
+    let mut k = Vec::with_capacity(op.kind.len() + op.key.len() + 2);
+    k.push(phase_byte(op.phase));
+    k.extend_from_slice(op.kind.as_bytes());
+    k.push(0);
+    k.extend_from_slice(op.key.as_bytes());
+    k
+}
+
+pub(crate) fn phase_byte(phase: Phase) -> u8 {
+    match phase {
+        Phase::Pending => b'P',
+        Phase::Succeeded => b'S',
+        Phase::Failed => b'F',
+    }
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("records serialize: plain structs, strings and vectors")
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(
+    bytes: &[u8],
+    tree: &'static str,
+) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
+        tree,
+        reason: e.to_string(),
+    })
+}
+
+pub(crate) fn u64_from_be(bytes: &[u8], tree: &'static str) -> Result<u64, StoreError> {
+    let array: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+        tree,
+        reason: format!("expected 8 bytes, found {}", bytes.len()),
+    })?;
+    Ok(u64::from_be_bytes(array))
+}

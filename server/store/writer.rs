@@ -1,0 +1,460 @@
+//! The single writer: the only code that writes to the store.
+//!
+//! Why one writer: sequence numbers must be gap-free in commit order, deduplication must see
+//! every earlier webhook, and an operation's reconciliation must read the state the previous
+//! webhook left. One task that owns every write gives all three without locks.
+//!
+//! How it stays fast: intake handlers send [`WriteRequest`]s over a bounded channel. The
+//! writer takes whatever is queued (up to `max_batch`) as one batch, computes the new state
+//! of every touched operation in memory, applies the whole batch as one sled transaction,
+//! flushes once (group commit: one fsync for the batch), and only then answers each handler.
+//! The cost of a flush is shared by every webhook that arrived while the previous one ran.
+//!
+//! Guarantees: an [`Ack`] is sent only after the batch holding its webhook is on disk; a
+//! failed batch changes nothing and every request in it gets the error; when every
+//! [`WriterHandle`] is dropped, the writer finishes the queued requests and stops.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use sled::Batch;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{
+    Change, EventRef, LogEntry, NEXT_QUARANTINE, NEXT_SEQUENCE, QuarantineEntry, Store, StoreError,
+    encode, operation_key, phase_index_key, status_index_key,
+};
+use crate::domain::catalog::Catalog;
+use crate::domain::reconcile::{EventSummary, Operation, Reconciler};
+use crate::domain::webhook::{EventId, Normalized, WebhookEnvelope};
+
+/// How the writer answered one webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ack {
+    /// Stored as a new event at `sequence`.
+    Accepted {
+        /// Its position in the event log.
+        sequence: u64,
+    },
+    /// Already stored (the same JSON value) at `sequence`; nothing changed.
+    Duplicate {
+        /// Where the first delivery was stored.
+        sequence: u64,
+    },
+    /// Kept in the quarantine under `id`, because `reason`.
+    Quarantined {
+        /// Quarantine id.
+        id: u64,
+        /// Why it could not be attributed to an operation.
+        reason: String,
+    },
+}
+
+/// Why a webhook could not be handed to the writer.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The queue is full: the sender should retry shortly.
+    #[error("the writer's queue is full")]
+    Busy,
+    /// The writer has stopped (shutdown).
+    #[error("the writer has stopped")]
+    Closed,
+    /// The batch failed to commit.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One webhook for the writer.
+#[derive(Debug)]
+pub struct WriteRequest {
+    normalized: Normalized,
+    raw: Vec<u8>,
+    reply: oneshot::Sender<Result<Ack, Arc<StoreError>>>,
+}
+
+/// Settings of the writer.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterLimits {
+    /// Capacity of the queue between intake and writer.
+    pub queue: usize,
+    /// Most webhooks committed in one batch.
+    pub max_batch: usize,
+}
+
+impl Default for WriterLimits {
+    fn default() -> Self {
+        WriterLimits {
+            queue: 1024,
+            max_batch: 512,
+        }
+    }
+}
+
+/// A cloneable handle to submit webhooks to the writer.
+#[derive(Debug, Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<WriteRequest>,
+    committed: watch::Receiver<u64>,
+}
+
+impl WriterHandle {
+    /// Hands a webhook to the writer and waits until it is durably stored.
+    pub async fn submit(&self, normalized: Normalized, raw: Vec<u8>) -> Result<Ack, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        let request = WriteRequest {
+            normalized,
+            raw,
+            reply,
+        };
+        self.tx.try_send(request).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SubmitError::Busy,
+            mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
+        })?;
+        match answer.await {
+            Ok(Ok(ack)) => Ok(ack),
+            Ok(Err(e)) => Err(SubmitError::Store(StoreError::Transaction(e.to_string()))),
+            Err(_) => Err(SubmitError::Closed),
+        }
+    }
+
+    /// The last committed sequence (0 before the first), updated after every batch.
+    pub fn committed(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
+    }
+}
+
+/// The running writer thread; [`WriterTask::join`] waits for it to drain and stop.
+#[derive(Debug)]
+pub struct WriterTask {
+    thread: JoinHandle<()>,
+}
+
+impl WriterTask {
+    /// Waits for the writer to finish (after every handle is dropped).
+    pub fn join(self) {
+        if self.thread.join().is_err() {
+            tracing::error!("the writer thread panicked");
+        }
+    }
+}
+
+/// Starts the writer on its own thread.
+pub fn spawn(
+    store: Store,
+    catalog: Arc<Catalog>,
+    limits: WriterLimits,
+) -> Result<(WriterHandle, WriterTask), StoreError> {
+    let (tx, rx) = mpsc::channel(limits.queue.max(1));
+    let next_sequence = store.next_sequence()?;
+    let next_quarantine = store.next_quarantine_id()?;
+    let (committed_tx, committed) = watch::channel(next_sequence - 1);
+    let mut writer = Writer {
+        store,
+        catalog,
+        next_sequence,
+        next_quarantine,
+        committed: committed_tx,
+    };
+    let max_batch = limits.max_batch.max(1);
+    let thread = std::thread::Builder::new()
+        .name("qistatus-writer".into())
+        .spawn(move || writer.run(rx, max_batch))
+        .map_err(|e| StoreError::Transaction(format!("cannot start the writer thread: {e}")))?;
+    Ok((WriterHandle { tx, committed }, WriterTask { thread }))
+}
+
+struct Writer {
+    store: Store,
+    catalog: Arc<Catalog>,
+    next_sequence: u64,
+    next_quarantine: u64,
+    committed: watch::Sender<u64>,
+}
+
+impl Writer {
+    fn run(&mut self, mut rx: mpsc::Receiver<WriteRequest>, max_batch: usize) {
+        let mut batch = Vec::with_capacity(max_batch);
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            let started = std::time::Instant::now();
+            let result = self.commit(&batch);
+            match result {
+                Ok(acks) => {
+                    tracing::debug!(
+                        webhooks = batch.len(),
+                        elapsed_us = started.elapsed().as_micros() as u64,
+                        last_sequence = self.next_sequence - 1,
+                        "batch committed"
+                    );
+                    self.committed.send_replace(self.next_sequence - 1);
+                    for (request, ack) in batch.drain(..).zip(acks) {
+                        let _ = request.reply.send(Ok(ack));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, webhooks = batch.len(), "batch failed to commit");
+                    let e = Arc::new(e);
+                    for request in batch.drain(..) {
+                        let _ = request.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "final flush failed");
+        }
+        tracing::debug!("writer stopped");
+    }
+
+    /// Applies a batch atomically and flushes it. On error nothing is changed, in sled or in
+    /// the writer's counters.
+    fn commit(&mut self, batch: &[WriteRequest]) -> Result<Vec<Ack>, StoreError> {
+        let received_at = now_millis();
+        let mut plan = BatchPlan::new(self.next_sequence, self.next_quarantine);
+        let mut acks = Vec::with_capacity(batch.len());
+        for request in batch {
+            acks.push(plan.add(
+                &self.store,
+                &self.catalog,
+                &request.normalized,
+                &request.raw,
+                received_at,
+            )?);
+        }
+        let (next_sequence, next_quarantine) = (plan.next_sequence, plan.next_quarantine);
+        plan.commit(&self.store)?;
+        self.next_sequence = next_sequence;
+        self.next_quarantine = next_quarantine;
+        Ok(acks)
+    }
+}
+
+/// The writes of one batch, planned in memory before the transaction.
+struct BatchPlan {
+    next_sequence: u64,
+    next_quarantine: u64,
+    seen: HashMap<EventId, Ack>,
+    /// Touched operations: the state before the batch, and the state after.
+    operations: HashMap<Vec<u8>, (Option<Operation>, Operation)>,
+    log: Batch,
+    changes: Batch,
+    event_ids: Batch,
+    quarantine: Batch,
+}
+
+impl BatchPlan {
+    fn new(next_sequence: u64, next_quarantine: u64) -> Self {
+        BatchPlan {
+            next_sequence,
+            next_quarantine,
+            seen: HashMap::new(),
+            operations: HashMap::new(),
+            log: Batch::default(),
+            changes: Batch::default(),
+            event_ids: Batch::default(),
+            quarantine: Batch::default(),
+        }
+    }
+
+    fn add(
+        &mut self,
+        store: &Store,
+        catalog: &Catalog,
+        normalized: &Normalized,
+        raw: &[u8],
+        received_at: i64,
+    ) -> Result<Ack, StoreError> {
+        let event_id = match normalized {
+            Normalized::Event(e) => e.event_id,
+            Normalized::Quarantine { event_id, .. } => *event_id,
+        };
+        if let Some(ack) = self.seen.get(&event_id) {
+            return Ok(as_duplicate(ack.clone()));
+        }
+        if let Some(existing) = store.event_ref(&event_id)? {
+            let ack = match existing {
+                EventRef::Event(sequence) => Ack::Duplicate { sequence },
+                EventRef::Quarantine(id) => Ack::Quarantined {
+                    id,
+                    reason: quarantine_reason(store, id)?,
+                },
+            };
+            self.seen.insert(event_id, ack.clone());
+            return Ok(ack);
+        }
+        let ack = match normalized {
+            Normalized::Event(envelope) => {
+                self.add_event(store, catalog, envelope, raw, received_at)?
+            }
+            Normalized::Quarantine { reason, .. } => {
+                let id = self.next_quarantine;
+                self.next_quarantine += 1;
+                let entry = QuarantineEntry {
+                    event_id,
+                    received_at,
+                    reason: reason.clone(),
+                    raw: raw.to_vec(),
+                };
+                self.quarantine.insert(&id.to_be_bytes(), encode(&entry));
+                self.event_ids
+                    .insert(&event_id.0, encode(&EventRef::Quarantine(id)));
+                tracing::warn!(quarantine_id = id, reason = %reason, "webhook quarantined");
+                Ack::Quarantined {
+                    id,
+                    reason: reason.clone(),
+                }
+            }
+        };
+        self.seen.insert(event_id, ack.clone());
+        Ok(ack)
+    }
+
+    fn add_event(
+        &mut self,
+        store: &Store,
+        catalog: &Catalog,
+        envelope: &WebhookEnvelope,
+        raw: &[u8],
+        received_at: i64,
+    ) -> Result<Ack, StoreError> {
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        let op_key = operation_key(&envelope.kind, &envelope.key);
+        let (original, current) = match self.operations.remove(&op_key) {
+            Some((original, current)) => (original, Some(current)),
+            None => {
+                let stored = store.operation(&envelope.kind, &envelope.key)?;
+                (stored.clone(), stored)
+            }
+        };
+        let previous = current.as_ref().map(|op| (op.status.clone(), op.phase));
+        let summary = EventSummary::new(envelope, sequence, received_at);
+        let after = Reconciler::new(catalog).apply(current, &envelope.kind, &envelope.key, summary);
+
+        let change = Change {
+            status_changed: previous
+                .as_ref()
+                .is_none_or(|(status, phase)| *status != after.status || *phase != after.phase),
+            previous_status: previous.map(|(status, _)| status),
+            operation: Operation {
+                history: Vec::new(),
+                ..after.clone()
+            },
+        };
+        let entry = LogEntry {
+            event_id: envelope.event_id,
+            kind: envelope.kind.clone(),
+            key: envelope.key.clone(),
+            received_at,
+            raw: raw.to_vec(),
+        };
+        self.log.insert(&sequence.to_be_bytes(), encode(&entry));
+        self.changes
+            .insert(&sequence.to_be_bytes(), encode(&change));
+        self.event_ids
+            .insert(&envelope.event_id.0, encode(&EventRef::Event(sequence)));
+        tracing::info!(
+            sequence,
+            kind = %after.kind,
+            key = %after.key,
+            status = %after.status,
+            webhook_status = %envelope.status,
+            "webhook stored"
+        );
+        self.operations.insert(op_key, (original, after));
+        Ok(Ack::Accepted { sequence })
+    }
+
+    /// Writes the plan as one transaction across every tree, then flushes.
+    fn commit(self, store: &Store) -> Result<(), StoreError> {
+        let mut operations = Batch::default();
+        let mut status_index = Batch::default();
+        let mut phase_index = Batch::default();
+        for (op_key, (original, after)) in &self.operations {
+            if let Some(original) = original {
+                status_index.remove(status_index_key(original));
+                phase_index.remove(phase_index_key(original));
+            }
+            status_index.insert(status_index_key(after), &[]);
+            phase_index.insert(phase_index_key(after), &[]);
+            operations.insert(op_key.as_slice(), encode(after));
+        }
+        let mut meta = Batch::default();
+        meta.insert(NEXT_SEQUENCE, &self.next_sequence.to_be_bytes());
+        meta.insert(NEXT_QUARANTINE, &self.next_quarantine.to_be_bytes());
+
+        let t = &store.trees;
+        let trees = [
+            &t.log,
+            &t.changes,
+            &t.event_ids,
+            &t.operations,
+            &t.status_index,
+            &t.phase_index,
+            &t.quarantine,
+            &t.meta,
+        ];
+        let batches = [
+            &self.log,
+            &self.changes,
+            &self.event_ids,
+            &operations,
+            &status_index,
+            &phase_index,
+            &self.quarantine,
+            &meta,
+        ];
+        apply_atomically(&trees, &batches)?;
+        store.flush()
+    }
+}
+
+/// Applies one batch per tree in a single sled transaction.
+pub(crate) fn apply_atomically(
+    trees: &[&sled::Tree],
+    batches: &[&Batch],
+) -> Result<(), StoreError> {
+    use sled::Transactional;
+    trees
+        .transaction(|views| {
+            for (view, batch) in views.iter().zip(batches) {
+                view.apply_batch(batch)?;
+            }
+            Ok::<(), ConflictableTransactionError<StoreError>>(())
+        })
+        .map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        })
+}
+
+fn as_duplicate(ack: Ack) -> Ack {
+    match ack {
+        Ack::Accepted { sequence } => Ack::Duplicate { sequence },
+        other => other,
+    }
+}
+
+fn quarantine_reason(store: &Store, id: u64) -> Result<String, StoreError> {
+    Ok(store
+        .trees
+        .quarantine
+        .get(id.to_be_bytes())?
+        .map(|v| super::decode::<QuarantineEntry>(&v, "quarantine"))
+        .transpose()?
+        .map(|e| e.reason)
+        .unwrap_or_default())
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,159 @@
+//! Starts the real qistatus server in-process on ephemeral loopback ports, and talks to it
+//! over real HTTP and real gRPC. Shared by every integration test file.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use qistatus::pb;
+use qistatus::pb::operation_status_service_client::OperationStatusServiceClient;
+use qistatus::server::{ServerError, Settings};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// A running server; stop it with [`TestServer::stop`] to check it drains cleanly.
+pub struct TestServer {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub data_dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ServerError>>>,
+    _tmp: Option<tempfile::TempDir>,
+    http_client: reqwest::Client,
+}
+
+impl TestServer {
+    /// A server on a fresh temporary data directory.
+    pub async fn start() -> TestServer {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut server = TestServer::start_with(Settings::new(tmp.path())).await;
+        server._tmp = Some(tmp);
+        server
+    }
+
+    /// A server on `dir` (which outlives it, for restart tests).
+    pub async fn start_in(dir: &Path) -> TestServer {
+        TestServer::start_with(Settings::new(dir)).await
+    }
+
+    /// A server with explicit settings.
+    pub async fn start_with(settings: Settings) -> TestServer {
+        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
+        let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let data_dir = settings.data_dir.clone();
+        let task = tokio::spawn(qistatus::server::run(settings, http, grpc, async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            http: http_addr,
+            grpc: grpc_addr,
+            data_dir,
+            stop: Some(stop),
+            task: Some(task),
+            _tmp: None,
+            http_client: reqwest::Client::new(),
+        }
+    }
+
+    /// Signals shutdown and waits for `run` to return; panics if it returned an error.
+    pub async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).ok();
+        self.task
+            .take()
+            .unwrap()
+            .await
+            .expect("server task")
+            .expect("server stops cleanly");
+    }
+
+    pub fn webhooks_url(&self) -> String {
+        format!("http://{}/webhooks", self.http)
+    }
+
+    /// POSTs a body to /webhooks; returns the status and the JSON answer.
+    pub async fn post(&self, body: impl Into<Vec<u8>>) -> (u16, serde_json::Value) {
+        let response = self
+            .http_client
+            .post(self.webhooks_url())
+            .header("content-type", "application/json")
+            .body(body.into())
+            .send()
+            .await
+            .expect("POST /webhooks");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("response body");
+        let json = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {text:?}"));
+        (status, json)
+    }
+
+    /// POSTs a body and asserts it was stored (accepted or duplicate); returns its sequence.
+    pub async fn post_ok(&self, body: impl Into<Vec<u8>>) -> u64 {
+        let (status, answer) = self.post(body).await;
+        assert_eq!(status, 200, "answer: {answer}");
+        answer["sequence"].as_u64().expect("sequence")
+    }
+
+    pub async fn grpc(&self) -> OperationStatusServiceClient<Channel> {
+        OperationStatusServiceClient::connect(format!("http://{}", self.grpc))
+            .await
+            .expect("connect gRPC")
+    }
+
+    /// GetOperation over gRPC.
+    pub async fn get(&self, key: &str, kind: &str) -> Result<pb::Operation, tonic::Status> {
+        let response = self
+            .grpc()
+            .await
+            .get_operation(pb::GetOperationRequest {
+                key: key.into(),
+                kind: kind.into(),
+                include_raw_payload: false,
+            })
+            .await?;
+        Ok(response.into_inner().operation.expect("operation"))
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The bytes of `tests/fixtures/NAME`.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The phase of an operation, as a name.
+pub fn phase(op: &pb::Operation) -> &'static str {
+    match pb::Phase::try_from(op.phase).expect("known phase") {
+        pb::Phase::Unspecified => "unspecified",
+        pb::Phase::Pending => "pending",
+        pb::Phase::Succeeded => "succeeded",
+        pb::Phase::Failed => "failed",
+    }
+}
+
+/// A JSON webhook body.
+pub fn webhook(kind: &str, key: &str, status: &str, event_datetime: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "webhook_type": kind,
+        "key": key,
+        "status": status,
+        "event_datetime": event_datetime,
+        "data": {"n": 1},
+    }))
+    .unwrap()
+}

@@ -1,0 +1,162 @@
+//! Webhooks arrive duplicated and in any order: the answer must not depend on it.
+
+mod common;
+
+use common::{TestServer, fixture, phase, webhook};
+
+const FLOW_000: &[&str] = &[
+    "000_debt_1_waiting_signature.json",
+    "000_debt_2_waiting_balance_block.json",
+    "000_debt_3_waiting_disbursement.json",
+    "000_debt_4_waiting_assignment_term_signature.json",
+    "000_debt_5_waiting_balance_release.json",
+    "000_debt_6_debt_successfully_finished.json",
+];
+
+/// Posts `names` in order, then reads the debt back.
+async fn deliver(names: &[&str], key: &str) -> qistatus::pb::Operation {
+    let server = TestServer::start().await;
+    for name in names {
+        server.post_ok(fixture(name)).await;
+    }
+    let op = server.get(key, "debt").await.unwrap();
+    server.stop().await;
+    op
+}
+
+#[tokio::test]
+async fn reverse_order_and_duplicates_give_the_same_operation() {
+    let key = "5f0c2a8e-6d1b-4c3e-9a7f-000000000001";
+    let in_order = deliver(FLOW_000, key).await;
+
+    let mut reversed_twice: Vec<&str> = FLOW_000.iter().rev().copied().collect();
+    reversed_twice.extend(FLOW_000.iter().rev());
+    let shuffled = deliver(&reversed_twice, key).await;
+
+    for op in [&in_order, &shuffled] {
+        assert_eq!(op.status, "debt_successfully_finished");
+        assert_eq!(phase(op), "succeeded");
+        assert_eq!(op.event_count, 6, "one history entry per distinct webhook");
+        assert_eq!(op.version, 6);
+    }
+    let statuses = |op: &qistatus::pb::Operation| -> Vec<String> {
+        op.history.iter().map(|h| h.status.clone()).collect()
+    };
+    // The history is ordered by the webhooks themselves, not by arrival.
+    assert_eq!(statuses(&in_order), statuses(&shuffled));
+    assert_eq!(in_order.detail, shuffled.detail);
+}
+
+#[tokio::test]
+async fn every_prefix_of_the_flow_in_reverse_shows_the_most_advanced_stage() {
+    let key = "5f0c2a8e-6d1b-4c3e-9a7f-000000000001";
+    for n in 1..=FLOW_000.len() {
+        let mut subset: Vec<&str> = FLOW_000[..n].to_vec();
+        subset.reverse();
+        let op = deliver(&subset, key).await;
+        let expected = FLOW_000[n - 1]
+            .trim_start_matches("000_debt_")
+            .trim_end_matches(".json")
+            .split_once('_')
+            .unwrap()
+            .1;
+        assert_eq!(op.status, expected, "after delivering {subset:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_late_creation_webhook_does_not_undo_a_disbursement() {
+    let key = "871059bd-4014-41ad-82b4-28275ff0e67b";
+    for order in [
+        [
+            "004_debt_created_waiting_signature.json",
+            "004_debt_disbursed.json",
+        ],
+        [
+            "004_debt_disbursed.json",
+            "004_debt_created_waiting_signature.json",
+        ],
+    ] {
+        let op = deliver(&order, key).await;
+        assert_eq!(op.status, "disbursed", "{order:?}");
+        assert_eq!(op.event_count, 2);
+    }
+}
+
+#[tokio::test]
+async fn the_same_json_with_other_whitespace_or_key_order_is_a_duplicate() {
+    let server = TestServer::start().await;
+    let original = fixture("004_debt_canceled.json");
+    let first = server.post_ok(original.clone()).await;
+
+    let value: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    let compact = serde_json::to_vec(&value).unwrap();
+    let reordered = br#"{"status":"canceled ","data":{"cancel_reason_enumerator":"manual","cancel_reason":"Operacao cancelada manualmente"},"event_datetime":"2022-09-27 07:03:49","key":"27a099df-4688-43cb-87fa-515b1cf343a5","webhook_type":"debt"}"#.to_vec();
+    for body in [original.clone(), compact, reordered] {
+        let (code, answer) = server.post(body).await;
+        assert_eq!(code, 200);
+        assert_eq!(answer["result"], "duplicate");
+        assert_eq!(answer["sequence"], first);
+    }
+    let op = server
+        .get("27a099df-4688-43cb-87fa-515b1cf343a5", "")
+        .await
+        .unwrap();
+    assert_eq!(op.event_count, 1);
+    assert_eq!(op.version, 1);
+
+    // A different value for the same operation is a new webhook.
+    let (code, answer) = server
+        .post(webhook(
+            "debt",
+            "27a099df-4688-43cb-87fa-515b1cf343a5",
+            "canceled_permanently",
+            "2022-09-26 00:00:00",
+        ))
+        .await;
+    assert_eq!((code, answer["result"].as_str()), (200, Some("accepted")));
+    let op = server
+        .get("27a099df-4688-43cb-87fa-515b1cf343a5", "")
+        .await
+        .unwrap();
+    assert_eq!(
+        op.status, "canceled_permanently",
+        "supersedes canceled despite its earlier time"
+    );
+    assert_eq!(op.event_count, 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_senders_get_gap_free_sequences() {
+    let server = std::sync::Arc::new(TestServer::start().await);
+    let mut tasks = Vec::new();
+    for sender in 0..16 {
+        let server = server.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sequences = Vec::new();
+            for i in 0..25 {
+                let key = format!("op-{sender}-{i}");
+                sequences.push(
+                    server
+                        .post_ok(webhook(
+                            "debt",
+                            &key,
+                            "waiting_signature",
+                            "2024-01-01 10:00:00",
+                        ))
+                        .await,
+                );
+            }
+            sequences
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=400).collect::<Vec<u64>>());
+    let server = std::sync::Arc::into_inner(server).expect("no other owner");
+    server.stop().await;
+}

@@ -1,0 +1,149 @@
+//! GetOperation's answers and errors, over real gRPC.
+
+mod common;
+
+use common::{TestServer, webhook};
+use tonic::Code;
+
+#[tokio::test]
+async fn unknown_key_is_not_found_and_names_the_key() {
+    let server = TestServer::start().await;
+    let err = server.get("no-such-key", "").await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("no-such-key"), "{}", err.message());
+
+    server
+        .post_ok(webhook("scr", "k1", "consulted", "2024-01-01 10:00:00"))
+        .await;
+    let err = server.get("k1", "debt").await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(
+        err.message().contains("debt") && err.message().contains("k1"),
+        "{}",
+        err.message()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn empty_key_is_invalid() {
+    let server = TestServer::start().await;
+    let err = server.get("", "").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("key"), "{}", err.message());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_shared_by_two_kinds_needs_the_kind() {
+    let server = TestServer::start().await;
+    server
+        .post_ok(webhook(
+            "debt",
+            "shared",
+            "disbursed",
+            "2024-01-01 10:00:00",
+        ))
+        .await;
+    server
+        .post_ok(webhook(
+            "account",
+            "shared",
+            "account_opened",
+            "2024-01-01 10:00:00",
+        ))
+        .await;
+
+    let err = server.get("shared", "").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("account") && err.message().contains("debt"),
+        "{}",
+        err.message()
+    );
+
+    let debt = server.get("shared", "debt").await.unwrap();
+    assert_eq!(debt.status, "disbursed");
+    let account = server.get("shared", "ACCOUNT").await.unwrap();
+    assert_eq!(account.status, "account_opened");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn operation_times_and_counters_are_filled() {
+    let server = TestServer::start().await;
+    let s1 = server
+        .post_ok(webhook(
+            "debt",
+            "k",
+            "waiting_signature",
+            "2024-01-01 10:00:00",
+        ))
+        .await;
+    let s2 = server
+        .post_ok(webhook("debt", "k", "disbursed", "2024-01-02T10:00:00Z"))
+        .await;
+    let op = server.get("k", "").await.unwrap();
+    assert_eq!(op.version, 2);
+    assert_eq!(op.last_sequence, s2);
+    assert_eq!(
+        op.history.iter().map(|h| h.sequence).collect::<Vec<_>>(),
+        vec![s1, s2]
+    );
+    assert_eq!(
+        qistatus::convert::rfc3339(op.event_time.as_ref()),
+        "2024-01-02T10:00:00Z"
+    );
+    let first = op.first_received_at.unwrap();
+    let updated = op.updated_at.unwrap();
+    assert!((updated.seconds, updated.nanos) >= (first.seconds, first.nanos));
+    assert!(op.history.iter().all(|h| h.data.is_some()));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    let server = TestServer::start().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let answer = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "qistatus.v1.OperationStatusService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        answer.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().expect("one answer");
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("unexpected reflection answer: {answer:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"qistatus.v1.OperationStatusService".to_owned()),
+        "{names:?}"
+    );
+    server.stop().await;
+}

@@ -78,6 +78,15 @@ pub enum Command {
     Serve,
     /// Print the effective catalog (built-in, extended by --catalog) as TOML.
     Catalog,
+    /// List the quarantined webhooks (JSON objects with no readable kind, key or status).
+    Quarantine {
+        /// Also print each webhook's body (it may hold personal data).
+        #[arg(long)]
+        payload: bool,
+    },
+    /// Recompute every operation and index from the event log and the quarantine under the
+    /// effective catalog. Run it with the server stopped, after changing --catalog.
+    Rebuild,
 }
 
 /// How logs are written.

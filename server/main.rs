@@ -27,6 +27,43 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
         }
         Command::Catalog => print!("{}", config.load_catalog()?.to_toml()),
+        Command::Quarantine { payload } => {
+            let store = open_store(&config)?;
+            let mut count = 0;
+            for item in store.quarantined() {
+                let (id, entry) = item?;
+                let received = qistatus::convert::rfc3339(Some(&qistatus::convert::timestamp(entry.received_at)));
+                println!("{id}\t{received}\t{} bytes\t{}", entry.raw.len(), entry.reason);
+                if payload {
+                    println!("{}", String::from_utf8_lossy(&entry.raw));
+                }
+                count += 1;
+            }
+            println!("{count} quarantined webhook(s)");
+        }
+        Command::Rebuild => {
+            let catalog = config.load_catalog()?;
+            let store = open_store(&config)?;
+            let report = qistatus::store::rebuild::rebuild(&store, &catalog)?;
+            println!(
+                "rebuilt {} operation(s) ({} changed) from {} logged webhook(s); \
+                 {} promoted from quarantine, {} still quarantined",
+                report.operations,
+                report.operations_changed,
+                report.events_from_log,
+                report.promoted,
+                report.still_quarantined
+            );
+        }
     }
     Ok(())
+}
+
+fn open_store(config: &Config) -> anyhow::Result<qistatus::store::Store> {
+    qistatus::store::Store::open(&config.data_dir).with_context(|| {
+        format!(
+            "cannot open the store in {} (is qistatus-server running on it?)",
+            config.data_dir.display()
+        )
+    })
 }

@@ -73,6 +73,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let store = Store::open(&settings.data_dir)?;
+    let quarantined = store.quarantine_len();
+    if quarantined > 0 {
+        tracing::warn!(quarantined, "webhooks in quarantine: see `qistatus-server quarantine`");
+    }
     let catalog = Arc::new(settings.catalog);
     let (writer, writer_task) = writer::spawn(store.clone(), catalog.clone(), settings.writer)?;
 

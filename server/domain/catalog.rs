@@ -66,6 +66,9 @@ pub struct KindSpec {
     /// Extra dotted paths where the operation key may be found (after the generic ones).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key_paths: Vec<String>,
+    /// Extra dotted paths where the status may be found (after the generic ones).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub status_paths: Vec<String>,
     /// Dotted path of a field that carries the real outcome when the status does not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome_path: Option<String>,
@@ -94,6 +97,7 @@ struct KindOverlay {
     failure: Option<Vec<String>>,
     supersedes: Option<BTreeMap<String, Vec<String>>>,
     key_paths: Option<Vec<String>>,
+    status_paths: Option<Vec<String>>,
     outcome_path: Option<String>,
     outcome_statuses: Option<Vec<String>>,
 }
@@ -179,6 +183,7 @@ impl Catalog {
             set(&mut spec.success, o.success);
             set(&mut spec.failure, o.failure);
             set(&mut spec.key_paths, o.key_paths);
+            set(&mut spec.status_paths, o.status_paths);
             set(&mut spec.outcome_statuses, o.outcome_statuses);
             if let Some(s) = o.supersedes {
                 spec.supersedes = s;

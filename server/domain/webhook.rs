@@ -165,7 +165,9 @@ fn read_envelope(
     }
 
     let generic_status = format!("data.{base}_status");
-    let status_paths = ["status", "data.status", generic_status.as_str()];
+    let status_paths = ["status", "data.status", generic_status.as_str()]
+        .into_iter()
+        .chain(spec.iter().flat_map(|s| s.status_paths.iter().map(String::as_str)));
     let status = first_text(v, status_paths)?
         .map(canonical_status)
         .ok_or_else(|| format!("no status: none of status, data.status, {generic_status}"))?;
@@ -297,5 +299,235 @@ fn json_type(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(value: Value) -> WebhookEnvelope {
+        match normalize(&Catalog::builtin(), &serde_json::to_vec(&value).unwrap()) {
+            Ok(Normalized::Event(e)) => e,
+            other => panic!("{value}: expected an event, got {other:?}"),
+        }
+    }
+
+    fn quarantine_reason(value: Value) -> String {
+        match normalize(&Catalog::builtin(), &serde_json::to_vec(&value).unwrap()) {
+            Ok(Normalized::Quarantine { reason, .. }) => reason,
+            other => panic!("{value}: expected quarantine, got {other:?}"),
+        }
+    }
+
+    /// Milliseconds of a UTC date-time written as RFC 3339.
+    fn utc(text: &str) -> Option<i64> {
+        Some(DateTime::parse_from_rfc3339(text).unwrap().timestamp_millis())
+    }
+
+    #[test]
+    fn kind_is_read_in_every_shape() {
+        let cases = [
+            (json!({"webhook_type": "debt", "key": "k", "status": "x"}), "debt"),
+            (json!({"webhook_type": "DEBT", "key": "k", "status": "x"}), "debt"),
+            (json!({"webhook_type": " Escrow ", "key": "k", "status": "x"}), "escrow"),
+            (json!({"webhook_type": "historic-card-settlement", "key": "k", "status": "x"}), "historic_card_settlement"),
+            (json!({"webhook_type": "historic_card_settlement", "key": "k", "status": "x"}), "historic_card_settlement"),
+            (json!({"webhook_type": "Historic-Card_Settlement", "key": "k", "status": "x"}), "historic_card_settlement"),
+            (json!({"webhook_type": "installment.status_change", "key": "k", "status": "x"}), "installment.status_change"),
+            (json!({"webhook_type": "bank_slip.status_change", "key": "k", "status": "x"}), "bank_slip.status_change"),
+            // Seed 000's failure shape: no webhook_type, debt_key instead of key.
+            (json!({"debt_key": "k", "status": "rejected", "description": "d"}), "debt"),
+            (json!({"webhook_type": null, "debt_key": "k", "status": "rejected"}), "debt"),
+        ];
+        for (value, kind) in cases {
+            assert_eq!(event(value.clone()).kind, kind, "{value}");
+        }
+    }
+
+    #[test]
+    fn key_is_read_from_every_documented_place() {
+        let cases = [
+            (json!({"webhook_type": "debt", "key": "a", "status": "x"}), "a"),
+            (json!({"debt_key": "b", "status": "x"}), "b"),
+            (json!({"webhook_type": "debt", "debt_key": "c", "status": "x"}), "c"),
+            (json!({"webhook_type": "scr", "status": "consulted", "data": {"scr_key": "d"}}), "d"),
+            (json!({"webhook_type": "historic-card-settlement", "status": "processed",
+                    "data": {"historic_card_settlement_key": "e"}}), "e"),
+            (json!({"webhook_type": "installment.status_change", "status": "paid",
+                    "data": {"installment_key": "f"}}), "f"),
+            // `key` wins over the others; keys are opaque (not always UUIDs), kept as sent.
+            (json!({"webhook_type": "scr", "key": " Not-A-UUID ", "status": "x", "data": {"scr_key": "g"}}), " Not-A-UUID "),
+            (json!({"webhook_type": "debt", "key": null, "debt_key": "h", "status": "x"}), "h"),
+        ];
+        for (value, key) in cases {
+            assert_eq!(event(value.clone()).key, key, "{value}");
+        }
+    }
+
+    #[test]
+    fn status_is_read_trimmed_and_lower_cased_from_every_documented_place() {
+        let cases = [
+            (json!({"webhook_type": "debt", "key": "k", "status": "disbursed"}), "disbursed"),
+            (json!({"webhook_type": "debt", "key": "k", "status": "canceled "}), "canceled"),
+            (json!({"webhook_type": "debt", "key": "k", "status": " Waiting_Signature\t"}), "waiting_signature"),
+            (json!({"webhook_type": "scr", "key": "k", "data": {"status": "consulted"}}), "consulted"),
+            (json!({"webhook_type": "scr", "key": "k", "data": {"scr_status": "rejected"}}), "rejected"),
+            (json!({"webhook_type": "bank_slip.status_change", "key": "k",
+                    "data": {"bank_slip_status": "Paid"}}), "paid"),
+            // A status the catalog does not know is kept as sent.
+            (json!({"webhook_type": "debt", "key": "k", "status": "brand_new_status"}), "brand_new_status"),
+        ];
+        for (value, status) in cases {
+            assert_eq!(event(value.clone()).status, status, "{value}");
+        }
+    }
+
+    #[test]
+    fn event_time_is_read_in_every_documented_form() {
+        let at = |t: Value| json!({"webhook_type": "debt", "key": "k", "status": "x", "event_datetime": t});
+        let cases = [
+            // Naive times are São Paulo time (UTC-3).
+            (at(json!("2019-11-04 16:52:49")), utc("2019-11-04T19:52:49Z")),
+            (at(json!("2022-05-18T20:57:00")), utc("2022-05-18T23:57:00Z")),
+            (at(json!("2022-05-18T20:57:00.250")), utc("2022-05-18T23:57:00.250Z")),
+            (at(json!("2022-05-18 20:57:00.5")), utc("2022-05-18T23:57:00.500Z")),
+            (at(json!("2022-05-18T20:57:00Z")), utc("2022-05-18T20:57:00Z")),
+            (at(json!("2022-05-18T20:57:00.123456Z")), utc("2022-05-18T20:57:00.123Z")),
+            (at(json!("2022-05-18T20:57:00-03:00")), utc("2022-05-18T23:57:00Z")),
+            (at(json!("2022-05-18 20:57:00+00:00")), utc("2022-05-18T20:57:00Z")),
+            (at(json!("2022-05-18T20:57:00+0100")), utc("2022-05-18T19:57:00Z")),
+            (at(json!(" 2022-05-18T20:57:00Z ")), utc("2022-05-18T20:57:00Z")),
+            // Unreadable or absent times are allowed: the webhook still counts.
+            (at(json!("yesterday")), None),
+            (at(json!(1652907420)), None),
+            (json!({"debt_key": "k", "status": "rejected"}), None),
+            (json!({"webhook_type": "debt", "key": "k", "status": "x",
+                    "webhook_datetime": "2022-05-18T20:57:00Z"}), utc("2022-05-18T20:57:00Z")),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(event(value.clone()).event_time, expected, "{value}");
+        }
+    }
+
+    #[test]
+    fn detail_is_read_from_every_documented_place() {
+        let cases = [
+            (json!({"debt_key": "k", "status": "rejected", "description": "Insufficient funds"}),
+             "Insufficient funds"),
+            (json!({"webhook_type": "debt", "key": "k", "status": "canceled ",
+                    "data": {"cancel_reason": "x", "cancel_reason_enumerator": "pix_max_retry"}}),
+             "pix_max_retry: Operation cancelled due to too many disbursement errors"),
+            // An enumerator the table does not know falls back to the cancel_reason text.
+            (json!({"webhook_type": "debt", "key": "k", "status": "canceled",
+                    "data": {"cancel_reason": "Motivo novo", "cancel_reason_enumerator": "novo"}}),
+             "novo: Motivo novo"),
+            (json!({"webhook_type": "historic-card-settlement", "key": "k", "status": "processed",
+                    "data": {"response_data": {"slc_status": "completed"}}}), "completed"),
+            // scr_status is a detail only when it says something the status does not.
+            (json!({"webhook_type": "scr", "key": "k", "status": "consulted",
+                    "data": {"scr_status": "consulted"}}), ""),
+            (json!({"webhook_type": "scr", "key": "k", "status": "pending_signature",
+                    "data": {"scr_status": "waiting"}}), "waiting"),
+            (json!({"webhook_type": "debt", "key": "k", "status": "disbursed", "data": null}), ""),
+        ];
+        for (value, detail) in cases {
+            assert_eq!(event(value.clone()).detail, detail, "{value}");
+        }
+    }
+
+    #[test]
+    fn card_settlement_outcome_comes_from_slc_status() {
+        let processed = |slc: &str| {
+            json!({"webhook_type": "historic-card-settlement", "key": "k", "status": "processed",
+                   "data": {"response_data": {"slc_status": slc}}})
+        };
+        assert_eq!(event(processed("completed")).outcome.as_deref(), Some("completed"));
+        assert_eq!(event(processed(" NOT_FOUND")).outcome.as_deref(), Some("not_found"));
+        // Only the statuses the catalog names defer to the outcome field.
+        let other = json!({"webhook_type": "historic-card-settlement", "key": "k", "status": "queued",
+                           "data": {"response_data": {"slc_status": "completed"}}});
+        assert_eq!(event(other).outcome, None);
+        // Other kinds have no outcome field.
+        assert_eq!(event(json!({"webhook_type": "debt", "key": "k", "status": "x"})).outcome, None);
+    }
+
+    #[test]
+    fn unreadable_objects_are_quarantined_with_a_reason_naming_the_field() {
+        let cases = [
+            (json!({}), "no webhook_type, and no debt_key"),
+            (json!({"key": "k", "status": "x"}), "no webhook_type"),
+            (json!({"webhook_type": "", "key": "k", "status": "x"}), "webhook_type is empty"),
+            (json!({"webhook_type": 7, "key": "k", "status": "x"}), "webhook_type is a number"),
+            (json!({"webhook_type": "dé bt", "key": "k", "status": "x"}), "webhook_type has characters"),
+            (json!({"webhook_type": "debt", "status": "x"}), "no operation key"),
+            (json!({"webhook_type": "debt", "key": "", "status": "x"}), "key is empty"),
+            (json!({"webhook_type": "debt", "key": 12, "status": "x"}), "key is a number"),
+            (json!({"webhook_type": "debt", "key": {"id": 1}, "status": "x"}), "key is an object"),
+            (json!({"webhook_type": "debt", "key": "a\nb", "status": "x"}), "key contains control"),
+            (json!({"webhook_type": "debt", "key": "k".repeat(300), "status": "x"}), "key is longer"),
+            (json!({"webhook_type": "debt", "key": "k"}), "no status"),
+            (json!({"webhook_type": "debt", "key": "k", "status": "   "}), "status is empty"),
+            (json!({"webhook_type": "debt", "key": "k", "status": true}), "status is a boolean"),
+            (json!({"webhook_type": "debt", "key": "k", "status": "dis\u{7}bursed"}), "status contains control"),
+            (json!({"webhook_type": "debt", "key": "k", "status": "s".repeat(200)}), "status is longer"),
+        ];
+        for (value, expected) in cases {
+            let reason = quarantine_reason(value.clone());
+            assert!(reason.contains(expected), "{value}: {reason}");
+        }
+    }
+
+    #[test]
+    fn bodies_that_are_not_objects_are_malformed() {
+        let catalog = Catalog::builtin();
+        for (body, expected) in [
+            (&b"{\"a\": "[..], "not valid JSON"),
+            (b"{\"a\": 1,}", "not valid JSON"),
+            (b"null", "is null"),
+            (b"[]", "is an array"),
+            (b"1e400", "not valid JSON"),
+            (b"\"x\"", "is a string"),
+        ] {
+            let err = normalize(&catalog, body).unwrap_err().to_string();
+            assert!(err.contains(expected), "{:?}: {err}", String::from_utf8_lossy(body));
+        }
+        let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+        let err = normalize(&catalog, deep.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("recursion limit"), "{err}");
+    }
+
+    #[test]
+    fn event_id_ignores_whitespace_and_key_order_but_not_values() {
+        let a: Value = serde_json::from_str(r#"{"a": 1, "b": {"c": [1, 2]}}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{ "b":{"c":[1,2]},"a":1 }"#).unwrap();
+        let c: Value = serde_json::from_str(r#"{"a": 1, "b": {"c": [2, 1]}}"#).unwrap();
+        assert_eq!(EventId::of(&a), EventId::of(&b));
+        assert_ne!(EventId::of(&a), EventId::of(&c));
+    }
+
+    #[test]
+    fn a_status_path_from_the_catalog_is_read() {
+        let catalog = Catalog::builtin()
+            .extended_with("[kinds.pix_transfer]\nstatus_paths = [\"data.transfer_state\"]\n")
+            .unwrap();
+        let body = br#"{"webhook_type": "pix_transfer", "key": "k", "data": {"transfer_state": "Sent"}}"#;
+        let Ok(Normalized::Event(e)) = normalize(&catalog, body) else {
+            panic!("not an event");
+        };
+        assert_eq!(e.status, "sent");
+        assert!(matches!(
+            normalize(&Catalog::builtin(), body),
+            Ok(Normalized::Quarantine { .. })
+        ));
+    }
+
+    #[test]
+    fn data_object_is_extracted_when_present() {
+        assert!(data_object(br#"{"data": {"a": 1}}"#).is_some());
+        assert!(data_object(br#"{"data": null}"#).is_none());
+        assert!(data_object(br#"{"data": [1]}"#).is_none());
+        assert!(data_object(br#"{"status": "x"}"#).is_none());
     }
 }

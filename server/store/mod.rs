@@ -26,6 +26,7 @@
 //! - Sequence numbers start at 1 and are gap-free in commit order.
 //! - The indexes always agree with the operations tree (same transaction).
 
+pub mod rebuild;
 pub mod writer;
 
 use std::path::Path;

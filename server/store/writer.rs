@@ -238,9 +238,9 @@ impl Writer {
 }
 
 /// The writes of one batch, planned in memory before the transaction.
-struct BatchPlan {
-    next_sequence: u64,
-    next_quarantine: u64,
+pub(crate) struct BatchPlan {
+    pub(crate) next_sequence: u64,
+    pub(crate) next_quarantine: u64,
     seen: HashMap<EventId, Ack>,
     /// Touched operations: the state before the batch, and the state after.
     operations: HashMap<Vec<u8>, (Option<Operation>, Operation)>,
@@ -251,7 +251,7 @@ struct BatchPlan {
 }
 
 impl BatchPlan {
-    fn new(next_sequence: u64, next_quarantine: u64) -> Self {
+    pub(crate) fn new(next_sequence: u64, next_quarantine: u64) -> Self {
         BatchPlan {
             next_sequence,
             next_quarantine,
@@ -264,7 +264,7 @@ impl BatchPlan {
         }
     }
 
-    fn add(
+    pub(crate) fn add(
         &mut self,
         store: &Store,
         catalog: &Catalog,
@@ -291,9 +291,9 @@ impl BatchPlan {
             return Ok(ack);
         }
         let ack = match normalized {
-            Normalized::Event(envelope) => {
-                self.add_event(store, catalog, envelope, raw, received_at)?
-            }
+            Normalized::Event(envelope) => Ack::Accepted {
+                sequence: self.add_event(store, catalog, envelope, raw, received_at)?,
+            },
             Normalized::Quarantine { reason, .. } => {
                 let id = self.next_quarantine;
                 self.next_quarantine += 1;
@@ -324,7 +324,7 @@ impl BatchPlan {
         envelope: &WebhookEnvelope,
         raw: &[u8],
         received_at: i64,
-    ) -> Result<Ack, StoreError> {
+    ) -> Result<u64, StoreError> {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         let op_key = operation_key(&envelope.kind, &envelope.key);
@@ -370,11 +370,27 @@ impl BatchPlan {
             "webhook stored"
         );
         self.operations.insert(op_key, (original, after));
-        Ok(Ack::Accepted { sequence })
+        Ok(sequence)
+    }
+
+    /// Moves quarantined webhook `id` into the event log as `envelope`, keeping its original
+    /// receive time: used by rebuild when a catalog change makes it readable.
+    pub(crate) fn promote(
+        &mut self,
+        store: &Store,
+        catalog: &Catalog,
+        id: u64,
+        envelope: &WebhookEnvelope,
+        entry: &QuarantineEntry,
+    ) -> Result<u64, StoreError> {
+        self.quarantine.remove(&id.to_be_bytes());
+        let sequence = self.add_event(store, catalog, envelope, &entry.raw, entry.received_at)?;
+        self.seen.insert(envelope.event_id, Ack::Accepted { sequence });
+        Ok(sequence)
     }
 
     /// Writes the plan as one transaction across every tree, then flushes.
-    fn commit(self, store: &Store) -> Result<(), StoreError> {
+    pub(crate) fn commit(self, store: &Store) -> Result<(), StoreError> {
         let mut operations = Batch::default();
         let mut status_index = Batch::default();
         let mut phase_index = Batch::default();

@@ -1,0 +1,147 @@
+//! Rebuild: recompute every operation and index from the event log and the quarantine under
+//! the current catalog (`qistatus-server rebuild`, with the server stopped).
+//!
+//! Why: the catalog is data and changes without a release. After a change, operations whose
+//! statuses are now classified differently must be re-reconciled, and quarantined webhooks
+//! that the new catalog can read must join their operations.
+//!
+//! Guarantees:
+//! - quarantined webhooks that now normalize become events: they get new sequence numbers
+//!   (appended to the log, visible to watchers) and keep their original receive time;
+//! - every operation is then recomputed from its webhooks: those still in the log are
+//!   normalized again under the current catalog; those compacted away by retention keep
+//!   their stored summary;
+//! - the operations tree and both indexes are rewritten in one transaction;
+//! - rebuilding is idempotent, and on a store written by the live server it changes nothing:
+//!   the live writer and rebuild reconcile with the same pure function.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::writer::{BatchPlan, apply_atomically};
+use super::{
+    LogEntry, Store, StoreError, decode, encode, operation_key, phase_index_key, status_index_key,
+    u64_from_be,
+};
+use crate::domain::catalog::Catalog;
+use crate::domain::reconcile::{EventSummary, Operation, Reconciler};
+use crate::domain::webhook::{Normalized, normalize};
+
+/// What a rebuild did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RebuildReport {
+    /// Quarantined webhooks that became events.
+    pub promoted: usize,
+    /// Webhooks still in the quarantine.
+    pub still_quarantined: usize,
+    /// Events whose summary came from the log (the rest were compacted).
+    pub events_from_log: usize,
+    /// Operations after the rebuild.
+    pub operations: usize,
+    /// Operations whose stored state changed.
+    pub operations_changed: usize,
+}
+
+/// Rebuilds `store` under `catalog`. See the module docs.
+pub fn rebuild(store: &Store, catalog: &Catalog) -> Result<RebuildReport, StoreError> {
+    let mut report = promote_quarantined(store, catalog)?;
+
+    let mut old: BTreeMap<Vec<u8>, Operation> = BTreeMap::new();
+    let mut summaries: HashMap<u64, (String, String, EventSummary)> = HashMap::new();
+    for kv in store.trees.operations.iter() {
+        let (k, v) = kv?;
+        let op: Operation = decode(&v, "operations")?;
+        for s in &op.history {
+            summaries.insert(s.sequence, (op.kind.clone(), op.key.clone(), s.clone()));
+        }
+        old.insert(k.to_vec(), op);
+    }
+
+    let mut groups: BTreeMap<(String, String), Vec<EventSummary>> = BTreeMap::new();
+    for kv in store.trees.log.iter() {
+        let (k, v) = kv?;
+        let sequence = u64_from_be(&k, "log")?;
+        let entry: LogEntry = decode(&v, "log")?;
+        let stored = summaries.remove(&sequence);
+        match normalize(catalog, &entry.raw) {
+            Ok(Normalized::Event(envelope)) => {
+                report.events_from_log += 1;
+                let summary = EventSummary::new(&envelope, sequence, entry.received_at);
+                groups
+                    .entry((envelope.kind, envelope.key))
+                    .or_default()
+                    .push(summary);
+            }
+            // The current catalog no longer reads it: keep what was derived when it arrived.
+            _ => {
+                if let Some((kind, key, summary)) = stored {
+                    groups.entry((kind, key)).or_default().push(summary);
+                }
+            }
+        }
+    }
+    // Whatever is left was compacted out of the log: its summary is all there is.
+    for (kind, key, summary) in summaries.into_values() {
+        groups.entry((kind, key)).or_default().push(summary);
+    }
+
+    let reconciler = Reconciler::new(catalog);
+    let mut operations = sled::Batch::default();
+    let mut status_index = sled::Batch::default();
+    let mut phase_index = sled::Batch::default();
+    let mut new_keys = std::collections::BTreeSet::new();
+    for ((kind, key), events) in groups {
+        let Some(op) = reconciler.reconcile(&kind, &key, events) else {
+            continue;
+        };
+        let op_key = operation_key(&kind, &key);
+        let before = old.get(&op_key);
+        if before != Some(&op) {
+            report.operations_changed += 1;
+            if let Some(before) = before {
+                status_index.remove(status_index_key(before));
+                phase_index.remove(phase_index_key(before));
+            }
+            status_index.insert(status_index_key(&op), &[]);
+            phase_index.insert(phase_index_key(&op), &[]);
+            operations.insert(op_key.as_slice(), encode(&op));
+        }
+        new_keys.insert(op_key);
+    }
+    for (op_key, before) in &old {
+        if !new_keys.contains(op_key) {
+            report.operations_changed += 1;
+            operations.remove(op_key.as_slice());
+            status_index.remove(status_index_key(before));
+            phase_index.remove(phase_index_key(before));
+        }
+    }
+    report.operations = new_keys.len();
+    let t = &store.trees;
+    apply_atomically(
+        &[&t.operations, &t.status_index, &t.phase_index],
+        &[&operations, &status_index, &phase_index],
+    )?;
+    store.flush()?;
+    Ok(report)
+}
+
+/// Moves quarantined webhooks that `catalog` can now read into the event log.
+fn promote_quarantined(store: &Store, catalog: &Catalog) -> Result<RebuildReport, StoreError> {
+    let mut report = RebuildReport::default();
+    let mut plan = BatchPlan::new(store.next_sequence()?, store.next_quarantine_id()?);
+    for item in store.quarantined() {
+        let (id, entry) = item?;
+        match normalize(catalog, &entry.raw) {
+            Ok(Normalized::Event(envelope)) => {
+                let sequence = plan.promote(store, catalog, id, &envelope, &entry)?;
+                tracing::info!(quarantine_id = id, sequence, kind = %envelope.kind, key = %envelope.key, "quarantined webhook promoted");
+                report.promoted += 1;
+            }
+            _ => report.still_quarantined += 1,
+        }
+    }
+    if report.promoted > 0 {
+        plan.commit(store)?;
+    }
+    Ok(report)
+}

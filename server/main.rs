@@ -32,8 +32,14 @@ async fn main() -> anyhow::Result<()> {
             let mut count = 0;
             for item in store.quarantined() {
                 let (id, entry) = item?;
-                let received = qistatus::convert::rfc3339(Some(&qistatus::convert::timestamp(entry.received_at)));
-                println!("{id}\t{received}\t{} bytes\t{}", entry.raw.len(), entry.reason);
+                let received = qistatus::convert::rfc3339(Some(&qistatus::convert::timestamp(
+                    entry.received_at,
+                )));
+                println!(
+                    "{id}\t{received}\t{} bytes\t{}",
+                    entry.raw.len(),
+                    entry.reason
+                );
                 if payload {
                     println!("{}", String::from_utf8_lossy(&entry.raw));
                 }

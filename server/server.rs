@@ -75,7 +75,10 @@ pub async fn run(
     let store = Store::open(&settings.data_dir)?;
     let quarantined = store.quarantine_len();
     if quarantined > 0 {
-        tracing::warn!(quarantined, "webhooks in quarantine: see `qistatus-server quarantine`");
+        tracing::warn!(
+            quarantined,
+            "webhooks in quarantine: see `qistatus-server quarantine`"
+        );
     }
     let catalog = Arc::new(settings.catalog);
     let (writer, writer_task) = writer::spawn(store.clone(), catalog.clone(), settings.writer)?;

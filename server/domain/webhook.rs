@@ -167,7 +167,10 @@ fn read_envelope(
     let generic_status = format!("data.{base}_status");
     let status_paths = ["status", "data.status", generic_status.as_str()]
         .into_iter()
-        .chain(spec.iter().flat_map(|s| s.status_paths.iter().map(String::as_str)));
+        .chain(
+            spec.iter()
+                .flat_map(|s| s.status_paths.iter().map(String::as_str)),
+        );
     let status = first_text(v, status_paths)?
         .map(canonical_status)
         .ok_or_else(|| format!("no status: none of status, data.status, {generic_status}"))?;
@@ -323,23 +326,57 @@ mod tests {
 
     /// Milliseconds of a UTC date-time written as RFC 3339.
     fn utc(text: &str) -> Option<i64> {
-        Some(DateTime::parse_from_rfc3339(text).unwrap().timestamp_millis())
+        Some(
+            DateTime::parse_from_rfc3339(text)
+                .unwrap()
+                .timestamp_millis(),
+        )
     }
 
     #[test]
     fn kind_is_read_in_every_shape() {
         let cases = [
-            (json!({"webhook_type": "debt", "key": "k", "status": "x"}), "debt"),
-            (json!({"webhook_type": "DEBT", "key": "k", "status": "x"}), "debt"),
-            (json!({"webhook_type": " Escrow ", "key": "k", "status": "x"}), "escrow"),
-            (json!({"webhook_type": "historic-card-settlement", "key": "k", "status": "x"}), "historic_card_settlement"),
-            (json!({"webhook_type": "historic_card_settlement", "key": "k", "status": "x"}), "historic_card_settlement"),
-            (json!({"webhook_type": "Historic-Card_Settlement", "key": "k", "status": "x"}), "historic_card_settlement"),
-            (json!({"webhook_type": "installment.status_change", "key": "k", "status": "x"}), "installment.status_change"),
-            (json!({"webhook_type": "bank_slip.status_change", "key": "k", "status": "x"}), "bank_slip.status_change"),
+            (
+                json!({"webhook_type": "debt", "key": "k", "status": "x"}),
+                "debt",
+            ),
+            (
+                json!({"webhook_type": "DEBT", "key": "k", "status": "x"}),
+                "debt",
+            ),
+            (
+                json!({"webhook_type": " Escrow ", "key": "k", "status": "x"}),
+                "escrow",
+            ),
+            (
+                json!({"webhook_type": "historic-card-settlement", "key": "k", "status": "x"}),
+                "historic_card_settlement",
+            ),
+            (
+                json!({"webhook_type": "historic_card_settlement", "key": "k", "status": "x"}),
+                "historic_card_settlement",
+            ),
+            (
+                json!({"webhook_type": "Historic-Card_Settlement", "key": "k", "status": "x"}),
+                "historic_card_settlement",
+            ),
+            (
+                json!({"webhook_type": "installment.status_change", "key": "k", "status": "x"}),
+                "installment.status_change",
+            ),
+            (
+                json!({"webhook_type": "bank_slip.status_change", "key": "k", "status": "x"}),
+                "bank_slip.status_change",
+            ),
             // Seed 000's failure shape: no webhook_type, debt_key instead of key.
-            (json!({"debt_key": "k", "status": "rejected", "description": "d"}), "debt"),
-            (json!({"webhook_type": null, "debt_key": "k", "status": "rejected"}), "debt"),
+            (
+                json!({"debt_key": "k", "status": "rejected", "description": "d"}),
+                "debt",
+            ),
+            (
+                json!({"webhook_type": null, "debt_key": "k", "status": "rejected"}),
+                "debt",
+            ),
         ];
         for (value, kind) in cases {
             assert_eq!(event(value.clone()).kind, kind, "{value}");
@@ -349,17 +386,38 @@ mod tests {
     #[test]
     fn key_is_read_from_every_documented_place() {
         let cases = [
-            (json!({"webhook_type": "debt", "key": "a", "status": "x"}), "a"),
+            (
+                json!({"webhook_type": "debt", "key": "a", "status": "x"}),
+                "a",
+            ),
             (json!({"debt_key": "b", "status": "x"}), "b"),
-            (json!({"webhook_type": "debt", "debt_key": "c", "status": "x"}), "c"),
-            (json!({"webhook_type": "scr", "status": "consulted", "data": {"scr_key": "d"}}), "d"),
-            (json!({"webhook_type": "historic-card-settlement", "status": "processed",
-                    "data": {"historic_card_settlement_key": "e"}}), "e"),
-            (json!({"webhook_type": "installment.status_change", "status": "paid",
-                    "data": {"installment_key": "f"}}), "f"),
+            (
+                json!({"webhook_type": "debt", "debt_key": "c", "status": "x"}),
+                "c",
+            ),
+            (
+                json!({"webhook_type": "scr", "status": "consulted", "data": {"scr_key": "d"}}),
+                "d",
+            ),
+            (
+                json!({"webhook_type": "historic-card-settlement", "status": "processed",
+                    "data": {"historic_card_settlement_key": "e"}}),
+                "e",
+            ),
+            (
+                json!({"webhook_type": "installment.status_change", "status": "paid",
+                    "data": {"installment_key": "f"}}),
+                "f",
+            ),
             // `key` wins over the others; keys are opaque (not always UUIDs), kept as sent.
-            (json!({"webhook_type": "scr", "key": " Not-A-UUID ", "status": "x", "data": {"scr_key": "g"}}), " Not-A-UUID "),
-            (json!({"webhook_type": "debt", "key": null, "debt_key": "h", "status": "x"}), "h"),
+            (
+                json!({"webhook_type": "scr", "key": " Not-A-UUID ", "status": "x", "data": {"scr_key": "g"}}),
+                " Not-A-UUID ",
+            ),
+            (
+                json!({"webhook_type": "debt", "key": null, "debt_key": "h", "status": "x"}),
+                "h",
+            ),
         ];
         for (value, key) in cases {
             assert_eq!(event(value.clone()).key, key, "{value}");
@@ -369,15 +427,36 @@ mod tests {
     #[test]
     fn status_is_read_trimmed_and_lower_cased_from_every_documented_place() {
         let cases = [
-            (json!({"webhook_type": "debt", "key": "k", "status": "disbursed"}), "disbursed"),
-            (json!({"webhook_type": "debt", "key": "k", "status": "canceled "}), "canceled"),
-            (json!({"webhook_type": "debt", "key": "k", "status": " Waiting_Signature\t"}), "waiting_signature"),
-            (json!({"webhook_type": "scr", "key": "k", "data": {"status": "consulted"}}), "consulted"),
-            (json!({"webhook_type": "scr", "key": "k", "data": {"scr_status": "rejected"}}), "rejected"),
-            (json!({"webhook_type": "bank_slip.status_change", "key": "k",
-                    "data": {"bank_slip_status": "Paid"}}), "paid"),
+            (
+                json!({"webhook_type": "debt", "key": "k", "status": "disbursed"}),
+                "disbursed",
+            ),
+            (
+                json!({"webhook_type": "debt", "key": "k", "status": "canceled "}),
+                "canceled",
+            ),
+            (
+                json!({"webhook_type": "debt", "key": "k", "status": " Waiting_Signature\t"}),
+                "waiting_signature",
+            ),
+            (
+                json!({"webhook_type": "scr", "key": "k", "data": {"status": "consulted"}}),
+                "consulted",
+            ),
+            (
+                json!({"webhook_type": "scr", "key": "k", "data": {"scr_status": "rejected"}}),
+                "rejected",
+            ),
+            (
+                json!({"webhook_type": "bank_slip.status_change", "key": "k",
+                    "data": {"bank_slip_status": "Paid"}}),
+                "paid",
+            ),
             // A status the catalog does not know is kept as sent.
-            (json!({"webhook_type": "debt", "key": "k", "status": "brand_new_status"}), "brand_new_status"),
+            (
+                json!({"webhook_type": "debt", "key": "k", "status": "brand_new_status"}),
+                "brand_new_status",
+            ),
         ];
         for (value, status) in cases {
             assert_eq!(event(value.clone()).status, status, "{value}");
@@ -389,22 +468,55 @@ mod tests {
         let at = |t: Value| json!({"webhook_type": "debt", "key": "k", "status": "x", "event_datetime": t});
         let cases = [
             // Naive times are São Paulo time (UTC-3).
-            (at(json!("2019-11-04 16:52:49")), utc("2019-11-04T19:52:49Z")),
-            (at(json!("2022-05-18T20:57:00")), utc("2022-05-18T23:57:00Z")),
-            (at(json!("2022-05-18T20:57:00.250")), utc("2022-05-18T23:57:00.250Z")),
-            (at(json!("2022-05-18 20:57:00.5")), utc("2022-05-18T23:57:00.500Z")),
-            (at(json!("2022-05-18T20:57:00Z")), utc("2022-05-18T20:57:00Z")),
-            (at(json!("2022-05-18T20:57:00.123456Z")), utc("2022-05-18T20:57:00.123Z")),
-            (at(json!("2022-05-18T20:57:00-03:00")), utc("2022-05-18T23:57:00Z")),
-            (at(json!("2022-05-18 20:57:00+00:00")), utc("2022-05-18T20:57:00Z")),
-            (at(json!("2022-05-18T20:57:00+0100")), utc("2022-05-18T19:57:00Z")),
-            (at(json!(" 2022-05-18T20:57:00Z ")), utc("2022-05-18T20:57:00Z")),
+            (
+                at(json!("2019-11-04 16:52:49")),
+                utc("2019-11-04T19:52:49Z"),
+            ),
+            (
+                at(json!("2022-05-18T20:57:00")),
+                utc("2022-05-18T23:57:00Z"),
+            ),
+            (
+                at(json!("2022-05-18T20:57:00.250")),
+                utc("2022-05-18T23:57:00.250Z"),
+            ),
+            (
+                at(json!("2022-05-18 20:57:00.5")),
+                utc("2022-05-18T23:57:00.500Z"),
+            ),
+            (
+                at(json!("2022-05-18T20:57:00Z")),
+                utc("2022-05-18T20:57:00Z"),
+            ),
+            (
+                at(json!("2022-05-18T20:57:00.123456Z")),
+                utc("2022-05-18T20:57:00.123Z"),
+            ),
+            (
+                at(json!("2022-05-18T20:57:00-03:00")),
+                utc("2022-05-18T23:57:00Z"),
+            ),
+            (
+                at(json!("2022-05-18 20:57:00+00:00")),
+                utc("2022-05-18T20:57:00Z"),
+            ),
+            (
+                at(json!("2022-05-18T20:57:00+0100")),
+                utc("2022-05-18T19:57:00Z"),
+            ),
+            (
+                at(json!(" 2022-05-18T20:57:00Z ")),
+                utc("2022-05-18T20:57:00Z"),
+            ),
             // Unreadable or absent times are allowed: the webhook still counts.
             (at(json!("yesterday")), None),
             (at(json!(1652907420)), None),
             (json!({"debt_key": "k", "status": "rejected"}), None),
-            (json!({"webhook_type": "debt", "key": "k", "status": "x",
-                    "webhook_datetime": "2022-05-18T20:57:00Z"}), utc("2022-05-18T20:57:00Z")),
+            (
+                json!({"webhook_type": "debt", "key": "k", "status": "x",
+                    "webhook_datetime": "2022-05-18T20:57:00Z"}),
+                utc("2022-05-18T20:57:00Z"),
+            ),
         ];
         for (value, expected) in cases {
             assert_eq!(event(value.clone()).event_time, expected, "{value}");
@@ -414,23 +526,41 @@ mod tests {
     #[test]
     fn detail_is_read_from_every_documented_place() {
         let cases = [
-            (json!({"debt_key": "k", "status": "rejected", "description": "Insufficient funds"}),
-             "Insufficient funds"),
-            (json!({"webhook_type": "debt", "key": "k", "status": "canceled ",
+            (
+                json!({"debt_key": "k", "status": "rejected", "description": "Insufficient funds"}),
+                "Insufficient funds",
+            ),
+            (
+                json!({"webhook_type": "debt", "key": "k", "status": "canceled ",
                     "data": {"cancel_reason": "x", "cancel_reason_enumerator": "pix_max_retry"}}),
-             "pix_max_retry: Operation cancelled due to too many disbursement errors"),
+                "pix_max_retry: Operation cancelled due to too many disbursement errors",
+            ),
             // An enumerator the table does not know falls back to the cancel_reason text.
-            (json!({"webhook_type": "debt", "key": "k", "status": "canceled",
+            (
+                json!({"webhook_type": "debt", "key": "k", "status": "canceled",
                     "data": {"cancel_reason": "Motivo novo", "cancel_reason_enumerator": "novo"}}),
-             "novo: Motivo novo"),
-            (json!({"webhook_type": "historic-card-settlement", "key": "k", "status": "processed",
-                    "data": {"response_data": {"slc_status": "completed"}}}), "completed"),
+                "novo: Motivo novo",
+            ),
+            (
+                json!({"webhook_type": "historic-card-settlement", "key": "k", "status": "processed",
+                    "data": {"response_data": {"slc_status": "completed"}}}),
+                "completed",
+            ),
             // scr_status is a detail only when it says something the status does not.
-            (json!({"webhook_type": "scr", "key": "k", "status": "consulted",
-                    "data": {"scr_status": "consulted"}}), ""),
-            (json!({"webhook_type": "scr", "key": "k", "status": "pending_signature",
-                    "data": {"scr_status": "waiting"}}), "waiting"),
-            (json!({"webhook_type": "debt", "key": "k", "status": "disbursed", "data": null}), ""),
+            (
+                json!({"webhook_type": "scr", "key": "k", "status": "consulted",
+                    "data": {"scr_status": "consulted"}}),
+                "",
+            ),
+            (
+                json!({"webhook_type": "scr", "key": "k", "status": "pending_signature",
+                    "data": {"scr_status": "waiting"}}),
+                "waiting",
+            ),
+            (
+                json!({"webhook_type": "debt", "key": "k", "status": "disbursed", "data": null}),
+                "",
+            ),
         ];
         for (value, detail) in cases {
             assert_eq!(event(value.clone()).detail, detail, "{value}");
@@ -443,14 +573,23 @@ mod tests {
             json!({"webhook_type": "historic-card-settlement", "key": "k", "status": "processed",
                    "data": {"response_data": {"slc_status": slc}}})
         };
-        assert_eq!(event(processed("completed")).outcome.as_deref(), Some("completed"));
-        assert_eq!(event(processed(" NOT_FOUND")).outcome.as_deref(), Some("not_found"));
+        assert_eq!(
+            event(processed("completed")).outcome.as_deref(),
+            Some("completed")
+        );
+        assert_eq!(
+            event(processed(" NOT_FOUND")).outcome.as_deref(),
+            Some("not_found")
+        );
         // Only the statuses the catalog names defer to the outcome field.
         let other = json!({"webhook_type": "historic-card-settlement", "key": "k", "status": "queued",
                            "data": {"response_data": {"slc_status": "completed"}}});
         assert_eq!(event(other).outcome, None);
         // Other kinds have no outcome field.
-        assert_eq!(event(json!({"webhook_type": "debt", "key": "k", "status": "x"})).outcome, None);
+        assert_eq!(
+            event(json!({"webhook_type": "debt", "key": "k", "status": "x"})).outcome,
+            None
+        );
     }
 
     #[test]
@@ -458,20 +597,59 @@ mod tests {
         let cases = [
             (json!({}), "no webhook_type, and no debt_key"),
             (json!({"key": "k", "status": "x"}), "no webhook_type"),
-            (json!({"webhook_type": "", "key": "k", "status": "x"}), "webhook_type is empty"),
-            (json!({"webhook_type": 7, "key": "k", "status": "x"}), "webhook_type is a number"),
-            (json!({"webhook_type": "dé bt", "key": "k", "status": "x"}), "webhook_type has characters"),
-            (json!({"webhook_type": "debt", "status": "x"}), "no operation key"),
-            (json!({"webhook_type": "debt", "key": "", "status": "x"}), "key is empty"),
-            (json!({"webhook_type": "debt", "key": 12, "status": "x"}), "key is a number"),
-            (json!({"webhook_type": "debt", "key": {"id": 1}, "status": "x"}), "key is an object"),
-            (json!({"webhook_type": "debt", "key": "a\nb", "status": "x"}), "key contains control"),
-            (json!({"webhook_type": "debt", "key": "k".repeat(300), "status": "x"}), "key is longer"),
+            (
+                json!({"webhook_type": "", "key": "k", "status": "x"}),
+                "webhook_type is empty",
+            ),
+            (
+                json!({"webhook_type": 7, "key": "k", "status": "x"}),
+                "webhook_type is a number",
+            ),
+            (
+                json!({"webhook_type": "dé bt", "key": "k", "status": "x"}),
+                "webhook_type has characters",
+            ),
+            (
+                json!({"webhook_type": "debt", "status": "x"}),
+                "no operation key",
+            ),
+            (
+                json!({"webhook_type": "debt", "key": "", "status": "x"}),
+                "key is empty",
+            ),
+            (
+                json!({"webhook_type": "debt", "key": 12, "status": "x"}),
+                "key is a number",
+            ),
+            (
+                json!({"webhook_type": "debt", "key": {"id": 1}, "status": "x"}),
+                "key is an object",
+            ),
+            (
+                json!({"webhook_type": "debt", "key": "a\nb", "status": "x"}),
+                "key contains control",
+            ),
+            (
+                json!({"webhook_type": "debt", "key": "k".repeat(300), "status": "x"}),
+                "key is longer",
+            ),
             (json!({"webhook_type": "debt", "key": "k"}), "no status"),
-            (json!({"webhook_type": "debt", "key": "k", "status": "   "}), "status is empty"),
-            (json!({"webhook_type": "debt", "key": "k", "status": true}), "status is a boolean"),
-            (json!({"webhook_type": "debt", "key": "k", "status": "dis\u{7}bursed"}), "status contains control"),
-            (json!({"webhook_type": "debt", "key": "k", "status": "s".repeat(200)}), "status is longer"),
+            (
+                json!({"webhook_type": "debt", "key": "k", "status": "   "}),
+                "status is empty",
+            ),
+            (
+                json!({"webhook_type": "debt", "key": "k", "status": true}),
+                "status is a boolean",
+            ),
+            (
+                json!({"webhook_type": "debt", "key": "k", "status": "dis\u{7}bursed"}),
+                "status contains control",
+            ),
+            (
+                json!({"webhook_type": "debt", "key": "k", "status": "s".repeat(200)}),
+                "status is longer",
+            ),
         ];
         for (value, expected) in cases {
             let reason = quarantine_reason(value.clone());
@@ -491,10 +669,16 @@ mod tests {
             (b"\"x\"", "is a string"),
         ] {
             let err = normalize(&catalog, body).unwrap_err().to_string();
-            assert!(err.contains(expected), "{:?}: {err}", String::from_utf8_lossy(body));
+            assert!(
+                err.contains(expected),
+                "{:?}: {err}",
+                String::from_utf8_lossy(body)
+            );
         }
         let deep = "[".repeat(10_000) + &"]".repeat(10_000);
-        let err = normalize(&catalog, deep.as_bytes()).unwrap_err().to_string();
+        let err = normalize(&catalog, deep.as_bytes())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("recursion limit"), "{err}");
     }
 
@@ -512,7 +696,8 @@ mod tests {
         let catalog = Catalog::builtin()
             .extended_with("[kinds.pix_transfer]\nstatus_paths = [\"data.transfer_state\"]\n")
             .unwrap();
-        let body = br#"{"webhook_type": "pix_transfer", "key": "k", "data": {"transfer_state": "Sent"}}"#;
+        let body =
+            br#"{"webhook_type": "pix_transfer", "key": "k", "data": {"transfer_state": "Sent"}}"#;
         let Ok(Normalized::Event(e)) = normalize(&catalog, body) else {
             panic!("not an event");
         };

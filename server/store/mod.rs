@@ -225,6 +225,49 @@ impl Store {
         self.trees.quarantine.len()
     }
 
+    /// Every operation, ordered by (key, kind).
+    pub fn operations(&self) -> impl Iterator<Item = Result<Operation, StoreError>> + '_ {
+        self.trees
+            .operations
+            .iter()
+            .map(|kv| decode(&kv?.1, "operations"))
+    }
+
+    /// Checks that the status and phase indexes hold exactly one entry per operation, the
+    /// one its current status and phase call for. Returns the problems found.
+    pub fn check_indexes(&self) -> Result<Vec<String>, StoreError> {
+        let mut expected_status = std::collections::BTreeSet::new();
+        let mut expected_phase = std::collections::BTreeSet::new();
+        for op in self.operations() {
+            let op = op?;
+            expected_status.insert(status_index_key(&op));
+            expected_phase.insert(phase_index_key(&op));
+        }
+        let mut problems = Vec::new();
+        for (name, tree, expected) in [
+            ("status_index", &self.trees.status_index, expected_status),
+            ("phase_index", &self.trees.phase_index, expected_phase),
+        ] {
+            let mut actual = std::collections::BTreeSet::new();
+            for kv in tree.iter() {
+                actual.insert(kv?.0.to_vec());
+            }
+            for missing in expected.difference(&actual) {
+                problems.push(format!(
+                    "{name}: missing {:?}",
+                    String::from_utf8_lossy(missing)
+                ));
+            }
+            for stale in actual.difference(&expected) {
+                problems.push(format!(
+                    "{name}: stale {:?}",
+                    String::from_utf8_lossy(stale)
+                ));
+            }
+        }
+        Ok(problems)
+    }
+
     /// How many operations are stored.
     pub fn operation_count(&self) -> usize {
         self.trees.operations.len()

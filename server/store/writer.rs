@@ -385,7 +385,8 @@ impl BatchPlan {
     ) -> Result<u64, StoreError> {
         self.quarantine.remove(&id.to_be_bytes());
         let sequence = self.add_event(store, catalog, envelope, &entry.raw, entry.received_at)?;
-        self.seen.insert(envelope.event_id, Ack::Accepted { sequence });
+        self.seen
+            .insert(envelope.event_id, Ack::Accepted { sequence });
         Ok(sequence)
     }
 

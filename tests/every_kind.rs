@@ -1,0 +1,218 @@
+//! End to end, over HTTP and gRPC: one operation of every kind, its webhooks delivered
+//! shuffled and duplicated, ends in the status the catalog's rule gives.
+
+mod common;
+
+use common::{TestServer, phase, webhook};
+use serde_json::json;
+
+struct Case {
+    kind: &'static str,
+    key: &'static str,
+    webhooks: Vec<Vec<u8>>,
+    status: &'static str,
+    phase: &'static str,
+}
+
+fn with_data(body: Vec<u8>, data: serde_json::Value) -> Vec<u8> {
+    let mut value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    value["data"] = data;
+    serde_json::to_vec(&value).unwrap()
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            kind: "debt",
+            key: "debt-e2e",
+            webhooks: vec![
+                webhook(
+                    "debt",
+                    "debt-e2e",
+                    "waiting_signature",
+                    "2024-01-01 10:00:00",
+                ),
+                webhook("debt", "debt-e2e", "signed", "2024-01-01 11:00:00"),
+                webhook("debt", "debt-e2e", "disbursed", "2024-01-02 10:00:00"),
+                webhook("debt", "debt-e2e", "opened", "2024-01-03 10:00:00"),
+                webhook("debt", "debt-e2e", "settled", "2024-06-01 10:00:00"),
+            ],
+            status: "settled",
+            phase: "succeeded",
+        },
+        Case {
+            kind: "account",
+            key: "account-e2e",
+            webhooks: vec![
+                webhook(
+                    "account",
+                    "account-e2e",
+                    "waiting_user_acceptance",
+                    "2024-01-01 10:00:00",
+                ),
+                webhook(
+                    "account",
+                    "account-e2e",
+                    "waiting_administrator_approval",
+                    "2024-01-01 11:00:00",
+                ),
+                webhook(
+                    "account",
+                    "account-e2e",
+                    "account_opened",
+                    "2024-01-01 12:00:00",
+                ),
+            ],
+            status: "account_opened",
+            phase: "succeeded",
+        },
+        Case {
+            kind: "escrow",
+            key: "escrow-e2e",
+            webhooks: vec![
+                webhook(
+                    "escrow",
+                    "escrow-e2e",
+                    "waiting_user_acceptance",
+                    "2024-01-01 10:00:00",
+                ),
+                webhook(
+                    "escrow",
+                    "escrow-e2e",
+                    "account_rejected",
+                    "2024-01-01 12:00:00",
+                ),
+            ],
+            status: "account_rejected",
+            phase: "failed",
+        },
+        Case {
+            kind: "scr",
+            key: "scr-e2e",
+            webhooks: vec![
+                webhook("scr", "scr-e2e", "pending_signature", "2024-01-01 10:00:00"),
+                with_data(
+                    webhook("scr", "scr-e2e", "consulted", "2024-01-01 12:00:00"),
+                    json!({"scr_key": "scr-e2e", "scr_status": "consulted"}),
+                ),
+            ],
+            status: "consulted",
+            phase: "succeeded",
+        },
+        Case {
+            kind: "historic_card_settlement",
+            key: "hcs-e2e",
+            webhooks: vec![with_data(
+                webhook(
+                    "historic-card-settlement",
+                    "hcs-e2e",
+                    "processed",
+                    "2022-05-18T20:57:00",
+                ),
+                json!({"status": "processed", "response_data": {"slc_status": "not_found"}}),
+            )],
+            status: "processed",
+            phase: "failed",
+        },
+        Case {
+            kind: "account_request.status_change",
+            key: "ar-e2e",
+            webhooks: vec![
+                webhook(
+                    "account_request.status_change",
+                    "ar-e2e",
+                    "pending_bacen_validation",
+                    "2024-01-01 10:00:00",
+                ),
+                webhook(
+                    "account_request.status_change",
+                    "ar-e2e",
+                    "pending_kyc_analysis",
+                    "2024-01-01 11:00:00",
+                ),
+                webhook(
+                    "account_request.status_change",
+                    "ar-e2e",
+                    "pending_additional_data",
+                    "2024-01-01 12:00:00",
+                ),
+            ],
+            status: "pending_additional_data",
+            phase: "pending",
+        },
+        Case {
+            // A kind the catalog does not know: its statuses are placed by event time.
+            kind: "installment.status_change",
+            key: "inst-e2e",
+            webhooks: vec![
+                webhook(
+                    "installment.status_change",
+                    "inst-e2e",
+                    "opened",
+                    "2024-01-01 10:00:00",
+                ),
+                webhook(
+                    "installment.status_change",
+                    "inst-e2e",
+                    "overdue",
+                    "2024-02-01 10:00:00",
+                ),
+                webhook(
+                    "installment.status_change",
+                    "inst-e2e",
+                    "paid",
+                    "2024-02-03 10:00:00",
+                ),
+            ],
+            status: "paid",
+            phase: "pending",
+        },
+    ]
+}
+
+#[tokio::test]
+async fn one_operation_of_every_kind_delivered_shuffled_and_duplicated() {
+    let server = TestServer::start().await;
+    let cases = cases();
+    // Interleave every kind, reverse each operation's webhooks, and send everything twice.
+    let mut deliveries = Vec::new();
+    for round in 0..2 {
+        let longest = cases.iter().map(|c| c.webhooks.len()).max().unwrap();
+        for i in 0..longest {
+            for case in &cases {
+                let n = case.webhooks.len();
+                if i < n {
+                    let index = if round == 0 { n - 1 - i } else { (i * 7) % n };
+                    deliveries.push(case.webhooks[index].clone());
+                }
+            }
+        }
+    }
+    for body in deliveries {
+        server.post_ok(body).await;
+    }
+    for case in &cases {
+        let op = server.get(case.key, case.kind).await.unwrap();
+        assert_eq!(op.kind, case.kind);
+        assert_eq!(op.status, case.status, "{}", case.kind);
+        assert_eq!(phase(&op), case.phase, "{}", case.kind);
+        assert_eq!(
+            op.event_count as usize,
+            case.webhooks.len(),
+            "{}",
+            case.kind
+        );
+        // History is in event-time order whatever the arrival order.
+        let times: Vec<i64> = op
+            .history
+            .iter()
+            .map(|h| h.event_time.unwrap().seconds)
+            .collect();
+        assert!(
+            times.windows(2).all(|w| w[0] <= w[1]),
+            "{}: {times:?}",
+            case.kind
+        );
+    }
+    server.stop().await;
+}

@@ -1,0 +1,234 @@
+//! Properties of reconciliation, on the pure domain: the operation is a function of the set
+//! of distinct webhooks, whatever their delivery order and repetition.
+
+use std::collections::HashSet;
+
+use proptest::prelude::*;
+use qistatus::domain::catalog::Catalog;
+use qistatus::domain::reconcile::{EventSummary, Operation, Phase, Reconciler};
+use qistatus::domain::webhook::EventId;
+
+/// Every status a kind can send: its stages, ends, and two the catalog does not know.
+fn statuses_of(catalog: &Catalog, kind: &str) -> Vec<(String, Option<String>)> {
+    let mut statuses: Vec<(String, Option<String>)> = Vec::new();
+    if let Some(spec) = catalog.kind(kind) {
+        for s in spec.stages.iter().chain(&spec.success).chain(&spec.failure) {
+            statuses.push((s.clone(), None));
+        }
+        for deferring in &spec.outcome_statuses {
+            for outcome in spec.success.iter().chain(&spec.failure) {
+                statuses.push((deferring.clone(), Some(outcome.clone())));
+            }
+        }
+    }
+    statuses.push(("mystery_a".into(), None));
+    statuses.push(("mystery_b".into(), None));
+    statuses
+}
+
+fn kinds() -> Vec<String> {
+    let catalog = Catalog::builtin();
+    let mut kinds: Vec<String> = catalog.kinds.keys().cloned().collect();
+    kinds.push("installment.status_change".into());
+    kinds
+}
+
+/// A kind, and up to 8 distinct webhooks of it: (status index, event time, detail).
+fn operation_webhooks() -> impl Strategy<Value = (String, Vec<(usize, Option<i64>, u8)>)> {
+    (
+        proptest::sample::select(kinds()),
+        proptest::collection::vec((0usize..64, proptest::option::of(0i64..6), 0u8..3), 1..8),
+    )
+}
+
+fn summaries(kind: &str, webhooks: &[(usize, Option<i64>, u8)]) -> Vec<EventSummary> {
+    let statuses = statuses_of(&Catalog::builtin(), kind);
+    let mut seen = HashSet::new();
+    webhooks
+        .iter()
+        .map(|&(status, time, detail)| {
+            let (status, outcome) = statuses[status % statuses.len()].clone();
+            let content = format!("{kind}|{status}|{outcome:?}|{time:?}|{detail}");
+            EventSummary {
+                sequence: 0,
+                event_id: EventId(sha256(content.as_bytes())),
+                status,
+                outcome,
+                detail: format!("detail {detail}"),
+                // Few distinct times, so that ties are common and the tie-breaks are exercised.
+                event_time: time.map(|t| 1_600_000_000_000 + t * 60_000),
+                received_at: 0,
+            }
+        })
+        // Distinct webhooks only: two equal contents are one webhook.
+        .filter(|e| seen.insert(e.event_id))
+        .collect()
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// Delivers `order` (indices into `events`, with repeats) the way the writer does: a
+/// webhook already seen is a duplicate; sequences and receive times follow arrival.
+fn deliver(kind: &str, events: &[EventSummary], order: &[usize]) -> Operation {
+    let catalog = Catalog::builtin();
+    let reconciler = Reconciler::new(&catalog);
+    let mut seen = HashSet::new();
+    let mut op: Option<Operation> = None;
+    for (arrival, &i) in order.iter().enumerate() {
+        let mut event = events[i].clone();
+        if !seen.insert(event.event_id) {
+            continue;
+        }
+        event.sequence = arrival as u64 + 1;
+        event.received_at = 1_700_000_000_000 + arrival as i64;
+        let before = op.as_ref().map(|op| winner_precedence(&reconciler, op));
+        let after = reconciler.apply(op, kind, "k", event);
+        // A webhook never moves an operation back.
+        if let Some(before) = before {
+            assert!(winner_precedence(&reconciler, &after) >= before);
+        }
+        op = Some(after);
+    }
+    op.expect("at least one webhook")
+}
+
+fn winner_precedence(
+    r: &Reconciler<'_>,
+    op: &Operation,
+) -> qistatus::domain::reconcile::Precedence {
+    op.history
+        .iter()
+        .map(|e| r.precedence(&op.kind, e))
+        .max()
+        .expect("non-empty history")
+}
+
+/// The operation without what depends on arrival: receive times and sequence numbers.
+fn arrival_independent(mut op: Operation) -> Operation {
+    op.first_received_at = 0;
+    op.updated_at = 0;
+    op.last_sequence = 0;
+    for e in &mut op.history {
+        e.sequence = 0;
+        e.received_at = 0;
+    }
+    op
+}
+
+/// Every index once, then `extra` repeats, shuffled by `seed`.
+fn delivery(len: usize, extra: &[usize], seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).chain(extra.iter().map(|e| e % len)).collect();
+    // Fisher-Yates with a small deterministic generator.
+    let mut state = seed | 1;
+    for i in (1..order.len()).rev() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        order.swap(i, (state % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn any_order_with_any_duplicates_gives_the_same_operation(
+        (kind, webhooks) in operation_webhooks(),
+        extra_a in proptest::collection::vec(0usize..8, 0..8),
+        extra_b in proptest::collection::vec(0usize..8, 0..8),
+        seed_a in any::<u64>(),
+        seed_b in any::<u64>(),
+    ) {
+        let events = summaries(&kind, &webhooks);
+        let a = deliver(&kind, &events, &delivery(events.len(), &extra_a, seed_a));
+        let b = deliver(&kind, &events, &delivery(events.len(), &extra_b, seed_b));
+        prop_assert_eq!(a.version, events.len() as u64);
+        prop_assert_eq!(a.history.len(), events.len());
+        prop_assert_eq!(arrival_independent(a), arrival_independent(b));
+    }
+
+    #[test]
+    fn an_end_status_always_ends_the_operation(
+        (kind, webhooks) in operation_webhooks(),
+        seed in any::<u64>(),
+    ) {
+        let catalog = Catalog::builtin();
+        let events = summaries(&kind, &webhooks);
+        let op = deliver(&kind, &events, &delivery(events.len(), &[], seed));
+        let reconciler = Reconciler::new(&catalog);
+        let any_end = events.iter().any(|e| reconciler.precedence(&kind, e).tier == 2);
+        prop_assert_eq!(any_end, op.phase != Phase::Pending);
+    }
+}
+
+#[test]
+fn supersession_beats_event_time_and_time_beats_hash() {
+    let catalog = Catalog::builtin();
+    let r = Reconciler::new(&catalog);
+    let e = |status: &str, time: i64, id: u8| EventSummary {
+        sequence: id as u64,
+        event_id: EventId([id; 32]),
+        status: status.into(),
+        outcome: None,
+        detail: String::new(),
+        event_time: Some(time),
+        received_at: 0,
+    };
+    let op = r
+        .reconcile(
+            "debt",
+            "k",
+            vec![e("canceled", 200, 1), e("canceled_permanently", 100, 2)],
+        )
+        .unwrap();
+    assert_eq!(op.status, "canceled_permanently");
+    let op = r
+        .reconcile(
+            "debt",
+            "k",
+            vec![e("settled", 100, 9), e("canceled", 200, 1)],
+        )
+        .unwrap();
+    assert_eq!(
+        op.status, "canceled",
+        "between ends, the later event time wins"
+    );
+    let op = r
+        .reconcile(
+            "debt",
+            "k",
+            vec![e("settled", 100, 1), e("canceled", 100, 9)],
+        )
+        .unwrap();
+    assert_eq!(
+        op.status, "canceled",
+        "an exact tie falls to the greater content hash"
+    );
+    let op = r
+        .reconcile(
+            "debt",
+            "k",
+            vec![e("disbursed", 100, 1), e("mystery", 900, 2)],
+        )
+        .unwrap();
+    assert_eq!(
+        op.status, "disbursed",
+        "an unknown status never displaces a known one"
+    );
+    let op = r
+        .reconcile(
+            "debt",
+            "k",
+            vec![e("mystery_one", 100, 1), e("mystery_two", 900, 2)],
+        )
+        .unwrap();
+    assert_eq!(
+        op.status, "mystery_two",
+        "unknown statuses are placed by event time"
+    );
+    assert_eq!(op.phase, Phase::Pending);
+}

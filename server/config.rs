@@ -11,6 +11,7 @@ use crate::domain::catalog::{Catalog, CatalogError};
 use crate::intake::IntakeLimits;
 use crate::server::Settings;
 use crate::store::writer::WriterLimits;
+use crate::watch::WatchSettings;
 
 /// qistatus-server: receives QI Tech webhooks over HTTP and serves every operation's
 /// reconciled status over gRPC.
@@ -61,6 +62,23 @@ pub struct Config {
     /// Most webhooks the writer commits with one flush.
     #[arg(long, env = "QISTATUS_MAX_BATCH", default_value_t = 512)]
     pub max_batch: usize,
+
+    /// Days raw webhooks and change records stay in the event log. Operations and the
+    /// summary of their history are kept forever; watchers cannot resume from older points.
+    #[arg(long, env = "QISTATUS_LOG_RETENTION_DAYS", default_value_t = 90)]
+    pub log_retention_days: u32,
+
+    /// How often expired log entries are dropped (also once at start).
+    #[arg(long, env = "QISTATUS_COMPACTION_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub compaction_interval: Duration,
+
+    /// How long an idle watch stream waits between progress notifications.
+    #[arg(long, env = "QISTATUS_WATCH_PROGRESS_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub watch_progress_interval: Duration,
+
+    /// Most watch streams open at once.
+    #[arg(long, env = "QISTATUS_MAX_WATCHERS", default_value_t = 10_000)]
+    pub max_watchers: usize,
 
     /// Log filter, in `tracing` directive syntax (e.g. `info`, `qistatus=debug`).
     #[arg(long, env = "QISTATUS_LOG", default_value = "info", global = true)]
@@ -118,6 +136,13 @@ impl Config {
                 queue: self.writer_queue.max(1),
                 max_batch: self.max_batch.max(1),
             },
+            watch: WatchSettings {
+                progress_interval: self.watch_progress_interval.max(Duration::from_millis(10)),
+                max_watchers: self.max_watchers.max(1),
+                ..WatchSettings::default()
+            },
+            log_retention: Duration::from_secs(u64::from(self.log_retention_days) * 24 * 3600),
+            compaction_interval: self.compaction_interval.max(Duration::from_secs(1)),
         })
     }
 

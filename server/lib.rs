@@ -41,3 +41,4 @@ pub mod intake;
 pub mod pb;
 pub mod server;
 pub mod store;
+pub mod watch;

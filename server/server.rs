@@ -19,8 +19,9 @@ use crate::domain::catalog::Catalog;
 use crate::grpc::OperationStatusApi;
 use crate::intake::{self, IntakeLimits, IntakeState};
 use crate::pb;
-use crate::store::writer::{self, WriterLimits};
+use crate::store::writer::{self, SubmitError, WriterHandle, WriterLimits};
 use crate::store::{Store, StoreError};
+use crate::watch::{WatchHub, WatchSettings};
 
 /// Everything `run` needs besides its listeners.
 #[derive(Debug, Clone)]
@@ -33,6 +34,12 @@ pub struct Settings {
     pub intake: IntakeLimits,
     /// Writer limits.
     pub writer: WriterLimits,
+    /// Watch limits and timings.
+    pub watch: WatchSettings,
+    /// How long raw webhooks and change records stay in the log.
+    pub log_retention: Duration,
+    /// How often expired log entries are dropped (also once at start).
+    pub compaction_interval: Duration,
 }
 
 impl Settings {
@@ -43,6 +50,9 @@ impl Settings {
             catalog: Catalog::builtin(),
             intake: IntakeLimits::default(),
             writer: WriterLimits::default(),
+            watch: WatchSettings::default(),
+            log_retention: Duration::from_secs(90 * 24 * 3600),
+            compaction_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -59,6 +69,9 @@ pub enum ServerError {
     /// The gRPC listener failed.
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// The writer stopped unexpectedly.
+    #[error("writer: {0}")]
+    Writer(#[from] SubmitError),
     /// The reflection service could not be built.
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -82,6 +95,7 @@ pub async fn run(
     }
     let catalog = Arc::new(settings.catalog);
     let (writer, writer_task) = writer::spawn(store.clone(), catalog.clone(), settings.writer)?;
+    compact_expired(&writer, settings.log_retention).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
@@ -89,6 +103,18 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
+    let hub = WatchHub::new(
+        store.clone(),
+        writer.committed(),
+        stop_rx.clone(),
+        settings.watch,
+    );
+    let compaction = tokio::spawn(compact_periodically(
+        writer.clone(),
+        settings.log_retention,
+        settings.compaction_interval,
+        stop_rx.clone(),
+    ));
     let app = intake::router(IntakeState { catalog, writer }, settings.intake);
     let http_server = axum::serve(http, app).with_graceful_shutdown(stopped(stop_rx.clone()));
 
@@ -100,7 +126,7 @@ pub async fn run(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let api = pb::operation_status_service_server::OperationStatusServiceServer::new(
-        OperationStatusApi::new(store.clone()),
+        OperationStatusApi::new(store.clone(), hub)?,
     );
     let incoming = TcpListenerStream::new(grpc).map(|conn| {
         if let Ok(stream) = &conn {
@@ -127,8 +153,11 @@ pub async fn run(
     });
 
     let (http_result, grpc_result) = tokio::join!(http_server.into_future(), grpc_server);
-    // Every writer handle lived in the HTTP app, which is gone now: the writer drains its
-    // queue, flushes and stops.
+    if let Err(e) = compaction.await {
+        tracing::error!(error = %e, "the compaction task failed");
+    }
+    // Every writer handle lived in the HTTP app and the compaction task, which are gone now:
+    // the writer drains its queue, flushes and stops.
     tokio::task::spawn_blocking(move || writer_task.join())
         .await
         .expect("the writer join task does not panic: join() logs a writer panic instead");
@@ -137,6 +166,34 @@ pub async fn run(
     grpc_result?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Most log entries one compaction step drops, so that ingest is never held up for long.
+const COMPACTION_STEP: usize = 10_000;
+
+/// Drops every log entry older than `retention`, in steps between writer batches.
+async fn compact_expired(writer: &WriterHandle, retention: Duration) -> Result<(), SubmitError> {
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let cutoff = writer::now_millis().saturating_sub(retention_ms);
+    while writer.compact(cutoff, COMPACTION_STEP).await?.more {}
+    Ok(())
+}
+
+async fn compact_periodically(
+    writer: WriterHandle,
+    retention: Duration,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        if let Err(e) = compact_expired(&writer, retention).await {
+            tracing::error!(error = %e, "log compaction failed");
+        }
+    }
 }
 
 /// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM.

@@ -27,6 +27,7 @@
 //! - The indexes always agree with the operations tree (same transaction).
 
 pub mod rebuild;
+pub mod status_index;
 pub mod writer;
 
 use std::path::Path;
@@ -119,6 +120,8 @@ pub(crate) struct Trees {
 
 const NEXT_SEQUENCE: &[u8] = b"next_sequence";
 const NEXT_QUARANTINE: &[u8] = b"next_quarantine";
+const COMPACTED_THROUGH: &[u8] = b"compacted_through";
+const PAGE_TOKEN_SECRET: &[u8] = b"page_token_secret";
 
 /// A handle on the data directory, cheap to clone. Reads go straight to sled.
 #[derive(Clone, Debug)]
@@ -147,7 +150,40 @@ impl Store {
             quarantine: tree("quarantine")?,
             meta: tree("meta")?,
         };
-        Ok(Store { db, trees })
+        let store = Store { db, trees };
+        store.ensure_page_token_secret()?;
+        Ok(store)
+    }
+
+    /// Creates the page-token secret on first open. Written before the writer starts, so it
+    /// does not race with it.
+    fn ensure_page_token_secret(&self) -> Result<(), StoreError> {
+        if self.trees.meta.get(PAGE_TOKEN_SECRET)?.is_none() {
+            let mut secret = [0u8; 32];
+            getrandom::fill(&mut secret).map_err(|e| StoreError::Corrupt {
+                tree: "meta",
+                reason: format!("no randomness for the page-token secret: {e}"),
+            })?;
+            self.trees.meta.insert(PAGE_TOKEN_SECRET, &secret)?;
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The secret that signs `ListByStatus` page tokens, stable across restarts.
+    pub fn page_token_secret(&self) -> Result<[u8; 32], StoreError> {
+        let value = self
+            .trees
+            .meta
+            .get(PAGE_TOKEN_SECRET)?
+            .ok_or(StoreError::Corrupt {
+                tree: "meta",
+                reason: "page-token secret missing".into(),
+            })?;
+        value.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+            tree: "meta",
+            reason: "page-token secret has the wrong length".into(),
+        })
     }
 
     /// Flushes everything to disk.
@@ -159,6 +195,35 @@ impl Store {
     /// The sequence the next stored webhook will get (1 on an empty store).
     pub fn next_sequence(&self) -> Result<u64, StoreError> {
         self.counter(NEXT_SEQUENCE)
+    }
+
+    /// Every sequence up to this one has been compacted out of the log (0: none).
+    pub fn compacted_through(&self) -> Result<u64, StoreError> {
+        Ok(match self.trees.meta.get(COMPACTED_THROUGH)? {
+            Some(v) => u64_from_be(&v, "meta")?,
+            None => 0,
+        })
+    }
+
+    /// The change records with sequences in `(after, up_to]`, at most `limit`, in order.
+    pub fn changes_after(
+        &self,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Change)>, StoreError> {
+        if after >= up_to {
+            return Ok(Vec::new());
+        }
+        self.trees
+            .changes
+            .range((after + 1).to_be_bytes()..=up_to.to_be_bytes())
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((u64_from_be(&k, "changes")?, decode(&v, "changes")?))
+            })
+            .collect()
     }
 
     pub(crate) fn next_quarantine_id(&self) -> Result<u64, StoreError> {

@@ -23,8 +23,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    Change, EventRef, LogEntry, NEXT_QUARANTINE, NEXT_SEQUENCE, QuarantineEntry, Store, StoreError,
-    encode, operation_key, phase_index_key, status_index_key,
+    COMPACTED_THROUGH, Change, EventRef, LogEntry, NEXT_QUARANTINE, NEXT_SEQUENCE, QuarantineEntry,
+    Store, StoreError, encode, operation_key, phase_index_key, status_index_key,
 };
 use crate::domain::catalog::Catalog;
 use crate::domain::reconcile::{EventSummary, Operation, Reconciler};
@@ -66,9 +66,33 @@ pub enum SubmitError {
     Store(#[from] StoreError),
 }
 
+/// What the writer is asked to do.
+#[derive(Debug)]
+enum Command {
+    /// Store a webhook.
+    Write(WriteRequest),
+    /// Drop log entries received before `cutoff` (ms since the epoch), at most `limit`.
+    Compact {
+        cutoff: i64,
+        limit: usize,
+        reply: oneshot::Sender<Result<Compaction, Arc<StoreError>>>,
+    },
+}
+
+/// What one compaction step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compaction {
+    /// Log entries dropped.
+    pub removed: usize,
+    /// Every sequence up to this one is gone from the log (0 when none ever was).
+    pub compacted_through: u64,
+    /// Whether more expired entries remain (the step stopped at its limit).
+    pub more: bool,
+}
+
 /// One webhook for the writer.
 #[derive(Debug)]
-pub struct WriteRequest {
+struct WriteRequest {
     normalized: Normalized,
     raw: Vec<u8>,
     reply: oneshot::Sender<Result<Ack, Arc<StoreError>>>,
@@ -95,7 +119,7 @@ impl Default for WriterLimits {
 /// A cloneable handle to submit webhooks to the writer.
 #[derive(Debug, Clone)]
 pub struct WriterHandle {
-    tx: mpsc::Sender<WriteRequest>,
+    tx: mpsc::Sender<Command>,
     committed: watch::Receiver<u64>,
 }
 
@@ -108,12 +132,33 @@ impl WriterHandle {
             raw,
             reply,
         };
-        self.tx.try_send(request).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SubmitError::Busy,
-            mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
-        })?;
+        self.tx
+            .try_send(Command::Write(request))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SubmitError::Busy,
+                mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
+            })?;
         match answer.await {
             Ok(Ok(ack)) => Ok(ack),
+            Ok(Err(e)) => Err(SubmitError::Store(StoreError::Transaction(e.to_string()))),
+            Err(_) => Err(SubmitError::Closed),
+        }
+    }
+
+    /// Drops log entries received before `cutoff` (ms since the epoch), at most `limit` of
+    /// them, between two batches. Operations and their history summaries are kept.
+    pub async fn compact(&self, cutoff: i64, limit: usize) -> Result<Compaction, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Command::Compact {
+                cutoff,
+                limit,
+                reply,
+            })
+            .await
+            .map_err(|_| SubmitError::Closed)?;
+        match answer.await {
+            Ok(Ok(done)) => Ok(done),
             Ok(Err(e)) => Err(SubmitError::Store(StoreError::Transaction(e.to_string()))),
             Err(_) => Err(SubmitError::Closed),
         }
@@ -174,44 +219,117 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(&mut self, mut rx: mpsc::Receiver<WriteRequest>, max_batch: usize) {
+    fn run(&mut self, mut rx: mpsc::Receiver<Command>, max_batch: usize) {
         let mut batch = Vec::with_capacity(max_batch);
-        while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
+        let mut next = rx.blocking_recv();
+        while let Some(command) = next.take() {
+            let request = match command {
+                Command::Write(request) => request,
+                Command::Compact {
+                    cutoff,
+                    limit,
+                    reply,
+                } => {
+                    let _ = reply.send(self.compact(cutoff, limit).map_err(Arc::new));
+                    next = rx.blocking_recv();
+                    continue;
+                }
+            };
+            batch.push(request);
+            // Take whatever else is queued, up to the batch limit; a compaction waits for
+            // the next turn.
             while batch.len() < max_batch {
                 match rx.try_recv() {
-                    Ok(request) => batch.push(request),
+                    Ok(Command::Write(request)) => batch.push(request),
+                    Ok(compact) => {
+                        next = Some(compact);
+                        break;
+                    }
                     Err(_) => break,
                 }
             }
-            let started = std::time::Instant::now();
-            let result = self.commit(&batch);
-            match result {
-                Ok(acks) => {
-                    tracing::debug!(
-                        webhooks = batch.len(),
-                        elapsed_us = started.elapsed().as_micros() as u64,
-                        last_sequence = self.next_sequence - 1,
-                        "batch committed"
-                    );
-                    self.committed.send_replace(self.next_sequence - 1);
-                    for (request, ack) in batch.drain(..).zip(acks) {
-                        let _ = request.reply.send(Ok(ack));
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, webhooks = batch.len(), "batch failed to commit");
-                    let e = Arc::new(e);
-                    for request in batch.drain(..) {
-                        let _ = request.reply.send(Err(e.clone()));
-                    }
-                }
+            self.commit_and_answer(&mut batch);
+            if next.is_none() {
+                next = rx.blocking_recv();
             }
         }
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "final flush failed");
         }
         tracing::debug!("writer stopped");
+    }
+
+    fn commit_and_answer(&mut self, batch: &mut Vec<WriteRequest>) {
+        let started = std::time::Instant::now();
+        match self.commit(batch) {
+            Ok(acks) => {
+                tracing::debug!(
+                    webhooks = batch.len(),
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    last_sequence = self.next_sequence - 1,
+                    "batch committed"
+                );
+                self.committed.send_replace(self.next_sequence - 1);
+                for (request, ack) in batch.drain(..).zip(acks) {
+                    let _ = request.reply.send(Ok(ack));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, webhooks = batch.len(), "batch failed to commit");
+                let e = Arc::new(e);
+                for request in batch.drain(..) {
+                    let _ = request.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Drops expired log entries and their change records, oldest first.
+    fn compact(&mut self, cutoff: i64, limit: usize) -> Result<Compaction, StoreError> {
+        let mut compacted_through = self.store.compacted_through()?;
+        let mut expired = Vec::new();
+        let mut more = false;
+        for kv in self.store.trees.log.iter() {
+            let (k, v) = kv?;
+            let entry: LogEntry = super::decode(&v, "log")?;
+            if entry.received_at >= cutoff {
+                break;
+            }
+            if expired.len() == limit {
+                more = true;
+                break;
+            }
+            expired.push(super::u64_from_be(&k, "log")?);
+        }
+        let Some(&last) = expired.last() else {
+            return Ok(Compaction {
+                removed: 0,
+                compacted_through,
+                more: false,
+            });
+        };
+        compacted_through = compacted_through.max(last);
+        let mut log = Batch::default();
+        let mut changes = Batch::default();
+        for sequence in &expired {
+            log.remove(&sequence.to_be_bytes());
+            changes.remove(&sequence.to_be_bytes());
+        }
+        let mut meta = Batch::default();
+        meta.insert(COMPACTED_THROUGH, &compacted_through.to_be_bytes());
+        let t = &self.store.trees;
+        apply_atomically(&[&t.log, &t.changes, &t.meta], &[&log, &changes, &meta])?;
+        self.store.flush()?;
+        tracing::info!(
+            removed = expired.len(),
+            compacted_through,
+            "event log compacted"
+        );
+        Ok(Compaction {
+            removed: expired.len(),
+            compacted_through,
+            more,
+        })
     }
 
     /// Applies a batch atomically and flushes it. On error nothing is changed, in sled or in

@@ -1,0 +1,303 @@
+//! The gRPC API, `qistatus.v1.OperationStatusService`. Handlers are thin: they validate the
+//! request, call the store (or the watch hub), and convert. Every error is an [`ApiError`],
+//! turned into a `tonic::Status` in one place.
+
+pub mod page_token;
+
+use std::collections::BTreeSet;
+
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::domain::catalog::{canonical_kind, canonical_status};
+use crate::domain::reconcile::{Operation, Phase};
+use crate::pb;
+use crate::pb::operation_status_service_server::OperationStatusService;
+use crate::store::status_index::{Selection, StatusIndex};
+use crate::store::{Store, StoreError};
+use crate::watch::{WatchFilter, WatchHub, WatchStream};
+use page_token::PageTokens;
+
+/// Page size of `ListByStatus` when the request gives none.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Largest page size of `ListByStatus`.
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// Most statuses or kinds in one filter.
+pub const MAX_FILTER_VALUES: usize = 64;
+
+/// Errors of the gRPC API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The operation does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The resume point is older than the retained log.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// Too many watchers.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The store failed: logged, and reported without detail.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        match e {
+            ApiError::InvalidArgument(m) => Status::invalid_argument(m),
+            ApiError::NotFound(m) => Status::not_found(m),
+            ApiError::OutOfRange(m) => Status::out_of_range(m),
+            ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            ApiError::Store(e) => {
+                tracing::error!(error = %e, "store error while serving a request");
+                Status::internal("internal storage error")
+            }
+        }
+    }
+}
+
+/// The implementation of `OperationStatusService`.
+#[derive(Debug, Clone)]
+pub struct OperationStatusApi {
+    store: Store,
+    index: StatusIndex,
+    tokens: PageTokens,
+    hub: WatchHub,
+}
+
+impl OperationStatusApi {
+    /// An API over `store`, whose watchers `hub` starts.
+    pub fn new(store: Store, hub: WatchHub) -> Result<Self, StoreError> {
+        Ok(OperationStatusApi {
+            index: StatusIndex::new(store.clone()),
+            tokens: PageTokens::new(store.page_token_secret()?),
+            store,
+            hub,
+        })
+    }
+
+    /// The operation a key (and optional kind) names.
+    fn find(&self, key: &str, kind: &str) -> Result<Operation, ApiError> {
+        if key.is_empty() {
+            return Err(ApiError::InvalidArgument("key is required".into()));
+        }
+        if !kind.trim().is_empty() {
+            let kind = canonical_kind(kind);
+            return self.store.operation(&kind, key)?.ok_or_else(|| {
+                ApiError::NotFound(format!("no {kind} operation with key {key:?}"))
+            });
+        }
+        let mut found = self.store.operations_with_key(key)?;
+        match found.len() {
+            0 => Err(ApiError::NotFound(format!("no operation with key {key:?}"))),
+            1 => Ok(found.remove(0)),
+            _ => {
+                let kinds: Vec<&str> = found.iter().map(|op| op.kind.as_str()).collect();
+                Err(ApiError::InvalidArgument(format!(
+                    "key {key:?} names operations of several kinds ({}): give the kind",
+                    kinds.join(", ")
+                )))
+            }
+        }
+    }
+
+    fn with_history(&self, op: &Operation, include_raw: bool) -> Result<pb::Operation, ApiError> {
+        let mut out = convert::operation_summary(op);
+        for event in &op.history {
+            let raw = self.store.log_entry(event.sequence)?.map(|e| e.raw);
+            out.history
+                .push(convert::history_entry(event, raw.as_deref(), include_raw));
+        }
+        Ok(out)
+    }
+}
+
+fn phase_of(value: i32, field: &str) -> Result<Option<Phase>, ApiError> {
+    let phase = pb::Phase::try_from(value)
+        .map_err(|_| ApiError::InvalidArgument(format!("{field} has no phase {value}")))?;
+    Ok(convert::phase_from_pb(phase))
+}
+
+fn canonical_set(
+    values: &[String],
+    field: &str,
+    canonical: fn(&str) -> String,
+) -> Result<BTreeSet<String>, ApiError> {
+    if values.len() > MAX_FILTER_VALUES {
+        return Err(ApiError::InvalidArgument(format!(
+            "{field} has {} values; at most {MAX_FILTER_VALUES}",
+            values.len()
+        )));
+    }
+    values
+        .iter()
+        .map(|v| {
+            let c = canonical(v);
+            if c.is_empty() {
+                Err(ApiError::InvalidArgument(format!(
+                    "{field} has an empty value"
+                )))
+            } else {
+                Ok(c)
+            }
+        })
+        .collect()
+}
+
+/// The validated form of a `ListByStatusRequest`.
+struct ListQuery {
+    kind: Option<String>,
+    selection: Selection,
+    page_size: usize,
+}
+
+impl ListQuery {
+    fn parse(req: &pb::ListByStatusRequest) -> Result<ListQuery, ApiError> {
+        let statuses = canonical_set(&req.statuses, "statuses", canonical_status)?;
+        let phase = phase_of(req.phase, "phase")?;
+        let selection = match (statuses.is_empty(), phase) {
+            (false, None) => Selection::Statuses(statuses.into_iter().collect()),
+            (true, Some(phase)) => Selection::Phase(phase),
+            (true, None) => {
+                return Err(ApiError::InvalidArgument(
+                    "give statuses or a phase to list by".into(),
+                ));
+            }
+            (false, Some(_)) => {
+                return Err(ApiError::InvalidArgument(
+                    "give statuses or a phase, not both".into(),
+                ));
+            }
+        };
+        let page_size = match req.page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n > MAX_PAGE_SIZE => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "page_size {n} is larger than the maximum, {MAX_PAGE_SIZE}"
+                )));
+            }
+            n => n,
+        };
+        let kind = Some(canonical_kind(&req.kind)).filter(|k| !k.is_empty());
+        Ok(ListQuery {
+            kind,
+            selection,
+            page_size,
+        })
+    }
+
+    /// A description of the query (not the page), which page tokens are bound to.
+    fn fingerprint(&self) -> String {
+        let selection = match &self.selection {
+            Selection::Statuses(s) => format!("statuses={}", s.join("\u{0}")),
+            Selection::Phase(p) => format!("phase={}", p.as_str()),
+        };
+        format!("kind={}|{selection}", self.kind.as_deref().unwrap_or(""))
+    }
+}
+
+fn watch_filter(req: &pb::WatchOperationRequest) -> Result<WatchFilter, ApiError> {
+    let mut kinds = canonical_set(&req.kinds, "kinds", canonical_kind)?;
+    if !req.key.is_empty() && !req.kind.trim().is_empty() {
+        kinds.insert(canonical_kind(&req.kind));
+    }
+    let mut phases = BTreeSet::new();
+    for &p in &req.phases {
+        let phase = phase_of(p, "phases")?.ok_or_else(|| {
+            ApiError::InvalidArgument("phases must not contain PHASE_UNSPECIFIED".into())
+        })?;
+        phases.insert(phase);
+    }
+    Ok(WatchFilter {
+        key: Some(req.key.clone()).filter(|k| !k.is_empty()),
+        kinds,
+        statuses: canonical_set(&req.statuses, "statuses", canonical_status)?,
+        phases,
+        include_unchanged: req.include_unchanged,
+    })
+}
+
+#[tonic::async_trait]
+impl OperationStatusService for OperationStatusApi {
+    async fn get_operation(
+        &self,
+        request: Request<pb::GetOperationRequest>,
+    ) -> Result<Response<pb::GetOperationResponse>, Status> {
+        let req = request.into_inner();
+        let op = self.find(&req.key, &req.kind)?;
+        let operation = self.with_history(&op, req.include_raw_payload)?;
+        Ok(Response::new(pb::GetOperationResponse {
+            operation: Some(operation),
+        }))
+    }
+
+    async fn list_by_status(
+        &self,
+        request: Request<pb::ListByStatusRequest>,
+    ) -> Result<Response<pb::ListByStatusResponse>, Status> {
+        let req = request.into_inner();
+        let query = ListQuery::parse(&req)?;
+        let fingerprint = query.fingerprint();
+        let after = if req.page_token.is_empty() {
+            None
+        } else {
+            let cursor = self
+                .tokens
+                .open(&fingerprint, &req.page_token)
+                .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+            Some(cursor)
+        };
+        let (operations, more) = self
+            .index
+            .page(
+                &query.selection,
+                query.kind.as_deref(),
+                after.as_ref(),
+                query.page_size,
+            )
+            .map_err(ApiError::from)?;
+        let next_page_token = match operations.last() {
+            Some(last) if more => self
+                .tokens
+                .issue(&fingerprint, &(last.kind.clone(), last.key.clone())),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListByStatusResponse {
+            operations: operations.iter().map(convert::operation_summary).collect(),
+            next_page_token,
+        }))
+    }
+
+    type WatchOperationStream = WatchStream;
+
+    async fn watch_operation(
+        &self,
+        request: Request<pb::WatchOperationRequest>,
+    ) -> Result<Response<Self::WatchOperationStream>, Status> {
+        let req = request.into_inner();
+        let filter = watch_filter(&req)?;
+        // Read the head before the initial state: a change committed in between is then
+        // delivered after the state instead of being lost.
+        let start_after = req.start_after_sequence.unwrap_or_else(|| self.hub.head());
+        let initial = if req.send_initial_state {
+            if req.key.is_empty() {
+                return Err(
+                    ApiError::InvalidArgument("send_initial_state needs a key".into()).into(),
+                );
+            }
+            match self.find(&req.key, &req.kind) {
+                Ok(op) => Some(op),
+                Err(ApiError::NotFound(_)) => None,
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            None
+        };
+        let stream = self.hub.start(filter, Some(start_after), initial)?;
+        Ok(Response::new(stream))
+    }
+}

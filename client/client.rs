@@ -1,5 +1,10 @@
 //! A small Rust client for qistatus's gRPC API, shared by the `qistatus` CLI and any Rust
-//! service that wants typed calls without writing the plumbing.
+//! service that wants typed calls without writing the plumbing:
+//!
+//! - [`Client::get`]: one operation with its history;
+//! - [`Client::list`]: a stream over every page of a `ListByStatus` query;
+//! - [`Client::watch`]: a stream of changes that reconnects with backoff and resumes after
+//!   the last sequence it yielded, so callers never write that loop themselves.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), qistatus::client::ClientError> {
@@ -9,7 +14,13 @@
 //! # Ok(()) }
 //! ```
 
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
 
 use crate::pb;
 use crate::pb::operation_status_service_client::OperationStatusServiceClient;
@@ -104,8 +115,205 @@ impl Client {
             .ok_or_else(|| tonic::Status::internal("the server sent no operation").into())
     }
 
+    /// Every operation matching `query`, following pages; the stream ends after the last page
+    /// or at the first error.
+    pub fn list(
+        &self,
+        query: ListQuery,
+    ) -> impl Stream<Item = Result<pb::Operation, ClientError>> + use<> {
+        let mut inner = self.inner.clone();
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut request = pb::ListByStatusRequest {
+                kind: query.kind.unwrap_or_default(),
+                statuses: query.statuses,
+                phase: query.phase.unwrap_or(pb::Phase::Unspecified) as i32,
+                page_size: query.page_size,
+                page_token: String::new(),
+            };
+            loop {
+                let page = match inner.list_by_status(request.clone()).await {
+                    Ok(page) => page.into_inner(),
+                    Err(status) => {
+                        let _ = tx.send(Err(status.into())).await;
+                        return;
+                    }
+                };
+                for op in page.operations {
+                    if tx.send(Ok(op)).await.is_err() {
+                        return;
+                    }
+                }
+                if page.next_page_token.is_empty() {
+                    return;
+                }
+                request.page_token = page.next_page_token;
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+
+    /// The changes `query` selects, for as long as the stream is read. Dropped connections
+    /// and server restarts are retried with backoff (100 ms doubling to 5 s), resuming after
+    /// the last sequence yielded, so nothing is missed or repeated. Errors that retrying
+    /// cannot fix (a bad filter, a resume point older than the retained log) end the stream.
+    pub fn watch(
+        &self,
+        query: WatchQuery,
+    ) -> impl Stream<Item = Result<WatchEvent, ClientError>> + use<> {
+        let mut inner = self.inner.clone();
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut resume = query.start_after_sequence;
+            let mut want_initial = query.send_initial_state;
+            let mut backoff = MIN_BACKOFF;
+            loop {
+                let request = query.request(resume, want_initial);
+                let failure = match inner.watch_operation(request).await {
+                    Ok(response) => {
+                        let mut stream = response.into_inner();
+                        loop {
+                            let event = match stream.message().await {
+                                Ok(Some(message)) => message.event,
+                                Ok(None) => {
+                                    break Status::unavailable("the server ended the stream");
+                                }
+                                Err(status) => break status,
+                            };
+                            backoff = MIN_BACKOFF;
+                            let event = match event {
+                                Some(pb::watch_operation_response::Event::Change(change)) => {
+                                    if change.initial {
+                                        want_initial = false;
+                                    } else {
+                                        resume = Some(change.sequence);
+                                    }
+                                    WatchEvent::Change(change)
+                                }
+                                Some(pb::watch_operation_response::Event::Progress(p)) => {
+                                    // The initial state, if any, comes before the first progress.
+                                    want_initial = false;
+                                    resume = Some(p.sequence);
+                                    WatchEvent::Progress(p.sequence)
+                                }
+                                None => continue,
+                            };
+                            if tx.send(Ok(event)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(status) => status,
+                };
+                if !retryable(failure.code()) {
+                    let _ = tx.send(Err(failure.into())).await;
+                    return;
+                }
+                let notice = WatchEvent::Reconnecting {
+                    resume_after: resume,
+                    reason: status_message(&failure),
+                    delay: backoff,
+                };
+                if tx.send(Ok(notice)).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = tx.closed() => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+
     /// The generated client, for calls this wrapper does not cover.
     pub fn raw(&mut self) -> &mut OperationStatusServiceClient<Channel> {
         &mut self.inner
     }
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Whether a failed watch may succeed if tried again.
+fn retryable(code: Code) -> bool {
+    !matches!(
+        code,
+        Code::InvalidArgument
+            | Code::OutOfRange
+            | Code::NotFound
+            | Code::FailedPrecondition
+            | Code::Unauthenticated
+            | Code::PermissionDenied
+            | Code::Unimplemented
+    )
+}
+
+/// A `ListByStatus` query: `statuses` or `phase`, optionally narrowed to a `kind`.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Operations in one of these statuses.
+    pub statuses: Vec<String>,
+    /// Operations in this phase (instead of statuses).
+    pub phase: Option<pb::Phase>,
+    /// Operations per page (0: the server's default).
+    pub page_size: u32,
+}
+
+/// A `WatchOperation` query; see the proto for each field.
+#[derive(Debug, Clone, Default)]
+pub struct WatchQuery {
+    /// One operation key.
+    pub key: Option<String>,
+    /// With `key`: its kind, when the key names several.
+    pub kind: Option<String>,
+    /// Only these kinds.
+    pub kinds: Vec<String>,
+    /// Only changes into these statuses.
+    pub statuses: Vec<String>,
+    /// Only changes into these phases.
+    pub phases: Vec<pb::Phase>,
+    /// Start after this sequence; `None`: from now.
+    pub start_after_sequence: Option<u64>,
+    /// With `key`: send its current state first.
+    pub send_initial_state: bool,
+    /// Also webhooks that did not change the status.
+    pub include_unchanged: bool,
+}
+
+impl WatchQuery {
+    fn request(&self, resume: Option<u64>, send_initial_state: bool) -> pb::WatchOperationRequest {
+        pb::WatchOperationRequest {
+            key: self.key.clone().unwrap_or_default(),
+            kind: self.kind.clone().unwrap_or_default(),
+            kinds: self.kinds.clone(),
+            statuses: self.statuses.clone(),
+            phases: self.phases.iter().map(|p| *p as i32).collect(),
+            start_after_sequence: resume,
+            send_initial_state,
+            include_unchanged: self.include_unchanged,
+        }
+    }
+}
+
+/// What a watch stream yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchEvent {
+    /// An operation changed (or, with `initial` set, its state when the watch began).
+    Change(pb::OperationChange),
+    /// Everything up to this sequence has been seen.
+    Progress(u64),
+    /// The connection failed; the stream reconnects after `delay` and resumes after
+    /// `resume_after`. Informational: nothing is lost.
+    Reconnecting {
+        /// Where the stream will resume.
+        resume_after: Option<u64>,
+        /// Why it reconnects.
+        reason: String,
+        /// How long it waits first.
+        delay: Duration,
+    },
 }

@@ -2,10 +2,11 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use qistatus::client::{Client, ClientError};
+use clap::{Parser, Subcommand, ValueEnum};
+use qistatus::client::{Client, ClientError, ListQuery, WatchEvent, WatchQuery};
 use qistatus::convert::{operation_to_json, rfc3339};
 use qistatus::pb;
+use tokio_stream::StreamExt;
 
 /// qistatus: ask a qistatus server where QI Tech operations are.
 #[derive(Debug, Parser)]
@@ -20,7 +21,8 @@ struct Cli {
     )]
     server: String,
 
-    /// Print JSON for scripts instead of human-readable text.
+    /// Print JSON for scripts instead of human-readable text (`list` and `watch` print one
+    /// object per line).
     #[arg(long, global = true)]
     json: bool,
 
@@ -38,17 +40,89 @@ enum Command {
         #[arg(long)]
         kind: Option<String>,
     },
+    /// List the operations currently in some statuses, or in a phase.
+    List {
+        /// A status to list (repeat, or separate with commas).
+        #[arg(
+            long = "status",
+            value_delimiter = ',',
+            required_unless_present = "phase"
+        )]
+        statuses: Vec<String>,
+        /// A phase to list instead of statuses.
+        #[arg(long, value_enum, conflicts_with = "statuses")]
+        phase: Option<PhaseArg>,
+        /// Only operations of this kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Stop after this many operations.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Print changes as they happen, until Ctrl-C. Reconnects on its own and resumes after
+    /// the last sequence it printed.
+    Watch {
+        /// Only this operation key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Only these kinds (repeat, or separate with commas).
+        #[arg(long = "kind", value_delimiter = ',')]
+        kinds: Vec<String>,
+        /// Only changes into these statuses (repeat, or separate with commas).
+        #[arg(long = "status", value_delimiter = ',')]
+        statuses: Vec<String>,
+        /// Only changes into these phases (repeat, or separate with commas).
+        #[arg(long = "phase", value_enum, value_delimiter = ',')]
+        phases: Vec<PhaseArg>,
+        /// Resume after this sequence instead of starting from now.
+        #[arg(long)]
+        from_sequence: Option<u64>,
+        /// With --key: print the operation's current state first.
+        #[arg(long, requires = "key")]
+        initial: bool,
+        /// Also print webhooks that did not change the status.
+        #[arg(long)]
+        include_unchanged: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PhaseArg {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+impl From<PhaseArg> for pb::Phase {
+    fn from(p: PhaseArg) -> pb::Phase {
+        match p {
+            PhaseArg::Pending => pb::Phase::Pending,
+            PhaseArg::Succeeded => pb::Phase::Succeeded,
+            PhaseArg::Failed => pb::Phase::Failed,
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    let outcome = tokio::select! {
+        outcome = run(cli) => outcome,
+        () = interrupted() => Ok(()),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("qistatus: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Completes on Ctrl-C; never, if Ctrl-C cannot be listened for.
+async fn interrupted() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -63,12 +137,92 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 print_operation(&op);
             }
         }
+        Command::List {
+            statuses,
+            phase,
+            kind,
+            limit,
+        } => {
+            let query = ListQuery {
+                kind,
+                statuses,
+                phase: phase.map(Into::into),
+                page_size: limit.map_or(0, |l| l.clamp(1, 1000) as u32),
+            };
+            let operations = client.list(query).take(limit.unwrap_or(usize::MAX));
+            tokio::pin!(operations);
+            let mut count = 0;
+            while let Some(op) = operations.next().await {
+                let op = op?;
+                if cli.json {
+                    println!("{}", operation_to_json(&op));
+                } else {
+                    if count == 0 {
+                        println!(
+                            "{:<26} {:<38} {:<34} {:<10} updated",
+                            "kind", "key", "status", "phase"
+                        );
+                    }
+                    println!(
+                        "{:<26} {:<38} {:<34} {:<10} {}",
+                        op.kind,
+                        op.key,
+                        op.status,
+                        phase_name(op.phase),
+                        rfc3339(op.updated_at.as_ref())
+                    );
+                }
+                count += 1;
+            }
+            if !cli.json {
+                eprintln!("{count} operation(s)");
+            }
+        }
+        Command::Watch {
+            key,
+            kinds,
+            statuses,
+            phases,
+            from_sequence,
+            initial,
+            include_unchanged,
+        } => {
+            let query = WatchQuery {
+                key,
+                kind: None,
+                kinds,
+                statuses,
+                phases: phases.into_iter().map(Into::into).collect(),
+                start_after_sequence: from_sequence,
+                send_initial_state: initial,
+                include_unchanged,
+            };
+            let events = client.watch(query);
+            tokio::pin!(events);
+            while let Some(event) = events.next().await {
+                match event? {
+                    WatchEvent::Change(change) => print_change(&change, cli.json),
+                    WatchEvent::Progress(_) => {}
+                    WatchEvent::Reconnecting {
+                        resume_after,
+                        reason,
+                        delay,
+                    } => {
+                        let after =
+                            resume_after.map_or("now".to_owned(), |s| format!("sequence {s}"));
+                        eprintln!(
+                            "qistatus: {reason}; reconnecting in {delay:?}, resuming after {after}"
+                        );
+                    }
+                }
+            }
+        }
     }
     Ok(())
 }
 
-fn phase_name(op: &pb::Operation) -> &'static str {
-    match pb::Phase::try_from(op.phase) {
+fn phase_name(phase: i32) -> &'static str {
+    match pb::Phase::try_from(phase) {
         Ok(pb::Phase::Pending) => "pending",
         Ok(pb::Phase::Succeeded) => "succeeded",
         Ok(pb::Phase::Failed) => "failed",
@@ -80,9 +234,44 @@ fn or_dash(s: String) -> String {
     if s.is_empty() { "-".to_owned() } else { s }
 }
 
+fn print_change(change: &pb::OperationChange, json: bool) {
+    let Some(op) = &change.operation else {
+        return;
+    };
+    if json {
+        let line = serde_json::json!({
+            "sequence": change.sequence,
+            "kind": op.kind,
+            "key": op.key,
+            "status": op.status,
+            "previous_status": change.previous_status,
+            "phase": phase_name(op.phase),
+            "detail": op.detail,
+            "initial": change.initial,
+        });
+        println!("{line}");
+    } else {
+        let transition = if change.initial {
+            format!("{} (current state)", op.status)
+        } else if change.previous_status.is_empty() {
+            format!("new -> {}", op.status)
+        } else {
+            format!("{} -> {}", change.previous_status, op.status)
+        };
+        println!(
+            "{:>8}  {} {}  {} ({})",
+            change.sequence,
+            op.kind,
+            op.key,
+            transition,
+            phase_name(op.phase)
+        );
+    }
+}
+
 fn print_operation(op: &pb::Operation) {
     println!("{} {}", op.kind, op.key);
-    println!("  status      {} ({})", op.status, phase_name(op));
+    println!("  status      {} ({})", op.status, phase_name(op.phase));
     if !op.detail.is_empty() {
         println!("  detail      {}", op.detail);
     }

@@ -41,8 +41,14 @@ impl TestServer {
 
     /// A server with explicit settings.
     pub async fn start_with(settings: Settings) -> TestServer {
-        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
-        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        TestServer::start_at(settings, any, any).await
+    }
+
+    /// A server on given addresses (to restart one where clients expect it).
+    pub async fn start_at(settings: Settings, http: SocketAddr, grpc: SocketAddr) -> TestServer {
+        let http = TcpListener::bind(http).await.expect("bind http");
+        let grpc = TcpListener::bind(grpc).await.expect("bind grpc");
         let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let data_dir = settings.data_dir.clone();
@@ -97,6 +103,13 @@ impl TestServer {
         let (status, answer) = self.post(body).await;
         assert_eq!(status, 200, "answer: {answer}");
         answer["sequence"].as_u64().expect("sequence")
+    }
+
+    /// The Rust client library, connected to this server.
+    pub async fn client(&self) -> qistatus::client::Client {
+        qistatus::client::Client::connect(&format!("http://{}", self.grpc))
+            .await
+            .expect("connect client")
     }
 
     pub async fn grpc(&self) -> OperationStatusServiceClient<Channel> {

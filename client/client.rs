@@ -188,7 +188,7 @@ impl Client {
                                     } else {
                                         resume = Some(change.sequence);
                                     }
-                                    WatchEvent::Change(change)
+                                    WatchEvent::Change(Box::new(change))
                                 }
                                 Some(pb::watch_operation_response::Event::Progress(p)) => {
                                     // The initial state, if any, comes before the first progress.
@@ -303,7 +303,7 @@ impl WatchQuery {
 #[derive(Debug, Clone, PartialEq)]
 pub enum WatchEvent {
     /// An operation changed (or, with `initial` set, its state when the watch began).
-    Change(pb::OperationChange),
+    Change(Box<pb::OperationChange>),
     /// Everything up to this sequence has been seen.
     Progress(u64),
     /// The connection failed; the stream reconnects after `delay` and resumes after

@@ -98,7 +98,7 @@ async fn collect_until(
         match stream.next().await.expect("stream open").expect("no error") {
             WatchEvent::Change(c) => {
                 let done = c.sequence >= until;
-                changes.push(c);
+                changes.push(*c);
                 if done {
                     return changes;
                 }

@@ -73,11 +73,21 @@ async fn list_follows_pages_up_to_the_limit() {
     let server = TestServer::start().await;
     for i in 0..5 {
         server
-            .post_ok(common::webhook("debt", &format!("d{i}"), "disbursed", "2024-01-01 10:00:00"))
+            .post_ok(common::webhook(
+                "debt",
+                &format!("d{i}"),
+                "disbursed",
+                "2024-01-01 10:00:00",
+            ))
             .await;
     }
     server
-        .post_ok(common::webhook("debt", "c1", "canceled", "2024-01-01 10:00:00"))
+        .post_ok(common::webhook(
+            "debt",
+            "c1",
+            "canceled",
+            "2024-01-01 10:00:00",
+        ))
         .await;
 
     let out = qistatus(&server, &["list", "--status", "disbursed", "--json"]).await;
@@ -95,7 +105,11 @@ async fn list_follows_pages_up_to_the_limit() {
     assert_eq!(text.lines().count(), 3, "a header and two rows: {text}");
     assert!(text.lines().nth(1).unwrap().starts_with("debt"), "{text}");
 
-    let failed = qistatus(&server, &["list", "--phase", "failed", "--kind", "debt", "--json"]).await;
+    let failed = qistatus(
+        &server,
+        &["list", "--phase", "failed", "--kind", "debt", "--json"],
+    )
+    .await;
     let text = String::from_utf8(failed.stdout).unwrap();
     assert_eq!(text.lines().count(), 1);
     assert!(text.contains("\"c1\""), "{text}");
@@ -118,13 +132,28 @@ async fn watch_prints_one_json_line_per_change_and_ends_cleanly_on_ctrl_c() {
         .spawn()
         .unwrap();
     server
-        .post_ok(common::webhook("debt", "k", "waiting_signature", "2024-01-01 10:00:00"))
+        .post_ok(common::webhook(
+            "debt",
+            "k",
+            "waiting_signature",
+            "2024-01-01 10:00:00",
+        ))
         .await;
     server
-        .post_ok(common::webhook("account", "a", "account_opened", "2024-01-01 10:00:00"))
+        .post_ok(common::webhook(
+            "account",
+            "a",
+            "account_opened",
+            "2024-01-01 10:00:00",
+        ))
         .await;
     server
-        .post_ok(common::webhook("debt", "k", "disbursed", "2024-01-02 10:00:00"))
+        .post_ok(common::webhook(
+            "debt",
+            "k",
+            "disbursed",
+            "2024-01-02 10:00:00",
+        ))
         .await;
 
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();

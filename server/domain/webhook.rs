@@ -175,6 +175,16 @@ fn read_envelope(
         .map(canonical_status)
         .ok_or_else(|| format!("no status: none of status, data.status, {generic_status}"))?;
     check_name("status", &status)?;
+    if !status
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ' '))
+    {
+        // QI Tech's statuses are ASCII snake_case: anything else is a look-alike or garbage,
+        // which must not slip into an operation as a "new status".
+        return Err(
+            "status has characters other than ASCII letters, digits, '_', '-', '.', ' '".into(),
+        );
+    }
 
     let outcome = spec
         .filter(|s| s.outcome_statuses.contains(&status))
@@ -649,6 +659,15 @@ mod tests {
             (
                 json!({"webhook_type": "debt", "key": "k", "status": "s".repeat(200)}),
                 "status is longer",
+            ),
+            // A Cyrillic "і" that looks like a Latin "i", and a zero-width space.
+            (
+                json!({"webhook_type": "debt", "key": "k", "status": "d\u{456}sbursed"}),
+                "status has characters",
+            ),
+            (
+                json!({"webhook_type": "debt", "key": "k", "status": "disbursed\u{200b}"}),
+                "status has characters",
             ),
         ];
         for (value, expected) in cases {

@@ -1,0 +1,301 @@
+//! Durability, proven by crashing it: the real `qistatus-server` binary is SIGKILLed at random
+//! moments under concurrent load and restarted on the same data directory. Every webhook it
+//! acknowledged must be there, the operations must equal a rebuild from the log, and the
+//! sequence numbers must have no gaps.
+//!
+//! `QISTATUS_CRASH_CYCLES` sets the number of kill/restart cycles (default 5; for a long run:
+//! `QISTATUS_CRASH_CYCLES=100 cargo test --release --test crash`), `QISTATUS_CRASH_SEED` the
+//! random seed (printed on every run).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use qistatus::pb;
+use qistatus::pb::operation_status_service_client::OperationStatusServiceClient;
+use tokio::process::{Child, Command};
+
+struct Server {
+    child: Child,
+    http: SocketAddr,
+    grpc: SocketAddr,
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Starts the binary and waits until both listeners answer.
+async fn start(dir: &Path, http: SocketAddr, grpc: SocketAddr) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qistatus-server"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args([
+            "--http-addr",
+            &http.to_string(),
+            "--grpc-addr",
+            &grpc.to_string(),
+        ])
+        .args(["--log", "warn"])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start qistatus-server");
+    let client = reqwest::Client::new();
+    for _ in 0..600 {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("qistatus-server exited at start: {status}");
+        }
+        let ready = client
+            .get(format!("http://{http}/healthz"))
+            .send()
+            .await
+            .is_ok()
+            && tokio::net::TcpStream::connect(grpc).await.is_ok();
+        if ready {
+            return Server { child, http, grpc };
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("qistatus-server did not start within 30 s");
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// An acknowledged webhook: what must survive.
+#[derive(Debug, Clone)]
+struct Acked {
+    key: String,
+    status: &'static str,
+    sequence: u64,
+}
+
+const STATUSES: [&str; 4] = ["waiting_signature", "signed", "disbursed", "settled"];
+
+/// Posts from `senders` concurrent clients until the server goes away.
+fn load(
+    server_http: SocketAddr,
+    cycle: usize,
+    senders: usize,
+    acked: Arc<Mutex<Vec<Acked>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..senders)
+        .map(|sender| {
+            let acked = acked.clone();
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                for n in 0.. {
+                    // Each key gets a few webhooks, so operations change as well as appear.
+                    let key = format!("c{cycle}-s{sender}-k{}", n / STATUSES.len());
+                    let status = STATUSES[n % STATUSES.len()];
+                    let body = serde_json::json!({
+                        "webhook_type": "debt",
+                        "key": key,
+                        "status": status,
+                        "event_datetime": format!("2024-01-0{} 10:00:00", 1 + n % STATUSES.len()),
+                    });
+                    let response = client
+                        .post(format!("http://{server_http}/webhooks"))
+                        .json(&body)
+                        .send()
+                        .await;
+                    let Ok(response) = response else { return };
+                    if response.status() != 200 {
+                        assert_eq!(response.status(), 503, "only 200 or 503 under load");
+                        continue;
+                    }
+                    let Ok(answer) = response.json::<serde_json::Value>().await else {
+                        return;
+                    };
+                    let sequence = answer["sequence"].as_u64().expect("sequence");
+                    acked.lock().unwrap().push(Acked {
+                        key,
+                        status,
+                        sequence,
+                    });
+                }
+            })
+        })
+        .collect()
+}
+
+/// Checks, over gRPC, that every acknowledged webhook is there and the log has no gaps.
+async fn verify(server: &Server, acked: &[Acked]) -> u64 {
+    let mut grpc = OperationStatusServiceClient::connect(format!("http://{}", server.grpc))
+        .await
+        .unwrap();
+    // The head: the first progress of a watch "from now".
+    let mut now = grpc
+        .watch_operation(pb::WatchOperationRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let head = match now.message().await.unwrap().unwrap().event {
+        Some(pb::watch_operation_response::Event::Progress(p)) => p.sequence,
+        other => panic!("expected progress, got {other:?}"),
+    };
+    // Every sequence from 1 to the head, each once, in order.
+    let mut all = grpc
+        .watch_operation(pb::WatchOperationRequest {
+            start_after_sequence: Some(0),
+            include_unchanged: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut expected = 1;
+    while expected <= head {
+        if let Some(pb::watch_operation_response::Event::Change(c)) =
+            all.message().await.unwrap().unwrap().event
+        {
+            assert_eq!(c.sequence, expected, "gap or repeat in the log");
+            expected += 1;
+        }
+    }
+    for a in acked {
+        assert!(
+            a.sequence <= head,
+            "acknowledged sequence {} beyond the head {head}",
+            a.sequence
+        );
+        let op = grpc
+            .get_operation(pb::GetOperationRequest {
+                key: a.key.clone(),
+                kind: "debt".into(),
+                include_raw_payload: false,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged {a:?} is missing: {e}"))
+            .into_inner()
+            .operation
+            .unwrap();
+        assert!(
+            op.history
+                .iter()
+                .any(|h| h.sequence == a.sequence && h.status == a.status),
+            "acknowledged {a:?} is not in the history of {}",
+            op.key
+        );
+    }
+    head
+}
+
+fn rebuild_changes_nothing(dir: &Path) {
+    let store = qistatus::store::Store::open(dir).unwrap();
+    assert_eq!(store.check_indexes().unwrap(), Vec::<String>::new());
+    drop(store);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qistatus-server"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--log", "warn", "rebuild"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        report.contains("(0 changed)"),
+        "the live state differs from a rebuild: {report}"
+    );
+}
+
+#[tokio::test]
+async fn sigkill_at_random_moments_loses_no_acknowledged_webhook() {
+    let cycles: usize = std::env::var("QISTATUS_CRASH_CYCLES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(5);
+    let seed: u64 = std::env::var("QISTATUS_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("crash test: {cycles} cycles, QISTATUS_CRASH_SEED={seed}");
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let (http, grpc) = (free_addr(), free_addr());
+    let acked = Arc::new(Mutex::new(Vec::new()));
+
+    let mut total_head = 0;
+    for cycle in 0..cycles {
+        let mut server = start(dir.path(), http, grpc).await;
+        let senders = load(server.http, cycle, 16, acked.clone());
+        tokio::time::sleep(Duration::from_millis(20 + rng.next(400))).await;
+        server.child.start_kill().unwrap();
+        server.child.wait().await.unwrap();
+        for s in senders {
+            s.await.unwrap();
+        }
+        rebuild_changes_nothing(dir.path());
+
+        let server = start(dir.path(), http, grpc).await;
+        let snapshot = acked.lock().unwrap().clone();
+        let head = verify(&server, &snapshot).await;
+        assert!(head >= total_head, "the log never shrinks");
+        total_head = head;
+        eprintln!(
+            "cycle {cycle}: {} acknowledged so far, head {head}",
+            snapshot.len()
+        );
+        let mut server = server;
+        server.child.kill().await.unwrap();
+    }
+    assert!(
+        !acked.lock().unwrap().is_empty(),
+        "the load acknowledged something"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_webhooks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, grpc) = (free_addr(), free_addr());
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let mut server = start(dir.path(), http, grpc).await;
+    let senders = load(server.http, 0, 16, acked.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = server.child.id().unwrap();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), server.child.wait())
+        .await
+        .expect("the server stops within 30 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "SIGTERM exits 0: {status}");
+    for s in senders {
+        s.await.unwrap();
+    }
+    rebuild_changes_nothing(dir.path());
+    let server = start(dir.path(), http, grpc).await;
+    let snapshot = acked.lock().unwrap().clone();
+    assert!(!snapshot.is_empty());
+    verify(&server, &snapshot).await;
+    let mut server = server;
+    server.child.kill().await.unwrap();
+}

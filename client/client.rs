@@ -19,7 +19,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use crate::pb;
@@ -36,6 +39,12 @@ pub enum ClientError {
         /// Why it is invalid.
         reason: String,
     },
+    /// The bearer token cannot be sent as a header.
+    #[error("the token has characters a header cannot carry")]
+    InvalidToken,
+    /// The TLS settings are unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The server could not be reached.
     #[error("cannot connect to {address}: {source}")]
     Connect {
@@ -68,20 +77,73 @@ fn status_message(status: &tonic::Status) -> String {
     format!("{message} ({:?})", status.code())
 }
 
+/// Adds `authorization: Bearer <token>` to every call, when a token is set.
+#[derive(Debug, Clone, Default)]
+pub struct BearerToken(Option<AsciiMetadataValue>);
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The generated client, with the bearer token interceptor.
+pub type Inner = OperationStatusServiceClient<InterceptedService<Channel, BearerToken>>;
+
+/// How to reach a server beyond its address.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// Bearer token for servers started with `--grpc-token-file`.
+    pub token: Option<String>,
+    /// PEM certificate of the CA that signed an `https://` server's certificate (public web
+    /// roots are trusted as well).
+    pub ca_pem: Option<Vec<u8>>,
+}
+
 /// A connection to a qistatus server.
 #[derive(Debug, Clone)]
 pub struct Client {
-    inner: OperationStatusServiceClient<Channel>,
+    inner: Inner,
 }
 
 impl Client {
     /// Connects to the server at `address` (e.g. `http://127.0.0.1:50051`).
     pub async fn connect(address: &str) -> Result<Client, ClientError> {
-        let endpoint =
+        Client::connect_with(address, ConnectOptions::default()).await
+    }
+
+    /// Connects to the server at `address` (`http://` or `https://`) with `options`.
+    pub async fn connect_with(
+        address: &str,
+        options: ConnectOptions,
+    ) -> Result<Client, ClientError> {
+        let mut endpoint =
             Endpoint::from_shared(address.to_owned()).map_err(|e| ClientError::InvalidAddress {
                 address: address.to_owned(),
                 reason: e.to_string(),
             })?;
+        if address.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new().with_webpki_roots();
+            if let Some(ca) = &options.ca_pem {
+                tls = tls.ca_certificate(Certificate::from_pem(ca));
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| ClientError::Tls(e.to_string()))?;
+        }
+        let token = match options.token {
+            Some(t) => Some(
+                format!("Bearer {}", t.trim())
+                    .parse::<AsciiMetadataValue>()
+                    .map_err(|_| ClientError::InvalidToken)?,
+            ),
+            None => None,
+        };
         let channel = endpoint
             .connect()
             .await
@@ -90,7 +152,7 @@ impl Client {
                 source,
             })?;
         Ok(Client {
-            inner: OperationStatusServiceClient::new(channel),
+            inner: OperationStatusServiceClient::with_interceptor(channel, BearerToken(token)),
         })
     }
 
@@ -228,7 +290,7 @@ impl Client {
     }
 
     /// The generated client, for calls this wrapper does not cover.
-    pub fn raw(&mut self) -> &mut OperationStatusServiceClient<Channel> {
+    pub fn raw(&mut self) -> &mut Inner {
         &mut self.inner
     }
 }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use qistatus::client::{Client, ClientError, ListQuery, WatchEvent, WatchQuery};
+use qistatus::client::{Client, ClientError, ConnectOptions, ListQuery, WatchEvent, WatchQuery};
 use qistatus::convert::{operation_to_json, rfc3339};
 use qistatus::pb;
 use tokio_stream::StreamExt;
@@ -20,6 +20,14 @@ struct Cli {
         global = true
     )]
     server: String,
+
+    /// Bearer token, for servers started with --grpc-token-file.
+    #[arg(long, env = "QISTATUS_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+
+    /// PEM file of the CA that signed the server's certificate (for https:// servers).
+    #[arg(long, env = "QISTATUS_CA", global = true)]
+    ca: Option<std::path::PathBuf>,
 
     /// Print JSON for scripts instead of human-readable text (`list` and `watch` print one
     /// object per line).
@@ -127,7 +135,18 @@ async fn interrupted() {
 }
 
 async fn run(cli: Cli) -> Result<(), ClientError> {
-    let mut client = Client::connect(&cli.server).await?;
+    let ca_pem =
+        match &cli.ca {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                ClientError::Tls(format!("cannot read --ca {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+    let options = ConnectOptions {
+        token: cli.token.clone(),
+        ca_pem,
+    };
+    let mut client = Client::connect_with(&cli.server, options).await?;
     match cli.command {
         Command::Get { key, kind } => {
             let op = client.get(&key, kind.as_deref()).await?;

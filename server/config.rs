@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::auth::grpc::BearerTokens;
+use crate::auth::webhook::{KeyError, WebhookVerifier};
 use crate::domain::catalog::{Catalog, CatalogError};
 use crate::intake::IntakeLimits;
 use crate::server::Settings;
+use crate::server::TlsIdentity;
 use crate::store::writer::WriterLimits;
 use crate::watch::WatchSettings;
 
@@ -80,6 +83,60 @@ pub struct Config {
     #[arg(long, env = "QISTATUS_MAX_WATCHERS", default_value_t = 10_000)]
     pub max_watchers: usize,
 
+    /// QI Tech's public key (PEM, ECDSA P-521) that signs webhooks. Repeat for rotation.
+    /// With a key, every webhook must carry QI Tech's signature.
+    #[arg(
+        long = "qitech-public-key",
+        env = "QISTATUS_QITECH_PUBLIC_KEYS",
+        value_delimiter = ','
+    )]
+    pub qitech_public_keys: Vec<PathBuf>,
+
+    /// Accepted values of QI Tech's API-CLIENT-KEY header. Repeat for several; when none is
+    /// given, the header is not checked.
+    #[arg(
+        long = "qitech-api-client-key",
+        env = "QISTATUS_QITECH_API_CLIENT_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub qitech_api_client_keys: Vec<String>,
+
+    /// Standard Webhooks HMAC secret (`whsec_...`), for deployments behind a relay. Repeat
+    /// for rotation; prefer the environment variable, which `ps` does not show.
+    #[arg(
+        long = "webhook-secret",
+        env = "QISTATUS_WEBHOOK_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub webhook_secrets: Vec<String>,
+
+    /// Largest accepted difference between a signature's timestamp and now.
+    #[arg(long, env = "QISTATUS_MAX_CLOCK_SKEW", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub max_clock_skew: Duration,
+
+    /// File of gRPC bearer tokens, one per line. Repeat for several files. With tokens, every
+    /// gRPC call but health needs `authorization: Bearer <token>`.
+    #[arg(
+        long = "grpc-token-file",
+        env = "QISTATUS_GRPC_TOKEN_FILES",
+        value_delimiter = ','
+    )]
+    pub grpc_token_files: Vec<PathBuf>,
+
+    /// TLS certificate chain (PEM) for both listeners; needs --tls-key.
+    #[arg(long, env = "QISTATUS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM) for both listeners; needs --tls-cert.
+    #[arg(long, env = "QISTATUS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Listen on non-loopback addresses without webhook verification or gRPC tokens.
+    #[arg(long, env = "QISTATUS_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+
     /// Log filter, in `tracing` directive syntax (e.g. `info`, `qistatus=debug`).
     #[arg(long, env = "QISTATUS_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -87,6 +144,66 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "QISTATUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+}
+
+/// A configuration that cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The catalog file is wrong.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// A key or secret is unusable.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A file could not be read.
+    #[error("cannot read {what} {path}: {reason}")]
+    Read {
+        /// The flag.
+        what: String,
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Unsafe exposure, refused.
+    #[error("{0}")]
+    Exposure(String),
+}
+
+/// Safe by default: without verification, only loopback addresses are served, unless
+/// `allow_unauthenticated`. Returns what to warn about.
+pub fn exposure_warnings(
+    http: SocketAddr,
+    grpc: SocketAddr,
+    webhooks_verified: bool,
+    grpc_tokens: bool,
+    allow_unauthenticated: bool,
+) -> Result<Vec<String>, ConfigError> {
+    let mut problems = Vec::new();
+    if !http.ip().is_loopback() && !webhooks_verified {
+        problems.push(format!(
+            "the webhook intake on {http} would accept unsigned webhooks: configure \
+             --qitech-public-key or --webhook-secret"
+        ));
+    }
+    if !grpc.ip().is_loopback() && !grpc_tokens {
+        problems.push(format!(
+            "the gRPC API on {grpc} would answer anyone: configure --grpc-token-file"
+        ));
+    }
+    if problems.is_empty() {
+        return Ok(Vec::new());
+    }
+    if allow_unauthenticated {
+        return Ok(problems
+            .into_iter()
+            .map(|p| format!("{p} (allowed by --allow-unauthenticated)"))
+            .collect());
+    }
+    Err(ConfigError::Exposure(format!(
+        "refusing to start: {}; or pass --allow-unauthenticated",
+        problems.join("; ")
+    )))
 }
 
 /// The server's commands.
@@ -122,9 +239,56 @@ impl Config {
         Catalog::load(self.catalog.as_deref())
     }
 
-    /// The settings `server::run` takes.
-    pub fn settings(&self) -> Result<Settings, CatalogError> {
-        Ok(Settings {
+    /// The settings `server::run` takes, after the safe-by-default check of the addresses.
+    /// Returns warnings to log at start.
+    pub fn settings(&self) -> Result<(Settings, Vec<String>), ConfigError> {
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read(path).map_err(|e| ConfigError::Read {
+                what: what.to_owned(),
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })
+        };
+        let mut public_keys = Vec::new();
+        for path in &self.qitech_public_keys {
+            let pem = read(path, "--qitech-public-key")?;
+            public_keys.push(String::from_utf8_lossy(&pem).into_owned());
+        }
+        let webhook_verifier = WebhookVerifier::new(
+            &public_keys,
+            self.qitech_api_client_keys.clone(),
+            &self.webhook_secrets,
+            self.max_clock_skew,
+        )?;
+        let mut token_texts = Vec::new();
+        for path in &self.grpc_token_files {
+            token_texts
+                .push(String::from_utf8_lossy(&read(path, "--grpc-token-file")?).into_owned());
+        }
+        let grpc_tokens = BearerTokens::from_files_text(token_texts.iter().map(String::as_str));
+        if !self.grpc_token_files.is_empty() && !grpc_tokens.is_enabled() {
+            return Err(ConfigError::Exposure(
+                "--grpc-token-file names files with no token in them".into(),
+            ));
+        }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsIdentity {
+                cert_pem: read(cert, "--tls-cert")?,
+                key_pem: read(key, "--tls-key")?,
+            }),
+            _ => None,
+        };
+        let warnings = exposure_warnings(
+            self.http_addr,
+            self.grpc_addr,
+            webhook_verifier.is_enabled(),
+            grpc_tokens.is_enabled(),
+            self.allow_unauthenticated,
+        )?;
+        let settings = Settings {
+            webhook_verifier,
+            grpc_tokens,
+            tls,
             data_dir: self.data_dir.clone(),
             catalog: self.load_catalog()?,
             intake: IntakeLimits {
@@ -143,7 +307,8 @@ impl Config {
             },
             log_retention: Duration::from_secs(u64::from(self.log_retention_days) * 24 * 3600),
             compaction_interval: self.compaction_interval.max(Duration::from_secs(1)),
-        })
+        };
+        Ok((settings, warnings))
     }
 
     /// Installs the global `tracing` subscriber.
@@ -169,5 +334,34 @@ mod tests {
     #[test]
     fn cli_definition_is_valid() {
         Config::command().debug_assert();
+    }
+
+    #[test]
+    fn unauthenticated_exposure_is_refused_unless_allowed() {
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let public: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        assert!(
+            exposure_warnings(local, local, false, false, false)
+                .unwrap()
+                .is_empty()
+        );
+        let err = exposure_warnings(public, local, false, false, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unsigned webhooks") && err.contains("--allow-unauthenticated"),
+            "{err}"
+        );
+        let err = exposure_warnings(local, public, true, false, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--grpc-token-file"), "{err}");
+        assert!(
+            exposure_warnings(public, public, true, true, false)
+                .unwrap()
+                .is_empty()
+        );
+        let warnings = exposure_warnings(public, public, false, false, true).unwrap();
+        assert_eq!(warnings.len(), 2);
     }
 }

@@ -9,6 +9,7 @@
 //! | same JSON seen before | `200` | `{"result":"duplicate","sequence":N}` |
 //! | JSON object with no readable kind, key or status | `202` | `{"result":"quarantined","reason":"..."}` |
 //! | not a JSON object | `400` | `{"error":"..."}` |
+//! | signature missing or wrong (when verification is configured) | `401` | `{"error":"..."}` |
 //! | body over the limit | `413` | `{"error":"..."}` |
 //! | writer queue full, or shutting down | `503` + `Retry-After` | `{"error":"..."}` |
 //!
@@ -23,12 +24,13 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
 use tower::ServiceBuilder;
 
+use crate::auth::webhook::{AuthError, RequestFacts, WebhookVerifier};
 use crate::domain::catalog::Catalog;
 use crate::domain::webhook::{MalformedWebhook, normalize};
 use crate::store::writer::{Ack, SubmitError, WriterHandle};
@@ -61,6 +63,8 @@ pub struct IntakeState {
     pub catalog: Arc<Catalog>,
     /// Where webhooks go to be stored.
     pub writer: WriterHandle,
+    /// Who may post webhooks.
+    pub verifier: Arc<WebhookVerifier>,
 }
 
 /// The intake's HTTP routes with their limits.
@@ -94,11 +98,29 @@ enum IntakeReply {
 
 async fn receive_webhook(
     State(state): State<IntakeState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, IntakeError> {
     let body = body?;
-    let normalized = normalize(&state.catalog, &body)?;
-    let ack = state.writer.submit(normalized, body.to_vec()).await?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let facts = RequestFacts {
+        method: method.as_str(),
+        path_and_query: uri.path_and_query().map_or("/", |p| p.as_str()),
+        authorization: header("authorization"),
+        api_client_key: header("api-client-key"),
+        webhook_id: header("webhook-id"),
+        webhook_timestamp: header("webhook-timestamp"),
+        webhook_signature: header("webhook-signature"),
+    };
+    let now = chrono::Utc::now().timestamp();
+    let webhook = state.verifier.verify(&facts, &body, now)?;
+    let normalized = normalize(&state.catalog, &webhook)?;
+    let ack = state
+        .writer
+        .submit(normalized, webhook.into_owned())
+        .await?;
     Ok(match ack {
         Ack::Accepted { sequence } => {
             (StatusCode::OK, Json(IntakeReply::Accepted { sequence })).into_response()
@@ -123,6 +145,9 @@ pub enum IntakeError {
     /// The body is not a webhook.
     #[error(transparent)]
     Malformed(#[from] MalformedWebhook),
+    /// The sender could not be verified.
+    #[error(transparent)]
+    Unauthorized(#[from] AuthError),
     /// The body could not be read (too large, connection dropped).
     #[error("cannot read the request body: {0}")]
     Body(#[from] BytesRejection),
@@ -143,6 +168,10 @@ impl IntoResponse for IntakeError {
     fn into_response(self) -> Response {
         let (status, message) = match &self {
             IntakeError::Malformed(e) => (StatusCode::BAD_REQUEST, e.to_string()),
+            IntakeError::Unauthorized(e) => {
+                tracing::warn!(reason = %e, "webhook refused: not verified");
+                (StatusCode::UNAUTHORIZED, e.to_string())
+            }
             IntakeError::Body(rejection) => (rejection.status(), rejection.body_text()),
             IntakeError::NoRoute => (StatusCode::NOT_FOUND, self.to_string()),
             IntakeError::Submit(SubmitError::Busy) => (

@@ -31,6 +31,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 #[path = "../client/client.rs"]
 pub mod client;
 pub mod config;
@@ -41,4 +42,5 @@ pub mod intake;
 pub mod pb;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod watch;

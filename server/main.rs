@@ -10,7 +10,16 @@ async fn main() -> anyhow::Result<()> {
     config.init_logging();
     match config.command.clone().unwrap_or(Command::Serve) {
         Command::Serve => {
-            let settings = config.settings()?;
+            let (settings, warnings) = config.settings()?;
+            for warning in &warnings {
+                tracing::warn!("{warning}");
+            }
+            tracing::info!(
+                webhook_verification = settings.webhook_verifier.is_enabled(),
+                grpc_tokens = settings.grpc_tokens.is_enabled(),
+                tls = settings.tls.is_some(),
+                "security"
+            );
             let http = tokio::net::TcpListener::bind(config.http_addr)
                 .await
                 .with_context(|| format!("cannot listen on {} (--http-addr)", config.http_addr))?;

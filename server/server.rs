@@ -15,12 +15,15 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::auth::grpc::{BearerAuthLayer, BearerTokens};
+use crate::auth::webhook::WebhookVerifier;
 use crate::domain::catalog::Catalog;
 use crate::grpc::OperationStatusApi;
 use crate::intake::{self, IntakeLimits, IntakeState};
 use crate::pb;
 use crate::store::writer::{self, SubmitError, WriterHandle, WriterLimits};
 use crate::store::{Store, StoreError};
+use crate::tls::TlsListener;
 use crate::watch::{WatchHub, WatchSettings};
 
 /// Everything `run` needs besides its listeners.
@@ -40,6 +43,27 @@ pub struct Settings {
     pub log_retention: Duration,
     /// How often expired log entries are dropped (also once at start).
     pub compaction_interval: Duration,
+    /// Who may post webhooks (no verification when empty).
+    pub webhook_verifier: WebhookVerifier,
+    /// Who may call the gRPC API (open when empty).
+    pub grpc_tokens: BearerTokens,
+    /// TLS for both listeners, when set.
+    pub tls: Option<TlsIdentity>,
+}
+
+/// A certificate chain and its private key, in PEM.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    /// The certificate chain, PEM.
+    pub cert_pem: Vec<u8>,
+    /// The private key, PEM.
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsIdentity { .. }")
+    }
 }
 
 impl Settings {
@@ -53,6 +77,9 @@ impl Settings {
             watch: WatchSettings::default(),
             log_retention: Duration::from_secs(90 * 24 * 3600),
             compaction_interval: Duration::from_secs(3600),
+            webhook_verifier: WebhookVerifier::default(),
+            grpc_tokens: BearerTokens::default(),
+            tls: None,
         }
     }
 }
@@ -72,6 +99,9 @@ pub enum ServerError {
     /// The writer stopped unexpectedly.
     #[error("writer: {0}")]
     Writer(#[from] SubmitError),
+    /// The TLS identity is unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The reflection service could not be built.
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -85,6 +115,12 @@ pub async fn run(
     grpc: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    // Check the TLS identity before touching the store.
+    let http_tls = settings
+        .tls
+        .as_ref()
+        .map(crate::tls::server_config)
+        .transpose()?;
     let store = Store::open(&settings.data_dir)?;
     let quarantined = store.quarantine_len();
     if quarantined > 0 {
@@ -115,8 +151,30 @@ pub async fn run(
         settings.compaction_interval,
         stop_rx.clone(),
     ));
-    let app = intake::router(IntakeState { catalog, writer }, settings.intake);
-    let http_server = axum::serve(http, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let app = intake::router(
+        IntakeState {
+            catalog,
+            writer,
+            verifier: Arc::new(settings.webhook_verifier),
+        },
+        settings.intake,
+    );
+    let http_server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
+        match http_tls {
+            Some(config) => {
+                let listener = TlsListener::new(http, config)?;
+                Box::pin(
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(stopped(stop_rx.clone()))
+                        .into_future(),
+                )
+            }
+            None => Box::pin(
+                axum::serve(http, app)
+                    .with_graceful_shutdown(stopped(stop_rx.clone()))
+                    .into_future(),
+            ),
+        };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -135,9 +193,16 @@ pub async fn run(
         }
         conn
     });
-    let grpc_server = tonic::transport::Server::builder()
+    let mut grpc_builder = tonic::transport::Server::builder();
+    if let Some(identity) = &settings.tls {
+        let identity = tonic::transport::Identity::from_pem(&identity.cert_pem, &identity.key_pem);
+        grpc_builder =
+            grpc_builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
+    let grpc_server = grpc_builder
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(BearerAuthLayer::new(settings.grpc_tokens))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(api)
@@ -152,7 +217,7 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
 
-    let (http_result, grpc_result) = tokio::join!(http_server.into_future(), grpc_server);
+    let (http_result, grpc_result) = tokio::join!(http_server, grpc_server);
     if let Err(e) = compaction.await {
         tracing::error!(error = %e, "the compaction task failed");
     }

@@ -1,0 +1,397 @@
+//! Verifying that a webhook comes from QI Tech (or from a trusted relay).
+//!
+//! Three schemes, any of which can be configured; when at least one is, every webhook must
+//! pass one of them, and one that fails is answered `401` with the reason and not stored:
+//!
+//! - **QI Tech's signed request** (current): header `AUTHORIZATION` holds an ES512 JWT
+//!   (ECDSA P-521, SHA-512) signed with QI Tech's private key, whose claims are
+//!   `payload_md5` (MD5 of the raw body, hex), `timestamp`, `method` and `uri`; header
+//!   `API-CLIENT-KEY` holds the client's key. The signature is checked against the configured
+//!   public keys (several, for rotation), then the body hash, the method, the path, the
+//!   client key (when keys are configured) and the timestamp against the allowed clock skew.
+//! - **QI Tech's encoded body** (older): the body is `{"encoded_body": "<JWT>"}`; the JWT is
+//!   verified with the same keys and its payload *is* the webhook.
+//! - **Standard Webhooks HMAC** (for deployments behind a relay): headers `webhook-id`,
+//!   `webhook-timestamp` and `webhook-signature` (`v1,<base64 HMAC-SHA256 of
+//!   id.timestamp.body>`, several allowed), compared in constant time against every secret.
+//!
+//! Everything here is a pure function of the request, the keys and the current time.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use hmac::{Hmac, Mac};
+use md5::{Digest, Md5};
+use p521::ecdsa::signature::Verifier;
+use p521::ecdsa::{Signature, VerifyingKey};
+use p521::pkcs8::DecodePublicKey;
+use serde::Deserialize;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+/// Why a webhook was refused. The text is the reason sent back with the `401`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No scheme's headers were present.
+    #[error(
+        "missing signature: expected an AUTHORIZATION JWT, an encoded_body, or webhook-signature headers"
+    )]
+    Missing,
+    /// The token or header could not be parsed.
+    #[error("malformed signature: {0}")]
+    Malformed(String),
+    /// The signature does not verify with any configured key.
+    #[error("bad signature")]
+    BadSignature,
+    /// The body is not the one that was signed.
+    #[error("body hash mismatch: payload_md5 does not match the body")]
+    BodyHashMismatch,
+    /// The signed method or path is not this request's.
+    #[error("signed {claim} {signed:?} does not match the request's {actual:?}")]
+    RequestMismatch {
+        /// `method` or `uri`.
+        claim: &'static str,
+        /// What was signed.
+        signed: String,
+        /// What the request has.
+        actual: String,
+    },
+    /// The signed timestamp is too far from now.
+    #[error(
+        "stale timestamp: signed {skew_seconds} s away from now, more than the allowed {allowed_seconds} s"
+    )]
+    StaleTimestamp {
+        /// How far, in seconds.
+        skew_seconds: i64,
+        /// The allowed skew, in seconds.
+        allowed_seconds: i64,
+    },
+    /// The API-CLIENT-KEY header is absent or not a configured key.
+    #[error("unknown client key in API-CLIENT-KEY")]
+    UnknownClientKey,
+}
+
+/// A key or secret file that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {reason}")]
+pub struct KeyError {
+    what: String,
+    reason: String,
+}
+
+/// The request facts a verifier needs.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    /// HTTP method.
+    pub method: &'a str,
+    /// Path and query of the request.
+    pub path_and_query: &'a str,
+    /// `AUTHORIZATION` header.
+    pub authorization: Option<&'a str>,
+    /// `API-CLIENT-KEY` header.
+    pub api_client_key: Option<&'a str>,
+    /// `webhook-id` header.
+    pub webhook_id: Option<&'a str>,
+    /// `webhook-timestamp` header.
+    pub webhook_timestamp: Option<&'a str>,
+    /// `webhook-signature` header.
+    pub webhook_signature: Option<&'a str>,
+}
+
+/// The configured schemes. With none configured, every webhook is accepted as is.
+#[derive(Clone, Default)]
+pub struct WebhookVerifier {
+    qitech_keys: Vec<VerifyingKey>,
+    client_keys: Vec<String>,
+    hmac_secrets: Vec<Vec<u8>>,
+    max_clock_skew: Duration,
+}
+
+impl std::fmt::Debug for WebhookVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookVerifier")
+            .field("qitech_keys", &self.qitech_keys.len())
+            .field("client_keys", &self.client_keys.len())
+            .field("hmac_secrets", &self.hmac_secrets.len())
+            .field("max_clock_skew", &self.max_clock_skew)
+            .finish()
+    }
+}
+
+impl WebhookVerifier {
+    /// A verifier with the given QI Tech public keys (PEM), API client keys and HMAC secrets
+    /// (`whsec_<base64>` as Standard Webhooks prints them, or raw text).
+    pub fn new(
+        qitech_public_keys_pem: &[String],
+        client_keys: Vec<String>,
+        hmac_secrets: &[String],
+        max_clock_skew: Duration,
+    ) -> Result<Self, KeyError> {
+        let qitech_keys = qitech_public_keys_pem
+            .iter()
+            .enumerate()
+            .map(|(i, pem)| {
+                let bad = |reason: String| KeyError {
+                    what: format!("QI Tech public key #{}", i + 1),
+                    reason,
+                };
+                let public = p521::PublicKey::from_public_key_pem(pem.trim())
+                    .map_err(|e| bad(format!("not a P-521 public key in PEM: {e}")))?;
+                VerifyingKey::from_affine(*public.as_affine())
+                    .map_err(|e| bad(format!("not a usable P-521 key: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let hmac_secrets = hmac_secrets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let s = s.trim();
+                match s.strip_prefix("whsec_") {
+                    Some(b64) => STANDARD.decode(b64).map_err(|e| KeyError {
+                        what: format!("webhook secret #{}", i + 1),
+                        reason: format!("whsec_ secret is not base64: {e}"),
+                    }),
+                    None if s.is_empty() => Err(KeyError {
+                        what: format!("webhook secret #{}", i + 1),
+                        reason: "empty".into(),
+                    }),
+                    None => Ok(s.as_bytes().to_vec()),
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(WebhookVerifier {
+            qitech_keys,
+            client_keys,
+            hmac_secrets,
+            max_clock_skew,
+        })
+    }
+
+    /// Whether any scheme is configured.
+    pub fn is_enabled(&self) -> bool {
+        !self.qitech_keys.is_empty() || !self.hmac_secrets.is_empty()
+    }
+
+    /// Verifies a request; returns the webhook body (the request body, or the payload of an
+    /// `encoded_body`). `now` is in seconds since the Unix epoch.
+    pub fn verify<'b>(
+        &self,
+        request: &RequestFacts<'_>,
+        body: &'b [u8],
+        now: i64,
+    ) -> Result<Cow<'b, [u8]>, AuthError> {
+        if !self.is_enabled() {
+            return Ok(Cow::Borrowed(body));
+        }
+        if let (Some(token), false) = (request.authorization, self.qitech_keys.is_empty()) {
+            self.verify_signed_request(request, token, body, now)?;
+            return Ok(Cow::Borrowed(body));
+        }
+        if let (Some(signature), false) = (request.webhook_signature, self.hmac_secrets.is_empty())
+        {
+            self.verify_hmac(request, signature, body, now)?;
+            return Ok(Cow::Borrowed(body));
+        }
+        if !self.qitech_keys.is_empty() {
+            #[derive(Deserialize)]
+            struct Encoded {
+                encoded_body: String,
+            }
+            if let Ok(encoded) = serde_json::from_slice::<Encoded>(body) {
+                let payload = self.verify_jwt(&encoded.encoded_body)?;
+                return Ok(Cow::Owned(payload));
+            }
+        }
+        Err(AuthError::Missing)
+    }
+
+    fn verify_signed_request(
+        &self,
+        request: &RequestFacts<'_>,
+        token: &str,
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), AuthError> {
+        let token = token.strip_prefix("Bearer ").unwrap_or(token).trim();
+        let claims: SignedRequestClaims = serde_json::from_slice(&self.verify_jwt(token)?)
+            .map_err(|e| AuthError::Malformed(format!("JWT claims: {e}")))?;
+        let md5 = hex::encode(Md5::digest(body));
+        if !claims.payload_md5.eq_ignore_ascii_case(&md5) {
+            return Err(AuthError::BodyHashMismatch);
+        }
+        if !claims.method.eq_ignore_ascii_case(request.method) {
+            return Err(AuthError::RequestMismatch {
+                claim: "method",
+                signed: claims.method,
+                actual: request.method.to_owned(),
+            });
+        }
+        if uri_path(&claims.uri) != uri_path(request.path_and_query) {
+            return Err(AuthError::RequestMismatch {
+                claim: "uri",
+                signed: claims.uri,
+                actual: request.path_and_query.to_owned(),
+            });
+        }
+        if !self.client_keys.is_empty() {
+            let given = request.api_client_key.unwrap_or_default().trim();
+            if !self
+                .client_keys
+                .iter()
+                .any(|k| constant_time_eq(k.as_bytes(), given.as_bytes()))
+            {
+                return Err(AuthError::UnknownClientKey);
+            }
+        }
+        let signed_at = claims.timestamp.seconds().ok_or_else(|| {
+            AuthError::Malformed("timestamp claim is neither RFC 3339 nor epoch seconds".into())
+        })?;
+        self.check_skew(signed_at, now)
+    }
+
+    fn verify_hmac(
+        &self,
+        request: &RequestFacts<'_>,
+        signatures: &str,
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), AuthError> {
+        let id = request
+            .webhook_id
+            .ok_or_else(|| AuthError::Malformed("webhook-id header missing".into()))?;
+        let timestamp = request
+            .webhook_timestamp
+            .ok_or_else(|| AuthError::Malformed("webhook-timestamp header missing".into()))?;
+        let signed_at: i64 = timestamp
+            .trim()
+            .parse()
+            .map_err(|_| AuthError::Malformed("webhook-timestamp is not epoch seconds".into()))?;
+        self.check_skew(signed_at, now)?;
+        let candidates: Vec<Vec<u8>> = signatures
+            .split_whitespace()
+            .filter_map(|s| s.strip_prefix("v1,"))
+            .filter_map(|b64| STANDARD.decode(b64).ok())
+            .collect();
+        if candidates.is_empty() {
+            return Err(AuthError::Malformed(
+                "webhook-signature has no v1 signature".into(),
+            ));
+        }
+        for secret in &self.hmac_secrets {
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
+                .expect("HMAC takes keys of any length");
+            mac.update(id.as_bytes());
+            mac.update(b".");
+            mac.update(timestamp.as_bytes());
+            mac.update(b".");
+            mac.update(body);
+            let expected = mac.finalize().into_bytes();
+            if candidates.iter().any(|c| constant_time_eq(c, &expected)) {
+                return Ok(());
+            }
+        }
+        Err(AuthError::BadSignature)
+    }
+
+    /// Verifies an ES512 JWT with any configured key; returns its decoded payload.
+    fn verify_jwt(&self, token: &str) -> Result<Vec<u8>, AuthError> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::Malformed(
+                "a JWT has three dot-separated parts".into(),
+            ));
+        };
+        let decode = |part: &str, what: &str| {
+            URL_SAFE_NO_PAD
+                .decode(part.trim_end_matches('='))
+                .map_err(|_| AuthError::Malformed(format!("JWT {what} is not base64url")))
+        };
+        #[derive(Deserialize)]
+        struct Header {
+            alg: String,
+        }
+        let header_json: Header = serde_json::from_slice(&decode(header, "header")?)
+            .map_err(|e| AuthError::Malformed(format!("JWT header: {e}")))?;
+        if header_json.alg != "ES512" {
+            return Err(AuthError::Malformed(format!(
+                "JWT algorithm {:?} is not ES512",
+                header_json.alg
+            )));
+        }
+        let signature = Signature::from_slice(&decode(signature, "signature")?)
+            .map_err(|_| AuthError::Malformed("JWT signature is not an ES512 signature".into()))?;
+        let signed = format!("{header}.{payload}");
+        if !self
+            .qitech_keys
+            .iter()
+            .any(|key| key.verify(signed.as_bytes(), &signature).is_ok())
+        {
+            return Err(AuthError::BadSignature);
+        }
+        decode(payload, "payload")
+    }
+
+    fn check_skew(&self, signed_at: i64, now: i64) -> Result<(), AuthError> {
+        let allowed = self.max_clock_skew.as_secs() as i64;
+        let skew = (now - signed_at).abs();
+        if skew > allowed {
+            return Err(AuthError::StaleTimestamp {
+                skew_seconds: skew,
+                allowed_seconds: allowed,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+struct SignedRequestClaims {
+    payload_md5: String,
+    timestamp: Timestamp,
+    method: String,
+    uri: String,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Timestamp {
+    Seconds(i64),
+    Text(String),
+}
+
+impl Timestamp {
+    fn seconds(&self) -> Option<i64> {
+        match self {
+            Timestamp::Seconds(s) => Some(*s),
+            Timestamp::Text(t) => chrono::DateTime::parse_from_rfc3339(t.trim())
+                .map(|t| t.timestamp())
+                .ok()
+                .or_else(|| {
+                    chrono::NaiveDateTime::parse_from_str(t.trim(), "%Y-%m-%dT%H:%M:%S%.f")
+                        .ok()
+                        .map(|t| t.and_utc().timestamp())
+                }),
+        }
+    }
+}
+
+/// The path (and query) of a URI that may be absolute (`https://host/webhooks`) or not.
+fn uri_path(uri: &str) -> &str {
+    let uri = uri.trim();
+    match uri.find("://") {
+        Some(scheme_end) => {
+            let rest = &uri[scheme_end + 3..];
+            rest.find('/').map_or("/", |i| &rest[i..])
+        }
+        None => uri,
+    }
+}
+
+/// Constant-time equality (lengths may leak, contents do not).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}

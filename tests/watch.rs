@@ -113,10 +113,10 @@ async fn collect_until(
 async fn two_hundred_watchers_each_receive_exactly_their_changes_in_order() {
     // Watchers whose filter matches nothing at the end learn that they are done from a
     // progress notification: make those frequent.
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings::new(dir.path());
-    settings.watch.progress_interval = Duration::from_millis(200);
-    let server = Arc::new(TestServer::start_with(settings).await);
+    let server = Arc::new(
+        TestServer::start_configured(|s| s.watch.progress_interval = Duration::from_millis(200))
+            .await,
+    );
     let client = server.client().await;
     let catalog = Catalog::builtin();
 
@@ -450,10 +450,9 @@ async fn a_key_watch_can_start_with_the_current_state() {
 
 #[tokio::test]
 async fn idle_watchers_get_progress_and_shutdown_ends_streams_with_unavailable() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings::new(dir.path());
-    settings.watch.progress_interval = Duration::from_millis(100);
-    let server = TestServer::start_with(settings).await;
+    let server =
+        TestServer::start_configured(|s| s.watch.progress_interval = Duration::from_millis(100))
+            .await;
     server
         .post_ok(webhook("debt", "k", "disbursed", "2024-01-01 10:00:00"))
         .await;

@@ -34,6 +34,16 @@ impl TestServer {
         server
     }
 
+    /// A server on a fresh temporary data directory, with settings adjusted by `configure`.
+    pub async fn start_configured(configure: impl FnOnce(&mut Settings)) -> TestServer {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut settings = Settings::new(tmp.path());
+        configure(&mut settings);
+        let mut server = TestServer::start_with(settings).await;
+        server._tmp = Some(tmp);
+        server
+    }
+
     /// A server on `dir` (which outlives it, for restart tests).
     pub async fn start_in(dir: &Path) -> TestServer {
         TestServer::start_with(Settings::new(dir)).await

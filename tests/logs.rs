@@ -1,0 +1,147 @@
+//! Personal data (names, CPF/CNPJ numbers, emails, phone numbers) never reaches the logs,
+//! at the most verbose level, whatever the webhook's fate.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+/// The personal values in the seed fixtures.
+const PERSONAL: &[&str] = &[
+    "Aurora Simone Catarina Nogueira",
+    "08141163701",
+    "marcos antonio",
+    "33205493087",
+    "75305593972",
+    "teste@teste.com",
+    "Joao Ninguem",
+    "53441060091",
+    "joao.ninguem@yopmail.com",
+    "Sample Signer",
+    "Sample Legal Person",
+    "Sample Natural Person",
+    "sample@gmail.com",
+    "50727483161",
+    "28001200",
+    "34987654321",
+];
+
+fn fixtures() -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn no_personal_data_in_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("server.log");
+    let http = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let grpc = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_qistatus-server"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args([
+            "--http-addr",
+            &http.to_string(),
+            "--grpc-addr",
+            &grpc.to_string(),
+        ])
+        .args(["--log", "trace"])
+        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("http://{http}/webhooks");
+    let mut ready = false;
+    for _ in 0..600 {
+        if client
+            .get(format!("http://{http}/healthz"))
+            .send()
+            .await
+            .is_ok()
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "server did not start");
+
+    let mut keys = Vec::new();
+    for body in fixtures() {
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        keys.push(
+            value["key"]
+                .as_str()
+                .or(value["debt_key"].as_str())
+                .unwrap()
+                .to_owned(),
+        );
+        // Stored, then a duplicate.
+        for _ in 0..2 {
+            let r = client.post(&url).body(body.clone()).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        // Quarantined: the same personal data with an unreadable key.
+        let mut unreadable = value.clone();
+        unreadable["key"] = 12345.into();
+        let r = client.post(&url).json(&unreadable).send().await.unwrap();
+        assert_eq!(r.status(), 202);
+        // Refused: the same personal data, truncated.
+        let r = client
+            .post(&url)
+            .body(body[..body.len() / 2].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        // Quarantined: a status with a look-alike character.
+        let mut odd = value.clone();
+        odd["status"] = "dіsbursed".into();
+        let r = client.post(&url).json(&odd).send().await.unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    let mut grpc_client = qistatus::client::Client::connect(&format!("http://{grpc}"))
+        .await
+        .unwrap();
+    for key in &keys {
+        grpc_client.get(key, None).await.ok();
+    }
+
+    let pid = server.id().unwrap();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(server.wait().await.unwrap().success());
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("webhook stored"), "the log is being captured");
+    assert!(log.contains("TRACE"), "at the most verbose level");
+    assert!(
+        log.contains("webhook quarantined"),
+        "quarantines are logged"
+    );
+    for value in PERSONAL {
+        assert!(
+            !log.contains(value),
+            "personal value {value:?} found in the logs"
+        );
+    }
+}

@@ -1,0 +1,491 @@
+//! Only QI Tech gets in, only token holders read, and TLS works on both listeners.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use common::{TestServer, fixture};
+use md5::Digest;
+use p521::ecdsa::SigningKey;
+use p521::ecdsa::signature::Signer;
+use p521::pkcs8::{EncodePublicKey, LineEnding};
+use qistatus::auth::grpc::BearerTokens;
+use qistatus::auth::webhook::WebhookVerifier;
+use qistatus::pb;
+use qistatus::server::{Settings, TlsIdentity};
+use tonic::Code;
+
+fn new_key() -> (SigningKey, String) {
+    let key = SigningKey::random(&mut p521::elliptic_curve::rand_core::OsRng);
+    let verifying = p521::ecdsa::VerifyingKey::from(&key);
+    let public = p521::PublicKey::from_affine(*verifying.as_affine()).unwrap();
+    let pem = public.to_public_key_pem(LineEnding::LF).unwrap();
+    (key, pem)
+}
+
+/// An ES512 JWT over `claims`, signed with `key`.
+fn jwt(key: &SigningKey, claims: &serde_json::Value) -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"ES512","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap());
+    let signed = format!("{header}.{payload}");
+    let signature: p521::ecdsa::Signature = key.sign(signed.as_bytes());
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
+}
+
+fn claims(
+    body: &[u8],
+    timestamp: chrono::DateTime<chrono::Utc>,
+    method: &str,
+    uri: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "payload_md5": hex::encode(md5::Md5::digest(body)),
+        "timestamp": timestamp.to_rfc3339(),
+        "method": method,
+        "uri": uri,
+    })
+}
+
+async fn start_verified(verifier: WebhookVerifier) -> TestServer {
+    TestServer::start_configured(|s| s.webhook_verifier = verifier).await
+}
+
+async fn post_with(
+    server: &TestServer,
+    body: Vec<u8>,
+    headers: &[(&str, String)],
+) -> (u16, serde_json::Value) {
+    let mut request = reqwest::Client::new()
+        .post(server.webhooks_url())
+        .body(body);
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn qitech_signed_requests_are_verified_and_failures_are_401_with_the_reason() {
+    let (old_key, old_pem) = new_key();
+    let (key, pem) = new_key();
+    let (stranger, _) = new_key();
+    let verifier = WebhookVerifier::new(
+        &[old_pem, pem],
+        vec!["client-key-1".into()],
+        &[],
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    let server = start_verified(verifier).await;
+    let body = fixture("004_debt_disbursed.json");
+    let now = chrono::Utc::now();
+    let headers = |token: String, client: &str| {
+        vec![
+            ("AUTHORIZATION", token),
+            ("API-CLIENT-KEY", client.to_owned()),
+        ]
+    };
+    let good = claims(&body, now, "POST", "/webhooks");
+
+    let refused: Vec<(&str, Vec<u8>, Vec<(&str, String)>, &str)> = vec![
+        ("no signature", body.clone(), vec![], "missing signature"),
+        (
+            "signed by someone else",
+            body.clone(),
+            headers(jwt(&stranger, &good), "client-key-1"),
+            "bad signature",
+        ),
+        (
+            "tampered body",
+            fixture("004_debt_settled.json"),
+            headers(jwt(&key, &good), "client-key-1"),
+            "body hash mismatch",
+        ),
+        (
+            "stale timestamp",
+            body.clone(),
+            headers(
+                jwt(
+                    &key,
+                    &claims(
+                        &body,
+                        now - chrono::Duration::minutes(10),
+                        "POST",
+                        "/webhooks",
+                    ),
+                ),
+                "client-key-1",
+            ),
+            "stale timestamp",
+        ),
+        (
+            "future timestamp",
+            body.clone(),
+            headers(
+                jwt(
+                    &key,
+                    &claims(
+                        &body,
+                        now + chrono::Duration::minutes(10),
+                        "POST",
+                        "/webhooks",
+                    ),
+                ),
+                "client-key-1",
+            ),
+            "stale timestamp",
+        ),
+        (
+            "other method",
+            body.clone(),
+            headers(
+                jwt(&key, &claims(&body, now, "PUT", "/webhooks")),
+                "client-key-1",
+            ),
+            "signed method",
+        ),
+        (
+            "other path",
+            body.clone(),
+            headers(
+                jwt(&key, &claims(&body, now, "POST", "/other")),
+                "client-key-1",
+            ),
+            "signed uri",
+        ),
+        (
+            "unknown client key",
+            body.clone(),
+            headers(jwt(&key, &good), "client-key-2"),
+            "unknown client key",
+        ),
+        (
+            "no client key",
+            body.clone(),
+            vec![("AUTHORIZATION", jwt(&key, &good))],
+            "unknown client key",
+        ),
+        (
+            "not a JWT",
+            body.clone(),
+            headers("abc".into(), "client-key-1"),
+            "malformed",
+        ),
+        (
+            "alg none",
+            body.clone(),
+            headers(
+                format!(
+                    "{}.{}.",
+                    URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
+                    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&good).unwrap())
+                ),
+                "client-key-1",
+            ),
+            "ES512",
+        ),
+    ];
+    for (what, body, headers, reason) in refused {
+        let (code, answer) = post_with(&server, body, &headers).await;
+        assert_eq!(code, 401, "{what}: {answer}");
+        let message = answer["error"].as_str().unwrap();
+        assert!(message.contains(reason), "{what}: {message}");
+    }
+    let err = server
+        .get("871059bd-4014-41ad-82b4-28275ff0e67b", "")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "nothing refused was stored");
+
+    // Signed with either configured key (rotation), with an absolute uri, with "Bearer ".
+    let (code, answer) = post_with(
+        &server,
+        body.clone(),
+        &headers(jwt(&key, &good), "client-key-1"),
+    )
+    .await;
+    assert_eq!(
+        (code, answer["result"].as_str()),
+        (200, Some("accepted")),
+        "{answer}"
+    );
+    let settled = fixture("004_debt_settled.json");
+    let absolute = claims(
+        &settled,
+        now,
+        "post",
+        "https://qistatus.example.com/webhooks",
+    );
+    let (code, answer) = post_with(
+        &server,
+        settled,
+        &headers(
+            format!("Bearer {}", jwt(&old_key, &absolute)),
+            "client-key-1",
+        ),
+    )
+    .await;
+    assert_eq!(code, 200, "{answer}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn qitech_encoded_bodies_are_verified_and_decoded() {
+    let (key, pem) = new_key();
+    let (stranger, _) = new_key();
+    let server = start_verified(
+        WebhookVerifier::new(&[pem], vec![], &[], Duration::from_secs(300)).unwrap(),
+    )
+    .await;
+    let webhook: serde_json::Value =
+        serde_json::from_slice(&fixture("004_debt_canceled.json")).unwrap();
+
+    let forged = serde_json::json!({"encoded_body": jwt(&stranger, &webhook)});
+    let (code, answer) = post_with(&server, serde_json::to_vec(&forged).unwrap(), &[]).await;
+    assert_eq!(code, 401, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("bad signature"));
+
+    let encoded = serde_json::json!({"encoded_body": jwt(&key, &webhook)});
+    let (code, answer) = post_with(&server, serde_json::to_vec(&encoded).unwrap(), &[]).await;
+    assert_eq!(code, 200, "{answer}");
+    let op = server
+        .get("27a099df-4688-43cb-87fa-515b1cf343a5", "debt")
+        .await
+        .unwrap();
+    assert_eq!(op.status, "canceled");
+    assert_eq!(op.detail, "manual: Operation cancelled manually");
+    server.stop().await;
+}
+
+fn standard_signature(secret: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test]
+async fn standard_webhooks_hmac_is_verified_with_any_of_several_secrets() {
+    let secret_a = b"first secret bytes".to_vec();
+    let secret_b = b"second secret bytes".to_vec();
+    let secrets = [
+        format!("whsec_{}", STANDARD.encode(&secret_a)),
+        format!("whsec_{}", STANDARD.encode(&secret_b)),
+    ];
+    let server = start_verified(
+        WebhookVerifier::new(&[], vec![], &secrets, Duration::from_secs(300)).unwrap(),
+    )
+    .await;
+    let body = fixture("001_account_opened.json");
+    let now = chrono::Utc::now().timestamp();
+    let headers = |id: &str, ts: i64, sig: String| {
+        vec![
+            ("webhook-id", id.to_owned()),
+            ("webhook-timestamp", ts.to_string()),
+            ("webhook-signature", sig),
+        ]
+    };
+
+    let wrong = standard_signature(b"not configured", "msg_1", now, &body);
+    for (what, headers, reason) in [
+        (
+            "wrong secret",
+            headers("msg_1", now, wrong.clone()),
+            "bad signature",
+        ),
+        (
+            "other id",
+            headers(
+                "msg_2",
+                now,
+                standard_signature(&secret_a, "msg_1", now, &body),
+            ),
+            "bad signature",
+        ),
+        (
+            "stale",
+            headers(
+                "msg_1",
+                now - 3600,
+                standard_signature(&secret_a, "msg_1", now - 3600, &body),
+            ),
+            "stale timestamp",
+        ),
+        ("no v1", headers("msg_1", now, "v2,abc".into()), "malformed"),
+        (
+            "no id",
+            vec![
+                ("webhook-timestamp", now.to_string()),
+                ("webhook-signature", wrong.clone()),
+            ],
+            "webhook-id",
+        ),
+    ] {
+        let (code, answer) = post_with(&server, body.clone(), &headers).await;
+        assert_eq!(code, 401, "{what}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(reason),
+            "{what}: {answer}"
+        );
+    }
+    // Several signatures in one header (secret rotation at the sender): one valid is enough.
+    let both = format!(
+        "{wrong} {}",
+        standard_signature(&secret_b, "msg_1", now, &body)
+    );
+    let (code, answer) = post_with(&server, body, &headers("msg_1", now, both)).await;
+    assert_eq!(code, 200, "{answer}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_needs_a_bearer_token_but_health_stays_open() {
+    let tokens = BearerTokens::from_files_text(["# readers\nreader-token\n"]);
+    let server = TestServer::start_configured(|s| s.grpc_tokens = tokens).await;
+    server.post_ok(fixture("004_debt_disbursed.json")).await;
+    let key = "871059bd-4014-41ad-82b4-28275ff0e67b";
+
+    let err = server.get(key, "").await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(
+        err.message().contains("missing bearer token"),
+        "{}",
+        err.message()
+    );
+
+    let address = format!("http://{}", server.grpc);
+    let with_token = |token: &str| qistatus::client::ConnectOptions {
+        token: Some(token.into()),
+        ca_pem: None,
+    };
+    let mut wrong = qistatus::client::Client::connect_with(&address, with_token("guess"))
+        .await
+        .unwrap();
+    assert_eq!(
+        wrong.get(key, None).await.unwrap_err().code(),
+        Some(Code::Unauthenticated)
+    );
+    let mut right = qistatus::client::Client::connect_with(&address, with_token("reader-token"))
+        .await
+        .unwrap();
+    assert_eq!(right.get(key, None).await.unwrap().status, "disbursed");
+
+    let channel = tonic::transport::Endpoint::from_shared(address.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await;
+    assert!(health.is_ok(), "health needs no token: {health:?}");
+
+    let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_qistatus"))
+        .args(["--server", &address, "get", key])
+        .env("QISTATUS_TOKEN", "reader-token")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tls_serves_both_listeners() {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let cert_pem = certified.cert.pem();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::new(dir.path());
+    settings.tls = Some(TlsIdentity {
+        cert_pem: cert_pem.clone().into_bytes(),
+        key_pem: certified.signing_key.serialize_pem().into_bytes(),
+    });
+    let server = TestServer::start_with(settings).await;
+
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let answer = https
+        .post(format!("https://{}/webhooks", server.http))
+        .body(fixture("002_scr_rejected.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    // Plain HTTP is not served on a TLS listener.
+    assert!(
+        reqwest::Client::new()
+            .post(server.webhooks_url())
+            .body("{}")
+            .send()
+            .await
+            .is_err()
+    );
+
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &cert_pem).unwrap();
+    let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_qistatus"))
+        .args(["--server", &format!("https://{}", server.grpc), "--ca"])
+        .arg(&ca)
+        .args(["get", "3c1e5d2a-7b4f-4e6a-9c8d-000000000007", "--json"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let op: serde_json::Value = serde_json::from_slice(&cli.stdout).unwrap();
+    assert_eq!(op["status"], "rejected");
+
+    let options = qistatus::client::ConnectOptions {
+        token: None,
+        ca_pem: Some(cert_pem.into_bytes()),
+    };
+    let mut client =
+        qistatus::client::Client::connect_with(&format!("https://{}", server.grpc), options)
+            .await
+            .unwrap();
+    let listed = client
+        .raw()
+        .list_by_status(pb::ListByStatusRequest {
+            statuses: vec!["rejected".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.operations.len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_binary_refuses_to_expose_an_unauthenticated_server() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_qistatus-server"))
+        .args(["--data-dir"])
+        .arg(tempfile::tempdir().unwrap().path())
+        .args(["--http-addr", "0.0.0.0:0", "--grpc-addr", "127.0.0.1:0"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to start") && err.contains("--allow-unauthenticated"),
+        "{err}"
+    );
+}

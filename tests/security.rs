@@ -91,7 +91,8 @@ async fn qitech_signed_requests_are_verified_and_failures_are_401_with_the_reaso
     };
     let good = claims(&body, now, "POST", "/webhooks");
 
-    let refused: Vec<(&str, Vec<u8>, Vec<(&str, String)>, &str)> = vec![
+    type Headers = Vec<(&'static str, String)>;
+    let refused: Vec<(&str, Vec<u8>, Headers, &str)> = vec![
         ("no signature", body.clone(), vec![], "missing signature"),
         (
             "signed by someone else",

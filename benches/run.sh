@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Benchmarks qistatus against etcd on this machine and writes BENCHMARKS.md.
+#
+#   benches/run.sh            full run (installs etcd-server from Debian when missing)
+#   benches/run.sh --quick    seconds, small counts; qistatus only when etcd is absent (CI)
+#
+# OUT=path overrides where the report goes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=""
+if [[ "${1:-}" == "--quick" ]]; then
+  quick="--quick"
+fi
+
+etcd_bin="$(command -v etcd || true)"
+if [[ -z "$etcd_bin" && -z "$quick" ]]; then
+  echo "== installing etcd-server from Debian's packages"
+  sudo_cmd=""
+  if [[ "$(id -u)" != 0 ]]; then sudo_cmd="sudo"; fi
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq etcd-server >/dev/null
+  etcd_bin="$(command -v etcd)"
+fi
+
+if [[ -n "$quick" ]]; then
+  # CI: timings are not asserted, so the debug build (already there from the tests) will do.
+  cargo build --quiet --features bench --bin qistatus-server --bin qistatus-bench
+  target=target/debug
+else
+  cargo build --release --quiet --features bench --bin qistatus-server --bin qistatus-bench
+  target=target/release
+fi
+
+args=(--server-bin "$target/qistatus-server" --out "${OUT:-BENCHMARKS.md}")
+if [[ -n "$etcd_bin" ]]; then
+  args+=(--etcd-bin "$etcd_bin")
+fi
+"$target/qistatus-bench" "${args[@]}" $quick

@@ -430,6 +430,38 @@ impl Report {
     }
 }
 
+impl Report {
+    /// A throughput row and its latency rows, for qistatus and (when measured) etcd.
+    fn compare(
+        &mut self,
+        scenario: &str,
+        metric: &str,
+        q: &Rounds,
+        e: Option<&Rounds>,
+        target: &str,
+    ) {
+        let (qr, er) = (median(q.rates.clone()), e.map(|e| median(e.rates.clone())));
+        self.row(
+            scenario,
+            metric,
+            format!("{qr:.0}/s"),
+            er.map(|e| format!("{e:.0}/s")),
+            er.map(|e| qr / e),
+            target,
+        );
+        for (label, quantile) in [("latency p50", 0.5), ("latency p99", 0.99)] {
+            self.row(
+                scenario,
+                label,
+                ms(q.latency.value_at_quantile(quantile)),
+                e.map(|e| ms(e.latency.value_at_quantile(quantile))),
+                None,
+                "",
+            );
+        }
+    }
+}
+
 fn ms(us: u64) -> String {
     format!("{:.2} ms", us as f64 / 1000.0)
 }
@@ -437,186 +469,293 @@ fn ms(us: u64) -> String {
 // ---------------------------------------------------------------------------------------
 // Scenarios
 
-struct Ingested {
-    keys: Vec<Webhook>,
+/// A system under test, as the load generator talks to it.
+#[derive(Clone)]
+enum Target {
+    /// Webhooks over HTTP, reads and watches over gRPC.
+    Qistatus {
+        http: Box<HttpClient<HttpConnector, Full<Bytes>>>,
+        url: Arc<str>,
+        chans: Arc<Vec<Channel>>,
+    },
+    /// Puts, serializable ranges and watches over etcd's gRPC API.
+    Etcd {
+        chans: Arc<Vec<Channel>>,
+        /// The revision before the run: a put's index is its revision minus this.
+        base_revision: i64,
+    },
 }
 
-async fn ingest_qistatus(
-    server: &Server,
-    sizes: Sizes,
-    report_into: &mut Vec<f64>,
-) -> (Histogram<u64>, Ingested, u64) {
-    let client = http_client();
-    let url = format!("{}/webhooks", server.http);
-    let warm = Arc::new(webhooks("warm", sizes.warmup, TEMPLATES));
-    let (c, u, w) = (client.clone(), url.clone(), warm.clone());
-    drive(sizes.concurrency, warm.len(), move |i| {
-        let (c, u, w) = (c.clone(), u.clone(), w.clone());
-        async move { post(&c, &u, w[i].body.clone()).await.is_some() }
-    })
-    .await;
-    let mut all = histogram();
-    let mut stored = Vec::new();
-    let mut failures = 0;
-    for round in 0..sizes.rounds {
-        let batch = Arc::new(webhooks(
-            &format!("r{round}"),
-            sizes.ingest_per_round,
-            TEMPLATES,
-        ));
-        let (c, u, b) = (client.clone(), url.clone(), batch.clone());
-        let (elapsed, h, failed) = drive(sizes.concurrency, batch.len(), move |i| {
-            let (c, u, b) = (c.clone(), u.clone(), b.clone());
-            async move { post(&c, &u, b[i].body.clone()).await.is_some() }
-        })
-        .await;
-        failures += failed;
-        report_into.push(batch.len() as f64 / elapsed.as_secs_f64());
-        all.add(h).expect("same bounds");
-        stored.extend(batch.iter().cloned());
-    }
-    (all, Ingested { keys: stored }, failures)
-}
-
-async fn ingest_etcd(
-    server: &Server,
-    sizes: Sizes,
-    report_into: &mut Vec<f64>,
-) -> (Histogram<u64>, Ingested, u64) {
-    let chans = Arc::new(channels(&server.grpc, 4).await);
-    let put = |chans: Arc<Vec<Channel>>, batch: Arc<Vec<Webhook>>| {
-        move |i: usize| {
-            let (chans, batch) = (chans.clone(), batch.clone());
-            async move {
-                let mut kv = KvClient::new(chans[i % chans.len()].clone());
-                let w = &batch[i];
-                kv.put(etcdpb::PutRequest {
-                    key: etcd_key(w),
-                    value: w.body.to_vec(),
-                    ..Default::default()
-                })
-                .await
-                .is_ok()
-            }
+impl Target {
+    async fn qistatus(server: &Server) -> Target {
+        Target::Qistatus {
+            http: Box::new(http_client()),
+            url: format!("{}/webhooks", server.http).into(),
+            chans: Arc::new(channels(&server.grpc, 8).await),
         }
-    };
-    let warm = Arc::new(webhooks("warm", sizes.warmup, TEMPLATES));
-    drive(
-        sizes.concurrency,
-        warm.len(),
-        put(chans.clone(), warm.clone()),
-    )
-    .await;
-    let mut all = histogram();
-    let mut stored = Vec::new();
-    let mut failures = 0;
-    for round in 0..sizes.rounds {
-        let batch = Arc::new(webhooks(
-            &format!("r{round}"),
-            sizes.ingest_per_round,
-            TEMPLATES,
-        ));
-        let (elapsed, h, failed) = drive(
-            sizes.concurrency,
-            batch.len(),
-            put(chans.clone(), batch.clone()),
-        )
-        .await;
-        failures += failed;
-        report_into.push(batch.len() as f64 / elapsed.as_secs_f64());
-        all.add(h).expect("same bounds");
-        stored.extend(batch.iter().cloned());
     }
-    (all, Ingested { keys: stored }, failures)
-}
 
-async fn reads_qistatus(
-    server: &Server,
-    sizes: Sizes,
-    data: &Ingested,
-) -> (Vec<f64>, Histogram<u64>, u64) {
-    let chans = Arc::new(channels(&server.grpc, 4).await);
-    let keys = Arc::new(data.keys.clone());
-    let mut rates = Vec::new();
-    let mut all = histogram();
-    let mut failures = 0;
-    for round in 0..sizes.rounds {
-        let (chans, keys) = (chans.clone(), keys.clone());
-        let (elapsed, h, failed) = drive(sizes.concurrency, sizes.reads_per_round, move |i| {
-            let (chans, keys) = (chans.clone(), keys.clone());
-            async move {
-                let w = &keys[(i * 7919 + round * 104_729) % keys.len()];
-                let mut client = OperationStatusServiceClient::new(chans[i % chans.len()].clone());
-                client
-                    .get_operation(pb::GetOperationRequest {
-                        key: w.key.clone(),
-                        kind: w.kind.clone(),
-                        include_raw_payload: false,
+    async fn etcd(server: &Server) -> Target {
+        let chans = channels(&server.grpc, 8).await;
+        let base_revision = KvClient::new(chans[0].clone())
+            .range(etcdpb::RangeRequest {
+                key: b"x".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .expect("range")
+            .into_inner()
+            .header
+            .map_or(0, |h| h.revision);
+        Target::Etcd {
+            chans: Arc::new(chans),
+            base_revision,
+        }
+    }
+
+    fn channel(&self, i: usize) -> Channel {
+        let chans = match self {
+            Target::Qistatus { chans, .. } | Target::Etcd { chans, .. } => chans,
+        };
+        chans[i % chans.len()].clone()
+    }
+
+    /// Stores a webhook durably; returns its position (sequence, or revision past the base).
+    async fn write(&self, i: usize, w: &Webhook) -> Option<u64> {
+        match self {
+            Target::Qistatus { http, url, .. } => post(http, url, w.body.clone()).await,
+            Target::Etcd { base_revision, .. } => {
+                let response = KvClient::new(self.channel(i))
+                    .put(etcdpb::PutRequest {
+                        key: etcd_key(w),
+                        value: w.body.to_vec(),
+                        ..Default::default()
                     })
                     .await
-                    .is_ok()
+                    .ok()?;
+                let revision = response.into_inner().header?.revision;
+                Some((revision - base_revision).max(0) as u64)
             }
-        })
-        .await;
-        failures += failed;
-        rates.push(sizes.reads_per_round as f64 / elapsed.as_secs_f64());
-        all.add(h).expect("same bounds");
+        }
     }
-    (rates, all, failures)
-}
 
-async fn reads_etcd(
-    server: &Server,
-    sizes: Sizes,
-    data: &Ingested,
-) -> (Vec<f64>, Histogram<u64>, u64) {
-    let chans = Arc::new(channels(&server.grpc, 4).await);
-    let keys = Arc::new(data.keys.clone());
-    let mut rates = Vec::new();
-    let mut all = histogram();
-    let mut failures = 0;
-    for round in 0..sizes.rounds {
-        let (chans, keys) = (chans.clone(), keys.clone());
-        let (elapsed, h, failed) = drive(sizes.concurrency, sizes.reads_per_round, move |i| {
-            let (chans, keys) = (chans.clone(), keys.clone());
-            async move {
-                let w = &keys[(i * 7919 + round * 104_729) % keys.len()];
-                let mut kv = KvClient::new(chans[i % chans.len()].clone());
-                kv.range(etcdpb::RangeRequest {
+    /// Reads the current state of `w`'s operation; whether it was found.
+    async fn read(&self, i: usize, w: &Webhook) -> bool {
+        match self {
+            Target::Qistatus { .. } => OperationStatusServiceClient::new(self.channel(i))
+                .get_operation(pb::GetOperationRequest {
+                    key: w.key.clone(),
+                    kind: w.kind.clone(),
+                    include_raw_payload: false,
+                })
+                .await
+                .is_ok(),
+            Target::Etcd { .. } => KvClient::new(self.channel(i))
+                .range(etcdpb::RangeRequest {
                     key: etcd_key(w),
                     serializable: true,
                     ..Default::default()
                 })
                 .await
-                .is_ok_and(|r| r.into_inner().kvs.len() == 1)
+                .is_ok_and(|r| r.into_inner().kvs.len() == 1),
+        }
+    }
+
+    /// Opens a watch of one key, or of a share of all keys (a status in qistatus, a key
+    /// prefix in etcd); returns once the server has registered it.
+    async fn watch(&self, i: usize, spec: WatchSpec) -> WatchFeed {
+        match self {
+            Target::Qistatus { .. } => {
+                let request = match spec {
+                    WatchSpec::Key(key) => pb::WatchOperationRequest {
+                        key,
+                        ..Default::default()
+                    },
+                    WatchSpec::Share { status, .. } => pb::WatchOperationRequest {
+                        kinds: vec!["bench".into()],
+                        statuses: vec![status],
+                        ..Default::default()
+                    },
+                };
+                let mut stream = OperationStatusServiceClient::new(self.channel(i))
+                    .watch_operation(request)
+                    .await
+                    .expect("watch")
+                    .into_inner();
+                // The first message is the starting progress: the watcher is registered.
+                stream.message().await.expect("watch").expect("progress");
+                WatchFeed::Qistatus(stream)
+            }
+            Target::Etcd { base_revision, .. } => {
+                let create = match spec {
+                    WatchSpec::Key(key) => etcdpb::WatchCreateRequest {
+                        key: format!("ops/bench/{key}").into_bytes(),
+                        ..Default::default()
+                    },
+                    WatchSpec::Share { key_prefix, .. } => {
+                        let prefix = format!("ops/bench/{key_prefix}").into_bytes();
+                        etcdpb::WatchCreateRequest {
+                            range_end: prefix_end(&prefix),
+                            key: prefix,
+                            ..Default::default()
+                        }
+                    }
+                };
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                tx.send(etcdpb::WatchRequest {
+                    request_union: Some(etcdpb::watch_request::RequestUnion::CreateRequest(create)),
+                })
+                .await
+                .expect("queue");
+                let mut stream = WatchClient::new(self.channel(i))
+                    .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+                    .expect("watch")
+                    .into_inner();
+                let created = stream.message().await.expect("watch").expect("created");
+                assert!(created.created, "etcd created the watch");
+                WatchFeed::Etcd {
+                    stream,
+                    _requests: tx,
+                    base_revision: *base_revision,
+                }
+            }
+        }
+    }
+}
+
+/// What one watcher watches.
+enum WatchSpec {
+    Key(String),
+    Share { status: String, key_prefix: String },
+}
+
+/// An open watch stream of either system.
+enum WatchFeed {
+    Qistatus(tonic::Streaming<pb::WatchOperationResponse>),
+    Etcd {
+        stream: tonic::Streaming<etcdpb::WatchResponse>,
+        /// Kept open: etcd ends the watch when its request stream closes.
+        _requests: tokio::sync::mpsc::Sender<etcdpb::WatchRequest>,
+        base_revision: i64,
+    },
+}
+
+impl WatchFeed {
+    /// The positions of the next delivered writes; `None` when the stream ends.
+    async fn next(&mut self) -> Option<Vec<u64>> {
+        match self {
+            WatchFeed::Qistatus(stream) => {
+                let message = stream.message().await.ok()??;
+                Some(match message.event {
+                    Some(pb::watch_operation_response::Event::Change(c)) => vec![c.sequence],
+                    _ => Vec::new(),
+                })
+            }
+            WatchFeed::Etcd {
+                stream,
+                base_revision,
+                ..
+            } => {
+                let message = stream.message().await.ok()??;
+                Some(
+                    message
+                        .events
+                        .iter()
+                        .filter_map(|e| e.kv.as_ref())
+                        .map(|kv| (kv.mod_revision - *base_revision).max(0) as u64)
+                        .collect(),
+                )
+            }
+        }
+    }
+}
+
+/// Throughputs per round, latencies, failures, and what was written.
+struct Rounds {
+    rates: Vec<f64>,
+    latency: Histogram<u64>,
+    failures: u64,
+    written: Vec<Webhook>,
+}
+
+/// A warm-up, then `rounds` rounds of durable writes of distinct realistic webhooks.
+async fn ingest(target: &Target, sizes: Sizes) -> Rounds {
+    let write_all = |batch: Arc<Vec<Webhook>>| {
+        let target = target.clone();
+        move |i: usize| {
+            let (target, batch) = (target.clone(), batch.clone());
+            async move { target.write(i, &batch[i]).await.is_some() }
+        }
+    };
+    let warm = Arc::new(webhooks("warm", sizes.warmup, TEMPLATES));
+    drive(sizes.concurrency, warm.len(), write_all(warm)).await;
+    let mut out = Rounds {
+        rates: Vec::new(),
+        latency: histogram(),
+        failures: 0,
+        written: Vec::new(),
+    };
+    for round in 0..sizes.rounds {
+        let batch = Arc::new(webhooks(
+            &format!("r{round}"),
+            sizes.ingest_per_round,
+            TEMPLATES,
+        ));
+        let (elapsed, h, failed) =
+            drive(sizes.concurrency, batch.len(), write_all(batch.clone())).await;
+        out.failures += failed;
+        out.rates.push(batch.len() as f64 / elapsed.as_secs_f64());
+        out.latency.add(h).expect("same bounds");
+        out.written.extend(batch.iter().cloned());
+    }
+    out
+}
+
+/// `rounds` rounds of point reads of the written operations, in a scattered order.
+async fn reads(target: &Target, sizes: Sizes, written: &[Webhook]) -> Rounds {
+    let keys = Arc::new(written.to_vec());
+    let mut out = Rounds {
+        rates: Vec::new(),
+        latency: histogram(),
+        failures: 0,
+        written: Vec::new(),
+    };
+    for round in 0..sizes.rounds {
+        let (target, keys) = (target.clone(), keys.clone());
+        let (elapsed, h, failed) = drive(sizes.concurrency, sizes.reads_per_round, move |i| {
+            let (target, keys) = (target.clone(), keys.clone());
+            async move {
+                let w = &keys[(i * 7919 + round * 104_729) % keys.len()];
+                target.read(i, w).await
             }
         })
         .await;
-        failures += failed;
-        rates.push(sizes.reads_per_round as f64 / elapsed.as_secs_f64());
-        all.add(h).expect("same bounds");
+        out.failures += failed;
+        out.rates
+            .push(sizes.reads_per_round as f64 / elapsed.as_secs_f64());
+        out.latency.add(h).expect("same bounds");
     }
-    (rates, all, failures)
+    out
 }
 
 /// The fan-out workload: `keys` operations, each moving through `steps` statuses in order.
 /// Keys are `f{group}-k{index}`, where the group (index % steps) lets a prefix watch in etcd
 /// receive the same share of events as a status watcher in qistatus.
-fn fanout_body(key: usize, step: usize, steps: usize) -> (String, String, Bytes) {
+fn fanout_webhook(key: usize, step: usize, steps: usize) -> Webhook {
     let key_text = format!("f{:02}-k{key:05}", key % steps);
-    let status = format!("s{step:02}");
     let body = serde_json::json!({
         "webhook_type": "bench",
         "key": key_text,
-        "status": status,
+        "status": format!("s{step:02}"),
         "event_datetime": format!("2024-01-01T{:02}:{:02}:00Z", step / 60, step % 60),
         "data": {"settlement_amount": 3429.38, "step": step},
     });
-    (
-        key_text,
-        status,
-        Bytes::from(serde_json::to_vec(&body).expect("serializes")),
-    )
+    Webhook {
+        kind: "bench".into(),
+        key: key_text,
+        body: Bytes::from(serde_json::to_vec(&body).expect("serializes")),
+    }
 }
 
 struct FanoutResult {
@@ -627,8 +766,8 @@ struct FanoutResult {
     sent_rate: f64,
 }
 
-/// Paces `total` sends at `rate` per second; `send(i)` returns the ack's sequence (or
-/// revision), whose ack time is recorded in `acks`.
+/// Paces `total` sends at `rate` per second; `send(i)` returns the write's position, whose
+/// send and ack times are recorded in `acks`.
 async fn paced_sends<F, Fut>(total: usize, rate: u64, acks: Acks, send: F) -> f64
 where
     F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
@@ -710,35 +849,30 @@ impl Deliveries {
     }
 }
 
-async fn fanout_qistatus(server: &Server, sizes: Sizes) -> FanoutResult {
+/// Opens the watchers, sends the fan-out workload at its rate, and measures deliveries.
+async fn fanout(target: &Target, sizes: Sizes) -> FanoutResult {
     let total = sizes.watch_keys * sizes.watch_steps;
-    let acks: Acks = Arc::new((0..total + 16).map(|_| OnceLock::new()).collect());
-    let chans = channels(&server.grpc, 8).await;
+    let acks: Acks = Arc::new((0..total + 64).map(|_| OnceLock::new()).collect());
     let delivered = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new((histogram(), histogram())));
     let (done_tx, _) = tokio::sync::watch::channel(false);
     let mut expected = 0u64;
     let mut watchers = Vec::new();
     for w in 0..sizes.key_watchers + sizes.filter_watchers {
-        let mut request = pb::WatchOperationRequest::default();
-        if w < sizes.key_watchers {
+        let spec = if w < sizes.key_watchers {
             let key = w % sizes.watch_keys;
-            request.key = format!("f{:02}-k{key:05}", key % sizes.watch_steps);
             expected += sizes.watch_steps as u64;
+            WatchSpec::Key(format!("f{:02}-k{key:05}", key % sizes.watch_steps))
         } else {
-            let step = w % sizes.watch_steps;
-            request.kinds = vec!["bench".into()];
-            request.statuses = vec![format!("s{step:02}")];
+            // Status s{g} in qistatus and key group f{g} in etcd: each 1/steps of the writes.
+            let group = w % sizes.watch_steps;
             expected += sizes.watch_keys as u64;
-        }
-        let mut client = OperationStatusServiceClient::new(chans[w % chans.len()].clone());
-        let mut stream = client
-            .watch_operation(request)
-            .await
-            .expect("watch")
-            .into_inner();
-        // The first message is the starting progress: the watcher is registered.
-        stream.message().await.expect("watch").expect("progress");
+            WatchSpec::Share {
+                status: format!("s{group:02}"),
+                key_prefix: format!("f{group:02}-"),
+            }
+        };
+        let mut feed = target.watch(w, spec).await;
         let (acks, delivered, latencies, mut done) = (
             acks.clone(),
             delivered.clone(),
@@ -748,28 +882,27 @@ async fn fanout_qistatus(server: &Server, sizes: Sizes) -> FanoutResult {
         watchers.push(tokio::spawn(async move {
             let mut d = Deliveries::new();
             loop {
-                let message = tokio::select! {
-                    m = stream.message() => m,
+                let positions = tokio::select! {
+                    p = feed.next() => p,
                     _ = done.changed() => break,
                 };
-                let Ok(Some(message)) = message else { break };
-                if let Some(pb::watch_operation_response::Event::Change(c)) = message.event {
+                let Some(positions) = positions else { break };
+                let at = Instant::now();
+                for position in positions {
                     delivered.fetch_add(1, Ordering::Relaxed);
-                    d.record(&acks, c.sequence, Instant::now());
+                    d.record(&acks, position, at);
                 }
             }
             d.finish(&acks, &latencies);
         }));
     }
-    let client = http_client();
-    let url = format!("{}/webhooks", server.http);
-    let steps = sizes.watch_steps;
-    let keys = sizes.watch_keys;
+    let (steps, keys, sender) = (sizes.watch_steps, sizes.watch_keys, target.clone());
     let sent_rate = paced_sends(total, sizes.watch_rate, acks.clone(), move |i| {
-        let (client, url) = (client.clone(), url.clone());
+        let sender = sender.clone();
         async move {
-            let (_, _, body) = fanout_body(i % keys, i / keys, steps);
-            post(&client, &url, body).await
+            sender
+                .write(i, &fanout_webhook(i % keys, i / keys, steps))
+                .await
         }
     })
     .await;
@@ -798,125 +931,6 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
         *last += 1;
     }
     end
-}
-
-async fn fanout_etcd(server: &Server, sizes: Sizes) -> FanoutResult {
-    let total = sizes.watch_keys * sizes.watch_steps;
-    let acks: Acks = Arc::new((0..total + 64).map(|_| OnceLock::new()).collect());
-    let chans = channels(&server.grpc, 8).await;
-    // Revisions continue from the current one.
-    let base = KvClient::new(chans[0].clone())
-        .range(etcdpb::RangeRequest {
-            key: b"x".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .expect("range")
-        .into_inner()
-        .header
-        .map_or(0, |h| h.revision);
-    let delivered = Arc::new(AtomicU64::new(0));
-    let latencies = Arc::new(Mutex::new((histogram(), histogram())));
-    let (done_tx, _) = tokio::sync::watch::channel(false);
-    let mut expected = 0u64;
-    let mut watchers = Vec::new();
-    for w in 0..sizes.key_watchers + sizes.filter_watchers {
-        let create = if w < sizes.key_watchers {
-            let key = w % sizes.watch_keys;
-            expected += sizes.watch_steps as u64;
-            etcdpb::WatchCreateRequest {
-                key: format!("bench/f{:02}-k{key:05}", key % sizes.watch_steps).into_bytes(),
-                ..Default::default()
-            }
-        } else {
-            let group = w % sizes.watch_steps;
-            let prefix = format!("bench/f{group:02}-").into_bytes();
-            expected += (sizes.watch_keys / sizes.watch_steps) as u64 * sizes.watch_steps as u64;
-            etcdpb::WatchCreateRequest {
-                range_end: prefix_end(&prefix),
-                key: prefix,
-                ..Default::default()
-            }
-        };
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        tx.send(etcdpb::WatchRequest {
-            request_union: Some(etcdpb::watch_request::RequestUnion::CreateRequest(create)),
-        })
-        .await
-        .expect("queue");
-        let mut client = WatchClient::new(chans[w % chans.len()].clone());
-        let mut stream = client
-            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .expect("watch")
-            .into_inner();
-        // The first response confirms the watch is created.
-        let created = stream.message().await.expect("watch").expect("created");
-        assert!(created.created, "etcd created the watch");
-        let (acks, delivered, latencies, mut done) = (
-            acks.clone(),
-            delivered.clone(),
-            latencies.clone(),
-            done_tx.subscribe(),
-        );
-        watchers.push(tokio::spawn(async move {
-            let _keep_request_stream_open = tx;
-            let mut d = Deliveries::new();
-            loop {
-                let message = tokio::select! {
-                    m = stream.message() => m,
-                    _ = done.changed() => break,
-                };
-                let Ok(Some(message)) = message else { break };
-                let at = Instant::now();
-                for event in message.events {
-                    delivered.fetch_add(1, Ordering::Relaxed);
-                    let revision = event.kv.map_or(0, |kv| kv.mod_revision);
-                    let index = (revision - base).max(0) as u64;
-                    d.record(&acks, index, at);
-                }
-            }
-            d.finish(&acks, &latencies);
-        }));
-    }
-    let chans = Arc::new(chans);
-    let steps = sizes.watch_steps;
-    let keys = sizes.watch_keys;
-    let sent_rate = paced_sends(total, sizes.watch_rate, acks.clone(), move |i| {
-        let chans = chans.clone();
-        async move {
-            let (key, _, body) = fanout_body(i % keys, i / keys, steps);
-            let mut kv = KvClient::new(chans[i % chans.len()].clone());
-            let response = kv
-                .put(etcdpb::PutRequest {
-                    key: format!("bench/{key}").into_bytes(),
-                    value: body.to_vec(),
-                    ..Default::default()
-                })
-                .await
-                .ok()?;
-            let revision = response.into_inner().header?.revision;
-            Some((revision - base).max(0) as u64)
-        }
-    })
-    .await;
-    let drain = Instant::now();
-    while delivered.load(Ordering::Relaxed) < expected && drain.elapsed() < Duration::from_secs(10)
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let _ = done_tx.send(true);
-    for w in watchers {
-        let _ = w.await;
-    }
-    let (latency, from_send) = latencies.lock().expect("not poisoned").clone();
-    FanoutResult {
-        latency,
-        from_send,
-        expected,
-        delivered: delivered.load(Ordering::Relaxed),
-        sent_rate,
-    }
 }
 
 /// Posts `count` small operations (spread over four statuses), 64 at a time.
@@ -1061,152 +1075,116 @@ async fn main() {
             "== durable ingest, {} concurrent senders; point reads",
             sizes.concurrency
         );
-        let (server, _) = start_qistatus(&args.server_bin, &tmp.join("q-ingest"), None).await;
-        let mut q_rates = Vec::new();
-        let (q_lat, q_data, q_fail) = ingest_qistatus(&server, sizes, &mut q_rates).await;
+        let (q_server, _) = start_qistatus(&args.server_bin, &tmp.join("q-ingest"), None).await;
+        let q_target = Target::qistatus(&q_server).await;
+        let q_ingest = ingest(&q_target, sizes).await;
         let etcd = match &etcd_bin {
             Some(bin) => {
-                let e = start_etcd(bin, &tmp.join("e-ingest")).await;
-                let mut rates = Vec::new();
-                let (lat, data, fail) = ingest_etcd(&e, sizes, &mut rates).await;
-                Some((e, rates, lat, data, fail))
+                let server = start_etcd(bin, &tmp.join("e-ingest")).await;
+                let target = Target::etcd(&server).await;
+                let rounds = ingest(&target, sizes).await;
+                Some((server, target, rounds))
             }
             None => None,
         };
-        let q = median(q_rates.clone());
-        let e = etcd.as_ref().map(|(_, r, ..)| median(r.clone()));
         if wants("ingest") {
-            report.row(
+            let e = etcd.as_ref().map(|(_, _, r)| r);
+            report.compare(
                 "durable ingest",
                 "webhooks acknowledged per second (median of rounds)",
-                format!("{q:.0}/s"),
-                e.map(|e| format!("{e:.0}/s")),
-                e.map(|e| q / e),
+                &q_ingest,
+                e,
                 "≥ 2× etcd",
             );
-            report.row(
-                "durable ingest",
-                "ack latency p50",
-                ms(q_lat.value_at_quantile(0.5)),
-                etcd.as_ref()
-                    .map(|(_, _, l, ..)| ms(l.value_at_quantile(0.5))),
-                None,
-                "",
-            );
-            report.row(
-                "durable ingest",
-                "ack latency p99",
-                ms(q_lat.value_at_quantile(0.99)),
-                etcd.as_ref()
-                    .map(|(_, _, l, ..)| ms(l.value_at_quantile(0.99))),
-                None,
-                "",
-            );
+            let mean_body = q_ingest.written.iter().map(|w| w.body.len()).sum::<usize>()
+                / q_ingest.written.len().max(1);
             report.notes.push(format!(
-                "ingest: {} rounds of {} webhooks after {} warm-up, mixed seed shapes (mean body {} bytes); failures: qistatus {q_fail}, etcd {}.",
+                "ingest: {} rounds of {} webhooks after {} warm-up, {} concurrent senders, the seed shapes in turn (mean body {mean_body} bytes); failures: qistatus {}, etcd {}.",
                 sizes.rounds,
                 sizes.ingest_per_round,
                 sizes.warmup,
-                q_data.keys.iter().map(|w| w.body.len()).sum::<usize>() / q_data.keys.len().max(1),
-                etcd.as_ref().map_or("—".into(), |(.., f)| f.to_string())
+                sizes.concurrency,
+                q_ingest.failures,
+                e.map_or("—".into(), |e| e.failures.to_string()),
             ));
         }
         if wants("reads") {
-            let (q_rates, q_lat, q_fail) = reads_qistatus(&server, sizes, &q_data).await;
-            let etcd_reads = match &etcd {
-                Some((e, _, _, data, _)) => Some(reads_etcd(e, sizes, data).await),
+            let q = reads(&q_target, sizes, &q_ingest.written).await;
+            let e = match &etcd {
+                Some((_, target, rounds)) => Some(reads(target, sizes, &rounds.written).await),
                 None => None,
             };
-            let q = median(q_rates);
-            let e = etcd_reads.as_ref().map(|(r, ..)| median(r.clone()));
-            report.row(
+            report.compare(
                 "point reads",
                 "GetOperation vs serializable Range per second",
-                format!("{q:.0}/s"),
-                e.map(|e| format!("{e:.0}/s")),
-                e.map(|e| q / e),
+                &q,
+                e.as_ref(),
                 "≥ 1.5× etcd",
             );
-            report.row(
-                "point reads",
-                "latency p99",
-                ms(q_lat.value_at_quantile(0.99)),
-                etcd_reads
-                    .as_ref()
-                    .map(|(_, l, _)| ms(l.value_at_quantile(0.99))),
-                None,
-                "",
-            );
             report.notes.push(format!(
-                "reads: {} rounds of {} reads over the ingested keys, {} concurrent; GetOperation returns the operation with its history and each webhook's data; failures: qistatus {q_fail}, etcd {}.",
+                "reads: {} rounds of {} reads over the ingested keys, {} concurrent; GetOperation returns the operation with its history and each webhook's data, Range the stored payload; failures: qistatus {}, etcd {}.",
                 sizes.rounds,
                 sizes.reads_per_round,
                 sizes.concurrency,
-                etcd_reads.as_ref().map_or("—".into(), |(.., f)| f.to_string())
+                q.failures,
+                e.as_ref().map_or("—".into(), |e| e.failures.to_string()),
             ));
         }
-        if let Some((e, ..)) = etcd {
-            stop(e).await;
+        if let Some((server, ..)) = etcd {
+            stop(server).await;
         }
-        stop(server).await;
+        stop(q_server).await;
     }
 
     if wants("watch") {
         eprintln!("== watch fan-out");
         let (server, _) = start_qistatus(&args.server_bin, &tmp.join("q-watch"), None).await;
-        let q = fanout_qistatus(&server, sizes).await;
+        let q = fanout(&Target::qistatus(&server).await, sizes).await;
         stop(server).await;
         let e = match &etcd_bin {
             Some(bin) => {
                 let server = start_etcd(bin, &tmp.join("e-watch")).await;
-                let r = fanout_etcd(&server, sizes).await;
+                let r = fanout(&Target::etcd(&server).await, sizes).await;
                 stop(server).await;
                 Some(r)
             }
             None => None,
         };
-        let watchers = sizes.key_watchers + sizes.filter_watchers;
-        report.row(
-            "watch fan-out",
-            "delivery latency p50 (ack to receipt)",
-            ms(q.latency.value_at_quantile(0.5)),
-            e.as_ref().map(|e| ms(e.latency.value_at_quantile(0.5))),
-            None,
-            "",
-        );
-        report.row(
-            "watch fan-out",
-            "delivery latency p99",
-            ms(q.latency.value_at_quantile(0.99)),
-            e.as_ref().map(|e| ms(e.latency.value_at_quantile(0.99))),
-            None,
-            "p99 ≤ 10 ms",
-        );
-        for (label, q99, e99) in [
+        let quantile = |r: &FanoutResult, send: bool, q: f64| {
+            ms(if send { &r.from_send } else { &r.latency }.value_at_quantile(q))
+        };
+        for (label, send, quant, target) in [
+            ("delivery latency p50 (ack to receipt)", false, 0.5, ""),
             (
-                "delivery latency p50 (send to receipt)",
-                q.from_send.value_at_quantile(0.5),
-                e.as_ref().map(|e| e.from_send.value_at_quantile(0.5)),
+                "delivery latency p99 (ack to receipt)",
+                false,
+                0.99,
+                "p99 ≤ 10 ms",
             ),
-            (
-                "delivery latency p99 (send to receipt)",
-                q.from_send.value_at_quantile(0.99),
-                e.as_ref().map(|e| e.from_send.value_at_quantile(0.99)),
-            ),
+            ("delivery latency p50 (send to receipt)", true, 0.5, ""),
+            ("delivery latency p99 (send to receipt)", true, 0.99, ""),
         ] {
-            report.row("watch fan-out", label, ms(q99), e99.map(ms), None, "");
+            report.row(
+                "watch fan-out",
+                label,
+                quantile(&q, send, quant),
+                e.as_ref().map(|e| quantile(e, send, quant)),
+                None,
+                target,
+            );
         }
+        let lost = |r: &FanoutResult| r.expected.saturating_sub(r.delivered).to_string();
         report.row(
             "watch fan-out",
             "changes lost",
-            format!("{}", q.expected.saturating_sub(q.delivered)),
-            e.as_ref()
-                .map(|e| format!("{}", e.expected.saturating_sub(e.delivered))),
+            lost(&q),
+            e.as_ref().map(lost),
             None,
             "0",
         );
         report.notes.push(format!(
-            "watch: {watchers} watchers ({} by key, {} by status filter in qistatus / by key prefix in etcd, each receiving the same share), {} webhooks at {} per second (achieved: qistatus {:.0}/s, etcd {}); deliveries expected {} (qistatus received {}, etcd {}).",
+            "watch: {} watchers ({} by key, {} by status filter in qistatus and by key prefix in etcd, each receiving the same share), {} webhooks sent at {}/s (achieved: qistatus {:.0}/s, etcd {}); deliveries expected {}, received: qistatus {}, etcd {}. A change can reach a watcher before its writer reads the acknowledgement: such a delivery counts as 0 ms from the ack.",
+            sizes.key_watchers + sizes.filter_watchers,
             sizes.key_watchers,
             sizes.filter_watchers,
             sizes.watch_keys * sizes.watch_steps,
@@ -1215,7 +1193,7 @@ async fn main() {
             e.as_ref().map_or("—".into(), |e| format!("{:.0}/s", e.sent_rate)),
             q.expected,
             q.delivered,
-            e.as_ref().map_or("—".into(), |e| e.delivered.to_string())
+            e.as_ref().map_or("—".into(), |e| e.delivered.to_string()),
         ));
     }
 

@@ -53,6 +53,9 @@ struct Args {
     /// Where to write the report.
     #[arg(long, default_value = "BENCHMARKS.md")]
     out: PathBuf,
+    /// Log filter of the qistatus servers the harness starts (their logs go to stderr).
+    #[arg(long, default_value = "warn")]
+    server_log: String,
     /// Only these scenarios (ingest, reads, watch, scale); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -196,6 +199,13 @@ where
     started.elapsed()
 }
 
+/// The `--server-log` of this run.
+fn server_log() -> String {
+    SERVER_LOG.get().cloned().unwrap_or_else(|| "warn".into())
+}
+
+static SERVER_LOG: OnceLock<String> = OnceLock::new();
+
 async fn start_qistatus(bin: &Path, dir: &Path, ports: Option<(u16, u16)>) -> (Server, Duration) {
     let (http_port, grpc_port) = ports.unwrap_or_else(|| (free_port(), free_port()));
     let started = Instant::now();
@@ -206,7 +216,7 @@ async fn start_qistatus(bin: &Path, dir: &Path, ports: Option<(u16, u16)>) -> (S
         .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
         .args([
             "--log",
-            "warn",
+            &server_log(),
             "--writer-queue",
             "8192",
             "--max-concurrent-requests",
@@ -1058,6 +1068,7 @@ fn machine() -> String {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    let _ = SERVER_LOG.set(args.server_log.clone());
     let sizes = Sizes::new(args.quick);
     let wants = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
     let etcd_bin = args.etcd_bin.clone().filter(|b| b.exists());

@@ -4,6 +4,9 @@
 //!
 //! # Layout
 //!
+//! Each "tree" below is a key space of one sled tree (see [`keyspace`]), so that a batch
+//! reaches all of them atomically.
+//!
 //! | tree | key | value |
 //! |---|---|---|
 //! | `log` | sequence (u64, big-endian) | [`LogEntry`]: the raw webhook, byte for byte |
@@ -20,12 +23,13 @@
 //!
 //! # Guarantees
 //!
-//! - Every batch the writer commits is one sled transaction across all trees, flushed to
+//! - Every batch the writer commits is one atomic sled batch across all spaces, flushed to
 //!   disk before any webhook of the batch is acknowledged: after a crash, a batch is either
 //!   entirely there or entirely absent.
 //! - Sequence numbers start at 1 and are gap-free in commit order.
 //! - The indexes always agree with the operations tree (same transaction).
 
+mod keyspace;
 pub mod rebuild;
 pub mod status_index;
 pub mod writer;
@@ -33,6 +37,8 @@ pub mod writer;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
+
+pub(crate) use keyspace::{Space, Writes};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::reconcile::{Operation, Phase};
@@ -105,17 +111,19 @@ pub enum EventRef {
     Quarantine(u64),
 }
 
-/// The handles of every tree, cheap to clone.
+/// The key spaces of the store, cheap to clone.
 #[derive(Clone, Debug)]
 pub(crate) struct Trees {
-    pub(crate) log: sled::Tree,
-    pub(crate) changes: sled::Tree,
-    pub(crate) event_ids: sled::Tree,
-    pub(crate) operations: sled::Tree,
-    pub(crate) status_index: sled::Tree,
-    pub(crate) phase_index: sled::Tree,
-    pub(crate) quarantine: sled::Tree,
-    pub(crate) meta: sled::Tree,
+    /// The one sled tree all spaces live in.
+    pub(crate) all: sled::Tree,
+    pub(crate) log: Space,
+    pub(crate) changes: Space,
+    pub(crate) event_ids: Space,
+    pub(crate) operations: Space,
+    pub(crate) status_index: Space,
+    pub(crate) phase_index: Space,
+    pub(crate) quarantine: Space,
+    pub(crate) meta: Space,
 }
 
 const NEXT_SEQUENCE: &[u8] = b"next_sequence";
@@ -139,16 +147,18 @@ impl Store {
             // Durability comes from the writer's explicit flush per batch, not a timer.
             .flush_every_ms(None)
             .open()?;
-        let tree = |name: &str| db.open_tree(name);
+        let all = db.open_tree("qistatus")?;
+        let space = |prefix: u8| Space::new(all.clone(), prefix);
         let trees = Trees {
-            log: tree("log")?,
-            changes: tree("changes")?,
-            event_ids: tree("event_ids")?,
-            operations: tree("operations")?,
-            status_index: tree("status_index")?,
-            phase_index: tree("phase_index")?,
-            quarantine: tree("quarantine")?,
-            meta: tree("meta")?,
+            log: space(b'L'),
+            changes: space(b'C'),
+            event_ids: space(b'E'),
+            operations: space(b'O'),
+            status_index: space(b'S'),
+            phase_index: space(b'P'),
+            quarantine: space(b'Q'),
+            meta: space(b'M'),
+            all,
         };
         let store = Store { db, trees };
         store.ensure_page_token_secret()?;
@@ -164,7 +174,7 @@ impl Store {
                 tree: "meta",
                 reason: format!("no randomness for the page-token secret: {e}"),
             })?;
-            self.trees.meta.insert(PAGE_TOKEN_SECRET, &secret)?;
+            self.trees.meta.insert_now(PAGE_TOKEN_SECRET, &secret)?;
             self.db.flush()?;
         }
         Ok(())
@@ -217,7 +227,10 @@ impl Store {
         }
         self.trees
             .changes
-            .range((after + 1).to_be_bytes()..=up_to.to_be_bytes())
+            .range(
+                std::ops::Bound::Included((after + 1).to_be_bytes().to_vec()),
+                std::ops::Bound::Included(up_to.to_be_bytes().to_vec()),
+            )
             .take(limit)
             .map(|kv| {
                 let (k, v) = kv?;
@@ -252,7 +265,7 @@ impl Store {
         prefix.push(0);
         self.trees
             .operations
-            .scan_prefix(prefix)
+            .scan_prefix(&prefix)
             .map(|kv| decode(&kv?.1, "operations"))
             .collect()
     }

@@ -17,10 +17,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::writer::{BatchPlan, apply_atomically};
+use super::writer::BatchPlan;
 use super::{
-    LogEntry, Store, StoreError, decode, encode, operation_key, phase_index_key, status_index_key,
-    u64_from_be,
+    LogEntry, Store, StoreError, Writes, decode, encode, operation_key, phase_index_key,
+    status_index_key, u64_from_be,
 };
 use crate::domain::catalog::Catalog;
 use crate::domain::reconcile::{EventSummary, Operation, Reconciler};
@@ -85,9 +85,8 @@ pub fn rebuild(store: &Store, catalog: &Catalog) -> Result<RebuildReport, StoreE
     }
 
     let reconciler = Reconciler::new(catalog);
-    let mut operations = sled::Batch::default();
-    let mut status_index = sled::Batch::default();
-    let mut phase_index = sled::Batch::default();
+    let t = &store.trees;
+    let mut writes = Writes::default();
     let mut new_keys = std::collections::BTreeSet::new();
     for ((kind, key), events) in groups {
         let Some(op) = reconciler.reconcile(&kind, &key, events) else {
@@ -98,29 +97,25 @@ pub fn rebuild(store: &Store, catalog: &Catalog) -> Result<RebuildReport, StoreE
         if before != Some(&op) {
             report.operations_changed += 1;
             if let Some(before) = before {
-                status_index.remove(status_index_key(before));
-                phase_index.remove(phase_index_key(before));
+                writes.remove(&t.status_index, &status_index_key(before));
+                writes.remove(&t.phase_index, &phase_index_key(before));
             }
-            status_index.insert(status_index_key(&op), &[]);
-            phase_index.insert(phase_index_key(&op), &[]);
-            operations.insert(op_key.as_slice(), encode(&op));
+            writes.insert(&t.status_index, &status_index_key(&op), Vec::new());
+            writes.insert(&t.phase_index, &phase_index_key(&op), Vec::new());
+            writes.insert(&t.operations, &op_key, encode(&op));
         }
         new_keys.insert(op_key);
     }
     for (op_key, before) in &old {
         if !new_keys.contains(op_key) {
             report.operations_changed += 1;
-            operations.remove(op_key.as_slice());
-            status_index.remove(status_index_key(before));
-            phase_index.remove(phase_index_key(before));
+            writes.remove(&t.operations, op_key);
+            writes.remove(&t.status_index, &status_index_key(before));
+            writes.remove(&t.phase_index, &phase_index_key(before));
         }
     }
     report.operations = new_keys.len();
-    let t = &store.trees;
-    apply_atomically(
-        &[&t.operations, &t.status_index, &t.phase_index],
-        &[&operations, &status_index, &phase_index],
-    )?;
+    writes.apply(&t.all)?;
     store.flush()?;
     Ok(report)
 }

@@ -8,7 +8,7 @@
 
 use std::ops::Bound;
 
-use super::{Store, StoreError, phase_byte};
+use super::{Space, Store, StoreError, phase_byte};
 use crate::domain::reconcile::{Operation, Phase};
 
 /// What to list.
@@ -90,7 +90,7 @@ impl StatusIndex {
     /// after `after`.
     fn scan(
         &self,
-        tree: &sled::Tree,
+        tree: &Space,
         prefix: &[u8],
         kind: Option<&str>,
         after: Option<&Cursor>,
@@ -129,7 +129,7 @@ impl StatusIndex {
             }
             None => Bound::Unbounded,
         };
-        for kv in tree.range::<Vec<u8>, _>((start, end)).take(limit) {
+        for kv in tree.range(start, end).take(limit) {
             let (k, _) = kv?;
             let rest = &k[prefix.len()..];
             let split = rest

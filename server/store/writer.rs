@@ -18,13 +18,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use sled::Batch;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     COMPACTED_THROUGH, Change, EventRef, LogEntry, NEXT_QUARANTINE, NEXT_SEQUENCE, QuarantineEntry,
-    Store, StoreError, encode, operation_key, phase_index_key, status_index_key,
+    Store, StoreError, Writes, encode, operation_key, phase_index_key, status_index_key,
 };
 use crate::domain::catalog::Catalog;
 use crate::domain::reconcile::{EventSummary, Operation, Reconciler};
@@ -309,16 +307,18 @@ impl Writer {
             });
         };
         compacted_through = compacted_through.max(last);
-        let mut log = Batch::default();
-        let mut changes = Batch::default();
-        for sequence in &expired {
-            log.remove(&sequence.to_be_bytes());
-            changes.remove(&sequence.to_be_bytes());
-        }
-        let mut meta = Batch::default();
-        meta.insert(COMPACTED_THROUGH, &compacted_through.to_be_bytes());
         let t = &self.store.trees;
-        apply_atomically(&[&t.log, &t.changes, &t.meta], &[&log, &changes, &meta])?;
+        let mut writes = Writes::default();
+        for sequence in &expired {
+            writes.remove(&t.log, &sequence.to_be_bytes());
+            writes.remove(&t.changes, &sequence.to_be_bytes());
+        }
+        writes.insert(
+            &t.meta,
+            COMPACTED_THROUGH,
+            compacted_through.to_be_bytes().to_vec(),
+        );
+        writes.apply(&t.all)?;
         self.store.flush()?;
         tracing::info!(
             removed = expired.len(),
@@ -348,7 +348,13 @@ impl Writer {
             )?);
         }
         let (next_sequence, next_quarantine) = (plan.next_sequence, plan.next_quarantine);
+        let planned = std::time::Instant::now();
         plan.commit(&self.store)?;
+        tracing::trace!(
+            webhooks = batch.len(),
+            commit_us = planned.elapsed().as_micros() as u64,
+            "batch applied and flushed"
+        );
         self.next_sequence = next_sequence;
         self.next_quarantine = next_quarantine;
         Ok(acks)
@@ -362,10 +368,8 @@ pub(crate) struct BatchPlan {
     seen: HashMap<EventId, Ack>,
     /// Touched operations: the state before the batch, and the state after.
     operations: HashMap<Vec<u8>, (Option<Operation>, Operation)>,
-    log: Batch,
-    changes: Batch,
-    event_ids: Batch,
-    quarantine: Batch,
+    /// Log, change, dedupe and quarantine writes; operations and indexes join at commit.
+    writes: Writes,
 }
 
 impl BatchPlan {
@@ -375,10 +379,7 @@ impl BatchPlan {
             next_quarantine,
             seen: HashMap::new(),
             operations: HashMap::new(),
-            log: Batch::default(),
-            changes: Batch::default(),
-            event_ids: Batch::default(),
-            quarantine: Batch::default(),
+            writes: Writes::default(),
         }
     }
 
@@ -421,9 +422,13 @@ impl BatchPlan {
                     reason: reason.clone(),
                     raw: raw.to_vec(),
                 };
-                self.quarantine.insert(&id.to_be_bytes(), encode(&entry));
-                self.event_ids
-                    .insert(&event_id.0, encode(&EventRef::Quarantine(id)));
+                self.writes
+                    .insert(&store.trees.quarantine, &id.to_be_bytes(), encode(&entry));
+                self.writes.insert(
+                    &store.trees.event_ids,
+                    &event_id.0,
+                    encode(&EventRef::Quarantine(id)),
+                );
                 tracing::warn!(quarantine_id = id, reason = %reason, "webhook quarantined");
                 Ack::Quarantined {
                     id,
@@ -474,11 +479,18 @@ impl BatchPlan {
             received_at,
             raw: raw.to_vec(),
         };
-        self.log.insert(&sequence.to_be_bytes(), encode(&entry));
-        self.changes
-            .insert(&sequence.to_be_bytes(), encode(&change));
-        self.event_ids
-            .insert(&envelope.event_id.0, encode(&EventRef::Event(sequence)));
+        self.writes
+            .insert(&store.trees.log, &sequence.to_be_bytes(), encode(&entry));
+        self.writes.insert(
+            &store.trees.changes,
+            &sequence.to_be_bytes(),
+            encode(&change),
+        );
+        self.writes.insert(
+            &store.trees.event_ids,
+            &envelope.event_id.0,
+            encode(&EventRef::Event(sequence)),
+        );
         tracing::info!(
             sequence,
             kind = %after.kind,
@@ -501,7 +513,8 @@ impl BatchPlan {
         envelope: &WebhookEnvelope,
         entry: &QuarantineEntry,
     ) -> Result<u64, StoreError> {
-        self.quarantine.remove(&id.to_be_bytes());
+        self.writes
+            .remove(&store.trees.quarantine, &id.to_be_bytes());
         let sequence = self.add_event(store, catalog, envelope, &entry.raw, entry.received_at)?;
         self.seen
             .insert(envelope.event_id, Ack::Accepted { sequence });
@@ -510,65 +523,38 @@ impl BatchPlan {
 
     /// Writes the plan as one transaction across every tree, then flushes.
     pub(crate) fn commit(self, store: &Store) -> Result<(), StoreError> {
-        let mut operations = Batch::default();
-        let mut status_index = Batch::default();
-        let mut phase_index = Batch::default();
+        let t = &store.trees;
+        let mut writes = self.writes;
         for (op_key, (original, after)) in &self.operations {
             if let Some(original) = original {
-                status_index.remove(status_index_key(original));
-                phase_index.remove(phase_index_key(original));
+                writes.remove(&t.status_index, &status_index_key(original));
+                writes.remove(&t.phase_index, &phase_index_key(original));
             }
-            status_index.insert(status_index_key(after), &[]);
-            phase_index.insert(phase_index_key(after), &[]);
-            operations.insert(op_key.as_slice(), encode(after));
+            writes.insert(&t.status_index, &status_index_key(after), Vec::new());
+            writes.insert(&t.phase_index, &phase_index_key(after), Vec::new());
+            writes.insert(&t.operations, op_key, encode(after));
         }
-        let mut meta = Batch::default();
-        meta.insert(NEXT_SEQUENCE, &self.next_sequence.to_be_bytes());
-        meta.insert(NEXT_QUARANTINE, &self.next_quarantine.to_be_bytes());
-
-        let t = &store.trees;
-        let trees = [
-            &t.log,
-            &t.changes,
-            &t.event_ids,
-            &t.operations,
-            &t.status_index,
-            &t.phase_index,
-            &t.quarantine,
+        writes.insert(
             &t.meta,
-        ];
-        let batches = [
-            &self.log,
-            &self.changes,
-            &self.event_ids,
-            &operations,
-            &status_index,
-            &phase_index,
-            &self.quarantine,
-            &meta,
-        ];
-        apply_atomically(&trees, &batches)?;
-        store.flush()
+            NEXT_SEQUENCE,
+            self.next_sequence.to_be_bytes().to_vec(),
+        );
+        writes.insert(
+            &t.meta,
+            NEXT_QUARANTINE,
+            self.next_quarantine.to_be_bytes().to_vec(),
+        );
+        let started = std::time::Instant::now();
+        writes.apply(&t.all)?;
+        let applied = started.elapsed();
+        store.flush()?;
+        tracing::trace!(
+            apply_us = applied.as_micros() as u64,
+            flush_us = (started.elapsed() - applied).as_micros() as u64,
+            "transaction"
+        );
+        Ok(())
     }
-}
-
-/// Applies one batch per tree in a single sled transaction.
-pub(crate) fn apply_atomically(
-    trees: &[&sled::Tree],
-    batches: &[&Batch],
-) -> Result<(), StoreError> {
-    use sled::Transactional;
-    trees
-        .transaction(|views| {
-            for (view, batch) in views.iter().zip(batches) {
-                view.apply_batch(batch)?;
-            }
-            Ok::<(), ConflictableTransactionError<StoreError>>(())
-        })
-        .map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Sled(e),
-        })
 }
 
 fn as_duplicate(ack: Ack) -> Ack {

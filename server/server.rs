@@ -141,6 +141,7 @@ pub async fn run(
 
     let hub = WatchHub::new(
         store.clone(),
+        writer.recent(),
         writer.committed(),
         stop_rx.clone(),
         settings.watch,

@@ -8,6 +8,8 @@
 //! - changes arrive in sequence order, with no gaps among those that match and no
 //!   duplicates, because each watcher reads the log, not a lossy broadcast;
 //! - a resume point (`start_after_sequence`) works across restarts: the log is on disk;
+//! - the records of the latest batches are decoded once and shared by all watchers
+//!   ([`RecentChanges`]); a watcher behind that window reads the store itself;
 //! - a slow or stalled watcher only fills its own bounded channel and waits; the intake and
 //!   the writer never wait for watchers;
 //! - when retention has dropped the changes a resume point needs, the watcher gets
@@ -29,6 +31,7 @@ use crate::convert;
 use crate::domain::reconcile::{Operation, Phase};
 use crate::grpc::ApiError;
 use crate::pb;
+use crate::store::recent::RecentChanges;
 use crate::store::{Change, Store};
 
 /// Which changes a watcher receives. Every given criterion must hold.
@@ -83,6 +86,7 @@ impl Default for WatchSettings {
 #[derive(Debug, Clone)]
 pub struct WatchHub {
     store: Store,
+    recent: Arc<RecentChanges>,
     committed: watch::Receiver<u64>,
     stop: watch::Receiver<bool>,
     permits: Arc<Semaphore>,
@@ -100,12 +104,14 @@ impl WatchHub {
     /// streams end when `stop` turns true.
     pub fn new(
         store: Store,
+        recent: Arc<RecentChanges>,
         committed: watch::Receiver<u64>,
         stop: watch::Receiver<bool>,
         settings: WatchSettings,
     ) -> Self {
         WatchHub {
             store,
+            recent,
             committed,
             stop,
             permits: Arc::new(Semaphore::new(settings.max_watchers)),
@@ -142,6 +148,7 @@ impl WatchHub {
         let (tx, rx) = mpsc::channel(self.settings.buffer.max(1));
         let watcher = Watcher {
             store: self.store.clone(),
+            recent: self.recent.clone(),
             filter,
             cursor,
             committed: self.committed.clone(),
@@ -167,6 +174,7 @@ fn out_of_range(compacted_through: u64) -> ApiError {
 
 struct Watcher {
     store: Store,
+    recent: Arc<RecentChanges>,
     filter: WatchFilter,
     cursor: u64,
     committed: watch::Receiver<u64>,
@@ -240,10 +248,16 @@ impl Watcher {
 
     /// Reads one chunk of change records after the cursor; returns whether it sent any.
     async fn catch_up(&mut self, head: u64) -> Result<bool, End> {
-        let chunk = self
-            .store
-            .changes_after(self.cursor, head, READ_CHUNK)
-            .map_err(|e| End::Error(ApiError::from(e).into()))?;
+        let chunk = match self.recent.after(self.cursor, head, READ_CHUNK) {
+            Some(chunk) => chunk,
+            None => self
+                .store
+                .changes_after(self.cursor, head, READ_CHUNK)
+                .map_err(|e| End::Error(ApiError::from(e).into()))?
+                .into_iter()
+                .map(|(sequence, change)| (sequence, Arc::new(change)))
+                .collect(),
+        };
         let Some((first, _)) = chunk.first() else {
             return self.gap().map(|_| false);
         };
@@ -256,7 +270,7 @@ impl Watcher {
                 let message = pb::OperationChange {
                     sequence,
                     operation: Some(convert::operation_summary(&change.operation)),
-                    previous_status: change.previous_status.unwrap_or_default(),
+                    previous_status: change.previous_status.clone().unwrap_or_default(),
                     initial: false,
                 };
                 self.send(pb::watch_operation_response::Event::Change(message))

@@ -31,6 +31,7 @@
 
 mod keyspace;
 pub mod rebuild;
+pub mod recent;
 pub mod status_index;
 pub mod writer;
 

@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::recent::RecentChanges;
 use super::{
     COMPACTED_THROUGH, Change, EventRef, LogEntry, NEXT_QUARANTINE, NEXT_SEQUENCE, QuarantineEntry,
     Store, StoreError, Writes, encode, operation_key, phase_index_key, status_index_key,
@@ -119,6 +120,7 @@ impl Default for WriterLimits {
 pub struct WriterHandle {
     tx: mpsc::Sender<Command>,
     committed: watch::Receiver<u64>,
+    recent: Arc<RecentChanges>,
 }
 
 impl WriterHandle {
@@ -162,6 +164,11 @@ impl WriterHandle {
         }
     }
 
+    /// The latest committed change records, shared with watchers.
+    pub fn recent(&self) -> Arc<RecentChanges> {
+        self.recent.clone()
+    }
+
     /// The last committed sequence (0 before the first), updated after every batch.
     pub fn committed(&self) -> watch::Receiver<u64> {
         self.committed.clone()
@@ -193,19 +200,28 @@ pub fn spawn(
     let next_sequence = store.next_sequence()?;
     let next_quarantine = store.next_quarantine_id()?;
     let (committed_tx, committed) = watch::channel(next_sequence - 1);
+    let recent = Arc::new(RecentChanges::new(RECENT_CHANGES));
     let mut writer = Writer {
         store,
         catalog,
         next_sequence,
         next_quarantine,
         committed: committed_tx,
+        recent: recent.clone(),
     };
     let max_batch = limits.max_batch.max(1);
     let thread = std::thread::Builder::new()
         .name("qistatus-writer".into())
         .spawn(move || writer.run(rx, max_batch))
         .map_err(|e| StoreError::Transaction(format!("cannot start the writer thread: {e}")))?;
-    Ok((WriterHandle { tx, committed }, WriterTask { thread }))
+    Ok((
+        WriterHandle {
+            tx,
+            committed,
+            recent,
+        },
+        WriterTask { thread },
+    ))
 }
 
 struct Writer {
@@ -214,7 +230,11 @@ struct Writer {
     next_sequence: u64,
     next_quarantine: u64,
     committed: watch::Sender<u64>,
+    recent: Arc<RecentChanges>,
 }
+
+/// How many change records the recent-changes window holds.
+const RECENT_CHANGES: usize = 16_384;
 
 impl Writer {
     fn run(&mut self, mut rx: mpsc::Receiver<Command>, max_batch: usize) {
@@ -349,7 +369,9 @@ impl Writer {
         }
         let (next_sequence, next_quarantine) = (plan.next_sequence, plan.next_quarantine);
         let planned = std::time::Instant::now();
-        plan.commit(&self.store)?;
+        let changes = plan.commit(&self.store)?;
+        // Durable now: visible to watchers (the caller wakes them next).
+        self.recent.extend(changes);
         tracing::trace!(
             webhooks = batch.len(),
             commit_us = planned.elapsed().as_micros() as u64,
@@ -370,6 +392,8 @@ pub(crate) struct BatchPlan {
     operations: HashMap<Vec<u8>, (Option<Operation>, Operation)>,
     /// Log, change, dedupe and quarantine writes; operations and indexes join at commit.
     writes: Writes,
+    /// The change records of this batch, for the recent-changes window.
+    changes: Vec<(u64, Arc<Change>)>,
 }
 
 impl BatchPlan {
@@ -380,6 +404,7 @@ impl BatchPlan {
             seen: HashMap::new(),
             operations: HashMap::new(),
             writes: Writes::default(),
+            changes: Vec::new(),
         }
     }
 
@@ -486,6 +511,7 @@ impl BatchPlan {
             &sequence.to_be_bytes(),
             encode(&change),
         );
+        self.changes.push((sequence, Arc::new(change)));
         self.writes.insert(
             &store.trees.event_ids,
             &envelope.event_id.0,
@@ -522,7 +548,7 @@ impl BatchPlan {
     }
 
     /// Writes the plan as one transaction across every tree, then flushes.
-    pub(crate) fn commit(self, store: &Store) -> Result<(), StoreError> {
+    pub(crate) fn commit(self, store: &Store) -> Result<Vec<(u64, Arc<Change>)>, StoreError> {
         let t = &store.trees;
         let mut writes = self.writes;
         for (op_key, (original, after)) in &self.operations {
@@ -553,7 +579,7 @@ impl BatchPlan {
             flush_us = (started.elapsed() - applied).as_micros() as u64,
             "transaction"
         );
-        Ok(())
+        Ok(self.changes)
     }
 }
 

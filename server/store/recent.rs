@@ -1,0 +1,107 @@
+//! The most recent change records, decoded once and shared by every watcher.
+//!
+//! Watchers read the durable `changes` space from their own cursors; with hundreds of them,
+//! reading and decoding the same records hundreds of times would cost more than the writes.
+//! The writer therefore also puts each committed record here, after its batch is on disk
+//! and before it wakes the watchers; a watcher whose cursor is inside the window reads from
+//! it, and one that is behind (a slow or resuming watcher) reads the store. Both hold the
+//! same records, so where a watcher reads from never changes what it receives.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock};
+
+use super::Change;
+
+/// A bounded window of the latest committed change records, by sequence.
+#[derive(Debug)]
+pub struct RecentChanges {
+    window: RwLock<VecDeque<(u64, Arc<Change>)>>,
+    capacity: usize,
+}
+
+impl RecentChanges {
+    /// A window of at most `capacity` records.
+    pub fn new(capacity: usize) -> Self {
+        RecentChanges {
+            window: RwLock::new(VecDeque::with_capacity(capacity.min(1 << 16))),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Appends committed records (in sequence order, after those already there).
+    pub fn extend(&self, records: impl IntoIterator<Item = (u64, Arc<Change>)>) {
+        let mut window = self.window.write().unwrap_or_else(|e| e.into_inner());
+        for record in records {
+            if window.len() == self.capacity {
+                window.pop_front();
+            }
+            window.push_back(record);
+        }
+    }
+
+    /// The records with sequences in `(after, up_to]`, at most `limit`, if the window holds
+    /// the one right after `after`; `None` when the caller must read the store.
+    pub fn after(&self, after: u64, up_to: u64, limit: usize) -> Option<Vec<(u64, Arc<Change>)>> {
+        let window = self.window.read().unwrap_or_else(|e| e.into_inner());
+        let first = window.front()?.0;
+        if after + 1 < first {
+            return None;
+        }
+        // Sequences in the window are consecutive, so positions are offsets.
+        let start = usize::try_from(after + 1 - first).ok()?;
+        Some(
+            window
+                .range(start.min(window.len())..)
+                .take_while(|(sequence, _)| *sequence <= up_to)
+                .take(limit)
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::reconcile::{Operation, Phase};
+
+    fn change(n: u64) -> (u64, Arc<Change>) {
+        let operation = Operation {
+            kind: "debt".into(),
+            key: format!("k{n}"),
+            status: "disbursed".into(),
+            phase: Phase::Pending,
+            detail: String::new(),
+            event_time: None,
+            first_received_at: 0,
+            updated_at: 0,
+            version: 1,
+            last_sequence: n,
+            history: Vec::new(),
+        };
+        let change = Change {
+            previous_status: None,
+            status_changed: true,
+            operation,
+        };
+        (n, Arc::new(change))
+    }
+
+    #[test]
+    fn serves_only_what_it_holds_contiguously() {
+        let recent = RecentChanges::new(4);
+        assert!(recent.after(0, 10, 10).is_none(), "empty: read the store");
+        recent.extend((1..=6).map(change));
+        // Holds 3..=6.
+        assert!(
+            recent.after(0, 6, 10).is_none(),
+            "1 and 2 fell out of the window"
+        );
+        assert!(recent.after(1, 6, 10).is_none());
+        let seqs = |v: Vec<(u64, Arc<Change>)>| v.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+        assert_eq!(seqs(recent.after(2, 6, 10).unwrap()), [3, 4, 5, 6]);
+        assert_eq!(seqs(recent.after(3, 5, 10).unwrap()), [4, 5]);
+        assert_eq!(seqs(recent.after(2, 6, 2).unwrap()), [3, 4]);
+        assert_eq!(seqs(recent.after(6, 6, 10).unwrap()), Vec::<u64>::new());
+    }
+}

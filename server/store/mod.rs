@@ -13,8 +13,8 @@
 //! | `changes` | sequence | [`Change`]: the operation right after that webhook (the watch feed) |
 //! | `event_ids` | [`EventId`] | [`EventRef`]: where that webhook is (dedupe) |
 //! | `operations` | `key \0 kind` | [`Operation`] with its history summaries |
-//! | `status_index` | `status \0 kind \0 key` | empty |
-//! | `phase_index` | `phase byte, kind \0 key` | empty |
+//! | `status_index` | `status \0 kind \0 key` | the operation without history |
+//! | `phase_index` | `phase byte, kind \0 key` | the operation without history |
 //! | `quarantine` | id (u64, big-endian) | [`QuarantineEntry`] |
 //! | `meta` | name | counters, format version |
 //!
@@ -315,33 +315,35 @@ impl Store {
     /// Checks that the status and phase indexes hold exactly one entry per operation, the
     /// one its current status and phase call for. Returns the problems found.
     pub fn check_indexes(&self) -> Result<Vec<String>, StoreError> {
-        let mut expected_status = std::collections::BTreeSet::new();
-        let mut expected_phase = std::collections::BTreeSet::new();
+        let mut expected_status = std::collections::BTreeMap::new();
+        let mut expected_phase = std::collections::BTreeMap::new();
         for op in self.operations() {
             let op = op?;
-            expected_status.insert(status_index_key(&op));
-            expected_phase.insert(phase_index_key(&op));
+            expected_status.insert(status_index_key(&op), index_value(&op));
+            expected_phase.insert(phase_index_key(&op), index_value(&op));
         }
         let mut problems = Vec::new();
         for (name, tree, expected) in [
             ("status_index", &self.trees.status_index, expected_status),
             ("phase_index", &self.trees.phase_index, expected_phase),
         ] {
-            let mut actual = std::collections::BTreeSet::new();
+            let mut actual = std::collections::BTreeMap::new();
             for kv in tree.iter() {
-                actual.insert(kv?.0.to_vec());
+                let (k, v) = kv?;
+                actual.insert(k.to_vec(), v.to_vec());
             }
-            for missing in expected.difference(&actual) {
-                problems.push(format!(
-                    "{name}: missing {:?}",
-                    String::from_utf8_lossy(missing)
-                ));
+            let text = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
+            for (key, value) in &expected {
+                match actual.get(key) {
+                    None => problems.push(format!("{name}: missing {:?}", text(key))),
+                    Some(v) if v != value => {
+                        problems.push(format!("{name}: outdated {:?}", text(key)));
+                    }
+                    Some(_) => {}
+                }
             }
-            for stale in actual.difference(&expected) {
-                problems.push(format!(
-                    "{name}: stale {:?}",
-                    String::from_utf8_lossy(stale)
-                ));
+            for stale in actual.keys().filter(|k| !expected.contains_key(*k)) {
+                problems.push(format!("{name}: stale {:?}", text(stale)));
             }
         }
         Ok(problems)
@@ -360,6 +362,35 @@ pub(crate) fn operation_key(kind: &str, key: &str) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(kind.as_bytes());
     k
+}
+
+/// The value of an index entry: the operation without its history, so that a page of a
+/// list is one range scan, with no lookup per operation.
+pub(crate) fn index_value(op: &Operation) -> Vec<u8> {
+    encode(&IndexedOperation(op))
+}
+
+/// Serializes like an `Operation` whose history is empty, without cloning the operation.
+struct IndexedOperation<'a>(&'a Operation);
+
+impl Serialize for IndexedOperation<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let op = self.0;
+        let mut st = s.serialize_struct("Operation", 11)?;
+        st.serialize_field("kind", &op.kind)?;
+        st.serialize_field("key", &op.key)?;
+        st.serialize_field("status", &op.status)?;
+        st.serialize_field("phase", &op.phase)?;
+        st.serialize_field("detail", &op.detail)?;
+        st.serialize_field("event_time", &op.event_time)?;
+        st.serialize_field("first_received_at", &op.first_received_at)?;
+        st.serialize_field("updated_at", &op.updated_at)?;
+        st.serialize_field("version", &op.version)?;
+        st.serialize_field("last_sequence", &op.last_sequence)?;
+        st.serialize_field("history", &[] as &[crate::domain::reconcile::EventSummary])?;
+        st.end()
+    }
 }
 
 /// `status \0 kind \0 key`.
@@ -411,4 +442,44 @@ pub(crate) fn u64_from_be(bytes: &[u8], tree: &'static str) -> Result<u64, Store
         reason: format!("expected 8 bytes, found {}", bytes.len()),
     })?;
     Ok(u64::from_be_bytes(array))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::reconcile::EventSummary;
+
+    #[test]
+    fn an_index_value_decodes_as_the_operation_without_history() {
+        let summary = EventSummary {
+            sequence: 7,
+            event_id: EventId([1; 32]),
+            status: "disbursed".into(),
+            outcome: None,
+            detail: "d".into(),
+            event_time: Some(5),
+            received_at: 6,
+        };
+        let op = Operation {
+            kind: "debt".into(),
+            key: "k".into(),
+            status: "disbursed".into(),
+            phase: Phase::Pending,
+            detail: "d".into(),
+            event_time: Some(5),
+            first_received_at: 6,
+            updated_at: 6,
+            version: 1,
+            last_sequence: 7,
+            history: vec![summary],
+        };
+        let decoded: Operation = decode(&index_value(&op), "test").unwrap();
+        assert_eq!(
+            decoded,
+            Operation {
+                history: Vec::new(),
+                ..op
+            }
+        );
+    }
 }

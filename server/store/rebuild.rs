@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::writer::BatchPlan;
 use super::{
-    LogEntry, Store, StoreError, Writes, decode, encode, operation_key, phase_index_key,
-    status_index_key, u64_from_be,
+    LogEntry, Store, StoreError, Writes, decode, encode, index_value, operation_key,
+    phase_index_key, status_index_key, u64_from_be,
 };
 use crate::domain::catalog::Catalog;
 use crate::domain::reconcile::{EventSummary, Operation, Reconciler};
@@ -100,8 +100,8 @@ pub fn rebuild(store: &Store, catalog: &Catalog) -> Result<RebuildReport, StoreE
                 writes.remove(&t.status_index, &status_index_key(before));
                 writes.remove(&t.phase_index, &phase_index_key(before));
             }
-            writes.insert(&t.status_index, &status_index_key(&op), Vec::new());
-            writes.insert(&t.phase_index, &phase_index_key(&op), Vec::new());
+            writes.insert(&t.status_index, &status_index_key(&op), index_value(&op));
+            writes.insert(&t.phase_index, &phase_index_key(&op), index_value(&op));
             writes.insert(&t.operations, &op_key, encode(&op));
         }
         new_keys.insert(op_key);

@@ -3,12 +3,12 @@
 //! Why an index: "which debts are `disbursed`?" must cost the size of the answer, not the
 //! size of the store. The writer keeps `status_index` (`status \0 kind \0 key`) and
 //! `phase_index` (`phase, kind \0 key`) in the same transaction as the operations, so a page
-//! is a range scan of at most `limit + 1` entries per requested status plus one point read
-//! per returned operation.
+//! is a range scan of at most `limit + 1` entries per requested status. Each entry's value is
+//! the operation without its history, so no further read is needed.
 
 use std::ops::Bound;
 
-use super::{Space, Store, StoreError, phase_byte};
+use super::{Space, Store, StoreError, decode, phase_byte};
 use crate::domain::reconcile::{Operation, Phase};
 
 /// What to list.
@@ -44,7 +44,7 @@ impl StatusIndex {
         after: Option<&Cursor>,
         limit: usize,
     ) -> Result<(Vec<Operation>, bool), StoreError> {
-        let mut hits: Vec<Cursor> = Vec::new();
+        let mut hits: Vec<(Cursor, sled::IVec)> = Vec::new();
         match selection {
             Selection::Statuses(statuses) => {
                 for status in statuses {
@@ -73,16 +73,14 @@ impl StatusIndex {
             }
         }
         // Several statuses are several sorted runs: merge them, then cut the page.
-        hits.sort_unstable();
-        hits.dedup();
+        hits.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        hits.dedup_by(|a, b| a.0 == b.0);
         let more = hits.len() > limit;
         hits.truncate(limit);
-        let mut operations = Vec::with_capacity(hits.len());
-        for (kind, key) in hits {
-            if let Some(op) = self.store.operation(&kind, &key)? {
-                operations.push(op);
-            }
-        }
+        let operations = hits
+            .iter()
+            .map(|(_, value)| decode(value, "status_index"))
+            .collect::<Result<_, _>>()?;
         Ok((operations, more))
     }
 
@@ -95,7 +93,7 @@ impl StatusIndex {
         kind: Option<&str>,
         after: Option<&Cursor>,
         limit: usize,
-        hits: &mut Vec<Cursor>,
+        hits: &mut Vec<(Cursor, sled::IVec)>,
     ) -> Result<(), StoreError> {
         let mut scope = prefix.to_vec();
         if let Some(kind) = kind {
@@ -130,7 +128,7 @@ impl StatusIndex {
             None => Bound::Unbounded,
         };
         for kv in tree.range(start, end).take(limit) {
-            let (k, _) = kv?;
+            let (k, value) = kv?;
             let rest = &k[prefix.len()..];
             let split = rest
                 .iter()
@@ -141,7 +139,7 @@ impl StatusIndex {
                 })?;
             let kind = String::from_utf8_lossy(&rest[..split]).into_owned();
             let key = String::from_utf8_lossy(&rest[split + 1..]).into_owned();
-            hits.push((kind, key));
+            hits.push(((kind, key), value));
         }
         Ok(())
     }

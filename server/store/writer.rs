@@ -23,7 +23,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::recent::RecentChanges;
 use super::{
     COMPACTED_THROUGH, Change, EventRef, LogEntry, NEXT_QUARANTINE, NEXT_SEQUENCE, QuarantineEntry,
-    Store, StoreError, Writes, encode, operation_key, phase_index_key, status_index_key,
+    Store, StoreError, Writes, encode, index_value, operation_key, phase_index_key,
+    status_index_key,
 };
 use crate::domain::catalog::Catalog;
 use crate::domain::reconcile::{EventSummary, Operation, Reconciler};
@@ -556,8 +557,9 @@ impl BatchPlan {
                 writes.remove(&t.status_index, &status_index_key(original));
                 writes.remove(&t.phase_index, &phase_index_key(original));
             }
-            writes.insert(&t.status_index, &status_index_key(after), Vec::new());
-            writes.insert(&t.phase_index, &phase_index_key(after), Vec::new());
+            let summary = index_value(after);
+            writes.insert(&t.status_index, &status_index_key(after), summary.clone());
+            writes.insert(&t.phase_index, &phase_index_key(after), summary);
             writes.insert(&t.operations, op_key, encode(after));
         }
         writes.insert(

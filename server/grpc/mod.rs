@@ -108,7 +108,10 @@ impl OperationStatusApi {
     fn with_history(&self, op: &Operation, include_raw: bool) -> Result<pb::Operation, ApiError> {
         let mut out = convert::operation_summary(op);
         for event in &op.history {
-            let raw = self.store.log_entry(event.sequence)?.map(|e| e.raw);
+            let raw = match self.store.log_entry(event.sequence)? {
+                Some(entry) => Some(self.store.raw_payload(&entry)?),
+                None => None,
+            };
             out.history
                 .push(convert::history_entry(event, raw.as_deref(), include_raw));
         }

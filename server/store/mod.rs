@@ -9,7 +9,7 @@
 //!
 //! | tree | key | value |
 //! |---|---|---|
-//! | `log` | sequence (u64, big-endian) | [`LogEntry`]: the raw webhook, byte for byte |
+//! | `log` | sequence (u64, big-endian) | [`LogEntry`]: where the raw webhook is in [`payloads`] |
 //! | `changes` | sequence | [`Change`]: the operation right after that webhook (the watch feed) |
 //! | `event_ids` | [`EventId`] | [`EventRef`]: where that webhook is (dedupe) |
 //! | `operations` | `key \0 kind` | [`Operation`] with its history summaries |
@@ -30,16 +30,19 @@
 //! - The indexes always agree with the operations tree (same transaction).
 
 mod keyspace;
+pub mod payloads;
 pub mod rebuild;
 pub mod recent;
 pub mod status_index;
 pub mod writer;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
 pub(crate) use keyspace::{Space, Writes};
+use payloads::{PayloadFiles, PayloadRef};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::reconcile::{Operation, Phase};
@@ -62,6 +65,9 @@ pub enum StoreError {
     /// The transaction failed.
     #[error("transaction: {0}")]
     Transaction(String),
+    /// The payload log failed.
+    #[error("payload log: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// One stored webhook, byte for byte.
@@ -75,8 +81,8 @@ pub struct LogEntry {
     pub key: String,
     /// Receive time, ms since the epoch.
     pub received_at: i64,
-    /// The request body exactly as received.
-    pub raw: Vec<u8>,
+    /// Where the request body, exactly as received, is in the payload log.
+    pub payload: PayloadRef,
 }
 
 /// The effect of one stored webhook on its operation: what watchers read.
@@ -137,6 +143,7 @@ const PAGE_TOKEN_SECRET: &[u8] = b"page_token_secret";
 pub struct Store {
     db: sled::Db,
     pub(crate) trees: Trees,
+    pub(crate) payloads: Arc<PayloadFiles>,
 }
 
 impl Store {
@@ -161,7 +168,12 @@ impl Store {
             meta: space(b'M'),
             all,
         };
-        let store = Store { db, trees };
+        let payloads = Arc::new(PayloadFiles::open(dir.join("payloads"))?);
+        let store = Store {
+            db,
+            trees,
+            payloads,
+        };
         store.ensure_page_token_secret()?;
         Ok(store)
     }
@@ -278,6 +290,11 @@ impl Store {
             .get(sequence.to_be_bytes())?
             .map(|v| decode(&v, "log"))
             .transpose()
+    }
+
+    /// The raw body of a stored webhook, byte for byte.
+    pub fn raw_payload(&self, entry: &LogEntry) -> Result<Vec<u8>, StoreError> {
+        Ok(self.payloads.read(&entry.payload)?)
     }
 
     /// Where the webhook with `id` is stored, if it is.

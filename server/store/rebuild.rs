@@ -62,7 +62,8 @@ pub fn rebuild(store: &Store, catalog: &Catalog) -> Result<RebuildReport, StoreE
         let sequence = u64_from_be(&k, "log")?;
         let entry: LogEntry = decode(&v, "log")?;
         let stored = summaries.remove(&sequence);
-        match normalize(catalog, &entry.raw) {
+        let raw = store.raw_payload(&entry)?;
+        match normalize(catalog, &raw) {
             Ok(Normalized::Event(envelope)) => {
                 report.events_from_log += 1;
                 let summary = EventSummary::new(&envelope, sequence, entry.received_at);
@@ -123,7 +124,10 @@ pub fn rebuild(store: &Store, catalog: &Catalog) -> Result<RebuildReport, StoreE
 /// Moves quarantined webhooks that `catalog` can now read into the event log.
 fn promote_quarantined(store: &Store, catalog: &Catalog) -> Result<RebuildReport, StoreError> {
     let mut report = RebuildReport::default();
-    let mut plan = BatchPlan::new(store.next_sequence()?, store.next_quarantine_id()?);
+    let mut payloads = store.payloads.appender()?;
+    let next_sequence = store.next_sequence()?;
+    let position = payloads.position(next_sequence)?;
+    let mut plan = BatchPlan::new(next_sequence, store.next_quarantine_id()?, position);
     for item in store.quarantined() {
         let (id, entry) = item?;
         match normalize(catalog, &entry.raw) {
@@ -136,7 +140,7 @@ fn promote_quarantined(store: &Store, catalog: &Catalog) -> Result<RebuildReport
         }
     }
     if report.promoted > 0 {
-        plan.commit(store)?;
+        plan.commit(store, &mut payloads)?;
     }
     Ok(report)
 }

@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::payloads::{PayloadAppender, PayloadRef};
 use super::recent::RecentChanges;
 use super::{
     COMPACTED_THROUGH, Change, EventRef, LogEntry, NEXT_QUARANTINE, NEXT_SEQUENCE, QuarantineEntry,
@@ -202,7 +203,9 @@ pub fn spawn(
     let next_quarantine = store.next_quarantine_id()?;
     let (committed_tx, committed) = watch::channel(next_sequence - 1);
     let recent = Arc::new(RecentChanges::new(RECENT_CHANGES));
+    let payloads = store.payloads.appender()?;
     let mut writer = Writer {
+        payloads,
         store,
         catalog,
         next_sequence,
@@ -232,6 +235,7 @@ struct Writer {
     next_quarantine: u64,
     committed: watch::Sender<u64>,
     recent: Arc<RecentChanges>,
+    payloads: PayloadAppender,
 }
 
 /// How many change records the recent-changes window holds.
@@ -341,7 +345,9 @@ impl Writer {
         );
         writes.apply(&t.all)?;
         self.store.flush()?;
+        let segments = self.store.payloads.drop_through(compacted_through)?;
         tracing::info!(
+            segments,
             removed = expired.len(),
             compacted_through,
             "event log compacted"
@@ -357,7 +363,8 @@ impl Writer {
     /// the writer's counters.
     fn commit(&mut self, batch: &[WriteRequest]) -> Result<Vec<Ack>, StoreError> {
         let received_at = now_millis();
-        let mut plan = BatchPlan::new(self.next_sequence, self.next_quarantine);
+        let position = self.payloads.position(self.next_sequence)?;
+        let mut plan = BatchPlan::new(self.next_sequence, self.next_quarantine, position);
         let mut acks = Vec::with_capacity(batch.len());
         for request in batch {
             acks.push(plan.add(
@@ -370,7 +377,7 @@ impl Writer {
         }
         let (next_sequence, next_quarantine) = (plan.next_sequence, plan.next_quarantine);
         let planned = std::time::Instant::now();
-        let changes = plan.commit(&self.store)?;
+        let changes = plan.commit(&self.store, &mut self.payloads)?;
         // Durable now: visible to watchers (the caller wakes them next).
         self.recent.extend(changes);
         tracing::trace!(
@@ -395,10 +402,17 @@ pub(crate) struct BatchPlan {
     writes: Writes,
     /// The change records of this batch, for the recent-changes window.
     changes: Vec<(u64, Arc<Change>)>,
+    /// The batch's raw payloads, laid out from `payload_position`.
+    payloads: Vec<u8>,
+    payload_position: (u64, u64),
 }
 
 impl BatchPlan {
-    pub(crate) fn new(next_sequence: u64, next_quarantine: u64) -> Self {
+    pub(crate) fn new(
+        next_sequence: u64,
+        next_quarantine: u64,
+        payload_position: (u64, u64),
+    ) -> Self {
         BatchPlan {
             next_sequence,
             next_quarantine,
@@ -406,6 +420,8 @@ impl BatchPlan {
             operations: HashMap::new(),
             writes: Writes::default(),
             changes: Vec::new(),
+            payloads: Vec::new(),
+            payload_position,
         }
     }
 
@@ -503,8 +519,16 @@ impl BatchPlan {
             kind: envelope.kind.clone(),
             key: envelope.key.clone(),
             received_at,
-            raw: raw.to_vec(),
+            payload: PayloadRef {
+                segment: self.payload_position.0,
+                offset: self.payload_position.1 + self.payloads.len() as u64,
+                len: u32::try_from(raw.len()).map_err(|_| StoreError::Corrupt {
+                    tree: "log",
+                    reason: "a payload over 4 GiB".into(),
+                })?,
+            },
         };
+        self.payloads.extend_from_slice(raw);
         self.writes
             .insert(&store.trees.log, &sequence.to_be_bytes(), encode(&entry));
         self.writes.insert(
@@ -549,7 +573,13 @@ impl BatchPlan {
     }
 
     /// Writes the plan as one transaction across every tree, then flushes.
-    pub(crate) fn commit(self, store: &Store) -> Result<Vec<(u64, Arc<Change>)>, StoreError> {
+    pub(crate) fn commit(
+        self,
+        store: &Store,
+        payloads: &mut PayloadAppender,
+    ) -> Result<Vec<(u64, Arc<Change>)>, StoreError> {
+        // Payloads first: nothing may refer to bytes that are not on disk.
+        payloads.append(&self.payloads)?;
         let t = &store.trees;
         let mut writes = self.writes;
         for (op_key, (original, after)) in &self.operations {

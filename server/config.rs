@@ -137,6 +137,10 @@ pub struct Config {
     #[arg(long, env = "QISTATUS_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
 
+    /// Size of the store's page cache, in MiB. The server's memory is a small multiple.
+    #[arg(long, env = "QISTATUS_CACHE_MB", default_value_t = 96)]
+    pub cache_mb: u64,
+
     /// Log filter, in `tracing` directive syntax (e.g. `info`, `qistatus=debug`).
     #[arg(long, env = "QISTATUS_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -286,6 +290,7 @@ impl Config {
             self.allow_unauthenticated,
         )?;
         let settings = Settings {
+            cache_bytes: self.cache_mb.max(8) * 1024 * 1024,
             webhook_verifier,
             grpc_tokens,
             tls,

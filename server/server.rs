@@ -49,6 +49,8 @@ pub struct Settings {
     pub grpc_tokens: BearerTokens,
     /// TLS for both listeners, when set.
     pub tls: Option<TlsIdentity>,
+    /// Bytes of sled's page cache.
+    pub cache_bytes: u64,
 }
 
 /// A certificate chain and its private key, in PEM.
@@ -80,6 +82,7 @@ impl Settings {
             webhook_verifier: WebhookVerifier::default(),
             grpc_tokens: BearerTokens::default(),
             tls: None,
+            cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -121,7 +124,7 @@ pub async fn run(
         .as_ref()
         .map(crate::tls::server_config)
         .transpose()?;
-    let store = Store::open(&settings.data_dir)?;
+    let store = Store::open_with_cache(&settings.data_dir, settings.cache_bytes)?;
     let quarantined = store.quarantine_len();
     if quarantined > 0 {
         tracing::warn!(

@@ -1335,6 +1335,10 @@ async fn main() {
     for n in &report.notes {
         let _ = writeln!(md, "- {n}");
     }
+    // The hand-written analysis of misses and fixes travels with every report.
+    if let Ok(analysis) = std::fs::read_to_string("benches/ANALYSIS.md") {
+        let _ = writeln!(md, "\n{analysis}");
+    }
     std::fs::write(&args.out, md).expect("write the report");
     eprintln!("report written to {}", args.out.display());
 }

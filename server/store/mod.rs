@@ -27,7 +27,7 @@
 //!   disk before any webhook of the batch is acknowledged: after a crash, a batch is either
 //!   entirely there or entirely absent.
 //! - Sequence numbers start at 1 and are gap-free in commit order.
-//! - The indexes always agree with the operations tree (same transaction).
+//! - The indexes always agree with the operations tree (same atomic batch).
 
 mod keyspace;
 pub mod payloads;
@@ -62,8 +62,8 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
-    /// The transaction failed.
-    #[error("transaction: {0}")]
+    /// A write failed, or the writer could not run.
+    #[error("write failed: {0}")]
     Transaction(String),
     /// The payload log failed.
     #[error("payload log: {0}")]

@@ -11,7 +11,7 @@
 //! - every operation is then recomputed from its webhooks: those still in the log are
 //!   normalized again under the current catalog; those compacted away by retention keep
 //!   their stored summary;
-//! - the operations tree and both indexes are rewritten in one transaction;
+//! - the operations tree and both indexes are rewritten in one atomic batch;
 //! - rebuilding is idempotent, and on a store written by the live server it changes nothing:
 //!   the live writer and rebuild reconcile with the same pure function.
 

@@ -2,7 +2,7 @@
 //!
 //! Why an index: "which debts are `disbursed`?" must cost the size of the answer, not the
 //! size of the store. The writer keeps `status_index` (`status \0 kind \0 key`) and
-//! `phase_index` (`phase, kind \0 key`) in the same transaction as the operations, so a page
+//! `phase_index` (`phase, kind \0 key`) in the same atomic batch as the operations, so a page
 //! is a range scan of at most `limit + 1` entries per requested status. Each entry's value is
 //! the operation without its history, so no further read is needed.
 

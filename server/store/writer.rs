@@ -6,11 +6,15 @@
 //!
 //! How it stays fast: intake handlers send [`WriteRequest`]s over a bounded channel. The
 //! writer takes whatever is queued (up to `max_batch`) as one batch, computes the new state
-//! of every touched operation in memory, applies the whole batch as one sled transaction,
+//! of every touched operation in memory, applies the whole batch as one atomic sled batch,
 //! flushes once (group commit: one fsync for the batch), and only then answers each handler.
 //! The cost of a flush is shared by every webhook that arrived while the previous one ran.
 //!
-//! Guarantees: an [`Ack`] is sent only after the batch holding its webhook is on disk; a
+//! Between batches it also drops log entries past the retention ([`WriterHandle::compact`]),
+//! so that compaction never races with a write.
+//!
+//! Guarantees: an [`Ack`] is sent only after the batch holding its webhook is on disk (its
+//! payloads fsynced first, then the sled batch applied and flushed); a
 //! failed batch changes nothing and every request in it gets the error; when every
 //! [`WriterHandle`] is dropped, the writer finishes the queued requests and stops.
 
@@ -391,7 +395,7 @@ impl Writer {
     }
 }
 
-/// The writes of one batch, planned in memory before the transaction.
+/// The writes of one batch, planned in memory before the atomic write.
 pub(crate) struct BatchPlan {
     pub(crate) next_sequence: u64,
     pub(crate) next_quarantine: u64,
@@ -572,7 +576,7 @@ impl BatchPlan {
         Ok(sequence)
     }
 
-    /// Writes the plan as one transaction across every tree, then flushes.
+    /// Writes the plan as one atomic batch across every key space, after its payloads are durable, then flushes.
     pub(crate) fn commit(
         self,
         store: &Store,
@@ -609,7 +613,7 @@ impl BatchPlan {
         tracing::trace!(
             apply_us = applied.as_micros() as u64,
             flush_us = (started.elapsed() - applied).as_micros() as u64,
-            "transaction"
+            "batch written"
         );
         Ok(self.changes)
     }

@@ -689,6 +689,17 @@ struct Rounds {
     written: Vec<Webhook>,
 }
 
+impl Rounds {
+    fn new() -> Self {
+        Rounds {
+            rates: Vec::new(),
+            latency: histogram(),
+            failures: 0,
+            written: Vec::new(),
+        }
+    }
+}
+
 /// A warm-up, then `rounds` rounds of durable writes of distinct realistic webhooks.
 async fn ingest(target: &Target, sizes: Sizes) -> Rounds {
     let write_all = |batch: Arc<Vec<Webhook>>| {
@@ -700,12 +711,7 @@ async fn ingest(target: &Target, sizes: Sizes) -> Rounds {
     };
     let warm = Arc::new(webhooks("warm", sizes.warmup, TEMPLATES));
     drive(sizes.concurrency, warm.len(), write_all(warm)).await;
-    let mut out = Rounds {
-        rates: Vec::new(),
-        latency: histogram(),
-        failures: 0,
-        written: Vec::new(),
-    };
+    let mut out = Rounds::new();
     for round in 0..sizes.rounds {
         let batch = Arc::new(webhooks(
             &format!("r{round}"),
@@ -725,12 +731,7 @@ async fn ingest(target: &Target, sizes: Sizes) -> Rounds {
 /// `rounds` rounds of point reads of the written operations, in a scattered order.
 async fn reads(target: &Target, sizes: Sizes, written: &[Webhook]) -> Rounds {
     let keys = Arc::new(written.to_vec());
-    let mut out = Rounds {
-        rates: Vec::new(),
-        latency: histogram(),
-        failures: 0,
-        written: Vec::new(),
-    };
+    let mut out = Rounds::new();
     for round in 0..sizes.rounds {
         let (target, keys) = (target.clone(), keys.clone());
         let (elapsed, h, failed) = drive(sizes.concurrency, sizes.reads_per_round, move |i| {

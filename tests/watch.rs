@@ -226,18 +226,7 @@ async fn a_watcher_that_does_not_read_never_blocks_ingest_and_later_gets_everyth
 
     // Far more changes than the watcher's buffer holds, while it reads nothing.
     let total = 600;
-    let ingest = async {
-        for i in 0..total {
-            server
-                .post_ok(webhook(
-                    "debt",
-                    &format!("k{i}"),
-                    "disbursed",
-                    "2024-01-01 10:00:00",
-                ))
-                .await;
-        }
-    };
+    let ingest = server.post_debts("k", 0..total as usize, "disbursed");
     tokio::time::timeout(Duration::from_secs(60), ingest)
         .await
         .expect("ingest is not held up by the watcher");
@@ -260,16 +249,7 @@ async fn resuming_across_a_restart_loses_and_repeats_nothing() {
     }));
     assert_eq!(auto.next().await.unwrap().unwrap(), WatchEvent::Progress(0));
 
-    for i in 0..5 {
-        server
-            .post_ok(webhook(
-                "debt",
-                &format!("k{i}"),
-                "disbursed",
-                "2024-01-01 10:00:00",
-            ))
-            .await;
-    }
+    server.post_debts("k", 0..5, "disbursed").await;
     let first: Vec<u64> = collect_until(&mut auto, 5)
         .await
         .iter()

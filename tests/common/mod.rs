@@ -122,6 +122,27 @@ impl TestServer {
             .expect("connect client")
     }
 
+    /// Posts one `status` debt webhook for each key `{prefix}{i}`, i in `range`; returns
+    /// their sequences.
+    pub async fn post_debts(
+        &self,
+        prefix: &str,
+        range: std::ops::Range<usize>,
+        status: &str,
+    ) -> Vec<u64> {
+        let mut sequences = Vec::new();
+        for i in range {
+            let body = webhook(
+                "debt",
+                &format!("{prefix}{i}"),
+                status,
+                "2024-01-01 10:00:00",
+            );
+            sequences.push(self.post_ok(body).await);
+        }
+        sequences
+    }
+
     pub async fn grpc(&self) -> OperationStatusServiceClient<Channel> {
         OperationStatusServiceClient::connect(format!("http://{}", self.grpc))
             .await

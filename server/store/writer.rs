@@ -7,9 +7,8 @@
 //! How it stays fast: intake handlers send [`WriteRequest`]s over a bounded channel. The
 //! writer takes whatever is queued (up to `max_batch`) as one batch, computes the new state
 //! of every touched operation in memory, applies the whole batch as one atomic sled batch,
-//! and hands it to a flusher thread, which flushes once for every batch waiting (group
-//! commit) and only then answers each handler. The cost of a flush is shared by every webhook
-//! that arrived while the previous one ran, and the writer plans the next batch meanwhile.
+//! flushes once (group commit: one fsync for the batch), and only then answers each handler.
+//! The cost of a flush is shared by every webhook that arrived while the previous one ran.
 //!
 //! Between batches it also drops log entries past the retention ([`WriterHandle::compact`]),
 //! so that compaction never races with a write.
@@ -101,7 +100,7 @@ pub struct Compaction {
 struct WriteRequest {
     normalized: Normalized,
     raw: Vec<u8>,
-    reply: Reply,
+    reply: oneshot::Sender<Result<Ack, Arc<StoreError>>>,
 }
 
 /// Settings of the writer.
@@ -189,58 +188,10 @@ pub struct WriterTask {
 }
 
 impl WriterTask {
-    /// Waits for the writer (and its flusher) to finish, after every handle is dropped.
+    /// Waits for the writer to finish (after every handle is dropped).
     pub fn join(self) {
         if self.thread.join().is_err() {
             tracing::error!("the writer thread panicked");
-        }
-    }
-}
-
-/// Where a handler waits for its answer.
-type Reply = oneshot::Sender<Result<Ack, Arc<StoreError>>>;
-
-/// A batch applied to sled, waiting for the flush that makes it durable.
-struct Applied {
-    replies: Vec<(Reply, Ack)>,
-    changes: Vec<(u64, Arc<Change>)>,
-    last_sequence: u64,
-}
-
-/// How many applied batches may wait for a flush before the writer waits too.
-const FLUSH_QUEUE: usize = 4;
-
-/// The flusher: makes applied batches durable with one sled flush for all that are waiting,
-/// then publishes their changes and answers their requests, in order. Running beside the
-/// writer, it lets batch N's fsync overlap batch N+1's planning and writing.
-fn flusher(
-    store: Store,
-    recent: Arc<RecentChanges>,
-    committed: watch::Sender<u64>,
-    rx: std::sync::mpsc::Receiver<Applied>,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut waiting = vec![first];
-        waiting.extend(rx.try_iter());
-        match store.flush() {
-            Ok(()) => {
-                for applied in waiting {
-                    recent.extend(applied.changes);
-                    committed.send_replace(applied.last_sequence);
-                    for (reply, ack) in applied.replies {
-                        let _ = reply.send(Ok(ack));
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "flush failed");
-                let e = Arc::new(e);
-                for applied in waiting {
-                    for (reply, _) in applied.replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                }
-            }
         }
     }
 }
@@ -257,33 +208,19 @@ pub fn spawn(
     let (committed_tx, committed) = watch::channel(next_sequence - 1);
     let recent = Arc::new(RecentChanges::new(RECENT_CHANGES));
     let payloads = store.payloads.appender()?;
-    let (to_flusher, flusher_rx) = std::sync::mpsc::sync_channel(FLUSH_QUEUE);
-    let flusher_thread = {
-        let (store, recent) = (store.clone(), recent.clone());
-        std::thread::Builder::new()
-            .name("qistatus-flusher".into())
-            .spawn(move || flusher(store, recent, committed_tx, flusher_rx))
-            .map_err(|e| StoreError::Transaction(format!("cannot start the flusher thread: {e}")))?
-    };
     let mut writer = Writer {
         payloads,
         store,
         catalog,
         next_sequence,
         next_quarantine,
-        flusher: to_flusher,
+        committed: committed_tx,
+        recent: recent.clone(),
     };
     let max_batch = limits.max_batch.max(1);
     let thread = std::thread::Builder::new()
         .name("qistatus-writer".into())
-        .spawn(move || {
-            writer.run(rx, max_batch);
-            // The flusher answers what is still waiting, then stops.
-            drop(writer);
-            if flusher_thread.join().is_err() {
-                tracing::error!("the flusher thread panicked");
-            }
-        })
+        .spawn(move || writer.run(rx, max_batch))
         .map_err(|e| StoreError::Transaction(format!("cannot start the writer thread: {e}")))?;
     Ok((
         WriterHandle {
@@ -300,8 +237,9 @@ struct Writer {
     catalog: Arc<Catalog>,
     next_sequence: u64,
     next_quarantine: u64,
+    committed: watch::Sender<u64>,
+    recent: Arc<RecentChanges>,
     payloads: PayloadAppender,
-    flusher: std::sync::mpsc::SyncSender<Applied>,
 }
 
 /// How many change records the recent-changes window holds.
@@ -351,25 +289,16 @@ impl Writer {
     fn commit_and_answer(&mut self, batch: &mut Vec<WriteRequest>) {
         let started = std::time::Instant::now();
         match self.commit(batch) {
-            Ok((acks, changes)) => {
+            Ok(acks) => {
                 tracing::debug!(
                     webhooks = batch.len(),
                     elapsed_us = started.elapsed().as_micros() as u64,
                     last_sequence = self.next_sequence - 1,
-                    "batch applied"
+                    "batch committed"
                 );
-                let applied = Applied {
-                    replies: batch.drain(..).map(|r| r.reply).zip(acks).collect(),
-                    changes,
-                    last_sequence: self.next_sequence - 1,
-                };
-                if let Err(std::sync::mpsc::SendError(applied)) = self.flusher.send(applied) {
-                    // The flusher is gone (it only stops after the writer): refuse rather than
-                    // acknowledge without a flush.
-                    let e = Arc::new(StoreError::Transaction("the flusher stopped".into()));
-                    for (reply, _) in applied.replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
+                self.committed.send_replace(self.next_sequence - 1);
+                for (request, ack) in batch.drain(..).zip(acks) {
+                    let _ = request.reply.send(Ok(ack));
                 }
             }
             Err(e) => {
@@ -434,13 +363,9 @@ impl Writer {
         })
     }
 
-    /// Applies a batch atomically (its payloads durable first); the flusher makes it
-    /// durable. On error nothing is changed, in sled or in the writer's counters.
-    #[allow(clippy::type_complexity)]
-    fn commit(
-        &mut self,
-        batch: &[WriteRequest],
-    ) -> Result<(Vec<Ack>, Vec<(u64, Arc<Change>)>), StoreError> {
+    /// Applies a batch atomically and flushes it. On error nothing is changed, in sled or in
+    /// the writer's counters.
+    fn commit(&mut self, batch: &[WriteRequest]) -> Result<Vec<Ack>, StoreError> {
         let received_at = now_millis();
         let position = self.payloads.position(self.next_sequence)?;
         let mut plan = BatchPlan::new(self.next_sequence, self.next_quarantine, position);
@@ -456,15 +381,17 @@ impl Writer {
         }
         let (next_sequence, next_quarantine) = (plan.next_sequence, plan.next_quarantine);
         let planned = std::time::Instant::now();
-        let changes = plan.apply(&self.store, &mut self.payloads)?;
+        let changes = plan.commit(&self.store, &mut self.payloads)?;
+        // Durable now: visible to watchers (the caller wakes them next).
+        self.recent.extend(changes);
         tracing::trace!(
             webhooks = batch.len(),
             commit_us = planned.elapsed().as_micros() as u64,
-            "batch applied"
+            "batch applied and flushed"
         );
         self.next_sequence = next_sequence;
         self.next_quarantine = next_quarantine;
-        Ok((acks, changes))
+        Ok(acks)
     }
 }
 
@@ -655,18 +582,6 @@ impl BatchPlan {
         store: &Store,
         payloads: &mut PayloadAppender,
     ) -> Result<Vec<(u64, Arc<Change>)>, StoreError> {
-        let changes = self.apply(store, payloads)?;
-        store.flush()?;
-        Ok(changes)
-    }
-
-    /// Writes the plan: its payloads (fsynced), then one atomic batch across every key space.
-    /// Not yet flushed: sled makes it durable at the next flush, all or nothing.
-    pub(crate) fn apply(
-        self,
-        store: &Store,
-        payloads: &mut PayloadAppender,
-    ) -> Result<Vec<(u64, Arc<Change>)>, StoreError> {
         // Payloads first: nothing may refer to bytes that are not on disk.
         payloads.append(&self.payloads)?;
         let t = &store.trees;
@@ -693,8 +608,11 @@ impl BatchPlan {
         );
         let started = std::time::Instant::now();
         writes.apply(&t.all)?;
+        let applied = started.elapsed();
+        store.flush()?;
         tracing::trace!(
-            apply_us = started.elapsed().as_micros() as u64,
+            apply_us = applied.as_micros() as u64,
+            flush_us = (started.elapsed() - applied).as_micros() as u64,
             "batch written"
         );
         Ok(self.changes)

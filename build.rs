@@ -19,14 +19,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .compile_fds(descriptors)?;
 
-    // The etcd API subset that qistatus-bench drives etcd with (bench feature only).
+    // The etcd API subset that qistatus-bench drives etcd with.
     println!("cargo:rerun-if-changed=benches/etcd");
-    if env::var_os("CARGO_FEATURE_BENCH").is_some() {
-        let etcd = protox::compile(["benches/etcd/etcd.proto"], ["benches/etcd"])?;
-        tonic_prost_build::configure()
-            .build_client(true)
-            .build_server(false)
-            .compile_fds(etcd)?;
-    }
+    let etcd = protox::compile(["benches/etcd/etcd.proto"], ["benches/etcd"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .compile_fds(etcd)?;
     Ok(())
 }

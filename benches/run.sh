@@ -25,10 +25,10 @@ fi
 
 if [[ -n "$quick" ]]; then
   # CI: timings are not asserted, so the debug build (already there from the tests) will do.
-  cargo build --quiet --features bench --bin qistatus-server --bin qistatus-bench
+  cargo build --quiet --bin qistatus-server --bin qistatus-bench
   target=target/debug
 else
-  cargo build --release --quiet --features bench --bin qistatus-server --bin qistatus-bench
+  cargo build --release --quiet --bin qistatus-server --bin qistatus-bench
   target=target/release
 fi
 

@@ -125,6 +125,25 @@ pub struct Operation {
     pub history: Vec<EventSummary>,
 }
 
+impl Operation {
+    /// The operation without its history (what lists and watchers carry).
+    pub fn without_history(&self) -> Operation {
+        Operation {
+            kind: self.kind.clone(),
+            key: self.key.clone(),
+            status: self.status.clone(),
+            phase: self.phase,
+            detail: self.detail.clone(),
+            event_time: self.event_time,
+            first_received_at: self.first_received_at,
+            updated_at: self.updated_at,
+            version: self.version,
+            last_sequence: self.last_sequence,
+            history: Vec::new(),
+        }
+    }
+}
+
 /// The order in which webhooks win, compared field by field (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Precedence {

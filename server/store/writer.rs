@@ -395,13 +395,16 @@ impl Writer {
     }
 }
 
+/// An operation's keys in the status and phase indexes.
+type IndexKeys = (Vec<u8>, Vec<u8>);
+
 /// The writes of one batch, planned in memory before the atomic write.
 pub(crate) struct BatchPlan {
     pub(crate) next_sequence: u64,
     pub(crate) next_quarantine: u64,
     seen: HashMap<EventId, Ack>,
-    /// Touched operations: the state before the batch, and the state after.
-    operations: HashMap<Vec<u8>, (Option<Operation>, Operation)>,
+    /// Touched operations: the index keys they had before the batch, and their state after.
+    operations: HashMap<Vec<u8>, (Option<IndexKeys>, Operation)>,
     /// Log, change, dedupe and quarantine writes; operations and indexes join at commit.
     writes: Writes,
     /// The change records of this batch, for the recent-changes window.
@@ -501,7 +504,10 @@ impl BatchPlan {
             Some((original, current)) => (original, Some(current)),
             None => {
                 let stored = store.operation(&envelope.kind, &envelope.key)?;
-                (stored.clone(), stored)
+                let index_keys = stored
+                    .as_ref()
+                    .map(|op| (status_index_key(op), phase_index_key(op)));
+                (index_keys, stored)
             }
         };
         let previous = current.as_ref().map(|op| (op.status.clone(), op.phase));
@@ -513,10 +519,7 @@ impl BatchPlan {
                 .as_ref()
                 .is_none_or(|(status, phase)| *status != after.status || *phase != after.phase),
             previous_status: previous.map(|(status, _)| status),
-            operation: Operation {
-                history: Vec::new(),
-                ..after.clone()
-            },
+            operation: after.without_history(),
         };
         let entry = LogEntry {
             event_id: envelope.event_id,
@@ -587,13 +590,18 @@ impl BatchPlan {
         let t = &store.trees;
         let mut writes = self.writes;
         for (op_key, (original, after)) in &self.operations {
-            if let Some(original) = original {
-                writes.remove(&t.status_index, &status_index_key(original));
-                writes.remove(&t.phase_index, &phase_index_key(original));
+            let (status_key, phase_key) = (status_index_key(after), phase_index_key(after));
+            if let Some((old_status_key, old_phase_key)) = original {
+                if *old_status_key != status_key {
+                    writes.remove(&t.status_index, old_status_key);
+                }
+                if *old_phase_key != phase_key {
+                    writes.remove(&t.phase_index, old_phase_key);
+                }
             }
             let summary = index_value(after);
-            writes.insert(&t.status_index, &status_index_key(after), summary.clone());
-            writes.insert(&t.phase_index, &phase_index_key(after), summary);
+            writes.insert(&t.status_index, &status_key, summary.clone());
+            writes.insert(&t.phase_index, &phase_key, summary);
             writes.insert(&t.operations, op_key, encode(after));
         }
         writes.insert(

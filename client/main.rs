@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use qistatus::client::{Client, ClientError, ConnectOptions, ListQuery, WatchEvent, WatchQuery};
-use qistatus::convert::{operation_to_json, rfc3339};
+use qistatus::convert::{operation_to_json, phase_name, rfc3339};
 use qistatus::pb;
 use tokio_stream::StreamExt;
 
@@ -238,15 +238,6 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         }
     }
     Ok(())
-}
-
-fn phase_name(phase: i32) -> &'static str {
-    match pb::Phase::try_from(phase) {
-        Ok(pb::Phase::Pending) => "pending",
-        Ok(pb::Phase::Succeeded) => "succeeded",
-        Ok(pb::Phase::Failed) => "failed",
-        _ => "unspecified",
-    }
 }
 
 fn or_dash(s: String) -> String {

@@ -41,6 +41,14 @@ pub fn phase_from_pb(phase: pb::Phase) -> Option<Phase> {
     }
 }
 
+/// The lower-case name of a protobuf phase value (`unspecified` for 0 or an unknown value).
+pub fn phase_name(phase: i32) -> &'static str {
+    pb::Phase::try_from(phase)
+        .ok()
+        .and_then(phase_from_pb)
+        .map_or("unspecified", Phase::as_str)
+}
+
 /// An operation without its history (for lists and watch).
 pub fn operation_summary(op: &Operation) -> pb::Operation {
     pb::Operation {
@@ -136,10 +144,7 @@ fn number_to_json(n: f64) -> Value {
 
 /// The snake_case JSON of an operation, as the CLI's `--json` prints it.
 pub fn operation_to_json(op: &pb::Operation) -> Value {
-    let phase = pb::Phase::try_from(op.phase)
-        .ok()
-        .and_then(phase_from_pb)
-        .map_or("unspecified", Phase::as_str);
+    let phase = phase_name(op.phase);
     let history: Vec<Value> = op
         .history
         .iter()

@@ -115,12 +115,13 @@ async fn receive_webhook(
         webhook_signature: header("webhook-signature"),
     };
     let now = chrono::Utc::now().timestamp();
-    let webhook = state.verifier.verify(&facts, &body, now)?;
+    // The body itself, or the webhook decoded from an `encoded_body`: no copy of the body.
+    let webhook = match state.verifier.verify(&facts, &body, now)? {
+        std::borrow::Cow::Borrowed(_) => body,
+        std::borrow::Cow::Owned(decoded) => Bytes::from(decoded),
+    };
     let normalized = normalize(&state.catalog, &webhook)?;
-    let ack = state
-        .writer
-        .submit(normalized, webhook.into_owned())
-        .await?;
+    let ack = state.writer.submit(normalized, webhook).await?;
     Ok(match ack {
         Ack::Accepted { sequence } => {
             (StatusCode::OK, Json(IntakeReply::Accepted { sequence })).into_response()

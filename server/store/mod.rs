@@ -374,11 +374,6 @@ impl Store {
         }
         Ok(problems)
     }
-
-    /// How many operations are stored.
-    pub fn operation_count(&self) -> usize {
-        self.trees.operations.len()
-    }
 }
 
 /// `key \0 kind`: operations with one key are adjacent, for lookups without a kind.
@@ -393,30 +388,7 @@ pub(crate) fn operation_key(kind: &str, key: &str) -> Vec<u8> {
 /// The value of an index entry: the operation without its history, so that a page of a
 /// list is one range scan, with no lookup per operation.
 pub(crate) fn index_value(op: &Operation) -> Vec<u8> {
-    encode(&IndexedOperation(op))
-}
-
-/// Serializes like an `Operation` whose history is empty, without cloning the operation.
-struct IndexedOperation<'a>(&'a Operation);
-
-impl Serialize for IndexedOperation<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let op = self.0;
-        let mut st = s.serialize_struct("Operation", 11)?;
-        st.serialize_field("kind", &op.kind)?;
-        st.serialize_field("key", &op.key)?;
-        st.serialize_field("status", &op.status)?;
-        st.serialize_field("phase", &op.phase)?;
-        st.serialize_field("detail", &op.detail)?;
-        st.serialize_field("event_time", &op.event_time)?;
-        st.serialize_field("first_received_at", &op.first_received_at)?;
-        st.serialize_field("updated_at", &op.updated_at)?;
-        st.serialize_field("version", &op.version)?;
-        st.serialize_field("last_sequence", &op.last_sequence)?;
-        st.serialize_field("history", &[] as &[crate::domain::reconcile::EventSummary])?;
-        st.end()
-    }
+    encode(&op.without_history())
 }
 
 /// `status \0 kind \0 key`.

@@ -44,33 +44,23 @@ impl StatusIndex {
         after: Option<&Cursor>,
         limit: usize,
     ) -> Result<(Vec<Operation>, bool), StoreError> {
-        let mut hits: Vec<(Cursor, sled::IVec)> = Vec::new();
-        match selection {
-            Selection::Statuses(statuses) => {
-                for status in statuses {
+        // One (index, prefix) run per status, or one for the phase.
+        let runs: Vec<(&Space, Vec<u8>)> = match selection {
+            Selection::Statuses(statuses) => statuses
+                .iter()
+                .map(|status| {
                     let mut prefix = status.as_bytes().to_vec();
                     prefix.push(0);
-                    self.scan(
-                        &self.store.trees.status_index,
-                        &prefix,
-                        kind,
-                        after,
-                        limit + 1,
-                        &mut hits,
-                    )?;
-                }
-            }
+                    (&self.store.trees.status_index, prefix)
+                })
+                .collect(),
             Selection::Phase(phase) => {
-                let prefix = vec![phase_byte(*phase)];
-                self.scan(
-                    &self.store.trees.phase_index,
-                    &prefix,
-                    kind,
-                    after,
-                    limit + 1,
-                    &mut hits,
-                )?;
+                vec![(&self.store.trees.phase_index, vec![phase_byte(*phase)])]
             }
+        };
+        let mut hits: Vec<(Cursor, sled::IVec)> = Vec::new();
+        for (index, prefix) in runs {
+            self.scan(index, &prefix, kind, after, limit + 1, &mut hits)?;
         }
         // Several statuses are several sorted runs: merge them, then cut the page.
         hits.sort_unstable_by(|a, b| a.0.cmp(&b.0));

@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::payloads::{PayloadAppender, PayloadRef};
@@ -99,7 +100,7 @@ pub struct Compaction {
 #[derive(Debug)]
 struct WriteRequest {
     normalized: Normalized,
-    raw: Vec<u8>,
+    raw: Bytes,
     reply: oneshot::Sender<Result<Ack, Arc<StoreError>>>,
 }
 
@@ -131,7 +132,7 @@ pub struct WriterHandle {
 
 impl WriterHandle {
     /// Hands a webhook to the writer and waits until it is durably stored.
-    pub async fn submit(&self, normalized: Normalized, raw: Vec<u8>) -> Result<Ack, SubmitError> {
+    pub async fn submit(&self, normalized: Normalized, raw: Bytes) -> Result<Ack, SubmitError> {
         let (reply, answer) = oneshot::channel();
         let request = WriteRequest {
             normalized,
@@ -380,15 +381,9 @@ impl Writer {
             )?);
         }
         let (next_sequence, next_quarantine) = (plan.next_sequence, plan.next_quarantine);
-        let planned = std::time::Instant::now();
         let changes = plan.commit(&self.store, &mut self.payloads)?;
         // Durable now: visible to watchers (the caller wakes them next).
         self.recent.extend(changes);
-        tracing::trace!(
-            webhooks = batch.len(),
-            commit_us = planned.elapsed().as_micros() as u64,
-            "batch applied and flushed"
-        );
         self.next_sequence = next_sequence;
         self.next_quarantine = next_quarantine;
         Ok(acks)

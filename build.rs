@@ -17,14 +17,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // The service side is the server's: a client-only build (no `server` feature) skips it.
+        .server_mod_attribute("qistatus.v1", r#"#[cfg(feature = "server")]"#)
         .compile_fds(descriptors)?;
 
-    // The etcd API subset that qistatus-bench drives etcd with.
-    println!("cargo:rerun-if-changed=benches/etcd");
-    let etcd = protox::compile(["benches/etcd/etcd.proto"], ["benches/etcd"])?;
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(false)
-        .compile_fds(etcd)?;
     Ok(())
 }

@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
 # Benchmarks qistatus against etcd on this machine and writes BENCHMARKS.md.
 #
-#   benches/run.sh            full run (installs etcd-server from Debian when missing)
-#   benches/run.sh --quick    seconds, small counts; qistatus only when etcd is absent (CI)
+#   benches/run.sh                   full run (installs etcd-server from Debian when missing)
+#   benches/run.sh --quick           seconds, small counts; qistatus only when etcd is absent (CI)
+#   benches/run.sh --only a,b        only these scenarios (ingest, reads, watch, scale)
 #
 # OUT=path overrides where the report goes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=""
-if [[ "${1:-}" == "--quick" ]]; then
-  quick="--quick"
-fi
+only=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --quick) quick="--quick" ;;
+    --only) only=(--only "$2"); shift ;;
+    --only=*) only=(--only "${1#--only=}") ;;
+    *) echo "usage: benches/run.sh [--quick] [--only SCENARIO[,SCENARIO]]" >&2; exit 2 ;;
+  esac
+  shift
+done
 
 etcd_bin="$(command -v etcd || true)"
 if [[ -z "$etcd_bin" && -z "$quick" ]]; then
@@ -25,10 +33,10 @@ fi
 
 if [[ -n "$quick" ]]; then
   # CI: timings are not asserted, so the debug build (already there from the tests) will do.
-  cargo build --quiet --bin qistatus-server --bin qistatus-bench
+  cargo build --quiet --workspace --bins
   target=target/debug
 else
-  cargo build --release --quiet --bin qistatus-server --bin qistatus-bench
+  cargo build --release --quiet --workspace --bins
   target=target/release
 fi
 
@@ -36,4 +44,4 @@ args=(--server-bin "$target/qistatus-server" --out "${OUT:-BENCHMARKS.md}")
 if [[ -n "$etcd_bin" ]]; then
   args+=(--etcd-bin "$etcd_bin")
 fi
-"$target/qistatus-bench" "${args[@]}" $quick
+"$target/qistatus-bench" "${args[@]}" $quick "${only[@]}"

@@ -1,10 +1,13 @@
-//! `qistatus`: the command-line client of a qistatus server.
+//! `qistatus`: the command-line client of a qistatus server, over the library's
+//! [`qistatus::client`]. What it prints is in [`json`] (the `--json` shapes) and below.
+
+mod json;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use json::{phase_name, rfc3339};
 use qistatus::client::{Client, ClientError, ConnectOptions, ListQuery, WatchEvent, WatchQuery};
-use qistatus::convert::{operation_to_json, phase_name, rfc3339};
 use qistatus::pb;
 use tokio_stream::StreamExt;
 
@@ -151,7 +154,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         Command::Get { key, kind } => {
             let op = client.get(&key, kind.as_deref()).await?;
             if cli.json {
-                println!("{}", operation_to_json(&op));
+                println!("{}", json::operation(&op));
             } else {
                 print_operation(&op);
             }
@@ -174,7 +177,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             while let Some(op) = operations.next().await {
                 let op = op?;
                 if cli.json {
-                    println!("{}", operation_to_json(&op));
+                    println!("{}", json::operation(&op));
                 } else {
                     if count == 0 {
                         println!(
@@ -249,17 +252,7 @@ fn print_change(change: &pb::OperationChange, json: bool) {
         return;
     };
     if json {
-        let line = serde_json::json!({
-            "sequence": change.sequence,
-            "kind": op.kind,
-            "key": op.key,
-            "status": op.status,
-            "previous_status": change.previous_status,
-            "phase": phase_name(op.phase),
-            "detail": op.detail,
-            "initial": change.initial,
-        });
-        println!("{line}");
+        println!("{}", json::change(change, op));
     } else {
         let transition = if change.initial {
             format!("{} (current state)", op.status)

@@ -1,5 +1,6 @@
 //! The server's configuration: one clap struct. Every flag has a `QISTATUS_*` environment
-//! twin; the doc comments below are the `--help`.
+//! twin; the doc comments below are the `--help`. Every default comes from the constant the
+//! library's own [`Settings::new`] uses, so tests and production run on the same defaults.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,13 +9,14 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::auth::grpc::BearerTokens;
-use crate::auth::webhook::{KeyError, WebhookVerifier};
+use crate::auth::webhook::{DEFAULT_MAX_CLOCK_SKEW, KeyError, WebhookVerifier};
 use crate::domain::catalog::{Catalog, CatalogError};
+use crate::feed::FeedSettings;
 use crate::intake::IntakeLimits;
-use crate::server::Settings;
-use crate::server::TlsIdentity;
+use crate::server::{DEFAULT_COMPACTION_INTERVAL, DEFAULT_LOG_RETENTION_DAYS, Settings, days};
+use crate::store::DEFAULT_CACHE_MB;
 use crate::store::writer::WriterLimits;
-use crate::watch::WatchSettings;
+use crate::tls::TlsIdentity;
 
 /// qistatus-server: receives QI Tech webhooks over HTTP and serves every operation's
 /// reconciled status over gRPC.
@@ -47,40 +49,40 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
 
     /// Largest accepted webhook body, in bytes.
-    #[arg(long, env = "QISTATUS_MAX_BODY", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "QISTATUS_MAX_BODY", default_value_t = IntakeLimits::DEFAULT.max_body)]
     pub max_body: usize,
 
     /// Longest a webhook request may take before it is answered 408 (e.g. `4s`, `500ms`).
-    #[arg(long, env = "QISTATUS_REQUEST_TIMEOUT", default_value = "4s", value_parser = humantime::parse_duration)]
-    pub request_timeout: Duration,
+    #[arg(long, env = "QISTATUS_REQUEST_TIMEOUT", default_value_t = IntakeLimits::DEFAULT.request_timeout.into())]
+    pub request_timeout: humantime::Duration,
 
     /// Most webhook requests handled at once; more wait their turn.
-    #[arg(long, env = "QISTATUS_MAX_CONCURRENT_REQUESTS", default_value_t = 512)]
+    #[arg(long, env = "QISTATUS_MAX_CONCURRENT_REQUESTS", default_value_t = IntakeLimits::DEFAULT.max_concurrent)]
     pub max_concurrent_requests: usize,
 
     /// Capacity of the queue in front of the writer; when full, the intake answers 503.
-    #[arg(long, env = "QISTATUS_WRITER_QUEUE", default_value_t = 1024)]
+    #[arg(long, env = "QISTATUS_WRITER_QUEUE", default_value_t = WriterLimits::DEFAULT.queue)]
     pub writer_queue: usize,
 
     /// Most webhooks the writer commits with one flush.
-    #[arg(long, env = "QISTATUS_MAX_BATCH", default_value_t = 512)]
+    #[arg(long, env = "QISTATUS_MAX_BATCH", default_value_t = WriterLimits::DEFAULT.max_batch)]
     pub max_batch: usize,
 
     /// Days raw webhooks and change records stay in the event log. Operations and the
     /// summary of their history are kept forever; watchers cannot resume from older points.
-    #[arg(long, env = "QISTATUS_LOG_RETENTION_DAYS", default_value_t = 90)]
+    #[arg(long, env = "QISTATUS_LOG_RETENTION_DAYS", default_value_t = DEFAULT_LOG_RETENTION_DAYS)]
     pub log_retention_days: u32,
 
     /// How often expired log entries are dropped (also once at start).
-    #[arg(long, env = "QISTATUS_COMPACTION_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
-    pub compaction_interval: Duration,
+    #[arg(long, env = "QISTATUS_COMPACTION_INTERVAL", default_value_t = DEFAULT_COMPACTION_INTERVAL.into())]
+    pub compaction_interval: humantime::Duration,
 
     /// How long an idle watch stream waits between progress notifications.
-    #[arg(long, env = "QISTATUS_WATCH_PROGRESS_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
-    pub watch_progress_interval: Duration,
+    #[arg(long, env = "QISTATUS_WATCH_PROGRESS_INTERVAL", default_value_t = FeedSettings::DEFAULT.progress_interval.into())]
+    pub watch_progress_interval: humantime::Duration,
 
     /// Most watch streams open at once.
-    #[arg(long, env = "QISTATUS_MAX_WATCHERS", default_value_t = 10_000)]
+    #[arg(long, env = "QISTATUS_MAX_WATCHERS", default_value_t = FeedSettings::DEFAULT.max_subscribers)]
     pub max_watchers: usize,
 
     /// QI Tech's public key (PEM, ECDSA P-521) that signs webhooks. Repeat for rotation.
@@ -113,8 +115,8 @@ pub struct Config {
     pub webhook_secrets: Vec<String>,
 
     /// Largest accepted difference between a signature's timestamp and now.
-    #[arg(long, env = "QISTATUS_MAX_CLOCK_SKEW", default_value = "5m", value_parser = humantime::parse_duration)]
-    pub max_clock_skew: Duration,
+    #[arg(long, env = "QISTATUS_MAX_CLOCK_SKEW", default_value_t = DEFAULT_MAX_CLOCK_SKEW.into())]
+    pub max_clock_skew: humantime::Duration,
 
     /// File of gRPC bearer tokens, one per line. Repeat for several files. With tokens, every
     /// gRPC call but health needs `authorization: Bearer <token>`.
@@ -138,7 +140,7 @@ pub struct Config {
     pub allow_unauthenticated: bool,
 
     /// Size of the store's page cache, in MiB. The server's memory is a small multiple.
-    #[arg(long, env = "QISTATUS_CACHE_MB", default_value_t = 96)]
+    #[arg(long, env = "QISTATUS_CACHE_MB", default_value_t = DEFAULT_CACHE_MB)]
     pub cache_mb: u64,
 
     /// Log filter, in `tracing` directive syntax (e.g. `info`, `qistatus=debug`).
@@ -262,7 +264,7 @@ impl Config {
             &public_keys,
             self.qitech_api_client_keys.clone(),
             &self.webhook_secrets,
-            self.max_clock_skew,
+            *self.max_clock_skew,
         )?;
         let mut token_texts = Vec::new();
         for path in &self.grpc_token_files {
@@ -298,20 +300,20 @@ impl Config {
             catalog: self.load_catalog()?,
             intake: IntakeLimits {
                 max_body: self.max_body,
-                request_timeout: self.request_timeout,
+                request_timeout: *self.request_timeout,
                 max_concurrent: self.max_concurrent_requests.max(1),
             },
             writer: WriterLimits {
                 queue: self.writer_queue.max(1),
                 max_batch: self.max_batch.max(1),
             },
-            watch: WatchSettings {
-                progress_interval: self.watch_progress_interval.max(Duration::from_millis(10)),
-                max_watchers: self.max_watchers.max(1),
-                ..WatchSettings::default()
+            feed: FeedSettings {
+                progress_interval: (*self.watch_progress_interval).max(Duration::from_millis(10)),
+                max_subscribers: self.max_watchers.max(1),
+                ..FeedSettings::DEFAULT
             },
-            log_retention: Duration::from_secs(u64::from(self.log_retention_days) * 24 * 3600),
-            compaction_interval: self.compaction_interval.max(Duration::from_secs(1)),
+            log_retention: days(self.log_retention_days),
+            compaction_interval: (*self.compaction_interval).max(Duration::from_secs(1)),
         };
         Ok((settings, warnings))
     }
@@ -339,6 +341,20 @@ mod tests {
     #[test]
     fn cli_definition_is_valid() {
         Config::command().debug_assert();
+    }
+
+    #[test]
+    fn the_flags_defaults_are_the_librarys() {
+        let config = Config::try_parse_from(["qistatus-server"]).expect("no flags parse");
+        let (flags, _) = config.settings().expect("the defaults are servable");
+        let library = Settings::new(&config.data_dir);
+        let shown = |s: &Settings| {
+            format!(
+                "{:?} {:?} {:?} {:?} {:?} {}",
+                s.intake, s.writer, s.feed, s.log_retention, s.compaction_interval, s.cache_bytes
+            )
+        };
+        assert_eq!(shown(&flags), shown(&library));
     }
 
     #[test]

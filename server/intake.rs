@@ -46,29 +46,34 @@ pub struct IntakeLimits {
     pub max_concurrent: usize,
 }
 
+impl IntakeLimits {
+    /// The defaults, which the server's flags also show.
+    pub const DEFAULT: IntakeLimits = IntakeLimits {
+        max_body: 1024 * 1024,
+        request_timeout: Duration::from_secs(4),
+        max_concurrent: 512,
+    };
+}
+
 impl Default for IntakeLimits {
     fn default() -> Self {
-        IntakeLimits {
-            max_body: 1024 * 1024,
-            request_timeout: Duration::from_secs(4),
-            max_concurrent: 512,
-        }
+        IntakeLimits::DEFAULT
     }
 }
 
 /// What the intake handlers share.
 #[derive(Debug, Clone)]
-pub struct IntakeState {
+pub(crate) struct IntakeState {
     /// The effective catalog.
-    pub catalog: Arc<Catalog>,
+    pub(crate) catalog: Arc<Catalog>,
     /// Where webhooks go to be stored.
-    pub writer: WriterHandle,
+    pub(crate) writer: WriterHandle,
     /// Who may post webhooks.
-    pub verifier: Arc<WebhookVerifier>,
+    pub(crate) verifier: Arc<WebhookVerifier>,
 }
 
 /// The intake's HTTP routes with their limits.
-pub fn router(state: IntakeState, limits: IntakeLimits) -> Router {
+pub(crate) fn router(state: IntakeState, limits: IntakeLimits) -> Router {
     Router::new()
         .route("/webhooks", post(receive_webhook))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -142,7 +147,7 @@ async fn receive_webhook(
 
 /// Everything that can go wrong at the intake, turned into an HTTP answer in one place.
 #[derive(Debug, thiserror::Error)]
-pub enum IntakeError {
+pub(crate) enum IntakeError {
     /// The body is not a webhook.
     #[error(transparent)]
     Malformed(#[from] MalformedWebhook),
@@ -183,13 +188,11 @@ impl IntoResponse for IntakeError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "qistatus is shutting down: retry shortly".to_owned(),
             ),
-            IntakeError::Submit(SubmitError::Store(e)) => {
-                tracing::error!(error = %e, "webhook not stored");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the webhook could not be stored: retry later".to_owned(),
-                )
-            }
+            // The writer logged the failure, once for its batch.
+            IntakeError::Submit(SubmitError::Store(_)) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the webhook could not be stored: retry later".to_owned(),
+            ),
         };
         if status.is_client_error() {
             tracing::debug!(status = status.as_u16(), %message, "webhook refused");
@@ -201,5 +204,125 @@ impl IntoResponse for IntakeError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The status mapping, through the router itself (axum's `oneshot` testing pattern),
+    //! against a real writer on a temporary store.
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::store::Store;
+    use crate::store::writer;
+
+    struct Intake {
+        app: Router,
+        _dir: tempfile::TempDir,
+    }
+
+    fn intake(limits: IntakeLimits) -> Intake {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = Store::open(dir.path()).expect("a fresh store opens");
+        let catalog = Arc::new(Catalog::builtin());
+        let (writer, _task) = writer::spawn(store, catalog.clone(), writer::WriterLimits::DEFAULT)
+            .expect("the writer starts");
+        let state = IntakeState {
+            catalog,
+            writer,
+            verifier: Arc::new(WebhookVerifier::default()),
+        };
+        Intake {
+            app: router(state, limits),
+            _dir: dir,
+        }
+    }
+
+    async fn send(app: &Router, method: &str, uri: &str, body: &[u8]) -> (u16, serde_json::Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_vec()))
+            .expect("a valid request");
+        let response = app.clone().oneshot(request).await.expect("infallible");
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("the body")
+            .to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (status, json)
+    }
+
+    const DEBT: &[u8] =
+        br#"{"webhook_type":"debt","key":"k1","status":"disbursed","event_datetime":"2024-01-01 10:00:00"}"#;
+
+    #[tokio::test]
+    async fn each_outcome_has_its_status_and_body() {
+        let intake = intake(IntakeLimits::DEFAULT);
+        let app = &intake.app;
+
+        let (status, body) = send(app, "POST", "/webhooks", DEBT).await;
+        assert_eq!(
+            (status, &body["result"]),
+            (200, &"accepted".into()),
+            "{body}"
+        );
+        assert_eq!(body["sequence"], 1);
+
+        // The same JSON value, spelled differently: a duplicate of the first.
+        let respelled = br#"{ "status":"disbursed", "key":"k1", "webhook_type":"debt", "event_datetime":"2024-01-01 10:00:00" }"#;
+        let (status, body) = send(app, "POST", "/webhooks", respelled).await;
+        assert_eq!(
+            (status, &body["result"]),
+            (200, &"duplicate".into()),
+            "{body}"
+        );
+        assert_eq!(body["sequence"], 1);
+
+        let (status, body) = send(app, "POST", "/webhooks", br#"{"hello":"world"}"#).await;
+        assert_eq!(
+            (status, &body["result"]),
+            (202, &"quarantined".into()),
+            "{body}"
+        );
+        assert!(
+            body["reason"].as_str().is_some_and(|r| !r.is_empty()),
+            "{body}"
+        );
+
+        let (status, body) = send(app, "POST", "/webhooks", b"{not json").await;
+        assert_eq!(status, 400);
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{body}"
+        );
+
+        let (status, body) = send(app, "POST", "/nowhere", DEBT).await;
+        assert_eq!(status, 404);
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("POST /webhooks")),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_413() {
+        let intake = intake(IntakeLimits {
+            max_body: 64,
+            ..IntakeLimits::DEFAULT
+        });
+        let (status, _) = send(&intake.app, "POST", "/webhooks", DEBT).await;
+        assert_eq!(status, 413);
     }
 }

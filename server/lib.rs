@@ -13,24 +13,35 @@
 //!                                    dedupe, operations, status index, quarantine)
 //!                                                                          │
 //!  services ◀──gRPC── grpc (GetOperation, ListByStatus) ◀──────────────────┤
-//!           ◀──gRPC── watch (resumable streams over the change feed) ◀─────┘
+//!           ◀──gRPC── grpc::watch ◀── feed (resumable, transport-free) ◀───┘
 //! ```
 //!
-//! - [`intake`]: `POST /webhooks`. Verifies the sender ([`auth`]), normalizes the body and
-//!   waits until the writer has it on disk before answering.
-//! - [`domain`]: pure functions, no I/O. [`domain::webhook`] reads every webhook shape into a
-//!   [`domain::webhook::WebhookEnvelope`]; [`domain::reconcile`] derives an operation from
-//!   the set of its webhooks, whatever their order; [`domain::catalog`] is the data both use.
+//! # Modules, in the one direction their dependencies point
+//!
+//! `domain` ← `store` ← (`intake`, `feed`) ← `grpc` ← `server` ← `config` ← `main`; `auth` and
+//! `tls` are leaves the edges use. Wire types (pb, tonic, HTTP) appear only in `intake`,
+//! `grpc`, `auth` and `server`.
+//!
+//! - [`domain`]: pure functions, no I/O. [`domain::webhook`] reads every webhook shape;
+//!   [`domain::reconcile`] derives an operation from the set of its webhooks, whatever their
+//!   order; [`domain::catalog`] is the data both use.
 //! - [`store`]: raw bodies in an append-only payload log, everything else in key spaces of
-//!   one sled tree. [`store::writer`] is the only writer: batches, one atomic write, one
-//!   flush, then acks; it also compacts the log past its retention.
+//!   one sled tree; one writer thread batches, commits and acknowledges.
 //!   [`store::rebuild`] recomputes everything from the log under the current catalog.
-//! - [`grpc`]: the `qistatus.v1` API over the store; generated code is fenced in [`pb`].
-//! - [`watch`]: one task per watcher, reading the durable change feed from its own cursor.
-//! - [`auth`]: QI Tech signatures, Standard Webhooks HMAC, gRPC bearer tokens; [`tls`]:
-//!   rustls for both listeners; [`config`]: the one clap struct.
-//! - [`server`]: `run(settings, listeners, shutdown)` wires it all and drains on shutdown.
-//! - [`client`]: a small Rust client, used by the `qistatus` CLI.
+//! - `intake`: `POST /webhooks` (axum); answers once the writer has the webhook on disk.
+//! - `feed`: the change feed, a resumable stream of changes per subscriber, in domain terms.
+//! - `grpc`: the `qistatus.v1` service over the store and the feed; domain-to-wire
+//!   conversions live beside it.
+//! - `auth`, `tls`: who may post and call; rustls for both listeners.
+//! - [`run`] wires it all on two bound listeners and drains on shutdown; [`config`] is the
+//!   one clap struct of `qistatus-server`.
+//! - [`client`]: the Rust client of the gRPC API (the `qistatus` CLI in `client/` uses it);
+//!   [`pb`]: the generated protobuf types.
+//!
+//! # Features
+//!
+//! `server` (default) builds everything above. Without it (`default-features = false`) the
+//! crate is [`pb`] and [`client`] only: tonic and prost, no sled, axum or server crypto.
 //!
 //! # Guarantees
 //!
@@ -42,16 +53,40 @@
 
 #![warn(missing_docs)]
 
-pub mod auth;
-#[path = "../client/client.rs"]
 pub mod client;
-pub mod config;
-pub mod convert;
-pub mod domain;
-pub mod grpc;
-pub mod intake;
 pub mod pb;
-pub mod server;
+
+#[cfg(feature = "server")]
+mod auth;
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod domain;
+#[cfg(feature = "server")]
+mod feed;
+#[cfg(feature = "server")]
+mod grpc;
+#[cfg(feature = "server")]
+mod intake;
+#[cfg(feature = "server")]
+mod server;
+#[cfg(feature = "server")]
 pub mod store;
-pub mod tls;
-pub mod watch;
+#[cfg(feature = "server")]
+mod tls;
+
+// What running a server takes: the entry point and every type its settings are made of.
+#[cfg(feature = "server")]
+pub use auth::grpc::BearerTokens;
+#[cfg(feature = "server")]
+pub use auth::webhook::{KeyError, WebhookVerifier};
+#[cfg(feature = "server")]
+pub use feed::FeedSettings;
+#[cfg(feature = "server")]
+pub use intake::IntakeLimits;
+#[cfg(feature = "server")]
+pub use server::{ServerError, Settings, run, shutdown_signal};
+#[cfg(feature = "server")]
+pub use store::writer::WriterLimits;
+#[cfg(feature = "server")]
+pub use tls::{TlsError, TlsIdentity};

@@ -32,8 +32,7 @@ async fn main() -> anyhow::Result<()> {
                 data_dir = %config.data_dir.display(),
                 "qistatus-server listening"
             );
-            qistatus::server::run(settings, http, grpc, qistatus::server::shutdown_signal())
-                .await?;
+            qistatus::run(settings, http, grpc, qistatus::shutdown_signal()).await?;
         }
         Command::Catalog => print!("{}", config.load_catalog()?.to_toml()),
         Command::Quarantine { payload } => {
@@ -41,9 +40,9 @@ async fn main() -> anyhow::Result<()> {
             let mut count = 0;
             for item in store.quarantined() {
                 let (id, entry) = item?;
-                let received = qistatus::convert::rfc3339(Some(&qistatus::convert::timestamp(
-                    entry.received_at,
-                )));
+                let received = chrono::DateTime::from_timestamp_millis(entry.received_at)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                    .unwrap_or_default();
                 println!(
                     "{id}\t{received}\t{} bytes\t{}",
                     entry.raw.len(),

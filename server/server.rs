@@ -18,13 +18,23 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::auth::grpc::{BearerAuthLayer, BearerTokens};
 use crate::auth::webhook::WebhookVerifier;
 use crate::domain::catalog::Catalog;
+use crate::feed::{ChangeFeed, FeedSettings};
 use crate::grpc::OperationStatusApi;
 use crate::intake::{self, IntakeLimits, IntakeState};
 use crate::pb;
 use crate::store::writer::{self, SubmitError, WriterHandle, WriterLimits};
 use crate::store::{Store, StoreError};
-use crate::tls::TlsListener;
-use crate::watch::{WatchHub, WatchSettings};
+use crate::tls::{TlsIdentity, TlsListener};
+
+/// Days raw webhooks and change records stay in the log, by default.
+pub const DEFAULT_LOG_RETENTION_DAYS: u32 = 90;
+/// How often expired log entries are dropped, by default.
+pub const DEFAULT_COMPACTION_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// `days` as a duration.
+pub(crate) fn days(days: u32) -> Duration {
+    Duration::from_secs(u64::from(days) * 24 * 3600)
+}
 
 /// Everything `run` needs besides its listeners.
 #[derive(Debug, Clone)]
@@ -37,8 +47,8 @@ pub struct Settings {
     pub intake: IntakeLimits,
     /// Writer limits.
     pub writer: WriterLimits,
-    /// Watch limits and timings.
-    pub watch: WatchSettings,
+    /// Watch (change feed) limits and timings.
+    pub feed: FeedSettings,
     /// How long raw webhooks and change records stay in the log.
     pub log_retention: Duration,
     /// How often expired log entries are dropped (also once at start).
@@ -53,36 +63,22 @@ pub struct Settings {
     pub cache_bytes: u64,
 }
 
-/// A certificate chain and its private key, in PEM.
-#[derive(Clone)]
-pub struct TlsIdentity {
-    /// The certificate chain, PEM.
-    pub cert_pem: Vec<u8>,
-    /// The private key, PEM.
-    pub key_pem: Vec<u8>,
-}
-
-impl std::fmt::Debug for TlsIdentity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TlsIdentity { .. }")
-    }
-}
-
 impl Settings {
-    /// Default settings on `data_dir`, with the built-in catalog.
+    /// Default settings on `data_dir`, with the built-in catalog: the same defaults as the
+    /// server's flags, which take theirs from the same constants.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Settings {
             data_dir: data_dir.into(),
             catalog: Catalog::builtin(),
-            intake: IntakeLimits::default(),
-            writer: WriterLimits::default(),
-            watch: WatchSettings::default(),
-            log_retention: Duration::from_secs(90 * 24 * 3600),
-            compaction_interval: Duration::from_secs(3600),
+            intake: IntakeLimits::DEFAULT,
+            writer: WriterLimits::DEFAULT,
+            feed: FeedSettings::DEFAULT,
+            log_retention: days(DEFAULT_LOG_RETENTION_DAYS),
+            compaction_interval: DEFAULT_COMPACTION_INTERVAL,
             webhook_verifier: WebhookVerifier::default(),
             grpc_tokens: BearerTokens::default(),
             tls: None,
-            cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
+            cache_bytes: crate::store::DEFAULT_CACHE_MB * 1024 * 1024,
         }
     }
 }
@@ -142,12 +138,12 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let hub = WatchHub::new(
+    let feed = ChangeFeed::new(
         store.clone(),
         writer.recent(),
         writer.committed(),
         stop_rx.clone(),
-        settings.watch,
+        settings.feed,
     );
     let compaction = tokio::spawn(compact_periodically(
         writer.clone(),
@@ -188,7 +184,7 @@ pub async fn run(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let api = pb::operation_status_service_server::OperationStatusServiceServer::new(
-        OperationStatusApi::new(store.clone(), hub)?,
+        OperationStatusApi::new(store.clone(), feed)?,
     );
     let incoming = TcpListenerStream::new(grpc).map(|conn| {
         if let Ok(stream) = &conn {

@@ -1,4 +1,4 @@
 //! Who may talk to qistatus: webhook senders ([`webhook`]) and gRPC clients ([`grpc`]).
 
-pub mod grpc;
-pub mod webhook;
+pub(crate) mod grpc;
+pub(crate) mod webhook;

@@ -100,6 +100,9 @@ pub struct RequestFacts<'a> {
     pub webhook_signature: Option<&'a str>,
 }
 
+/// The largest accepted difference between a signature's timestamp and now, by default.
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+
 /// The configured schemes. With none configured, every webhook is accepted as is.
 #[derive(Clone, Default)]
 pub struct WebhookVerifier {

@@ -1,22 +1,25 @@
 //! The gRPC API, `qistatus.v1.OperationStatusService`. Handlers are thin: they validate the
-//! request, call the store (or the watch hub), and convert. Every error is an [`ApiError`],
-//! turned into a `tonic::Status` in one place.
+//! request, call the store (or the change feed), and convert ([`convert`]). Every error is an
+//! [`ApiError`], turned into a `tonic::Status` (and, when it is the server's fault, logged) in
+//! one place: `From<ApiError> for Status`.
 
-pub mod page_token;
+mod convert;
+mod page_token;
+mod watch;
 
 use std::collections::BTreeSet;
 
 use tonic::{Request, Response, Status};
 
-use crate::convert;
 use crate::domain::catalog::{canonical_kind, canonical_status};
 use crate::domain::reconcile::{Operation, Phase};
+use crate::feed::{ChangeFeed, FeedError, FeedFilter};
 use crate::pb;
 use crate::pb::operation_status_service_server::OperationStatusService;
 use crate::store::status_index::{Selection, StatusIndex};
 use crate::store::{Store, StoreError};
-use crate::watch::{WatchFilter, WatchHub, WatchStream};
 use page_token::PageTokens;
+pub use watch::WatchStream;
 
 /// Page size of `ListByStatus` when the request gives none.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
@@ -27,7 +30,7 @@ pub const MAX_FILTER_VALUES: usize = 64;
 
 /// Errors of the gRPC API.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// The request is malformed.
     #[error("{0}")]
     InvalidArgument(String),
@@ -40,9 +43,23 @@ pub enum ApiError {
     /// Too many watchers.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The server is stopping: the client should reconnect.
+    #[error("{0}")]
+    Unavailable(String),
     /// The store failed: logged, and reported without detail.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<FeedError> for ApiError {
+    fn from(e: FeedError) -> Self {
+        match e {
+            FeedError::TooManySubscribers { .. } => ApiError::ResourceExhausted(e.to_string()),
+            FeedError::Compacted { .. } => ApiError::OutOfRange(e.to_string()),
+            FeedError::ShuttingDown { .. } => ApiError::Unavailable(e.to_string()),
+            FeedError::Store(e) => ApiError::Store(e),
+        }
+    }
 }
 
 impl From<ApiError> for Status {
@@ -52,6 +69,7 @@ impl From<ApiError> for Status {
             ApiError::NotFound(m) => Status::not_found(m),
             ApiError::OutOfRange(m) => Status::out_of_range(m),
             ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            ApiError::Unavailable(m) => Status::unavailable(m),
             ApiError::Store(e) => {
                 tracing::error!(error = %e, "store error while serving a request");
                 Status::internal("internal storage error")
@@ -66,17 +84,17 @@ pub struct OperationStatusApi {
     store: Store,
     index: StatusIndex,
     tokens: PageTokens,
-    hub: WatchHub,
+    feed: ChangeFeed,
 }
 
 impl OperationStatusApi {
-    /// An API over `store`, whose watchers `hub` starts.
-    pub fn new(store: Store, hub: WatchHub) -> Result<Self, StoreError> {
+    /// An API over `store`, whose watchers `feed` serves.
+    pub(crate) fn new(store: Store, feed: ChangeFeed) -> Result<Self, StoreError> {
         Ok(OperationStatusApi {
             index: StatusIndex::new(store.clone()),
             tokens: PageTokens::new(store.page_token_secret()?),
             store,
-            hub,
+            feed,
         })
     }
 
@@ -106,7 +124,7 @@ impl OperationStatusApi {
     }
 
     fn with_history(&self, op: &Operation, include_raw: bool) -> Result<pb::Operation, ApiError> {
-        let mut out = convert::operation_summary(op);
+        let mut out = pb::Operation::from(op);
         for event in &op.history {
             let raw = match self.store.log_entry(event.sequence)? {
                 Some(entry) => Some(self.store.raw_payload(&entry)?),
@@ -122,7 +140,7 @@ impl OperationStatusApi {
 fn phase_of(value: i32, field: &str) -> Result<Option<Phase>, ApiError> {
     let phase = pb::Phase::try_from(value)
         .map_err(|_| ApiError::InvalidArgument(format!("{field} has no phase {value}")))?;
-    Ok(convert::phase_from_pb(phase))
+    Ok(Phase::try_from(phase).ok())
 }
 
 fn canonical_set(
@@ -203,7 +221,7 @@ impl ListQuery {
     }
 }
 
-fn watch_filter(req: &pb::WatchOperationRequest) -> Result<WatchFilter, ApiError> {
+fn watch_filter(req: &pb::WatchOperationRequest) -> Result<FeedFilter, ApiError> {
     let mut kinds = canonical_set(&req.kinds, "kinds", canonical_kind)?;
     if !req.key.is_empty() && !req.kind.trim().is_empty() {
         kinds.insert(canonical_kind(&req.kind));
@@ -215,7 +233,7 @@ fn watch_filter(req: &pb::WatchOperationRequest) -> Result<WatchFilter, ApiError
         })?;
         phases.insert(phase);
     }
-    Ok(WatchFilter {
+    Ok(FeedFilter {
         key: Some(req.key.clone()).filter(|k| !k.is_empty()),
         kinds,
         statuses: canonical_set(&req.statuses, "statuses", canonical_status)?,
@@ -270,7 +288,7 @@ impl OperationStatusService for OperationStatusApi {
             _ => String::new(),
         };
         Ok(Response::new(pb::ListByStatusResponse {
-            operations: operations.iter().map(convert::operation_summary).collect(),
+            operations: operations.iter().map(pb::Operation::from).collect(),
             next_page_token,
         }))
     }
@@ -285,7 +303,7 @@ impl OperationStatusService for OperationStatusApi {
         let filter = watch_filter(&req)?;
         // Read the head before the initial state: a change committed in between is then
         // delivered after the state instead of being lost.
-        let start_after = req.start_after_sequence.unwrap_or_else(|| self.hub.head());
+        let start_after = req.start_after_sequence.unwrap_or_else(|| self.feed.head());
         let initial = if req.send_initial_state {
             if req.key.is_empty() {
                 return Err(
@@ -300,7 +318,10 @@ impl OperationStatusService for OperationStatusApi {
         } else {
             None
         };
-        let stream = self.hub.start(filter, Some(start_after), initial)?;
-        Ok(Response::new(stream))
+        let subscription = self
+            .feed
+            .subscribe(filter, Some(start_after), initial)
+            .map_err(ApiError::from)?;
+        Ok(Response::new(WatchStream::new(subscription)))
     }
 }

@@ -30,11 +30,11 @@
 //! - The indexes always agree with the operations tree (same atomic batch).
 
 mod keyspace;
-pub mod payloads;
+pub(crate) mod payloads;
 pub mod rebuild;
-pub mod recent;
-pub mod status_index;
-pub mod writer;
+pub(crate) mod recent;
+pub(crate) mod status_index;
+pub(crate) mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -62,12 +62,20 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
-    /// A write failed, or the writer could not run.
-    #[error("write failed: {0}")]
-    Transaction(String),
     /// The payload log failed.
     #[error("payload log: {0}")]
     Io(#[from] std::io::Error),
+    /// The writer thread could not be started.
+    #[error("cannot start the writer thread: {0}")]
+    WriterThread(std::io::Error),
+    /// The system gave no randomness for a new secret.
+    #[error("no randomness for {what}: {reason}")]
+    NoRandomness {
+        /// What the randomness was for.
+        what: &'static str,
+        /// The system's error.
+        reason: String,
+    },
 }
 
 /// One stored webhook, byte for byte.
@@ -133,8 +141,9 @@ pub(crate) struct Trees {
     pub(crate) meta: Space,
 }
 
-/// sled's page cache by default: 96 MiB keeps a million operations under 500 MB of RSS.
-pub const DEFAULT_CACHE_BYTES: u64 = 96 * 1024 * 1024;
+/// sled's page cache by default, in MiB: 96 MiB keeps a million operations under 500 MB of
+/// RSS.
+pub const DEFAULT_CACHE_MB: u64 = 96;
 
 const NEXT_SEQUENCE: &[u8] = b"next_sequence";
 const NEXT_QUARANTINE: &[u8] = b"next_quarantine";
@@ -152,7 +161,7 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store in `dir` with the default cache size.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        Store::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+        Store::open_with_cache(dir, DEFAULT_CACHE_MB * 1024 * 1024)
     }
 
     /// Opens (or creates) the store in `dir`, with sled's page cache bounded to
@@ -192,9 +201,9 @@ impl Store {
     fn ensure_page_token_secret(&self) -> Result<(), StoreError> {
         if self.trees.meta.get(PAGE_TOKEN_SECRET)?.is_none() {
             let mut secret = [0u8; 32];
-            getrandom::fill(&mut secret).map_err(|e| StoreError::Corrupt {
-                tree: "meta",
-                reason: format!("no randomness for the page-token secret: {e}"),
+            getrandom::fill(&mut secret).map_err(|e| StoreError::NoRandomness {
+                what: "the page-token secret",
+                reason: e.to_string(),
             })?;
             self.trees.meta.insert_now(PAGE_TOKEN_SECRET, &secret)?;
             self.db.flush()?;

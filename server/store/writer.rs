@@ -67,9 +67,9 @@ pub enum SubmitError {
     /// The writer has stopped (shutdown).
     #[error("the writer has stopped")]
     Closed,
-    /// The batch failed to commit.
+    /// The batch failed to commit (the writer logged why, once for the batch).
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] Arc<StoreError>),
 }
 
 /// What the writer is asked to do.
@@ -113,12 +113,17 @@ pub struct WriterLimits {
     pub max_batch: usize,
 }
 
+impl WriterLimits {
+    /// The defaults, which the server's flags also show.
+    pub const DEFAULT: WriterLimits = WriterLimits {
+        queue: 1024,
+        max_batch: 512,
+    };
+}
+
 impl Default for WriterLimits {
     fn default() -> Self {
-        WriterLimits {
-            queue: 1024,
-            max_batch: 512,
-        }
+        WriterLimits::DEFAULT
     }
 }
 
@@ -147,7 +152,7 @@ impl WriterHandle {
             })?;
         match answer.await {
             Ok(Ok(ack)) => Ok(ack),
-            Ok(Err(e)) => Err(SubmitError::Store(StoreError::Transaction(e.to_string()))),
+            Ok(Err(e)) => Err(SubmitError::Store(e)),
             Err(_) => Err(SubmitError::Closed),
         }
     }
@@ -166,7 +171,7 @@ impl WriterHandle {
             .map_err(|_| SubmitError::Closed)?;
         match answer.await {
             Ok(Ok(done)) => Ok(done),
-            Ok(Err(e)) => Err(SubmitError::Store(StoreError::Transaction(e.to_string()))),
+            Ok(Err(e)) => Err(SubmitError::Store(e)),
             Err(_) => Err(SubmitError::Closed),
         }
     }
@@ -222,7 +227,7 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("qistatus-writer".into())
         .spawn(move || writer.run(rx, max_batch))
-        .map_err(|e| StoreError::Transaction(format!("cannot start the writer thread: {e}")))?;
+        .map_err(StoreError::WriterThread)?;
     Ok((
         WriterHandle {
             tx,

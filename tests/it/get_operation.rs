@@ -1,8 +1,6 @@
 //! GetOperation's answers and errors, over real gRPC.
 
-mod common;
-
-use common::{TestServer, webhook};
+use crate::test_server::{TestServer, webhook};
 use tonic::Code;
 
 #[tokio::test]
@@ -91,7 +89,7 @@ async fn operation_times_and_counters_are_filled() {
         vec![s1, s2]
     );
     assert_eq!(
-        qistatus::convert::rfc3339(op.event_time.as_ref()),
+        crate::test_server::rfc3339(op.event_time.as_ref()),
         "2024-01-02T10:00:00Z"
     );
     let first = op.first_received_at.unwrap();

@@ -1,20 +1,18 @@
 //! Only QI Tech gets in, only token holders read, and TLS works on both listeners.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::test_server::{TestServer, fixture};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use common::{TestServer, fixture};
 use md5::Digest;
 use p521::ecdsa::SigningKey;
 use p521::ecdsa::signature::Signer;
 use p521::pkcs8::{EncodePublicKey, LineEnding};
-use qistatus::auth::grpc::BearerTokens;
-use qistatus::auth::webhook::WebhookVerifier;
+use qistatus::BearerTokens;
+use qistatus::WebhookVerifier;
 use qistatus::pb;
-use qistatus::server::{Settings, TlsIdentity};
+use qistatus::{Settings, TlsIdentity};
 use tonic::Code;
 
 fn new_key() -> (SigningKey, String) {
@@ -388,7 +386,7 @@ async fn grpc_needs_a_bearer_token_but_health_stays_open() {
         .await;
     assert!(health.is_ok(), "health needs no token: {health:?}");
 
-    let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_qistatus"))
+    let cli = tokio::process::Command::new(crate::process::CLI_BIN)
         .args(["--server", &address, "get", key])
         .env("QISTATUS_TOKEN", "reader-token")
         .output()
@@ -438,7 +436,7 @@ async fn tls_serves_both_listeners() {
 
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &cert_pem).unwrap();
-    let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_qistatus"))
+    let cli = tokio::process::Command::new(crate::process::CLI_BIN)
         .args(["--server", &format!("https://{}", server.grpc), "--ca"])
         .arg(&ca)
         .args(["get", "3c1e5d2a-7b4f-4e6a-9c8d-000000000007", "--json"])

@@ -1,8 +1,6 @@
 //! Webhooks arrive duplicated and in any order: the answer must not depend on it.
 
-mod common;
-
-use common::{TestServer, fixture, phase, webhook};
+use crate::test_server::{TestServer, fixture, phase, webhook};
 
 const FLOW_000: &[&str] = &[
     "000_debt_1_waiting_signature.json",

@@ -1,16 +1,14 @@
 //! WatchOperation: ordered, gap-free, duplicate-free, resumable, and never in the intake's way.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestServer, webhook};
+use crate::test_server::{TestServer, webhook};
+use qistatus::Settings;
 use qistatus::client::{WatchEvent, WatchQuery};
 use qistatus::domain::catalog::{Catalog, EndOutcome, StatusClass};
 use qistatus::pb;
-use qistatus::server::Settings;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -114,7 +112,7 @@ async fn two_hundred_watchers_each_receive_exactly_their_changes_in_order() {
     // Watchers whose filter matches nothing at the end learn that they are done from a
     // progress notification: make those frequent.
     let server = Arc::new(
-        TestServer::start_configured(|s| s.watch.progress_interval = Duration::from_millis(200))
+        TestServer::start_configured(|s| s.feed.progress_interval = Duration::from_millis(200))
             .await,
     );
     let client = server.client().await;
@@ -431,7 +429,7 @@ async fn a_key_watch_can_start_with_the_current_state() {
 #[tokio::test]
 async fn idle_watchers_get_progress_and_shutdown_ends_streams_with_unavailable() {
     let server =
-        TestServer::start_configured(|s| s.watch.progress_interval = Duration::from_millis(100))
+        TestServer::start_configured(|s| s.feed.progress_interval = Duration::from_millis(100))
             .await;
     server
         .post_ok(webhook("debt", "k", "disbursed", "2024-01-01 10:00:00"))

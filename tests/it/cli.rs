@@ -1,13 +1,11 @@
 //! The `qistatus` CLI, run as a real process against a real server.
 
-mod common;
-
 use std::process::Output;
 
-use common::{TestServer, fixture};
+use crate::test_server::{TestServer, fixture};
 
 async fn qistatus(server: &TestServer, args: &[&str]) -> Output {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_qistatus"));
+    let mut command = tokio::process::Command::new(crate::process::CLI_BIN);
     command
         .args(args)
         .env("QISTATUS_SERVER", format!("http://{}", server.grpc));
@@ -59,7 +57,7 @@ async fn errors_print_the_server_message_and_exit_non_zero() {
     assert!(err.contains("NotFound"), "{err}");
     server.stop().await;
 
-    let unreachable = tokio::process::Command::new(env!("CARGO_BIN_EXE_qistatus"))
+    let unreachable = tokio::process::Command::new(crate::process::CLI_BIN)
         .args(["--server", "http://127.0.0.1:1", "get", "k"])
         .output()
         .await
@@ -73,7 +71,7 @@ async fn list_follows_pages_up_to_the_limit() {
     let server = TestServer::start().await;
     for i in 0..5 {
         server
-            .post_ok(common::webhook(
+            .post_ok(crate::test_server::webhook(
                 "debt",
                 &format!("d{i}"),
                 "disbursed",
@@ -82,7 +80,7 @@ async fn list_follows_pages_up_to_the_limit() {
             .await;
     }
     server
-        .post_ok(common::webhook(
+        .post_ok(crate::test_server::webhook(
             "debt",
             "c1",
             "canceled",
@@ -124,7 +122,7 @@ async fn watch_prints_one_json_line_per_change_and_ends_cleanly_on_ctrl_c() {
     use tokio::io::{AsyncBufReadExt, BufReader};
 
     let server = TestServer::start().await;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_qistatus"))
+    let mut child = tokio::process::Command::new(crate::process::CLI_BIN)
         .args(["watch", "--kind", "debt", "--from-sequence", "0", "--json"])
         .env("QISTATUS_SERVER", format!("http://{}", server.grpc))
         .stdout(std::process::Stdio::piped())
@@ -132,7 +130,7 @@ async fn watch_prints_one_json_line_per_change_and_ends_cleanly_on_ctrl_c() {
         .spawn()
         .unwrap();
     server
-        .post_ok(common::webhook(
+        .post_ok(crate::test_server::webhook(
             "debt",
             "k",
             "waiting_signature",
@@ -140,7 +138,7 @@ async fn watch_prints_one_json_line_per_change_and_ends_cleanly_on_ctrl_c() {
         ))
         .await;
     server
-        .post_ok(common::webhook(
+        .post_ok(crate::test_server::webhook(
             "account",
             "a",
             "account_opened",
@@ -148,7 +146,7 @@ async fn watch_prints_one_json_line_per_change_and_ends_cleanly_on_ctrl_c() {
         ))
         .await;
     server
-        .post_ok(common::webhook(
+        .post_ok(crate::test_server::webhook(
             "debt",
             "k",
             "disbursed",
@@ -172,11 +170,7 @@ async fn watch_prints_one_json_line_per_change_and_ends_cleanly_on_ctrl_c() {
     assert_eq!(seen[1]["previous_status"], "waiting_signature");
     assert_eq!(seen[1]["phase"], "pending");
 
-    let interrupt = std::process::Command::new("kill")
-        .args(["-INT", &child.id().unwrap().to_string()])
-        .status()
-        .unwrap();
-    assert!(interrupt.success());
+    crate::process::send_signal(&child, "INT");
     let status = child.wait().await.unwrap();
     assert!(status.success(), "Ctrl-C ends watch cleanly: {status}");
     server.stop().await;

@@ -1,9 +1,7 @@
 //! End to end, over HTTP and gRPC: one operation of every kind, its webhooks delivered
 //! shuffled and duplicated, ends in the status the catalog's rule gives.
 
-mod common;
-
-use common::{TestServer, phase, webhook};
+use crate::test_server::{TestServer, phase, webhook};
 use serde_json::json;
 
 struct Case {

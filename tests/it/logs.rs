@@ -1,8 +1,7 @@
 //! Personal data (names, CPF/CNPJ numbers, emails, phone numbers) never reaches the logs,
 //! at the most verbose level, whatever the webhook's fate.
 
-use std::process::Stdio;
-use std::time::Duration;
+use crate::process::ServerCommand;
 
 /// The personal values in the seed fixtures.
 const PERSONAL: &[&str] = &[
@@ -41,44 +40,14 @@ fn fixtures() -> Vec<Vec<u8>> {
 async fn no_personal_data_in_the_logs() {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("server.log");
-    let http = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let grpc = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_qistatus-server"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args([
-            "--http-addr",
-            &http.to_string(),
-            "--grpc-addr",
-            &grpc.to_string(),
-        ])
-        .args(["--log", "trace"])
-        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let server = ServerCommand::new(&dir.path().join("data"))
+        .log("trace")
+        .stderr_to(&log_path)
+        .start()
+        .await;
     let client = reqwest::Client::new();
-    let url = format!("http://{http}/webhooks");
-    let mut ready = false;
-    for _ in 0..600 {
-        if client
-            .get(format!("http://{http}/healthz"))
-            .send()
-            .await
-            .is_ok()
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "server did not start");
+    let url = format!("http://{}/webhooks", server.http);
+    let grpc = server.grpc;
 
     let mut keys = Vec::new();
     for body in fixtures() {
@@ -121,15 +90,7 @@ async fn no_personal_data_in_the_logs() {
         grpc_client.get(key, None).await.ok();
     }
 
-    let pid = server.id().unwrap();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(server.wait().await.unwrap().success());
+    assert!(server.terminate().await.success());
 
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(log.contains("webhook stored"), "the log is being captured");

@@ -1,11 +1,9 @@
 //! Bad input gets a clear 4xx (or the quarantine, for a JSON object), never a 5xx, a panic
 //! or a hang, and nothing already stored changes.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestServer, fixture, webhook};
+use crate::test_server::{TestServer, fixture, webhook};
 use qistatus::pb;
 
 /// Every existing operation, exactly as a client sees it, raw payloads included.

@@ -4,65 +4,22 @@
 //! sequence numbers must have no gaps.
 //!
 //! `QISTATUS_CRASH_CYCLES` sets the number of kill/restart cycles (default 5; for a long run:
-//! `QISTATUS_CRASH_CYCLES=100 cargo test --release --test crash`), `QISTATUS_CRASH_SEED` the
+//! `QISTATUS_CRASH_CYCLES=100 cargo test --release --test it crash`), `QISTATUS_CRASH_SEED` the
 //! random seed (printed on every run).
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use qistatus::pb;
 use qistatus::pb::operation_status_service_client::OperationStatusServiceClient;
-use tokio::process::{Child, Command};
 
-struct Server {
-    child: Child,
-    http: SocketAddr,
-    grpc: SocketAddr,
-}
+use crate::process::{ServerCommand, ServerProcess, free_addr, server_offline};
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// Starts the binary and waits until both listeners answer.
-async fn start(dir: &Path, http: SocketAddr, grpc: SocketAddr) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qistatus-server"))
-        .arg("--data-dir")
-        .arg(dir)
-        .args([
-            "--http-addr",
-            &http.to_string(),
-            "--grpc-addr",
-            &grpc.to_string(),
-        ])
-        .args(["--log", "warn"])
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start qistatus-server");
-    let client = reqwest::Client::new();
-    for _ in 0..600 {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("qistatus-server exited at start: {status}");
-        }
-        let ready = client
-            .get(format!("http://{http}/healthz"))
-            .send()
-            .await
-            .is_ok()
-            && tokio::net::TcpStream::connect(grpc).await.is_ok();
-        if ready {
-            return Server { child, http, grpc };
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("qistatus-server did not start within 30 s");
+/// Starts the binary on `dir` and waits until both listeners answer.
+async fn start(dir: &Path, http: SocketAddr, grpc: SocketAddr) -> ServerProcess {
+    ServerCommand::new(dir).at(http, grpc).start().await
 }
 
 struct Rng(u64);
@@ -134,7 +91,7 @@ fn load(
 }
 
 /// Checks, over gRPC, that every acknowledged webhook is there and the log has no gaps.
-async fn verify(server: &Server, acked: &[Acked]) -> u64 {
+async fn verify(server: &ServerProcess, acked: &[Acked]) -> u64 {
     let mut grpc = OperationStatusServiceClient::connect(format!("http://{}", server.grpc))
         .await
         .unwrap();
@@ -199,12 +156,7 @@ fn rebuild_changes_nothing(dir: &Path) {
     let store = qistatus::store::Store::open(dir).unwrap();
     assert_eq!(store.check_indexes().unwrap(), Vec::<String>::new());
     drop(store);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qistatus-server"))
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--log", "warn", "rebuild"])
-        .output()
-        .unwrap();
+    let out = server_offline(["--log", "warn", "rebuild"], dir);
     assert!(
         out.status.success(),
         "{}",
@@ -241,11 +193,10 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_webhook() {
 
     let mut total_head = 0;
     for cycle in 0..cycles {
-        let mut server = start(dir.path(), http, grpc).await;
+        let server = start(dir.path(), http, grpc).await;
         let senders = load(server.http, cycle, 16, acked.clone());
         tokio::time::sleep(Duration::from_millis(20 + rng.next(400))).await;
-        server.child.start_kill().unwrap();
-        server.child.wait().await.unwrap();
+        server.kill().await;
         for s in senders {
             s.await.unwrap();
         }
@@ -260,8 +211,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_webhook() {
             "cycle {cycle}: {} acknowledged so far, head {head}",
             snapshot.len()
         );
-        let mut server = server;
-        server.child.kill().await.unwrap();
+        server.kill().await;
     }
     assert!(
         !acked.lock().unwrap().is_empty(),
@@ -274,19 +224,10 @@ async fn sigterm_drains_in_flight_webhooks() {
     let dir = tempfile::tempdir().unwrap();
     let (http, grpc) = (free_addr(), free_addr());
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let mut server = start(dir.path(), http, grpc).await;
+    let server = start(dir.path(), http, grpc).await;
     let senders = load(server.http, 0, 16, acked.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = server.child.id().unwrap();
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let status = tokio::time::timeout(Duration::from_secs(30), server.child.wait())
-        .await
-        .expect("the server stops within 30 s of SIGTERM")
-        .unwrap();
+    let status = server.terminate().await;
     assert!(status.success(), "SIGTERM exits 0: {status}");
     for s in senders {
         s.await.unwrap();
@@ -296,6 +237,5 @@ async fn sigterm_drains_in_flight_webhooks() {
     let snapshot = acked.lock().unwrap().clone();
     assert!(!snapshot.is_empty());
     verify(&server, &snapshot).await;
-    let mut server = server;
-    server.child.kill().await.unwrap();
+    server.kill().await;
 }

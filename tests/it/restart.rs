@@ -1,8 +1,6 @@
 //! What was acknowledged survives a restart on the same data directory.
 
-mod common;
-
-use common::{TestServer, fixture};
+use crate::test_server::{TestServer, fixture};
 
 #[tokio::test]
 async fn operations_and_sequences_survive_a_restart() {

@@ -1,12 +1,9 @@
 //! Rebuild recomputes the live state exactly, and applies catalog changes, including to
 //! quarantined webhooks.
 
-mod common;
-
 use std::path::Path;
-use std::process::Command;
 
-use common::{TestServer, phase, webhook};
+use crate::test_server::{TestServer, phase, webhook};
 use qistatus::domain::catalog::Catalog;
 use qistatus::domain::reconcile::Operation;
 use qistatus::store::Store;
@@ -105,12 +102,12 @@ async fn rebuild_after_a_random_workload_equals_the_live_state_and_is_idempotent
 }
 
 fn server_command(dir: &Path, catalog: Option<&Path>, args: &[&str]) -> String {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_qistatus-server"));
-    command.arg("--data-dir").arg(dir).arg("--log").arg("warn");
+    let mut all: Vec<std::ffi::OsString> = vec!["--log".into(), "warn".into()];
     if let Some(catalog) = catalog {
-        command.arg("--catalog").arg(catalog);
+        all.extend(["--catalog".into(), catalog.as_os_str().to_owned()]);
     }
-    let out = command.args(args).output().unwrap();
+    all.extend(args.iter().map(Into::into));
+    let out = crate::process::server_offline(all, dir);
     assert!(
         out.status.success(),
         "{args:?}: {}",
@@ -187,7 +184,7 @@ async fn a_catalog_change_moves_quarantined_webhooks_into_their_operations() {
         server_command(dir.path(), None, &["quarantine"]).ends_with("0 quarantined webhook(s)\n")
     );
 
-    let mut settings = qistatus::server::Settings::new(dir.path());
+    let mut settings = qistatus::Settings::new(dir.path());
     settings.catalog = Catalog::load(Some(&catalog_file)).unwrap();
     let server = TestServer::start_with(settings).await;
     let pix = server.get("pix-1", "pix_transfer").await.unwrap();

@@ -1,11 +1,9 @@
 //! When the writer's queue is full, the intake answers 503 with Retry-After instead of
 //! piling up memory, and every webhook it did accept is stored.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{TestServer, webhook};
+use crate::test_server::{TestServer, webhook};
 
 #[tokio::test]
 async fn a_full_writer_queue_gets_503_with_retry_after_and_loses_nothing_accepted() {

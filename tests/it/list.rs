@@ -1,10 +1,8 @@
 //! ListByStatus: pagination, filters, and refusal of bad requests.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{TestServer, webhook};
+use crate::test_server::{TestServer, webhook};
 use qistatus::client::ListQuery;
 use qistatus::pb;
 use tokio_stream::StreamExt;

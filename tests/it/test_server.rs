@@ -1,14 +1,12 @@
 //! Starts the real qistatus server in-process on ephemeral loopback ports, and talks to it
 //! over real HTTP and real gRPC. Shared by every integration test file.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use qistatus::pb;
 use qistatus::pb::operation_status_service_client::OperationStatusServiceClient;
-use qistatus::server::{ServerError, Settings};
+use qistatus::{ServerError, Settings};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -18,7 +16,6 @@ use tonic::transport::Channel;
 pub struct TestServer {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
-    pub data_dir: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServerError>>>,
     _tmp: Option<tempfile::TempDir>,
@@ -61,14 +58,12 @@ impl TestServer {
         let grpc = TcpListener::bind(grpc).await.expect("bind grpc");
         let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let data_dir = settings.data_dir.clone();
-        let task = tokio::spawn(qistatus::server::run(settings, http, grpc, async {
+        let task = tokio::spawn(qistatus::run(settings, http, grpc, async {
             let _ = stopped.await;
         }));
         TestServer {
             http: http_addr,
             grpc: grpc_addr,
-            data_dir,
             stop: Some(stop),
             task: Some(task),
             _tmp: None,
@@ -188,6 +183,13 @@ pub fn phase(op: &pb::Operation) -> &'static str {
         pb::Phase::Succeeded => "succeeded",
         pb::Phase::Failed => "failed",
     }
+}
+
+/// RFC 3339 text (UTC, whole seconds when exact) of a protobuf timestamp; empty when unset.
+pub fn rfc3339(t: Option<&prost_types::Timestamp>) -> String {
+    t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        .unwrap_or_default()
 }
 
 /// A JSON webhook body.

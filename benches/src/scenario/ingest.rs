@@ -1,0 +1,130 @@
+//! Durable ingest (closed-loop senders posting distinct realistic webhooks) and point reads
+//! of what was ingested, against qistatus and each peer.
+
+use std::sync::Arc;
+
+use super::Context;
+use crate::load::{Rounds, TEMPLATES, Webhook, drive, webhooks};
+use crate::process::start_etcd;
+use crate::report::Report;
+use crate::target::{EtcdTarget, QistatusTarget, Target};
+
+/// Runs ingest and/or reads (reads need the ingested keys, so ingest always runs).
+pub async fn run(cx: &Context, report: &mut Report, with_ingest: bool, with_reads: bool) {
+    let s = cx.sizes;
+    eprintln!(
+        "== durable ingest, {} concurrent senders; point reads",
+        s.concurrency
+    );
+    let (q_server, _) = cx.qistatus.start(&cx.dir("q-ingest"), None).await;
+    let q_target = QistatusTarget::connect(&q_server).await;
+    let q_ingest = ingest(&q_target, cx).await;
+    let etcd = match &cx.etcd_bin {
+        Some(bin) => {
+            let server = start_etcd(bin, &cx.dir("e-ingest")).await;
+            let target = EtcdTarget::connect(&server).await;
+            let rounds = ingest(&target, cx).await;
+            Some((server, target, rounds))
+        }
+        None => None,
+    };
+    if with_ingest {
+        let e = etcd.as_ref().map(|(_, _, r)| r);
+        report.compare(
+            "durable ingest",
+            "webhooks acknowledged per second (median of rounds)",
+            &q_ingest,
+            e,
+            "≥ 2× etcd",
+        );
+        let mean_body = q_ingest.written.iter().map(|w| w.body.len()).sum::<usize>()
+            / q_ingest.written.len().max(1);
+        report.notes.push(format!(
+            "ingest: {} rounds of {} webhooks after {} warm-up, {} concurrent senders, the seed shapes in turn (mean body {mean_body} bytes); failures: qistatus {}, etcd {}.",
+            s.rounds,
+            s.ingest_per_round,
+            s.warmup,
+            s.concurrency,
+            q_ingest.failures,
+            e.map_or("—".into(), |e| e.failures.to_string()),
+        ));
+    }
+    if with_reads {
+        let q = reads(&q_target, cx, &q_ingest.written).await;
+        let e = match &etcd {
+            Some((_, target, rounds)) => Some(reads(target, cx, &rounds.written).await),
+            None => None,
+        };
+        report.compare(
+            "point reads",
+            "GetOperation vs serializable Range per second",
+            &q,
+            e.as_ref(),
+            "≥ 1.5× etcd",
+        );
+        report.notes.push(format!(
+            "reads: {} rounds of {} reads over the ingested keys, {} concurrent; GetOperation returns the operation with its history and each webhook's data, Range the stored payload; failures: qistatus {}, etcd {}.",
+            s.rounds,
+            s.reads_per_round,
+            s.concurrency,
+            q.failures,
+            e.as_ref().map_or("—".into(), |e| e.failures.to_string()),
+        ));
+    }
+    if let Some((server, ..)) = etcd {
+        server.stop().await;
+    }
+    q_server.stop().await;
+}
+
+/// A warm-up, then `rounds` rounds of durable writes of distinct realistic webhooks.
+async fn ingest<T: Target>(target: &T, cx: &Context) -> Rounds {
+    let s = cx.sizes;
+    let write_all = |batch: Arc<Vec<Webhook>>| {
+        let target = target.clone();
+        move |i: usize| {
+            let (target, batch) = (target.clone(), batch.clone());
+            async move { target.write(i, &batch[i]).await.is_some() }
+        }
+    };
+    let warm = Arc::new(webhooks("warm", s.warmup, TEMPLATES));
+    drive(s.concurrency, warm.len(), write_all(warm)).await;
+    let mut out = Rounds::new();
+    for round in 0..s.rounds {
+        let batch = Arc::new(webhooks(
+            &format!("r{round}"),
+            s.ingest_per_round,
+            TEMPLATES,
+        ));
+        let (elapsed, h, failed) =
+            drive(s.concurrency, batch.len(), write_all(batch.clone())).await;
+        out.failures += failed;
+        out.rates.push(batch.len() as f64 / elapsed.as_secs_f64());
+        out.latency.add(h).expect("same bounds");
+        out.written.extend(batch.iter().cloned());
+    }
+    out
+}
+
+/// `rounds` rounds of point reads of the written operations, in a scattered order.
+async fn reads<T: Target>(target: &T, cx: &Context, written: &[Webhook]) -> Rounds {
+    let s = cx.sizes;
+    let keys = Arc::new(written.to_vec());
+    let mut out = Rounds::new();
+    for round in 0..s.rounds {
+        let (target, keys) = (target.clone(), keys.clone());
+        let (elapsed, h, failed) = drive(s.concurrency, s.reads_per_round, move |i| {
+            let (target, keys) = (target.clone(), keys.clone());
+            async move {
+                let w = &keys[(i * 7919 + round * 104_729) % keys.len()];
+                target.read(i, w).await
+            }
+        })
+        .await;
+        out.failures += failed;
+        out.rates
+            .push(s.reads_per_round as f64 / elapsed.as_secs_f64());
+        out.latency.add(h).expect("same bounds");
+    }
+    out
+}

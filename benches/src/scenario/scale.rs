@@ -1,0 +1,122 @@
+//! Scale: list-page latency in a small store and a large one, the server's memory and disk
+//! at the large size, and the time a restart takes to serve again.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use qistatus::pb;
+use qistatus::pb::operation_status_service_client::OperationStatusServiceClient;
+
+use super::Context;
+use crate::load::{SMALL_DEBTS, channels, drive, histogram, http_client, post};
+use crate::process::{Process, dir_size};
+use crate::report::{Report, ms};
+
+/// Runs the scenario (qistatus only: it measures qistatus against itself).
+pub async fn run(cx: &Context, report: &mut Report) {
+    let s = cx.sizes;
+    eprintln!("== scale");
+    let dir = cx.dir("q-scale");
+    let (server, _) = cx.qistatus.start(&dir, None).await;
+    populate(&server, 0, s.scale_small, s.concurrency).await;
+    let small = list_pages(&server, s.list_pages).await;
+    let rate = populate(&server, s.scale_small, s.scale_large, s.concurrency).await;
+    let large = list_pages(&server, s.list_pages).await;
+    let rss = server.rss_bytes();
+    let ports = server.ports();
+    server.stop().await;
+    let size = dir_size(&dir);
+    let (server, ready) = cx.qistatus.start(&dir, Some(ports)).await;
+    server.stop().await;
+    let (s99, l99) = (small.value_at_quantile(0.99), large.value_at_quantile(0.99));
+    let page = |n: usize| format!("ListByStatus page of 100, p99, at {n}");
+    report.row("scale", &page(s.scale_small), ms(s99), None, None, "");
+    report.row(
+        "scale",
+        &page(s.scale_large),
+        ms(l99),
+        None,
+        Some(l99 as f64 / s99 as f64),
+        "within 2× of the small store",
+    );
+    report.row(
+        "scale",
+        &format!("server RSS at {} operations", s.scale_large),
+        format!("{:.0} MB", rss as f64 / 1e6),
+        None,
+        None,
+        "≤ 500 MB",
+    );
+    report.row(
+        "scale",
+        "data directory size",
+        format!("{:.0} MB", size as f64 / 1e6),
+        None,
+        None,
+        "",
+    );
+    report.row(
+        "scale",
+        "restart to ready",
+        format!("{:.2} s", ready.as_secs_f64()),
+        None,
+        None,
+        "≤ 5 s",
+    );
+    report.notes.push(format!(
+        "scale: {} operations posted over HTTP ({rate:.0}/s) in four statuses; {} pages of 100 `disbursed` debts walked at each size.",
+        s.scale_large, s.list_pages
+    ));
+}
+
+/// Posts operations `from..to` (small debts spread over four statuses); returns the rate.
+async fn populate(server: &Process, from: usize, to: usize, concurrency: usize) -> f64 {
+    let templates: Arc<Vec<serde_json::Value>> = Arc::new(
+        SMALL_DEBTS
+            .iter()
+            .map(|t| serde_json::from_str(t).expect("fixture"))
+            .collect(),
+    );
+    let client = http_client();
+    let url = format!("{}/webhooks", server.http);
+    let (elapsed, _, _) = drive(concurrency, to - from, move |i| {
+        let (client, url, templates) = (client.clone(), url.clone(), templates.clone());
+        async move {
+            let n = from + i;
+            let mut value = templates[n % templates.len()].clone();
+            value["key"] = format!("scale-{n:08}").into();
+            let body = Bytes::from(serde_json::to_vec(&value).expect("serializes"));
+            post(&client, &url, body).await.is_some()
+        }
+    })
+    .await;
+    (to - from) as f64 / elapsed.as_secs_f64()
+}
+
+/// Walks `pages` pages of 100 `disbursed` debts (restarting at the end); returns latencies.
+async fn list_pages(server: &Process, pages: usize) -> Histogram<u64> {
+    let channel = channels(&server.grpc, 1).await.remove(0);
+    let mut client = OperationStatusServiceClient::new(channel);
+    let mut h = histogram();
+    let mut token = String::new();
+    for _ in 0..pages {
+        let t = Instant::now();
+        let page = client
+            .list_by_status(pb::ListByStatusRequest {
+                kind: "debt".into(),
+                statuses: vec!["disbursed".into()],
+                page_size: 100,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+        assert!(!page.operations.is_empty(), "pages are not empty");
+        token = page.next_page_token;
+    }
+    h
+}

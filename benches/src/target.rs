@@ -1,0 +1,244 @@
+//! The systems under test, as the load generator sees them: a [`Target`] stores a webhook
+//! durably, reads an operation back, and opens a watch. One implementation per system, so a
+//! scenario is written once and run against each.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use qistatus::pb;
+use qistatus::pb::operation_status_service_client::OperationStatusServiceClient;
+use tonic::transport::Channel;
+
+use crate::etcd::{self, EtcdClient};
+use crate::load::{HttpClient, Webhook, channels, http_client, post};
+use crate::process::Process;
+
+/// What one watcher watches.
+pub enum WatchSpec {
+    /// One operation key.
+    Key(String),
+    /// A share of all keys: a status in qistatus, the matching key prefix in a peer.
+    Share {
+        /// The status qistatus filters on.
+        status: String,
+        /// The key prefix a key-value peer filters on.
+        key_prefix: String,
+    },
+}
+
+/// A system under test.
+pub trait Target: Clone + Send + Sync + 'static {
+    /// An open watch stream.
+    type Feed: Feed;
+
+    /// Stores a webhook durably; returns its position (a sequence, or a revision counted
+    /// from the start of the run), which watch deliveries are matched against.
+    fn write(&self, i: usize, w: &Webhook) -> impl Future<Output = Option<u64>> + Send;
+
+    /// Reads the current state of `w`'s operation; whether it was found.
+    fn read(&self, i: usize, w: &Webhook) -> impl Future<Output = bool> + Send;
+
+    /// Opens a watch; returns once the server has registered it.
+    fn watch(&self, i: usize, spec: WatchSpec) -> impl Future<Output = Self::Feed> + Send;
+}
+
+/// An open watch stream of a [`Target`].
+pub trait Feed: Send + 'static {
+    /// The positions of the next delivered writes; `None` when the stream ends.
+    fn next(&mut self) -> impl Future<Output = Option<Vec<u64>>> + Send;
+}
+
+/// qistatus: webhooks over HTTP, reads and watches over gRPC.
+#[derive(Clone)]
+pub struct QistatusTarget {
+    http: HttpClient,
+    url: Arc<str>,
+    chans: Arc<Vec<Channel>>,
+}
+
+impl QistatusTarget {
+    /// Connects to a running qistatus-server.
+    pub async fn connect(server: &Process) -> Self {
+        QistatusTarget {
+            http: http_client(),
+            url: format!("{}/webhooks", server.http).into(),
+            chans: Arc::new(channels(&server.grpc, 8).await),
+        }
+    }
+
+    fn api(&self, i: usize) -> OperationStatusServiceClient<Channel> {
+        OperationStatusServiceClient::new(self.chans[i % self.chans.len()].clone())
+    }
+}
+
+impl Target for QistatusTarget {
+    type Feed = tonic::Streaming<pb::WatchOperationResponse>;
+
+    async fn write(&self, _i: usize, w: &Webhook) -> Option<u64> {
+        post(&self.http, &self.url, w.body.clone()).await
+    }
+
+    async fn read(&self, i: usize, w: &Webhook) -> bool {
+        self.api(i)
+            .get_operation(pb::GetOperationRequest {
+                key: w.key.clone(),
+                kind: w.kind.clone(),
+                include_raw_payload: false,
+            })
+            .await
+            .is_ok()
+    }
+
+    async fn watch(&self, i: usize, spec: WatchSpec) -> Self::Feed {
+        let request = match spec {
+            WatchSpec::Key(key) => pb::WatchOperationRequest {
+                key,
+                ..Default::default()
+            },
+            WatchSpec::Share { status, .. } => pb::WatchOperationRequest {
+                kinds: vec!["bench".into()],
+                statuses: vec![status],
+                ..Default::default()
+            },
+        };
+        let mut stream = self
+            .api(i)
+            .watch_operation(request)
+            .await
+            .expect("watch")
+            .into_inner();
+        // The first message is the starting progress: the watcher is registered.
+        stream.message().await.expect("watch").expect("progress");
+        stream
+    }
+}
+
+impl Feed for tonic::Streaming<pb::WatchOperationResponse> {
+    async fn next(&mut self) -> Option<Vec<u64>> {
+        let message = self.message().await.ok()??;
+        Some(match message.event {
+            Some(pb::watch_operation_response::Event::Change(c)) => vec![c.sequence],
+            _ => Vec::new(),
+        })
+    }
+}
+
+/// etcd, as a team would use it for statuses: a put per webhook under
+/// `ops/<kind>/<key>`, a serializable range per question, a prefix watch to react.
+#[derive(Clone)]
+pub struct EtcdTarget {
+    chans: Arc<Vec<Channel>>,
+    /// The revision before the run: a put's position is its revision minus this.
+    base_revision: i64,
+}
+
+impl EtcdTarget {
+    /// Connects to a running etcd.
+    pub async fn connect(server: &Process) -> Self {
+        let chans = channels(&server.grpc, 8).await;
+        let base_revision = EtcdClient::new(chans[0].clone())
+            .range(etcd::RangeRequest {
+                key: b"x".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .expect("range")
+            .header
+            .map_or(0, |h| h.revision);
+        EtcdTarget {
+            chans: Arc::new(chans),
+            base_revision,
+        }
+    }
+
+    fn client(&self, i: usize) -> EtcdClient {
+        EtcdClient::new(self.chans[i % self.chans.len()].clone())
+    }
+}
+
+fn etcd_key(w: &Webhook) -> Vec<u8> {
+    format!("ops/{}/{}", w.kind, w.key).into_bytes()
+}
+
+impl Target for EtcdTarget {
+    type Feed = EtcdFeed;
+
+    async fn write(&self, i: usize, w: &Webhook) -> Option<u64> {
+        let response = self
+            .client(i)
+            .put(etcd::PutRequest {
+                key: etcd_key(w),
+                value: w.body.to_vec(),
+            })
+            .await
+            .ok()?;
+        let revision = response.header?.revision;
+        Some((revision - self.base_revision).max(0) as u64)
+    }
+
+    async fn read(&self, i: usize, w: &Webhook) -> bool {
+        self.client(i)
+            .range(etcd::RangeRequest {
+                key: etcd_key(w),
+                serializable: true,
+            })
+            .await
+            .is_ok_and(|r| r.kvs.len() == 1)
+    }
+
+    async fn watch(&self, i: usize, spec: WatchSpec) -> EtcdFeed {
+        let create = match spec {
+            WatchSpec::Key(key) => etcd::WatchCreateRequest {
+                key: format!("ops/bench/{key}").into_bytes(),
+                ..Default::default()
+            },
+            WatchSpec::Share { key_prefix, .. } => {
+                let prefix = format!("ops/bench/{key_prefix}").into_bytes();
+                etcd::WatchCreateRequest {
+                    range_end: etcd::prefix_end(&prefix),
+                    key: prefix,
+                }
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(etcd::WatchRequest {
+            create_request: Some(create),
+        })
+        .await
+        .expect("queue");
+        let mut stream = self
+            .client(i)
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("watch");
+        let created = stream.message().await.expect("watch").expect("created");
+        assert!(created.created, "etcd created the watch");
+        EtcdFeed {
+            stream,
+            _requests: tx,
+            base_revision: self.base_revision,
+        }
+    }
+}
+
+/// An etcd watch stream.
+pub struct EtcdFeed {
+    stream: tonic::Streaming<etcd::WatchResponse>,
+    /// Kept open: etcd ends the watch when its request stream closes.
+    _requests: tokio::sync::mpsc::Sender<etcd::WatchRequest>,
+    base_revision: i64,
+}
+
+impl Feed for EtcdFeed {
+    async fn next(&mut self) -> Option<Vec<u64>> {
+        let message = self.stream.message().await.ok()??;
+        Some(
+            message
+                .events
+                .iter()
+                .filter_map(|e| e.kv.as_ref())
+                .map(|kv| (kv.mod_revision - self.base_revision).max(0) as u64)
+                .collect(),
+        )
+    }
+}

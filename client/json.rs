@@ -1,0 +1,127 @@
+//! What the CLI prints: the `--json` shapes (snake_case, RFC 3339 times, `null` for unset
+//! fields) and the text helpers the human output shares with them.
+
+use prost_types::value::Kind;
+use qistatus::pb;
+use serde_json::Value;
+
+/// RFC 3339 text of a protobuf timestamp, in UTC; empty for an unset or invalid one.
+pub fn rfc3339(t: Option<&prost_types::Timestamp>) -> String {
+    t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        .unwrap_or_default()
+}
+
+/// The lower-case name of a phase value (`unspecified` for 0 or an unknown value).
+pub fn phase_name(phase: i32) -> &'static str {
+    match pb::Phase::try_from(phase) {
+        Ok(pb::Phase::Pending) => "pending",
+        Ok(pb::Phase::Succeeded) => "succeeded",
+        Ok(pb::Phase::Failed) => "failed",
+        Ok(pb::Phase::Unspecified) | Err(_) => "unspecified",
+    }
+}
+
+/// The JSON of an operation, with its history when it has one.
+pub fn operation(op: &pb::Operation) -> Value {
+    let history: Vec<Value> = op
+        .history
+        .iter()
+        .map(|h| {
+            serde_json::json!({
+                "sequence": h.sequence,
+                "status": h.status,
+                "event_time": non_empty(rfc3339(h.event_time.as_ref())),
+                "received_at": non_empty(rfc3339(h.received_at.as_ref())),
+                "detail": non_empty(h.detail.clone()),
+                "event_id": h.event_id,
+                "data": h.data.as_ref().map_or(Value::Null, struct_to_json),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "kind": op.kind,
+        "key": op.key,
+        "status": op.status,
+        "phase": phase_name(op.phase),
+        "detail": non_empty(op.detail.clone()),
+        "event_time": non_empty(rfc3339(op.event_time.as_ref())),
+        "first_received_at": non_empty(rfc3339(op.first_received_at.as_ref())),
+        "updated_at": non_empty(rfc3339(op.updated_at.as_ref())),
+        "version": op.version,
+        "event_count": op.event_count,
+        "last_sequence": op.last_sequence,
+        "history": history,
+    })
+}
+
+/// The JSON line of a watched change.
+pub fn change(change: &pb::OperationChange, op: &pb::Operation) -> Value {
+    serde_json::json!({
+        "sequence": change.sequence,
+        "kind": op.kind,
+        "key": op.key,
+        "status": op.status,
+        "previous_status": change.previous_status,
+        "phase": phase_name(op.phase),
+        "detail": op.detail,
+        "initial": change.initial,
+    })
+}
+
+/// A `google.protobuf.Struct` as a JSON object.
+fn struct_to_json(s: &prost_types::Struct) -> Value {
+    Value::Object(
+        s.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), value_to_json(v)))
+            .collect(),
+    )
+}
+
+fn value_to_json(v: &prost_types::Value) -> Value {
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::Bool(*b),
+        Some(Kind::NumberValue(n)) => number_to_json(*n),
+        Some(Kind::StringValue(s)) => Value::String(s.clone()),
+        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(value_to_json).collect()),
+        Some(Kind::StructValue(s)) => struct_to_json(s),
+    }
+}
+
+/// Integral numbers print as integers (`3`, not `3.0`), as they were sent.
+fn number_to_json(n: f64) -> Value {
+    if n.fract() == 0.0 && n.abs() < 9.0e15 {
+        Value::from(n as i64)
+    } else {
+        serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number)
+    }
+}
+
+fn non_empty(s: String) -> Value {
+    if s.is_empty() {
+        Value::Null
+    } else {
+        Value::String(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_keep_their_integral_form_and_times_are_utc() {
+        assert_eq!(number_to_json(3.0), Value::from(3));
+        assert_eq!(number_to_json(3429.38), serde_json::json!(3429.38));
+        let t = prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 0,
+        };
+        assert_eq!(rfc3339(Some(&t)), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(None), "");
+        assert_eq!(phase_name(pb::Phase::Failed as i32), "failed");
+        assert_eq!(phase_name(99), "unspecified");
+    }
+}

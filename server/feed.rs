@@ -1,0 +1,404 @@
+//! The change feed: a resumable, ordered stream of operation changes per subscriber.
+//!
+//! Modeled on etcd's watch, and free of any transport: subscribers receive domain values
+//! ([`FeedEvent`]) and the feed's own [`FeedError`]; the gRPC adapter
+//! (`grpc::watch`) turns them into wire messages at the last step, the way tonic-health's
+//! `WatchStream` wraps its reporter.
+//!
+//! Every stored webhook has a sequence number and a change record (the operation right after
+//! it) in the durable `changes` space. A subscriber is a task with its own cursor that reads
+//! that space forward; the writer's commit notification only wakes it. Hence:
+//!
+//! - changes arrive in sequence order, with no gaps among those that match and no
+//!   duplicates, because each subscriber reads the log, not a lossy broadcast;
+//! - a resume point (`start_after`) works across restarts: the log is on disk;
+//! - the records of the latest batches are decoded once and shared by all subscribers
+//!   ([`RecentChanges`]); a subscriber behind that window reads the store itself;
+//! - a slow or stalled subscriber only fills its own bounded channel and waits; the intake
+//!   and the writer never wait for subscribers;
+//! - when retention has dropped the changes a resume point needs, the subscriber gets
+//!   [`FeedError::Compacted`] naming the oldest sequence still available, never a silent gap;
+//! - an idle subscriber gets a progress event every `progress_interval`, and one right at the
+//!   start, so it always knows a sequence it can resume after;
+//! - on shutdown every stream ends with [`FeedError::ShuttingDown`], which tells clients to
+//!   reconnect.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::time::Instant;
+
+use crate::domain::reconcile::{Operation, Phase};
+use crate::store::recent::RecentChanges;
+use crate::store::{Change, Store, StoreError};
+
+/// What a subscriber receives.
+#[derive(Debug, Clone)]
+pub(crate) enum FeedEvent {
+    /// The operation's state when the subscription began (asked for by key).
+    Initial(Operation),
+    /// A matching change, at its sequence.
+    Change {
+        /// The sequence of the webhook that made the change.
+        sequence: u64,
+        /// The change record, shared with other subscribers.
+        change: Arc<Change>,
+    },
+    /// Everything up to this sequence has been seen: a point to resume after.
+    Progress(u64),
+}
+
+/// Why a subscription could not start, or ended.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FeedError {
+    /// The subscriber limit is reached.
+    #[error("too many watchers (at most {max}): retry later")]
+    TooManySubscribers {
+        /// The limit.
+        max: usize,
+    },
+    /// Retention dropped changes the subscriber needs.
+    #[error(
+        "start_after_sequence is older than the retained log: the oldest sequence still \
+         available is {}; resume after {compacted_through} or later",
+        compacted_through + 1
+    )]
+    Compacted {
+        /// Every sequence up to this one is gone.
+        compacted_through: u64,
+    },
+    /// The server is stopping.
+    #[error("qistatus is shutting down: resume after sequence {resume_after}")]
+    ShuttingDown {
+        /// The subscriber's cursor.
+        resume_after: u64,
+    },
+    /// The store failed while reading the feed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Which changes a subscriber receives. Every given criterion must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct FeedFilter {
+    /// Only this operation key.
+    pub(crate) key: Option<String>,
+    /// Only these kinds (canonical); empty: any.
+    pub(crate) kinds: BTreeSet<String>,
+    /// Only changes after which the status is one of these (canonical); empty: any.
+    pub(crate) statuses: BTreeSet<String>,
+    /// Only changes after which the phase is one of these; empty: any.
+    pub(crate) phases: BTreeSet<Phase>,
+    /// Also webhooks that did not change the status.
+    pub(crate) include_unchanged: bool,
+}
+
+impl FeedFilter {
+    /// Whether `change` is delivered to a subscriber with this filter.
+    pub(crate) fn matches(&self, change: &Change) -> bool {
+        let op = &change.operation;
+        (self.include_unchanged || change.status_changed)
+            && self.key.as_ref().is_none_or(|k| *k == op.key)
+            && (self.kinds.is_empty() || self.kinds.contains(&op.kind))
+            && (self.statuses.is_empty() || self.statuses.contains(&op.status))
+            && (self.phases.is_empty() || self.phases.contains(&op.phase))
+    }
+}
+
+/// Limits and timings of the feed.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedSettings {
+    /// How long an idle subscriber waits between progress events.
+    pub progress_interval: Duration,
+    /// Most subscribers at once; more get [`FeedError::TooManySubscribers`].
+    pub max_subscribers: usize,
+    /// Events buffered per subscriber before its reader stops reading the log.
+    pub buffer: usize,
+}
+
+impl FeedSettings {
+    /// The defaults, which the server's flags also show.
+    pub const DEFAULT: FeedSettings = FeedSettings {
+        progress_interval: Duration::from_secs(15),
+        max_subscribers: 10_000,
+        buffer: 64,
+    };
+}
+
+impl Default for FeedSettings {
+    fn default() -> Self {
+        FeedSettings::DEFAULT
+    }
+}
+
+/// Starts subscriptions.
+#[derive(Debug, Clone)]
+pub(crate) struct ChangeFeed {
+    store: Store,
+    recent: Arc<RecentChanges>,
+    committed: watch::Receiver<u64>,
+    stop: watch::Receiver<bool>,
+    permits: Arc<Semaphore>,
+    settings: FeedSettings,
+}
+
+/// The receiving end of one subscription; dropping it ends the subscription.
+pub(crate) type Subscription = mpsc::Receiver<Result<FeedEvent, FeedError>>;
+
+/// How many change records a subscriber reads from sled at a time.
+const READ_CHUNK: usize = 256;
+
+impl ChangeFeed {
+    /// A feed over `store`, woken by `committed` (the writer's last committed sequence),
+    /// whose subscriptions end when `stop` turns true.
+    pub(crate) fn new(
+        store: Store,
+        recent: Arc<RecentChanges>,
+        committed: watch::Receiver<u64>,
+        stop: watch::Receiver<bool>,
+        settings: FeedSettings,
+    ) -> Self {
+        ChangeFeed {
+            store,
+            recent,
+            committed,
+            stop,
+            permits: Arc::new(Semaphore::new(settings.max_subscribers)),
+            settings,
+        }
+    }
+
+    /// The last committed sequence.
+    pub(crate) fn head(&self) -> u64 {
+        *self.committed.borrow()
+    }
+
+    /// Starts a subscriber that sends `initial` first (if any), then every matching change
+    /// after `start_after` (or after the current head when `None`).
+    pub(crate) fn subscribe(
+        &self,
+        filter: FeedFilter,
+        start_after: Option<u64>,
+        initial: Option<Operation>,
+    ) -> Result<Subscription, FeedError> {
+        let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
+            FeedError::TooManySubscribers {
+                max: self.settings.max_subscribers,
+            }
+        })?;
+        // The head is read before the initial state, so a change racing with this call is
+        // delivered after the state rather than lost.
+        let cursor = start_after.unwrap_or_else(|| self.head());
+        let compacted_through = self.store.compacted_through()?;
+        if cursor < compacted_through {
+            return Err(FeedError::Compacted { compacted_through });
+        }
+        let (tx, rx) = mpsc::channel(self.settings.buffer.max(1));
+        let subscriber = Subscriber {
+            store: self.store.clone(),
+            recent: self.recent.clone(),
+            filter,
+            cursor,
+            committed: self.committed.clone(),
+            stop: self.stop.clone(),
+            tx,
+            progress_interval: self.settings.progress_interval,
+        };
+        tokio::spawn(async move {
+            subscriber.run(initial).await;
+            drop(permit);
+        });
+        Ok(rx)
+    }
+}
+
+struct Subscriber {
+    store: Store,
+    recent: Arc<RecentChanges>,
+    filter: FeedFilter,
+    cursor: u64,
+    committed: watch::Receiver<u64>,
+    stop: watch::Receiver<bool>,
+    tx: mpsc::Sender<Result<FeedEvent, FeedError>>,
+    progress_interval: Duration,
+}
+
+/// Why a subscriber stops.
+enum End {
+    /// The subscriber went away.
+    Gone,
+    /// Tell the subscriber why, then stop.
+    Error(FeedError),
+}
+
+impl From<StoreError> for End {
+    fn from(e: StoreError) -> Self {
+        End::Error(e.into())
+    }
+}
+
+impl Subscriber {
+    async fn run(mut self, initial: Option<Operation>) {
+        let end = self.serve(initial).await;
+        if let Err(End::Error(e)) = end {
+            let _ = self.tx.send(Err(e)).await;
+        }
+    }
+
+    fn shutting_down(&self) -> End {
+        End::Error(FeedError::ShuttingDown {
+            resume_after: self.cursor,
+        })
+    }
+
+    async fn serve(&mut self, initial: Option<Operation>) -> Result<(), End> {
+        if let Some(op) = initial {
+            self.send(FeedEvent::Initial(op)).await?;
+        }
+        self.send(FeedEvent::Progress(self.cursor)).await?;
+        let mut last_sent = Instant::now();
+        loop {
+            if *self.stop.borrow() {
+                return Err(self.shutting_down());
+            }
+            let head = *self.committed.borrow_and_update();
+            while self.cursor < head {
+                if self.catch_up(head).await? {
+                    last_sent = Instant::now();
+                }
+            }
+            tokio::select! {
+                changed = self.committed.changed() => {
+                    if changed.is_err() {
+                        // The writer is gone: the server is stopping.
+                        return Err(self.shutting_down());
+                    }
+                }
+                stop = self.stop.changed() => {
+                    if stop.is_err() {
+                        return Err(self.shutting_down());
+                    }
+                }
+                () = tokio::time::sleep_until(last_sent + self.progress_interval) => {
+                    self.send(FeedEvent::Progress(self.cursor)).await?;
+                    last_sent = Instant::now();
+                }
+                () = self.tx.closed() => return Err(End::Gone),
+            }
+        }
+    }
+
+    /// Reads one chunk of change records after the cursor; returns whether it sent any.
+    async fn catch_up(&mut self, head: u64) -> Result<bool, End> {
+        let chunk = match self.recent.after(self.cursor, head, READ_CHUNK) {
+            Some(chunk) => chunk,
+            None => self
+                .store
+                .changes_after(self.cursor, head, READ_CHUNK)?
+                .into_iter()
+                .map(|(sequence, change)| (sequence, Arc::new(change)))
+                .collect(),
+        };
+        match chunk.first() {
+            Some((first, _)) if *first == self.cursor + 1 => {}
+            // The records after the cursor are missing: retention dropped them under this
+            // subscriber.
+            _ => {
+                let compacted_through = self.store.compacted_through()?;
+                return Err(End::Error(FeedError::Compacted { compacted_through }));
+            }
+        }
+        let mut sent = false;
+        for (sequence, change) in chunk {
+            if self.filter.matches(&change) {
+                self.send(FeedEvent::Change { sequence, change }).await?;
+                sent = true;
+            }
+            self.cursor = sequence;
+        }
+        Ok(sent)
+    }
+
+    async fn send(&mut self, event: FeedEvent) -> Result<(), End> {
+        let stopping = tokio::select! {
+            sent = self.tx.send(Ok(event)) => return sent.map_err(|_| End::Gone),
+            // A stalled subscriber must not hold shutdown hostage.
+            _ = self.stop.wait_for(|stop| *stop) => self.cursor,
+        };
+        Err(End::Error(FeedError::ShuttingDown {
+            resume_after: stopping,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(kind: &str, key: &str, status: &str, phase: Phase, changed: bool) -> Change {
+        Change {
+            previous_status: None,
+            status_changed: changed,
+            operation: Operation {
+                kind: kind.into(),
+                key: key.into(),
+                status: status.into(),
+                phase,
+                detail: String::new(),
+                event_time: None,
+                first_received_at: 0,
+                updated_at: 0,
+                version: 1,
+                last_sequence: 1,
+                history: Vec::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn filters_combine() {
+        let disbursed = change("debt", "a", "disbursed", Phase::Pending, true);
+        let canceled = change("debt", "b", "canceled", Phase::Failed, true);
+        let opened = change("account", "a", "account_opened", Phase::Succeeded, true);
+        let unchanged = change("debt", "a", "disbursed", Phase::Pending, false);
+
+        let everything = FeedFilter::default();
+        assert!(everything.matches(&disbursed) && everything.matches(&opened));
+        assert!(
+            !everything.matches(&unchanged),
+            "unchanged webhooks only on request"
+        );
+        let with_unchanged = FeedFilter {
+            include_unchanged: true,
+            ..FeedFilter::default()
+        };
+        assert!(with_unchanged.matches(&unchanged));
+
+        let key_a = FeedFilter {
+            key: Some("a".into()),
+            ..FeedFilter::default()
+        };
+        assert!(key_a.matches(&disbursed) && key_a.matches(&opened) && !key_a.matches(&canceled));
+
+        let debts = FeedFilter {
+            kinds: ["debt".to_owned()].into(),
+            ..FeedFilter::default()
+        };
+        assert!(debts.matches(&canceled) && !debts.matches(&opened));
+
+        let ends = FeedFilter {
+            kinds: ["debt".to_owned()].into(),
+            statuses: ["disbursed".to_owned(), "canceled".to_owned()].into(),
+            ..FeedFilter::default()
+        };
+        assert!(ends.matches(&disbursed) && ends.matches(&canceled) && !ends.matches(&opened));
+
+        let failed = FeedFilter {
+            phases: [Phase::Failed].into(),
+            ..FeedFilter::default()
+        };
+        assert!(failed.matches(&canceled) && !failed.matches(&disbursed));
+    }
+}

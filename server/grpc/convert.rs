@@ -1,0 +1,135 @@
+//! Domain to wire: the one place where the shapes of `proto/` meet the domain. Everything
+//! here is a `From`/`TryFrom` impl or a small function the service calls at its last step.
+
+use prost_types::value::Kind;
+use serde_json::Value;
+
+use crate::domain::reconcile::{EventSummary, Operation, Phase};
+use crate::feed::FeedEvent;
+use crate::pb;
+
+/// A protobuf timestamp from milliseconds since the Unix epoch.
+pub(crate) fn timestamp(millis: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: millis.div_euclid(1000),
+        nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+impl From<Phase> for pb::Phase {
+    fn from(phase: Phase) -> Self {
+        match phase {
+            Phase::Pending => pb::Phase::Pending,
+            Phase::Succeeded => pb::Phase::Succeeded,
+            Phase::Failed => pb::Phase::Failed,
+        }
+    }
+}
+
+/// `PHASE_UNSPECIFIED` names no phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnspecifiedPhase;
+
+impl TryFrom<pb::Phase> for Phase {
+    type Error = UnspecifiedPhase;
+
+    fn try_from(phase: pb::Phase) -> Result<Self, UnspecifiedPhase> {
+        match phase {
+            pb::Phase::Unspecified => Err(UnspecifiedPhase),
+            pb::Phase::Pending => Ok(Phase::Pending),
+            pb::Phase::Succeeded => Ok(Phase::Succeeded),
+            pb::Phase::Failed => Ok(Phase::Failed),
+        }
+    }
+}
+
+/// An operation without its history (lists, watch, and the head of `GetOperation`).
+impl From<&Operation> for pb::Operation {
+    fn from(op: &Operation) -> Self {
+        pb::Operation {
+            kind: op.kind.clone(),
+            key: op.key.clone(),
+            status: op.status.clone(),
+            phase: pb::Phase::from(op.phase) as i32,
+            detail: op.detail.clone(),
+            event_time: op.event_time.map(timestamp),
+            first_received_at: Some(timestamp(op.first_received_at)),
+            updated_at: Some(timestamp(op.updated_at)),
+            version: op.version,
+            // Every distinct webhook changes the operation once, so the two counts agree.
+            event_count: op.version,
+            history: Vec::new(),
+            last_sequence: op.last_sequence,
+        }
+    }
+}
+
+/// A history entry; `raw` is the stored webhook when it is still retained.
+pub(crate) fn history_entry(
+    e: &EventSummary,
+    raw: Option<&[u8]>,
+    include_raw: bool,
+) -> pb::HistoryEntry {
+    pb::HistoryEntry {
+        sequence: e.sequence,
+        status: e.status.clone(),
+        event_time: e.event_time.map(timestamp),
+        received_at: Some(timestamp(e.received_at)),
+        data: raw
+            .and_then(crate::domain::webhook::data_object)
+            .map(json_object_to_struct),
+        detail: e.detail.clone(),
+        event_id: e.event_id.to_string(),
+        raw_payload: if include_raw {
+            raw.map(<[u8]>::to_vec).unwrap_or_default()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+impl From<FeedEvent> for pb::WatchOperationResponse {
+    fn from(event: FeedEvent) -> Self {
+        use pb::watch_operation_response::Event;
+        let event = match event {
+            FeedEvent::Initial(op) => Event::Change(pb::OperationChange {
+                sequence: op.last_sequence,
+                operation: Some((&op).into()),
+                previous_status: String::new(),
+                initial: true,
+            }),
+            FeedEvent::Change { sequence, change } => Event::Change(pb::OperationChange {
+                sequence,
+                operation: Some((&change.operation).into()),
+                previous_status: change.previous_status.clone().unwrap_or_default(),
+                initial: false,
+            }),
+            FeedEvent::Progress(sequence) => Event::Progress(pb::Progress { sequence }),
+        };
+        pb::WatchOperationResponse { event: Some(event) }
+    }
+}
+
+/// A JSON object as a `google.protobuf.Struct`.
+fn json_object_to_struct(map: serde_json::Map<String, Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: map
+            .into_iter()
+            .map(|(k, v)| (k, json_to_value(v)))
+            .collect(),
+    }
+}
+
+fn json_to_value(v: Value) -> prost_types::Value {
+    let kind = match v {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
+        Value::String(s) => Kind::StringValue(s),
+        Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.into_iter().map(json_to_value).collect(),
+        }),
+        Value::Object(o) => Kind::StructValue(json_object_to_struct(o)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}

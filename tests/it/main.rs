@@ -1,0 +1,26 @@
+//! qistatus's integration tests, one binary with a module per concern: the real server on
+//! ephemeral loopback ports, over real HTTP and real gRPC.
+//!
+//! - [`test_server`]: the server in-process (`qistatus::run` on port 0), with HTTP and gRPC
+//!   helpers; most tests use it.
+//! - [`process`]: the real binaries as processes, for what needs one (crashes, signals, log
+//!   capture, the CLI, offline commands).
+
+mod process;
+mod test_server;
+
+mod backpressure;
+mod bad_input;
+mod cli;
+mod crash;
+mod delivery_order;
+mod every_kind;
+mod get_operation;
+mod list;
+mod logs;
+mod rebuild;
+mod reconciliation;
+mod restart;
+mod security;
+mod seeds;
+mod watch;

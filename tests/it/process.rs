@@ -1,0 +1,152 @@
+//! The real binaries as processes: one helper that starts `qistatus-server` on loopback,
+//! waits until both listeners answer, and stops it (SIGTERM or SIGKILL), for every test that
+//! needs a process rather than the in-process server of [`crate::test_server`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+/// The `qistatus-server` binary cargo built for these tests.
+pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_qistatus-server");
+/// The `qistatus` CLI binary cargo built for these tests.
+pub const CLI_BIN: &str = env!("CARGO_BIN_EXE_qistatus");
+
+/// A loopback address that was free when asked.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
+/// How to start a server process.
+pub struct ServerCommand {
+    data_dir: PathBuf,
+    http: SocketAddr,
+    grpc: SocketAddr,
+    log: String,
+    stderr: Option<PathBuf>,
+}
+
+impl ServerCommand {
+    /// A server on `data_dir`, on fresh ports, logging warnings to the test's stderr.
+    pub fn new(data_dir: &Path) -> Self {
+        ServerCommand {
+            data_dir: data_dir.to_owned(),
+            http: free_addr(),
+            grpc: free_addr(),
+            log: "warn".into(),
+            stderr: None,
+        }
+    }
+
+    /// On these addresses (to restart where clients expect it).
+    pub fn at(mut self, http: SocketAddr, grpc: SocketAddr) -> Self {
+        (self.http, self.grpc) = (http, grpc);
+        self
+    }
+
+    /// With this `--log` filter.
+    pub fn log(mut self, filter: &str) -> Self {
+        self.log = filter.into();
+        self
+    }
+
+    /// Its log written to `path` instead of the test's stderr.
+    pub fn stderr_to(mut self, path: &Path) -> Self {
+        self.stderr = Some(path.to_owned());
+        self
+    }
+
+    /// Starts it and waits (at most 30 s) until both listeners answer.
+    pub async fn start(self) -> ServerProcess {
+        let stderr = match &self.stderr {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("create the log file")),
+            None => Stdio::inherit(),
+        };
+        let mut child = Command::new(SERVER_BIN)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--http-addr", &self.http.to_string()])
+            .args(["--grpc-addr", &self.grpc.to_string()])
+            .args(["--log", &self.log])
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start qistatus-server");
+        let client = reqwest::Client::new();
+        for _ in 0..600 {
+            if let Some(status) = child.try_wait().expect("poll the child") {
+                panic!("qistatus-server exited at start: {status}");
+            }
+            let ready = client
+                .get(format!("http://{}/healthz", self.http))
+                .send()
+                .await
+                .is_ok()
+                && tokio::net::TcpStream::connect(self.grpc).await.is_ok();
+            if ready {
+                return ServerProcess {
+                    child,
+                    http: self.http,
+                    grpc: self.grpc,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("qistatus-server did not start within 30 s");
+    }
+}
+
+/// A running `qistatus-server`; killed if dropped.
+pub struct ServerProcess {
+    child: Child,
+    /// Its webhook intake.
+    pub http: SocketAddr,
+    /// Its gRPC API.
+    pub grpc: SocketAddr,
+}
+
+impl ServerProcess {
+    /// SIGKILL, and waits for it to be gone: a crash, with no chance to flush.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("SIGKILL the server");
+    }
+
+    /// SIGTERM, and waits (at most 30 s) for it to exit: a graceful stop.
+    pub async fn terminate(mut self) -> ExitStatus {
+        send_signal(&self.child, "TERM");
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("the server exits within 30 s of SIGTERM")
+            .expect("wait for the server")
+    }
+}
+
+/// Sends `kill -SIGNAL` to a child process.
+pub fn send_signal(child: &Child, signal: &str) {
+    let pid = child.id().expect("the child is running");
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// `qistatus-server ARGS --data-dir DIR` run to completion (the offline commands: rebuild,
+/// quarantine, catalog).
+pub fn server_offline<I, S>(args: I, data_dir: &Path) -> std::process::Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    std::process::Command::new(SERVER_BIN)
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .expect("run qistatus-server")
+}

@@ -4,22 +4,9 @@
 //!
 //! # Layout
 //!
-//! Each "tree" below is a key space of one sled tree (see [`keyspace`]), so that a batch
-//! reaches all of them atomically.
-//!
-//! | tree | key | value |
-//! |---|---|---|
-//! | `log` | sequence (u64, big-endian) | [`LogEntry`]: where the raw webhook is in [`payloads`] |
-//! | `changes` | sequence | [`Change`]: the operation right after that webhook (the watch feed) |
-//! | `event_ids` | [`EventId`] | [`EventRef`]: where that webhook is (dedupe) |
-//! | `operations` | `key \0 kind` | [`Operation`] with its history summaries |
-//! | `status_index` | `status \0 kind \0 key` | the operation without history |
-//! | `phase_index` | `phase byte, kind \0 key` | the operation without history |
-//! | `quarantine` | id (u64, big-endian) | [`QuarantineEntry`] |
-//! | `meta` | name | counters, format version |
-//!
-//! Kinds, statuses and keys never contain control characters (the normalizer quarantines
-//! those), so `\0` separates them unambiguously and index order is (kind, key) order.
+//! Raw bodies are in [`payloads`]; everything else is in key spaces of one sled tree, whose
+//! schema [`keys`] owns. Index maintenance is written once, in [`put_operation`], and used by
+//! the writer, rebuild and [`Store::check_indexes`].
 //!
 //! # Guarantees
 //!
@@ -29,7 +16,7 @@
 //! - Sequence numbers start at 1 and are gap-free in commit order.
 //! - The indexes always agree with the operations tree (same atomic batch).
 
-mod keyspace;
+mod keys;
 pub(crate) mod payloads;
 pub mod rebuild;
 pub(crate) mod recent;
@@ -40,12 +27,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
+use sled::IVec;
 
-pub(crate) use keyspace::{Space, Writes};
+pub(crate) use keys::{Key, Meta, Space, SpaceId, Writes, phase_byte};
 use payloads::{PayloadFiles, PayloadRef};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::reconcile::{Operation, Phase};
+use crate::domain::reconcile::Operation;
 use crate::domain::webhook::EventId;
 
 /// Storage failures. Internal detail: logged, never returned to a client.
@@ -126,36 +114,29 @@ pub enum EventRef {
     Quarantine(u64),
 }
 
-/// The key spaces of the store, cheap to clone.
+/// The key spaces of the store, for reads and scans; cheap to clone.
 #[derive(Clone, Debug)]
-pub(crate) struct Trees {
+struct Trees {
     /// The one sled tree all spaces live in.
-    pub(crate) all: sled::Tree,
-    pub(crate) log: Space,
-    pub(crate) changes: Space,
-    pub(crate) event_ids: Space,
-    pub(crate) operations: Space,
-    pub(crate) status_index: Space,
-    pub(crate) phase_index: Space,
-    pub(crate) quarantine: Space,
-    pub(crate) meta: Space,
+    all: sled::Tree,
+    log: Space,
+    changes: Space,
+    operations: Space,
+    status_index: Space,
+    phase_index: Space,
+    quarantine: Space,
 }
 
 /// sled's page cache by default, in MiB: 96 MiB keeps a million operations under 500 MB of
 /// RSS.
 pub const DEFAULT_CACHE_MB: u64 = 96;
 
-const NEXT_SEQUENCE: &[u8] = b"next_sequence";
-const NEXT_QUARANTINE: &[u8] = b"next_quarantine";
-const COMPACTED_THROUGH: &[u8] = b"compacted_through";
-const PAGE_TOKEN_SECRET: &[u8] = b"page_token_secret";
-
 /// A handle on the data directory, cheap to clone. Reads go straight to sled.
 #[derive(Clone, Debug)]
 pub struct Store {
     db: sled::Db,
-    pub(crate) trees: Trees,
-    pub(crate) payloads: Arc<PayloadFiles>,
+    trees: Trees,
+    payloads: Arc<PayloadFiles>,
 }
 
 impl Store {
@@ -167,23 +148,21 @@ impl Store {
     /// Opens (or creates) the store in `dir`, with sled's page cache bounded to
     /// `cache_bytes` (the process's memory is a small multiple of it).
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             // Durability comes from the writer's explicit flush per batch, not a timer.
-            .flush_every_ms(None)
-            .open()?;
+            .flush_every_ms(None);
+        let db = open_waiting_for_lock(&config)?;
         let all = db.open_tree("qistatus")?;
-        let space = |prefix: u8| Space::new(all.clone(), prefix);
+        let space = |id: SpaceId| Space::new(all.clone(), id);
         let trees = Trees {
-            log: space(b'L'),
-            changes: space(b'C'),
-            event_ids: space(b'E'),
-            operations: space(b'O'),
-            status_index: space(b'S'),
-            phase_index: space(b'P'),
-            quarantine: space(b'Q'),
-            meta: space(b'M'),
+            log: space(SpaceId::Log),
+            changes: space(SpaceId::Changes),
+            operations: space(SpaceId::Operations),
+            status_index: space(SpaceId::StatusIndex),
+            phase_index: space(SpaceId::PhaseIndex),
+            quarantine: space(SpaceId::Quarantine),
             all,
         };
         let payloads = Arc::new(PayloadFiles::open(dir.join("payloads"))?);
@@ -199,13 +178,15 @@ impl Store {
     /// Creates the page-token secret on first open. Written before the writer starts, so it
     /// does not race with it.
     fn ensure_page_token_secret(&self) -> Result<(), StoreError> {
-        if self.trees.meta.get(PAGE_TOKEN_SECRET)?.is_none() {
+        if self.get(Key::Meta(Meta::PageTokenSecret))?.is_none() {
             let mut secret = [0u8; 32];
             getrandom::fill(&mut secret).map_err(|e| StoreError::NoRandomness {
                 what: "the page-token secret",
                 reason: e.to_string(),
             })?;
-            self.trees.meta.insert_now(PAGE_TOKEN_SECRET, &secret)?;
+            self.trees
+                .all
+                .insert(Key::Meta(Meta::PageTokenSecret).encode(), &secret)?;
             self.db.flush()?;
         }
         Ok(())
@@ -214,9 +195,7 @@ impl Store {
     /// The secret that signs `ListByStatus` page tokens, stable across restarts.
     pub fn page_token_secret(&self) -> Result<[u8; 32], StoreError> {
         let value = self
-            .trees
-            .meta
-            .get(PAGE_TOKEN_SECRET)?
+            .get(Key::Meta(Meta::PageTokenSecret))?
             .ok_or(StoreError::Corrupt {
                 tree: "meta",
                 reason: "page-token secret missing".into(),
@@ -227,6 +206,21 @@ impl Store {
         })
     }
 
+    /// The value under `key`.
+    pub(crate) fn get(&self, key: Key<'_>) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(self.trees.all.get(key.encode())?)
+    }
+
+    /// Applies `writes` as one atomic batch (not flushed).
+    pub(crate) fn apply(&self, writes: Writes) -> Result<(), StoreError> {
+        Ok(writes.apply(&self.trees.all)?)
+    }
+
+    /// The payload log.
+    pub(crate) fn payloads(&self) -> &PayloadFiles {
+        &self.payloads
+    }
+
     /// Flushes everything to disk.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
@@ -235,12 +229,12 @@ impl Store {
 
     /// The sequence the next stored webhook will get (1 on an empty store).
     pub fn next_sequence(&self) -> Result<u64, StoreError> {
-        self.counter(NEXT_SEQUENCE)
+        self.counter(Meta::NextSequence)
     }
 
     /// Every sequence up to this one has been compacted out of the log (0: none).
     pub fn compacted_through(&self) -> Result<u64, StoreError> {
-        Ok(match self.trees.meta.get(COMPACTED_THROUGH)? {
+        Ok(match self.get(Key::Meta(Meta::CompactedThrough))? {
             Some(v) => u64_from_be(&v, "meta")?,
             None => 0,
         })
@@ -271,11 +265,11 @@ impl Store {
     }
 
     pub(crate) fn next_quarantine_id(&self) -> Result<u64, StoreError> {
-        self.counter(NEXT_QUARANTINE)
+        self.counter(Meta::NextQuarantine)
     }
 
-    fn counter(&self, name: &[u8]) -> Result<u64, StoreError> {
-        Ok(match self.trees.meta.get(name)? {
+    fn counter(&self, name: Meta) -> Result<u64, StoreError> {
+        Ok(match self.get(Key::Meta(name))? {
             Some(v) => u64_from_be(&v, "meta")?,
             None => 1,
         })
@@ -283,17 +277,15 @@ impl Store {
 
     /// The operation of `kind` with `key`.
     pub fn operation(&self, kind: &str, key: &str) -> Result<Option<Operation>, StoreError> {
-        self.trees
-            .operations
-            .get(operation_key(kind, key))?
+        self.get(Key::Operation { kind, key })?
             .map(|v| decode(&v, "operations"))
             .transpose()
     }
 
     /// Every operation with `key`, whatever its kind, ordered by kind.
     pub fn operations_with_key(&self, key: &str) -> Result<Vec<Operation>, StoreError> {
-        let mut prefix = key.as_bytes().to_vec();
-        prefix.push(0);
+        // Every kind of one key: the bodies that start with `key \0`.
+        let prefix = Key::Operation { kind: "", key }.body();
         self.trees
             .operations
             .scan_prefix(&prefix)
@@ -303,9 +295,7 @@ impl Store {
 
     /// The stored webhook at `sequence`, unless retention has compacted it away.
     pub fn log_entry(&self, sequence: u64) -> Result<Option<LogEntry>, StoreError> {
-        self.trees
-            .log
-            .get(sequence.to_be_bytes())?
+        self.get(Key::Log(sequence))?
             .map(|v| decode(&v, "log"))
             .transpose()
     }
@@ -317,9 +307,7 @@ impl Store {
 
     /// Where the webhook with `id` is stored, if it is.
     pub fn event_ref(&self, id: &EventId) -> Result<Option<EventRef>, StoreError> {
-        self.trees
-            .event_ids
-            .get(id.0)?
+        self.get(Key::EventId(id))?
             .map(|v| decode(&v, "event_ids"))
             .transpose()
     }
@@ -331,6 +319,23 @@ impl Store {
         self.trees.quarantine.iter().map(|kv| {
             let (k, v) = kv?;
             Ok((u64_from_be(&k, "quarantine")?, decode(&v, "quarantine")?))
+        })
+    }
+
+    /// The quarantined webhook with `id`.
+    pub(crate) fn quarantine_entry(&self, id: u64) -> Result<Option<QuarantineEntry>, StoreError> {
+        self.get(Key::Quarantine(id))?
+            .map(|v| decode(&v, "quarantine"))
+            .transpose()
+    }
+
+    /// The stored webhooks, oldest first: (sequence, where it is).
+    pub(crate) fn log_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<(u64, LogEntry), StoreError>> + '_ {
+        self.trees.log.iter().map(|kv| {
+            let (k, v) = kv?;
+            Ok((u64_from_be(&k, "log")?, decode(&v, "log")?))
         })
     }
 
@@ -348,85 +353,131 @@ impl Store {
     }
 
     /// Checks that the status and phase indexes hold exactly one entry per operation, the
-    /// one its current status and phase call for. Returns the problems found.
+    /// one its current status and phase call for ([`put_operation`] says which). Returns the
+    /// problems found.
     pub fn check_indexes(&self) -> Result<Vec<String>, StoreError> {
-        let mut expected_status = std::collections::BTreeMap::new();
-        let mut expected_phase = std::collections::BTreeMap::new();
+        let mut expected = std::collections::BTreeMap::new();
         for op in self.operations() {
-            let op = op?;
-            expected_status.insert(status_index_key(&op), index_value(&op));
-            expected_phase.insert(phase_index_key(&op), index_value(&op));
-        }
-        let mut problems = Vec::new();
-        for (name, tree, expected) in [
-            ("status_index", &self.trees.status_index, expected_status),
-            ("phase_index", &self.trees.phase_index, expected_phase),
-        ] {
-            let mut actual = std::collections::BTreeMap::new();
-            for kv in tree.iter() {
-                let (k, v) = kv?;
-                actual.insert(k.to_vec(), v.to_vec());
-            }
-            let text = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
-            for (key, value) in &expected {
-                match actual.get(key) {
-                    None => problems.push(format!("{name}: missing {:?}", text(key))),
-                    Some(v) if v != value => {
-                        problems.push(format!("{name}: outdated {:?}", text(key)));
-                    }
-                    Some(_) => {}
+            let mut writes = Writes::default();
+            put_operation(&mut writes, None, &op?);
+            for (key, value) in writes.entries() {
+                if matches!(key.first(), Some(&b) if b != SpaceId::Operations as u8) {
+                    expected.insert(key.clone(), value.clone());
                 }
             }
-            for stale in actual.keys().filter(|k| !expected.contains_key(*k)) {
-                problems.push(format!("{name}: stale {:?}", text(stale)));
+        }
+        let mut actual = std::collections::BTreeMap::new();
+        for index in [&self.trees.status_index, &self.trees.phase_index] {
+            for kv in index.iter() {
+                let (k, v) = kv?;
+                let id = if std::ptr::eq(index, &self.trees.status_index) {
+                    SpaceId::StatusIndex
+                } else {
+                    SpaceId::PhaseIndex
+                };
+                let mut key = vec![id as u8];
+                key.extend_from_slice(&k);
+                actual.insert(key, Some(v));
             }
+        }
+        let text = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
+        let mut problems = Vec::new();
+        for (key, value) in &expected {
+            match actual.get(key) {
+                None => problems.push(format!("missing {:?}", text(key))),
+                Some(v) if v != value => problems.push(format!("outdated {:?}", text(key))),
+                Some(_) => {}
+            }
+        }
+        for stale in actual.keys().filter(|k| !expected.contains_key(*k)) {
+            problems.push(format!("stale {:?}", text(stale)));
         }
         Ok(problems)
     }
 }
 
-/// `key \0 kind`: operations with one key are adjacent, for lookups without a kind.
-pub(crate) fn operation_key(kind: &str, key: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(key.len() + kind.len() + 1);
-    k.extend_from_slice(key.as_bytes());
-    k.push(0);
-    k.extend_from_slice(kind.as_bytes());
-    k
+/// Writes `after` and its index entries, and removes the entries of `before` (its state
+/// before this write, if it existed) that no longer apply. The one place that knows which
+/// index entries an operation has.
+pub(crate) fn put_operation(writes: &mut Writes, before: Option<&Operation>, after: &Operation) {
+    if let Some(before) = before {
+        if before.status != after.status {
+            delete_status_entry(writes, before);
+        }
+        if before.phase != after.phase {
+            delete_phase_entry(writes, before);
+        }
+    }
+    let summary = IVec::from(index_value(after));
+    let (kind, key) = (after.kind.as_str(), after.key.as_str());
+    writes.put(
+        Key::StatusIndex {
+            status: &after.status,
+            kind,
+            key,
+        },
+        summary.clone(),
+    );
+    writes.put(
+        Key::PhaseIndex {
+            phase: after.phase,
+            kind,
+            key,
+        },
+        summary,
+    );
+    writes.put(Key::Operation { kind, key }, encode(after));
+}
+
+/// Removes an operation and its index entries.
+pub(crate) fn delete_operation(writes: &mut Writes, before: &Operation) {
+    delete_status_entry(writes, before);
+    delete_phase_entry(writes, before);
+    writes.delete(Key::Operation {
+        kind: &before.kind,
+        key: &before.key,
+    });
+}
+
+fn delete_status_entry(writes: &mut Writes, op: &Operation) {
+    writes.delete(Key::StatusIndex {
+        status: &op.status,
+        kind: &op.kind,
+        key: &op.key,
+    });
+}
+
+fn delete_phase_entry(writes: &mut Writes, op: &Operation) {
+    writes.delete(Key::PhaseIndex {
+        phase: op.phase,
+        kind: &op.kind,
+        key: &op.key,
+    });
+}
+
+/// Opens sled, waiting up to two seconds for its file lock. A process that just closed the
+/// store (a restart in place, `rebuild` right after a stop) can hold the lock a moment longer
+/// than its last handle: sled's background threads release it as they wind down. A lock still
+/// held after that belongs to a running server, and the error says so.
+fn open_waiting_for_lock(config: &sled::Config) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return Ok(result?),
+        }
+    }
 }
 
 /// The value of an index entry: the operation without its history, so that a page of a
 /// list is one range scan, with no lookup per operation.
 pub(crate) fn index_value(op: &Operation) -> Vec<u8> {
     encode(&op.without_history())
-}
-
-/// `status \0 kind \0 key`.
-pub(crate) fn status_index_key(op: &Operation) -> Vec<u8> {
-    let mut k = Vec::with_capacity(op.status.len() + op.kind.len() + op.key.len() + 2);
-    k.extend_from_slice(op.status.as_bytes());
-    k.push(0);
-    k.extend_from_slice(op.kind.as_bytes());
-    k.push(0);
-    k.extend_from_slice(op.key.as_bytes());
-    k
-}
-
-/// `phase byte, kind \0 key`.
-pub(crate) fn phase_index_key(op: &Operation) -> Vec<u8> {
-    let mut k = Vec::with_capacity(op.kind.len() + op.key.len() + 2);
-    k.push(phase_byte(op.phase));
-    k.extend_from_slice(op.kind.as_bytes());
-    k.push(0);
-    k.extend_from_slice(op.key.as_bytes());
-    k
-}
-
-pub(crate) fn phase_byte(phase: Phase) -> u8 {
-    match phase {
-        Phase::Pending => b'P',
-        Phase::Succeeded => b'S',
-        Phase::Failed => b'F',
-    }
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -454,7 +505,7 @@ pub(crate) fn u64_from_be(bytes: &[u8], tree: &'static str) -> Result<u64, Store
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::reconcile::EventSummary;
+    use crate::domain::reconcile::{EventSummary, Phase};
 
     #[test]
     fn an_index_value_decodes_as_the_operation_without_history() {

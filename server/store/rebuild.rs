@@ -18,10 +18,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::writer::BatchPlan;
-use super::{
-    LogEntry, Store, StoreError, Writes, decode, encode, index_value, operation_key,
-    phase_index_key, status_index_key, u64_from_be,
-};
+use super::{Store, StoreError, Writes, delete_operation, put_operation};
 use crate::domain::catalog::Catalog;
 use crate::domain::reconcile::{EventSummary, Operation, Reconciler};
 use crate::domain::webhook::{Normalized, normalize};
@@ -45,22 +42,19 @@ pub struct RebuildReport {
 pub fn rebuild(store: &Store, catalog: &Catalog) -> Result<RebuildReport, StoreError> {
     let mut report = promote_quarantined(store, catalog)?;
 
-    let mut old: BTreeMap<Vec<u8>, Operation> = BTreeMap::new();
+    let mut old: BTreeMap<(String, String), Operation> = BTreeMap::new();
     let mut summaries: HashMap<u64, (String, String, EventSummary)> = HashMap::new();
-    for kv in store.trees.operations.iter() {
-        let (k, v) = kv?;
-        let op: Operation = decode(&v, "operations")?;
+    for op in store.operations() {
+        let op = op?;
         for s in &op.history {
             summaries.insert(s.sequence, (op.kind.clone(), op.key.clone(), s.clone()));
         }
-        old.insert(k.to_vec(), op);
+        old.insert((op.kind.clone(), op.key.clone()), op);
     }
 
     let mut groups: BTreeMap<(String, String), Vec<EventSummary>> = BTreeMap::new();
-    for kv in store.trees.log.iter() {
-        let (k, v) = kv?;
-        let sequence = u64_from_be(&k, "log")?;
-        let entry: LogEntry = decode(&v, "log")?;
+    for item in store.log_entries() {
+        let (sequence, entry) = item?;
         let stored = summaries.remove(&sequence);
         let raw = store.raw_payload(&entry)?;
         match normalize(catalog, &raw) {
@@ -86,37 +80,28 @@ pub fn rebuild(store: &Store, catalog: &Catalog) -> Result<RebuildReport, StoreE
     }
 
     let reconciler = Reconciler::new(catalog);
-    let t = &store.trees;
     let mut writes = Writes::default();
     let mut new_keys = std::collections::BTreeSet::new();
     for ((kind, key), events) in groups {
         let Some(op) = reconciler.reconcile(&kind, &key, events) else {
             continue;
         };
-        let op_key = operation_key(&kind, &key);
+        let op_key = (kind, key);
         let before = old.get(&op_key);
         if before != Some(&op) {
             report.operations_changed += 1;
-            if let Some(before) = before {
-                writes.remove(&t.status_index, &status_index_key(before));
-                writes.remove(&t.phase_index, &phase_index_key(before));
-            }
-            writes.insert(&t.status_index, &status_index_key(&op), index_value(&op));
-            writes.insert(&t.phase_index, &phase_index_key(&op), index_value(&op));
-            writes.insert(&t.operations, &op_key, encode(&op));
+            put_operation(&mut writes, before, &op);
         }
         new_keys.insert(op_key);
     }
     for (op_key, before) in &old {
         if !new_keys.contains(op_key) {
             report.operations_changed += 1;
-            writes.remove(&t.operations, op_key);
-            writes.remove(&t.status_index, &status_index_key(before));
-            writes.remove(&t.phase_index, &phase_index_key(before));
+            delete_operation(&mut writes, before);
         }
     }
     report.operations = new_keys.len();
-    writes.apply(&t.all)?;
+    store.apply(writes)?;
     store.flush()?;
     Ok(report)
 }
@@ -124,7 +109,7 @@ pub fn rebuild(store: &Store, catalog: &Catalog) -> Result<RebuildReport, StoreE
 /// Moves quarantined webhooks that `catalog` can now read into the event log.
 fn promote_quarantined(store: &Store, catalog: &Catalog) -> Result<RebuildReport, StoreError> {
     let mut report = RebuildReport::default();
-    let mut payloads = store.payloads.appender()?;
+    let mut payloads = store.payloads().appender()?;
     let next_sequence = store.next_sequence()?;
     let position = payloads.position(next_sequence)?;
     let mut plan = BatchPlan::new(next_sequence, store.next_quarantine_id()?, position);

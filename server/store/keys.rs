@@ -1,0 +1,275 @@
+//! The key schema: every key the store writes, as one typed enum with its encoding (the
+//! one owner of the layout), and the key spaces they live in.
+//!
+//! | space | [`Key`] | body | value |
+//! |---|---|---|---|
+//! | `L` | `Log(seq)` | sequence, u64 big-endian | where the webhook at `seq` is |
+//! | `C` | `Change(seq)` | sequence | the change it made (the watch feed) |
+//! | `E` | `EventId(id)` | the 32-byte content hash | where that webhook is (dedupe) |
+//! | `O` | `Operation` | `key \0 kind` | the operation with its history summaries |
+//! | `S` | `StatusIndex` | `status \0 kind \0 key` | the operation without history |
+//! | `P` | `PhaseIndex` | `phase byte, kind \0 key` | the operation without history |
+//! | `Q` | `Quarantine(id)` | id, u64 big-endian | the quarantined webhook |
+//! | `M` | `Meta(name)` | the name | counters, secrets, format version |
+//!
+//! Kinds, statuses and keys never contain control characters (the normalizer quarantines
+//! those), so `\0` separates them unambiguously and index order is (kind, key) order.
+//! Operation keys start with the key so that every kind of one key is adjacent.
+//!
+//! Why one sled tree: a batch must reach every space atomically. sled makes a batch on one
+//! tree atomic (also across a crash) for the cost of the writes alone, while a transaction
+//! over several trees also reads every key it writes. Each [`Space`] is a one-byte prefix of
+//! the shared tree; scans return keys without it.
+
+use std::ops::Bound;
+
+use sled::IVec;
+
+use crate::domain::reconcile::Phase;
+use crate::domain::webhook::EventId;
+
+/// Every key the store writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Key<'a> {
+    /// Where the webhook stored at this sequence is.
+    Log(u64),
+    /// The change the webhook at this sequence made.
+    Change(u64),
+    /// Where the webhook with this content hash is.
+    EventId(&'a EventId),
+    /// An operation.
+    Operation {
+        /// Its kind.
+        kind: &'a str,
+        /// Its key.
+        key: &'a str,
+    },
+    /// An operation's entry in the status index.
+    StatusIndex {
+        /// Its status.
+        status: &'a str,
+        /// Its kind.
+        kind: &'a str,
+        /// Its key.
+        key: &'a str,
+    },
+    /// An operation's entry in the phase index.
+    PhaseIndex {
+        /// Its phase.
+        phase: Phase,
+        /// Its kind.
+        kind: &'a str,
+        /// Its key.
+        key: &'a str,
+    },
+    /// A quarantined webhook.
+    Quarantine(u64),
+    /// A named value of the store itself.
+    Meta(Meta),
+}
+
+/// The names in the `M` space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Meta {
+    /// The sequence the next stored webhook gets.
+    NextSequence,
+    /// The id the next quarantined webhook gets.
+    NextQuarantine,
+    /// Every sequence up to this one has been compacted away.
+    CompactedThrough,
+    /// The secret that signs list page tokens.
+    PageTokenSecret,
+}
+
+impl Meta {
+    fn name(self) -> &'static [u8] {
+        match self {
+            Meta::NextSequence => b"next_sequence",
+            Meta::NextQuarantine => b"next_quarantine",
+            Meta::CompactedThrough => b"compacted_through",
+            Meta::PageTokenSecret => b"page_token_secret",
+        }
+    }
+}
+
+/// The one-byte prefix of each space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SpaceId {
+    Log = b'L' as isize,
+    Changes = b'C' as isize,
+    EventIds = b'E' as isize,
+    Operations = b'O' as isize,
+    StatusIndex = b'S' as isize,
+    PhaseIndex = b'P' as isize,
+    Quarantine = b'Q' as isize,
+    Meta = b'M' as isize,
+}
+
+/// The byte a phase is indexed under.
+pub(crate) fn phase_byte(phase: Phase) -> u8 {
+    match phase {
+        Phase::Pending => b'P',
+        Phase::Succeeded => b'S',
+        Phase::Failed => b'F',
+    }
+}
+
+fn joined(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(0);
+        }
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+impl Key<'_> {
+    /// The space the key lives in.
+    pub(crate) fn space(&self) -> SpaceId {
+        match self {
+            Key::Log(_) => SpaceId::Log,
+            Key::Change(_) => SpaceId::Changes,
+            Key::EventId(_) => SpaceId::EventIds,
+            Key::Operation { .. } => SpaceId::Operations,
+            Key::StatusIndex { .. } => SpaceId::StatusIndex,
+            Key::PhaseIndex { .. } => SpaceId::PhaseIndex,
+            Key::Quarantine(_) => SpaceId::Quarantine,
+            Key::Meta(_) => SpaceId::Meta,
+        }
+    }
+
+    /// The key within its space (what scans of the space return).
+    pub(crate) fn body(&self) -> Vec<u8> {
+        match *self {
+            Key::Log(sequence) | Key::Change(sequence) | Key::Quarantine(sequence) => {
+                sequence.to_be_bytes().to_vec()
+            }
+            Key::EventId(id) => id.0.to_vec(),
+            Key::Operation { kind, key } => joined(&[key.as_bytes(), kind.as_bytes()]),
+            Key::StatusIndex { status, kind, key } => {
+                joined(&[status.as_bytes(), kind.as_bytes(), key.as_bytes()])
+            }
+            Key::PhaseIndex { phase, kind, key } => {
+                let mut k = vec![phase_byte(phase)];
+                k.extend(joined(&[kind.as_bytes(), key.as_bytes()]));
+                k
+            }
+            Key::Meta(name) => name.name().to_vec(),
+        }
+    }
+
+    /// The whole key in the shared tree.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let body = self.body();
+        let mut k = Vec::with_capacity(body.len() + 1);
+        k.push(self.space() as u8);
+        k.extend_from_slice(&body);
+        k
+    }
+}
+
+/// One key space, for reads and scans: every key of the shared tree that starts with its
+/// prefix.
+#[derive(Clone, Debug)]
+pub(crate) struct Space {
+    tree: sled::Tree,
+    prefix: u8,
+}
+
+type Entry = sled::Result<(IVec, IVec)>;
+
+impl Space {
+    pub(crate) fn new(tree: sled::Tree, id: SpaceId) -> Self {
+        Space {
+            tree,
+            prefix: id as u8,
+        }
+    }
+
+    fn key(&self, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(key.len() + 1);
+        k.push(self.prefix);
+        k.extend_from_slice(key);
+        k
+    }
+
+    fn strip(kv: Entry) -> Entry {
+        kv.map(|(k, v)| (k.subslice(1, k.len() - 1), v))
+    }
+
+    fn prefixed(&self, bound: Bound<Vec<u8>>) -> Bound<Vec<u8>> {
+        match bound {
+            Bound::Included(k) => Bound::Included(self.key(&k)),
+            Bound::Excluded(k) => Bound::Excluded(self.key(&k)),
+            Bound::Unbounded => Bound::Unbounded,
+        }
+    }
+
+    /// Every entry, in key order.
+    pub(crate) fn iter(&self) -> impl DoubleEndedIterator<Item = Entry> + use<> {
+        self.tree.scan_prefix([self.prefix]).map(Self::strip)
+    }
+
+    /// Every entry whose key starts with `prefix`, in key order.
+    pub(crate) fn scan_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> impl DoubleEndedIterator<Item = Entry> + use<> {
+        self.tree.scan_prefix(self.key(prefix)).map(Self::strip)
+    }
+
+    /// The entries between two bounds (keys without the prefix), in key order.
+    pub(crate) fn range(
+        &self,
+        start: Bound<Vec<u8>>,
+        end: Bound<Vec<u8>>,
+    ) -> impl DoubleEndedIterator<Item = Entry> + use<> {
+        let end = match end {
+            Bound::Unbounded => Bound::Excluded(vec![self.prefix + 1]),
+            bounded => self.prefixed(bounded),
+        };
+        self.tree
+            .range((self.prefixed(start), end))
+            .map(Self::strip)
+    }
+
+    /// How many entries (a scan: for reports, not hot paths).
+    pub(crate) fn len(&self) -> usize {
+        self.tree.scan_prefix([self.prefix]).count()
+    }
+}
+
+/// Writes to any spaces, applied as one atomic sled batch. Later writes of a key win.
+#[derive(Debug, Default)]
+pub(crate) struct Writes {
+    entries: Vec<(Vec<u8>, Option<IVec>)>,
+}
+
+impl Writes {
+    pub(crate) fn put(&mut self, key: Key<'_>, value: impl Into<IVec>) {
+        self.entries.push((key.encode(), Some(value.into())));
+    }
+
+    pub(crate) fn delete(&mut self, key: Key<'_>) {
+        self.entries.push((key.encode(), None));
+    }
+
+    /// The writes, in order: whole keys and values (`None`: a removal).
+    pub(crate) fn entries(&self) -> &[(Vec<u8>, Option<IVec>)] {
+        &self.entries
+    }
+
+    /// Applies every write at once: after a crash, all of them or none are there.
+    pub(crate) fn apply(self, tree: &sled::Tree) -> sled::Result<()> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in self.entries {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        tree.apply_batch(batch)
+    }
+}

@@ -1,0 +1,348 @@
+//! The single writer: the only code that writes to the store.
+//!
+//! Why one writer: sequence numbers must be gap-free in commit order, deduplication must see
+//! every earlier webhook, and an operation's reconciliation must read the state the previous
+//! webhook left. One task that owns every write gives all three without locks.
+//!
+//! How it stays fast: intake handlers send [`WriteRequest`]s over a bounded channel. The
+//! writer takes whatever is queued (up to `max_batch`) as one batch, computes the new state
+//! of every touched operation in memory, applies the whole batch as one atomic sled batch,
+//! flushes once (group commit: one fsync for the batch), and only then answers each handler.
+//! The cost of a flush is shared by every webhook that arrived while the previous one ran.
+//!
+//! Between batches it also drops log entries past the retention ([`WriterHandle::compact`]),
+//! so that compaction never races with a write.
+//!
+//! Guarantees: an [`Ack`] is sent only after the batch holding its webhook is on disk (its
+//! payloads fsynced first, then the sled batch applied and flushed); a
+//! failed batch changes nothing and every request in it gets the error; when every
+//! [`WriterHandle`] is dropped, the writer finishes the queued requests and stops.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+mod compaction;
+mod plan;
+
+use super::payloads::PayloadAppender;
+use super::recent::RecentChanges;
+use super::{Store, StoreError};
+use crate::domain::catalog::Catalog;
+use crate::domain::webhook::Normalized;
+pub(crate) use plan::BatchPlan;
+
+/// How the writer answered one webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ack {
+    /// Stored as a new event at `sequence`.
+    Accepted {
+        /// Its position in the event log.
+        sequence: u64,
+    },
+    /// Already stored (the same JSON value) at `sequence`; nothing changed.
+    Duplicate {
+        /// Where the first delivery was stored.
+        sequence: u64,
+    },
+    /// Kept in the quarantine under `id`, because `reason`.
+    Quarantined {
+        /// Quarantine id.
+        id: u64,
+        /// Why it could not be attributed to an operation.
+        reason: String,
+    },
+}
+
+/// Why a webhook could not be handed to the writer.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The queue is full: the sender should retry shortly.
+    #[error("the writer's queue is full")]
+    Busy,
+    /// The writer has stopped (shutdown).
+    #[error("the writer has stopped")]
+    Closed,
+    /// The batch failed to commit (the writer logged why, once for the batch).
+    #[error(transparent)]
+    Store(#[from] Arc<StoreError>),
+}
+
+/// What the writer is asked to do.
+#[derive(Debug)]
+enum Command {
+    /// Store a webhook.
+    Write(WriteRequest),
+    /// Drop log entries received before `cutoff` (ms since the epoch), at most `limit`.
+    Compact {
+        cutoff: i64,
+        limit: usize,
+        reply: oneshot::Sender<Result<Compaction, Arc<StoreError>>>,
+    },
+}
+
+/// What one compaction step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compaction {
+    /// Log entries dropped.
+    pub removed: usize,
+    /// Every sequence up to this one is gone from the log (0 when none ever was).
+    pub compacted_through: u64,
+    /// Whether more expired entries remain (the step stopped at its limit).
+    pub more: bool,
+}
+
+/// One webhook for the writer.
+#[derive(Debug)]
+struct WriteRequest {
+    normalized: Normalized,
+    raw: Bytes,
+    reply: oneshot::Sender<Result<Ack, Arc<StoreError>>>,
+}
+
+/// Settings of the writer.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterLimits {
+    /// Capacity of the queue between intake and writer.
+    pub queue: usize,
+    /// Most webhooks committed in one batch.
+    pub max_batch: usize,
+}
+
+impl WriterLimits {
+    /// The defaults, which the server's flags also show.
+    pub const DEFAULT: WriterLimits = WriterLimits {
+        queue: 1024,
+        max_batch: 512,
+    };
+}
+
+impl Default for WriterLimits {
+    fn default() -> Self {
+        WriterLimits::DEFAULT
+    }
+}
+
+/// A cloneable handle to submit webhooks to the writer.
+#[derive(Debug, Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Command>,
+    committed: watch::Receiver<u64>,
+    recent: Arc<RecentChanges>,
+}
+
+impl WriterHandle {
+    /// Hands a webhook to the writer and waits until it is durably stored.
+    pub async fn submit(&self, normalized: Normalized, raw: Bytes) -> Result<Ack, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        let request = WriteRequest {
+            normalized,
+            raw,
+            reply,
+        };
+        self.tx
+            .try_send(Command::Write(request))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SubmitError::Busy,
+                mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
+            })?;
+        match answer.await {
+            Ok(Ok(ack)) => Ok(ack),
+            Ok(Err(e)) => Err(SubmitError::Store(e)),
+            Err(_) => Err(SubmitError::Closed),
+        }
+    }
+
+    /// Drops log entries received before `cutoff` (ms since the epoch), at most `limit` of
+    /// them, between two batches. Operations and their history summaries are kept.
+    pub async fn compact(&self, cutoff: i64, limit: usize) -> Result<Compaction, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Command::Compact {
+                cutoff,
+                limit,
+                reply,
+            })
+            .await
+            .map_err(|_| SubmitError::Closed)?;
+        match answer.await {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(e)) => Err(SubmitError::Store(e)),
+            Err(_) => Err(SubmitError::Closed),
+        }
+    }
+
+    /// The latest committed change records, shared with watchers.
+    pub fn recent(&self) -> Arc<RecentChanges> {
+        self.recent.clone()
+    }
+
+    /// The last committed sequence (0 before the first), updated after every batch.
+    pub fn committed(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
+    }
+}
+
+/// The running writer thread; [`WriterTask::join`] waits for it to drain and stop.
+#[derive(Debug)]
+pub struct WriterTask {
+    thread: JoinHandle<()>,
+}
+
+impl WriterTask {
+    /// Waits for the writer to finish (after every handle is dropped).
+    pub fn join(self) {
+        if self.thread.join().is_err() {
+            tracing::error!("the writer thread panicked");
+        }
+    }
+}
+
+/// Starts the writer on its own thread.
+pub fn spawn(
+    store: Store,
+    catalog: Arc<Catalog>,
+    limits: WriterLimits,
+) -> Result<(WriterHandle, WriterTask), StoreError> {
+    let (tx, rx) = mpsc::channel(limits.queue.max(1));
+    let next_sequence = store.next_sequence()?;
+    let next_quarantine = store.next_quarantine_id()?;
+    let (committed_tx, committed) = watch::channel(next_sequence - 1);
+    let recent = Arc::new(RecentChanges::new(RECENT_CHANGES));
+    let payloads = store.payloads().appender()?;
+    let mut writer = Writer {
+        payloads,
+        store,
+        catalog,
+        next_sequence,
+        next_quarantine,
+        committed: committed_tx,
+        recent: recent.clone(),
+    };
+    let max_batch = limits.max_batch.max(1);
+    let thread = std::thread::Builder::new()
+        .name("qistatus-writer".into())
+        .spawn(move || writer.run(rx, max_batch))
+        .map_err(StoreError::WriterThread)?;
+    Ok((
+        WriterHandle {
+            tx,
+            committed,
+            recent,
+        },
+        WriterTask { thread },
+    ))
+}
+
+struct Writer {
+    store: Store,
+    catalog: Arc<Catalog>,
+    next_sequence: u64,
+    next_quarantine: u64,
+    committed: watch::Sender<u64>,
+    recent: Arc<RecentChanges>,
+    payloads: PayloadAppender,
+}
+
+/// How many change records the recent-changes window holds.
+const RECENT_CHANGES: usize = 16_384;
+
+impl Writer {
+    fn run(&mut self, mut rx: mpsc::Receiver<Command>, max_batch: usize) {
+        let mut batch = Vec::with_capacity(max_batch);
+        let mut next = rx.blocking_recv();
+        while let Some(command) = next.take() {
+            let request = match command {
+                Command::Write(request) => request,
+                Command::Compact {
+                    cutoff,
+                    limit,
+                    reply,
+                } => {
+                    let _ = reply
+                        .send(compaction::compact(&self.store, cutoff, limit).map_err(Arc::new));
+                    next = rx.blocking_recv();
+                    continue;
+                }
+            };
+            batch.push(request);
+            // Take whatever else is queued, up to the batch limit; a compaction waits for
+            // the next turn.
+            while batch.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(Command::Write(request)) => batch.push(request),
+                    Ok(compact) => {
+                        next = Some(compact);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_and_answer(&mut batch);
+            if next.is_none() {
+                next = rx.blocking_recv();
+            }
+        }
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "final flush failed");
+        }
+        tracing::debug!("writer stopped");
+    }
+
+    fn commit_and_answer(&mut self, batch: &mut Vec<WriteRequest>) {
+        let started = std::time::Instant::now();
+        match self.commit(batch) {
+            Ok(acks) => {
+                tracing::debug!(
+                    webhooks = batch.len(),
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    last_sequence = self.next_sequence - 1,
+                    "batch committed"
+                );
+                self.committed.send_replace(self.next_sequence - 1);
+                for (request, ack) in batch.drain(..).zip(acks) {
+                    let _ = request.reply.send(Ok(ack));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, webhooks = batch.len(), "batch failed to commit");
+                let e = Arc::new(e);
+                for request in batch.drain(..) {
+                    let _ = request.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Applies a batch atomically and flushes it. On error nothing is changed, in sled or in
+    /// the writer's counters.
+    fn commit(&mut self, batch: &[WriteRequest]) -> Result<Vec<Ack>, StoreError> {
+        let received_at = now_millis();
+        let position = self.payloads.position(self.next_sequence)?;
+        let mut plan = BatchPlan::new(self.next_sequence, self.next_quarantine, position);
+        let mut acks = Vec::with_capacity(batch.len());
+        for request in batch {
+            acks.push(plan.add(
+                &self.store,
+                &self.catalog,
+                &request.normalized,
+                &request.raw,
+                received_at,
+            )?);
+        }
+        let (next_sequence, next_quarantine) = (plan.next_sequence, plan.next_quarantine);
+        let changes = plan.commit(&self.store, &mut self.payloads)?;
+        // Durable now: visible to watchers (the caller wakes them next).
+        self.recent.extend(changes);
+        self.next_sequence = next_sequence;
+        self.next_quarantine = next_quarantine;
+        Ok(acks)
+    }
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

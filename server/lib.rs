@@ -9,8 +9,9 @@
 //!                                                                          │
 //!                        domain::reconcile (set of webhooks -> operation) ◀┤
 //!                                                                          ▼
-//!                             store: payload log + sled key spaces (log, changes,
-//!                                    dedupe, operations, status index, quarantine)
+//!                  store: the log (source of truth, one fsync per batch)
+//!                         └─▶ view: sled key spaces, applied before the ack, replayed
+//!                             after a crash (changes, dedupe, operations, indexes)
 //!                                                                          │
 //!  services ◀──gRPC── grpc (GetOperation, ListByStatus) ◀──────────────────┤
 //!           ◀──gRPC── grpc::watch ◀── feed (resumable, transport-free) ◀───┘
@@ -25,8 +26,8 @@
 //! - [`domain`]: pure functions, no I/O. [`domain::webhook`] reads every webhook shape;
 //!   [`domain::reconcile`] derives an operation from the set of its webhooks, whatever their
 //!   order; [`domain::catalog`] is the data both use.
-//! - [`store`]: raw bodies in an append-only payload log, everything else in key spaces of
-//!   one sled tree; one writer thread batches, commits and acknowledges.
+//! - [`store`]: the append-only log of every webhook is the source of truth; sled is a
+//!   view materialized from it; one writer thread batches, logs, applies and acknowledges.
 //!   [`store::rebuild`] recomputes everything from the log under the current catalog.
 //! - `intake`: `POST /webhooks` (axum); answers once the writer has the webhook on disk.
 //! - `feed`: the change feed, a resumable stream of changes per subscriber, in domain terms.

@@ -73,11 +73,17 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens the store for an offline command, with the view caught up with the log.
 fn open_store(config: &Config) -> anyhow::Result<qistatus::store::Store> {
-    qistatus::store::Store::open(&config.data_dir).with_context(|| {
+    let context = || {
         format!(
             "cannot open the store in {} (is qistatus-server running on it?)",
             config.data_dir.display()
         )
-    })
+    };
+    let store = qistatus::store::Store::open(&config.data_dir).with_context(context)?;
+    store
+        .replay(&config.load_catalog()?)
+        .with_context(context)?;
+    Ok(store)
 }

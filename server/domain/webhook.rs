@@ -57,7 +57,7 @@ impl fmt::Debug for EventId {
 }
 
 /// A webhook read into the fields qistatus reconciles on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookEnvelope {
     /// Content identifier, for deduplication.
     pub event_id: EventId,

@@ -79,6 +79,10 @@ pub(crate) enum Meta {
     CompactedThrough,
     /// The secret that signs list page tokens.
     PageTokenSecret,
+    /// The last log record applied to the view.
+    AppliedThrough,
+    /// The layout version of the data directory.
+    FormatVersion,
 }
 
 impl Meta {
@@ -88,6 +92,8 @@ impl Meta {
             Meta::NextQuarantine => b"next_quarantine",
             Meta::CompactedThrough => b"compacted_through",
             Meta::PageTokenSecret => b"page_token_secret",
+            Meta::AppliedThrough => b"applied_through",
+            Meta::FormatVersion => b"format_version",
         }
     }
 }

@@ -4,23 +4,36 @@
 //!
 //! # Layout
 //!
-//! Raw bodies are in [`payloads`]; everything else is in key spaces of one sled tree, whose
-//! schema [`keys`] owns. Index maintenance is written once, in [`put_operation`], and used by
-//! the writer, rebuild and [`Store::check_indexes`].
+//! The [`log`] is the source of truth: every stored webhook, byte for byte, with what the
+//! writer decided about it, fsynced once per batch before anyone is answered. sled is a
+//! [`view`] materialized from it, in key spaces of one tree whose schema [`keys`] owns: the
+//! event index, change feed, deduplication, operations, status and phase indexes, the
+//! quarantine, counters and `applied_through`. Index maintenance is written once, in
+//! [`put_operation`], for the writer, rebuild and [`Store::check_indexes`].
 //!
 //! # Guarantees
 //!
-//! - Every batch the writer commits is one atomic sled batch across all spaces, flushed to
-//!   disk before any webhook of the batch is acknowledged: after a crash, a batch is either
-//!   entirely there or entirely absent.
-//! - Sequence numbers start at 1 and are gap-free in commit order.
-//! - The indexes always agree with the operations tree (same atomic batch).
+//! - A webhook is acknowledged only after its log record is durable (one `fdatasync` per
+//!   batch) *and* applied to the view (in memory, not flushed). So a client that got `200`
+//!   and then calls `GetOperation` sees its webhook: reads go to sled, which serves applied
+//!   batches before they reach its disk.
+//! - sled is never flushed on the acknowledgement path: it writes itself out every
+//!   [`CHECKPOINT_INTERVAL_MS`] ms. After a crash it recovers to a consistent earlier state
+//!   (batches are atomic) and [`Store::replay`] applies whatever the log holds past
+//!   `applied_through`, exactly once.
+//! - Sequence numbers start at 1 and are gap-free in commit order; the indexes always agree
+//!   with the operations (same atomic batch).
+//! - Records carry a format version byte, and the directory a format version, both checked
+//!   on read with an error that names them: a newer or older layout is never taken for
+//!   corruption, and a field added later does not make old records unreadable (see
+//!   [`decode`]).
 
 mod keys;
-pub(crate) mod payloads;
+pub(crate) mod log;
 pub mod rebuild;
 pub(crate) mod recent;
 pub(crate) mod status_index;
+pub(crate) mod view;
 pub(crate) mod writer;
 
 use std::path::Path;
@@ -30,7 +43,7 @@ use serde::de::DeserializeOwned;
 use sled::IVec;
 
 pub(crate) use keys::{Key, Meta, Space, SpaceId, Writes, phase_byte};
-use payloads::{PayloadFiles, PayloadRef};
+use log::{Log, LogError, PayloadRef, SegmentLog};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::reconcile::Operation;
@@ -50,9 +63,33 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
-    /// The payload log failed.
-    #[error("payload log: {0}")]
-    Io(#[from] std::io::Error),
+    /// The log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The data directory has a layout this version cannot read.
+    #[error(
+        "the data directory has store format {found}, and this qistatus reads format \
+         {expected}: {advice}"
+    )]
+    Format {
+        /// The format found.
+        found: u64,
+        /// The format this version reads.
+        expected: u64,
+        /// What to do.
+        advice: &'static str,
+    },
+    /// The log holds fewer records than the view says it applied.
+    #[error(
+        "the log ends at record {log_ends} but the view has applied {applied}: the log was \
+         truncated or replaced; restore a snapshot or rebuild the directory"
+    )]
+    LogBehindView {
+        /// The last record in the log.
+        log_ends: u64,
+        /// The view's `applied_through`.
+        applied: u64,
+    },
     /// The writer thread could not be started.
     #[error("cannot start the writer thread: {0}")]
     WriterThread(std::io::Error),
@@ -136,8 +173,15 @@ pub const DEFAULT_CACHE_MB: u64 = 96;
 pub struct Store {
     db: sled::Db,
     trees: Trees,
-    payloads: Arc<PayloadFiles>,
+    log: Arc<dyn Log>,
 }
+
+/// How often sled writes applied batches to disk on its own (the log covers the gap).
+pub const CHECKPOINT_INTERVAL_MS: u64 = 500;
+
+/// The layout of a data directory this version reads and writes: 2 is the log-first
+/// layout (`log/` segments, sled as a view).
+pub const STORE_FORMAT: u64 = 2;
 
 impl Store {
     /// Opens (or creates) the store in `dir` with the default cache size.
@@ -151,10 +195,11 @@ impl Store {
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
-            // Durability comes from the writer's explicit flush per batch, not a timer.
-            .flush_every_ms(None);
+            // Durability comes from the log; sled checkpoints itself on a timer.
+            .flush_every_ms(Some(CHECKPOINT_INTERVAL_MS));
         let db = open_waiting_for_lock(&config)?;
         let all = db.open_tree("qistatus")?;
+        let fresh = all.is_empty();
         let space = |id: SpaceId| Space::new(all.clone(), id);
         let trees = Trees {
             log: space(SpaceId::Log),
@@ -165,14 +210,54 @@ impl Store {
             quarantine: space(SpaceId::Quarantine),
             all,
         };
-        let payloads = Arc::new(PayloadFiles::open(dir.join("payloads"))?);
         let store = Store {
             db,
             trees,
-            payloads,
+            log: Arc::new(SegmentLog::open(dir.join("log"))?),
         };
+        store.check_format(fresh)?;
         store.ensure_page_token_secret()?;
+        let (applied, log_ends) = (store.applied_through()?, store.log.last_lsn());
+        if log_ends < applied {
+            return Err(StoreError::LogBehindView { log_ends, applied });
+        }
         Ok(store)
+    }
+
+    /// Checks (or, on a fresh directory, writes) the format version.
+    fn check_format(&self, fresh: bool) -> Result<(), StoreError> {
+        let key = Key::Meta(Meta::FormatVersion);
+        match self.get(key)? {
+            Some(v) => {
+                let found = u64_from_be(&v, "meta")?;
+                if found != STORE_FORMAT {
+                    return Err(StoreError::Format {
+                        found,
+                        expected: STORE_FORMAT,
+                        advice: if found > STORE_FORMAT {
+                            "it was written by a newer qistatus; run that version"
+                        } else {
+                            "replay its webhooks into a new directory"
+                        },
+                    });
+                }
+            }
+            None if fresh => {
+                self.trees
+                    .all
+                    .insert(key.encode(), &STORE_FORMAT.to_be_bytes())?;
+                self.db.flush()?;
+            }
+            None => {
+                return Err(StoreError::Format {
+                    found: 1,
+                    expected: STORE_FORMAT,
+                    advice: "it was written before log-first storage (payloads/ beside sled); \
+                             replay its webhooks into a new directory with `qistatus replay`",
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Creates the page-token secret on first open. Written before the writer starts, so it
@@ -216,9 +301,57 @@ impl Store {
         Ok(writes.apply(&self.trees.all)?)
     }
 
-    /// The payload log.
-    pub(crate) fn payloads(&self) -> &PayloadFiles {
-        &self.payloads
+    /// The log.
+    pub(crate) fn log(&self) -> &dyn Log {
+        self.log.as_ref()
+    }
+
+    /// The last log record the view has applied (0: none).
+    pub fn applied_through(&self) -> Result<u64, StoreError> {
+        Ok(match self.get(Key::Meta(Meta::AppliedThrough))? {
+            Some(v) => u64_from_be(&v, "meta")?,
+            None => 0,
+        })
+    }
+
+    /// Where the writer continues from.
+    pub(crate) fn counters(&self) -> Result<writer::Counters, StoreError> {
+        Ok(writer::Counters {
+            next_lsn: self.applied_through()? + 1,
+            next_sequence: self.next_sequence()?,
+            next_quarantine: self.next_quarantine_id()?,
+        })
+    }
+
+    /// Applies every log record past `applied_through` to the view, under `catalog`:
+    /// whatever a crash kept from reaching sled's disk. Returns how many records it applied.
+    pub fn replay(&self, catalog: &crate::domain::catalog::Catalog) -> Result<u64, StoreError> {
+        const CHUNK: usize = 1024;
+        let mut records = Vec::with_capacity(CHUNK);
+        let mut refs = Vec::with_capacity(CHUNK);
+        let mut replayed = 0u64;
+        let mut flush = |records: &mut Vec<_>, refs: &mut Vec<_>| -> Result<(), StoreError> {
+            view::apply(self, catalog, records, refs)?;
+            replayed += records.len() as u64;
+            records.clear();
+            refs.clear();
+            Ok(())
+        };
+        self.log
+            .replay_after(self.applied_through()?, &mut |record, at| {
+                records.push(record);
+                refs.push(at);
+                if records.len() == CHUNK {
+                    flush(&mut records, &mut refs)?;
+                }
+                Ok(())
+            })?;
+        flush(&mut records, &mut refs)?;
+        if replayed > 0 {
+            self.flush()?;
+            tracing::info!(replayed, "log records applied to the view at start");
+        }
+        Ok(replayed)
     }
 
     /// Flushes everything to disk.
@@ -302,7 +435,7 @@ impl Store {
 
     /// The raw body of a stored webhook, byte for byte.
     pub fn raw_payload(&self, entry: &LogEntry) -> Result<Vec<u8>, StoreError> {
-        Ok(self.payloads.read(&entry.payload)?)
+        Ok(self.log.payload(&entry.payload)?)
     }
 
     /// Where the webhook with `id` is stored, if it is.
@@ -480,18 +613,44 @@ pub(crate) fn index_value(op: &Operation) -> Vec<u8> {
     encode(&op.without_history())
 }
 
+/// The version byte every record value starts with.
+///
+/// How records evolve: postcard is compact but not self-describing, so a change to a stored
+/// struct (a field added to `Operation`, say) bumps this version, keeps the previous struct
+/// as a frozen `...V1` type, and teaches [`decode`] to read version 1 into the new shape.
+/// Old records stay readable; a version newer than this build is refused by name.
+pub(crate) const RECORD_VERSION: u8 = 1;
+
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    postcard::to_stdvec(value).expect("records serialize: plain structs, strings and vectors")
+    let mut out = vec![RECORD_VERSION];
+    postcard::to_io(value, &mut out)
+        .expect("records serialize into a Vec: plain structs, strings and vectors");
+    out
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(
     bytes: &[u8],
     tree: &'static str,
 ) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
-        tree,
-        reason: e.to_string(),
-    })
+    match bytes.split_first() {
+        Some((&RECORD_VERSION, body)) => {
+            postcard::from_bytes(body).map_err(|e| StoreError::Corrupt {
+                tree,
+                reason: e.to_string(),
+            })
+        }
+        Some((&version, _)) => Err(StoreError::Corrupt {
+            tree,
+            reason: format!(
+                "record format {version}, and this qistatus reads up to {RECORD_VERSION}: \
+                 was the directory written by a newer version?"
+            ),
+        }),
+        None => Err(StoreError::Corrupt {
+            tree,
+            reason: "an empty record".into(),
+        }),
+    }
 }
 
 pub(crate) fn u64_from_be(bytes: &[u8], tree: &'static str) -> Result<u64, StoreError> {
@@ -507,8 +666,93 @@ mod tests {
     use super::*;
     use crate::domain::reconcile::{EventSummary, Phase};
 
+    fn sample_operation() -> Operation {
+        Operation {
+            kind: "debt".into(),
+            key: "k".into(),
+            status: "disbursed".into(),
+            phase: Phase::Pending,
+            detail: "d".into(),
+            event_time: Some(5),
+            first_received_at: 6,
+            updated_at: 6,
+            version: 1,
+            last_sequence: 7,
+            history: vec![EventSummary {
+                sequence: 7,
+                event_id: EventId([1; 32]),
+                status: "disbursed".into(),
+                outcome: None,
+                detail: "d".into(),
+                event_time: Some(5),
+                received_at: 6,
+            }],
+        }
+    }
+
+    /// An operation as record format 1 wrote it. When `Operation` changes shape, this
+    /// record must still decode (into the new shape): that is what the version byte is for.
+    const OPERATION_V1: &str = "010464656274016b09646973627572736564000164010a0c0c01070107010101010101010101010101010101010101010101010101010101010101010109646973627572736564000164010a0c";
+
+    #[test]
+    fn records_written_by_format_1_still_decode() {
+        let bytes = hex::decode(OPERATION_V1).expect("hex");
+        let op: Operation = decode(&bytes, "operations").expect("a format 1 record decodes");
+        assert_eq!(op, sample_operation());
+        assert_eq!(
+            encode(&sample_operation()),
+            bytes,
+            "this build writes format 1"
+        );
+    }
+
+    #[test]
+    fn a_newer_record_format_is_refused_by_name() {
+        let mut bytes = encode(&sample_operation());
+        bytes[0] = RECORD_VERSION + 1;
+        let err = decode::<Operation>(&bytes, "operations")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("record format 2"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_of_another_format_is_refused_with_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).expect("a fresh store");
+        // As the previous layout left it: data, but no format version.
+        store
+            .trees
+            .all
+            .remove(Key::Meta(Meta::FormatVersion).encode())
+            .unwrap();
+        store.flush().unwrap();
+        drop(store);
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("store format 1") && err.contains("replay"),
+            "{err}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).expect("a fresh store");
+        store
+            .trees
+            .all
+            .insert(Key::Meta(Meta::FormatVersion).encode(), &9u64.to_be_bytes())
+            .unwrap();
+        store.flush().unwrap();
+        drop(store);
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("store format 9") && err.contains("newer"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn an_index_value_decodes_as_the_operation_without_history() {
+        let _ = sample_operation;
         let summary = EventSummary {
             sequence: 7,
             event_id: EventId([1; 32]),

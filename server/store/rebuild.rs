@@ -6,8 +6,8 @@
 //! that the new catalog can read must join their operations.
 //!
 //! Guarantees:
-//! - quarantined webhooks that now normalize become events: they get new sequence numbers
-//!   (appended to the log, visible to watchers) and keep their original receive time;
+//! - quarantined webhooks that now normalize become events: a `Promote` record each in the
+//!   log, with a new sequence number (visible to watchers) and their original receive time;
 //! - every operation is then recomputed from its webhooks: those still in the log are
 //!   normalized again under the current catalog; those compacted away by retention keep
 //!   their stored summary;
@@ -17,8 +17,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::writer::BatchPlan;
-use super::{Store, StoreError, Writes, delete_operation, put_operation};
+use bytes::Bytes;
+
+use super::log::{Entry, Record, RecordHeader};
+use super::{Store, StoreError, Writes, delete_operation, put_operation, view};
 use crate::domain::catalog::Catalog;
 use crate::domain::reconcile::{EventSummary, Operation, Reconciler};
 use crate::domain::webhook::{Normalized, normalize};
@@ -40,6 +42,8 @@ pub struct RebuildReport {
 
 /// Rebuilds `store` under `catalog`. See the module docs.
 pub fn rebuild(store: &Store, catalog: &Catalog) -> Result<RebuildReport, StoreError> {
+    // The view first catches up with the log (a crash may have left it behind).
+    store.replay(catalog)?;
     let mut report = promote_quarantined(store, catalog)?;
 
     let mut old: BTreeMap<(String, String), Operation> = BTreeMap::new();
@@ -106,26 +110,40 @@ pub fn rebuild(store: &Store, catalog: &Catalog) -> Result<RebuildReport, StoreE
     Ok(report)
 }
 
-/// Moves quarantined webhooks that `catalog` can now read into the event log.
+/// Moves quarantined webhooks that `catalog` can now read into the event log: one
+/// `Promote` record each, appended to the log and applied like any batch.
 fn promote_quarantined(store: &Store, catalog: &Catalog) -> Result<RebuildReport, StoreError> {
     let mut report = RebuildReport::default();
-    let mut payloads = store.payloads().appender()?;
-    let next_sequence = store.next_sequence()?;
-    let position = payloads.position(next_sequence)?;
-    let mut plan = BatchPlan::new(next_sequence, store.next_quarantine_id()?, position);
+    let mut counters = store.counters()?;
+    let mut records = Vec::new();
     for item in store.quarantined() {
         let (id, entry) = item?;
         match normalize(catalog, &entry.raw) {
             Ok(Normalized::Event(envelope)) => {
-                let sequence = plan.promote(store, catalog, id, &envelope, &entry)?;
+                let sequence = counters.next_sequence;
+                counters.next_sequence += 1;
                 tracing::info!(quarantine_id = id, sequence, kind = %envelope.kind, key = %envelope.key, "quarantined webhook promoted");
+                records.push(Record {
+                    header: RecordHeader {
+                        lsn: counters.next_lsn,
+                        received_at: entry.received_at,
+                        entry: Entry::Promote {
+                            id,
+                            sequence,
+                            envelope,
+                        },
+                    },
+                    raw: Bytes::from(entry.raw),
+                });
+                counters.next_lsn += 1;
                 report.promoted += 1;
             }
             _ => report.still_quarantined += 1,
         }
     }
-    if report.promoted > 0 {
-        plan.commit(store, &mut payloads)?;
+    if !records.is_empty() {
+        let refs = store.log().append(&records)?;
+        view::apply(store, catalog, &records, &refs)?;
     }
     Ok(report)
 }

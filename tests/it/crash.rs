@@ -1,7 +1,12 @@
-//! Durability, proven by crashing it: the real `qistatus-server` binary is SIGKILLed at random
-//! moments under concurrent load and restarted on the same data directory. Every webhook it
-//! acknowledged must be there, the operations must equal a rebuild from the log, and the
-//! sequence numbers must have no gaps.
+//! Durability, proven by crashing it: the real `qistatus-server` binary is killed under
+//! concurrent load and restarted on the same data directory. Every webhook it acknowledged
+//! must be there, the operations must equal a rebuild from the log, and the sequence numbers
+//! must have no gaps.
+//!
+//! Cycles alternate two crashes: SIGKILL at a random moment, and an abort right after a
+//! random batch reached the log but before the view applied it (the failpoint
+//! `QISTATUS_FAILPOINT=abort-after-log-append:N`): the window log-first storage opens, which
+//! the restart's replay must close.
 //!
 //! `QISTATUS_CRASH_CYCLES` sets the number of kill/restart cycles (default 5; for a long run:
 //! `QISTATUS_CRASH_CYCLES=100 cargo test --release --test it crash`), `QISTATUS_CRASH_SEED` the
@@ -193,10 +198,30 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_webhook() {
 
     let mut total_head = 0;
     for cycle in 0..cycles {
-        let server = start(dir.path(), http, grpc).await;
-        let senders = load(server.http, cycle, 16, acked.clone());
-        tokio::time::sleep(Duration::from_millis(20 + rng.next(400))).await;
-        server.kill().await;
+        let senders = if cycle % 2 == 0 {
+            let server = start(dir.path(), http, grpc).await;
+            let senders = load(server.http, cycle, 16, acked.clone());
+            tokio::time::sleep(Duration::from_millis(20 + rng.next(400))).await;
+            server.kill().await;
+            senders
+        } else {
+            let appends = 1 + rng.next(100);
+            let server = ServerCommand::new(dir.path())
+                .at(http, grpc)
+                .env(
+                    "QISTATUS_FAILPOINT",
+                    &format!("abort-after-log-append:{appends}"),
+                )
+                .start()
+                .await;
+            let senders = load(server.http, cycle, 16, acked.clone());
+            let status = server.exit_within(Duration::from_secs(60)).await;
+            assert!(
+                status.is_some_and(|s| !s.success()),
+                "the failpoint aborts the server after {appends} appends: {status:?}"
+            );
+            senders
+        };
         for s in senders {
             s.await.unwrap();
         }

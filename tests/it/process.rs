@@ -28,6 +28,7 @@ pub struct ServerCommand {
     grpc: SocketAddr,
     log: String,
     stderr: Option<PathBuf>,
+    env: Vec<(String, String)>,
 }
 
 impl ServerCommand {
@@ -39,6 +40,7 @@ impl ServerCommand {
             grpc: free_addr(),
             log: "warn".into(),
             stderr: None,
+            env: Vec::new(),
         }
     }
 
@@ -60,6 +62,12 @@ impl ServerCommand {
         self
     }
 
+    /// With an environment variable set.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
     /// Starts it and waits (at most 30 s) until both listeners answer.
     pub async fn start(self) -> ServerProcess {
         let stderr = match &self.stderr {
@@ -72,6 +80,7 @@ impl ServerCommand {
             .args(["--http-addr", &self.http.to_string()])
             .args(["--grpc-addr", &self.grpc.to_string()])
             .args(["--log", &self.log])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(stderr)
             .kill_on_drop(true)
@@ -114,6 +123,17 @@ impl ServerProcess {
     /// SIGKILL, and waits for it to be gone: a crash, with no chance to flush.
     pub async fn kill(mut self) {
         self.child.kill().await.expect("SIGKILL the server");
+    }
+
+    /// Waits up to `limit` for it to exit on its own; kills it if it has not.
+    pub async fn exit_within(mut self, limit: Duration) -> Option<ExitStatus> {
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => Some(status.expect("wait for the server")),
+            Err(_) => {
+                self.kill().await;
+                None
+            }
+        }
     }
 
     /// SIGTERM, and waits (at most 30 s) for it to exit: a graceful stop.

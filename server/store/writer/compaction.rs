@@ -3,7 +3,8 @@
 //!
 //! Operations and their history summaries are kept forever; what goes is the raw webhook,
 //! its change record (watchers cannot resume from before `compacted_through`), and whole
-//! payload segments once every sequence in them is gone.
+//! log segments once nothing in them is needed: every webhook in them compacted, everything
+//! in them applied and flushed to sled (a quarantined webhook keeps its own copy in sled).
 
 use super::Compaction;
 use crate::store::{Key, Meta, Store, StoreError, Writes};
@@ -43,8 +44,13 @@ pub(super) fn compact(store: &Store, cutoff: i64, limit: usize) -> Result<Compac
         compacted_through.to_be_bytes().to_vec(),
     );
     store.apply(writes)?;
+    // Flushed before any log segment goes: every record in it must be in sled's disk state.
     store.flush()?;
-    let segments = store.payloads().drop_through(compacted_through)?;
+    let segments = match store.log_entries().next().transpose()? {
+        // Whole segments before the one holding the oldest retained webhook.
+        Some((_, oldest)) => store.log().release_before(&oldest.payload)?,
+        None => store.log().release_all_but_newest()?,
+    };
     tracing::info!(
         segments,
         removed = expired.len(),

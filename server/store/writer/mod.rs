@@ -2,20 +2,23 @@
 //!
 //! Why one writer: sequence numbers must be gap-free in commit order, deduplication must see
 //! every earlier webhook, and an operation's reconciliation must read the state the previous
-//! webhook left. One task that owns every write gives all three without locks.
+//! webhook left. One thread that owns every write gives all three without locks.
 //!
 //! How it stays fast: intake handlers send [`WriteRequest`]s over a bounded channel. The
-//! writer takes whatever is queued (up to `max_batch`) as one batch, computes the new state
-//! of every touched operation in memory, applies the whole batch as one atomic sled batch,
-//! flushes once (group commit: one fsync for the batch), and only then answers each handler.
-//! The cost of a flush is shared by every webhook that arrived while the previous one ran.
+//! writer takes whatever is queued (up to `max_batch`) as one batch, decides about each
+//! webhook ([`plan`]: duplicate, new event, quarantine), appends the batch's records to the
+//! log with one fsync (group commit), applies them to the sled view in one atomic batch
+//! without flushing ([`crate::store::view`]), and only then answers each handler.
 //!
-//! Between batches it also drops log entries past the retention ([`WriterHandle::compact`]),
-//! so that compaction never races with a write.
+//! Before it takes its first request, the writer replays into the view whatever the log
+//! holds past `applied_through` ([`Store::replay`]). Between batches it also runs retention
+//! ([`compaction`]), so that compaction never races with a write.
 //!
-//! Guarantees: an [`Ack`] is sent only after the batch holding its webhook is on disk (its
-//! payloads fsynced first, then the sled batch applied and flushed); a
-//! failed batch changes nothing and every request in it gets the error; when every
+//! Guarantees: an [`Ack`] is sent only after the batch holding its webhook is durable in the
+//! log and applied to the view. A batch whose log append fails changes nothing and every
+//! request in it gets the error. A batch that reached the log but could not be applied
+//! stops the writer (every later request gets an error too): the view would otherwise fall
+//! behind the log while the server answers; a restart replays it. When every
 //! [`WriterHandle`] is dropped, the writer finishes the queued requests and stops.
 
 use std::sync::Arc;
@@ -27,12 +30,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 mod compaction;
 mod plan;
 
-use super::payloads::PayloadAppender;
 use super::recent::RecentChanges;
-use super::{Store, StoreError};
+use super::{Store, StoreError, view};
 use crate::domain::catalog::Catalog;
 use crate::domain::webhook::Normalized;
-pub(crate) use plan::BatchPlan;
+pub(crate) use plan::{BatchPlan, Counters};
 
 /// How the writer answered one webhook.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,19 +209,18 @@ pub fn spawn(
     limits: WriterLimits,
 ) -> Result<(WriterHandle, WriterTask), StoreError> {
     let (tx, rx) = mpsc::channel(limits.queue.max(1));
-    let next_sequence = store.next_sequence()?;
-    let next_quarantine = store.next_quarantine_id()?;
-    let (committed_tx, committed) = watch::channel(next_sequence - 1);
+    store.replay(&catalog)?;
+    let counters = store.counters()?;
+    let (committed_tx, committed) = watch::channel(counters.next_sequence - 1);
     let recent = Arc::new(RecentChanges::new(RECENT_CHANGES));
-    let payloads = store.payloads().appender()?;
     let mut writer = Writer {
-        payloads,
         store,
         catalog,
-        next_sequence,
-        next_quarantine,
+        counters,
         committed: committed_tx,
         recent: recent.clone(),
+        stopped: None,
+        failpoint: Failpoint::from_env(),
     };
     let max_batch = limits.max_batch.max(1);
     let thread = std::thread::Builder::new()
@@ -239,11 +240,53 @@ pub fn spawn(
 struct Writer {
     store: Store,
     catalog: Arc<Catalog>,
-    next_sequence: u64,
-    next_quarantine: u64,
+    counters: Counters,
     committed: watch::Sender<u64>,
     recent: Arc<RecentChanges>,
-    payloads: PayloadAppender,
+    /// Why the writer refuses every batch: one reached the log but not the view.
+    stopped: Option<Arc<StoreError>>,
+    failpoint: Failpoint,
+}
+
+/// A crash on purpose, for the crash test: `QISTATUS_FAILPOINT=abort-after-log-append:N`
+/// aborts the process right after the N-th batch reached the log, before it is applied or
+/// acknowledged; the restart must replay it. Unset in production.
+#[derive(Debug, Clone, Copy)]
+struct Failpoint {
+    abort_after_appends: Option<u64>,
+    appends: u64,
+}
+
+impl Failpoint {
+    const VARIABLE: &str = "QISTATUS_FAILPOINT";
+
+    fn from_env() -> Self {
+        let abort_after_appends = std::env::var(Self::VARIABLE).ok().and_then(|v| {
+            v.strip_prefix("abort-after-log-append:")
+                .and_then(|n| n.parse().ok())
+        });
+        if let Some(n) = abort_after_appends {
+            tracing::warn!(
+                appends = n,
+                "failpoint set: the process aborts after that many log appends"
+            );
+        }
+        Failpoint {
+            abort_after_appends,
+            appends: 0,
+        }
+    }
+
+    fn after_append(&mut self) {
+        self.appends += 1;
+        if self.abort_after_appends == Some(self.appends) {
+            eprintln!(
+                "qistatus: failpoint abort-after-log-append:{} reached",
+                self.appends
+            );
+            std::process::abort();
+        }
+    }
 }
 
 /// How many change records the recent-changes window holds.
@@ -293,52 +336,77 @@ impl Writer {
 
     fn commit_and_answer(&mut self, batch: &mut Vec<WriteRequest>) {
         let started = std::time::Instant::now();
-        match self.commit(batch) {
+        let size = batch.len();
+        let (webhooks, replies): (Vec<_>, Vec<_>) = batch
+            .drain(..)
+            .map(|r| ((r.normalized, r.raw), r.reply))
+            .unzip();
+        match self.commit(webhooks) {
             Ok(acks) => {
                 tracing::debug!(
-                    webhooks = batch.len(),
+                    webhooks = size,
                     elapsed_us = started.elapsed().as_micros() as u64,
-                    last_sequence = self.next_sequence - 1,
+                    last_sequence = self.counters.next_sequence - 1,
                     "batch committed"
                 );
-                self.committed.send_replace(self.next_sequence - 1);
-                for (request, ack) in batch.drain(..).zip(acks) {
-                    let _ = request.reply.send(Ok(ack));
+                self.committed.send_replace(self.counters.next_sequence - 1);
+                for (reply, ack) in replies.into_iter().zip(acks) {
+                    let _ = reply.send(Ok(ack));
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, webhooks = batch.len(), "batch failed to commit");
-                let e = Arc::new(e);
-                for request in batch.drain(..) {
-                    let _ = request.reply.send(Err(e.clone()));
+                if self.stopped.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &e)) {
+                    tracing::error!(error = %e, webhooks = size, "batch failed to commit");
+                }
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
                 }
             }
         }
     }
 
-    /// Applies a batch atomically and flushes it. On error nothing is changed, in sled or in
-    /// the writer's counters.
-    fn commit(&mut self, batch: &[WriteRequest]) -> Result<Vec<Ack>, StoreError> {
-        let received_at = now_millis();
-        let position = self.payloads.position(self.next_sequence)?;
-        let mut plan = BatchPlan::new(self.next_sequence, self.next_quarantine, position);
-        let mut acks = Vec::with_capacity(batch.len());
-        for request in batch {
-            acks.push(plan.add(
-                &self.store,
-                &self.catalog,
-                &request.normalized,
-                &request.raw,
-                received_at,
-            )?);
+    /// Decides, appends to the log (one fsync), applies to the view. On error before the
+    /// log has the batch, nothing changed; after, the writer stops (see the module docs).
+    fn commit(&mut self, webhooks: Vec<(Normalized, Bytes)>) -> Result<Vec<Ack>, Arc<StoreError>> {
+        if let Some(stopped) = &self.stopped {
+            return Err(stopped.clone());
         }
-        let (next_sequence, next_quarantine) = (plan.next_sequence, plan.next_quarantine);
-        let changes = plan.commit(&self.store, &mut self.payloads)?;
-        // Durable now: visible to watchers (the caller wakes them next).
-        self.recent.extend(changes);
-        self.next_sequence = next_sequence;
-        self.next_quarantine = next_quarantine;
-        Ok(acks)
+        let received_at = now_millis();
+        let mut plan = BatchPlan::new(self.counters);
+        let mut acks = Vec::with_capacity(webhooks.len());
+        for (normalized, raw) in webhooks {
+            acks.push(
+                plan.add(&self.store, normalized, raw, received_at)
+                    .map_err(Arc::new)?,
+            );
+        }
+        if plan.records.is_empty() {
+            return Ok(acks);
+        }
+        let refs = self
+            .store
+            .log()
+            .append(&plan.records)
+            .map_err(|e| Arc::new(e.into()))?;
+        self.failpoint.after_append();
+        match view::apply(&self.store, &self.catalog, &plan.records, &refs) {
+            Ok(changes) => {
+                // Durable and applied: visible to watchers (the caller wakes them next).
+                self.recent.extend(changes);
+                self.counters = plan.counters;
+                Ok(acks)
+            }
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "a batch reached the log but not the view: the writer stops; restart \
+                     qistatus to replay it"
+                );
+                let e = Arc::new(e);
+                self.stopped = Some(e.clone());
+                Err(e)
+            }
+        }
     }
 }
 

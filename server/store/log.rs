@@ -1,0 +1,611 @@
+//! The log: the source of truth. Every stored webhook, byte for byte, with what the writer
+//! decided about it, in append-only segment files; sled is a view materialized from it.
+//!
+//! # The contract of a [`Log`]
+//!
+//! - [`Log::append`] returns only once every record it was given is durable (on stable
+//!   storage, or acknowledged by a quorum for a replicated log). A failed append leaves no
+//!   record visible to [`Log::replay_after`]: either all of a batch is in the log or none.
+//! - Records have consecutive log sequence numbers (LSNs), starting at 1, in append order,
+//!   and are read back in that order, unchanged.
+//! - A payload reference stays readable until [`Log::release_before`] lets it go.
+//!
+//! The view records the last LSN it applied (`applied_through`) in the same atomic batch as
+//! the changes; on start, whatever the log holds past it is applied again. The local
+//! implementation is [`SegmentLog`]; a replicated stream (NATS JetStream) is meant to be the
+//! other one.
+//!
+//! # On disk ([`SegmentLog`])
+//!
+//! Segments `log/<first LSN, 20 digits>.log`, each starting with the 8-byte [`MAGIC`], then
+//! frames: `len: u32 LE | crc32: u32 LE | body`, where `body` is `header_len: u32 LE |
+//! header | raw payload` and the header is the postcard encoding of [`RecordHeader`]. The raw
+//! payload is last so that a [`PayloadRef`] can point straight at it.
+//!
+//! Trade-offs: one fsync (`fdatasync`) per batch, the only one on the acknowledgement path;
+//! a torn tail (a crash during a write) fails its checksum and is cut off at open, which is
+//! safe because nothing was acknowledged or applied past the last complete frame.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::webhook::{EventId, WebhookEnvelope};
+
+/// What the writer decided about one webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Entry {
+    /// A new webhook of an operation, stored at `sequence`.
+    Event {
+        /// Its position in the change feed.
+        sequence: u64,
+        /// What it says, as normalized when it arrived.
+        envelope: WebhookEnvelope,
+    },
+    /// A JSON object that could not be attributed to an operation, kept under `id`.
+    Quarantine {
+        /// Quarantine id.
+        id: u64,
+        /// Content identifier.
+        event_id: EventId,
+        /// Why it could not be read.
+        reason: String,
+    },
+    /// Quarantined webhook `id` became readable (a catalog change) and is now an event at
+    /// `sequence`.
+    Promote {
+        /// The quarantine id it leaves.
+        id: u64,
+        /// Its new position in the change feed.
+        sequence: u64,
+        /// What it says under the new catalog.
+        envelope: WebhookEnvelope,
+    },
+}
+
+/// The part of a record before its payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RecordHeader {
+    /// Log sequence number.
+    pub(crate) lsn: u64,
+    /// Receive time, ms since the epoch.
+    pub(crate) received_at: i64,
+    /// What was decided.
+    pub(crate) entry: Entry,
+}
+
+/// One record: a header and the webhook's body exactly as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Record {
+    /// Everything but the payload.
+    pub(crate) header: RecordHeader,
+    /// The request body, byte for byte.
+    pub(crate) raw: Bytes,
+}
+
+/// Where a record's payload is: segment (its first LSN), offset and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayloadRef {
+    /// The segment, named by the first LSN it holds.
+    pub segment: u64,
+    /// Byte offset of the payload in the segment.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+/// Why the log failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// Reading or writing a segment failed.
+    #[error("log I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// A segment holds something that is not a valid record where one must be.
+    #[error("log segment {segment}: {reason}")]
+    Corrupt {
+        /// The segment.
+        segment: u64,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The durable, ordered record of every stored webhook. See the module docs for the
+/// contract every implementation keeps.
+pub(crate) trait Log: Send + Sync + std::fmt::Debug {
+    /// The LSN of the last record (0 when empty).
+    fn last_lsn(&self) -> u64;
+
+    /// Appends `records` (their LSNs follow [`Log::last_lsn`] without gaps) and returns,
+    /// once they are durable, where each payload is.
+    fn append(&self, records: &[Record]) -> Result<Vec<PayloadRef>, LogError>;
+
+    /// Calls `each` with every record after `lsn`, in order, with its payload's place.
+    fn replay_after(
+        &self,
+        lsn: u64,
+        each: &mut dyn FnMut(Record, PayloadRef) -> Result<(), crate::store::StoreError>,
+    ) -> Result<(), crate::store::StoreError>;
+
+    /// The payload `at` refers to.
+    fn payload(&self, at: &PayloadRef) -> Result<Vec<u8>, LogError>;
+
+    /// Lets go of whole segments before the one holding `keep` (never the newest segment).
+    /// Returns how many were removed.
+    fn release_before(&self, keep: &PayloadRef) -> Result<usize, LogError>;
+
+    /// Lets go of every segment but the newest (nothing older is needed any more).
+    fn release_all_but_newest(&self) -> Result<usize, LogError>;
+}
+
+/// The first bytes of every segment: what it is, and the version of its frame format.
+pub const MAGIC: &[u8; 8] = b"QSTLOG01";
+/// A new segment is started once the current one is this large.
+const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Open segment files kept for payload reads.
+const OPEN_FILES: usize = 64;
+/// Frame header: length and checksum.
+const FRAME_HEADER: u64 = 8;
+/// The largest frame body accepted when reading (a guard against a corrupt length).
+const MAX_BODY: u32 = 1 << 30;
+
+fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:020}.log"))
+}
+
+/// The segments in `dir`, by first LSN, ascending.
+fn segments(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut found: Vec<u64> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_suffix(".log")?.parse().ok()
+        })
+        .collect();
+    found.sort_unstable();
+    Ok(found)
+}
+
+/// The local log: segment files in one directory.
+#[derive(Debug)]
+pub(crate) struct SegmentLog {
+    dir: PathBuf,
+    open: Mutex<HashMap<u64, Arc<File>>>,
+    tail: Mutex<Tail>,
+}
+
+/// The segment being appended to.
+#[derive(Debug)]
+struct Tail {
+    /// (first LSN, file, length), once a segment exists.
+    current: Option<(u64, File, u64)>,
+    last_lsn: u64,
+}
+
+/// One frame read from a segment.
+enum Frame {
+    Record(Box<Record>, PayloadRef),
+    /// The segment ends here, cleanly.
+    End,
+    /// A partial or damaged frame at this offset.
+    Torn(String),
+}
+
+/// Reads frames of segment `segment` sequentially.
+struct SegmentReader {
+    segment: u64,
+    reader: BufReader<File>,
+    offset: u64,
+}
+
+impl SegmentReader {
+    fn open(dir: &Path, segment: u64) -> Result<Self, LogError> {
+        let mut reader = BufReader::with_capacity(1 << 20, File::open(segment_path(dir, segment))?);
+        let mut magic = [0u8; 8];
+        reader
+            .read_exact(&mut magic)
+            .map_err(|_| corrupt(segment, "shorter than its header"))?;
+        if &magic != MAGIC {
+            return Err(corrupt(
+                segment,
+                "not a qistatus log segment of this format version",
+            ));
+        }
+        Ok(SegmentReader {
+            segment,
+            reader,
+            offset: MAGIC.len() as u64,
+        })
+    }
+
+    fn next(&mut self) -> Result<Frame, LogError> {
+        let mut head = [0u8; FRAME_HEADER as usize];
+        match read_full(&mut self.reader, &mut head)? {
+            0 => return Ok(Frame::End),
+            n if n < head.len() => return Ok(Frame::Torn("a partial frame header".into())),
+            _ => {}
+        }
+        let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
+        if !(4..=MAX_BODY).contains(&len) {
+            return Ok(Frame::Torn(format!("an impossible frame length {len}")));
+        }
+        let mut body = vec![0u8; len as usize];
+        if read_full(&mut self.reader, &mut body)? < body.len() {
+            return Ok(Frame::Torn("a partial frame".into()));
+        }
+        if crc32fast::hash(&body) != crc {
+            return Ok(Frame::Torn("a frame whose checksum does not match".into()));
+        }
+        let header_len = u32::from_le_bytes(body[..4].try_into().expect("4 bytes")) as usize;
+        let Some(header) = body.get(4..4 + header_len) else {
+            return Err(corrupt(self.segment, "a header longer than its frame"));
+        };
+        let header: RecordHeader = postcard::from_bytes(header)
+            .map_err(|e| corrupt(self.segment, &format!("an unreadable record header: {e}")))?;
+        let payload_offset = self.offset + FRAME_HEADER + 4 + header_len as u64;
+        let raw = Bytes::from(body).slice(4 + header_len..);
+        let at = PayloadRef {
+            segment: self.segment,
+            offset: payload_offset,
+            len: raw.len() as u32,
+        };
+        self.offset += FRAME_HEADER + u64::from(len);
+        Ok(Frame::Record(Box::new(Record { header, raw }), at))
+    }
+}
+
+/// Reads until `buf` is full or the input ends; returns how many bytes were read.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+fn corrupt(segment: u64, reason: &str) -> LogError {
+    LogError::Corrupt {
+        segment,
+        reason: reason.to_owned(),
+    }
+}
+
+impl SegmentLog {
+    /// Opens (or creates) the log in `dir`. A torn tail in the newest segment (a crash
+    /// during a write) is cut off; damage anywhere else is an error.
+    pub(crate) fn open(dir: PathBuf) -> Result<Self, LogError> {
+        std::fs::create_dir_all(&dir)?;
+        let all = segments(&dir)?;
+        let mut tail = Tail {
+            current: None,
+            last_lsn: 0,
+        };
+        if let Some(&newest) = all.last() {
+            let mut reader = SegmentReader::open(&dir, newest)?;
+            let mut last_lsn = newest - 1;
+            loop {
+                match reader.next()? {
+                    Frame::Record(record, _) => last_lsn = record.header.lsn,
+                    Frame::End => break,
+                    Frame::Torn(why) => {
+                        tracing::warn!(
+                            segment = newest,
+                            offset = reader.offset,
+                            reason = %why,
+                            "cutting a torn tail off the log (a write cut by a crash)"
+                        );
+                        break;
+                    }
+                }
+            }
+            let file = OpenOptions::new()
+                .append(true)
+                .open(segment_path(&dir, newest))?;
+            file.set_len(reader.offset)?;
+            file.sync_all()?;
+            tail = Tail {
+                current: Some((newest, file, reader.offset)),
+                last_lsn,
+            };
+        }
+        Ok(SegmentLog {
+            dir,
+            open: Mutex::new(HashMap::new()),
+            tail: Mutex::new(tail),
+        })
+    }
+
+    fn file(&self, segment: u64) -> Result<Arc<File>, LogError> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = open.get(&segment) {
+            return Ok(f.clone());
+        }
+        if open.len() >= OPEN_FILES {
+            open.clear();
+        }
+        let f = Arc::new(File::open(segment_path(&self.dir, segment))?);
+        open.insert(segment, f.clone());
+        Ok(f)
+    }
+
+    fn release(&self, keep_from: u64) -> Result<usize, LogError> {
+        let newest = self
+            .tail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .current
+            .as_ref()
+            .map(|c| c.0);
+        let mut removed = 0;
+        for segment in segments(&self.dir)? {
+            if segment >= keep_from || Some(segment) == newest {
+                continue;
+            }
+            self.open
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&segment);
+            std::fs::remove_file(segment_path(&self.dir, segment))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
+
+impl Tail {
+    /// Starts a segment named `first_lsn` if there is none or the current one is full.
+    fn ensure_segment(&mut self, dir: &Path, first_lsn: u64) -> Result<(), LogError> {
+        let full = self
+            .current
+            .as_ref()
+            .is_none_or(|(_, _, len)| *len >= SEGMENT_BYTES);
+        if full {
+            let path = segment_path(dir, first_lsn);
+            let mut file = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)?;
+            file.write_all(MAGIC)?;
+            file.sync_all()?;
+            // Make the new file's name durable before anything is acknowledged from it.
+            File::open(dir)?.sync_all()?;
+            self.current = Some((first_lsn, file, MAGIC.len() as u64));
+        }
+        Ok(())
+    }
+}
+
+impl Log for SegmentLog {
+    fn last_lsn(&self) -> u64 {
+        self.tail.lock().unwrap_or_else(|e| e.into_inner()).last_lsn
+    }
+
+    fn append(&self, records: &[Record]) -> Result<Vec<PayloadRef>, LogError> {
+        let Some(first) = records.first() else {
+            return Ok(Vec::new());
+        };
+        let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        debug_assert_eq!(first.header.lsn, tail.last_lsn + 1, "LSNs follow the log");
+        tail.ensure_segment(&self.dir, first.header.lsn)?;
+        let (segment, file, len) = tail.current.as_mut().expect("a segment was just ensured");
+        let start = *len;
+        let mut buffer = Vec::with_capacity(records.iter().map(|r| r.raw.len() + 96).sum());
+        let mut refs = Vec::with_capacity(records.len());
+        for record in records {
+            let header = postcard::to_stdvec(&record.header)
+                .expect("record headers serialize: plain enums, strings and integers");
+            let body_len = 4 + header.len() + record.raw.len();
+            let frame_start = buffer.len();
+            buffer.extend_from_slice(&(body_len as u32).to_le_bytes());
+            buffer.extend_from_slice(&[0; 4]);
+            buffer.extend_from_slice(&(header.len() as u32).to_le_bytes());
+            buffer.extend_from_slice(&header);
+            let payload_at = start + buffer.len() as u64;
+            buffer.extend_from_slice(&record.raw);
+            let body = &buffer[frame_start + FRAME_HEADER as usize..];
+            let crc = crc32fast::hash(body);
+            buffer[frame_start + 4..frame_start + 8].copy_from_slice(&crc.to_le_bytes());
+            refs.push(PayloadRef {
+                segment: *segment,
+                offset: payload_at,
+                len: record.raw.len() as u32,
+            });
+        }
+        let written = file.write_all(&buffer).and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            // Cut whatever part of the batch reached the file: none of it is acknowledged.
+            let restored = file.set_len(start).and_then(|()| file.sync_data());
+            if let Err(cut) = restored {
+                tracing::error!(error = %cut, "cannot cut a failed append off the log");
+            }
+            return Err(e.into());
+        }
+        *len = start + buffer.len() as u64;
+        tail.last_lsn = records.last().expect("not empty").header.lsn;
+        Ok(refs)
+    }
+
+    fn replay_after(
+        &self,
+        lsn: u64,
+        each: &mut dyn FnMut(Record, PayloadRef) -> Result<(), crate::store::StoreError>,
+    ) -> Result<(), crate::store::StoreError> {
+        let all = segments(&self.dir).map_err(LogError::from)?;
+        // The segment holding lsn + 1 is the last one that starts at or before it.
+        let start = all.iter().rposition(|&s| s <= lsn + 1).unwrap_or(0);
+        let newest = all.last().copied();
+        for &segment in all.get(start..).unwrap_or_default() {
+            let mut reader = SegmentReader::open(&self.dir, segment)?;
+            loop {
+                match reader.next()? {
+                    Frame::Record(record, at) => {
+                        if record.header.lsn > lsn {
+                            each(*record, at)?;
+                        }
+                    }
+                    Frame::End => break,
+                    Frame::Torn(why) if Some(segment) == newest => {
+                        // Cut at open; a writer racing with this read is not possible (the
+                        // writer replays before it starts).
+                        tracing::debug!(segment, reason = %why, "replay stops at the tail");
+                        break;
+                    }
+                    Frame::Torn(why) => return Err(corrupt(segment, &why).into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn payload(&self, at: &PayloadRef) -> Result<Vec<u8>, LogError> {
+        let file = self.file(at.segment)?;
+        let mut bytes = vec![0; at.len as usize];
+        file.read_exact_at(&mut bytes, at.offset)?;
+        Ok(bytes)
+    }
+
+    fn release_before(&self, keep: &PayloadRef) -> Result<usize, LogError> {
+        self.release(keep.segment)
+    }
+
+    fn release_all_but_newest(&self) -> Result<usize, LogError> {
+        self.release(u64::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(lsn: u64, raw: &'static [u8]) -> Record {
+        Record {
+            header: RecordHeader {
+                lsn,
+                received_at: 7,
+                entry: Entry::Quarantine {
+                    id: lsn,
+                    event_id: EventId([lsn as u8; 32]),
+                    reason: "r".into(),
+                },
+            },
+            raw: Bytes::from_static(raw),
+        }
+    }
+
+    fn replayed(log: &SegmentLog, after: u64) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        log.replay_after(after, &mut |r, at| {
+            assert_eq!(
+                log.payload(&at).unwrap(),
+                r.raw,
+                "the ref points at the payload"
+            );
+            out.push((r.header.lsn, r.raw.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn appends_replay_in_order_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SegmentLog::open(dir.path().join("log")).unwrap();
+        assert_eq!(log.last_lsn(), 0);
+        let refs = log.append(&[record(1, b"one"), record(2, b"two")]).unwrap();
+        log.append(&[record(3, b"three")]).unwrap();
+        assert_eq!(log.payload(&refs[1]).unwrap(), b"two");
+        assert_eq!(
+            replayed(&log, 1),
+            [(2, b"two".to_vec()), (3, b"three".to_vec())]
+        );
+        drop(log);
+        let log = SegmentLog::open(dir.path().join("log")).unwrap();
+        assert_eq!(log.last_lsn(), 3);
+        assert_eq!(replayed(&log, 0).len(), 3);
+        log.append(&[record(4, b"four")]).unwrap();
+        assert_eq!(replayed(&log, 3), [(4, b"four".to_vec())]);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_at_open_and_the_log_continues() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let log = SegmentLog::open(path.clone()).unwrap();
+        log.append(&[record(1, b"kept")]).unwrap();
+        log.append(&[record(2, b"torn by a crash")]).unwrap();
+        drop(log);
+        // A crash in the middle of the second frame: its last bytes never reached the disk.
+        let file = segment_path(&path, 1);
+        let len = std::fs::metadata(&file).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
+
+        let log = SegmentLog::open(path.clone()).unwrap();
+        assert_eq!(log.last_lsn(), 1);
+        assert_eq!(replayed(&log, 0), [(1, b"kept".to_vec())]);
+        log.append(&[record(2, b"again")]).unwrap();
+        assert_eq!(replayed(&log, 1), [(2, b"again".to_vec())]);
+
+        // A flipped bit inside a frame fails its checksum the same way.
+        drop(log);
+        let mut bytes = std::fs::read(&file).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        std::fs::write(&file, bytes).unwrap();
+        let log = SegmentLog::open(path).unwrap();
+        assert_eq!(log.last_lsn(), 1);
+    }
+
+    #[test]
+    fn a_foreign_file_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("log")).unwrap();
+        std::fs::write(segment_path(&dir.path().join("log"), 1), b"something else").unwrap();
+        let err = SegmentLog::open(dir.path().join("log"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a qistatus log segment"), "{err}");
+    }
+
+    #[test]
+    fn releasing_keeps_the_newest_segment_and_what_is_still_referenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        for first in [1u64, 10, 20] {
+            let mut f = File::create(segment_path(&path_created(&path), first)).unwrap();
+            f.write_all(MAGIC).unwrap();
+        }
+        let log = SegmentLog::open(path.clone()).unwrap();
+        let keep = PayloadRef {
+            segment: 10,
+            offset: 8,
+            len: 0,
+        };
+        assert_eq!(log.release_before(&keep).unwrap(), 1);
+        assert_eq!(segments(&path).unwrap(), [10, 20]);
+        assert_eq!(log.release_all_but_newest().unwrap(), 1);
+        assert_eq!(segments(&path).unwrap(), [20]);
+    }
+
+    fn path_created(path: &Path) -> PathBuf {
+        std::fs::create_dir_all(path).unwrap();
+        path.to_owned()
+    }
+}

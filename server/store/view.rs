@@ -1,0 +1,173 @@
+//! The view: sled, materialized from the log. [`apply`] turns a run of log records into one
+//! atomic sled batch: the event index, change records, deduplication, quarantine, every
+//! touched operation with its index entries, the counters, and `applied_through`, the last
+//! LSN applied.
+//!
+//! It is the one path from the log to sled: the writer applies each batch right after the
+//! log has it durably, replay applies what the log holds past `applied_through` at start,
+//! and rebuild applies the records it appends. Because `applied_through` travels in the same
+//! atomic batch as the changes, a record is applied exactly once, whatever crashes in
+//! between: sled may lose unflushed batches (they are replayed), never half of one.
+//!
+//! Applying does not flush: sled writes its state out on its own interval
+//! ([`CHECKPOINT_INTERVAL_MS`](super::CHECKPOINT_INTERVAL_MS)), and the log covers the rest.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::log::{Entry, PayloadRef, Record};
+use super::{
+    Change, EventRef, Key, LogEntry, Meta, QuarantineEntry, Store, StoreError, Writes, encode,
+    put_operation,
+};
+use crate::domain::catalog::Catalog;
+use crate::domain::reconcile::{EventSummary, Operation, Reconciler};
+use crate::domain::webhook::WebhookEnvelope;
+
+/// The change records one application produced, for the recent-changes window.
+pub(crate) type AppliedChanges = Vec<(u64, Arc<Change>)>;
+
+/// Applies `records` (in LSN order, after the view's `applied_through`), whose payloads are
+/// at `refs`, as one atomic batch. Returns the change records, in sequence order.
+pub(crate) fn apply(
+    store: &Store,
+    catalog: &Catalog,
+    records: &[Record],
+    refs: &[PayloadRef],
+) -> Result<AppliedChanges, StoreError> {
+    let Some(last) = records.last() else {
+        return Ok(Vec::new());
+    };
+    let mut batch = Batch {
+        store,
+        reconciler: Reconciler::new(catalog),
+        writes: Writes::default(),
+        operations: HashMap::new(),
+        changes: Vec::new(),
+    };
+    let mut next_sequence = None;
+    let mut next_quarantine = None;
+    for (record, at) in records.iter().zip(refs) {
+        let received_at = record.header.received_at;
+        match &record.header.entry {
+            Entry::Event { sequence, envelope } => {
+                batch.event(*sequence, envelope, *at, received_at)?;
+                next_sequence = Some(sequence + 1);
+            }
+            Entry::Quarantine {
+                id,
+                event_id,
+                reason,
+            } => {
+                let entry = QuarantineEntry {
+                    event_id: *event_id,
+                    received_at,
+                    reason: reason.clone(),
+                    raw: record.raw.to_vec(),
+                };
+                batch.writes.put(Key::Quarantine(*id), encode(&entry));
+                batch
+                    .writes
+                    .put(Key::EventId(event_id), encode(&EventRef::Quarantine(*id)));
+                tracing::warn!(quarantine_id = id, reason = %reason, "webhook quarantined");
+                next_quarantine = Some(id + 1);
+            }
+            Entry::Promote {
+                id,
+                sequence,
+                envelope,
+            } => {
+                batch.writes.delete(Key::Quarantine(*id));
+                batch.event(*sequence, envelope, *at, received_at)?;
+                next_sequence = Some(sequence + 1);
+            }
+        }
+    }
+    let Batch {
+        mut writes,
+        operations,
+        changes,
+        ..
+    } = batch;
+    for (before, after) in operations.values() {
+        put_operation(&mut writes, before.as_ref(), after);
+    }
+    if let Some(next) = next_sequence {
+        writes.put(Key::Meta(Meta::NextSequence), next.to_be_bytes().to_vec());
+    }
+    if let Some(next) = next_quarantine {
+        writes.put(Key::Meta(Meta::NextQuarantine), next.to_be_bytes().to_vec());
+    }
+    writes.put(
+        Key::Meta(Meta::AppliedThrough),
+        last.header.lsn.to_be_bytes().to_vec(),
+    );
+    store.apply(writes)?;
+    Ok(changes)
+}
+
+/// One application in progress.
+struct Batch<'a> {
+    store: &'a Store,
+    reconciler: Reconciler<'a>,
+    writes: Writes,
+    /// Touched operations by (kind, key): their state before the batch (without history:
+    /// only its index entries matter) and after.
+    operations: HashMap<(String, String), (Option<Operation>, Operation)>,
+    changes: AppliedChanges,
+}
+
+impl Batch<'_> {
+    fn event(
+        &mut self,
+        sequence: u64,
+        envelope: &WebhookEnvelope,
+        at: PayloadRef,
+        received_at: i64,
+    ) -> Result<(), StoreError> {
+        let op_key = (envelope.kind.clone(), envelope.key.clone());
+        let (before, current) = match self.operations.remove(&op_key) {
+            Some((before, current)) => (before, Some(current)),
+            None => {
+                let stored = self.store.operation(&envelope.kind, &envelope.key)?;
+                (stored.as_ref().map(Operation::without_history), stored)
+            }
+        };
+        let previous = current.as_ref().map(|op| (op.status.clone(), op.phase));
+        let summary = EventSummary::new(envelope, sequence, received_at);
+        let after = self
+            .reconciler
+            .apply(current, &envelope.kind, &envelope.key, summary);
+        let change = Change {
+            status_changed: previous
+                .as_ref()
+                .is_none_or(|(status, phase)| *status != after.status || *phase != after.phase),
+            previous_status: previous.map(|(status, _)| status),
+            operation: after.without_history(),
+        };
+        let entry = LogEntry {
+            event_id: envelope.event_id,
+            kind: envelope.kind.clone(),
+            key: envelope.key.clone(),
+            received_at,
+            payload: at,
+        };
+        self.writes.put(Key::Log(sequence), encode(&entry));
+        self.writes.put(Key::Change(sequence), encode(&change));
+        self.writes.put(
+            Key::EventId(&envelope.event_id),
+            encode(&EventRef::Event(sequence)),
+        );
+        self.changes.push((sequence, Arc::new(change)));
+        tracing::info!(
+            sequence,
+            kind = %after.kind,
+            key = %after.key,
+            status = %after.status,
+            webhook_status = %envelope.status,
+            "webhook stored"
+        );
+        self.operations.insert(op_key, (before, after));
+        Ok(())
+    }
+}

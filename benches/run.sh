@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Benchmarks qistatus against etcd on this machine and writes BENCHMARKS.md.
+# Benchmarks qistatus against etcd and PostgreSQL on this machine and writes BENCHMARKS.md.
 #
-#   benches/run.sh                   full run (installs etcd-server from Debian when missing)
-#   benches/run.sh --quick           seconds, small counts; qistatus only when etcd is absent (CI)
+#   benches/run.sh                   full run (installs etcd-server and postgresql from Debian
+#                                    when missing)
+#   benches/run.sh --quick           seconds, small counts; peers that are absent are skipped
 #   benches/run.sh --only a,b        only these scenarios (ingest, reads, watch, scale)
 #
 # OUT=path overrides where the report goes.
@@ -22,13 +23,15 @@ while [[ $# -gt 0 ]]; do
 done
 
 etcd_bin="$(command -v etcd || true)"
-if [[ -z "$etcd_bin" && -z "$quick" ]]; then
-  echo "== installing etcd-server from Debian's packages"
+postgres_bin_dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)"
+if [[ ( -z "$etcd_bin" || -z "$postgres_bin_dir" ) && -z "$quick" ]]; then
+  echo "== installing etcd-server and postgresql from Debian's packages"
   sudo_cmd=""
   if [[ "$(id -u)" != 0 ]]; then sudo_cmd="sudo"; fi
   $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq etcd-server >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq etcd-server postgresql >/dev/null
   etcd_bin="$(command -v etcd)"
+  postgres_bin_dir="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
 fi
 
 if [[ -n "$quick" ]]; then
@@ -43,5 +46,8 @@ fi
 args=(--server-bin "$target/qistatus-server" --out "${OUT:-BENCHMARKS.md}")
 if [[ -n "$etcd_bin" ]]; then
   args+=(--etcd-bin "$etcd_bin")
+fi
+if [[ -n "$postgres_bin_dir" ]]; then
+  args+=(--postgres-bin-dir "$postgres_bin_dir")
 fi
 "$target/qistatus-bench" "${args[@]}" $quick "${only[@]}"

@@ -1,8 +1,9 @@
-//! qistatus-bench: qistatus against etcd, on the same machine, in the same run, at the same
-//! durability (both fsync before acknowledging a write).
+//! qistatus-bench: qistatus against etcd and PostgreSQL, on the same machine, in the same
+//! run, at the same durability (all fsync before acknowledging a write).
 //!
-//! A team without qistatus would keep operation statuses in etcd: a put per webhook, a get
-//! per question, a prefix watch to react. This harness starts both servers on loopback with
+//! A team without qistatus would keep operation statuses in etcd (a put per webhook, a get
+//! per question, a prefix watch to react) or in a PostgreSQL table (an insert and an upsert
+//! per webhook in one transaction). This harness starts each server on loopback with
 //! fresh data directories, drives the same realistic load at each (the seed documents'
 //! webhook shapes, the ~13 KB debt creation among them, with distinct keys), and writes
 //! `BENCHMARKS.md`: medians over rounds, p50/p99 from HDR histograms, and the ratios.
@@ -31,15 +32,18 @@ use process::Qistatus;
 use report::Report;
 use scenario::{Context, Sizes};
 
-/// qistatus-bench: qistatus against etcd on this machine.
+/// qistatus-bench: qistatus against etcd and PostgreSQL on this machine.
 #[derive(Debug, Parser)]
 struct Args {
     /// The qistatus-server binary to benchmark.
     #[arg(long)]
     server_bin: PathBuf,
-    /// The etcd binary; without it, only qistatus is measured.
+    /// The etcd binary; without it, etcd is not measured.
     #[arg(long)]
     etcd_bin: Option<PathBuf>,
+    /// PostgreSQL's bin directory (initdb, pg_ctl); without it, PostgreSQL is not measured.
+    #[arg(long)]
+    postgres_bin_dir: Option<PathBuf>,
     /// Small counts and short rounds (for CI: it checks the harness works, not timings).
     #[arg(long)]
     quick: bool,
@@ -64,6 +68,10 @@ async fn main() {
             log: args.server_log.clone(),
         },
         etcd_bin: args.etcd_bin.clone().filter(|b| b.exists()),
+        postgres_bin_dir: args
+            .postgres_bin_dir
+            .clone()
+            .filter(|b| b.join("initdb").exists()),
         sizes: Sizes::new(args.quick),
         scratch: std::env::temp_dir().join(format!("qistatus-bench-{}", std::process::id())),
     };
@@ -72,7 +80,12 @@ async fn main() {
     if cx.etcd_bin.is_none() {
         report
             .notes
-            .push("etcd was not available: only qistatus was measured.".into());
+            .push("etcd was not available: it was not measured.".into());
+    }
+    if cx.postgres_bin_dir.is_none() {
+        report
+            .notes
+            .push("PostgreSQL was not available: it was not measured.".into());
     }
     if wants("ingest") || wants("reads") {
         scenario::ingest::run(&cx, &mut report, wants("ingest"), wants("reads")).await;

@@ -53,6 +53,11 @@ impl Process {
         (port(&self.http), port(&self.grpc))
     }
 
+    /// SIGKILL: a crash, with no chance to flush.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// SIGTERM, then waits (at most a minute) for it to exit.
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
@@ -208,4 +213,83 @@ pub fn dir_size(dir: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// A PostgreSQL cluster of the harness's own, in a scratch directory, on a loopback port.
+pub struct Postgres {
+    bin_dir: PathBuf,
+    data: PathBuf,
+    /// The connection string.
+    pub url: String,
+}
+
+/// Runs a PostgreSQL tool as the `postgres` user when the harness runs as root (initdb
+/// refuses root), as the harness's own user otherwise.
+fn as_postgres(bin_dir: &Path, tool: &str) -> std::process::Command {
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"));
+    let program = bin_dir.join(tool);
+    if is_root {
+        let mut command = std::process::Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        std::process::Command::new(program)
+    }
+}
+
+impl Postgres {
+    /// Creates a cluster in `dir` and starts it with `synchronous_commit = on` (its default,
+    /// set explicitly), waiting until it accepts connections.
+    pub fn start(bin_dir: &Path, dir: &Path) -> Postgres {
+        let data = dir.join("pgdata");
+        std::fs::create_dir_all(dir).expect("scratch dir");
+        // The postgres user must own the directory it writes in.
+        let _ = std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir)
+            .status();
+        let status = as_postgres(bin_dir, "initdb")
+            .args(["-D"])
+            .arg(&data)
+            .args(["-U", "bench", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run initdb");
+        assert!(status.success(), "initdb failed");
+        let port = free_port();
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c synchronous_commit=on \
+             -c fsync=on -c max_connections=300 -c shared_buffers=512MB",
+            data.display()
+        );
+        let status = as_postgres(bin_dir, "pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .args(["-o", &options, "-l"])
+            .arg(data.join("server.log"))
+            .args(["-w", "start"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run pg_ctl start");
+        assert!(status.success(), "PostgreSQL did not start");
+        Postgres {
+            bin_dir: bin_dir.to_owned(),
+            data,
+            url: format!("host=127.0.0.1 port={port} user=bench dbname=postgres"),
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = as_postgres(&self.bin_dir, "pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "stop"])
+            .stdout(Stdio::null())
+            .status();
+    }
 }

@@ -5,10 +5,23 @@ use std::fmt::Write as _;
 
 use crate::load::{Rounds, median};
 
+/// The peers qistatus is measured against, in the report's column order.
+pub const PEERS: [&str; 2] = ["etcd", "PostgreSQL"];
+
+/// One measurement: qistatus's figure and each peer's, with qistatus's ratio to each.
+pub struct Row {
+    scenario: String,
+    metric: String,
+    qistatus: String,
+    peers: [Option<String>; 2],
+    ratios: [Option<f64>; 2],
+    target: String,
+}
+
 /// Rows and notes of one run.
 #[derive(Default)]
 pub struct Report {
-    rows: Vec<[String; 6]>,
+    rows: Vec<Row>,
     /// Sentences under the table: counts, failures, what was skipped.
     pub notes: Vec<String>,
 }
@@ -18,62 +31,100 @@ pub fn ms(us: u64) -> String {
     format!("{:.2} ms", us as f64 / 1000.0)
 }
 
+fn or_dash(s: Option<&str>) -> &str {
+    s.unwrap_or("—")
+}
+
+fn ratio_text(r: Option<f64>) -> String {
+    r.map_or("—".to_owned(), |r| format!("{r:.2}×"))
+}
+
 impl Report {
-    /// Adds a row (and echoes it to stderr, so a long run shows progress).
+    /// Adds a row of qistatus alone (a ratio, if any, is qistatus against itself).
     pub fn row(
         &mut self,
         scenario: &str,
         metric: &str,
         qistatus: String,
-        peer: Option<String>,
         ratio: Option<f64>,
         target: &str,
     ) {
-        let ratio_text = ratio.map_or("—".to_owned(), |r| format!("{r:.2}×"));
-        let row = [
-            scenario.to_owned(),
-            metric.to_owned(),
+        self.add(Row {
+            scenario: scenario.into(),
+            metric: metric.into(),
             qistatus,
-            peer.unwrap_or_else(|| "—".into()),
-            ratio_text,
-            target.to_owned(),
-        ];
+            peers: [None, None],
+            ratios: [ratio, None],
+            target: target.into(),
+        });
+    }
+
+    /// Adds a row with each peer's figure and the ratios (and echoes it to stderr, so a
+    /// long run shows progress).
+    pub fn add(&mut self, row: Row) {
         eprintln!(
-            "{} | {} | qistatus {} | etcd {} | {} | {}",
-            row[0], row[1], row[2], row[3], row[4], row[5]
+            "{} | {} | qistatus {} | {} {} | {} {} | {} {} | {}",
+            row.scenario,
+            row.metric,
+            row.qistatus,
+            PEERS[0],
+            or_dash(row.peers[0].as_deref()),
+            PEERS[1],
+            or_dash(row.peers[1].as_deref()),
+            ratio_text(row.ratios[0]),
+            ratio_text(row.ratios[1]),
+            row.target
         );
         self.rows.push(row);
     }
 
-    /// A throughput row and its latency rows, for qistatus and (when measured) the peer.
+    /// A throughput row and its latency rows, for qistatus and each measured peer.
     pub fn compare(
         &mut self,
         scenario: &str,
         metric: &str,
         q: &Rounds,
-        peer: Option<&Rounds>,
+        peers: [Option<&Rounds>; 2],
         target: &str,
     ) {
         let qr = median(q.rates.clone());
-        let pr = peer.map(|p| median(p.rates.clone()));
-        self.row(
-            scenario,
-            metric,
-            format!("{qr:.0}/s"),
-            pr.map(|p| format!("{p:.0}/s")),
-            pr.map(|p| qr / p),
-            target,
-        );
+        let pr = peers.map(|p| p.map(|p| median(p.rates.clone())));
+        self.add(Row {
+            scenario: scenario.into(),
+            metric: metric.into(),
+            qistatus: format!("{qr:.0}/s"),
+            peers: pr.map(|p| p.map(|p| format!("{p:.0}/s"))),
+            ratios: pr.map(|p| p.map(|p| qr / p)),
+            target: target.into(),
+        });
         for (label, quantile) in [("latency p50", 0.5), ("latency p99", 0.99)] {
-            self.row(
-                scenario,
-                label,
-                ms(q.latency.value_at_quantile(quantile)),
-                peer.map(|p| ms(p.latency.value_at_quantile(quantile))),
-                None,
-                "",
-            );
+            self.add(Row {
+                scenario: scenario.into(),
+                metric: label.into(),
+                qistatus: ms(q.latency.value_at_quantile(quantile)),
+                peers: peers.map(|p| p.map(|p| ms(p.latency.value_at_quantile(quantile)))),
+                ratios: [None, None],
+                target: String::new(),
+            });
         }
+    }
+
+    /// A row of qistatus and etcd (the peer that has watches).
+    pub fn watch_row(
+        &mut self,
+        metric: &str,
+        qistatus: String,
+        etcd: Option<String>,
+        target: &str,
+    ) {
+        self.add(Row {
+            scenario: "watch fan-out".into(),
+            metric: metric.into(),
+            qistatus,
+            peers: [etcd, None],
+            ratios: [None, None],
+            target: target.into(),
+        });
     }
 
     /// The report as Markdown.
@@ -82,7 +133,8 @@ impl Report {
         let _ = writeln!(md, "# Benchmarks\n");
         let _ = writeln!(
             md,
-            "qistatus against etcd on the same machine, in the same run (`benches/run.sh`).\n"
+            "qistatus against etcd and PostgreSQL on the same machine, in the same run \
+             (`benches/run.sh`).\n"
         );
         let _ = writeln!(md, "- machine: {}", machine());
         let _ = writeln!(
@@ -103,20 +155,28 @@ impl Report {
         let _ = writeln!(md, "- mode: {mode}\n");
         let _ = writeln!(
             md,
-            "| scenario | metric | qistatus | etcd | ratio | target |"
+            "| scenario | metric | qistatus | {0} | {1} | ratio to {0} | ratio to {1} | target |",
+            PEERS[0], PEERS[1]
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
         for r in &self.rows {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} |",
-                r[0], r[1], r[2], r[3], r[4], r[5]
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.scenario,
+                r.metric,
+                r.qistatus,
+                or_dash(r.peers[0].as_deref()),
+                or_dash(r.peers[1].as_deref()),
+                ratio_text(r.ratios[0]),
+                ratio_text(r.ratios[1]),
+                r.target
             );
         }
         let _ = writeln!(
             md,
-            "\nRatios are qistatus over etcd for rates (higher is better) and large over small \
-             for the scale p99.\n"
+            "\nRatios are qistatus over the peer for rates (higher is better); in the scale \
+             rows, the large store's p99 over the small one's.\n"
         );
         for n in &self.notes {
             let _ = writeln!(md, "- {n}");

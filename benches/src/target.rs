@@ -28,15 +28,18 @@ pub enum WatchSpec {
 
 /// A system under test.
 pub trait Target: Clone + Send + Sync + 'static {
-    /// An open watch stream.
-    type Feed: Feed;
-
     /// Stores a webhook durably; returns its position (a sequence, or a revision counted
     /// from the start of the run), which watch deliveries are matched against.
     fn write(&self, i: usize, w: &Webhook) -> impl Future<Output = Option<u64>> + Send;
 
     /// Reads the current state of `w`'s operation; whether it was found.
     fn read(&self, i: usize, w: &Webhook) -> impl Future<Output = bool> + Send;
+}
+
+/// A system under test that can push changes to watchers.
+pub trait Watchable: Target {
+    /// An open watch stream.
+    type Feed: Feed;
 
     /// Opens a watch; returns once the server has registered it.
     fn watch(&self, i: usize, spec: WatchSpec) -> impl Future<Output = Self::Feed> + Send;
@@ -72,8 +75,6 @@ impl QistatusTarget {
 }
 
 impl Target for QistatusTarget {
-    type Feed = tonic::Streaming<pb::WatchOperationResponse>;
-
     async fn write(&self, _i: usize, w: &Webhook) -> Option<u64> {
         post(&self.http, &self.url, w.body.clone()).await
     }
@@ -88,6 +89,10 @@ impl Target for QistatusTarget {
             .await
             .is_ok()
     }
+}
+
+impl Watchable for QistatusTarget {
+    type Feed = tonic::Streaming<pb::WatchOperationResponse>;
 
     async fn watch(&self, i: usize, spec: WatchSpec) -> Self::Feed {
         let request = match spec {
@@ -161,8 +166,6 @@ fn etcd_key(w: &Webhook) -> Vec<u8> {
 }
 
 impl Target for EtcdTarget {
-    type Feed = EtcdFeed;
-
     async fn write(&self, i: usize, w: &Webhook) -> Option<u64> {
         let response = self
             .client(i)
@@ -185,6 +188,10 @@ impl Target for EtcdTarget {
             .await
             .is_ok_and(|r| r.kvs.len() == 1)
     }
+}
+
+impl Watchable for EtcdTarget {
+    type Feed = EtcdFeed;
 
     async fn watch(&self, i: usize, spec: WatchSpec) -> EtcdFeed {
         let create = match spec {
@@ -240,5 +247,145 @@ impl Feed for EtcdFeed {
                 .map(|kv| (kv.mod_revision - self.base_revision).max(0) as u64)
                 .collect(),
         )
+    }
+}
+
+/// PostgreSQL, as a team would write the same service on it: an `events` table with a
+/// unique content hash (deduplication) and the payload as `jsonb`, an upserted `operations`
+/// table with a status index, one transaction per webhook at `synchronous_commit = on`,
+/// prepared statements, one connection per sender.
+#[derive(Clone)]
+pub struct PostgresTarget {
+    connections: Arc<Vec<PostgresConnection>>,
+}
+
+struct PostgresConnection {
+    client: tokio_postgres::Client,
+    insert_event: tokio_postgres::Statement,
+    upsert_operation: tokio_postgres::Statement,
+    read_operation: tokio_postgres::Statement,
+}
+
+/// The schema a team would write.
+const POSTGRES_SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS events (
+        id bigserial PRIMARY KEY,
+        content_hash bytea NOT NULL UNIQUE,
+        kind text NOT NULL,
+        key text NOT NULL,
+        status text NOT NULL,
+        payload jsonb NOT NULL,
+        received_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX IF NOT EXISTS events_operation ON events (kind, key);
+    CREATE TABLE IF NOT EXISTS operations (
+        kind text NOT NULL,
+        key text NOT NULL,
+        status text NOT NULL,
+        version bigint NOT NULL,
+        updated_at timestamptz NOT NULL,
+        PRIMARY KEY (kind, key)
+    );
+    CREATE INDEX IF NOT EXISTS operations_status ON operations (status, kind, key);
+";
+
+impl PostgresTarget {
+    /// Opens `connections` connections to `url`, creating the schema on the first.
+    pub async fn connect(url: &str, connections: usize) -> Self {
+        let mut all = Vec::with_capacity(connections);
+        for i in 0..connections {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .expect("connect to PostgreSQL");
+            tokio::spawn(connection);
+            if i == 0 {
+                client
+                    .batch_execute(POSTGRES_SCHEMA)
+                    .await
+                    .expect("create the schema");
+            }
+            let insert_event = client
+                .prepare(
+                    "INSERT INTO events (content_hash, kind, key, status, payload) \
+                     VALUES ($1, $2, $3, $4, $5::text::jsonb) \
+                     ON CONFLICT (content_hash) DO NOTHING RETURNING id",
+                )
+                .await
+                .expect("prepare");
+            let upsert_operation = client
+                .prepare(
+                    "INSERT INTO operations (kind, key, status, version, updated_at) \
+                     VALUES ($1, $2, $3, 1, now()) ON CONFLICT (kind, key) DO UPDATE \
+                     SET status = EXCLUDED.status, version = operations.version + 1, \
+                     updated_at = now()",
+                )
+                .await
+                .expect("prepare");
+            let read_operation = client
+                .prepare(
+                    "SELECT o.status, o.version, e.status, e.payload::text FROM operations o \
+                     JOIN events e ON e.kind = o.kind AND e.key = o.key \
+                     WHERE o.kind = $1 AND o.key = $2 ORDER BY e.id",
+                )
+                .await
+                .expect("prepare");
+            all.push(PostgresConnection {
+                client,
+                insert_event,
+                upsert_operation,
+                read_operation,
+            });
+        }
+        PostgresTarget {
+            connections: Arc::new(all),
+        }
+    }
+
+    fn connection(&self, i: usize) -> &PostgresConnection {
+        &self.connections[i % self.connections.len()]
+    }
+}
+
+/// The status a team's code would read from a webhook (the seed shapes keep it in `status`).
+fn webhook_status(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["status"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+impl Target for PostgresTarget {
+    async fn write(&self, i: usize, w: &Webhook) -> Option<u64> {
+        use sha2::Digest;
+        let c = self.connection(i);
+        let hash = sha2::Sha256::digest(&w.body).to_vec();
+        let status = webhook_status(&w.body);
+        let payload = std::str::from_utf8(&w.body).ok()?;
+        c.client.batch_execute("BEGIN").await.ok()?;
+        let inserted = c
+            .client
+            .query_opt(
+                &c.insert_event,
+                &[&hash, &w.kind, &w.key, &status, &payload],
+            )
+            .await
+            .ok()?;
+        if inserted.is_some() {
+            c.client
+                .execute(&c.upsert_operation, &[&w.kind, &w.key, &status])
+                .await
+                .ok()?;
+        }
+        c.client.batch_execute("COMMIT").await.ok()?;
+        let id: i64 = inserted.map_or(0, |row| row.get(0));
+        Some(id as u64)
+    }
+
+    async fn read(&self, i: usize, w: &Webhook) -> bool {
+        let c = self.connection(i);
+        c.client
+            .query(&c.read_operation, &[&w.kind, &w.key])
+            .await
+            .is_ok_and(|rows| !rows.is_empty())
     }
 }

@@ -3,8 +3,7 @@
 //!
 //! | space | [`Key`] | body | value |
 //! |---|---|---|---|
-//! | `L` | `Log(seq)` | sequence, u64 big-endian | where the webhook at `seq` is |
-//! | `C` | `Change(seq)` | sequence | the change it made (the watch feed) |
+//! | `L` | `Event(seq)` | sequence, u64 big-endian | where the webhook at `seq` is, and the change it made (the watch feed) |
 //! | `E` | `EventId(id)` | the 32-byte content hash | where that webhook is (dedupe) |
 //! | `O` | `Operation` | `key \0 kind` | the operation with its history summaries |
 //! | `S` | `StatusIndex` | `status \0 kind \0 key` | the operation without history |
@@ -31,10 +30,8 @@ use crate::domain::webhook::EventId;
 /// Every key the store writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Key<'a> {
-    /// Where the webhook stored at this sequence is.
-    Log(u64),
-    /// The change the webhook at this sequence made.
-    Change(u64),
+    /// The webhook stored at this sequence: where it is, and the change it made.
+    Event(u64),
     /// Where the webhook with this content hash is.
     EventId(&'a EventId),
     /// An operation.
@@ -101,8 +98,7 @@ impl Meta {
 /// The one-byte prefix of each space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SpaceId {
-    Log = b'L' as isize,
-    Changes = b'C' as isize,
+    Events = b'L' as isize,
     EventIds = b'E' as isize,
     Operations = b'O' as isize,
     StatusIndex = b'S' as isize,
@@ -135,8 +131,7 @@ impl Key<'_> {
     /// The space the key lives in.
     pub(crate) fn space(&self) -> SpaceId {
         match self {
-            Key::Log(_) => SpaceId::Log,
-            Key::Change(_) => SpaceId::Changes,
+            Key::Event(_) => SpaceId::Events,
             Key::EventId(_) => SpaceId::EventIds,
             Key::Operation { .. } => SpaceId::Operations,
             Key::StatusIndex { .. } => SpaceId::StatusIndex,
@@ -149,9 +144,7 @@ impl Key<'_> {
     /// The key within its space (what scans of the space return).
     pub(crate) fn body(&self) -> Vec<u8> {
         match *self {
-            Key::Log(sequence) | Key::Change(sequence) | Key::Quarantine(sequence) => {
-                sequence.to_be_bytes().to_vec()
-            }
+            Key::Event(sequence) | Key::Quarantine(sequence) => sequence.to_be_bytes().to_vec(),
             Key::EventId(id) => id.0.to_vec(),
             Key::Operation { kind, key } => joined(&[key.as_bytes(), kind.as_bytes()]),
             Key::StatusIndex { status, kind, key } => {

@@ -118,6 +118,29 @@ pub struct LogEntry {
     pub payload: PayloadRef,
 }
 
+/// What the `L` space keeps per sequence: where the webhook is, then the change it made.
+/// One key instead of two per webhook (sled's cost is per key); the entry comes first so
+/// that reading only it ([`decode_entry`]) does not decode the change.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct StoredEvent<C> {
+    pub(crate) entry: LogEntry,
+    pub(crate) change: C,
+}
+
+/// The [`LogEntry`] of a stored [`StoredEvent`], without decoding its change.
+fn decode_entry(bytes: &[u8]) -> Result<LogEntry, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        tree: "events",
+        reason,
+    };
+    match bytes.split_first() {
+        Some((&RECORD_VERSION, body)) => postcard::take_from_bytes::<LogEntry>(body)
+            .map(|(entry, _change)| entry)
+            .map_err(|e| corrupt(e.to_string())),
+        _ => decode::<StoredEvent<Change>>(bytes, "events").map(|stored| stored.entry),
+    }
+}
+
 /// The effect of one stored webhook on its operation: what watchers read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
@@ -156,8 +179,7 @@ pub enum EventRef {
 struct Trees {
     /// The one sled tree all spaces live in.
     all: sled::Tree,
-    log: Space,
-    changes: Space,
+    events: Space,
     operations: Space,
     status_index: Space,
     phase_index: Space,
@@ -202,8 +224,7 @@ impl Store {
         let fresh = all.is_empty();
         let space = |id: SpaceId| Space::new(all.clone(), id);
         let trees = Trees {
-            log: space(SpaceId::Log),
-            changes: space(SpaceId::Changes),
+            events: space(SpaceId::Events),
             operations: space(SpaceId::Operations),
             status_index: space(SpaceId::StatusIndex),
             phase_index: space(SpaceId::PhaseIndex),
@@ -384,15 +405,16 @@ impl Store {
             return Ok(Vec::new());
         }
         self.trees
-            .changes
+            .events
             .range(
-                std::ops::Bound::Included((after + 1).to_be_bytes().to_vec()),
-                std::ops::Bound::Included(up_to.to_be_bytes().to_vec()),
+                std::ops::Bound::Included(Key::Event(after + 1).body()),
+                std::ops::Bound::Included(Key::Event(up_to).body()),
             )
             .take(limit)
             .map(|kv| {
                 let (k, v) = kv?;
-                Ok((u64_from_be(&k, "changes")?, decode(&v, "changes")?))
+                let stored: StoredEvent<Change> = decode(&v, "events")?;
+                Ok((u64_from_be(&k, "events")?, stored.change))
             })
             .collect()
     }
@@ -428,8 +450,8 @@ impl Store {
 
     /// The stored webhook at `sequence`, unless retention has compacted it away.
     pub fn log_entry(&self, sequence: u64) -> Result<Option<LogEntry>, StoreError> {
-        self.get(Key::Log(sequence))?
-            .map(|v| decode(&v, "log"))
+        self.get(Key::Event(sequence))?
+            .map(|v| decode_entry(&v))
             .transpose()
     }
 
@@ -466,9 +488,9 @@ impl Store {
     pub(crate) fn log_entries(
         &self,
     ) -> impl Iterator<Item = Result<(u64, LogEntry), StoreError>> + '_ {
-        self.trees.log.iter().map(|kv| {
+        self.trees.events.iter().map(|kv| {
             let (k, v) = kv?;
-            Ok((u64_from_be(&k, "log")?, decode(&v, "log")?))
+            Ok((u64_from_be(&k, "events")?, decode_entry(&v)?))
         })
     }
 

@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use super::log::{Entry, PayloadRef, Record};
 use super::{
-    Change, EventRef, Key, LogEntry, Meta, QuarantineEntry, Store, StoreError, Writes, encode,
-    put_operation,
+    Change, EventRef, Key, LogEntry, Meta, QuarantineEntry, Store, StoreError, StoredEvent, Writes,
+    encode, put_operation,
 };
 use crate::domain::catalog::Catalog;
 use crate::domain::reconcile::{EventSummary, Operation, Reconciler};
@@ -152,8 +152,13 @@ impl Batch<'_> {
             received_at,
             payload: at,
         };
-        self.writes.put(Key::Log(sequence), encode(&entry));
-        self.writes.put(Key::Change(sequence), encode(&change));
+        self.writes.put(
+            Key::Event(sequence),
+            encode(&StoredEvent {
+                entry,
+                change: &change,
+            }),
+        );
         self.writes.put(
             Key::EventId(&envelope.event_id),
             encode(&EventRef::Event(sequence)),

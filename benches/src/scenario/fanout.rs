@@ -14,7 +14,7 @@ use super::Context;
 use crate::load::{Webhook, histogram};
 use crate::process::Process;
 use crate::report::{Report, ms};
-use crate::target::{EtcdTarget, Feed, QistatusTarget, Target, WatchSpec};
+use crate::target::{EtcdTarget, Feed, QistatusTarget, WatchSpec, Watchable};
 
 /// Runs the scenario against qistatus and, when available, etcd.
 pub async fn run(cx: &Context, report: &mut Report) {
@@ -45,24 +45,15 @@ pub async fn run(cx: &Context, report: &mut Report) {
         ("delivery latency p50 (send to receipt)", true, 0.5, ""),
         ("delivery latency p99 (send to receipt)", true, 0.99, ""),
     ] {
-        report.row(
-            "watch fan-out",
+        report.watch_row(
             label,
             quantile(&q, send, quant),
             e.as_ref().map(|e| quantile(e, send, quant)),
-            None,
             target,
         );
     }
     let lost = |r: &FanoutResult| r.expected.saturating_sub(r.delivered).to_string();
-    report.row(
-        "watch fan-out",
-        "changes lost",
-        lost(&q),
-        e.as_ref().map(lost),
-        None,
-        "0",
-    );
+    report.watch_row("changes lost", lost(&q), e.as_ref().map(lost), "0");
     let s = cx.sizes;
     report.notes.push(format!(
         "watch: {} watchers ({} by key, {} by status filter in qistatus and by key prefix in etcd, each receiving the same share), {} webhooks sent at {}/s (achieved: qistatus {:.0}/s, etcd {}); deliveries expected {}, received: qistatus {}, etcd {}. A change can reach a watcher before its writer reads the acknowledgement: such a delivery counts as 0 ms from the ack.",
@@ -187,7 +178,7 @@ impl Deliveries {
 }
 
 /// Opens the watchers, sends the fan-out workload at its rate, and measures deliveries.
-async fn fanout<T: Target>(target: &T, cx: &Context) -> FanoutResult {
+async fn fanout<T: Watchable>(target: &T, cx: &Context) -> FanoutResult {
     let sizes = cx.sizes;
     let total = sizes.watch_keys * sizes.watch_steps;
     let acks: Acks = Arc::new((0..total + 64).map(|_| OnceLock::new()).collect());

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use super::Context;
 use crate::load::{Rounds, TEMPLATES, Webhook, drive, webhooks};
-use crate::process::start_etcd;
+use crate::process::{Postgres, start_etcd};
 use crate::report::Report;
-use crate::target::{EtcdTarget, QistatusTarget, Target};
+use crate::target::{EtcdTarget, PostgresTarget, QistatusTarget, Target};
 
 /// Runs ingest and/or reads (reads need the ingested keys, so ingest always runs).
 pub async fn run(cx: &Context, report: &mut Report, with_ingest: bool, with_reads: bool) {
@@ -28,25 +28,36 @@ pub async fn run(cx: &Context, report: &mut Report, with_ingest: bool, with_read
         }
         None => None,
     };
+    let postgres = match &cx.postgres_bin_dir {
+        Some(bin_dir) => {
+            let server = Postgres::start(bin_dir, &cx.dir("p-ingest"));
+            let target = PostgresTarget::connect(&server.url, s.concurrency).await;
+            let rounds = ingest(&target, cx).await;
+            Some((server, target, rounds))
+        }
+        None => None,
+    };
     if with_ingest {
         let e = etcd.as_ref().map(|(_, _, r)| r);
+        let p = postgres.as_ref().map(|(_, _, r)| r);
         report.compare(
             "durable ingest",
             "webhooks acknowledged per second (median of rounds)",
             &q_ingest,
-            e,
-            "≥ 2× etcd",
+            [e, p],
+            "≥ 2× etcd, ≥ 3× PostgreSQL",
         );
         let mean_body = q_ingest.written.iter().map(|w| w.body.len()).sum::<usize>()
             / q_ingest.written.len().max(1);
         report.notes.push(format!(
-            "ingest: {} rounds of {} webhooks after {} warm-up, {} concurrent senders, the seed shapes in turn (mean body {mean_body} bytes); failures: qistatus {}, etcd {}.",
+            "ingest: {} rounds of {} webhooks after {} warm-up, {} concurrent senders, the seed shapes in turn (mean body {mean_body} bytes); failures: qistatus {}, etcd {}, PostgreSQL {}.",
             s.rounds,
             s.ingest_per_round,
             s.warmup,
             s.concurrency,
             q_ingest.failures,
             e.map_or("—".into(), |e| e.failures.to_string()),
+            p.map_or("—".into(), |p| p.failures.to_string()),
         ));
     }
     if with_reads {
@@ -55,25 +66,31 @@ pub async fn run(cx: &Context, report: &mut Report, with_ingest: bool, with_read
             Some((_, target, rounds)) => Some(reads(target, cx, &rounds.written).await),
             None => None,
         };
+        let p = match &postgres {
+            Some((_, target, rounds)) => Some(reads(target, cx, &rounds.written).await),
+            None => None,
+        };
         report.compare(
             "point reads",
-            "GetOperation vs serializable Range per second",
+            "GetOperation vs serializable Range vs a select by primary key, per second",
             &q,
-            e.as_ref(),
+            [e.as_ref(), p.as_ref()],
             "≥ 1.5× etcd",
         );
         report.notes.push(format!(
-            "reads: {} rounds of {} reads over the ingested keys, {} concurrent; GetOperation returns the operation with its history and each webhook's data, Range the stored payload; failures: qistatus {}, etcd {}.",
+            "reads: {} rounds of {} reads over the ingested keys, {} concurrent; GetOperation returns the operation with its history and each webhook's data, Range the stored payload, PostgreSQL the operation joined with its events' payloads; failures: qistatus {}, etcd {}, PostgreSQL {}.",
             s.rounds,
             s.reads_per_round,
             s.concurrency,
             q.failures,
             e.as_ref().map_or("—".into(), |e| e.failures.to_string()),
+            p.as_ref().map_or("—".into(), |p| p.failures.to_string()),
         ));
     }
     if let Some((server, ..)) = etcd {
         server.stop().await;
     }
+    drop(postgres);
     q_server.stop().await;
 }
 

@@ -18,6 +18,8 @@ pub struct Context {
     pub qistatus: Qistatus,
     /// The etcd binary, when etcd is measured.
     pub etcd_bin: Option<PathBuf>,
+    /// PostgreSQL's `bin` directory (initdb, pg_ctl), when PostgreSQL is measured.
+    pub postgres_bin_dir: Option<PathBuf>,
     /// Counts of this run.
     pub sizes: Sizes,
     /// Scratch directory of this run (removed at the end).

@@ -26,47 +26,46 @@ pub async fn run(cx: &Context, report: &mut Report) {
     let large = list_pages(&server, s.list_pages).await;
     let rss = server.rss_bytes();
     let ports = server.ports();
-    server.stop().await;
+    // A last burst, then a crash: the restart replays whatever sled had not checkpointed.
+    let burst = s.scale_large / 100;
+    populate(&server, s.scale_large, s.scale_large + burst, s.concurrency).await;
+    server.kill().await;
     let size = dir_size(&dir);
     let (server, ready) = cx.qistatus.start(&dir, Some(ports)).await;
     server.stop().await;
     let (s99, l99) = (small.value_at_quantile(0.99), large.value_at_quantile(0.99));
     let page = |n: usize| format!("ListByStatus page of 100, p99, at {n}");
-    report.row("scale", &page(s.scale_small), ms(s99), None, None, "");
+    report.row("scale", &page(s.scale_small), ms(s99), None, "");
     report.row(
         "scale",
         &page(s.scale_large),
         ms(l99),
-        None,
         Some(l99 as f64 / s99 as f64),
-        "within 2× of the small store",
+        "≤ 1.5× the small store's",
     );
     report.row(
         "scale",
         &format!("server RSS at {} operations", s.scale_large),
         format!("{:.0} MB", rss as f64 / 1e6),
         None,
-        None,
-        "≤ 500 MB",
+        "≤ 400 MB",
     );
     report.row(
         "scale",
         "data directory size",
         format!("{:.0} MB", size as f64 / 1e6),
         None,
-        None,
         "",
     );
     report.row(
         "scale",
-        "restart to ready",
+        "restart to ready (replaying the log past the last checkpoint)",
         format!("{:.2} s", ready.as_secs_f64()),
         None,
-        None,
-        "≤ 5 s",
+        "≤ 3 s",
     );
     report.notes.push(format!(
-        "scale: {} operations posted over HTTP ({rate:.0}/s) in four statuses; {} pages of 100 `disbursed` debts walked at each size.",
+        "scale: {} operations posted over HTTP ({rate:.0}/s) in four statuses; {} pages of 100 `disbursed` debts walked at each size; then {burst} more and SIGKILL, so the restart replays the log past sled's last checkpoint.",
         s.scale_large, s.list_pages
     ));
 }

@@ -36,8 +36,7 @@ pub(super) fn compact(store: &Store, cutoff: i64, limit: usize) -> Result<Compac
     compacted_through = compacted_through.max(last);
     let mut writes = Writes::default();
     for &sequence in &expired {
-        writes.delete(Key::Log(sequence));
-        writes.delete(Key::Change(sequence));
+        writes.delete(Key::Event(sequence));
     }
     writes.put(
         Key::Meta(Meta::CompactedThrough),

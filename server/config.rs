@@ -12,6 +12,7 @@ use crate::auth::grpc::BearerTokens;
 use crate::auth::webhook::{DEFAULT_MAX_CLOCK_SKEW, KeyError, WebhookVerifier};
 use crate::domain::catalog::{Catalog, CatalogError};
 use crate::feed::FeedSettings;
+use crate::grpc::GrpcLimits;
 use crate::intake::IntakeLimits;
 use crate::server::{DEFAULT_COMPACTION_INTERVAL, DEFAULT_LOG_RETENTION_DAYS, Settings, days};
 use crate::store::DEFAULT_CACHE_MB;
@@ -59,6 +60,40 @@ pub struct Config {
     /// Most webhook requests handled at once; more wait their turn.
     #[arg(long, env = "QISTATUS_MAX_CONCURRENT_REQUESTS", default_value_t = IntakeLimits::DEFAULT.max_concurrent)]
     pub max_concurrent_requests: usize,
+
+    /// Most webhook connections open at once. At the bound, the connection idle longest is
+    /// closed to admit a new one. Lowered at start if the process may not open that many files.
+    #[arg(long, env = "QISTATUS_MAX_CONNECTIONS", default_value_t = IntakeLimits::DEFAULT.max_connections)]
+    pub max_connections: usize,
+
+    /// Longest a webhook client may take to send a request's headers (also how long a
+    /// kept-alive connection may wait for its next request).
+    #[arg(long, env = "QISTATUS_HEADER_READ_TIMEOUT", default_value_t = IntakeLimits::DEFAULT.header_read_timeout.into())]
+    pub header_read_timeout: humantime::Duration,
+
+    /// A webhook connection with no request in flight that sends nothing for this long is
+    /// closed.
+    #[arg(long, env = "QISTATUS_IDLE_TIMEOUT", default_value_t = IntakeLimits::DEFAULT.idle_timeout.into())]
+    pub idle_timeout: humantime::Duration,
+
+    /// Longest a new connection (either listener) may take to finish its TLS handshake or
+    /// send its first bytes.
+    #[arg(long, env = "QISTATUS_HANDSHAKE_TIMEOUT", default_value_t = IntakeLimits::DEFAULT.handshake_timeout.into())]
+    pub handshake_timeout: humantime::Duration,
+
+    /// Most gRPC connections open at once; more are refused. Lowered at start if the process
+    /// may not open that many files.
+    #[arg(long, env = "QISTATUS_GRPC_MAX_CONNECTIONS", default_value_t = GrpcLimits::DEFAULT.max_connections)]
+    pub grpc_max_connections: usize,
+
+    /// A gRPC connection is asked to close after this long (clients reconnect, watchers
+    /// resume), and closed a minute later.
+    #[arg(long, env = "QISTATUS_GRPC_MAX_CONNECTION_AGE", default_value_t = GrpcLimits::DEFAULT.max_connection_age.into())]
+    pub grpc_max_connection_age: humantime::Duration,
+
+    /// Longest a unary gRPC call may take before it fails with DEADLINE_EXCEEDED.
+    #[arg(long, env = "QISTATUS_GRPC_REQUEST_TIMEOUT", default_value_t = GrpcLimits::DEFAULT.request_timeout.into())]
+    pub grpc_request_timeout: humantime::Duration,
 
     /// Capacity of the queue in front of the writer; when full, the intake answers 503.
     #[arg(long, env = "QISTATUS_WRITER_QUEUE", default_value_t = WriterLimits::DEFAULT.queue)]
@@ -302,6 +337,16 @@ impl Config {
                 max_body: self.max_body,
                 request_timeout: *self.request_timeout,
                 max_concurrent: self.max_concurrent_requests.max(1),
+                max_connections: self.max_connections.max(1),
+                header_read_timeout: *self.header_read_timeout,
+                idle_timeout: *self.idle_timeout,
+                handshake_timeout: *self.handshake_timeout,
+            },
+            grpc: GrpcLimits {
+                max_connections: self.grpc_max_connections.max(1),
+                handshake_timeout: *self.handshake_timeout,
+                max_connection_age: *self.grpc_max_connection_age,
+                request_timeout: *self.grpc_request_timeout,
             },
             writer: WriterLimits {
                 queue: self.writer_queue.max(1),
@@ -350,8 +395,14 @@ mod tests {
         let library = Settings::new(&config.data_dir);
         let shown = |s: &Settings| {
             format!(
-                "{:?} {:?} {:?} {:?} {:?} {}",
-                s.intake, s.writer, s.feed, s.log_retention, s.compaction_interval, s.cache_bytes
+                "{:?} {:?} {:?} {:?} {:?} {:?} {}",
+                s.intake,
+                s.grpc,
+                s.writer,
+                s.feed,
+                s.log_retention,
+                s.compaction_interval,
+                s.cache_bytes
             )
         };
         assert_eq!(shown(&flags), shown(&library));

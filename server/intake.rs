@@ -44,6 +44,17 @@ pub struct IntakeLimits {
     pub request_timeout: Duration,
     /// Most requests handled at once; more wait their turn.
     pub max_concurrent: usize,
+    /// Most connections open at once; at the bound, the connection idle longest is closed
+    /// to make room (or the new one refused when every connection is busy).
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's headers; also how long a kept-alive
+    /// connection may wait for its next request.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// Longest a new connection may take to finish its TLS handshake, or to send its first
+    /// bytes.
+    pub handshake_timeout: Duration,
 }
 
 impl IntakeLimits {
@@ -52,6 +63,10 @@ impl IntakeLimits {
         max_body: 1024 * 1024,
         request_timeout: Duration::from_secs(4),
         max_concurrent: 512,
+        max_connections: 4096,
+        header_read_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        handshake_timeout: Duration::from_secs(10),
     };
 }
 

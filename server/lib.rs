@@ -70,6 +70,8 @@ mod grpc;
 #[cfg(feature = "server")]
 mod intake;
 #[cfg(feature = "server")]
+mod net;
+#[cfg(feature = "server")]
 mod server;
 #[cfg(feature = "server")]
 pub mod store;
@@ -83,6 +85,8 @@ pub use auth::grpc::BearerTokens;
 pub use auth::webhook::{KeyError, WebhookVerifier};
 #[cfg(feature = "server")]
 pub use feed::FeedSettings;
+#[cfg(feature = "server")]
+pub use grpc::GrpcLimits;
 #[cfg(feature = "server")]
 pub use intake::IntakeLimits;
 #[cfg(feature = "server")]

@@ -12,19 +12,21 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::auth::grpc::{BearerAuthLayer, BearerTokens};
 use crate::auth::webhook::WebhookVerifier;
 use crate::domain::catalog::Catalog;
 use crate::feed::{ChangeFeed, FeedSettings};
-use crate::grpc::OperationStatusApi;
+use crate::grpc::{GrpcLimits, OperationStatusApi};
 use crate::intake::{self, IntakeLimits, IntakeState};
+use crate::net::{self, Admission, AtCapacity, HttpTimeouts};
 use crate::pb;
 use crate::store::writer::{self, SubmitError, WriterHandle, WriterLimits};
 use crate::store::{Store, StoreError};
-use crate::tls::{TlsIdentity, TlsListener};
+use crate::tls::TlsIdentity;
 
 /// Days raw webhooks and change records stay in the log, by default.
 pub const DEFAULT_LOG_RETENTION_DAYS: u32 = 90;
@@ -45,6 +47,8 @@ pub struct Settings {
     pub catalog: Catalog,
     /// Intake limits.
     pub intake: IntakeLimits,
+    /// gRPC connection and request limits.
+    pub grpc: GrpcLimits,
     /// Writer limits.
     pub writer: WriterLimits,
     /// Watch (change feed) limits and timings.
@@ -71,6 +75,7 @@ impl Settings {
             data_dir: data_dir.into(),
             catalog: Catalog::builtin(),
             intake: IntakeLimits::DEFAULT,
+            grpc: GrpcLimits::DEFAULT,
             writer: WriterLimits::DEFAULT,
             feed: FeedSettings::DEFAULT,
             log_retention: days(DEFAULT_LOG_RETENTION_DAYS),
@@ -89,9 +94,6 @@ pub enum ServerError {
     /// The store could not be opened or written.
     #[error("store: {0}")]
     Store(#[from] StoreError),
-    /// The HTTP listener failed.
-    #[error("HTTP server: {0}")]
-    Http(#[from] std::io::Error),
     /// The gRPC listener failed.
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
@@ -115,11 +117,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     // Check the TLS identity before touching the store.
-    let http_tls = settings
+    let tls = settings
         .tls
         .as_ref()
         .map(crate::tls::server_config)
-        .transpose()?;
+        .transpose()?
+        .map(TlsAcceptor::from);
+    let (intake_connections, grpc_connections, lowered) = net::connection_budget(
+        settings.intake.max_connections,
+        settings.grpc.max_connections,
+    );
+    if let Some(warning) = lowered {
+        tracing::warn!("{warning}");
+    }
     let store = Store::open_with_cache(&settings.data_dir, settings.cache_bytes)?;
     let quarantined = store.quarantine_len();
     if quarantined > 0 {
@@ -159,22 +169,22 @@ pub async fn run(
         },
         settings.intake,
     );
-    let http_server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
-        match http_tls {
-            Some(config) => {
-                let listener = TlsListener::new(http, config)?;
-                Box::pin(
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(stopped(stop_rx.clone()))
-                        .into_future(),
-                )
-            }
-            None => Box::pin(
-                axum::serve(http, app)
-                    .with_graceful_shutdown(stopped(stop_rx.clone()))
-                    .into_future(),
-            ),
-        };
+    let intake_admission = Admission::new("intake", intake_connections, AtCapacity::EvictIdle);
+    let http_server = net::serve_http(
+        net::accept_connections(
+            http,
+            tls.clone(),
+            intake_admission.clone(),
+            settings.intake.handshake_timeout,
+            stop_rx.clone(),
+        ),
+        app,
+        HttpTimeouts {
+            header_read: settings.intake.header_read_timeout,
+            idle: settings.intake.idle_timeout,
+        },
+        stop_rx.clone(),
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -186,20 +196,19 @@ pub async fn run(
     let api = pb::operation_status_service_server::OperationStatusServiceServer::new(
         OperationStatusApi::new(store.clone(), feed)?,
     );
-    let incoming = TcpListenerStream::new(grpc).map(|conn| {
-        if let Ok(stream) = &conn {
-            // Small, latency-sensitive messages: do not wait to coalesce them.
-            let _ = stream.set_nodelay(true);
-        }
-        conn
-    });
-    let mut grpc_builder = tonic::transport::Server::builder();
-    if let Some(identity) = &settings.tls {
-        let identity = tonic::transport::Identity::from_pem(&identity.cert_pem, &identity.key_pem);
-        grpc_builder =
-            grpc_builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
-    }
-    let grpc_server = grpc_builder
+    let grpc_admission = Admission::new("grpc", grpc_connections, AtCapacity::Refuse);
+    let incoming = ReceiverStream::new(net::accept_connections(
+        grpc,
+        tls,
+        grpc_admission.clone(),
+        settings.grpc.handshake_timeout,
+        stop_rx.clone(),
+    ))
+    .map(Ok::<_, std::io::Error>);
+    let grpc_server = tonic::transport::Server::builder()
+        .timeout(settings.grpc.request_timeout)
+        .max_connection_age(settings.grpc.max_connection_age)
+        .max_connection_age_grace(Duration::from_secs(60))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(BearerAuthLayer::new(settings.grpc_tokens))
@@ -217,7 +226,7 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
 
-    let (http_result, grpc_result) = tokio::join!(http_server, grpc_server);
+    let ((), grpc_result) = tokio::join!(http_server, grpc_server);
     if let Err(e) = compaction.await {
         tracing::error!(error = %e, "the compaction task failed");
     }
@@ -227,9 +236,12 @@ pub async fn run(
         .await
         .expect("the writer join task does not panic: join() logs a writer panic instead");
     store.flush()?;
-    http_result?;
     grpc_result?;
-    tracing::info!("stopped");
+    tracing::info!(
+        intake_connections_shed = intake_admission.shed(),
+        grpc_connections_shed = grpc_admission.shed(),
+        "stopped"
+    );
     Ok(())
 }
 

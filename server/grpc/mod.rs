@@ -8,6 +8,7 @@ mod page_token;
 mod watch;
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
@@ -27,6 +28,38 @@ pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1000;
 /// Most statuses or kinds in one filter.
 pub const MAX_FILTER_VALUES: usize = 64;
+
+/// Limits of the gRPC listener's connections and requests.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcLimits {
+    /// Most connections open at once; more are refused (an open connection may carry
+    /// watchers, so none is closed to make room).
+    pub max_connections: usize,
+    /// Longest a new connection may take to finish its TLS handshake, or to send its first
+    /// bytes.
+    pub handshake_timeout: Duration,
+    /// A connection is asked to close (HTTP/2 GOAWAY) after this long, and closed after
+    /// a further minute of grace; clients reconnect, watchers resume.
+    pub max_connection_age: Duration,
+    /// Longest a unary call may take before it fails with DEADLINE_EXCEEDED.
+    pub request_timeout: Duration,
+}
+
+impl GrpcLimits {
+    /// The defaults, which the server's flags also show.
+    pub const DEFAULT: GrpcLimits = GrpcLimits {
+        max_connections: 1024,
+        handshake_timeout: Duration::from_secs(10),
+        max_connection_age: Duration::from_secs(3600),
+        request_timeout: Duration::from_secs(30),
+    };
+}
+
+impl Default for GrpcLimits {
+    fn default() -> Self {
+        GrpcLimits::DEFAULT
+    }
+}
 
 /// Errors of the gRPC API.
 #[derive(Debug, thiserror::Error)]

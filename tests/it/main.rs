@@ -12,6 +12,7 @@ mod test_server;
 mod backpressure;
 mod bad_input;
 mod cli;
+mod connections;
 mod crash;
 mod delivery_order;
 mod every_kind;

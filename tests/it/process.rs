@@ -29,6 +29,8 @@ pub struct ServerCommand {
     log: String,
     stderr: Option<PathBuf>,
     env: Vec<(String, String)>,
+    args: Vec<String>,
+    nofile: Option<u64>,
 }
 
 impl ServerCommand {
@@ -41,6 +43,8 @@ impl ServerCommand {
             log: "warn".into(),
             stderr: None,
             env: Vec::new(),
+            args: Vec::new(),
+            nofile: None,
         }
     }
 
@@ -68,18 +72,38 @@ impl ServerCommand {
         self
     }
 
+    /// With more flags.
+    pub fn args<'a>(mut self, args: impl IntoIterator<Item = &'a str>) -> Self {
+        self.args.extend(args.into_iter().map(str::to_owned));
+        self
+    }
+
+    /// Limited to `limit` open files (soft and hard), as `ulimit -n` would.
+    pub fn nofile(mut self, limit: u64) -> Self {
+        self.nofile = Some(limit);
+        self
+    }
+
     /// Starts it and waits (at most 30 s) until both listeners answer.
     pub async fn start(self) -> ServerProcess {
         let stderr = match &self.stderr {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("create the log file")),
             None => Stdio::inherit(),
         };
-        let mut child = Command::new(SERVER_BIN)
+        let mut command = Command::new(SERVER_BIN);
+        if let Some(limit) = self.nofile {
+            // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                command.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, limit, limit));
+            }
+        }
+        let mut child = command
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--http-addr", &self.http.to_string()])
             .args(["--grpc-addr", &self.grpc.to_string()])
             .args(["--log", &self.log])
+            .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(stderr)

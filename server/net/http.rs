@@ -1,0 +1,137 @@
+//! Serving the intake's router on admitted connections with hyper, HTTP/1.1 and HTTP/2.
+//!
+//! `axum::serve` has no header read timeout, idle timeout or connection bound, so the intake
+//! runs its own loop, the one hyper-util documents, with:
+//! - a header read timeout: a request's headers must arrive within `header_read_timeout`;
+//!   hyper starts that clock whenever it waits for a request, so it is also the idle timeout
+//!   of a kept-alive HTTP/1.1 connection;
+//! - an idle timeout for every connection (HTTP/2 included): closed gracefully when it has no
+//!   request in flight and has sent nothing for `idle_timeout`;
+//! - HTTP/2 keepalive pings, so a vanished peer is noticed;
+//! - a bound on open connections and eviction of idle ones ([`super::admission`]);
+//! - on shutdown, every connection finishes its requests in flight and closes.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tower::ServiceExt;
+
+use super::accept::Conn;
+
+/// Timeouts of the intake's connections.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HttpTimeouts {
+    pub(crate) header_read: Duration,
+    pub(crate) idle: Duration,
+}
+
+/// HTTP/2 keepalive: a ping after this much silence...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// ...which must be answered within this.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most concurrent streams on one HTTP/2 connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+
+/// Serves `app` on the connections `incoming` hands out until `stop` turns true, then waits
+/// for every connection to finish its requests in flight.
+pub(crate) async fn serve(
+    mut incoming: mpsc::Receiver<Conn>,
+    app: Router,
+    timeouts: HttpTimeouts,
+    stop: watch::Receiver<bool>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header_read)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
+    let builder = Arc::new(builder);
+    let mut connections = JoinSet::new();
+    let mut stopping = stop.clone();
+    loop {
+        let conn = tokio::select! {
+            conn = incoming.recv() => match conn {
+                Some(conn) => conn,
+                None => break,
+            },
+            _ = stopping.wait_for(|stop| *stop) => break,
+            // Reap finished connections as they go, so the set stays the size of what is open.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        connections.spawn(serve_connection(
+            conn,
+            app.clone(),
+            builder.clone(),
+            timeouts.idle,
+            stop.clone(),
+        ));
+    }
+    drop(incoming);
+    while connections.join_next().await.is_some() {}
+}
+
+async fn serve_connection(
+    conn: Conn,
+    app: Router,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    idle_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slot = conn.slot().clone();
+    let peer = conn.peer();
+    let service = {
+        let slot = slot.clone();
+        hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let guard = slot.begin_request();
+            let app = app.clone();
+            async move {
+                let response = app.oneshot(request.map(axum::body::Body::new)).await;
+                drop(guard);
+                response.map_err(|never: Infallible| match never {})
+            }
+        })
+    };
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(conn), service);
+    tokio::pin!(connection);
+    let mut shutting_down = false;
+    loop {
+        let idle_check = tokio::time::sleep(idle_timeout.saturating_sub(slot.idle_for()));
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = slot.evicted() => {
+                tracing::debug!(%peer, "evicted while idle to admit a new connection");
+                return;
+            }
+            _ = stop.wait_for(|stop| *stop), if !shutting_down => {
+                shutting_down = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            () = idle_check, if !shutting_down => {
+                if slot.idle_for() >= idle_timeout {
+                    tracing::debug!(%peer, "closing an idle connection");
+                    shutting_down = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}

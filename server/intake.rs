@@ -22,9 +22,8 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
@@ -90,21 +89,30 @@ pub(crate) struct IntakeState {
 /// The intake's HTTP routes with their limits.
 pub(crate) fn router(state: IntakeState, limits: IntakeLimits) -> Router {
     Router::new()
-        .route("/webhooks", post(receive_webhook))
+        .route(
+            "/webhooks",
+            post(receive_webhook).fallback(|| async { IntakeError::MethodNotAllowed }),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { IntakeError::NoRoute })
-        .with_state(state)
+        .with_state(WithLimits { state, limits })
         .layer(
-            ServiceBuilder::new()
-                .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-                    StatusCode::REQUEST_TIMEOUT,
-                    limits.request_timeout,
-                ))
-                .layer(tower::limit::ConcurrencyLimitLayer::new(
-                    limits.max_concurrent,
-                ))
-                .layer(DefaultBodyLimit::max(limits.max_body)),
+            ServiceBuilder::new().layer(tower::limit::ConcurrencyLimitLayer::new(
+                limits.max_concurrent,
+            )),
         )
+}
+
+/// Most request headers, and most bytes of them, the intake reads. QI Tech sends a handful.
+pub(crate) const MAX_HEADERS: usize = 64;
+/// See [`MAX_HEADERS`].
+pub(crate) const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// The handler's state: what it shares with the server, and its limits.
+#[derive(Debug, Clone)]
+struct WithLimits {
+    state: IntakeState,
+    limits: IntakeLimits,
 }
 
 /// The body of a successful answer.
@@ -116,14 +124,47 @@ enum IntakeReply {
     Quarantined { reason: String, quarantine_id: u64 },
 }
 
+/// `POST /webhooks`: the whole request, body included, within `request_timeout`.
 async fn receive_webhook(
-    State(state): State<IntakeState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    State(WithLimits { state, limits }): State<WithLimits>,
+    request: Request,
 ) -> Result<Response, IntakeError> {
-    let body = body?;
+    tokio::time::timeout(
+        limits.request_timeout,
+        store_webhook(state, limits, request),
+    )
+    .await
+    .map_err(|_| IntakeError::Timeout(limits.request_timeout))?
+}
+
+async fn store_webhook(
+    state: IntakeState,
+    limits: IntakeLimits,
+    request: Request,
+) -> Result<Response, IntakeError> {
+    let (parts, body) = request.into_parts();
+    let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers.len() > MAX_HEADERS || header_bytes > MAX_HEADER_BYTES {
+        return Err(IntakeError::HeadersTooLarge {
+            count: headers.len(),
+            bytes: header_bytes,
+        });
+    }
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
+        let encoding = String::from_utf8_lossy(encoding.as_bytes())
+            .trim()
+            .to_ascii_lowercase();
+        if encoding != "identity" {
+            return Err(IntakeError::UnsupportedEncoding(encoding));
+        }
+    }
+    let body = axum::body::to_bytes(body, limits.max_body)
+        .await
+        .map_err(|e| IntakeError::body(e, limits.max_body))?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let facts = RequestFacts {
         method: method.as_str(),
@@ -169,9 +210,32 @@ pub(crate) enum IntakeError {
     /// The sender could not be verified.
     #[error(transparent)]
     Unauthorized(#[from] AuthError),
-    /// The body could not be read (too large, connection dropped).
+    /// The body is larger than the limit.
+    #[error("the body is larger than {0} bytes")]
+    BodyTooLarge(usize),
+    /// The body could not be read (the connection dropped or broke the protocol).
     #[error("cannot read the request body: {0}")]
-    Body(#[from] BytesRejection),
+    Body(String),
+    /// The body is compressed, which the intake does not decode.
+    #[error("Content-Encoding {0:?} is not supported: send the body uncompressed")]
+    UnsupportedEncoding(String),
+    /// Too many headers, or too long.
+    #[error(
+        "request headers too large: {count} headers, {bytes} bytes; at most {MAX_HEADERS} \
+         headers and {MAX_HEADER_BYTES} bytes"
+    )]
+    HeadersTooLarge {
+        /// How many headers.
+        count: usize,
+        /// Their bytes.
+        bytes: usize,
+    },
+    /// The request took longer than the limit.
+    #[error("the request took longer than {}: send it again", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    /// A method other than POST on /webhooks.
+    #[error("method not allowed: webhooks are received at POST /webhooks")]
+    MethodNotAllowed,
     /// The writer could not take or store the webhook.
     #[error(transparent)]
     Submit(#[from] SubmitError),
@@ -185,6 +249,19 @@ struct ErrorBody {
     error: String,
 }
 
+impl IntakeError {
+    /// A body that could not be read: too large, or broken off.
+    fn body(e: axum::Error, max_body: usize) -> IntakeError {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            IntakeError::BodyTooLarge(max_body)
+        } else {
+            IntakeError::Body(e.to_string())
+        }
+    }
+}
+
 impl IntoResponse for IntakeError {
     fn into_response(self) -> Response {
         let (status, message) = match &self {
@@ -193,7 +270,17 @@ impl IntoResponse for IntakeError {
                 tracing::warn!(reason = %e, "webhook refused: not verified");
                 (StatusCode::UNAUTHORIZED, e.to_string())
             }
-            IntakeError::Body(rejection) => (rejection.status(), rejection.body_text()),
+            IntakeError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, self.to_string()),
+            IntakeError::Body(_) => (StatusCode::BAD_REQUEST, self.to_string()),
+            IntakeError::UnsupportedEncoding(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, self.to_string())
+            }
+            IntakeError::HeadersTooLarge { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                self.to_string(),
+            ),
+            IntakeError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, self.to_string()),
+            IntakeError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, self.to_string()),
             IntakeError::NoRoute => (StatusCode::NOT_FOUND, self.to_string()),
             IntakeError::Submit(SubmitError::Busy) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -213,6 +300,11 @@ impl IntoResponse for IntakeError {
             tracing::debug!(status = status.as_u16(), %message, "webhook refused");
         }
         let mut response = (status, Json(ErrorBody { error: message })).into_response();
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()

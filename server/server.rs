@@ -190,12 +190,19 @@ pub async fn run(
     health
         .set_serving::<pb::operation_status_service_server::OperationStatusServiceServer<OperationStatusApi>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection lists every service served, health included, in both protocol versions
+    // (grpcurl and buf curl speak v1; older tools only v1alpha).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let api = pb::operation_status_service_server::OperationStatusServiceServer::new(
         OperationStatusApi::new(store.clone(), feed)?,
-    );
+    )
+    .max_decoding_message_size(crate::grpc::MAX_REQUEST_BYTES);
     let grpc_admission = Admission::new("grpc", grpc_connections, AtCapacity::Refuse);
     let incoming = ReceiverStream::new(net::accept_connections(
         grpc,
@@ -211,9 +218,13 @@ pub async fn run(
         .max_connection_age_grace(Duration::from_secs(60))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(tower::util::MapResponseLayer::new(
+            crate::grpc::oversized_request_is_resource_exhausted,
+        ))
         .layer(BearerAuthLayer::new(settings.grpc_tokens))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(api)
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
 

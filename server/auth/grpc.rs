@@ -47,7 +47,12 @@ impl BearerTokens {
 
     /// Whether an `authorization` header value carries an accepted token.
     pub fn accepts(&self, authorization: Option<&str>) -> bool {
-        let Some(token) = authorization.and_then(|a| a.strip_prefix("Bearer ")) else {
+        // The scheme name is case-insensitive (RFC 9110, section 11.1).
+        let Some(token) = authorization
+            .and_then(|a| a.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
+        else {
             return false;
         };
         let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
@@ -134,7 +139,13 @@ mod tests {
     fn accepts_only_configured_tokens() {
         let tokens = BearerTokens::from_files_text(["# ops\nalpha\n\n  beta  \n", "gamma"]);
         assert!(tokens.is_enabled());
-        for good in ["Bearer alpha", "Bearer beta", "Bearer gamma"] {
+        for good in [
+            "Bearer alpha",
+            "Bearer beta",
+            "Bearer gamma",
+            "bearer alpha",
+            "BEARER beta",
+        ] {
             assert!(tokens.accepts(Some(good)), "{good}");
         }
         for bad in [

@@ -10,7 +10,10 @@
 //!   public keys (several, for rotation), then the body hash, the method, the path, the
 //!   client key (when keys are configured) and the timestamp against the allowed clock skew.
 //! - **QI Tech's encoded body** (older): the body is `{"encoded_body": "<JWT>"}`; the JWT is
-//!   verified with the same keys and its payload *is* the webhook.
+//!   verified with the same keys and its payload *is* the webhook; `API-CLIENT-KEY` is checked
+//!   as for the signed request. This scheme signs no timestamp, so a captured request can be
+//!   sent again: qistatus then answers `duplicate` (the same content is the same webhook),
+//!   which is why the replay cannot change any status.
 //! - **Standard Webhooks HMAC** (for deployments behind a relay): headers `webhook-id`,
 //!   `webhook-timestamp` and `webhook-signature` (`v1,<base64 HMAC-SHA256 of
 //!   id.timestamp.body>`, several allowed), compared in constant time against every secret.
@@ -204,6 +207,7 @@ impl WebhookVerifier {
             }
             if let Ok(encoded) = serde_json::from_slice::<Encoded>(body) {
                 let payload = self.verify_jwt(&encoded.encoded_body)?;
+                self.check_client_key(request)?;
                 return Ok(Cow::Owned(payload));
             }
         }
@@ -238,20 +242,27 @@ impl WebhookVerifier {
                 actual: request.path_and_query.to_owned(),
             });
         }
-        if !self.client_keys.is_empty() {
-            let given = request.api_client_key.unwrap_or_default().trim();
-            if !self
-                .client_keys
-                .iter()
-                .any(|k| constant_time_eq(k.as_bytes(), given.as_bytes()))
-            {
-                return Err(AuthError::UnknownClientKey);
-            }
-        }
+        self.check_client_key(request)?;
         let signed_at = claims.timestamp.seconds().ok_or_else(|| {
             AuthError::Malformed("timestamp claim is neither RFC 3339 nor epoch seconds".into())
         })?;
         self.check_skew(signed_at, now)
+    }
+
+    /// The `API-CLIENT-KEY` header against the configured keys, when there are any.
+    fn check_client_key(&self, request: &RequestFacts<'_>) -> Result<(), AuthError> {
+        if self.client_keys.is_empty() {
+            return Ok(());
+        }
+        let given = request.api_client_key.unwrap_or_default().trim();
+        let known = self.client_keys.iter().fold(false, |found, k| {
+            constant_time_eq(k.as_bytes(), given.as_bytes()) | found
+        });
+        if known {
+            Ok(())
+        } else {
+            Err(AuthError::UnknownClientKey)
+        }
     }
 
     fn verify_hmac(

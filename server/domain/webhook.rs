@@ -8,9 +8,8 @@
 //!
 //! Guarantees:
 //! - the result depends only on the bytes and the catalog;
-//! - two bodies that are the same JSON value (whatever their whitespace or key order) get the
-//!   same [`EventId`]: the SHA-256 of the value's canonical serialization (sorted keys, no
-//!   whitespace);
+//! - two bodies that are the same JSON value (whatever their whitespace, key order or
+//!   spelling of numbers) get the same [`EventId`]: the SHA-256 of [`canonical_json`];
 //! - a body that is not a JSON object is [`MalformedWebhook`] (the sender's mistake, `400`);
 //!   a JSON object from which no kind, key or status can be read is
 //!   [`Normalized::Quarantine`] (kept, not lost); anything else is an event;
@@ -35,12 +34,74 @@ pub const MAX_NAME_LEN: usize = 128;
 pub struct EventId(pub [u8; 32]);
 
 impl EventId {
-    /// The identifier of a JSON value, independent of whitespace and key order.
+    /// The identifier of a JSON value, independent of whitespace, key order and the spelling
+    /// of numbers: the SHA-256 of [`canonical_json`].
     pub fn of(value: &Value) -> EventId {
-        // serde_json's `Map` is a BTreeMap (the `preserve_order` feature is off), so
-        // serializing a `Value` writes keys sorted and no whitespace: a canonical form.
-        let canonical = serde_json::to_vec(value).expect("a serde_json::Value always serializes");
+        let mut canonical = Vec::with_capacity(256);
+        canonical_json(value, &mut canonical);
         EventId(Sha256::digest(&canonical).into())
+    }
+}
+
+/// Writes `value` in a canonical form: no whitespace, object keys sorted, strings escaped as
+/// serde_json does, and numbers written so that equal numbers are written alike, after RFC
+/// 8785 (JSON Canonicalization Scheme): `1`, `1.0`, `1e0` and `10e-1` all become `1`.
+///
+/// Numbers: an integer that fits 64 bits is written exactly; any other number is read as an
+/// IEEE double, as RFC 8785 does, and an integral double below 2^53 (where doubles are exact)
+/// is written as an integer, any other double in its shortest round-trip form. So two
+/// integers beyond 2^64 that differ only past a double's precision are one number here, as
+/// in JavaScript.
+///
+/// For everything but integral doubles (`1.0`) this is byte for byte what qistatus wrote
+/// before numbers were canonicalized, so identifiers of stored webhooks stay valid.
+pub fn canonical_json(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::Number(n) => canonical_number(n, out),
+        Value::String(s) => string(s, out),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(b']');
+        }
+        // serde_json's `Map` is a BTreeMap (the `preserve_order` feature is off): iteration
+        // is in key order.
+        Value::Object(map) => {
+            out.push(b'{');
+            for (i, (key, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                string(key, out);
+                out.push(b':');
+                canonical_json(item, out);
+            }
+            out.push(b'}');
+        }
+    }
+}
+
+fn string(s: &str, out: &mut Vec<u8>) {
+    serde_json::to_writer(&mut *out, s).expect("writing a string to a Vec cannot fail");
+}
+
+fn canonical_number(n: &serde_json::Number, out: &mut Vec<u8>) {
+    use std::io::Write;
+    /// 2^53: below it, every integer is exactly a double.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match n.as_f64() {
+        Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < EXACT => {
+            // `as i64` is exact here, and turns -0.0 into 0.
+            write!(out, "{}", f as i64).expect("writing to a Vec cannot fail");
+        }
+        _ => write!(out, "{n}").expect("writing to a Vec cannot fail"),
     }
 }
 
@@ -154,15 +215,7 @@ fn read_envelope(
     let key = first_text(v, key_paths)?
         .ok_or_else(|| format!("no operation key: none of key, debt_key, {generic_key}"))?
         .to_owned();
-    if key.is_empty() {
-        return Err("key is empty".into());
-    }
-    if key.len() > MAX_KEY_LEN {
-        return Err(format!("key is longer than {MAX_KEY_LEN} bytes"));
-    }
-    if key.chars().any(char::is_control) {
-        return Err("key contains control characters".into());
-    }
+    check_key(&key)?;
 
     let generic_status = format!("data.{base}_status");
     let status_paths = ["status", "data.status", generic_status.as_str()]
@@ -241,12 +294,36 @@ fn detail(catalog: &Catalog, v: &Value, status: &str) -> String {
         .unwrap_or_default()
 }
 
-fn check_name(field: &str, name: &str) -> Result<(), String> {
+/// Whether `key` can name an operation: what the intake requires of a webhook's key, and
+/// what the gRPC API requires of a key it is asked about (the same limits on both doors). The
+/// message never repeats the key, which may be huge.
+pub fn check_key(key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("key is empty".into());
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(format!(
+            "key is {} bytes long; keys are at most {MAX_KEY_LEN} bytes",
+            key.len()
+        ));
+    }
+    if key.chars().any(char::is_control) {
+        return Err("key contains control characters".into());
+    }
+    Ok(())
+}
+
+/// Whether `name` can be a kind or status: not empty, at most [`MAX_NAME_LEN`] bytes, no
+/// control characters. The message never repeats the name.
+pub fn check_name(field: &str, name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err(format!("{field} is empty"));
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(format!("{field} is longer than {MAX_NAME_LEN} bytes"));
+        return Err(format!(
+            "{field} is {} bytes long; at most {MAX_NAME_LEN} bytes",
+            name.len()
+        ));
     }
     if name.chars().any(char::is_control) {
         return Err(format!("{field} contains control characters"));
@@ -641,7 +718,7 @@ mod tests {
             ),
             (
                 json!({"webhook_type": "debt", "key": "k".repeat(300), "status": "x"}),
-                "key is longer",
+                "key is 300 bytes long; keys are at most 256",
             ),
             (json!({"webhook_type": "debt", "key": "k"}), "no status"),
             (
@@ -658,7 +735,7 @@ mod tests {
             ),
             (
                 json!({"webhook_type": "debt", "key": "k", "status": "s".repeat(200)}),
-                "status is longer",
+                "status is 200 bytes long; at most 128",
             ),
             // A Cyrillic "і" that looks like a Latin "i", and a zero-width space.
             (
@@ -708,6 +785,48 @@ mod tests {
         let c: Value = serde_json::from_str(r#"{"a": 1, "b": {"c": [2, 1]}}"#).unwrap();
         assert_eq!(EventId::of(&a), EventId::of(&b));
         assert_ne!(EventId::of(&a), EventId::of(&c));
+    }
+
+    fn id(json: &str) -> EventId {
+        EventId::of(&serde_json::from_str(json).unwrap())
+    }
+
+    #[test]
+    fn equal_numbers_are_one_webhook_however_they_are_spelled() {
+        for same in [
+            r#"{"v":1.0}"#,
+            r#"{"v":1e0}"#,
+            r#"{"v":10e-1}"#,
+            r#"{"v":1.000}"#,
+        ] {
+            assert_eq!(id(r#"{"v":1}"#), id(same), "{same}");
+        }
+        assert_eq!(id(r#"{"v":-0.0}"#), id(r#"{"v":0}"#));
+        assert_eq!(id(r#"{"v":1500.50}"#), id(r#"{"v":1.5005e3}"#));
+        for different in [
+            r#"{"v":1.5}"#,
+            r#"{"v":"1"}"#,
+            r#"{"v":-1}"#,
+            r#"{"v":true}"#,
+        ] {
+            assert_ne!(id(r#"{"v":1}"#), id(different), "{different}");
+        }
+        // Integers that fit 64 bits are exact, even past a double's precision.
+        assert_ne!(
+            id(r#"{"v":9007199254740993}"#),
+            id(r#"{"v":9007199254740992}"#)
+        );
+    }
+
+    #[test]
+    fn canonical_form_is_serde_jsons_except_for_integral_doubles() {
+        // Identifiers of webhooks stored before canonical numbers stay valid: only `1.0`-like
+        // numbers are written differently.
+        let body = r#"{"s":"é \" \n \u0001","a":[null,true,false,-3,0.25,1e-7,1.5e300],"o":{"z":1,"b":{}}}"#;
+        let value: Value = serde_json::from_str(body).unwrap();
+        let mut ours = Vec::new();
+        canonical_json(&value, &mut ours);
+        assert_eq!(ours, serde_json::to_vec(&value).unwrap());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! one place: `From<ApiError> for Status`.
 
 mod convert;
+mod oversize;
 mod page_token;
 mod watch;
 
@@ -14,11 +15,13 @@ use tonic::{Request, Response, Status};
 
 use crate::domain::catalog::{canonical_kind, canonical_status};
 use crate::domain::reconcile::{Operation, Phase};
+use crate::domain::webhook::{check_key, check_name};
 use crate::feed::{ChangeFeed, FeedError, FeedFilter};
 use crate::pb;
 use crate::pb::operation_status_service_server::OperationStatusService;
 use crate::store::status_index::{Selection, StatusIndex};
 use crate::store::{Store, StoreError};
+pub(crate) use oversize::oversized_request_is_resource_exhausted;
 use page_token::PageTokens;
 pub use watch::WatchStream;
 
@@ -60,6 +63,12 @@ impl Default for GrpcLimits {
         GrpcLimits::DEFAULT
     }
 }
+
+/// Largest request message the API decodes, answered RESOURCE_EXHAUSTED above it. Requests
+/// are a key and a few filters, a few KiB at most; the bound is loose enough that a request
+/// with an oversized field still reaches validation and gets INVALID_ARGUMENT naming the
+/// field, and tight enough that no request costs real memory.
+pub(crate) const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
 /// Errors of the gRPC API.
 #[derive(Debug, thiserror::Error)]
@@ -136,8 +145,10 @@ impl OperationStatusApi {
         if key.is_empty() {
             return Err(ApiError::InvalidArgument("key is required".into()));
         }
+        check_key(key).map_err(ApiError::InvalidArgument)?;
         if !kind.trim().is_empty() {
             let kind = canonical_kind(kind);
+            check_name("kind", &kind).map_err(ApiError::InvalidArgument)?;
             return self.store.operation(&kind, key)?.ok_or_else(|| {
                 ApiError::NotFound(format!("no {kind} operation with key {key:?}"))
             });
@@ -191,13 +202,9 @@ fn canonical_set(
         .iter()
         .map(|v| {
             let c = canonical(v);
-            if c.is_empty() {
-                Err(ApiError::InvalidArgument(format!(
-                    "{field} has an empty value"
-                )))
-            } else {
-                Ok(c)
-            }
+            check_name("a value", &c)
+                .map_err(|e| ApiError::InvalidArgument(format!("{field}: {e}")))?;
+            Ok(c)
         })
         .collect()
 }
@@ -237,6 +244,9 @@ impl ListQuery {
             n => n,
         };
         let kind = Some(canonical_kind(&req.kind)).filter(|k| !k.is_empty());
+        if let Some(kind) = &kind {
+            check_name("kind", kind).map_err(ApiError::InvalidArgument)?;
+        }
         Ok(ListQuery {
             kind,
             selection,
@@ -265,6 +275,12 @@ fn watch_filter(req: &pb::WatchOperationRequest) -> Result<FeedFilter, ApiError>
             ApiError::InvalidArgument("phases must not contain PHASE_UNSPECIFIED".into())
         })?;
         phases.insert(phase);
+    }
+    if !req.key.is_empty() {
+        check_key(&req.key).map_err(ApiError::InvalidArgument)?;
+    }
+    if !req.kind.trim().is_empty() {
+        check_name("kind", &canonical_kind(&req.kind)).map_err(ApiError::InvalidArgument)?;
     }
     Ok(FeedFilter {
         key: Some(req.key.clone()).filter(|k| !k.is_empty()),

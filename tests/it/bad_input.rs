@@ -395,15 +395,13 @@ async fn hostile_inputs_get_clear_4xx_and_change_nothing_stored() {
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
         assert_eq!(status, expected, "{what}: {text}");
-        if status != 405 {
-            let answer: serde_json::Value = serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("{what}: the answer is not JSON ({e}): {text}"));
-            let message = answer["error"]
-                .as_str()
-                .or(answer["reason"].as_str())
-                .unwrap_or_default();
-            assert!(!message.is_empty(), "{what}: no message in {text}");
-        }
+        let answer: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{what}: the answer is not JSON ({e}): {text}"));
+        let message = answer["error"]
+            .as_str()
+            .or(answer["reason"].as_str())
+            .unwrap_or_default();
+        assert!(!message.is_empty(), "{what}: no message in {text}");
     }
 
     assert_eq!(
@@ -517,5 +515,128 @@ async fn a_json_object_without_key_or_status_is_quarantined_not_lost() {
     let (code, again) = server.post(body).await;
     assert_eq!(code, 202);
     assert_eq!(again["quarantine_id"], first["quarantine_id"]);
+    server.stop().await;
+}
+
+/// Sends raw bytes on a new connection and reads the answer: status and JSON body.
+async fn raw_exchange(
+    addr: std::net::SocketAddr,
+    request: &[u8],
+    pause_after: Option<Duration>,
+) -> (u16, String, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(request).await.unwrap();
+    if let Some(pause) = pause_after {
+        tokio::time::sleep(pause).await;
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"));
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let json = serde_json::from_str(body.trim())
+        .unwrap_or_else(|e| panic!("the {status} answer's body is not JSON ({e}): {answer:?}"));
+    (status, head.to_ascii_lowercase(), json)
+}
+
+#[tokio::test]
+async fn every_refusal_has_a_json_body_with_the_right_status() {
+    let server = TestServer::start_configured(|s| {
+        s.intake.request_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let settled = fixture("004_debt_settled.json");
+
+    // A compressed body is refused by name, not misread as "not JSON".
+    let response = reqwest::Client::new()
+        .post(server.webhooks_url())
+        .header("content-encoding", "gzip")
+        .body(vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        answer["error"].as_str().unwrap().contains("gzip"),
+        "{answer}"
+    );
+
+    // Too many headers.
+    let mut request = b"POST /webhooks HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".to_vec();
+    for i in 0..80 {
+        request.extend(format!("X-Filler-{i}: {i}\r\n").as_bytes());
+    }
+    request.extend(b"Content-Length: 2\r\n\r\n{}");
+    let (status, _, answer) = raw_exchange(server.http, &request, None).await;
+    assert_eq!(status, 431, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("headers"),
+        "{answer}"
+    );
+
+    // A body that stops arriving: 408 once the request timeout passes.
+    let request = b"POST /webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"webhook";
+    let (status, _, answer) = raw_exchange(server.http, request, None).await;
+    assert_eq!(status, 408, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("longer than"),
+        "{answer}"
+    );
+
+    // A wrong method names the right one, and says so in Allow.
+    let request = b"GET /webhooks HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let (status, head, answer) = raw_exchange(server.http, request, None).await;
+    assert_eq!(status, 405, "{answer}");
+    assert!(head.contains("allow: post"), "{head}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("POST /webhooks"),
+        "{answer}"
+    );
+
+    // Nothing of that was stored; a plain webhook still is.
+    let (code, answer) = server.post(settled).await;
+    assert_eq!(
+        (code, answer["sequence"].as_u64()),
+        (200, Some(1)),
+        "{answer}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_webhook_with_numbers_spelled_differently_is_a_duplicate() {
+    let server = TestServer::start().await;
+    let body = |amount: &str| {
+        format!(
+            r#"{{"webhook_type":"debt","key":"n1","status":"disbursed","event_datetime":"2024-01-01 10:00:00","data":{{"amount":{amount}}}}}"#
+        )
+    };
+    let (code, first) = server.post(body("1500")).await;
+    assert_eq!(
+        (code, first["result"].as_str()),
+        (200, Some("accepted")),
+        "{first}"
+    );
+    for same in ["1500.0", "1.5e3", "1500.00"] {
+        let (code, answer) = server.post(body(same)).await;
+        assert_eq!(
+            (code, answer["result"].as_str(), answer["sequence"].as_u64()),
+            (200, Some("duplicate"), first["sequence"].as_u64()),
+            "{same}: {answer}"
+        );
+    }
+    let (code, answer) = server.post(body("1500.5")).await;
+    assert_eq!(
+        (code, answer["result"].as_str()),
+        (200, Some("accepted")),
+        "{answer}"
+    );
+    assert_eq!(server.get("n1", "debt").await.unwrap().event_count, 2);
     server.stop().await;
 }

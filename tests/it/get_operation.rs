@@ -1,6 +1,7 @@
 //! GetOperation's answers and errors, over real gRPC.
 
 use crate::test_server::{TestServer, webhook};
+use qistatus::pb;
 use tonic::Code;
 
 #[tokio::test]
@@ -124,7 +125,7 @@ async fn health_and_reflection_are_served() {
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
-    let mut reflection = ServerReflectionClient::new(channel);
+    let mut reflection = ServerReflectionClient::new(channel.clone());
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -139,9 +140,122 @@ async fn health_and_reflection_are_served() {
         panic!("unexpected reflection answer: {answer:?}");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for service in [
+        "qistatus.v1.OperationStatusService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
+        assert!(
+            names.contains(&service.to_owned()),
+            "{service} in {names:?}"
+        );
+    }
+    // The health service's schema can be fetched, as `buf curl` does before calling it.
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(
+            "grpc.health.v1.Health".into(),
+        )),
+    };
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().expect("one answer");
     assert!(
-        names.contains(&"qistatus.v1.OperationStatusService".to_owned()),
-        "{names:?}"
+        matches!(
+            answer.message_response,
+            Some(MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()
+        ),
+        "{answer:?}"
     );
+
+    // Tools that speak only the older v1alpha protocol can list too.
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest as AlphaRequest,
+        server_reflection_client::ServerReflectionClient as AlphaClient,
+        server_reflection_request::MessageRequest as AlphaMessage,
+        server_reflection_response::MessageResponse as AlphaResponse,
+    };
+    let request = AlphaRequest {
+        host: String::new(),
+        message_request: Some(AlphaMessage::ListServices(String::new())),
+    };
+    let answer = AlphaClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .expect("one answer");
+    let Some(AlphaResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("unexpected v1alpha answer: {answer:?}");
+    };
+    assert!(
+        list.service
+            .iter()
+            .any(|s| s.name == "qistatus.v1.OperationStatusService"),
+        "{list:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn huge_keys_and_requests_are_refused_without_echoing_them() {
+    let server = TestServer::start().await;
+    let huge = "k".repeat(100_000);
+    for (key, kind) in [
+        (huge.as_str(), ""),
+        ("k", huge.as_str()),
+        (&huge[..257], "debt"),
+    ] {
+        let err = server.get(key, kind).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message().len() < 200,
+            "the message echoes the input: {} bytes",
+            err.message().len()
+        );
+        assert!(err.message().contains("at most"), "{}", err.message());
+    }
+    // The intake's limit (256 bytes) is the API's: the longest key the intake stores can be read.
+    let longest = "k".repeat(256);
+    server
+        .post_ok(webhook(
+            "debt",
+            &longest,
+            "disbursed",
+            "2024-01-01 10:00:00",
+        ))
+        .await;
+    assert_eq!(server.get(&longest, "debt").await.unwrap().key, longest);
+
+    // A filter value that no status could be.
+    let err = server
+        .grpc()
+        .await
+        .list_by_status(pb::ListByStatusRequest {
+            statuses: vec!["s".repeat(10_000)],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().len() < 200, "{}", err.message());
+
+    // A request message over the limit: RESOURCE_EXHAUSTED, as gRPC specifies.
+    let err = server
+        .grpc()
+        .await
+        .list_by_status(pb::ListByStatusRequest {
+            statuses: vec!["s".repeat(2 * 1024 * 1024)],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
     server.stop().await;
 }

@@ -259,7 +259,7 @@ async fn bad_requests_and_forged_tokens_are_invalid_arguments() {
         ),
         (
             request(vec![" "], pb::Phase::Unspecified, 3, ""),
-            "empty value",
+            "statuses: a value is empty",
         ),
     ];
     for (req, expected) in cases {

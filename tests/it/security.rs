@@ -260,6 +260,49 @@ async fn qitech_encoded_bodies_are_verified_and_decoded() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn encoded_bodies_need_the_client_key_too_and_a_replay_is_only_a_duplicate() {
+    let (key, pem) = new_key();
+    let server = start_verified(
+        WebhookVerifier::new(
+            &[pem],
+            vec!["client-key-1".into()],
+            &[],
+            Duration::from_secs(300),
+        )
+        .unwrap(),
+    )
+    .await;
+    let webhook: serde_json::Value =
+        serde_json::from_slice(&fixture("004_debt_canceled.json")).unwrap();
+    let encoded =
+        serde_json::to_vec(&serde_json::json!({"encoded_body": jwt(&key, &webhook)})).unwrap();
+
+    for headers in [vec![], vec![("api-client-key", "someone-else".to_owned())]] {
+        let (code, answer) = post_with(&server, encoded.clone(), &headers).await;
+        assert_eq!(code, 401, "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains("API-CLIENT-KEY"),
+            "{answer}"
+        );
+    }
+    let client_key = [("api-client-key", "client-key-1".to_owned())];
+    let (code, answer) = post_with(&server, encoded.clone(), &client_key).await;
+    assert_eq!(
+        (code, answer["result"].as_str()),
+        (200, Some("accepted")),
+        "{answer}"
+    );
+    // The scheme signs no timestamp: a captured request sent again is the same webhook.
+    let (code, answer) = post_with(&server, encoded, &client_key).await;
+    assert_eq!(
+        (code, answer["result"].as_str()),
+        (200, Some("duplicate")),
+        "{answer}"
+    );
+    server.stop().await;
+}
+
 fn standard_signature(secret: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
     use hmac::Mac;
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
@@ -385,6 +428,20 @@ async fn grpc_needs_a_bearer_token_but_health_stays_open() {
         })
         .await;
     assert!(health.is_ok(), "health needs no token: {health:?}");
+
+    // The scheme name is case-insensitive, as HTTP says.
+    for scheme in ["bearer", "BEARER"] {
+        let mut request = tonic::Request::new(pb::GetOperationRequest {
+            key: key.into(),
+            ..Default::default()
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            format!("{scheme} reader-token").parse().unwrap(),
+        );
+        let answer = server.grpc().await.get_operation(request).await;
+        assert!(answer.is_ok(), "{scheme}: {answer:?}");
+    }
 
     let cli = tokio::process::Command::new(crate::process::CLI_BIN)
         .args(["--server", &address, "get", key])

@@ -2,6 +2,7 @@
 //! [`qistatus::client`]. What it prints is in [`json`] (the `--json` shapes) and below.
 
 mod json;
+mod terminal;
 
 use std::process::ExitCode;
 
@@ -9,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use json::{phase_name, rfc3339};
 use qistatus::client::{Client, ClientError, ConnectOptions, ListQuery, WatchEvent, WatchQuery};
 use qistatus::pb;
+use terminal::printable;
 use tokio_stream::StreamExt;
 
 /// qistatus: ask a qistatus server where QI Tech operations are.
@@ -31,6 +33,11 @@ struct Cli {
     /// PEM file of the CA that signed the server's certificate (for https:// servers).
     #[arg(long, env = "QISTATUS_CA", global = true)]
     ca: Option<std::path::PathBuf>,
+
+    /// Give up connecting, and waiting for each answer, after this long (e.g. `10s`,
+    /// `500ms`). A watch, once started, runs until Ctrl-C.
+    #[arg(long, env = "QISTATUS_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    timeout: std::time::Duration,
 
     /// Print JSON for scripts instead of human-readable text (`list` and `watch` print one
     /// object per line).
@@ -94,6 +101,10 @@ enum Command {
         /// Also print webhooks that did not change the status.
         #[arg(long)]
         include_unchanged: bool,
+        /// With --from-sequence: the store that sequence was seen on (`Progress.store_id` of
+        /// the API); refused if the server's store is another one. Reconnects always check it.
+        #[arg(long, requires = "from_sequence")]
+        store_id: Option<String>,
     },
 }
 
@@ -148,8 +159,15 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
     let options = ConnectOptions {
         token: cli.token.clone(),
         ca_pem,
+        timeout: Some(cli.timeout),
     };
-    let mut client = Client::connect_with(&cli.server, options).await?;
+    // A watch waits for a server that is not up yet (and says so); the other commands fail
+    // at once with the reason.
+    let mut client = if matches!(cli.command, Command::Watch { .. }) {
+        Client::connect_lazy_with(&cli.server, options)?
+    } else {
+        Client::connect_with(&cli.server, options).await?
+    };
     match cli.command {
         Command::Get { key, kind } => {
             let op = client.get(&key, kind.as_deref()).await?;
@@ -187,9 +205,9 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                     }
                     println!(
                         "{:<26} {:<38} {:<34} {:<10} {}",
-                        op.kind,
-                        op.key,
-                        op.status,
+                        printable(&op.kind),
+                        printable(&op.key),
+                        printable(&op.status),
                         phase_name(op.phase),
                         rfc3339(op.updated_at.as_ref())
                     );
@@ -208,16 +226,24 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             from_sequence,
             initial,
             include_unchanged,
+            store_id,
         } => {
+            // With a key, a single kind names which operation of that key (the key may name
+            // several); without one, kinds filter.
+            let (kind, kinds) = match (&key, kinds.as_slice()) {
+                (Some(_), [kind]) => (Some(kind.clone()), Vec::new()),
+                _ => (None, kinds),
+            };
             let query = WatchQuery {
                 key,
-                kind: None,
+                kind,
                 kinds,
                 statuses,
                 phases: phases.into_iter().map(Into::into).collect(),
                 start_after_sequence: from_sequence,
                 send_initial_state: initial,
                 include_unchanged,
+                store_id,
             };
             let events = client.watch(query);
             tokio::pin!(events);
@@ -254,18 +280,19 @@ fn print_change(change: &pb::OperationChange, json: bool) {
     if json {
         println!("{}", json::change(change, op));
     } else {
+        let status = printable(&op.status);
         let transition = if change.initial {
-            format!("{} (current state)", op.status)
+            format!("{status} (current state)")
         } else if change.previous_status.is_empty() {
-            format!("new -> {}", op.status)
+            format!("new -> {status}")
         } else {
-            format!("{} -> {}", change.previous_status, op.status)
+            format!("{} -> {status}", printable(&change.previous_status))
         };
         println!(
             "{:>8}  {} {}  {} ({})",
             change.sequence,
-            op.kind,
-            op.key,
+            printable(&op.kind),
+            printable(&op.key),
             transition,
             phase_name(op.phase)
         );
@@ -273,10 +300,14 @@ fn print_change(change: &pb::OperationChange, json: bool) {
 }
 
 fn print_operation(op: &pb::Operation) {
-    println!("{} {}", op.kind, op.key);
-    println!("  status      {} ({})", op.status, phase_name(op.phase));
+    println!("{} {}", printable(&op.kind), printable(&op.key));
+    println!(
+        "  status      {} ({})",
+        printable(&op.status),
+        phase_name(op.phase)
+    );
     if !op.detail.is_empty() {
-        println!("  detail      {}", op.detail);
+        println!("  detail      {}", printable(&op.detail));
     }
     println!("  event time  {}", or_dash(rfc3339(op.event_time.as_ref())));
     println!(
@@ -297,13 +328,13 @@ fn print_operation(op: &pb::Operation) {
         let detail = if h.detail.is_empty() {
             String::new()
         } else {
-            format!("  ({})", h.detail)
+            format!("  ({})", printable(&h.detail))
         };
         println!(
             "    {:>8}  {:<20}  {}{}",
             h.sequence,
             or_dash(rfc3339(h.event_time.as_ref())),
-            h.status,
+            printable(&h.status),
             detail
         );
     }

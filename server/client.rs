@@ -46,14 +46,17 @@ pub enum ClientError {
     #[error("TLS: {0}")]
     Tls(String),
     /// The server could not be reached.
-    #[error("cannot connect to {address}: {source}")]
+    #[error(
+        "cannot connect to {address}: {reason}; is qistatus-server running there? \
+         (--server, QISTATUS_SERVER)"
+    )]
     Connect {
         /// The address.
         address: String,
-        /// The transport error.
-        source: tonic::transport::Error,
+        /// The transport error and its causes.
+        reason: String,
     },
-    /// The server answered with an error.
+    /// The server answered with an error, or the call failed on the way.
     #[error("{}", status_message(.0))]
     Status(#[from] tonic::Status),
 }
@@ -69,11 +72,18 @@ impl ClientError {
 }
 
 fn status_message(status: &tonic::Status) -> String {
-    let message = if status.message().is_empty() {
-        status.code().description()
+    let mut message = if status.message().is_empty() {
+        status.code().description().to_owned()
     } else {
-        status.message()
+        status.message().to_owned()
     };
+    // A transport failure carries its cause (refused, reset, timed out) as the source.
+    if let Some(source) = std::error::Error::source(status) {
+        let cause = error_chain(source);
+        if !message.contains(&cause) {
+            message = format!("{message}: {cause}");
+        }
+    }
     format!("{message} ({:?})", status.code())
 }
 
@@ -103,6 +113,66 @@ pub struct ConnectOptions {
     /// PEM certificate of the CA that signed an `https://` server's certificate (public web
     /// roots are trusted as well).
     pub ca_pem: Option<Vec<u8>>,
+    /// Connecting, and each call's wait for its answer, fail after this long (a watch
+    /// stream, once answered, lives on). `None`: no limit.
+    pub timeout: Option<Duration>,
+}
+
+/// The endpoint and bearer header `options` describe, with the address checked first.
+fn endpoint(
+    address: &str,
+    options: ConnectOptions,
+) -> Result<(Endpoint, Option<AsciiMetadataValue>), ClientError> {
+    let invalid = |reason: String| ClientError::InvalidAddress {
+        address: address.to_owned(),
+        reason,
+    };
+    if !(address.starts_with("http://") || address.starts_with("https://")) {
+        return Err(invalid(format!(
+            "it has no scheme: did you mean http://{address}? (https:// for a server with TLS)"
+        )));
+    }
+    let mut endpoint =
+        Endpoint::from_shared(address.to_owned()).map_err(|e| invalid(e.to_string()))?;
+    if address.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new().with_webpki_roots();
+        if let Some(ca) = &options.ca_pem {
+            tls = tls.ca_certificate(Certificate::from_pem(ca));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| ClientError::Tls(error_chain(&e)))?;
+    }
+    if let Some(timeout) = options.timeout {
+        // Both bound only the wait for an answer's start: a watch stream lives on.
+        endpoint = endpoint.connect_timeout(timeout).timeout(timeout);
+    }
+    let token = match options.token {
+        Some(t) => Some(
+            format!("Bearer {}", t.trim())
+                .parse::<AsciiMetadataValue>()
+                .map_err(|_| ClientError::InvalidToken)?,
+        ),
+        None => None,
+    };
+    Ok((endpoint, token))
+}
+
+/// An error with its causes, outermost first: tonic's transport errors say only
+/// "transport error" at the top, and the cause (connection refused, timed out, a certificate
+/// problem) is what a user can act on.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// A connection to a qistatus server.
@@ -122,37 +192,29 @@ impl Client {
         address: &str,
         options: ConnectOptions,
     ) -> Result<Client, ClientError> {
-        let mut endpoint =
-            Endpoint::from_shared(address.to_owned()).map_err(|e| ClientError::InvalidAddress {
-                address: address.to_owned(),
-                reason: e.to_string(),
-            })?;
-        if address.starts_with("https://") {
-            let mut tls = ClientTlsConfig::new().with_webpki_roots();
-            if let Some(ca) = &options.ca_pem {
-                tls = tls.ca_certificate(Certificate::from_pem(ca));
-            }
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| ClientError::Tls(e.to_string()))?;
-        }
-        let token = match options.token {
-            Some(t) => Some(
-                format!("Bearer {}", t.trim())
-                    .parse::<AsciiMetadataValue>()
-                    .map_err(|_| ClientError::InvalidToken)?,
-            ),
-            None => None,
-        };
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|source| ClientError::Connect {
-                address: address.to_owned(),
-                source,
-            })?;
+        let (endpoint, token) = endpoint(address, options)?;
+        let channel = endpoint.connect().await.map_err(|e| ClientError::Connect {
+            address: address.to_owned(),
+            reason: error_chain(&e),
+        })?;
         Ok(Client {
             inner: OperationStatusServiceClient::with_interceptor(channel, BearerToken(token)),
+        })
+    }
+
+    /// A client that connects on its first call, and reconnects when the server goes away:
+    /// for watching a server that may not be up yet ([`Client::watch`] then reports
+    /// `Reconnecting` until it is).
+    pub fn connect_lazy_with(
+        address: &str,
+        options: ConnectOptions,
+    ) -> Result<Client, ClientError> {
+        let (endpoint, token) = endpoint(address, options)?;
+        Ok(Client {
+            inner: OperationStatusServiceClient::with_interceptor(
+                endpoint.connect_lazy(),
+                BearerToken(token),
+            ),
         })
     }
 
@@ -218,7 +280,8 @@ impl Client {
     /// The changes `query` selects, for as long as the stream is read. Dropped connections
     /// and server restarts are retried with backoff (100 ms doubling to 5 s), resuming after
     /// the last sequence yielded, so nothing is missed or repeated. Errors that retrying
-    /// cannot fix (a bad filter, a resume point older than the retained log) end the stream.
+    /// cannot fix (a bad filter, a resume point older than the retained log, a server that
+    /// came back with another store) end the stream.
     pub fn watch(
         &self,
         query: WatchQuery,
@@ -228,9 +291,10 @@ impl Client {
         tokio::spawn(async move {
             let mut resume = query.start_after_sequence;
             let mut want_initial = query.send_initial_state;
+            let mut store_id = query.store_id.clone();
             let mut backoff = MIN_BACKOFF;
             loop {
-                let request = query.request(resume, want_initial);
+                let request = query.request(resume, want_initial, store_id.as_deref());
                 let failure = match inner.watch_operation(request).await {
                     Ok(response) => {
                         let mut stream = response.into_inner();
@@ -256,6 +320,10 @@ impl Client {
                                     // The initial state, if any, comes before the first progress.
                                     want_initial = false;
                                     resume = Some(p.sequence);
+                                    if !p.store_id.is_empty() {
+                                        // Reconnects then resume only on this same store.
+                                        store_id = Some(p.store_id);
+                                    }
                                     WatchEvent::Progress(p.sequence)
                                 }
                                 None => continue,
@@ -344,10 +412,19 @@ pub struct WatchQuery {
     pub send_initial_state: bool,
     /// Also webhooks that did not change the status.
     pub include_unchanged: bool,
+    /// The store `start_after_sequence` was saved against (`Progress.store_id`). The stream
+    /// fails with FAILED_PRECONDITION, instead of skipping changes, if the server's store is
+    /// another one. Learned from the first progress message when not given.
+    pub store_id: Option<String>,
 }
 
 impl WatchQuery {
-    fn request(&self, resume: Option<u64>, send_initial_state: bool) -> pb::WatchOperationRequest {
+    fn request(
+        &self,
+        resume: Option<u64>,
+        send_initial_state: bool,
+        store_id: Option<&str>,
+    ) -> pb::WatchOperationRequest {
         pb::WatchOperationRequest {
             key: self.key.clone().unwrap_or_default(),
             kind: self.kind.clone().unwrap_or_default(),
@@ -357,6 +434,7 @@ impl WatchQuery {
             start_after_sequence: resume,
             send_initial_state,
             include_unchanged: self.include_unchanged,
+            store_id: store_id.unwrap_or_default().to_owned(),
         }
     }
 }

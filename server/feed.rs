@@ -69,6 +69,17 @@ pub(crate) enum FeedError {
         /// Every sequence up to this one is gone.
         compacted_through: u64,
     },
+    /// The resume point is beyond every change this store has committed.
+    #[error(
+        "start_after_sequence {start_after} is past the head of this store's log ({head}): \
+         was it saved against another store (a wiped or restored data directory)?"
+    )]
+    PastHead {
+        /// The requested resume point.
+        start_after: u64,
+        /// The last committed sequence.
+        head: u64,
+    },
     /// The server is stopping.
     #[error("qistatus is shutting down: resume after sequence {resume_after}")]
     ShuttingDown {
@@ -190,7 +201,14 @@ impl ChangeFeed {
         })?;
         // The head is read before the initial state, so a change racing with this call is
         // delivered after the state rather than lost.
-        let cursor = start_after.unwrap_or_else(|| self.head());
+        let head = self.head();
+        let cursor = start_after.unwrap_or(head);
+        if cursor > head {
+            return Err(FeedError::PastHead {
+                start_after: cursor,
+                head,
+            });
+        }
         let compacted_through = self.store.compacted_through()?;
         if cursor < compacted_through {
             return Err(FeedError::Compacted { compacted_through });

@@ -104,7 +104,11 @@ impl From<FeedEvent> for pb::WatchOperationResponse {
                 previous_status: change.previous_status.clone().unwrap_or_default(),
                 initial: false,
             }),
-            FeedEvent::Progress(sequence) => Event::Progress(pb::Progress { sequence }),
+            // The store identity is added by the stream, which knows it.
+            FeedEvent::Progress(sequence) => Event::Progress(pb::Progress {
+                sequence,
+                store_id: String::new(),
+            }),
         };
         pb::WatchOperationResponse { event: Some(event) }
     }

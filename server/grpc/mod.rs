@@ -85,6 +85,9 @@ pub(crate) enum ApiError {
     /// Too many watchers.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The request was made for another store.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The server is stopping: the client should reconnect.
     #[error("{0}")]
     Unavailable(String),
@@ -97,7 +100,9 @@ impl From<FeedError> for ApiError {
     fn from(e: FeedError) -> Self {
         match e {
             FeedError::TooManySubscribers { .. } => ApiError::ResourceExhausted(e.to_string()),
-            FeedError::Compacted { .. } => ApiError::OutOfRange(e.to_string()),
+            FeedError::Compacted { .. } | FeedError::PastHead { .. } => {
+                ApiError::OutOfRange(e.to_string())
+            }
             FeedError::ShuttingDown { .. } => ApiError::Unavailable(e.to_string()),
             FeedError::Store(e) => ApiError::Store(e),
         }
@@ -111,6 +116,7 @@ impl From<ApiError> for Status {
             ApiError::NotFound(m) => Status::not_found(m),
             ApiError::OutOfRange(m) => Status::out_of_range(m),
             ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            ApiError::FailedPrecondition(m) => Status::failed_precondition(m),
             ApiError::Unavailable(m) => Status::unavailable(m),
             ApiError::Store(e) => {
                 tracing::error!(error = %e, "store error while serving a request");
@@ -350,6 +356,15 @@ impl OperationStatusService for OperationStatusApi {
     ) -> Result<Response<Self::WatchOperationStream>, Status> {
         let req = request.into_inner();
         let filter = watch_filter(&req)?;
+        let store_id = self.store.id().map_err(ApiError::from)?;
+        if !req.store_id.is_empty() && req.store_id != store_id {
+            return Err(ApiError::FailedPrecondition(format!(
+                "this server's store is {store_id}, not the one the resume point was saved \
+                 against: its sequences mean other changes; start over without \
+                 start_after_sequence (and read the current state)"
+            ))
+            .into());
+        }
         // Read the head before the initial state: a change committed in between is then
         // delivered after the state instead of being lost.
         let start_after = req.start_after_sequence.unwrap_or_else(|| self.feed.head());
@@ -371,6 +386,6 @@ impl OperationStatusService for OperationStatusApi {
             .feed
             .subscribe(filter, Some(start_after), initial)
             .map_err(ApiError::from)?;
-        Ok(Response::new(WatchStream::new(subscription)))
+        Ok(Response::new(WatchStream::new(subscription, store_id)))
     }
 }

@@ -19,23 +19,35 @@ use crate::pb;
 #[derive(Debug)]
 pub struct WatchStream {
     subscription: Subscription,
+    store_id: String,
 }
 
 impl WatchStream {
-    pub(crate) fn new(subscription: Subscription) -> Self {
-        WatchStream { subscription }
+    /// The stream of `subscription`, whose progress messages name the store `store_id`.
+    pub(crate) fn new(subscription: Subscription, store_id: String) -> Self {
+        WatchStream {
+            subscription,
+            store_id,
+        }
     }
 }
 
 impl Stream for WatchStream {
     type Item = Result<pb::WatchOperationResponse, Status>;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.subscription.poll_recv(cx).map(|item| {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        this.subscription.poll_recv(cx).map(|item| {
             item.map(|result| {
-                result
+                let mut response = result
                     .map(pb::WatchOperationResponse::from)
-                    .map_err(|e| ApiError::from(e).into())
+                    .map_err(ApiError::from)?;
+                if let Some(pb::watch_operation_response::Event::Progress(progress)) =
+                    &mut response.event
+                {
+                    progress.store_id.clone_from(&this.store_id);
+                }
+                Ok(response)
             })
         })
     }

@@ -80,6 +80,8 @@ pub(crate) enum Meta {
     AppliedThrough,
     /// The layout version of the data directory.
     FormatVersion,
+    /// The store's random identity, made when it was created.
+    StoreId,
 }
 
 impl Meta {
@@ -91,6 +93,7 @@ impl Meta {
             Meta::PageTokenSecret => b"page_token_secret",
             Meta::AppliedThrough => b"applied_through",
             Meta::FormatVersion => b"format_version",
+            Meta::StoreId => b"store_id",
         }
     }
 }

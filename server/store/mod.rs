@@ -238,6 +238,7 @@ impl Store {
         };
         store.check_format(fresh)?;
         store.ensure_page_token_secret()?;
+        store.ensure_store_id()?;
         let (applied, log_ends) = (store.applied_through()?, store.log.last_lsn());
         if log_ends < applied {
             return Err(StoreError::LogBehindView { log_ends, applied });
@@ -283,6 +284,36 @@ impl Store {
 
     /// Creates the page-token secret on first open. Written before the writer starts, so it
     /// does not race with it.
+    /// Gives the store its identity once, when it is created (or first opened by a version
+    /// that has identities).
+    fn ensure_store_id(&self) -> Result<(), StoreError> {
+        if self.get(Key::Meta(Meta::StoreId))?.is_none() {
+            let mut id = [0u8; 16];
+            getrandom::fill(&mut id).map_err(|e| StoreError::NoRandomness {
+                what: "the store's identity",
+                reason: e.to_string(),
+            })?;
+            self.trees
+                .all
+                .insert(Key::Meta(Meta::StoreId).encode(), &id)?;
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The store's identity (32 hex digits): random, made when the store was created, kept by
+    /// snapshots, and different for a wiped or separately created data directory. Sequence
+    /// numbers mean something only together with it.
+    pub fn id(&self) -> Result<String, StoreError> {
+        let id = self
+            .get(Key::Meta(Meta::StoreId))?
+            .ok_or_else(|| StoreError::Corrupt {
+                tree: "meta",
+                reason: "the store has no identity".into(),
+            })?;
+        Ok(hex::encode(id))
+    }
+
     fn ensure_page_token_secret(&self) -> Result<(), StoreError> {
         if self.get(Key::Meta(Meta::PageTokenSecret))?.is_none() {
             let mut secret = [0u8; 32];

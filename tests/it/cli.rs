@@ -175,3 +175,186 @@ async fn watch_prints_one_json_line_per_change_and_ends_cleanly_on_ctrl_c() {
     assert!(status.success(), "Ctrl-C ends watch cleanly: {status}");
     server.stop().await;
 }
+
+async fn cli(args: &[&str]) -> Output {
+    let run = tokio::process::Command::new(crate::process::CLI_BIN)
+        .args(args)
+        .output();
+    tokio::time::timeout(std::time::Duration::from_secs(20), run)
+        .await
+        .expect("the CLI exits on its own")
+        .expect("run qistatus")
+}
+
+#[tokio::test]
+async fn connection_problems_are_named_with_the_fix_and_bounded_in_time() {
+    // A scheme-less address gets the address it probably meant.
+    let out = cli(&["--server", "127.0.0.1:50051", "get", "k"]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did you mean http://127.0.0.1:50051"), "{err}");
+
+    // A refused port says so.
+    let port = crate::process::free_addr();
+    let out = cli(&["--server", &format!("http://{port}"), "get", "k"]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(
+        err.contains("refused") && err.contains("is qistatus-server running"),
+        "{err}"
+    );
+
+    // A server that accepts and never answers: the CLI gives up after --timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", silent.local_addr().unwrap());
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            if let Ok((conn, _)) = silent.accept().await {
+                held.push(conn);
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let out = cli(&["--server", &address, "--timeout", "1s", "get", "k"]).await;
+    let took = started.elapsed();
+    holder.abort();
+    assert!(!out.status.success());
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(
+        err.contains("timed out") || err.contains("timeout"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn watch_waits_for_a_server_that_is_not_up_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, grpc) = (crate::process::free_addr(), crate::process::free_addr());
+    let mut watch = tokio::process::Command::new(crate::process::CLI_BIN)
+        .args([
+            "--server",
+            &format!("http://{grpc}"),
+            "watch",
+            "--key",
+            "w1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let server = crate::process::ServerCommand::new(dir.path())
+        .at(http, grpc)
+        .start()
+        .await;
+    // Give the watcher time to reconnect and start from "now" before the change.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let answer = reqwest::Client::new()
+        .post(format!("http://{http}/webhooks"))
+        .body(crate::test_server::webhook(
+            "debt",
+            "w1",
+            "disbursed",
+            "2024-01-01 10:00:00",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let mut stdout = watch.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let read = async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("disbursed") {
+            let n = stdout.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the watch exited");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(15), read)
+        .await
+        .expect("the change reaches the watcher");
+    watch.kill().await.unwrap();
+    let mut stderr = String::new();
+    use tokio::io::AsyncReadExt;
+    watch
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    assert!(
+        stderr.contains("reconnecting"),
+        "it said it was waiting: {stderr}"
+    );
+    server.terminate().await;
+}
+
+#[tokio::test]
+async fn human_output_escapes_terminal_controls_and_watch_takes_the_kind_of_a_shared_key() {
+    let server = TestServer::start().await;
+    let forged = serde_json::json!({
+        "webhook_type": "debt", "key": "shared", "status": "canceled",
+        "event_datetime": "2024-01-01 10:00:00",
+        "description": "\u{1b}[2J\u{1b}[Hstatus      settled (succeeded) \u{202e}",
+    });
+    server.post_ok(serde_json::to_vec(&forged).unwrap()).await;
+    server
+        .post_ok(crate::test_server::webhook(
+            "account",
+            "shared",
+            "account_opened",
+            "2024-01-01 10:00:00",
+        ))
+        .await;
+
+    let out = qistatus(&server, &["get", "shared", "--kind", "debt"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.stdout.contains(&0x1b),
+        "an escape byte reached the terminal"
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains('\u{202e}'), "{text}");
+    assert!(text.contains("\\u{001b}[2J"), "{text}");
+
+    // The key names a debt and an account: --kind picks the debt, and --initial shows it.
+    let mut watch = tokio::process::Command::new(crate::process::CLI_BIN)
+        .args(["--server", &format!("http://{}", server.grpc)])
+        .args(["watch", "--key", "shared", "--kind", "debt", "--initial"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = watch.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let read = async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("current state") {
+            let n = stdout.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), read).await;
+    let seen = String::from_utf8_lossy(&seen).into_owned();
+    watch.kill().await.unwrap();
+    assert!(
+        seen.contains("debt shared  canceled (current state)"),
+        "{seen}"
+    );
+    server.stop().await;
+}

@@ -404,6 +404,7 @@ async fn grpc_needs_a_bearer_token_but_health_stays_open() {
     let with_token = |token: &str| qistatus::client::ConnectOptions {
         token: Some(token.into()),
         ca_pem: None,
+        timeout: None,
     };
     let mut wrong = qistatus::client::Client::connect_with(&address, with_token("guess"))
         .await
@@ -511,6 +512,7 @@ async fn tls_serves_both_listeners() {
     let options = qistatus::client::ConnectOptions {
         token: None,
         ca_pem: Some(cert_pem.into_bytes()),
+        timeout: None,
     };
     let mut client =
         qistatus::client::Client::connect_with(&format!("https://{}", server.grpc), options)

@@ -346,11 +346,51 @@ async fn a_compacted_resume_point_is_out_of_range_naming_the_oldest_sequence() {
     );
     let mut stream = grpc.watch_operation(request(5)).await.unwrap().into_inner();
     let first = stream.message().await.unwrap().unwrap();
-    assert_eq!(
-        first.event,
-        Some(pb::watch_operation_response::Event::Progress(
-            pb::Progress { sequence: 5 }
-        ))
+    let Some(pb::watch_operation_response::Event::Progress(progress)) = first.event else {
+        panic!("the stream starts with a progress: {first:?}");
+    };
+    assert_eq!(progress.sequence, 5);
+    assert_eq!(progress.store_id.len(), 32, "{progress:?}");
+
+    // A resume point past the head: saved against another store, or made up.
+    let err = grpc.watch_operation(request(1_000_000)).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange);
+    assert!(
+        err.message()
+            .contains("past the head of this store's log (5)"),
+        "{}",
+        err.message()
+    );
+    let err = grpc
+        .watch_operation(pb::WatchOperationRequest {
+            start_after_sequence: Some(u64::MAX),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange);
+
+    // The same sequence with the store it was seen on is accepted; with another store, it is
+    // refused rather than read as other changes.
+    let with_store = |store_id: &str| pb::WatchOperationRequest {
+        start_after_sequence: Some(5),
+        store_id: store_id.into(),
+        ..Default::default()
+    };
+    assert!(
+        grpc.watch_operation(with_store(&progress.store_id))
+            .await
+            .is_ok()
+    );
+    let err = grpc
+        .watch_operation(with_store("00000000000000000000000000000000"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains(&progress.store_id),
+        "{}",
+        err.message()
     );
 
     // The operation and the summary of its history are kept; the raw data is gone.
@@ -493,4 +533,55 @@ async fn malformed_filters_are_invalid_arguments() {
         assert_eq!(err.code(), Code::InvalidArgument, "{request:?}");
     }
     server.stop().await;
+}
+
+#[tokio::test]
+async fn a_watcher_resuming_on_a_wiped_store_is_told_instead_of_skipping_changes() {
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let server = TestServer::start_in(first_dir.path()).await;
+    let (http, grpc) = (server.http, server.grpc);
+    for i in 0..3 {
+        server
+            .post_ok(webhook(
+                "debt",
+                &format!("k{i}"),
+                "disbursed",
+                "2024-01-01 10:00:00",
+            ))
+            .await;
+    }
+    let client = server.client().await;
+    let events = client.watch(WatchQuery {
+        start_after_sequence: Some(0),
+        ..Default::default()
+    });
+    tokio::pin!(events);
+    let mut last = 0;
+    while last < 3 {
+        if let WatchEvent::Change(change) = events.next().await.unwrap().unwrap() {
+            last = change.sequence;
+        }
+    }
+    server.stop().await;
+
+    // The same addresses, another data directory: sequence 3 there would mean other changes.
+    let wiped = TestServer::start_at(Settings::new(second_dir.path()), http, grpc).await;
+    let outcome = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match events.next().await {
+                Some(Ok(WatchEvent::Reconnecting { .. } | WatchEvent::Progress(_))) => {}
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the watcher learns about the other store");
+    let err = outcome.expect("an answer").unwrap_err();
+    assert_eq!(err.code(), Some(Code::FailedPrecondition), "{err}");
+    assert!(
+        err.to_string()
+            .contains("not the one the resume point was saved against"),
+        "{err}"
+    );
+    wiped.stop().await;
 }

@@ -28,6 +28,23 @@ use super::catalog::{Catalog, canonical_kind, canonical_status};
 pub const MAX_KEY_LEN: usize = 256;
 /// Longest accepted kind or status, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
+/// Longest `detail` kept on an operation, in bytes; longer texts are cut with a marker. The
+/// raw webhook keeps the whole text.
+pub const MAX_DETAIL_LEN: usize = 1024;
+
+/// `text` cut to at most [`MAX_DETAIL_LEN`] bytes (at a character boundary), ending with a
+/// marker that says how long it was; unchanged when it fits.
+pub fn bounded_detail(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= MAX_DETAIL_LEN {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let marker = format!("… [cut: {} bytes in all]", text.len());
+    let mut end = MAX_DETAIL_LEN.saturating_sub(marker.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}{marker}", &text[..end]))
+}
 
 /// Content identifier of a webhook: SHA-256 of its canonical JSON.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -272,7 +289,7 @@ fn detail(catalog: &Catalog, v: &Value, status: &str) -> String {
             .filter(|s| !s.is_empty())
     };
     if let Some(d) = text("description") {
-        return d.to_owned();
+        return bounded_detail(d).into_owned();
     }
     if let Some(reason) = text("data.cancel_reason_enumerator") {
         let reason = canonical_status(reason);
@@ -281,10 +298,11 @@ fn detail(catalog: &Catalog, v: &Value, status: &str) -> String {
             .get(&reason)
             .map(String::as_str)
             .or_else(|| text("data.cancel_reason"));
-        return match explanation {
+        let detail = match explanation {
             Some(e) => format!("{reason}: {e}"),
             None => reason,
         };
+        return bounded_detail(&detail).into_owned();
     }
     ["data.response_data.slc_status", "data.scr_status"]
         .into_iter()
@@ -751,6 +769,20 @@ mod tests {
             let reason = quarantine_reason(value.clone());
             assert!(reason.contains(expected), "{value}: {reason}");
         }
+    }
+
+    #[test]
+    fn details_are_bounded_with_a_marker_at_a_character_boundary() {
+        assert_eq!(bounded_detail("short"), "short");
+        let long = "ç".repeat(2000);
+        let cut = bounded_detail(&long);
+        assert!(cut.len() <= MAX_DETAIL_LEN, "{}", cut.len());
+        assert!(cut.ends_with("[cut: 4000 bytes in all]"), "{cut}");
+        assert!(cut.starts_with("çç"));
+        let e = event(
+            json!({"webhook_type": "debt", "key": "k", "status": "canceled", "description": long}),
+        );
+        assert_eq!(e.detail, cut);
     }
 
     #[test]

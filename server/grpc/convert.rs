@@ -5,6 +5,7 @@ use prost_types::value::Kind;
 use serde_json::Value;
 
 use crate::domain::reconcile::{EventSummary, Operation, Phase};
+use crate::domain::webhook::bounded_detail;
 use crate::feed::FeedEvent;
 use crate::pb;
 
@@ -51,7 +52,8 @@ impl From<&Operation> for pb::Operation {
             key: op.key.clone(),
             status: op.status.clone(),
             phase: pb::Phase::from(op.phase) as i32,
-            detail: op.detail.clone(),
+            // Stored before details were bounded, a detail may still be long.
+            detail: bounded_detail(&op.detail).into_owned(),
             event_time: op.event_time.map(timestamp),
             first_received_at: Some(timestamp(op.first_received_at)),
             updated_at: Some(timestamp(op.updated_at)),
@@ -78,7 +80,7 @@ pub(crate) fn history_entry(
         data: raw
             .and_then(crate::domain::webhook::data_object)
             .map(json_object_to_struct),
-        detail: e.detail.clone(),
+        detail: bounded_detail(&e.detail).into_owned(),
         event_id: e.event_id.to_string(),
         raw_payload: if include_raw {
             raw.map(<[u8]>::to_vec).unwrap_or_default()

@@ -259,3 +259,55 @@ async fn huge_keys_and_requests_are_refused_without_echoing_them() {
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn megabyte_descriptions_are_cut_in_answers_but_kept_whole_in_the_raw_webhook() {
+    let server = TestServer::start().await;
+    let description = "d".repeat(1_000_000);
+    let mut raw = Vec::new();
+    for i in 0..6 {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "webhook_type": "debt", "key": format!("big{i}"), "status": "canceled",
+            "event_datetime": "2024-01-01 10:00:00", "description": description,
+        }))
+        .unwrap();
+        server.post_ok(body.clone()).await;
+        raw.push(body);
+    }
+    // Six of them fit in one list page, for every caller.
+    let page = server
+        .grpc()
+        .await
+        .list_by_status(pb::ListByStatusRequest {
+            statuses: vec!["canceled".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("a list page under the message limit")
+        .into_inner();
+    assert_eq!(page.operations.len(), 6);
+    for op in &page.operations {
+        assert!(op.detail.len() <= 1024, "{}", op.detail.len());
+        assert!(
+            op.detail.ends_with("[cut: 1000000 bytes in all]"),
+            "{}",
+            &op.detail[1000..]
+        );
+    }
+    // The raw webhook is untouched, byte for byte.
+    let op = server
+        .grpc()
+        .await
+        .get_operation(pb::GetOperationRequest {
+            key: "big0".into(),
+            kind: "debt".into(),
+            include_raw_payload: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    assert_eq!(op.history[0].raw_payload, raw[0]);
+    server.stop().await;
+}

@@ -152,6 +152,20 @@ pub struct Change {
     pub operation: Operation,
 }
 
+impl Change {
+    /// About how many bytes of memory the change holds: its texts plus a fixed overhead.
+    /// What the recent-changes window counts its bound in.
+    pub fn approx_bytes(&self) -> usize {
+        let op = &self.operation;
+        std::mem::size_of::<Change>()
+            + self.previous_status.as_ref().map_or(0, String::len)
+            + op.kind.len()
+            + op.key.len()
+            + op.status.len()
+            + op.detail.len()
+    }
+}
+
 /// A JSON object that could not be attributed to an operation, kept with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuarantineEntry {

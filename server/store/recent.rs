@@ -12,37 +12,67 @@ use std::sync::{Arc, RwLock};
 
 use super::Change;
 
-/// A bounded window of the latest committed change records, by sequence.
+/// A bounded window of the latest committed change records, by sequence: at most
+/// `capacity` records and at most `max_bytes` of them (as [`Change::approx_bytes`] counts),
+/// whichever is reached first, so that large records cannot make the window large.
 #[derive(Debug)]
 pub struct RecentChanges {
-    window: RwLock<VecDeque<(u64, Arc<Change>)>>,
+    window: RwLock<Window>,
     capacity: usize,
+    max_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct Window {
+    records: VecDeque<(u64, Arc<Change>)>,
+    bytes: usize,
 }
 
 impl RecentChanges {
-    /// A window of at most `capacity` records.
-    pub fn new(capacity: usize) -> Self {
+    /// A window of at most `capacity` records and `max_bytes` bytes.
+    pub fn new(capacity: usize, max_bytes: usize) -> Self {
         RecentChanges {
-            window: RwLock::new(VecDeque::with_capacity(capacity.min(1 << 16))),
+            window: RwLock::new(Window {
+                records: VecDeque::with_capacity(capacity.min(1 << 16)),
+                bytes: 0,
+            }),
             capacity: capacity.max(1),
+            max_bytes,
         }
     }
 
-    /// Appends committed records (in sequence order, after those already there).
+    /// Appends committed records (in sequence order, after those already there), dropping
+    /// the oldest while the window is over either bound.
     pub fn extend(&self, records: impl IntoIterator<Item = (u64, Arc<Change>)>) {
         let mut window = self.window.write().unwrap_or_else(|e| e.into_inner());
         for record in records {
-            if window.len() == self.capacity {
-                window.pop_front();
+            window.bytes += record.1.approx_bytes();
+            window.records.push_back(record);
+            while window.records.len() > self.capacity
+                || (window.bytes > self.max_bytes && window.records.len() > 1)
+            {
+                let Some((_, dropped)) = window.records.pop_front() else {
+                    break;
+                };
+                window.bytes -= dropped.approx_bytes();
             }
-            window.push_back(record);
         }
+    }
+
+    /// Bytes the window holds, as [`Change::approx_bytes`] counts.
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.window.read().unwrap_or_else(|e| e.into_inner()).bytes
     }
 
     /// The records with sequences in `(after, up_to]`, at most `limit`, if the window holds
     /// the one right after `after`; `None` when the caller must read the store.
     pub fn after(&self, after: u64, up_to: u64, limit: usize) -> Option<Vec<(u64, Arc<Change>)>> {
-        let window = self.window.read().unwrap_or_else(|e| e.into_inner());
+        let window = &self
+            .window
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .records;
         let first = window.front()?.0;
         if after + 1 < first {
             return None;
@@ -66,12 +96,16 @@ mod tests {
     use crate::domain::reconcile::{Operation, Phase};
 
     fn change(n: u64) -> (u64, Arc<Change>) {
+        change_with_detail(n, String::new())
+    }
+
+    fn change_with_detail(n: u64, detail: String) -> (u64, Arc<Change>) {
         let operation = Operation {
             kind: "debt".into(),
             key: format!("k{n}"),
             status: "disbursed".into(),
             phase: Phase::Pending,
-            detail: String::new(),
+            detail,
             event_time: None,
             first_received_at: 0,
             updated_at: 0,
@@ -89,7 +123,7 @@ mod tests {
 
     #[test]
     fn serves_only_what_it_holds_contiguously() {
-        let recent = RecentChanges::new(4);
+        let recent = RecentChanges::new(4, usize::MAX);
         assert!(recent.after(0, 10, 10).is_none(), "empty: read the store");
         recent.extend((1..=6).map(change));
         // Holds 3..=6.
@@ -103,5 +137,26 @@ mod tests {
         assert_eq!(seqs(recent.after(3, 5, 10).unwrap()), [4, 5]);
         assert_eq!(seqs(recent.after(2, 6, 2).unwrap()), [3, 4]);
         assert_eq!(seqs(recent.after(6, 6, 10).unwrap()), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn large_records_are_bounded_by_bytes_not_by_count() {
+        let recent = RecentChanges::new(1000, 10_000);
+        recent.extend((1..=100).map(|n| change_with_detail(n, "d".repeat(1000))));
+        assert!(recent.bytes() <= 10_000, "{}", recent.bytes());
+        let per_record = change_with_detail(0, "d".repeat(1000)).1.approx_bytes();
+        let fit = 10_000 / per_record;
+        let first_held = 100 - fit as u64;
+        let held = recent
+            .after(first_held, 100, 1000)
+            .expect("the newest are held");
+        assert_eq!(held.len(), fit);
+        assert!(
+            recent.after(first_held - 1, 100, 1000).is_none(),
+            "older ones were dropped"
+        );
+        // A record larger than the bound is still held alone, so watchers keep up.
+        recent.extend([change_with_detail(101, "d".repeat(20_000))]);
+        assert_eq!(recent.after(100, 101, 10).map(|v| v.len()), Some(1));
     }
 }

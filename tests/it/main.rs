@@ -19,6 +19,7 @@ mod every_kind;
 mod get_operation;
 mod list;
 mod logs;
+mod memory;
 mod rebuild;
 mod reconciliation;
 mod restart;

@@ -144,6 +144,18 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
+    /// Its resident memory now, in bytes (Linux: `VmRSS` of `/proc/PID/status`).
+    pub fn rss_bytes(&self) -> u64 {
+        let pid = self.child.id().expect("the server is running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("a VmRSS line");
+        kb * 1024
+    }
+
     /// SIGKILL, and waits for it to be gone: a crash, with no chance to flush.
     pub async fn kill(mut self) {
         self.child.kill().await.expect("SIGKILL the server");

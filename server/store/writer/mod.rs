@@ -212,7 +212,7 @@ pub fn spawn(
     store.replay(&catalog)?;
     let counters = store.counters()?;
     let (committed_tx, committed) = watch::channel(counters.next_sequence - 1);
-    let recent = Arc::new(RecentChanges::new(RECENT_CHANGES));
+    let recent = Arc::new(RecentChanges::new(RECENT_CHANGES, RECENT_CHANGES_BYTES));
     let mut writer = Writer {
         store,
         catalog,
@@ -289,8 +289,11 @@ impl Failpoint {
     }
 }
 
-/// How many change records the recent-changes window holds.
+/// How many change records the recent-changes window holds...
 const RECENT_CHANGES: usize = 16_384;
+/// ...and at most how many bytes of them. Records are small (an operation without history,
+/// its detail bounded to 1 KiB), so this bound is reached only with unusually long texts.
+const RECENT_CHANGES_BYTES: usize = 16 * 1024 * 1024;
 
 impl Writer {
     fn run(&mut self, mut rx: mpsc::Receiver<Command>, max_batch: usize) {

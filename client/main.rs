@@ -57,6 +57,10 @@ enum Command {
         /// The operation's kind (needed only when the key names operations of several kinds).
         #[arg(long)]
         kind: Option<String>,
+        /// Also each webhook's `data` object (with --json; newest first, as much as fits in
+        /// one answer).
+        #[arg(long)]
+        full: bool,
     },
     /// List the operations currently in some statuses, or in a phase.
     List {
@@ -169,8 +173,13 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         Client::connect_with(&cli.server, options).await?
     };
     match cli.command {
-        Command::Get { key, kind } => {
-            let op = client.get(&key, kind.as_deref()).await?;
+        Command::Get { key, kind, full } => {
+            let view = if full {
+                pb::OperationView::Full
+            } else {
+                pb::OperationView::Basic
+            };
+            let op = client.get_view(&key, kind.as_deref(), view).await?;
             if cli.json {
                 println!("{}", json::operation(&op));
             } else {

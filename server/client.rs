@@ -219,11 +219,22 @@ impl Client {
     }
 
     /// The operation with `key` (and `kind`, needed only when the key names several kinds),
-    /// with its full history.
+    /// with its history, without each webhook's `data` (OPERATION_VIEW_BASIC).
     pub async fn get(
         &mut self,
         key: &str,
         kind: Option<&str>,
+    ) -> Result<pb::Operation, ClientError> {
+        self.get_view(key, kind, pb::OperationView::Basic).await
+    }
+
+    /// [`Client::get`] with the history entries `view` asks for: with OPERATION_VIEW_FULL,
+    /// each webhook's `data` too (newest first, within the message limit).
+    pub async fn get_view(
+        &mut self,
+        key: &str,
+        kind: Option<&str>,
+        view: pb::OperationView,
     ) -> Result<pb::Operation, ClientError> {
         let response = self
             .inner
@@ -231,6 +242,7 @@ impl Client {
                 key: key.to_owned(),
                 kind: kind.unwrap_or_default().to_owned(),
                 include_raw_payload: false,
+                view: view as i32,
             })
             .await?;
         response

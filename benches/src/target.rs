@@ -85,6 +85,9 @@ impl Target for QistatusTarget {
                 key: w.key.clone(),
                 kind: w.kind.clone(),
                 include_raw_payload: false,
+                // With each webhook's data, as etcd's get returns the stored value: the
+                // same work as before the basic view became the default.
+                view: pb::OperationView::Full as i32,
             })
             .await
             .is_ok()

@@ -66,28 +66,26 @@ impl From<&Operation> for pb::Operation {
     }
 }
 
-/// A history entry; `raw` is the stored webhook when it is still retained.
-pub(crate) fn history_entry(
-    e: &EventSummary,
-    raw: Option<&[u8]>,
-    include_raw: bool,
-) -> pb::HistoryEntry {
-    pb::HistoryEntry {
-        sequence: e.sequence,
-        status: e.status.clone(),
-        event_time: e.event_time.map(timestamp),
-        received_at: Some(timestamp(e.received_at)),
-        data: raw
-            .and_then(crate::domain::webhook::data_object)
-            .map(json_object_to_struct),
-        detail: bounded_detail(&e.detail).into_owned(),
-        event_id: e.event_id.to_string(),
-        raw_payload: if include_raw {
-            raw.map(<[u8]>::to_vec).unwrap_or_default()
-        } else {
-            Vec::new()
-        },
+/// A history entry without the webhook's `data` and raw payload.
+impl From<&EventSummary> for pb::HistoryEntry {
+    fn from(e: &EventSummary) -> Self {
+        pb::HistoryEntry {
+            sequence: e.sequence,
+            status: e.status.clone(),
+            event_time: e.event_time.map(timestamp),
+            received_at: Some(timestamp(e.received_at)),
+            data: None,
+            detail: bounded_detail(&e.detail).into_owned(),
+            event_id: e.event_id.to_string(),
+            raw_payload: Vec::new(),
+            data_omitted: false,
+        }
     }
+}
+
+/// The `data` object of a stored webhook, as a `google.protobuf.Struct`.
+pub(crate) fn data_struct(raw: &[u8]) -> Option<prost_types::Struct> {
+    crate::domain::webhook::data_object(raw).map(json_object_to_struct)
 }
 
 impl From<FeedEvent> for pb::WatchOperationResponse {

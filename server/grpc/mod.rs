@@ -11,10 +11,11 @@ mod watch;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::domain::catalog::{canonical_kind, canonical_status};
-use crate::domain::reconcile::{Operation, Phase};
+use crate::domain::reconcile::{EventSummary, Operation, Phase};
 use crate::domain::webhook::{check_key, check_name};
 use crate::feed::{ChangeFeed, FeedError, FeedFilter};
 use crate::pb;
@@ -173,18 +174,66 @@ impl OperationStatusApi {
         }
     }
 
-    fn with_history(&self, op: &Operation, include_raw: bool) -> Result<pb::Operation, ApiError> {
+    /// `op` with its history as `view` and `include_raw` ask, within [`MAX_RESPONSE_BYTES`]:
+    /// the oldest entries are left out if even bare entries do not fit (their count is
+    /// returned), then data and raw payloads are added newest first while they fit (the
+    /// others say `data_omitted`). Raw webhooks are read only when asked for.
+    fn with_history(
+        &self,
+        op: &Operation,
+        view: pb::OperationView,
+        include_raw: bool,
+    ) -> Result<(pb::Operation, u64), ApiError> {
         let mut out = pb::Operation::from(op);
-        for event in &op.history {
-            let raw = match self.store.log_entry(event.sequence)? {
-                Some(entry) => Some(self.store.raw_payload(&entry)?),
-                None => None,
-            };
-            out.history
-                .push(convert::history_entry(event, raw.as_deref(), include_raw));
+        let mut size = out.encoded_len();
+        // Newest first: what fits is the most recent part of the history.
+        let mut entries: Vec<(&EventSummary, pb::HistoryEntry)> = Vec::new();
+        for event in op.history.iter().rev() {
+            let entry = pb::HistoryEntry::from(event);
+            let entry_size = framed_len(entry.encoded_len());
+            if size + entry_size > MAX_RESPONSE_BYTES {
+                break;
+            }
+            size += entry_size;
+            entries.push((event, entry));
         }
-        Ok(out)
+        let omitted = (op.history.len() - entries.len()) as u64;
+        let with_data = view == pb::OperationView::Full;
+        if with_data || include_raw {
+            for (event, entry) in &mut entries {
+                let Some(log_entry) = self.store.log_entry(event.sequence)? else {
+                    continue;
+                };
+                let raw = self.store.raw_payload(&log_entry)?;
+                let before = framed_len(entry.encoded_len());
+                let mut filled = entry.clone();
+                if with_data {
+                    filled.data = convert::data_struct(&raw);
+                }
+                if include_raw {
+                    filled.raw_payload = raw.to_vec();
+                }
+                let after = framed_len(filled.encoded_len());
+                if size - before + after <= MAX_RESPONSE_BYTES {
+                    size = size - before + after;
+                    *entry = filled;
+                } else if filled.data.is_some() || !filled.raw_payload.is_empty() {
+                    entry.data_omitted = true;
+                }
+            }
+        }
+        out.history = entries.into_iter().rev().map(|(_, entry)| entry).collect();
+        Ok((out, omitted))
     }
+}
+
+/// The most bytes a response carries: under the 4 MiB that gRPC clients accept by default,
+/// with room for framing and headers.
+pub(crate) const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024 - 64 * 1024;
+
+/// The bytes a nested message of `len` bytes takes in its parent: a tag and a length prefix.
+fn framed_len(len: usize) -> usize {
+    1 + prost::length_delimiter_len(len) + len
 }
 
 fn phase_of(value: i32, field: &str) -> Result<Option<Phase>, ApiError> {
@@ -304,10 +353,13 @@ impl OperationStatusService for OperationStatusApi {
         request: Request<pb::GetOperationRequest>,
     ) -> Result<Response<pb::GetOperationResponse>, Status> {
         let req = request.into_inner();
+        let view = pb::OperationView::try_from(req.view)
+            .map_err(|_| ApiError::InvalidArgument(format!("view has no value {}", req.view)))?;
         let op = self.find(&req.key, &req.kind)?;
-        let operation = self.with_history(&op, req.include_raw_payload)?;
+        let (operation, history_omitted) = self.with_history(&op, view, req.include_raw_payload)?;
         Ok(Response::new(pb::GetOperationResponse {
             operation: Some(operation),
+            history_omitted,
         }))
     }
 

@@ -16,6 +16,7 @@ async fn snapshot(server: &TestServer, keys: &[&str]) -> Vec<pb::Operation> {
                 key: (*key).into(),
                 kind: "debt".into(),
                 include_raw_payload: true,
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -28,7 +28,7 @@ async fn get_prints_the_operation_for_people_and_for_scripts() {
     assert!(text.contains("status      disbursed (pending)"), "{text}");
     assert!(text.contains("waiting_signature"), "{text}");
 
-    let json = qistatus(&server, &["get", key, "--kind", "debt", "--json"]).await;
+    let json = qistatus(&server, &["get", key, "--kind", "debt", "--json", "--full"]).await;
     assert!(json.status.success());
     let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(value["kind"], "debt");

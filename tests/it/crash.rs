@@ -140,6 +140,7 @@ async fn verify(server: &ServerProcess, acked: &[Acked]) -> u64 {
                 key: a.key.clone(),
                 kind: "debt".into(),
                 include_raw_payload: false,
+                ..Default::default()
             })
             .await
             .unwrap_or_else(|e| panic!("acknowledged {a:?} is missing: {e}"))

@@ -96,7 +96,26 @@ async fn operation_times_and_counters_are_filled() {
     let first = op.first_received_at.unwrap();
     let updated = op.updated_at.unwrap();
     assert!((updated.seconds, updated.nanos) >= (first.seconds, first.nanos));
-    assert!(op.history.iter().all(|h| h.data.is_some()));
+    // The default view leaves each webhook's data out; the full view has it.
+    assert!(
+        op.history
+            .iter()
+            .all(|h| h.data.is_none() && !h.data_omitted)
+    );
+    let full = server
+        .grpc()
+        .await
+        .get_operation(pb::GetOperationRequest {
+            key: op.key.clone(),
+            view: pb::OperationView::Full as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(full.history_omitted, 0);
+    let full = full.operation.unwrap();
+    assert!(full.history.iter().all(|h| h.data.is_some()));
     server.stop().await;
 }
 
@@ -302,6 +321,7 @@ async fn megabyte_descriptions_are_cut_in_answers_but_kept_whole_in_the_raw_webh
             key: "big0".into(),
             kind: "debt".into(),
             include_raw_payload: true,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -309,5 +329,65 @@ async fn megabyte_descriptions_are_cut_in_answers_but_kept_whole_in_the_raw_webh
         .operation
         .unwrap();
     assert_eq!(op.history[0].raw_payload, raw[0]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_operation_with_megabytes_of_history_data_is_answered_within_the_message_limit() {
+    let server = TestServer::start().await;
+    let statuses = [
+        "waiting_signature",
+        "signed",
+        "disbursed",
+        "opened",
+        "settled",
+    ];
+    for (day, status) in statuses.iter().enumerate() {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "webhook_type": "debt", "key": "heavy", "status": status,
+            "event_datetime": format!("2024-01-0{} 10:00:00", day + 1),
+            "data": {"blob": "b".repeat(900 * 1024)},
+        }))
+        .unwrap();
+        server.post_ok(body).await;
+    }
+    // The default view: every entry, no data, small.
+    let basic = server.get("heavy", "debt").await.expect("the basic view");
+    assert_eq!(basic.history.len(), 5);
+    assert!(basic.history.iter().all(|h| h.data.is_none()));
+
+    // The full view: as much data as fits under 4 MiB, newest first; the rest says so.
+    let full = server
+        .grpc()
+        .await
+        .get_operation(pb::GetOperationRequest {
+            key: "heavy".into(),
+            view: pb::OperationView::Full as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("the full view stays under the client's 4 MiB limit")
+        .into_inner();
+    assert_eq!(full.history_omitted, 0);
+    let history = full.operation.unwrap().history;
+    let filled: Vec<bool> = history.iter().map(|h| h.data.is_some()).collect();
+    assert_eq!(filled, [false, true, true, true, true], "newest first");
+    assert!(history[0].data_omitted && !history[4].data_omitted);
+
+    // The CLI's default output, and its --json, work for it.
+    for args in [&["get", "heavy"][..], &["get", "heavy", "--json", "--full"]] {
+        let out = tokio::process::Command::new(crate::process::CLI_BIN)
+            .args(["--server", &format!("http://{}", server.grpc)])
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("settled"));
+    }
     server.stop().await;
 }

@@ -222,6 +222,7 @@ async fn history_carries_the_webhook_data_and_the_raw_payload_byte_for_byte() {
             key: "871059bd-4014-41ad-82b4-28275ff0e67b".into(),
             kind: String::new(),
             include_raw_payload: true,
+            view: qistatus::pb::OperationView::Full as i32,
         })
         .await
         .unwrap()

@@ -153,6 +153,7 @@ impl TestServer {
                 key: key.into(),
                 kind: kind.into(),
                 include_raw_payload: false,
+                ..Default::default()
             })
             .await?;
         Ok(response.into_inner().operation.expect("operation"))

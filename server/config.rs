@@ -49,6 +49,11 @@ pub struct Config {
     #[arg(long, env = "QISTATUS_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
 
+    /// Address of the admin endpoints: `/livez`, `/readyz` and Prometheus `/metrics`. Keep it
+    /// off the public network (it has no authentication).
+    #[arg(long, env = "QISTATUS_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
+    pub admin_addr: SocketAddr,
+
     /// Largest accepted webhook body, in bytes.
     #[arg(long, env = "QISTATUS_MAX_BODY", default_value_t = IntakeLimits::DEFAULT.max_body)]
     pub max_body: usize,

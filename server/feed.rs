@@ -181,6 +181,11 @@ impl ChangeFeed {
         }
     }
 
+    /// Subscriptions open now.
+    pub(crate) fn subscribers(&self) -> usize {
+        self.settings.max_subscribers - self.permits.available_permits()
+    }
+
     /// The last committed sequence.
     pub(crate) fn head(&self) -> u64 {
         *self.committed.borrow()

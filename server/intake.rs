@@ -31,7 +31,8 @@ use tower::ServiceBuilder;
 
 use crate::auth::webhook::{AuthError, RequestFacts, WebhookVerifier};
 use crate::domain::catalog::Catalog;
-use crate::domain::webhook::{MalformedWebhook, normalize};
+use crate::domain::webhook::{MalformedWebhook, Normalized, normalize};
+use crate::metrics::{Metrics, WebhookResult};
 use crate::store::writer::{Ack, SubmitError, WriterHandle};
 
 /// Limits of the intake.
@@ -84,6 +85,8 @@ pub(crate) struct IntakeState {
     pub(crate) writer: WriterHandle,
     /// Who may post webhooks.
     pub(crate) verifier: Arc<WebhookVerifier>,
+    /// Where webhooks are counted.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// The intake's HTTP routes with their limits.
@@ -129,19 +132,52 @@ async fn receive_webhook(
     State(WithLimits { state, limits }): State<WithLimits>,
     request: Request,
 ) -> Result<Response, IntakeError> {
-    tokio::time::timeout(
+    let started = std::time::Instant::now();
+    let metrics = state.metrics.clone();
+    let mut kind = OTHER_KIND.to_owned();
+    let outcome = tokio::time::timeout(
         limits.request_timeout,
-        store_webhook(state, limits, request),
+        store_webhook(state, limits, request, &mut kind),
     )
     .await
-    .map_err(|_| IntakeError::Timeout(limits.request_timeout))?
+    .unwrap_or(Err(IntakeError::Timeout(limits.request_timeout)));
+    let result = match &outcome {
+        Ok(Ack::Accepted { .. }) => WebhookResult::Accepted,
+        Ok(Ack::Duplicate { .. }) => WebhookResult::Duplicate,
+        Ok(Ack::Quarantined { .. }) => WebhookResult::Quarantined,
+        Err(IntakeError::Unauthorized(_)) => WebhookResult::Unauthorized,
+        Err(IntakeError::Submit(_)) => WebhookResult::Failed,
+        Err(_) => WebhookResult::Refused,
+    };
+    metrics.webhook(&kind, result, started.elapsed().as_secs_f64());
+    Ok(match outcome? {
+        Ack::Accepted { sequence } => {
+            (StatusCode::OK, Json(IntakeReply::Accepted { sequence })).into_response()
+        }
+        Ack::Duplicate { sequence } => {
+            (StatusCode::OK, Json(IntakeReply::Duplicate { sequence })).into_response()
+        }
+        Ack::Quarantined { id, reason } => (
+            StatusCode::ACCEPTED,
+            Json(IntakeReply::Quarantined {
+                reason,
+                quarantine_id: id,
+            }),
+        )
+            .into_response(),
+    })
 }
 
+/// The kind label of webhooks whose kind is not one the catalog knows (or not read yet).
+const OTHER_KIND: &str = "other";
+
+/// Stores the webhook; sets `kind` (the metrics label) once it is known to the catalog.
 async fn store_webhook(
     state: IntakeState,
     limits: IntakeLimits,
     request: Request,
-) -> Result<Response, IntakeError> {
+    kind: &mut String,
+) -> Result<Ack, IntakeError> {
     let (parts, body) = request.into_parts();
     let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
     let header_bytes: usize = headers
@@ -182,23 +218,12 @@ async fn store_webhook(
         std::borrow::Cow::Owned(decoded) => Bytes::from(decoded),
     };
     let normalized = normalize(&state.catalog, &webhook)?;
-    let ack = state.writer.submit(normalized, webhook).await?;
-    Ok(match ack {
-        Ack::Accepted { sequence } => {
-            (StatusCode::OK, Json(IntakeReply::Accepted { sequence })).into_response()
-        }
-        Ack::Duplicate { sequence } => {
-            (StatusCode::OK, Json(IntakeReply::Duplicate { sequence })).into_response()
-        }
-        Ack::Quarantined { id, reason } => (
-            StatusCode::ACCEPTED,
-            Json(IntakeReply::Quarantined {
-                reason,
-                quarantine_id: id,
-            }),
-        )
-            .into_response(),
-    })
+    if let Normalized::Event(envelope) = &normalized
+        && state.catalog.kind(&envelope.kind).is_some()
+    {
+        kind.clone_from(&envelope.kind);
+    }
+    Ok(state.writer.submit(normalized, webhook).await?)
 }
 
 /// Everything that can go wrong at the intake, turned into an HTTP answer in one place.
@@ -337,12 +362,19 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let store = Store::open(dir.path()).expect("a fresh store opens");
         let catalog = Arc::new(Catalog::builtin());
-        let (writer, _task) = writer::spawn(store, catalog.clone(), writer::WriterLimits::DEFAULT)
-            .expect("the writer starts");
+        let metrics = Arc::new(Metrics::new());
+        let (writer, _task) = writer::spawn(
+            store,
+            catalog.clone(),
+            writer::WriterLimits::DEFAULT,
+            metrics.clone(),
+        )
+        .expect("the writer starts");
         let state = IntakeState {
             catalog,
             writer,
             verifier: Arc::new(WebhookVerifier::default()),
+            metrics,
         };
         Intake {
             app: router(state, limits),

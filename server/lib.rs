@@ -58,6 +58,8 @@ pub mod client;
 pub mod pb;
 
 #[cfg(feature = "server")]
+mod admin;
+#[cfg(feature = "server")]
 mod auth;
 #[cfg(feature = "server")]
 pub mod config;
@@ -69,6 +71,8 @@ mod feed;
 mod grpc;
 #[cfg(feature = "server")]
 mod intake;
+#[cfg(feature = "server")]
+mod metrics;
 #[cfg(feature = "server")]
 mod net;
 #[cfg(feature = "server")]
@@ -90,7 +94,7 @@ pub use grpc::GrpcLimits;
 #[cfg(feature = "server")]
 pub use intake::IntakeLimits;
 #[cfg(feature = "server")]
-pub use server::{ServerError, Settings, run, shutdown_signal};
+pub use server::{Listeners, ServerError, Settings, run, shutdown_signal};
 #[cfg(feature = "server")]
 pub use store::writer::WriterLimits;
 #[cfg(feature = "server")]

@@ -26,13 +26,31 @@ async fn main() -> anyhow::Result<()> {
             let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
                 .await
                 .with_context(|| format!("cannot listen on {} (--grpc-addr)", config.grpc_addr))?;
+            let admin = tokio::net::TcpListener::bind(config.admin_addr)
+                .await
+                .with_context(|| {
+                    format!("cannot listen on {} (--admin-addr)", config.admin_addr)
+                })?;
+            if !config.admin_addr.ip().is_loopback() {
+                tracing::warn!(
+                    admin = %config.admin_addr,
+                    "the admin endpoints (metrics, readiness) have no authentication: keep \
+                     them off the public network"
+                );
+            }
             tracing::info!(
                 http = %http.local_addr()?,
                 grpc = %grpc.local_addr()?,
+                admin = %admin.local_addr()?,
                 data_dir = %config.data_dir.display(),
                 "qistatus-server listening"
             );
-            qistatus::run(settings, http, grpc, qistatus::shutdown_signal()).await?;
+            let listeners = qistatus::Listeners {
+                http,
+                grpc,
+                admin: Some(admin),
+            };
+            qistatus::run(settings, listeners, qistatus::shutdown_signal()).await?;
         }
         Command::Catalog => print!("{}", config.load_catalog()?.to_toml()),
         Command::Quarantine { payload } => {

@@ -16,12 +16,14 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::admin::{self, AdminState};
 use crate::auth::grpc::{BearerAuthLayer, BearerTokens};
 use crate::auth::webhook::WebhookVerifier;
 use crate::domain::catalog::Catalog;
 use crate::feed::{ChangeFeed, FeedSettings};
-use crate::grpc::{GrpcLimits, OperationStatusApi};
+use crate::grpc::{GrpcLimits, OperationStatusApi, OutcomeLayer};
 use crate::intake::{self, IntakeLimits, IntakeState};
+use crate::metrics::Metrics;
 use crate::net::{self, Admission, AtCapacity, HttpTimeouts};
 use crate::pb;
 use crate::store::writer::{self, SubmitError, WriterHandle, WriterLimits};
@@ -108,14 +110,29 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
-/// Serves webhooks on `http` and the gRPC API on `grpc` until `shutdown` completes, then
-/// drains and returns.
+/// The sockets `run` serves, bound by the caller (port 0 in tests).
+#[derive(Debug)]
+pub struct Listeners {
+    /// The webhook intake (HTTP).
+    pub http: TcpListener,
+    /// The gRPC API.
+    pub grpc: TcpListener,
+    /// The admin endpoints (`/livez`, `/readyz`, `/metrics`), when wanted.
+    pub admin: Option<TcpListener>,
+}
+
+/// Most connections the admin listener keeps (probes and scrapers).
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// Serves webhooks, the gRPC API and the admin endpoints on `listeners` until `shutdown`
+/// completes, then drains and returns.
 pub async fn run(
     settings: Settings,
-    http: TcpListener,
-    grpc: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let Listeners { http, grpc, admin } = listeners;
+    let metrics = Arc::new(Metrics::new());
     // Check the TLS identity before touching the store.
     let tls = settings
         .tls
@@ -139,7 +156,12 @@ pub async fn run(
         );
     }
     let catalog = Arc::new(settings.catalog);
-    let (writer, writer_task) = writer::spawn(store.clone(), catalog.clone(), settings.writer)?;
+    let (writer, writer_task) = writer::spawn(
+        store.clone(),
+        catalog.clone(),
+        settings.writer,
+        metrics.clone(),
+    )?;
     compact_expired(&writer, settings.log_retention).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -164,12 +186,18 @@ pub async fn run(
     let app = intake::router(
         IntakeState {
             catalog,
-            writer,
+            writer: writer.clone(),
             verifier: Arc::new(settings.webhook_verifier),
+            metrics: metrics.clone(),
         },
         settings.intake,
     );
-    let intake_admission = Admission::new("intake", intake_connections, AtCapacity::EvictIdle);
+    let intake_admission = Admission::new(
+        "intake",
+        intake_connections,
+        AtCapacity::EvictIdle,
+        metrics.shed_counter("intake"),
+    );
     let http_server = net::serve_http(
         net::accept_connections(
             http,
@@ -200,10 +228,15 @@ pub async fn run(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let api = pb::operation_status_service_server::OperationStatusServiceServer::new(
-        OperationStatusApi::new(store.clone(), feed)?,
+        OperationStatusApi::new(store.clone(), feed.clone())?,
     )
     .max_decoding_message_size(crate::grpc::MAX_REQUEST_BYTES);
-    let grpc_admission = Admission::new("grpc", grpc_connections, AtCapacity::Refuse);
+    let grpc_admission = Admission::new(
+        "grpc",
+        grpc_connections,
+        AtCapacity::Refuse,
+        metrics.shed_counter("grpc"),
+    );
     let incoming = ReceiverStream::new(net::accept_connections(
         grpc,
         tls,
@@ -218,9 +251,7 @@ pub async fn run(
         .max_connection_age_grace(Duration::from_secs(60))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .layer(tower::util::MapResponseLayer::new(
-            crate::grpc::oversized_request_is_resource_exhausted,
-        ))
+        .layer(OutcomeLayer::new(metrics.clone()))
         .layer(BearerAuthLayer::new(settings.grpc_tokens))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -237,7 +268,41 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
 
-    let ((), grpc_result) = tokio::join!(http_server, grpc_server);
+    let admin_server = {
+        let state = AdminState {
+            metrics,
+            store: store.clone(),
+            writer,
+            feed,
+            intake: intake_admission.clone(),
+            grpc: grpc_admission.clone(),
+            stopping: stop_rx.clone(),
+        };
+        let stop = stop_rx.clone();
+        async move {
+            let Some(listener) = admin else { return };
+            let admission = Admission::new(
+                "admin",
+                ADMIN_MAX_CONNECTIONS,
+                AtCapacity::EvictIdle,
+                state.metrics.shed_counter("admin"),
+            );
+            let incoming = net::accept_connections(
+                listener,
+                None,
+                admission,
+                crate::intake::IntakeLimits::DEFAULT.handshake_timeout,
+                stop.clone(),
+            );
+            let timeouts = HttpTimeouts {
+                header_read: crate::intake::IntakeLimits::DEFAULT.header_read_timeout,
+                idle: crate::intake::IntakeLimits::DEFAULT.idle_timeout,
+            };
+            net::serve_http(incoming, admin::router(state), timeouts, stop).await;
+        }
+    };
+
+    let ((), grpc_result, ()) = tokio::join!(http_server, grpc_server, admin_server);
     if let Err(e) = compaction.await {
         tracing::error!(error = %e, "the compaction task failed");
     }

@@ -114,6 +114,8 @@ impl Qistatus {
             .arg(dir)
             .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
             .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
+            // Any free port: the harness reads no metrics, and runs servers side by side.
+            .args(["--admin-addr", "127.0.0.1:0"])
             .args(["--log", &self.log])
             .args([
                 "--writer-queue",

@@ -68,6 +68,7 @@ def main():
                 "--data-dir", data_dir,
                 "--http-addr", f"127.0.0.1:{http_port}",
                 "--grpc-addr", f"127.0.0.1:{grpc_port}",
+                "--admin-addr", "127.0.0.1:0",
                 "--log", "warn",
             ]
         )

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Notify;
 
 /// What a listener does with a new connection when it is at its bound.
@@ -53,6 +54,7 @@ struct Inner {
     next_id: AtomicU64,
     open: Mutex<BTreeMap<u64, Arc<ConnState>>>,
     shed: AtomicU64,
+    shed_metric: Counter,
     log: Mutex<ShedLog>,
 }
 
@@ -75,8 +77,13 @@ struct ConnState {
 
 impl Admission {
     /// The admission of the listener named `listener` (for logs), keeping at most `max`
-    /// connections.
-    pub(crate) fn new(listener: &'static str, max: usize, policy: AtCapacity) -> Admission {
+    /// connections, counting what it sheds in `shed_metric` too.
+    pub(crate) fn new(
+        listener: &'static str,
+        max: usize,
+        policy: AtCapacity,
+        shed_metric: Counter,
+    ) -> Admission {
         Admission {
             inner: Arc::new(Inner {
                 listener,
@@ -86,6 +93,7 @@ impl Admission {
                 next_id: AtomicU64::new(0),
                 open: Mutex::new(BTreeMap::new()),
                 shed: AtomicU64::new(0),
+                shed_metric,
                 log: Mutex::new(ShedLog::default()),
             }),
         }
@@ -140,7 +148,6 @@ impl Admission {
     }
 
     /// Connections open now.
-    #[cfg(test)]
     pub(crate) fn open(&self) -> usize {
         self.inner
             .open
@@ -157,6 +164,7 @@ impl Admission {
     fn count_shed(&self) {
         let inner = &self.inner;
         inner.shed.fetch_add(1, Ordering::Relaxed);
+        inner.shed_metric.inc();
         let mut log = inner
             .log
             .lock()
@@ -249,7 +257,7 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_at_the_bound_and_frees_places_on_drop() {
-        let admission = Admission::new("test", 2, AtCapacity::Refuse);
+        let admission = Admission::new("test", 2, AtCapacity::Refuse, Counter::default());
         let a = admission.admit().expect("first place");
         let _b = admission.admit().expect("second place");
         assert!(admission.admit().is_none());
@@ -260,7 +268,7 @@ mod tests {
 
     #[tokio::test]
     async fn evicts_the_connection_idle_longest_but_never_a_busy_one() {
-        let admission = Admission::new("test", 2, AtCapacity::EvictIdle);
+        let admission = Admission::new("test", 2, AtCapacity::EvictIdle, Counter::default());
         let oldest = Arc::new(admission.admit().expect("place"));
         std::thread::sleep(Duration::from_millis(10));
         let newer = Arc::new(admission.admit().expect("place"));

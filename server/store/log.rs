@@ -142,6 +142,9 @@ pub(crate) trait Log: Send + Sync + std::fmt::Debug {
 
     /// Lets go of every segment but the newest (nothing older is needed any more).
     fn release_all_but_newest(&self) -> Result<usize, LogError>;
+
+    /// Bytes the log takes where it is kept (for metrics).
+    fn size_bytes(&self) -> Result<u64, LogError>;
 }
 
 /// The first bytes of every segment: what it is, and the version of its frame format.
@@ -478,6 +481,17 @@ impl Log for SegmentLog {
 
     fn release_before(&self, keep: &PayloadRef) -> Result<usize, LogError> {
         self.release(keep.segment)
+    }
+
+    fn size_bytes(&self) -> Result<u64, LogError> {
+        let mut total = 0;
+        for segment in segments(&self.dir)? {
+            // A segment released meanwhile is simply not counted.
+            if let Ok(meta) = std::fs::metadata(segment_path(&self.dir, segment)) {
+                total += meta.len();
+            }
+        }
+        Ok(total)
     }
 
     fn release_all_but_newest(&self) -> Result<usize, LogError> {

@@ -372,6 +372,16 @@ impl Store {
         self.log.as_ref()
     }
 
+    /// Bytes the event log takes on disk.
+    pub fn log_size_bytes(&self) -> Result<u64, StoreError> {
+        Ok(self.log.size_bytes()?)
+    }
+
+    /// The LSN of the log's last record (0 when empty).
+    pub fn log_last_lsn(&self) -> u64 {
+        self.log.last_lsn()
+    }
+
     /// The last log record the view has applied (0: none).
     pub fn applied_through(&self) -> Result<u64, StoreError> {
         Ok(match self.get(Key::Meta(Meta::AppliedThrough))? {

@@ -164,6 +164,20 @@ async fn a_real_webhook_is_acknowledged_while_1100_slow_connections_are_held_at_
     assert!(String::from_utf8_lossy(&get.stdout).contains("disbursed"));
     assert!(started.elapsed() < Duration::from_secs(3));
 
+    // The shedding is counted where monitoring looks.
+    let metrics = reqwest::get(format!("http://{}/metrics", server.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let shed = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("qistatus_connections_shed_total{listener=\"intake\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(shed >= 1.0, "shed connections are counted:\n{metrics}");
+
     let _ = stop_tx.send(true);
     for attacker in attackers {
         attacker.abort();

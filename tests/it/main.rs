@@ -9,6 +9,7 @@
 mod process;
 mod test_server;
 
+mod admin;
 mod backpressure;
 mod bad_input;
 mod cli;

@@ -26,6 +26,7 @@ pub struct ServerCommand {
     data_dir: PathBuf,
     http: SocketAddr,
     grpc: SocketAddr,
+    admin: SocketAddr,
     log: String,
     stderr: Option<PathBuf>,
     env: Vec<(String, String)>,
@@ -40,6 +41,7 @@ impl ServerCommand {
             data_dir: data_dir.to_owned(),
             http: free_addr(),
             grpc: free_addr(),
+            admin: free_addr(),
             log: "warn".into(),
             stderr: None,
             env: Vec::new(),
@@ -102,6 +104,7 @@ impl ServerCommand {
             .arg(&self.data_dir)
             .args(["--http-addr", &self.http.to_string()])
             .args(["--grpc-addr", &self.grpc.to_string()])
+            .args(["--admin-addr", &self.admin.to_string()])
             .args(["--log", &self.log])
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -126,6 +129,7 @@ impl ServerCommand {
                     child,
                     http: self.http,
                     grpc: self.grpc,
+                    admin: self.admin,
                 };
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -141,6 +145,8 @@ pub struct ServerProcess {
     pub http: SocketAddr,
     /// Its gRPC API.
     pub grpc: SocketAddr,
+    /// Its admin endpoints.
+    pub admin: SocketAddr,
 }
 
 impl ServerProcess {

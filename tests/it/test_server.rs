@@ -16,6 +16,8 @@ use tonic::transport::Channel;
 pub struct TestServer {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
+    /// The admin endpoints (`/livez`, `/readyz`, `/metrics`).
+    pub admin: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServerError>>>,
     _tmp: Option<tempfile::TempDir>,
@@ -56,14 +58,22 @@ impl TestServer {
     pub async fn start_at(settings: Settings, http: SocketAddr, grpc: SocketAddr) -> TestServer {
         let http = TcpListener::bind(http).await.expect("bind http");
         let grpc = TcpListener::bind(grpc).await.expect("bind grpc");
+        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
+        let admin_addr = admin.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(qistatus::run(settings, http, grpc, async {
+        let listeners = qistatus::Listeners {
+            http,
+            grpc,
+            admin: Some(admin),
+        };
+        let task = tokio::spawn(qistatus::run(settings, listeners, async {
             let _ = stopped.await;
         }));
         TestServer {
             http: http_addr,
             grpc: grpc_addr,
+            admin: admin_addr,
             stop: Some(stop),
             task: Some(task),
             _tmp: None,

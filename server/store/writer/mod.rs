@@ -34,6 +34,7 @@ use super::recent::RecentChanges;
 use super::{Store, StoreError, view};
 use crate::domain::catalog::Catalog;
 use crate::domain::webhook::Normalized;
+use crate::metrics::Metrics;
 pub(crate) use plan::{BatchPlan, Counters};
 
 /// How the writer answered one webhook.
@@ -133,6 +134,7 @@ pub struct WriterHandle {
     tx: mpsc::Sender<Command>,
     committed: watch::Receiver<u64>,
     recent: Arc<RecentChanges>,
+    failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl WriterHandle {
@@ -181,6 +183,17 @@ impl WriterHandle {
         self.recent.clone()
     }
 
+    /// Webhooks waiting in the queue now.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Whether the writer still takes webhooks: false once it stopped (shutdown, or a batch
+    /// that reached the log but not the view).
+    pub fn is_alive(&self) -> bool {
+        !self.tx.is_closed() && !self.failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The last committed sequence (0 before the first), updated after every batch.
     pub fn committed(&self) -> watch::Receiver<u64> {
         self.committed.clone()
@@ -202,17 +215,19 @@ impl WriterTask {
     }
 }
 
-/// Starts the writer on its own thread.
-pub fn spawn(
+/// Starts the writer on its own thread, recording its batches in `metrics`.
+pub(crate) fn spawn(
     store: Store,
     catalog: Arc<Catalog>,
     limits: WriterLimits,
+    metrics: Arc<Metrics>,
 ) -> Result<(WriterHandle, WriterTask), StoreError> {
     let (tx, rx) = mpsc::channel(limits.queue.max(1));
     store.replay(&catalog)?;
     let counters = store.counters()?;
     let (committed_tx, committed) = watch::channel(counters.next_sequence - 1);
     let recent = Arc::new(RecentChanges::new(RECENT_CHANGES, RECENT_CHANGES_BYTES));
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writer = Writer {
         store,
         catalog,
@@ -220,7 +235,9 @@ pub fn spawn(
         committed: committed_tx,
         recent: recent.clone(),
         stopped: None,
+        failed: failed.clone(),
         failpoint: Failpoint::from_env(),
+        metrics,
     };
     let max_batch = limits.max_batch.max(1);
     let thread = std::thread::Builder::new()
@@ -232,6 +249,7 @@ pub fn spawn(
             tx,
             committed,
             recent,
+            failed,
         },
         WriterTask { thread },
     ))
@@ -245,7 +263,10 @@ struct Writer {
     recent: Arc<RecentChanges>,
     /// Why the writer refuses every batch: one reached the log but not the view.
     stopped: Option<Arc<StoreError>>,
+    /// Whether `stopped` is set, for readiness.
+    failed: Arc<std::sync::atomic::AtomicBool>,
     failpoint: Failpoint,
+    metrics: Arc<Metrics>,
 }
 
 /// A crash on purpose, for the crash test: `QISTATUS_FAILPOINT=abort-after-log-append:N`
@@ -386,11 +407,14 @@ impl Writer {
         if plan.records.is_empty() {
             return Ok(acks);
         }
+        let appending = std::time::Instant::now();
         let refs = self
             .store
             .log()
             .append(&plan.records)
             .map_err(|e| Arc::new(e.into()))?;
+        self.metrics
+            .batch(plan.records.len(), appending.elapsed().as_secs_f64());
         self.failpoint.after_append();
         match view::apply(&self.store, &self.catalog, &plan.records, &refs) {
             Ok(changes) => {
@@ -407,6 +431,8 @@ impl Writer {
                 );
                 let e = Arc::new(e);
                 self.stopped = Some(e.clone());
+                self.failed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 Err(e)
             }
         }

@@ -1,0 +1,107 @@
+//! The admin listener (`--admin-addr`, loopback by default, never the public intake port):
+//! what an orchestrator and a monitoring system ask.
+//!
+//! | path | answer |
+//! |---|---|
+//! | `GET /livez` | `200 ok` while the process serves HTTP at all |
+//! | `GET /readyz` | `200 ready` when the store is open, replay is done and the writer takes webhooks; `503` with the reason otherwise (and while shutting down) |
+//! | `GET /metrics` | Prometheus text format ([`crate::metrics`]) |
+//!
+//! The store is opened and replayed before any listener serves, so "replay done" holds from
+//! the first answer on.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::sync::watch;
+
+use crate::feed::ChangeFeed;
+use crate::metrics::{Metrics, Snapshot};
+use crate::net::Admission;
+use crate::store::Store;
+use crate::store::writer::WriterHandle;
+
+/// What the admin endpoints read.
+#[derive(Debug, Clone)]
+pub(crate) struct AdminState {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) store: Store,
+    pub(crate) writer: WriterHandle,
+    pub(crate) feed: ChangeFeed,
+    pub(crate) intake: Admission,
+    pub(crate) grpc: Admission,
+    pub(crate) stopping: watch::Receiver<bool>,
+}
+
+/// The admin routes.
+pub(crate) fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    let not_ready = if *state.stopping.borrow() {
+        Some("shutting down")
+    } else if !state.writer.is_alive() {
+        Some("the writer has stopped: see the log, then restart to replay")
+    } else {
+        None
+    };
+    match not_ready {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    // Reading the log's size touches the file system: off the async workers.
+    let encoded = tokio::task::spawn_blocking(move || {
+        let store = &state.store;
+        let log_bytes = store.log_size_bytes().unwrap_or(0);
+        let head = state.feed.head();
+        let compacted = store.compacted_through().unwrap_or(0);
+        let applied = store.applied_through().unwrap_or(0);
+        let snapshot = Snapshot {
+            queue_depth: as_gauge(state.writer.queue_depth() as u64),
+            intake_connections: as_gauge(state.intake.open() as u64),
+            grpc_connections: as_gauge(state.grpc.open() as u64),
+            watchers: as_gauge(state.feed.subscribers() as u64),
+            log_bytes: as_gauge(log_bytes),
+            oldest_sequence: as_gauge((compacted + 1).min(head.max(1))),
+            head_sequence: as_gauge(head),
+            view_lag: as_gauge(store.log_last_lsn().saturating_sub(applied)),
+            quarantined: as_gauge(store.quarantine_len() as u64),
+        };
+        state.metrics.encode(snapshot)
+    })
+    .await;
+    match encoded {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "encoding metrics failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+fn as_gauge(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,312 @@
+//! Prometheus metrics, served by the admin listener at `/metrics`.
+//!
+//! One [`Metrics`] per server (no process-wide registry), so tests can run several servers in
+//! one process and read each one's own figures. Counters and histograms are updated where
+//! things happen (intake, writer, gRPC edge, connection admission); gauges that describe
+//! state (queue depth, open connections, watchers, log size) are read from their owners when
+//! scraped, by the closure given to [`Metrics::encode`], so they are never stale.
+//!
+//! Label values are bounded: webhook kinds are the catalog's (anything else counts as
+//! `other`), gRPC methods are the service's, results and codes are fixed sets. No label ever
+//! carries a key or anything else from a webhook's body.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// What happened to a webhook at the intake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum WebhookResult {
+    /// Stored as a new event.
+    Accepted,
+    /// Seen before.
+    Duplicate,
+    /// Kept in the quarantine.
+    Quarantined,
+    /// Refused as the sender's mistake (4xx other than 401).
+    Refused,
+    /// Refused: signature missing or wrong.
+    Unauthorized,
+    /// Not stored because of the server (503, 500).
+    Failed,
+}
+
+impl WebhookResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            WebhookResult::Accepted => "accepted",
+            WebhookResult::Duplicate => "duplicate",
+            WebhookResult::Quarantined => "quarantined",
+            WebhookResult::Refused => "refused",
+            WebhookResult::Unauthorized => "unauthorized",
+            WebhookResult::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct WebhookLabels {
+    kind: String,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct GrpcLabels {
+    method: String,
+    code: &'static str,
+}
+
+/// The state read at each scrape.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Snapshot {
+    /// Webhooks waiting in the writer's queue.
+    pub(crate) queue_depth: i64,
+    /// Open intake connections.
+    pub(crate) intake_connections: i64,
+    /// Open gRPC connections.
+    pub(crate) grpc_connections: i64,
+    /// Open watch streams.
+    pub(crate) watchers: i64,
+    /// Bytes of the event log on disk.
+    pub(crate) log_bytes: i64,
+    /// The oldest sequence still in the log.
+    pub(crate) oldest_sequence: i64,
+    /// The newest committed sequence.
+    pub(crate) head_sequence: i64,
+    /// Log records not yet applied to the view.
+    pub(crate) view_lag: i64,
+    /// Webhooks in the quarantine.
+    pub(crate) quarantined: i64,
+}
+
+/// The server's metrics. Cheap to share (`Arc`), cheap to update (atomics).
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    webhooks: Family<WebhookLabels, Counter>,
+    ack_seconds: Histogram,
+    batch_size: Histogram,
+    flush_seconds: Histogram,
+    shed: Family<ListenerLabels, Counter>,
+    grpc_requests: Family<GrpcLabels, Counter>,
+    gauges: Gauges,
+}
+
+#[derive(Debug, Default)]
+struct Gauges {
+    queue_depth: Gauge,
+    connections: Family<ListenerLabels, Gauge>,
+    watchers: Gauge,
+    log_bytes: Gauge,
+    oldest_sequence: Gauge,
+    head_sequence: Gauge,
+    view_lag: Gauge,
+    quarantined: Gauge,
+}
+
+impl Metrics {
+    /// A fresh set, registered under the `qistatus_` prefix.
+    pub(crate) fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("qistatus");
+        let webhooks = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "webhooks",
+            "Webhooks received, by kind (the catalog's, else `other`) and result",
+            webhooks.clone(),
+        );
+        // 100 µs to ~3 s.
+        let ack_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "ack_seconds",
+            "Time from a webhook's arrival to its answer, in seconds",
+            ack_seconds.clone(),
+        );
+        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+        registry.register(
+            "writer_batch_size",
+            "Webhooks committed per writer batch",
+            batch_size.clone(),
+        );
+        let flush_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "writer_flush_seconds",
+            "Time to append a batch to the log and fsync it, in seconds",
+            flush_seconds.clone(),
+        );
+        let shed = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections_shed",
+            "Connections refused or evicted at the connection limit, by listener",
+            shed.clone(),
+        );
+        let grpc_requests = Family::<GrpcLabels, Counter>::default();
+        registry.register(
+            "grpc_requests",
+            "gRPC calls, by method and status code",
+            grpc_requests.clone(),
+        );
+        let gauges = Gauges::default();
+        registry.register(
+            "writer_queue_depth",
+            "Webhooks waiting for the writer",
+            gauges.queue_depth.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Open connections, by listener",
+            gauges.connections.clone(),
+        );
+        registry.register("watchers", "Open watch streams", gauges.watchers.clone());
+        registry.register(
+            "log_bytes",
+            "Bytes of the event log on disk",
+            gauges.log_bytes.clone(),
+        );
+        registry.register(
+            "log_oldest_sequence",
+            "The oldest sequence still retained (watchers cannot resume from before it)",
+            gauges.oldest_sequence.clone(),
+        );
+        registry.register(
+            "log_head_sequence",
+            "The newest committed sequence",
+            gauges.head_sequence.clone(),
+        );
+        registry.register(
+            "view_lag",
+            "Log records not yet applied to the view",
+            gauges.view_lag.clone(),
+        );
+        registry.register(
+            "quarantined",
+            "Webhooks in the quarantine",
+            gauges.quarantined.clone(),
+        );
+        Metrics {
+            registry,
+            webhooks,
+            ack_seconds,
+            batch_size,
+            flush_seconds,
+            shed,
+            grpc_requests,
+            gauges,
+        }
+    }
+
+    /// Counts a webhook of `kind` (already bounded to the catalog's kinds or `other`).
+    pub(crate) fn webhook(&self, kind: &str, result: WebhookResult, seconds: f64) {
+        self.webhooks
+            .get_or_create(&WebhookLabels {
+                kind: kind.to_owned(),
+                result: result.as_str(),
+            })
+            .inc();
+        self.ack_seconds.observe(seconds);
+    }
+
+    /// Records a committed writer batch.
+    pub(crate) fn batch(&self, size: usize, flush_seconds: f64) {
+        self.batch_size.observe(size as f64);
+        self.flush_seconds.observe(flush_seconds);
+    }
+
+    /// The counter of connections shed by `listener`.
+    pub(crate) fn shed_counter(&self, listener: &'static str) -> Counter {
+        self.shed.get_or_create_owned(&ListenerLabels { listener })
+    }
+
+    /// Counts a gRPC call of `method` (the path's last segment) ending with `code`.
+    pub(crate) fn grpc_call(&self, method: &str, code: tonic::Code) {
+        self.grpc_requests
+            .get_or_create(&GrpcLabels {
+                method: method.to_owned(),
+                code: code_name(code),
+            })
+            .inc();
+    }
+
+    /// The metrics in Prometheus' text format, with the gauges set from `snapshot`.
+    pub(crate) fn encode(&self, snapshot: Snapshot) -> String {
+        let g = &self.gauges;
+        g.queue_depth.set(snapshot.queue_depth);
+        for (listener, open) in [
+            ("intake", snapshot.intake_connections),
+            ("grpc", snapshot.grpc_connections),
+        ] {
+            g.connections
+                .get_or_create(&ListenerLabels { listener })
+                .set(open);
+        }
+        g.watchers.set(snapshot.watchers);
+        g.log_bytes.set(snapshot.log_bytes);
+        g.oldest_sequence.set(snapshot.oldest_sequence);
+        g.head_sequence.set(snapshot.head_sequence);
+        g.view_lag.set(snapshot.view_lag);
+        g.quarantined.set(snapshot.quarantined);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_counters_histograms_and_scraped_gauges() {
+        let metrics = Metrics::new();
+        metrics.webhook("debt", WebhookResult::Accepted, 0.002);
+        metrics.webhook("debt", WebhookResult::Accepted, 0.003);
+        metrics.webhook("other", WebhookResult::Refused, 0.0001);
+        metrics.shed_counter("intake").inc();
+        metrics.grpc_call("GetOperation", tonic::Code::NotFound);
+        let text = metrics.encode(Snapshot {
+            watchers: 3,
+            ..Snapshot::default()
+        });
+        for line in [
+            "qistatus_webhooks_total{kind=\"debt\",result=\"accepted\"} 2",
+            "qistatus_webhooks_total{kind=\"other\",result=\"refused\"} 1",
+            "qistatus_connections_shed_total{listener=\"intake\"} 1",
+            "qistatus_grpc_requests_total{method=\"GetOperation\",code=\"NOT_FOUND\"} 1",
+            "qistatus_ack_seconds_count 3",
+            "qistatus_watchers 3",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+    }
+}

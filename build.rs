@@ -4,7 +4,10 @@
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/qistatus/v1/qistatus.proto"];
+    let protos = [
+        "proto/qistatus/v1/qistatus.proto",
+        "proto/qistatus/v1/maintenance.proto",
+    ];
     println!("cargo:rerun-if-changed=proto");
 
     let descriptors = protox::compile(protos, ["proto"])?;

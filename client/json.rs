@@ -69,6 +69,45 @@ pub fn change(change: &pb::OperationChange, op: &pb::Operation) -> Value {
     })
 }
 
+/// The JSON of the server's counts.
+pub fn stats(stats: &pb::GetStatsResponse) -> Value {
+    let counts: Vec<Value> = stats
+        .counts
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "kind": c.kind,
+                "status": c.status,
+                "phase": phase_name(c.phase),
+                "operations": c.operations,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "counts": counts,
+        "operations": stats.counts.iter().map(|c| c.operations).sum::<u64>(),
+        "quarantined": stats.quarantined,
+        "head_sequence": stats.head_sequence,
+        "store_id": stats.store_id,
+    })
+}
+
+/// The JSON line of a quarantined webhook; `payload` is the body as text when it was asked
+/// for, else `null`.
+pub fn quarantined(entry: &pb::ListQuarantineResponse) -> Value {
+    serde_json::json!({
+        "id": entry.id,
+        "received_at": non_empty(rfc3339(entry.received_at.as_ref())),
+        "reason": entry.reason,
+        "size_bytes": entry.size_bytes,
+        "payload": if entry.payload.is_empty() {
+            Value::Null
+        } else {
+            Value::String(String::from_utf8_lossy(&entry.payload).into_owned())
+        },
+    })
+}
+
 /// A `google.protobuf.Struct` as a JSON object.
 fn struct_to_json(s: &prost_types::Struct) -> Value {
     Value::Object(

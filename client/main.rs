@@ -110,6 +110,14 @@ enum Command {
         #[arg(long, requires = "from_sequence")]
         store_id: Option<String>,
     },
+    /// How many operations there are of each kind in each status, and the log's head.
+    Stats,
+    /// List the quarantined webhooks (JSON objects with no readable kind, key or status).
+    Quarantine {
+        /// Also print each webhook's body (it may hold personal data).
+        #[arg(long)]
+        payload: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -274,8 +282,67 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 }
             }
         }
+        Command::Stats => {
+            let stats = client.stats().await?;
+            if cli.json {
+                println!("{}", json::stats(&stats));
+            } else {
+                print_stats(&stats);
+            }
+        }
+        Command::Quarantine { payload } => {
+            let entries = client.quarantine(payload).await?;
+            tokio::pin!(entries);
+            let mut count = 0;
+            while let Some(entry) = entries.next().await {
+                let entry = entry?;
+                if cli.json {
+                    println!("{}", json::quarantined(&entry));
+                } else {
+                    println!(
+                        "{}\t{}\t{} bytes\t{}",
+                        entry.id,
+                        rfc3339(entry.received_at.as_ref()),
+                        entry.size_bytes,
+                        printable(&entry.reason)
+                    );
+                    if payload {
+                        println!("{}", printable(&String::from_utf8_lossy(&entry.payload)));
+                    }
+                }
+                count += 1;
+            }
+            if !cli.json {
+                eprintln!("{count} quarantined webhook(s)");
+            }
+        }
     }
     Ok(())
+}
+
+fn print_stats(stats: &pb::GetStatsResponse) {
+    println!(
+        "{:<26} {:<34} {:<10} {:>12}",
+        "kind", "status", "phase", "operations"
+    );
+    for c in &stats.counts {
+        println!(
+            "{:<26} {:<34} {:<10} {:>12}",
+            printable(&c.kind),
+            printable(&c.status),
+            phase_name(c.phase),
+            c.operations
+        );
+    }
+    let total: u64 = stats.counts.iter().map(|c| c.operations).sum();
+    println!(
+        "{total} operation(s); {} quarantined webhook(s)",
+        stats.quarantined
+    );
+    println!(
+        "head sequence {} of store {}",
+        stats.head_sequence, stats.store_id
+    );
 }
 
 fn or_dash(s: String) -> String {

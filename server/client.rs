@@ -26,6 +26,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use crate::pb;
+use crate::pb::maintenance_service_client::MaintenanceServiceClient;
 use crate::pb::operation_status_service_client::OperationStatusServiceClient;
 
 /// What can go wrong talking to qistatus.
@@ -179,9 +180,49 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: Inner,
+    maintenance: MaintenanceServiceClient<InterceptedService<Channel, BearerToken>>,
 }
 
 impl Client {
+    /// Both services' clients on `channel`, with the bearer token.
+    fn on(channel: Channel, token: Option<AsciiMetadataValue>) -> Client {
+        Client {
+            inner: OperationStatusServiceClient::with_interceptor(
+                channel.clone(),
+                BearerToken(token.clone()),
+            ),
+            maintenance: MaintenanceServiceClient::with_interceptor(channel, BearerToken(token)),
+        }
+    }
+
+    /// Operations by kind and status, from the server's counters.
+    pub async fn stats(&mut self) -> Result<pb::GetStatsResponse, ClientError> {
+        Ok(self
+            .maintenance
+            .get_stats(pb::GetStatsRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// The quarantined webhooks, oldest first, as they are read; with `include_payload`,
+    /// their bodies too.
+    pub async fn quarantine(
+        &mut self,
+        include_payload: bool,
+    ) -> Result<
+        impl Stream<Item = Result<pb::ListQuarantineResponse, ClientError>> + use<>,
+        ClientError,
+    > {
+        let stream = self
+            .maintenance
+            .list_quarantine(pb::ListQuarantineRequest { include_payload })
+            .await?
+            .into_inner();
+        Ok(tokio_stream::StreamExt::map(stream, |item| {
+            item.map_err(ClientError::from)
+        }))
+    }
+
     /// Connects to the server at `address` (e.g. `http://127.0.0.1:50051`).
     pub async fn connect(address: &str) -> Result<Client, ClientError> {
         Client::connect_with(address, ConnectOptions::default()).await
@@ -197,9 +238,7 @@ impl Client {
             address: address.to_owned(),
             reason: error_chain(&e),
         })?;
-        Ok(Client {
-            inner: OperationStatusServiceClient::with_interceptor(channel, BearerToken(token)),
-        })
+        Ok(Client::on(channel, token))
     }
 
     /// A client that connects on its first call, and reconnects when the server goes away:
@@ -210,12 +249,7 @@ impl Client {
         options: ConnectOptions,
     ) -> Result<Client, ClientError> {
         let (endpoint, token) = endpoint(address, options)?;
-        Ok(Client {
-            inner: OperationStatusServiceClient::with_interceptor(
-                endpoint.connect_lazy(),
-                BearerToken(token),
-            ),
-        })
+        Ok(Client::on(endpoint.connect_lazy(), token))
     }
 
     /// The operation with `key` (and `kind`, needed only when the key names several kinds),

@@ -21,7 +21,7 @@ use crate::auth::grpc::{BearerAuthLayer, BearerTokens};
 use crate::auth::webhook::WebhookVerifier;
 use crate::domain::catalog::Catalog;
 use crate::feed::{ChangeFeed, FeedSettings};
-use crate::grpc::{GrpcLimits, OperationStatusApi, OutcomeLayer};
+use crate::grpc::{GrpcLimits, MaintenanceApi, OperationStatusApi, OutcomeLayer};
 use crate::intake::{self, IntakeLimits, IntakeState};
 use crate::metrics::Metrics;
 use crate::net::{self, Admission, AtCapacity, HttpTimeouts};
@@ -227,6 +227,10 @@ pub async fn run(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
+    let maintenance = pb::maintenance_service_server::MaintenanceServiceServer::new(
+        MaintenanceApi::new(store.clone(), feed.clone()),
+    )
+    .max_decoding_message_size(crate::grpc::MAX_REQUEST_BYTES);
     let api = pb::operation_status_service_server::OperationStatusServiceServer::new(
         OperationStatusApi::new(store.clone(), feed.clone())?,
     )
@@ -257,6 +261,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(api)
+        .add_service(maintenance)
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
 
     tokio::spawn(async move {

@@ -9,5 +9,6 @@ mkdir -p "$here/generated"
   -I "$root/proto" \
   --python_out="$here/generated" \
   --grpc_python_out="$here/generated" \
-  "$root/proto/qistatus/v1/qistatus.proto"
+  "$root/proto/qistatus/v1/qistatus.proto" \
+  "$root/proto/qistatus/v1/maintenance.proto"
 echo "stubs written to $here/generated/qistatus/v1/"

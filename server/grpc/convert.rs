@@ -8,6 +8,7 @@ use crate::domain::reconcile::{EventSummary, Operation, Phase};
 use crate::domain::webhook::bounded_detail;
 use crate::feed::FeedEvent;
 use crate::pb;
+use crate::store::OperationCount;
 
 /// A protobuf timestamp from milliseconds since the Unix epoch.
 pub(crate) fn timestamp(millis: i64) -> prost_types::Timestamp {
@@ -40,6 +41,17 @@ impl TryFrom<pb::Phase> for Phase {
             pb::Phase::Pending => Ok(Phase::Pending),
             pb::Phase::Succeeded => Ok(Phase::Succeeded),
             pb::Phase::Failed => Ok(Phase::Failed),
+        }
+    }
+}
+
+impl From<OperationCount> for pb::StatusCount {
+    fn from(count: OperationCount) -> Self {
+        pb::StatusCount {
+            kind: count.kind,
+            status: count.status,
+            phase: pb::Phase::from(count.phase) as i32,
+            operations: count.operations,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! one place: `From<ApiError> for Status`.
 
 mod convert;
+mod maintenance;
 mod outcome;
 mod page_token;
 mod watch;
@@ -22,6 +23,7 @@ use crate::pb;
 use crate::pb::operation_status_service_server::OperationStatusService;
 use crate::store::status_index::{Selection, StatusIndex};
 use crate::store::{Store, StoreError};
+pub use maintenance::MaintenanceApi;
 pub(crate) use outcome::OutcomeLayer;
 use page_token::PageTokens;
 pub use watch::WatchStream;

@@ -90,10 +90,12 @@ where
 }
 
 fn method_label(path: &str) -> &'static str {
-    const METHODS: [&str; 6] = [
+    const METHODS: [&str; 8] = [
         "GetOperation",
         "ListByStatus",
         "WatchOperation",
+        "GetStats",
+        "ListQuarantine",
         "Check",
         "Watch",
         "ServerReflectionInfo",

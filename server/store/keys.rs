@@ -9,6 +9,7 @@
 //! | `S` | `StatusIndex` | `status \0 kind \0 key` | the operation without history |
 //! | `P` | `PhaseIndex` | `phase byte, kind \0 key` | the operation without history |
 //! | `Q` | `Quarantine(id)` | id, u64 big-endian | the quarantined webhook |
+//! | `C` | `Count` | `kind \0 phase byte \0 status` | how many operations are there, u64 big-endian (absent: none) |
 //! | `M` | `Meta(name)` | the name | counters, secrets, format version |
 //!
 //! Kinds, statuses and keys never contain control characters (the normalizer quarantines
@@ -61,6 +62,15 @@ pub(crate) enum Key<'a> {
     },
     /// A quarantined webhook.
     Quarantine(u64),
+    /// How many operations of a kind are in a status (and its phase).
+    Count {
+        /// The kind.
+        kind: &'a str,
+        /// The phase of the status.
+        phase: Phase,
+        /// The status.
+        status: &'a str,
+    },
     /// A named value of the store itself.
     Meta(Meta),
 }
@@ -82,6 +92,8 @@ pub(crate) enum Meta {
     FormatVersion,
     /// The store's random identity, made when it was created.
     StoreId,
+    /// Present once the `C` space counts every operation.
+    CountsReady,
 }
 
 impl Meta {
@@ -94,6 +106,7 @@ impl Meta {
             Meta::AppliedThrough => b"applied_through",
             Meta::FormatVersion => b"format_version",
             Meta::StoreId => b"store_id",
+            Meta::CountsReady => b"counts_ready",
         }
     }
 }
@@ -107,6 +120,7 @@ pub(crate) enum SpaceId {
     StatusIndex = b'S' as isize,
     PhaseIndex = b'P' as isize,
     Quarantine = b'Q' as isize,
+    Counts = b'C' as isize,
     Meta = b'M' as isize,
 }
 
@@ -140,6 +154,7 @@ impl Key<'_> {
             Key::StatusIndex { .. } => SpaceId::StatusIndex,
             Key::PhaseIndex { .. } => SpaceId::PhaseIndex,
             Key::Quarantine(_) => SpaceId::Quarantine,
+            Key::Count { .. } => SpaceId::Counts,
             Key::Meta(_) => SpaceId::Meta,
         }
     }
@@ -158,6 +173,11 @@ impl Key<'_> {
                 k.extend(joined(&[kind.as_bytes(), key.as_bytes()]));
                 k
             }
+            Key::Count {
+                kind,
+                phase,
+                status,
+            } => joined(&[kind.as_bytes(), &[phase_byte(phase)], status.as_bytes()]),
             Key::Meta(name) => name.name().to_vec(),
         }
     }
@@ -244,9 +264,13 @@ impl Space {
 }
 
 /// Writes to any spaces, applied as one atomic sled batch. Later writes of a key win.
+/// Counters ([`Key::Count`]) are changed by deltas, added to their stored values when the
+/// batch is applied: the single writer (or an offline rebuild) is the only one applying, so
+/// nothing changes them between that read and the batch.
 #[derive(Debug, Default)]
 pub(crate) struct Writes {
     entries: Vec<(Vec<u8>, Option<IVec>)>,
+    counts: std::collections::BTreeMap<Vec<u8>, i64>,
 }
 
 impl Writes {
@@ -263,6 +287,11 @@ impl Writes {
         &self.entries
     }
 
+    /// Adds `delta` to a counter.
+    pub(crate) fn add_count(&mut self, key: Key<'_>, delta: i64) {
+        *self.counts.entry(key.encode()).or_default() += delta;
+    }
+
     /// Applies every write at once: after a crash, all of them or none are there.
     pub(crate) fn apply(self, tree: &sled::Tree) -> sled::Result<()> {
         let mut batch = sled::Batch::default();
@@ -270,6 +299,18 @@ impl Writes {
             match value {
                 Some(value) => batch.insert(key, value),
                 None => batch.remove(key),
+            }
+        }
+        for (key, delta) in self.counts.into_iter().filter(|(_, d)| *d != 0) {
+            let current = tree
+                .get(&key)?
+                .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                .map_or(0, u64::from_be_bytes);
+            let updated = current.saturating_add_signed(delta);
+            if updated == 0 {
+                batch.remove(key);
+            } else {
+                batch.insert(key, &updated.to_be_bytes());
             }
         }
         tree.apply_batch(batch)

@@ -46,7 +46,7 @@ pub(crate) use keys::{Key, Meta, Space, SpaceId, Writes, phase_byte};
 use log::{Log, LogError, PayloadRef, SegmentLog};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::reconcile::Operation;
+use crate::domain::reconcile::{Operation, Phase};
 use crate::domain::webhook::EventId;
 
 /// Storage failures. Internal detail: logged, never returned to a client.
@@ -166,6 +166,19 @@ impl Change {
     }
 }
 
+/// How many operations of a kind are in a status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationCount {
+    /// The kind.
+    pub kind: String,
+    /// The status.
+    pub status: String,
+    /// The status's phase.
+    pub phase: Phase,
+    /// How many operations.
+    pub operations: u64,
+}
+
 /// A JSON object that could not be attributed to an operation, kept with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuarantineEntry {
@@ -198,6 +211,7 @@ struct Trees {
     status_index: Space,
     phase_index: Space,
     quarantine: Space,
+    counts: Space,
 }
 
 /// sled's page cache by default, in MiB: 96 MiB keeps a million operations under 500 MB of
@@ -243,6 +257,7 @@ impl Store {
             status_index: space(SpaceId::StatusIndex),
             phase_index: space(SpaceId::PhaseIndex),
             quarantine: space(SpaceId::Quarantine),
+            counts: space(SpaceId::Counts),
             all,
         };
         let store = Store {
@@ -253,6 +268,7 @@ impl Store {
         store.check_format(fresh)?;
         store.ensure_page_token_secret()?;
         store.ensure_store_id()?;
+        store.ensure_counts()?;
         let (applied, log_ends) = (store.applied_through()?, store.log.last_lsn());
         if log_ends < applied {
             return Err(StoreError::LogBehindView { log_ends, applied });
@@ -313,6 +329,51 @@ impl Store {
             self.db.flush()?;
         }
         Ok(())
+    }
+
+    /// Counts every operation once, for a store written before counters existed (a scan, once);
+    /// from then on every change keeps them (see [`put_operation`]).
+    fn ensure_counts(&self) -> Result<(), StoreError> {
+        if self.get(Key::Meta(Meta::CountsReady))?.is_some() {
+            return Ok(());
+        }
+        let mut writes = Writes::default();
+        for op in self.operations() {
+            writes.add_count(count_key(&op?), 1);
+        }
+        writes.put(Key::Meta(Meta::CountsReady), &[1u8][..]);
+        writes.apply(&self.trees.all)?;
+        Ok(())
+    }
+
+    /// How many operations there are of each kind in each status (with the status's phase),
+    /// from the counters every change keeps: no scan of the operations.
+    pub fn counts(&self) -> Result<Vec<OperationCount>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.trees.counts.iter() {
+            let (key, value) = kv?;
+            let corrupt = || StoreError::Corrupt {
+                tree: "counts",
+                reason: "a counter that does not decode".into(),
+            };
+            let mut parts = key.split(|b| *b == 0);
+            let (Some(kind), Some(&[phase]), Some(status)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(corrupt());
+            };
+            let phase = [Phase::Pending, Phase::Succeeded, Phase::Failed]
+                .into_iter()
+                .find(|p| keys::phase_byte(*p) == phase)
+                .ok_or_else(corrupt)?;
+            out.push(OperationCount {
+                kind: String::from_utf8_lossy(kind).into_owned(),
+                status: String::from_utf8_lossy(status).into_owned(),
+                phase,
+                operations: u64_from_be(&value, "counts")?,
+            });
+        }
+        Ok(out)
     }
 
     /// The store's identity (32 hex digits): random, made when the store was created, kept by
@@ -602,6 +663,21 @@ impl Store {
         for stale in actual.keys().filter(|k| !expected.contains_key(*k)) {
             problems.push(format!("stale {:?}", text(stale)));
         }
+        let mut counted = std::collections::BTreeMap::new();
+        for op in self.operations() {
+            let op = op?;
+            *counted
+                .entry((op.kind.clone(), op.phase, op.status.clone()))
+                .or_insert(0u64) += 1;
+        }
+        let kept: std::collections::BTreeMap<_, _> = self
+            .counts()?
+            .into_iter()
+            .map(|c| ((c.kind, c.phase, c.status), c.operations))
+            .collect();
+        if kept != counted {
+            problems.push(format!("counters {kept:?} differ from a count {counted:?}"));
+        }
         Ok(problems)
     }
 }
@@ -610,6 +686,16 @@ impl Store {
 /// before this write, if it existed) that no longer apply. The one place that knows which
 /// index entries an operation has.
 pub(crate) fn put_operation(writes: &mut Writes, before: Option<&Operation>, after: &Operation) {
+    let counted_as_before = before.is_some_and(|b| {
+        (b.kind.as_str(), b.phase, b.status.as_str())
+            == (after.kind.as_str(), after.phase, after.status.as_str())
+    });
+    if !counted_as_before {
+        if let Some(before) = before {
+            writes.add_count(count_key(before), -1);
+        }
+        writes.add_count(count_key(after), 1);
+    }
     if let Some(before) = before {
         if before.status != after.status {
             delete_status_entry(writes, before);
@@ -641,12 +727,22 @@ pub(crate) fn put_operation(writes: &mut Writes, before: Option<&Operation>, aft
 
 /// Removes an operation and its index entries.
 pub(crate) fn delete_operation(writes: &mut Writes, before: &Operation) {
+    writes.add_count(count_key(before), -1);
     delete_status_entry(writes, before);
     delete_phase_entry(writes, before);
     writes.delete(Key::Operation {
         kind: &before.kind,
         key: &before.key,
     });
+}
+
+/// The counter an operation is counted in.
+fn count_key(op: &Operation) -> Key<'_> {
+    Key::Count {
+        kind: &op.kind,
+        phase: op.phase,
+        status: &op.status,
+    }
 }
 
 fn delete_status_entry(writes: &mut Writes, op: &Operation) {

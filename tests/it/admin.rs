@@ -106,3 +106,120 @@ async fn probes_answer_and_metrics_count_webhooks_calls_and_watchers() {
     drop(watch);
     server.stop().await;
 }
+
+async fn cli(server: &TestServer, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(crate::process::CLI_BIN)
+        .args(["--server", &format!("http://{}", server.grpc)])
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn stats_count_operations_by_kind_and_status_as_they_move() {
+    let server = TestServer::start().await;
+    for key in ["a", "b", "c"] {
+        server
+            .post_ok(webhook(
+                "debt",
+                key,
+                "waiting_signature",
+                "2024-01-01 10:00:00",
+            ))
+            .await;
+    }
+    server
+        .post_ok(webhook("debt", "a", "disbursed", "2024-01-02 10:00:00"))
+        .await;
+    server
+        .post_ok(webhook("debt", "b", "canceled", "2024-01-02 10:00:00"))
+        .await;
+    // Late and duplicate webhooks move no counter.
+    server
+        .post_ok(webhook(
+            "debt",
+            "b",
+            "waiting_signature",
+            "2024-01-01 09:00:00",
+        ))
+        .await;
+    server
+        .post_ok(webhook("debt", "b", "canceled", "2024-01-02 10:00:00"))
+        .await;
+    server.post(br#"{"hello":"world"}"#.to_vec()).await;
+
+    let out = cli(&server, &["stats", "--json"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let counts: Vec<(String, String, u64)> = stats["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap().to_owned(),
+                c["phase"].as_str().unwrap().to_owned(),
+                c["operations"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("disbursed".to_owned(), "pending".to_owned(), 1),
+            ("waiting_signature".to_owned(), "pending".to_owned(), 1),
+            ("canceled".to_owned(), "failed".to_owned(), 1),
+        ]
+    );
+    assert_eq!(stats["operations"], 3);
+    assert_eq!(stats["quarantined"], 1);
+    assert_eq!(stats["head_sequence"], 6);
+
+    let human = cli(&server, &["stats"]).await;
+    let text = String::from_utf8(human.stdout).unwrap();
+    assert!(
+        text.contains("3 operation(s); 1 quarantined webhook(s)"),
+        "{text}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_quarantine_is_listed_from_a_running_server_payloads_only_on_request() {
+    let server = TestServer::start().await;
+    let (code, answer) = server
+        .post(br#"{"webhook_type":"debt","cpf":"123.456.789-09"}"#.to_vec())
+        .await;
+    assert_eq!(code, 202, "{answer}");
+
+    let out = cli(&server, &["quarantine"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with(&format!("{}\t", answer["quarantine_id"])),
+        "{text}"
+    );
+    assert!(text.contains("no operation key"), "{text}");
+    assert!(
+        !text.contains("123.456.789-09"),
+        "no payload unless asked: {text}"
+    );
+
+    let out = cli(&server, &["quarantine", "--payload", "--json"]).await;
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        line["payload"],
+        r#"{"webhook_type":"debt","cpf":"123.456.789-09"}"#
+    );
+    assert_eq!(line["size_bytes"], 46);
+    server.stop().await;
+}

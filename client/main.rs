@@ -112,11 +112,26 @@ enum Command {
     },
     /// How many operations there are of each kind in each status, and the log's head.
     Stats,
+    /// Snapshots of the running server.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
     /// List the quarantined webhooks (JSON objects with no readable kind, key or status).
     Quarantine {
         /// Also print each webhook's body (it may hold personal data).
         #[arg(long)]
         payload: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SnapshotCommand {
+    /// Save a consistent snapshot of the running server to FILE (written whole, then renamed
+    /// into place). Bring it back with `qistatus-server restore FILE --data-dir DIR`.
+    Save {
+        /// Where to write it.
+        file: std::path::PathBuf,
     },
 }
 
@@ -280,6 +295,36 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                         );
                     }
                 }
+            }
+        }
+        Command::Snapshot {
+            command: SnapshotCommand::Save { file },
+        } => {
+            let partial = file.with_extension("partial");
+            let out = std::fs::File::create(&partial)
+                .map_err(|e| ClientError::Output(format!("{}: {e}", partial.display())))?;
+            let saved = client.save_snapshot(std::io::BufWriter::new(&out)).await?;
+            out.sync_all()
+                .and_then(|()| std::fs::rename(&partial, &file))
+                .map_err(|e| ClientError::Output(format!("{}: {e}", file.display())))?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "file": file.display().to_string(),
+                        "head_sequence": saved.head_sequence,
+                        "store_id": saved.store_id,
+                        "bytes": saved.bytes,
+                    })
+                );
+            } else {
+                println!(
+                    "saved {}: store {} through sequence {}, {} bytes",
+                    file.display(),
+                    saved.store_id,
+                    saved.head_sequence,
+                    saved.bytes
+                );
             }
         }
         Command::Stats => {

@@ -57,6 +57,9 @@ pub enum ClientError {
         /// The transport error and its causes.
         reason: String,
     },
+    /// What the server sent could not be written out.
+    #[error("cannot write: {0}")]
+    Output(String),
     /// The server answered with an error, or the call failed on the way.
     #[error("{}", status_message(.0))]
     Status(#[from] tonic::Status),
@@ -105,6 +108,17 @@ impl Interceptor for BearerToken {
 
 /// The generated client, with the bearer token interceptor.
 pub type Inner = OperationStatusServiceClient<InterceptedService<Channel, BearerToken>>;
+
+/// What [`Client::save_snapshot`] wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotSaved {
+    /// The last sequence the snapshot holds.
+    pub head_sequence: u64,
+    /// The identity of the store it is of.
+    pub store_id: String,
+    /// Its size.
+    pub bytes: u64,
+}
 
 /// How to reach a server beyond its address.
 #[derive(Debug, Clone, Default)]
@@ -202,6 +216,32 @@ impl Client {
             .get_stats(pb::GetStatsRequest {})
             .await?
             .into_inner())
+    }
+
+    /// Streams a consistent snapshot of the server into `out`; returns the last sequence it
+    /// holds, the store's identity and its size in bytes.
+    pub async fn save_snapshot(
+        &mut self,
+        mut out: impl std::io::Write,
+    ) -> Result<SnapshotSaved, ClientError> {
+        let mut stream = self
+            .maintenance
+            .save_snapshot(pb::SaveSnapshotRequest {})
+            .await?
+            .into_inner();
+        let mut saved = SnapshotSaved::default();
+        while let Some(message) = stream.message().await? {
+            if saved.bytes == 0 {
+                saved.head_sequence = message.head_sequence;
+                saved.store_id = message.store_id;
+            }
+            out.write_all(&message.chunk)
+                .map_err(|e| ClientError::Output(e.to_string()))?;
+            saved.bytes += message.chunk.len() as u64;
+        }
+        out.flush()
+            .map_err(|e| ClientError::Output(e.to_string()))?;
+        Ok(saved)
     }
 
     /// The quarantined webhooks, oldest first, as they are read; with `include_payload`,

@@ -268,6 +268,13 @@ pub enum Command {
     /// Recompute every operation and index from the event log and the quarantine under the
     /// effective catalog. Run it with the server stopped, after changing --catalog.
     Rebuild,
+    /// Restore a snapshot (from `qistatus snapshot save`) into --data-dir, which must be new
+    /// or empty. The restored store continues after the snapshot's last sequence, with a new
+    /// identity.
+    Restore {
+        /// The snapshot file.
+        file: PathBuf,
+    },
 }
 
 /// How logs are written.

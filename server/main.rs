@@ -73,6 +73,21 @@ async fn main() -> anyhow::Result<()> {
             }
             println!("{count} quarantined webhook(s)");
         }
+        Command::Restore { file } => {
+            let input = std::fs::File::open(&file)
+                .with_context(|| format!("cannot read the snapshot {}", file.display()))?;
+            let restored = qistatus::store::snapshot::restore(input, &config.data_dir)
+                .with_context(|| format!("cannot restore {}", file.display()))?;
+            println!(
+                "restored {} operation(s) through sequence {} of store {} into {}; new store \
+                 identity {}",
+                restored.operations,
+                restored.head_sequence,
+                restored.from_store_id,
+                config.data_dir.display(),
+                restored.store_id
+            );
+        }
         Command::Rebuild => {
             let catalog = config.load_catalog()?;
             let store = open_store(&config)?;

@@ -228,7 +228,7 @@ pub async fn run(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let maintenance = pb::maintenance_service_server::MaintenanceServiceServer::new(
-        MaintenanceApi::new(store.clone(), feed.clone()),
+        MaintenanceApi::new(store.clone(), feed.clone(), writer.clone()),
     )
     .max_decoding_message_size(crate::grpc::MAX_REQUEST_BYTES);
     let api = pb::operation_status_service_server::OperationStatusServiceServer::new(

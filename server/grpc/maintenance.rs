@@ -11,21 +11,71 @@ use crate::feed::ChangeFeed;
 use crate::pb;
 use crate::pb::maintenance_service_server::MaintenanceService;
 use crate::store::Store;
+use crate::store::writer::WriterHandle;
 
 /// Quarantine entries read ahead of a slow client.
 const QUARANTINE_BUFFER: usize = 16;
+/// Bytes of snapshot per message...
+const SNAPSHOT_CHUNK: usize = 64 * 1024;
+/// ...and messages read ahead of a slow client.
+const SNAPSHOT_BUFFER: usize = 4;
 
 /// The implementation of `MaintenanceService`.
 #[derive(Debug, Clone)]
 pub struct MaintenanceApi {
     store: Store,
     feed: ChangeFeed,
+    writer: WriterHandle,
 }
 
 impl MaintenanceApi {
-    /// Maintenance of `store`, whose head `feed` knows.
-    pub(crate) fn new(store: Store, feed: ChangeFeed) -> Self {
-        MaintenanceApi { store, feed }
+    /// Maintenance of `store`, whose head `feed` knows and which `writer` writes.
+    pub(crate) fn new(store: Store, feed: ChangeFeed, writer: WriterHandle) -> Self {
+        MaintenanceApi {
+            store,
+            feed,
+            writer,
+        }
+    }
+}
+
+/// Sends what is written to it as snapshot chunks; the first carries the snapshot's head and
+/// store. A send that fails (the client went away) fails the write, which stops it.
+struct ChunkSender {
+    tx: mpsc::Sender<Result<pb::SaveSnapshotResponse, Status>>,
+    buffer: Vec<u8>,
+    first: Option<(u64, String)>,
+}
+
+impl ChunkSender {
+    fn send(&mut self) -> std::io::Result<()> {
+        let (head_sequence, store_id) = self.first.take().unwrap_or_default();
+        let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(SNAPSHOT_CHUNK));
+        self.tx
+            .blocking_send(Ok(pb::SaveSnapshotResponse {
+                chunk,
+                head_sequence,
+                store_id,
+            }))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client left"))
+    }
+}
+
+impl std::io::Write for ChunkSender {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(SNAPSHOT_CHUNK - self.buffer.len());
+        self.buffer.extend_from_slice(&buf[..n]);
+        if self.buffer.len() == SNAPSHOT_CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buffer.is_empty() {
+            self.send()?;
+        }
+        Ok(())
     }
 }
 
@@ -82,6 +132,45 @@ impl MaintenanceService for MaintenanceApi {
                     return;
                 }
             }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type SaveSnapshotStream = ReceiverStream<Result<pb::SaveSnapshotResponse, Status>>;
+
+    async fn save_snapshot(
+        &self,
+        _request: Request<pb::SaveSnapshotRequest>,
+    ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
+        let pinned = self.writer.snapshot().await.map_err(|e| match e {
+            crate::store::writer::SubmitError::Store(e) => {
+                tracing::error!(error = %e, "a snapshot could not be taken");
+                Status::internal(format!("the snapshot could not be taken: {e}"))
+            }
+            other => Status::unavailable(other.to_string()),
+        })?;
+        let (tx, rx) = mpsc::channel(SNAPSHOT_BUFFER);
+        tokio::task::spawn_blocking(move || {
+            let mut sender = ChunkSender {
+                tx: tx.clone(),
+                buffer: Vec::with_capacity(SNAPSHOT_CHUNK),
+                first: Some((pinned.head_sequence, pinned.store_id.clone())),
+            };
+            match pinned.write_to(&mut sender) {
+                Ok(bytes) => tracing::info!(bytes, "snapshot sent"),
+                Err(crate::store::StoreError::Io(e))
+                    if e.kind() == std::io::ErrorKind::BrokenPipe =>
+                {
+                    tracing::info!("a snapshot's client left before its end");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "sending a snapshot failed");
+                    let _ = tx.blocking_send(Err(Status::internal(format!(
+                        "sending the snapshot failed: {e}"
+                    ))));
+                }
+            }
+            // `pinned` drops here: its pinned files are removed.
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

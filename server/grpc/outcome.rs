@@ -90,7 +90,8 @@ where
 }
 
 fn method_label(path: &str) -> &'static str {
-    const METHODS: [&str; 8] = [
+    const METHODS: [&str; 9] = [
+        "SaveSnapshot",
         "GetOperation",
         "ListByStatus",
         "WatchOperation",

@@ -145,6 +145,19 @@ pub(crate) trait Log: Send + Sync + std::fmt::Debug {
 
     /// Bytes the log takes where it is kept (for metrics).
     fn size_bytes(&self) -> Result<u64, LogError>;
+
+    /// Keeps the log as it is now readable from `into` (a new directory on the same file
+    /// system) however it grows or is compacted later: each segment's file there and how many
+    /// of its bytes belong to this moment. Called between appends.
+    fn pin(&self, into: &Path) -> Result<Vec<PinnedSegment>, LogError>;
+}
+
+/// A segment kept for a snapshot: its file name, where it is kept, and its length then.
+#[derive(Debug, Clone)]
+pub(crate) struct PinnedSegment {
+    pub(crate) name: String,
+    pub(crate) path: PathBuf,
+    pub(crate) len: u64,
 }
 
 /// The first bytes of every segment: what it is, and the version of its frame format.
@@ -481,6 +494,27 @@ impl Log for SegmentLog {
 
     fn release_before(&self, keep: &PayloadRef) -> Result<usize, LogError> {
         self.release(keep.segment)
+    }
+
+    fn pin(&self, into: &Path) -> Result<Vec<PinnedSegment>, LogError> {
+        // The tail lock keeps appends out while lengths are read.
+        let _tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        std::fs::create_dir_all(into)?;
+        let mut pinned = Vec::new();
+        for segment in segments(&self.dir)? {
+            let from = segment_path(&self.dir, segment);
+            let name = from
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let path = into.join(&name);
+            // A hard link: O(1), and the file outlives compaction; appends to the newest
+            // segment show through it, which is why its length now is kept.
+            std::fs::hard_link(&from, &path)?;
+            let len = std::fs::metadata(&path)?.len();
+            pinned.push(PinnedSegment { name, path, len });
+        }
+        Ok(pinned)
     }
 
     fn size_bytes(&self) -> Result<u64, LogError> {

@@ -32,11 +32,12 @@ mod keys;
 pub(crate) mod log;
 pub mod rebuild;
 pub(crate) mod recent;
+pub mod snapshot;
 pub(crate) mod status_index;
 pub(crate) mod view;
 pub(crate) mod writer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -93,6 +94,12 @@ pub enum StoreError {
     /// The writer thread could not be started.
     #[error("cannot start the writer thread: {0}")]
     WriterThread(std::io::Error),
+    /// A snapshot could not be taken, read or restored.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+    /// A file of the store could not be read or written.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
     /// The system gave no randomness for a new secret.
     #[error("no randomness for {what}: {reason}")]
     NoRandomness {
@@ -224,6 +231,7 @@ pub struct Store {
     db: sled::Db,
     trees: Trees,
     log: Arc<dyn Log>,
+    dir: PathBuf,
 }
 
 /// How often sled writes applied batches to disk on its own (the log covers the gap).
@@ -248,6 +256,11 @@ impl Store {
             // Durability comes from the log; sled checkpoints itself on a timer.
             .flush_every_ms(Some(CHECKPOINT_INTERVAL_MS));
         let db = open_waiting_for_lock(&config)?;
+        // Files pinned for snapshots by an earlier process are never needed after it ended.
+        let pinned = snapshot::snapshots_dir(dir);
+        if pinned.exists() {
+            std::fs::remove_dir_all(&pinned)?;
+        }
         let all = db.open_tree("qistatus")?;
         let fresh = all.is_empty();
         let space = |id: SpaceId| Space::new(all.clone(), id);
@@ -264,6 +277,7 @@ impl Store {
             db,
             trees,
             log: Arc::new(SegmentLog::open(dir.join("log"))?),
+            dir: dir.to_owned(),
         };
         store.check_format(fresh)?;
         store.ensure_page_token_secret()?;

@@ -26,4 +26,5 @@ mod reconciliation;
 mod restart;
 mod security;
 mod seeds;
+mod snapshot;
 mod watch;

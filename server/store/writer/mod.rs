@@ -31,6 +31,7 @@ mod compaction;
 mod plan;
 
 use super::recent::RecentChanges;
+use super::snapshot::{self, Pinned};
 use super::{Store, StoreError, view};
 use crate::domain::catalog::Catalog;
 use crate::domain::webhook::Normalized;
@@ -78,6 +79,10 @@ pub enum SubmitError {
 enum Command {
     /// Store a webhook.
     Write(WriteRequest),
+    /// Pin the store as it is between two batches, for a snapshot.
+    Snapshot {
+        reply: oneshot::Sender<Result<Pinned, Arc<StoreError>>>,
+    },
     /// Drop log entries received before `cutoff` (ms since the epoch), at most `limit`.
     Compact {
         cutoff: i64,
@@ -173,6 +178,20 @@ impl WriterHandle {
             .map_err(|_| SubmitError::Closed)?;
         match answer.await {
             Ok(Ok(done)) => Ok(done),
+            Ok(Err(e)) => Err(SubmitError::Store(e)),
+            Err(_) => Err(SubmitError::Closed),
+        }
+    }
+
+    /// Pins the store between two batches: a consistent snapshot, kept until dropped.
+    pub(crate) async fn snapshot(&self) -> Result<Pinned, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Command::Snapshot { reply })
+            .await
+            .map_err(|_| SubmitError::Closed)?;
+        match answer.await {
+            Ok(Ok(pinned)) => Ok(pinned),
             Ok(Err(e)) => Err(SubmitError::Store(e)),
             Err(_) => Err(SubmitError::Closed),
         }
@@ -333,6 +352,20 @@ impl Writer {
                     next = rx.blocking_recv();
                     continue;
                 }
+                Command::Snapshot { reply } => {
+                    let started = std::time::Instant::now();
+                    let head = self.counters.next_sequence - 1;
+                    let pinned = snapshot::pin(&self.store, head).map_err(Arc::new);
+                    tracing::info!(
+                        head_sequence = head,
+                        paused_ms = started.elapsed().as_millis() as u64,
+                        ok = pinned.is_ok(),
+                        "snapshot pinned"
+                    );
+                    let _ = reply.send(pinned);
+                    next = rx.blocking_recv();
+                    continue;
+                }
             };
             batch.push(request);
             // Take whatever else is queued, up to the batch limit; a compaction waits for
@@ -340,8 +373,8 @@ impl Writer {
             while batch.len() < max_batch {
                 match rx.try_recv() {
                     Ok(Command::Write(request)) => batch.push(request),
-                    Ok(compact) => {
-                        next = Some(compact);
+                    Ok(other) => {
+                        next = Some(other);
                         break;
                     }
                     Err(_) => break,

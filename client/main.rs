@@ -2,6 +2,7 @@
 //! [`qistatus::client`]. What it prints is in [`json`] (the `--json` shapes) and below.
 
 mod json;
+mod replay;
 mod terminal;
 
 use std::process::ExitCode;
@@ -110,6 +111,30 @@ enum Command {
         #[arg(long, requires = "from_sequence")]
         store_id: Option<String>,
     },
+    /// Post an archive of webhooks to an intake: a JSON-lines FILE, a directory of `.json`
+    /// files, or `-` for JSON lines on standard input. Prints a summary; exits non-zero if
+    /// any webhook failed.
+    Replay {
+        /// The archive.
+        source: String,
+        /// Where to post.
+        #[arg(
+            long,
+            env = "QISTATUS_INTAKE",
+            default_value = "http://127.0.0.1:8080/webhooks"
+        )]
+        intake: String,
+        /// Most webhooks in flight at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Most webhooks started per second (no limit by default).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Sign each webhook with this Standard Webhooks secret (`whsec_...`), for intakes
+        /// started with --webhook-secret.
+        #[arg(long, env = "QISTATUS_WEBHOOK_SECRET", hide_env_values = true)]
+        webhook_secret: Option<String>,
+    },
     /// How many operations there are of each kind in each status, and the log's head.
     Stats,
     /// Snapshots of the running server.
@@ -183,6 +208,57 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             })?),
             None => None,
         };
+    if let Command::Replay {
+        source,
+        intake,
+        concurrency,
+        rate,
+        webhook_secret,
+    } = &cli.command
+    {
+        let secret = webhook_secret
+            .as_deref()
+            .map(qistatus::standard_webhooks::parse_secret)
+            .transpose()
+            .map_err(|e| ClientError::Output(format!("--webhook-secret: {e}")))?;
+        let summary = replay::run(replay::Replay {
+            source: source.clone(),
+            intake: intake.clone(),
+            concurrency: *concurrency,
+            rate: *rate,
+            secret,
+            timeout: cli.timeout,
+        })
+        .await
+        .map_err(ClientError::Output)?;
+        let line = if cli.json {
+            serde_json::json!({
+                "webhooks": summary.total(),
+                "accepted": summary.accepted,
+                "duplicate": summary.duplicate,
+                "quarantined": summary.quarantined,
+                "failed": summary.failed,
+            })
+            .to_string()
+        } else {
+            format!(
+                "replayed {} webhook(s): {} accepted, {} duplicate, {} quarantined, {} failed",
+                summary.total(),
+                summary.accepted,
+                summary.duplicate,
+                summary.quarantined,
+                summary.failed
+            )
+        };
+        println!("{line}");
+        if summary.failed > 0 {
+            return Err(ClientError::Output(format!(
+                "{} webhook(s) failed (see above)",
+                summary.failed
+            )));
+        }
+        return Ok(());
+    }
     let options = ConnectOptions {
         token: cli.token.clone(),
         ca_pem,
@@ -327,6 +403,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 );
             }
         }
+        Command::Replay { .. } => unreachable!("replay is handled before connecting"),
         Command::Stats => {
             let stats = client.stats().await?;
             if cli.json {

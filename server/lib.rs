@@ -77,6 +77,8 @@ mod metrics;
 mod net;
 #[cfg(feature = "server")]
 mod server;
+#[cfg(feature = "cli")]
+pub mod standard_webhooks;
 #[cfg(feature = "server")]
 pub mod store;
 #[cfg(feature = "server")]

@@ -25,13 +25,13 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use p521::ecdsa::signature::Verifier;
 use p521::ecdsa::{Signature, VerifyingKey};
 use p521::pkcs8::DecodePublicKey;
 use serde::Deserialize;
-use sha2::Sha256;
+
+use crate::standard_webhooks;
 use subtle::ConstantTimeEq;
 
 /// Why a webhook was refused. The text is the reason sent back with the `401`.
@@ -153,18 +153,10 @@ impl WebhookVerifier {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let s = s.trim();
-                match s.strip_prefix("whsec_") {
-                    Some(b64) => STANDARD.decode(b64).map_err(|e| KeyError {
-                        what: format!("webhook secret #{}", i + 1),
-                        reason: format!("whsec_ secret is not base64: {e}"),
-                    }),
-                    None if s.is_empty() => Err(KeyError {
-                        what: format!("webhook secret #{}", i + 1),
-                        reason: "empty".into(),
-                    }),
-                    None => Ok(s.as_bytes().to_vec()),
-                }
+                standard_webhooks::parse_secret(s).map_err(|reason| KeyError {
+                    what: format!("webhook secret #{}", i + 1),
+                    reason,
+                })
             })
             .collect::<Result<_, _>>()?;
         Ok(WebhookVerifier {
@@ -294,14 +286,7 @@ impl WebhookVerifier {
             ));
         }
         for secret in &self.hmac_secrets {
-            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
-                .expect("HMAC takes keys of any length");
-            mac.update(id.as_bytes());
-            mac.update(b".");
-            mac.update(timestamp.as_bytes());
-            mac.update(b".");
-            mac.update(body);
-            let expected = mac.finalize().into_bytes();
+            let expected = standard_webhooks::mac(secret, id, timestamp, body);
             if candidates.iter().any(|c| constant_time_eq(c, &expected)) {
                 return Ok(());
             }

@@ -358,3 +358,149 @@ async fn human_output_escapes_terminal_controls_and_watch_takes_the_kind_of_a_sh
     );
     server.stop().await;
 }
+
+async fn replay(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(crate::process::CLI_BIN)
+        .arg("replay")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).await.unwrap();
+    }
+    drop(input);
+    child.wait_with_output().await.unwrap()
+}
+
+#[tokio::test]
+async fn replay_posts_an_archive_and_sums_up_with_a_failing_exit_on_any_failure() {
+    let server = TestServer::start().await;
+    let intake = server.webhooks_url();
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [
+        String::from_utf8(fixture("004_debt_disbursed.json"))
+            .unwrap()
+            .replace('\n', " "),
+        String::from_utf8(fixture("004_debt_disbursed.json"))
+            .unwrap()
+            .replace('\n', " "),
+        String::new(),
+        r#"{"hello":"world"}"#.to_owned(),
+        "not json".to_owned(),
+        String::from_utf8(crate::test_server::webhook(
+            "debt",
+            "r1",
+            "settled",
+            "2024-01-01 10:00:00",
+        ))
+        .unwrap(),
+    ];
+    let archive = dir.path().join("archive.jsonl");
+    std::fs::write(&archive, lines.join("\n")).unwrap();
+
+    let out = replay(
+        &[
+            archive.to_str().unwrap(),
+            "--intake",
+            &intake,
+            "--rate",
+            "200",
+        ],
+        None,
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a failed webhook fails the run");
+    assert!(
+        stdout.contains("replayed 5 webhook(s): 2 accepted, 1 duplicate, 1 quarantined, 1 failed"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("archive.jsonl line 5: 400"),
+        "the failure names its line: {stderr}"
+    );
+    assert_eq!(server.get("r1", "debt").await.unwrap().status, "settled");
+
+    // A directory of .json files, and standard input; replaying again is all duplicates.
+    let webhooks = dir.path().join("webhooks");
+    std::fs::create_dir(&webhooks).unwrap();
+    std::fs::write(webhooks.join("1.json"), fixture("004_debt_canceled.json")).unwrap();
+    std::fs::write(webhooks.join("notes.txt"), b"not a webhook").unwrap();
+    let out = replay(
+        &[webhooks.to_str().unwrap(), "--intake", &intake, "--json"],
+        None,
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (summary["webhooks"].as_u64(), summary["accepted"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let out = replay(
+        &["-", "--intake", &intake, "--json"],
+        Some(
+            &fixture("004_debt_canceled.json")
+                .into_iter()
+                .filter(|b| *b != b'\n')
+                .collect::<Vec<u8>>(),
+        ),
+    )
+    .await;
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["duplicate"], 1, "{summary}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn replay_signs_for_an_intake_that_verifies() {
+    let secret = "whsec_c2VjcmV0LWZvci1yZXBsYXk=";
+    let verifier = qistatus::WebhookVerifier::new(
+        &[],
+        vec![],
+        &[secret.to_owned()],
+        std::time::Duration::from_secs(300),
+    )
+    .unwrap();
+    let server = TestServer::start_configured(|s| s.webhook_verifier = verifier).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("a.jsonl");
+    std::fs::write(
+        &archive,
+        crate::test_server::webhook("debt", "s1", "disbursed", "2024-01-01 10:00:00"),
+    )
+    .unwrap();
+    let intake = server.webhooks_url();
+
+    let unsigned = replay(&[archive.to_str().unwrap(), "--intake", &intake], None).await;
+    assert!(!unsigned.status.success());
+    assert!(String::from_utf8_lossy(&unsigned.stderr).contains("401"));
+    let signed = replay(
+        &[
+            archive.to_str().unwrap(),
+            "--intake",
+            &intake,
+            "--webhook-secret",
+            secret,
+        ],
+        None,
+    )
+    .await;
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    assert_eq!(server.get("s1", "debt").await.unwrap().status, "disbursed");
+    server.stop().await;
+}

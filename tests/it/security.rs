@@ -303,6 +303,8 @@ async fn encoded_bodies_need_the_client_key_too_and_a_replay_is_only_a_duplicate
     server.stop().await;
 }
 
+/// Computed here, independently of `qistatus::standard_webhooks`, so that one mistake in
+/// both signing and verifying cannot pass.
 fn standard_signature(secret: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
     use hmac::Mac;
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();

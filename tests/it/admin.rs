@@ -223,3 +223,40 @@ async fn the_quarantine_is_listed_from_a_running_server_payloads_only_on_request
     assert_eq!(line["size_bytes"], 46);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn every_metric_the_deploy_examples_use_is_served() {
+    let server = TestServer::start().await;
+    server
+        .post_ok(webhook("debt", "m1", "disbursed", "2024-01-01 10:00:00"))
+        .await;
+    let _ = server.get("m1", "").await;
+    let (_, metrics) = get(&server, "/metrics").await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    for file in [
+        "deploy/grafana-dashboard.json",
+        "deploy/qistatus-alerts.yml",
+    ] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        let mut names: Vec<&str> = text
+            .match_indices("qistatus_")
+            .map(|(at, _)| {
+                let rest = &text[at..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        assert!(names.len() >= 5, "{file} names metrics: {names:?}");
+        for name in names {
+            assert!(
+                metrics.lines().any(|l| l.starts_with(name)),
+                "{file} uses {name}, which /metrics does not serve"
+            );
+        }
+    }
+    server.stop().await;
+}

@@ -185,7 +185,7 @@ pub async fn run(
     ));
     let app = intake::router(
         IntakeState {
-            catalog,
+            catalog: catalog.clone(),
             writer: writer.clone(),
             verifier: Arc::new(settings.webhook_verifier),
             metrics: metrics.clone(),
@@ -232,7 +232,7 @@ pub async fn run(
     )
     .max_decoding_message_size(crate::grpc::MAX_REQUEST_BYTES);
     let api = pb::operation_status_service_server::OperationStatusServiceServer::new(
-        OperationStatusApi::new(store.clone(), feed.clone())?,
+        OperationStatusApi::new(catalog.clone(), store.clone(), feed.clone())?,
     )
     .max_decoding_message_size(crate::grpc::MAX_REQUEST_BYTES);
     let grpc_admission = Admission::new(

@@ -39,9 +39,16 @@ pub enum CatalogError {
 pub struct Catalog {
     /// Offset from UTC, in minutes, at which event times without an offset are read.
     pub naive_time_offset_minutes: i32,
-    /// Texts of `data.cancel_reason_enumerator` values.
+    /// Texts of `data.cancel_reason_enumerator` values, used when the webhook carries no text
+    /// of its own.
     #[serde(default)]
     pub cancel_reasons: BTreeMap<String, String>,
+    /// Other names of kinds: a webhook of an alias is an operation of the kind it names (QI
+    /// Tech sends a payroll loan's updates as `laas.credit_operation.status_change`, and an
+    /// account's opening steps as `account_request.status_change`, with the key of the
+    /// account they become).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aliases: BTreeMap<String, String>,
     /// The known kinds, by canonical name.
     #[serde(default)]
     pub kinds: BTreeMap<String, KindSpec>,
@@ -60,9 +67,14 @@ pub struct KindSpec {
     /// Statuses that end the flow in failure.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failure: Vec<String>,
-    /// End status -> the end statuses it supersedes whatever their event times.
+    /// End status -> the end statuses it supersedes whatever their event times (and only
+    /// those).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub supersedes: BTreeMap<String, Vec<String>>,
+    /// Which end status wins when two disagree at the same event time: the first listed.
+    /// End statuses not listed come after, in content-hash order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub end_precedence: Vec<String>,
     /// Extra dotted paths where the operation key may be found (after the generic ones).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key_paths: Vec<String>,
@@ -86,6 +98,8 @@ struct CatalogOverlay {
     #[serde(default)]
     cancel_reasons: BTreeMap<String, String>,
     #[serde(default)]
+    aliases: BTreeMap<String, String>,
+    #[serde(default)]
     kinds: BTreeMap<String, KindOverlay>,
 }
 
@@ -96,6 +110,7 @@ struct KindOverlay {
     success: Option<Vec<String>>,
     failure: Option<Vec<String>>,
     supersedes: Option<BTreeMap<String, Vec<String>>>,
+    end_precedence: Option<Vec<String>>,
     key_paths: Option<Vec<String>>,
     status_paths: Option<Vec<String>>,
     outcome_path: Option<String>,
@@ -109,11 +124,12 @@ pub enum StatusClass {
     Unknown,
     /// A stage, with its position in the flow (0 is the first stage).
     Stage(u32),
-    /// An end status; `rank` counts how many levels of end statuses it supersedes.
+    /// An end status.
     End {
         /// Success or failure.
         outcome: EndOutcome,
-        /// Supersession depth: an end status beats every end status of lower rank.
+        /// Its place in the kind's `end_precedence`: between end statuses at the same event
+        /// time, the greater rank wins (0 when not listed).
         rank: u32,
     },
 }
@@ -172,6 +188,12 @@ impl Catalog {
             self.naive_time_offset_minutes = offset;
         }
         self.cancel_reasons.extend(overlay.cancel_reasons);
+        self.aliases.extend(
+            overlay
+                .aliases
+                .into_iter()
+                .map(|(alias, kind)| (canonical_kind(&alias), canonical_kind(&kind))),
+        );
         for (name, o) in overlay.kinds {
             let spec = self.kinds.entry(canonical_kind(&name)).or_default();
             let set = |target: &mut Vec<String>, value: Option<Vec<String>>| {
@@ -185,6 +207,7 @@ impl Catalog {
             set(&mut spec.key_paths, o.key_paths);
             set(&mut spec.status_paths, o.status_paths);
             set(&mut spec.outcome_statuses, o.outcome_statuses);
+            set(&mut spec.end_precedence, o.end_precedence);
             if let Some(s) = o.supersedes {
                 spec.supersedes = s;
             }
@@ -205,6 +228,22 @@ impl Catalog {
         self.kinds.get(kind)
     }
 
+    /// The kind a canonical kind name stands for: itself, or the kind it is an alias of.
+    pub fn resolve_kind(&self, kind: String) -> String {
+        match self.aliases.get(&kind) {
+            Some(target) => target.clone(),
+            None => kind,
+        }
+    }
+
+    /// Whether, for `kind`, end status `winner` supersedes end status `loser` (directly or
+    /// through a chain of supersessions).
+    pub fn supersedes(&self, kind: &str, winner: &str, loser: &str) -> bool {
+        self.kinds
+            .get(kind)
+            .is_some_and(|spec| supersedes_transitively(spec, winner, loser, 0))
+    }
+
     /// Classifies a canonical status (or outcome) of a kind.
     pub fn classify(&self, kind: &str, status: &str) -> StatusClass {
         let Some(spec) = self.kinds.get(kind) else {
@@ -220,10 +259,13 @@ impl Catalog {
         } else {
             return StatusClass::Unknown;
         };
-        StatusClass::End {
-            outcome,
-            rank: supersession_rank(spec, status, 0),
-        }
+        let listed = spec.end_precedence.len();
+        let rank = spec
+            .end_precedence
+            .iter()
+            .position(|s| s == status)
+            .map_or(0, |i| (listed - i) as u32);
+        StatusClass::End { outcome, rank }
     }
 
     /// Canonicalizes every name and checks the guarantees stated in the module docs.
@@ -235,6 +277,7 @@ impl Catalog {
                 &mut spec.success,
                 &mut spec.failure,
                 &mut spec.outcome_statuses,
+                &mut spec.end_precedence,
             ] {
                 for s in list.iter_mut() {
                     *s = canonical_status(s);
@@ -280,21 +323,27 @@ impl Catalog {
                     return bad(format!("kind {kind}: {winner} supersedes itself"));
                 }
             }
+            if let Some(s) = spec.end_precedence.iter().find(|s| !is_end(s)) {
+                return bad(format!(
+                    "kind {kind}: end_precedence names {s}, which is not an end status"
+                ));
+            }
+        }
+        self.aliases = std::mem::take(&mut self.aliases)
+            .into_iter()
+            .map(|(alias, kind)| (canonical_kind(&alias), canonical_kind(&kind)))
+            .collect();
+        for (alias, kind) in &self.aliases {
+            if !self.kinds.contains_key(kind) {
+                return bad(format!(
+                    "alias {alias} names kind {kind}, which is not in the catalog"
+                ));
+            }
+            if self.kinds.contains_key(alias) {
+                return bad(format!("{alias} is both a kind and an alias"));
+            }
         }
         Ok(self)
-    }
-}
-
-/// How deep the supersession chain below `status` goes (0 when it supersedes nothing).
-/// `depth` guards against cycles, which `validated` rejects anyway.
-fn supersession_rank(spec: &KindSpec, status: &str, depth: u32) -> u32 {
-    match spec.supersedes.get(status) {
-        Some(losers) if depth < 64 => losers
-            .iter()
-            .map(|l| 1 + supersession_rank(spec, l, depth + 1))
-            .max()
-            .unwrap_or(0),
-        _ => 0,
     }
 }
 
@@ -319,7 +368,16 @@ mod tests {
         assert_eq!(c.naive_time_offset_minutes, -180);
         assert!(c.kind("debt").is_some());
         assert!(c.kind("historic_card_settlement").is_some());
-        assert!(c.kind("account_request.status_change").is_some());
+        assert!(c.kind("account_request.status_change").is_none());
+        assert_eq!(
+            c.resolve_kind("account_request.status_change".into()),
+            "account"
+        );
+        assert_eq!(
+            c.resolve_kind("laas.credit_operation.status_change".into()),
+            "debt"
+        );
+        assert_eq!(c.resolve_kind("debt".into()), "debt");
         assert_eq!(
             c.cancel_reasons.get("manual").map(String::as_str),
             Some("Operation cancelled manually")
@@ -334,27 +392,23 @@ mod tests {
             StatusClass::Stage(0)
         );
         assert_eq!(c.classify("debt", "disbursed"), StatusClass::Stage(6));
-        assert_eq!(
-            c.classify("debt", "canceled"),
-            StatusClass::End {
-                outcome: EndOutcome::Failure,
-                rank: 0
-            }
-        );
-        assert_eq!(
-            c.classify("debt", "canceled_permanently"),
-            StatusClass::End {
-                outcome: EndOutcome::Failure,
-                rank: 1
-            }
-        );
-        assert_eq!(
+        // Ranks follow end_precedence: canceled_permanently, canceled, rejected, settled, ...
+        let rank = |status| match c.classify("debt", status) {
+            StatusClass::End { rank, .. } => rank,
+            other => panic!("{status} is {other:?}"),
+        };
+        assert!(rank("canceled_permanently") > rank("canceled"));
+        assert!(rank("canceled") > rank("settled"));
+        assert!(matches!(
             c.classify("debt", "settled"),
             StatusClass::End {
                 outcome: EndOutcome::Success,
-                rank: 0
+                ..
             }
-        );
+        ));
+        assert!(c.supersedes("debt", "canceled_permanently", "canceled"));
+        assert!(!c.supersedes("debt", "canceled_permanently", "settled"));
+        assert!(!c.supersedes("debt", "canceled", "canceled_permanently"));
         assert_eq!(c.classify("debt", "brand_new"), StatusClass::Unknown);
         assert_eq!(c.classify("unheard_of", "done"), StatusClass::Unknown);
     }

@@ -9,20 +9,24 @@
 //!
 //! Each webhook is classified by the catalog, using its status (or, for kinds whose status
 //! defers to an outcome field, that outcome: a `processed` card-settlement query is
-//! classified by `data.response_data.slc_status`). Webhooks are then ordered by the tuple
-//! [`Precedence`], compared field by field; the greatest one sets the operation's `status`,
-//! `phase`, `detail` and `event_time`:
+//! classified by `data.response_data.slc_status`). The winner, which sets the operation's
+//! `status`, `phase`, `detail` and `event_time`, is then chosen from the set:
 //!
-//! 1. **tier**: an end status (success or failure) beats every stage; a stage the catalog
-//!    knows beats a status it does not know;
-//! 2. **rank**: between stages, the later stage in the flow wins, so a late webhook never
-//!    moves an operation back; between end statuses, one that the catalog declares to
-//!    supersede another (`canceled_permanently` over `canceled`) wins;
-//! 3. **event time**: otherwise the later event time wins (a webhook with no event time
-//!    counts as earliest); this is also how statuses the catalog does not know are placed
-//!    among themselves. They never displace a known status: they are kept in history until
-//!    the catalog learns them (`--catalog` and `qistatus-server rebuild`);
-//! 4. **content hash**: a last tie is broken by the webhook's [`EventId`], never by arrival.
+//! 1. **An end status beats every stage**, and a stage the catalog knows beats a status it
+//!    does not know.
+//! 2. **Between end statuses**: first, an end status that another one in the set supersedes
+//!    (the catalog's `supersedes`, e.g. `canceled_permanently` over `canceled`) is out; a
+//!    supersession applies to the statuses it names and nothing else. Among the rest, the
+//!    later event time wins; at the same event time, the catalog's `end_precedence` decides
+//!    (`canceled` before `settled`), then the content hash.
+//! 3. **Between stages**: the later stage in the flow wins, so a late webhook never moves an
+//!    operation back; then the later event time, then the content hash.
+//! 4. **Statuses the catalog does not know** are placed by event time among themselves. They
+//!    never displace a known status: they are kept in history until the catalog learns them
+//!    (`--catalog` and `qistatus-server rebuild`).
+//!
+//! Every step depends only on the set, never on arrival: the content hash ([`EventId`])
+//! breaks the last tie.
 //!
 //! The phase follows the winner: `Succeeded` or `Failed` for an end status, else `Pending`.
 //! `version` and `event_count` count the distinct webhooks (each one changes the operation),
@@ -144,12 +148,14 @@ impl Operation {
     }
 }
 
-/// The order in which webhooks win, compared field by field (see the module docs).
+/// Where a webhook stands, compared field by field: the order among stages and unknown
+/// statuses, and the order of history entries. Between end statuses the winner is chosen
+/// with supersession first (see the module docs), which no single key can express.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Precedence {
     /// 2 for an end status, 1 for a known stage, 0 for an unknown status.
     pub tier: u8,
-    /// Stage position, or supersession rank of an end status.
+    /// Stage position, or `end_precedence` rank of an end status.
     pub rank: u32,
     /// Event time; `None` is earliest.
     pub event_time: Option<i64>,
@@ -171,8 +177,7 @@ impl<'a> Reconciler<'a> {
 
     /// How the catalog classifies a webhook of `kind`.
     pub fn classify(&self, kind: &str, event: &EventSummary) -> StatusClass {
-        let status = event.outcome.as_deref().unwrap_or(&event.status);
-        self.catalog.classify(kind, status)
+        self.catalog.classify(kind, self.status_for_class(event))
     }
 
     /// Where a webhook of `kind` stands in the total order.
@@ -200,7 +205,7 @@ impl<'a> Reconciler<'a> {
     ) -> Option<Operation> {
         events.sort_by_cached_key(|e| (e.event_time, self.precedence(kind, e)));
         events.dedup_by_key(|e| e.event_id);
-        let winner = events.iter().max_by_key(|e| self.precedence(kind, e))?;
+        let winner = self.winner(kind, &events)?;
         let phase = match self.classify(kind, winner) {
             StatusClass::End {
                 outcome: EndOutcome::Success,
@@ -225,6 +230,32 @@ impl<'a> Reconciler<'a> {
             last_sequence: events.iter().map(|e| e.sequence).max()?,
             history: events,
         })
+    }
+
+    /// The webhook that sets the operation's status (see the module docs).
+    fn winner<'e>(&self, kind: &str, events: &'e [EventSummary]) -> Option<&'e EventSummary> {
+        let ends: Vec<(&EventSummary, &str, Precedence)> = events
+            .iter()
+            .map(|e| (e, self.status_for_class(e), self.precedence(kind, e)))
+            .filter(|(_, _, p)| p.tier == 2)
+            .collect();
+        if ends.is_empty() {
+            return events.iter().max_by_key(|e| self.precedence(kind, e));
+        }
+        // The catalog's supersession has no cycles, so some end status is always left.
+        ends.iter()
+            .filter(|(_, status, _)| {
+                !ends
+                    .iter()
+                    .any(|(_, other, _)| self.catalog.supersedes(kind, other, status))
+            })
+            .max_by_key(|(_, _, p)| (p.event_time, p.rank, p.event_id))
+            .map(|(e, _, _)| *e)
+    }
+
+    /// The status a webhook is classified by: its outcome when the kind defers to one.
+    fn status_for_class<'e>(&self, event: &'e EventSummary) -> &'e str {
+        event.outcome.as_deref().unwrap_or(&event.status)
     }
 
     /// `current` with one more distinct event (or a new operation when `current` is `None`).

@@ -210,8 +210,11 @@ fn read_envelope(
     event_id: EventId,
 ) -> Result<WebhookEnvelope, String> {
     let kind = match text_field(v, "webhook_type")? {
-        Some(raw) => canonical_kind(raw),
+        Some(raw) => catalog.resolve_kind(canonical_kind(raw)),
         None if present(v, "debt_key") => "debt".to_owned(),
+        None if present(v, "credit_operation_key") && present(v, "reversal") => {
+            return read_reversal(catalog, v, event_id);
+        }
         None => return Err("no webhook_type, and no debt_key to imply a debt".to_owned()),
     };
     check_name("webhook_type", &kind)?;
@@ -280,6 +283,58 @@ fn read_envelope(
     })
 }
 
+/// A debt's cancellation after disbursement (QI Tech's reversal webhook): no `webhook_type`,
+/// the debt's key in `credit_operation_key`, and a `reversal` object. It joins the debt's
+/// history; its status is `canceled` once QI Tech says the operation is canceled
+/// (`reversal.is_operation_canceled`), and `reversal_<reversal.status>` before (a status the
+/// catalog does not know, so it never moves the debt). Its event time is `reversal.created_at`.
+fn read_reversal(
+    catalog: &Catalog,
+    v: &Value,
+    event_id: EventId,
+) -> Result<WebhookEnvelope, String> {
+    let key = text_field(v, "credit_operation_key")?
+        .ok_or("credit_operation_key is empty")?
+        .to_owned();
+    check_key(&key)?;
+    let reversal_status = text_field(v, "reversal.status")?
+        .map(canonical_status)
+        .unwrap_or_default();
+    let canceled =
+        lookup(v, "reversal.is_operation_canceled").and_then(Value::as_bool) == Some(true);
+    let status = if canceled {
+        "canceled".to_owned()
+    } else {
+        format!("reversal_{reversal_status}")
+    };
+    check_name("reversal.status", &status)?;
+    if !status
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ' '))
+    {
+        return Err(
+            "reversal.status has characters other than ASCII letters, digits, '_', '-', '.', ' '"
+                .into(),
+        );
+    }
+    let event_time = text_field(v, "reversal.created_at")?
+        .and_then(|t| parse_event_time(t, catalog.naive_time_offset_minutes));
+    let detail = if reversal_status.is_empty() {
+        "reversal after disbursement".to_owned()
+    } else {
+        format!("reversal after disbursement: {reversal_status}")
+    };
+    Ok(WebhookEnvelope {
+        event_id,
+        kind: "debt".to_owned(),
+        key,
+        status,
+        outcome: None,
+        event_time,
+        detail,
+    })
+}
+
 /// The first reason or outcome text the webhook carries, in the order the seeds document.
 fn detail(catalog: &Catalog, v: &Value, status: &str) -> String {
     let text = |path: &str| {
@@ -291,13 +346,20 @@ fn detail(catalog: &Catalog, v: &Value, status: &str) -> String {
     if let Some(d) = text("description") {
         return bounded_detail(d).into_owned();
     }
+    if let Some(reason) = text("rejection_reason") {
+        return bounded_detail(reason).into_owned();
+    }
     if let Some(reason) = text("data.cancel_reason_enumerator") {
         let reason = canonical_status(reason);
-        let explanation = catalog
-            .cancel_reasons
-            .get(&reason)
-            .map(String::as_str)
-            .or_else(|| text("data.cancel_reason"));
+        // QI Tech's own text first; the catalog's when the webhook has none.
+        let explanation = [
+            "data.cancel_reason",
+            "data.reason_description",
+            "reason_description",
+        ]
+        .into_iter()
+        .find_map(text)
+        .or_else(|| catalog.cancel_reasons.get(&reason).map(String::as_str));
         let detail = match explanation {
             Some(e) => format!("{reason}: {e}"),
             None => reason,
@@ -635,16 +697,27 @@ mod tests {
                 json!({"debt_key": "k", "status": "rejected", "description": "Insufficient funds"}),
                 "Insufficient funds",
             ),
+            // QI Tech's own text is kept...
             (
                 json!({"webhook_type": "debt", "key": "k", "status": "canceled ",
-                    "data": {"cancel_reason": "x", "cancel_reason_enumerator": "pix_max_retry"}}),
+                    "data": {"cancel_reason": "Excesso de tentativas", "cancel_reason_enumerator": "pix_max_retry"}}),
+                "pix_max_retry: Excesso de tentativas",
+            ),
+            // ...the catalog's text only stands in when there is none.
+            (
+                json!({"webhook_type": "debt", "key": "k", "status": "canceled ",
+                    "data": {"cancel_reason_enumerator": "pix_max_retry"}}),
                 "pix_max_retry: Operation cancelled due to too many disbursement errors",
             ),
-            // An enumerator the table does not know falls back to the cancel_reason text.
             (
                 json!({"webhook_type": "debt", "key": "k", "status": "canceled",
-                    "data": {"cancel_reason": "Motivo novo", "cancel_reason_enumerator": "novo"}}),
+                    "data": {"reason_description": "Motivo novo", "cancel_reason_enumerator": "novo"}}),
                 "novo: Motivo novo",
+            ),
+            (
+                json!({"webhook_type": "account_request.status_change", "key": "k", "status": "rejected",
+                    "rejection_reason": "Documento ilegível"}),
+                "Documento ilegível",
             ),
             (
                 json!({"webhook_type": "historic-card-settlement", "key": "k", "status": "processed",

@@ -10,12 +10,13 @@ mod page_token;
 mod watch;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use crate::domain::catalog::{canonical_kind, canonical_status};
+use crate::domain::catalog::{Catalog, canonical_kind, canonical_status};
 use crate::domain::reconcile::{EventSummary, Operation, Phase};
 use crate::domain::webhook::{check_key, check_name};
 use crate::feed::{ChangeFeed, FeedError, FeedFilter};
@@ -132,6 +133,7 @@ impl From<ApiError> for Status {
 /// The implementation of `OperationStatusService`.
 #[derive(Debug, Clone)]
 pub struct OperationStatusApi {
+    catalog: Arc<Catalog>,
     store: Store,
     index: StatusIndex,
     tokens: PageTokens,
@@ -139,14 +141,25 @@ pub struct OperationStatusApi {
 }
 
 impl OperationStatusApi {
-    /// An API over `store`, whose watchers `feed` serves.
-    pub(crate) fn new(store: Store, feed: ChangeFeed) -> Result<Self, StoreError> {
+    /// An API over `store`, whose watchers `feed` serves; `catalog` resolves kind aliases in
+    /// requests, as the intake does in webhooks.
+    pub(crate) fn new(
+        catalog: Arc<Catalog>,
+        store: Store,
+        feed: ChangeFeed,
+    ) -> Result<Self, StoreError> {
         Ok(OperationStatusApi {
+            catalog,
             index: StatusIndex::new(store.clone()),
             tokens: PageTokens::new(store.page_token_secret()?),
             store,
             feed,
         })
+    }
+
+    /// The kind a request names: canonical, and resolved if it is an alias.
+    fn kind_named(&self, raw: &str) -> String {
+        self.catalog.resolve_kind(canonical_kind(raw))
     }
 
     /// The operation a key (and optional kind) names.
@@ -156,7 +169,7 @@ impl OperationStatusApi {
         }
         check_key(key).map_err(ApiError::InvalidArgument)?;
         if !kind.trim().is_empty() {
-            let kind = canonical_kind(kind);
+            let kind = self.kind_named(kind);
             check_name("kind", &kind).map_err(ApiError::InvalidArgument)?;
             return self.store.operation(&kind, key)?.ok_or_else(|| {
                 ApiError::NotFound(format!("no {kind} operation with key {key:?}"))
@@ -247,7 +260,7 @@ fn phase_of(value: i32, field: &str) -> Result<Option<Phase>, ApiError> {
 fn canonical_set(
     values: &[String],
     field: &str,
-    canonical: fn(&str) -> String,
+    canonical: impl Fn(&str) -> String,
 ) -> Result<BTreeSet<String>, ApiError> {
     if values.len() > MAX_FILTER_VALUES {
         return Err(ApiError::InvalidArgument(format!(
@@ -274,7 +287,10 @@ struct ListQuery {
 }
 
 impl ListQuery {
-    fn parse(req: &pb::ListByStatusRequest) -> Result<ListQuery, ApiError> {
+    fn parse(
+        req: &pb::ListByStatusRequest,
+        kind_named: impl Fn(&str) -> String,
+    ) -> Result<ListQuery, ApiError> {
         let statuses = canonical_set(&req.statuses, "statuses", canonical_status)?;
         let phase = phase_of(req.phase, "phase")?;
         let selection = match (statuses.is_empty(), phase) {
@@ -300,7 +316,7 @@ impl ListQuery {
             }
             n => n,
         };
-        let kind = Some(canonical_kind(&req.kind)).filter(|k| !k.is_empty());
+        let kind = Some(kind_named(&req.kind)).filter(|k| !k.is_empty());
         if let Some(kind) = &kind {
             check_name("kind", kind).map_err(ApiError::InvalidArgument)?;
         }
@@ -321,10 +337,13 @@ impl ListQuery {
     }
 }
 
-fn watch_filter(req: &pb::WatchOperationRequest) -> Result<FeedFilter, ApiError> {
-    let mut kinds = canonical_set(&req.kinds, "kinds", canonical_kind)?;
+fn watch_filter(
+    req: &pb::WatchOperationRequest,
+    kind_named: impl Fn(&str) -> String,
+) -> Result<FeedFilter, ApiError> {
+    let mut kinds = canonical_set(&req.kinds, "kinds", &kind_named)?;
     if !req.key.is_empty() && !req.kind.trim().is_empty() {
-        kinds.insert(canonical_kind(&req.kind));
+        kinds.insert(kind_named(&req.kind));
     }
     let mut phases = BTreeSet::new();
     for &p in &req.phases {
@@ -370,7 +389,7 @@ impl OperationStatusService for OperationStatusApi {
         request: Request<pb::ListByStatusRequest>,
     ) -> Result<Response<pb::ListByStatusResponse>, Status> {
         let req = request.into_inner();
-        let query = ListQuery::parse(&req)?;
+        let query = ListQuery::parse(&req, |k| self.kind_named(k))?;
         let fingerprint = query.fingerprint();
         let after = if req.page_token.is_empty() {
             None
@@ -409,7 +428,7 @@ impl OperationStatusService for OperationStatusApi {
         request: Request<pb::WatchOperationRequest>,
     ) -> Result<Response<Self::WatchOperationStream>, Status> {
         let req = request.into_inner();
-        let filter = watch_filter(&req)?;
+        let filter = watch_filter(&req, |k| self.kind_named(k))?;
         let store_id = self.store.id().map_err(ApiError::from)?;
         if !req.store_id.is_empty() && req.store_id != store_id {
             return Err(ApiError::FailedPrecondition(format!(

@@ -18,6 +18,29 @@ fn with_data(body: Vec<u8>, data: serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(&value).unwrap()
 }
 
+/// QI Tech's reversal webhook, as its documentation shows it.
+fn reversal(key: &str, status: &str, canceled: bool) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "reversal": {
+            "date": "2022-09-06",
+            "incoming_pix_transfer_key": null,
+            "status": status,
+            "amount_to_send": 2026.93,
+            "reversal_key": "eb0bbd1d-111d-4a61-bb65-c1f66a005ea2",
+            "amount": 2026.93,
+            "is_total": true,
+            "created_at": if canceled { "2022-09-06T01:14:01" } else { "2022-09-05T22:00:00" },
+            "is_operation_canceled": canceled,
+            "transaction_key": null
+        },
+        "assigned_at": "None",
+        "credit_operation_key": key,
+        "assigned": true,
+        "contract_number": "0000049333/TW"
+    }))
+    .unwrap()
+}
+
 fn cases() -> Vec<Case> {
     vec![
         Case {
@@ -112,8 +135,10 @@ fn cases() -> Vec<Case> {
             status: "processed",
             phase: "failed",
         },
+        // An account's opening steps and the account webhook that ends them, one operation
+        // under one key (account_request.status_change is an alias of account).
         Case {
-            kind: "account_request.status_change",
+            kind: "account",
             key: "ar-e2e",
             webhooks: vec![
                 webhook(
@@ -134,9 +159,46 @@ fn cases() -> Vec<Case> {
                     "pending_additional_data",
                     "2024-01-01 12:00:00",
                 ),
+                webhook("account", "ar-e2e", "account_opened", "2024-01-01 13:00:00"),
             ],
-            status: "pending_additional_data",
-            phase: "pending",
+            status: "account_opened",
+            phase: "succeeded",
+        },
+        // Canceled up to seven days after disbursement: QI's reversal webhook (no
+        // webhook_type; the debt's key in credit_operation_key) joins the debt, and the debt
+        // is canceled once QI says the operation is.
+        Case {
+            kind: "debt",
+            key: "reversed-e2e",
+            webhooks: vec![
+                webhook("debt", "reversed-e2e", "disbursed", "2022-09-01 10:00:00"),
+                webhook("debt", "reversed-e2e", "opened", "2022-09-02 10:00:00"),
+                reversal("reversed-e2e", "pending_fund", false),
+                reversal("reversed-e2e", "pending_fund", true),
+            ],
+            status: "canceled",
+            phase: "failed",
+        },
+        // A payroll loan through QI's LaaS: a debt.
+        Case {
+            kind: "debt",
+            key: "laas-e2e",
+            webhooks: vec![
+                webhook(
+                    "laas.credit_operation.status_change",
+                    "laas-e2e",
+                    "signed",
+                    "2024-01-01 10:00:00",
+                ),
+                webhook(
+                    "laas.credit_operation.status_change",
+                    "laas-e2e",
+                    "canceled",
+                    "2024-01-02 10:00:00",
+                ),
+            ],
+            status: "canceled",
+            phase: "failed",
         },
         Case {
             // A kind the catalog does not know: its statuses are placed by event time.
@@ -212,5 +274,14 @@ async fn one_operation_of_every_kind_delivered_shuffled_and_duplicated() {
             case.kind
         );
     }
+    // Asking by an alias finds the operation it belongs to.
+    let by_alias = server
+        .get("ar-e2e", "account_request.status_change")
+        .await
+        .unwrap();
+    assert_eq!(
+        (by_alias.kind.as_str(), by_alias.status.as_str()),
+        ("account", "account_opened")
+    );
     server.stop().await;
 }

@@ -84,26 +84,31 @@ fn deliver(kind: &str, events: &[EventSummary], order: &[usize]) -> Operation {
         }
         event.sequence = arrival as u64 + 1;
         event.received_at = 1_700_000_000_000 + arrival as i64;
-        let before = op.as_ref().map(|op| winner_precedence(&reconciler, op));
+        let before = op.as_ref().map(|op| progress(&reconciler, op));
         let after = reconciler.apply(op, kind, "k", event);
-        // A webhook never moves an operation back.
+        // A webhook never moves an operation back: an ended operation stays ended, and a
+        // pending one never goes to an earlier stage.
         if let Some(before) = before {
-            assert!(winner_precedence(&reconciler, &after) >= before);
+            assert!(progress(&reconciler, &after) >= before);
         }
         op = Some(after);
     }
     op.expect("at least one webhook")
 }
 
-fn winner_precedence(
-    r: &Reconciler<'_>,
-    op: &Operation,
-) -> qistatus::domain::reconcile::Precedence {
-    op.history
+/// How far an operation is: 2 when ended; else 1 and the position of its latest known
+/// stage; 0 while it only has unknown statuses.
+fn progress(r: &Reconciler<'_>, op: &Operation) -> (u8, u32) {
+    let best = op
+        .history
         .iter()
         .map(|e| r.precedence(&op.kind, e))
         .max()
-        .expect("non-empty history")
+        .expect("non-empty history");
+    match best.tier {
+        1 => (1, best.rank),
+        tier => (tier, 0),
+    }
 }
 
 /// The operation without what depends on arrival: receive times and sequence numbers.
@@ -166,7 +171,7 @@ proptest! {
 }
 
 #[test]
-fn supersession_beats_event_time_and_time_beats_hash() {
+fn supersession_then_event_time_then_declared_precedence() {
     let catalog = Catalog::builtin();
     let r = Reconciler::new(&catalog);
     let e = |status: &str, time: i64, id: u8| EventSummary {
@@ -197,16 +202,43 @@ fn supersession_beats_event_time_and_time_beats_hash() {
         op.status, "canceled",
         "between ends, the later event time wins"
     );
+    for ids in [(1, 9), (9, 1)] {
+        let op = r
+            .reconcile(
+                "debt",
+                "k",
+                vec![e("settled", 100, ids.0), e("canceled", 100, ids.1)],
+            )
+            .unwrap();
+        assert_eq!(
+            op.status, "canceled",
+            "at the same event time, the catalog's end_precedence decides, not the hash"
+        );
+    }
+    // A supersession applies to the statuses it names, nothing else: canceled_permanently
+    // at t=100 removes canceled, but a later settled is not canceled.
     let op = r
         .reconcile(
             "debt",
             "k",
-            vec![e("settled", 100, 1), e("canceled", 100, 9)],
+            vec![
+                e("settled", 200, 1),
+                e("canceled_permanently", 100, 2),
+                e("canceled", 300, 3),
+            ],
+        )
+        .unwrap();
+    assert_eq!(op.status, "settled");
+    let op = r
+        .reconcile(
+            "debt",
+            "k",
+            vec![e("settled", 200, 1), e("canceled_permanently", 300, 2)],
         )
         .unwrap();
     assert_eq!(
-        op.status, "canceled",
-        "an exact tie falls to the greater content hash"
+        op.status, "canceled_permanently",
+        "and by time, as any end status"
     );
     let op = r
         .reconcile(

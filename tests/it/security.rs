@@ -256,7 +256,7 @@ async fn qitech_encoded_bodies_are_verified_and_decoded() {
         .await
         .unwrap();
     assert_eq!(op.status, "canceled");
-    assert_eq!(op.detail, "manual: Operation cancelled manually");
+    assert_eq!(op.detail, "manual: Operacao cancelada manualmente");
     server.stop().await;
 }
 

@@ -190,7 +190,7 @@ async fn seed_details_reach_the_operation() {
         .get("27a099df-4688-43cb-87fa-515b1cf343a5", "debt")
         .await
         .unwrap();
-    assert_eq!(canceled.detail, "manual: Operation cancelled manually");
+    assert_eq!(canceled.detail, "manual: Operacao cancelada manualmente");
     let card = server
         .get("f2f04a35-e4e1-4f0f-b9c7-a229ca1f6f55", "")
         .await

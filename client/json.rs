@@ -16,6 +16,7 @@ pub fn rfc3339(t: Option<&prost_types::Timestamp>) -> String {
 pub fn phase_name(phase: i32) -> &'static str {
     match pb::Phase::try_from(phase) {
         Ok(pb::Phase::Pending) => "pending",
+        Ok(pb::Phase::Active) => "active",
         Ok(pb::Phase::Succeeded) => "succeeded",
         Ok(pb::Phase::Failed) => "failed",
         Ok(pb::Phase::Unspecified) | Err(_) => "unspecified",

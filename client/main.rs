@@ -163,6 +163,7 @@ enum SnapshotCommand {
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum PhaseArg {
     Pending,
+    Active,
     Succeeded,
     Failed,
 }
@@ -171,6 +172,7 @@ impl From<PhaseArg> for pb::Phase {
     fn from(p: PhaseArg) -> pb::Phase {
         match p {
             PhaseArg::Pending => pb::Phase::Pending,
+            PhaseArg::Active => pb::Phase::Active,
             PhaseArg::Succeeded => pb::Phase::Succeeded,
             PhaseArg::Failed => pb::Phase::Failed,
         }

@@ -93,7 +93,7 @@ async function main() {
     await post(httpPort, debt('d4', 'disbursed', '2024-01-03 11:00:00'));
 
     const got = JSON.parse(example(grpcPort, 'get', 'd1'));
-    check('get', got.status === 'disbursed' && got.phase === 'PHASE_PENDING', JSON.stringify(got));
+    check('get', got.status === 'disbursed' && got.phase === 'PHASE_ACTIVE', JSON.stringify(got));
 
     const listed = example(grpcPort, 'list', 'disbursed,canceled').trim().split('\n').map((l) => JSON.parse(l).key);
     check('list follows pages', JSON.stringify(listed) === JSON.stringify(['d1', 'd2', 'd4']), JSON.stringify(listed));

@@ -61,6 +61,10 @@ pub struct KindSpec {
     /// The non-final statuses, in the order the flow goes through them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<String>,
+    /// The stages in which an operation is live and running (phase `Active`), e.g. a debt
+    /// from `disbursed` on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub active: Vec<String>,
     /// Statuses that end the flow in success.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub success: Vec<String>,
@@ -107,6 +111,7 @@ struct CatalogOverlay {
 #[serde(deny_unknown_fields)]
 struct KindOverlay {
     stages: Option<Vec<String>>,
+    active: Option<Vec<String>>,
     success: Option<Vec<String>>,
     failure: Option<Vec<String>>,
     supersedes: Option<BTreeMap<String, Vec<String>>>,
@@ -201,7 +206,16 @@ impl Catalog {
                     *target = v;
                 }
             };
+            let stages_replaced = o.stages.is_some();
             set(&mut spec.stages, o.stages);
+            if o.active.is_none() && stages_replaced {
+                // A file written before `active` existed replaces the stages: keep the
+                // built-in active stages that are still stages.
+                let stages = spec.stages.clone();
+                spec.active
+                    .retain(|a| stages.iter().any(|s| canonical_status(s) == *a));
+            }
+            set(&mut spec.active, o.active);
             set(&mut spec.success, o.success);
             set(&mut spec.failure, o.failure);
             set(&mut spec.key_paths, o.key_paths);
@@ -234,6 +248,13 @@ impl Catalog {
             Some(target) => target.clone(),
             None => kind,
         }
+    }
+
+    /// Whether `status` is a stage in which an operation of `kind` is live (phase `Active`).
+    pub fn is_active(&self, kind: &str, status: &str) -> bool {
+        self.kinds
+            .get(kind)
+            .is_some_and(|spec| spec.active.iter().any(|s| s == status))
     }
 
     /// Whether, for `kind`, end status `winner` supersedes end status `loser` (directly or
@@ -278,6 +299,7 @@ impl Catalog {
                 &mut spec.failure,
                 &mut spec.outcome_statuses,
                 &mut spec.end_precedence,
+                &mut spec.active,
             ] {
                 for s in list.iter_mut() {
                     *s = canonical_status(s);
@@ -322,6 +344,11 @@ impl Catalog {
                 if supersedes_transitively(spec, winner, winner, 0) {
                     return bad(format!("kind {kind}: {winner} supersedes itself"));
                 }
+            }
+            if let Some(s) = spec.active.iter().find(|s| !stages.contains(s)) {
+                return bad(format!(
+                    "kind {kind}: active names {s}, which is not a stage"
+                ));
             }
             if let Some(s) = spec.end_precedence.iter().find(|s| !is_end(s)) {
                 return bad(format!(

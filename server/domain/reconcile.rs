@@ -28,7 +28,8 @@
 //! Every step depends only on the set, never on arrival: the content hash ([`EventId`])
 //! breaks the last tie.
 //!
-//! The phase follows the winner: `Succeeded` or `Failed` for an end status, else `Pending`.
+//! The phase follows the winner: `Succeeded` or `Failed` for an end status, `Active` for a
+//! stage the catalog lists as `active` (a disbursed or opened debt), else `Pending`.
 //! `version` and `event_count` count the distinct webhooks (each one changes the operation),
 //! `first_received_at`/`updated_at` are the least and greatest receive times, and `history`
 //! lists every distinct webhook ordered by (event time, precedence).
@@ -42,25 +43,37 @@ use serde::{Deserialize, Serialize};
 use super::catalog::{Catalog, EndOutcome, StatusClass};
 use super::webhook::{EventId, WebhookEnvelope};
 
-/// The coarse state of an operation.
+/// The coarse state of an operation, as a business user means it.
+///
+/// Stored records encode a phase by its position in this list: new phases are added at the
+/// end, never inserted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Phase {
-    /// Not at an end status (or at a status the catalog does not know).
+    /// On its way: at a stage before it is live (or at a status the catalog does not know).
     Pending,
-    /// Ended in success.
+    /// Ended in success (a debt settled or finished, an account opened).
     Succeeded,
-    /// Ended in failure.
+    /// Ended in failure (rejected, canceled).
     Failed,
+    /// Live and running: at a stage the catalog calls active (a debt disbursed or opened,
+    /// which for debts QI Tech does not collect is as far as webhooks go).
+    Active,
 }
 
 impl Phase {
     /// Every phase, in a stable order.
-    pub const ALL: [Phase; 3] = [Phase::Pending, Phase::Succeeded, Phase::Failed];
+    pub const ALL: [Phase; 4] = [
+        Phase::Pending,
+        Phase::Active,
+        Phase::Succeeded,
+        Phase::Failed,
+    ];
 
     /// The lower-case name used in logs and CLI output.
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Pending => "pending",
+            Phase::Active => "active",
             Phase::Succeeded => "succeeded",
             Phase::Failed => "failed",
         }
@@ -215,6 +228,11 @@ impl<'a> Reconciler<'a> {
                 outcome: EndOutcome::Failure,
                 ..
             } => Phase::Failed,
+            StatusClass::Stage(_)
+                if self.catalog.is_active(kind, self.status_for_class(winner)) =>
+            {
+                Phase::Active
+            }
             StatusClass::Stage(_) | StatusClass::Unknown => Phase::Pending,
         };
         Some(Operation {

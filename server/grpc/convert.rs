@@ -22,6 +22,7 @@ impl From<Phase> for pb::Phase {
     fn from(phase: Phase) -> Self {
         match phase {
             Phase::Pending => pb::Phase::Pending,
+            Phase::Active => pb::Phase::Active,
             Phase::Succeeded => pb::Phase::Succeeded,
             Phase::Failed => pb::Phase::Failed,
         }
@@ -39,6 +40,7 @@ impl TryFrom<pb::Phase> for Phase {
         match phase {
             pb::Phase::Unspecified => Err(UnspecifiedPhase),
             pb::Phase::Pending => Ok(Phase::Pending),
+            pb::Phase::Active => Ok(Phase::Active),
             pb::Phase::Succeeded => Ok(Phase::Succeeded),
             pb::Phase::Failed => Ok(Phase::Failed),
         }

@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::ApiError;
 use super::convert::timestamp;
+use crate::domain::reconcile::Phase;
 use crate::feed::ChangeFeed;
 use crate::pb;
 use crate::pb::maintenance_service_server::MaintenanceService;
@@ -93,7 +94,11 @@ impl MaintenanceService for MaintenanceApi {
         .await
         .map_err(|e| Status::internal(format!("reading the counters failed: {e}")))?;
         let (mut counts, quarantined, store_id) = read?;
-        counts.sort_by(|a, b| (&a.kind, a.phase, &a.status).cmp(&(&b.kind, b.phase, &b.status)));
+        // Phases in the order an operation goes through them.
+        let step = |p| Phase::ALL.iter().position(|q| *q == p);
+        counts.sort_by(|a, b| {
+            (&a.kind, step(a.phase), &a.status).cmp(&(&b.kind, step(b.phase), &b.status))
+        });
         Ok(Response::new(pb::GetStatsResponse {
             counts: counts.into_iter().map(pb::StatusCount::from).collect(),
             head_sequence,

@@ -128,6 +128,7 @@ pub(crate) enum SpaceId {
 pub(crate) fn phase_byte(phase: Phase) -> u8 {
     match phase {
         Phase::Pending => b'P',
+        Phase::Active => b'A',
         Phase::Succeeded => b'S',
         Phase::Failed => b'F',
     }

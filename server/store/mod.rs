@@ -376,7 +376,7 @@ impl Store {
             else {
                 return Err(corrupt());
             };
-            let phase = [Phase::Pending, Phase::Succeeded, Phase::Failed]
+            let phase = Phase::ALL
                 .into_iter()
                 .find(|p| keys::phase_byte(*p) == phase)
                 .ok_or_else(corrupt)?;

@@ -171,8 +171,8 @@ async fn stats_count_operations_by_kind_and_status_as_they_move() {
     assert_eq!(
         counts,
         [
-            ("disbursed".to_owned(), "pending".to_owned(), 1),
             ("waiting_signature".to_owned(), "pending".to_owned(), 1),
+            ("disbursed".to_owned(), "active".to_owned(), 1),
             ("canceled".to_owned(), "failed".to_owned(), 1),
         ]
     );

@@ -25,7 +25,7 @@ async fn get_prints_the_operation_for_people_and_for_scripts() {
     assert!(human.status.success());
     let text = String::from_utf8(human.stdout).unwrap();
     assert!(text.starts_with(&format!("debt {key}\n")), "{text}");
-    assert!(text.contains("status      disbursed (pending)"), "{text}");
+    assert!(text.contains("status      disbursed (active)"), "{text}");
     assert!(text.contains("waiting_signature"), "{text}");
 
     let json = qistatus(&server, &["get", key, "--kind", "debt", "--json", "--full"]).await;
@@ -34,7 +34,7 @@ async fn get_prints_the_operation_for_people_and_for_scripts() {
     assert_eq!(value["kind"], "debt");
     assert_eq!(value["key"], key);
     assert_eq!(value["status"], "disbursed");
-    assert_eq!(value["phase"], "pending");
+    assert_eq!(value["phase"], "active");
     assert_eq!(value["version"], 2);
     assert_eq!(value["event_count"], 2);
     assert_eq!(value["event_time"], "2022-09-28T16:01:23Z");
@@ -168,7 +168,7 @@ async fn watch_prints_one_json_line_per_change_and_ends_cleanly_on_ctrl_c() {
     assert_eq!(seen[1]["key"], "k");
     assert_eq!(seen[1]["status"], "disbursed");
     assert_eq!(seen[1]["previous_status"], "waiting_signature");
-    assert_eq!(seen[1]["phase"], "pending");
+    assert_eq!(seen[1]["phase"], "active");
 
     crate::process::send_signal(&child, "INT");
     let status = child.wait().await.unwrap();

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::test_server::{TestServer, webhook};
+use crate::test_server::{TestServer, phase, webhook};
 use qistatus::client::ListQuery;
 use qistatus::pb;
 use tokio_stream::StreamExt;
@@ -312,5 +312,39 @@ async fn page_tokens_survive_a_restart() {
         keys,
         ["debt-00017", "debt-00021", "debt-00025", "debt-00029"]
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_disbursed_or_opened_debt_is_active_until_it_ends() {
+    let server = TestServer::start().await;
+    for (key, status) in [
+        ("w", "waiting_signature"),
+        ("d", "disbursed"),
+        ("o", "opened"),
+        ("s", "settled"),
+    ] {
+        server
+            .post_ok(webhook("debt", key, status, "2024-01-01 10:00:00"))
+            .await;
+    }
+    // The debt that was settled also went through disbursement: still succeeded.
+    server
+        .post_ok(webhook("debt", "s", "disbursed", "2023-12-01 10:00:00"))
+        .await;
+    let page = server
+        .grpc()
+        .await
+        .list_by_status(pb::ListByStatusRequest {
+            phase: pb::Phase::Active as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let keys: Vec<&str> = page.operations.iter().map(|op| op.key.as_str()).collect();
+    assert_eq!(keys, ["d", "o"]);
+    assert_eq!(phase(&server.get("w", "debt").await.unwrap()), "pending");
+    assert_eq!(phase(&server.get("s", "debt").await.unwrap()), "succeeded");
     server.stop().await;
 }

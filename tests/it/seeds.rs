@@ -30,14 +30,14 @@ const SEED_EXAMPLES: &[(&str, &str, &str, &str, &str)] = &[
         "debt",
         "5f0c2a8e-6d1b-4c3e-9a7f-000000000001",
         "waiting_assignment_term_signature",
-        "pending",
+        "active",
     ),
     (
         "000_debt_5_waiting_balance_release.json",
         "debt",
         "5f0c2a8e-6d1b-4c3e-9a7f-000000000001",
         "waiting_balance_release",
-        "pending",
+        "active",
     ),
     (
         "000_debt_6_debt_successfully_finished.json",
@@ -128,7 +128,7 @@ const SEED_EXAMPLES: &[(&str, &str, &str, &str, &str)] = &[
         "debt",
         "871059bd-4014-41ad-82b4-28275ff0e67b",
         "disbursed",
-        "pending",
+        "active",
     ),
     (
         "004_debt_canceled.json",

@@ -191,6 +191,7 @@ pub fn phase(op: &pb::Operation) -> &'static str {
     match pb::Phase::try_from(op.phase).expect("known phase") {
         pb::Phase::Unspecified => "unspecified",
         pb::Phase::Pending => "pending",
+        pb::Phase::Active => "active",
         pb::Phase::Succeeded => "succeeded",
         pb::Phase::Failed => "failed",
     }

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::keys::{Key, Meta};
+use super::keys::{Key, Meta, SpaceId};
 use super::log::PinnedSegment;
 use super::{STORE_FORMAT, Store, StoreError};
 
@@ -218,16 +218,25 @@ pub fn restore(input: impl Read, data_dir: &Path) -> Result<Restored, StoreError
         std::fs::remove_dir(data_dir)?;
     }
     std::fs::rename(&staging, data_dir)?;
-    let store = Store::open(data_dir)?;
+    // Not reopened here to check it: sled lets go of its file lock only some time after the
+    // staging database is dropped, and the server checks the format and the log at start.
     Ok(Restored {
         head_sequence: header.head_sequence,
         from_store_id: header.store_id,
-        store_id: store.id()?,
-        operations: store.operations().count(),
+        store_id: header.restored_id,
+        operations: header.operations,
     })
 }
 
-fn restore_into(input: impl Read, staging: &Path) -> Result<Header, StoreError> {
+/// The header of a snapshot, and what restoring it made.
+struct RestoredHeader {
+    head_sequence: u64,
+    store_id: String,
+    restored_id: String,
+    operations: usize,
+}
+
+fn restore_into(input: impl Read, staging: &Path) -> Result<RestoredHeader, StoreError> {
     let mut input = Checksummed::new(BufReader::new(input));
     let mut magic = [0u8; 8];
     input
@@ -246,9 +255,15 @@ fn restore_into(input: impl Read, staging: &Path) -> Result<Header, StoreError> 
             header.store_format
         )));
     }
-    let db = sled::Config::new().path(staging).open()?;
+    // No background flusher: the import flushes itself, and without one the file lock is
+    // released the moment `db` is dropped, before the directory is opened as a store.
+    let db = sled::Config::new()
+        .path(staging)
+        .flush_every_ms(None)
+        .open()?;
     let tree = db.open_tree("qistatus")?;
     let mut saw_view = false;
+    let mut operations = 0;
     loop {
         let mut tag = [0u8; 1];
         input
@@ -269,7 +284,7 @@ fn restore_into(input: impl Read, staging: &Path) -> Result<Header, StoreError> 
         let mut body = (&mut input).take(u64::from_le_bytes(len));
         if name == VIEW {
             saw_view = true;
-            import_view(&mut body, &tree)?;
+            operations = import_view(&mut body, &tree)?;
         } else if let Some(segment) = name.strip_prefix(LOG_PREFIX)
             && !segment.contains('/')
             && segment.ends_with(".log")
@@ -303,7 +318,12 @@ fn restore_into(input: impl Read, staging: &Path) -> Result<Header, StoreError> 
     })?;
     tree.insert(Key::Meta(Meta::StoreId).encode(), &id)?;
     db.flush()?;
-    Ok(header)
+    Ok(RestoredHeader {
+        head_sequence: header.head_sequence,
+        store_id: header.store_id,
+        restored_id: hex::encode(id),
+        operations,
+    })
 }
 
 fn read_frame(input: &mut impl Read) -> Result<Vec<u8>, StoreError> {
@@ -323,9 +343,11 @@ fn read_frame(input: &mut impl Read) -> Result<Vec<u8>, StoreError> {
     Ok(bytes)
 }
 
-fn import_view(input: &mut impl Read, tree: &sled::Tree) -> Result<(), StoreError> {
+/// Imports the view's keys; returns how many operations it holds.
+fn import_view(input: &mut impl Read, tree: &sled::Tree) -> Result<usize, StoreError> {
     let mut batch = sled::Batch::default();
     let mut in_batch = 0;
+    let mut operations = 0;
     loop {
         let mut probe = [0u8; 1];
         match input.read(&mut probe)? {
@@ -341,6 +363,9 @@ fn import_view(input: &mut impl Read, tree: &sled::Tree) -> Result<(), StoreErro
                     .read_exact(&mut key)
                     .map_err(|_| invalid("the file ends early"))?;
                 let value = read_frame(input)?;
+                if key.first() == Some(&(SpaceId::Operations as u8)) {
+                    operations += 1;
+                }
                 batch.insert(key, value);
                 in_batch += 1;
                 if in_batch == 10_000 {
@@ -351,7 +376,7 @@ fn import_view(input: &mut impl Read, tree: &sled::Tree) -> Result<(), StoreErro
         }
     }
     tree.apply_batch(batch)?;
-    Ok(())
+    Ok(operations)
 }
 
 /// Where the pinned files of `data_dir`'s snapshots are kept while they are streamed. Not

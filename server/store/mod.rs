@@ -280,8 +280,8 @@ impl Store {
             dir: dir.to_owned(),
         };
         store.check_format(fresh)?;
-        store.ensure_page_token_secret()?;
-        store.ensure_store_id()?;
+        store.ensure_random_meta(Meta::PageTokenSecret, 32, "the page-token secret")?;
+        store.ensure_random_meta(Meta::StoreId, 16, "the store's identity")?;
         store.ensure_counts()?;
         let (applied, log_ends) = (store.applied_through()?, store.log.last_lsn());
         if log_ends < applied {
@@ -326,20 +326,22 @@ impl Store {
         Ok(())
     }
 
-    /// Creates the page-token secret on first open. Written before the writer starts, so it
-    /// does not race with it.
-    /// Gives the store its identity once, when it is created (or first opened by a version
-    /// that has identities).
-    fn ensure_store_id(&self) -> Result<(), StoreError> {
-        if self.get(Key::Meta(Meta::StoreId))?.is_none() {
-            let mut id = [0u8; 16];
-            getrandom::fill(&mut id).map_err(|e| StoreError::NoRandomness {
-                what: "the store's identity",
+    /// Writes `len` random bytes under `name` when the store has none yet (on its first open,
+    /// or the first by a version that knows `name`), and keeps them from then on. Called
+    /// before the writer starts, so it does not race with it.
+    fn ensure_random_meta(
+        &self,
+        name: Meta,
+        len: usize,
+        what: &'static str,
+    ) -> Result<(), StoreError> {
+        if self.get(Key::Meta(name))?.is_none() {
+            let mut bytes = vec![0u8; len];
+            getrandom::fill(&mut bytes).map_err(|e| StoreError::NoRandomness {
+                what,
                 reason: e.to_string(),
             })?;
-            self.trees
-                .all
-                .insert(Key::Meta(Meta::StoreId).encode(), &id)?;
+            self.trees.all.insert(Key::Meta(name).encode(), bytes)?;
             self.db.flush()?;
         }
         Ok(())
@@ -401,21 +403,6 @@ impl Store {
                 reason: "the store has no identity".into(),
             })?;
         Ok(hex::encode(id))
-    }
-
-    fn ensure_page_token_secret(&self) -> Result<(), StoreError> {
-        if self.get(Key::Meta(Meta::PageTokenSecret))?.is_none() {
-            let mut secret = [0u8; 32];
-            getrandom::fill(&mut secret).map_err(|e| StoreError::NoRandomness {
-                what: "the page-token secret",
-                reason: e.to_string(),
-            })?;
-            self.trees
-                .all
-                .insert(Key::Meta(Meta::PageTokenSecret).encode(), &secret)?;
-            self.db.flush()?;
-        }
-        Ok(())
     }
 
     /// The secret that signs `ListByStatus` page tokens, stable across restarts.

@@ -3,14 +3,16 @@
 //! on from there.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::process::{CLI_BIN, ServerCommand, ServerProcess, server_offline};
 use crate::test_server::webhook;
 
-async fn post(client: &reqwest::Client, server: &ServerProcess, key: &str) -> u64 {
+/// Posts a debt to the intake at `http`; returns its sequence.
+async fn post(client: &reqwest::Client, http: SocketAddr, key: &str) -> u64 {
     let answer: serde_json::Value = client
-        .post(format!("http://{}/webhooks", server.http))
+        .post(format!("http://{http}/webhooks"))
         .body(webhook("debt", key, "disbursed", "2024-01-01 10:00:00"))
         .send()
         .await
@@ -47,7 +49,7 @@ async fn a_snapshot_taken_under_writes_restores_exactly_its_point_and_sequences_
     let mut acked = BTreeMap::new();
     for i in 0..200 {
         let key = format!("before-{i}");
-        acked.insert(key.clone(), post(&client, &original, &key).await);
+        acked.insert(key.clone(), post(&client, original.http, &key).await);
     }
 
     // Writes go on, from another task, while the snapshot is taken.
@@ -57,16 +59,8 @@ async fn a_snapshot_taken_under_writes_restores_exactly_its_point_and_sequences_
             let mut acked = BTreeMap::new();
             for i in 0..300 {
                 let key = format!("during-{i}");
-                let answer: serde_json::Value = client
-                    .post(format!("http://{http}/webhooks"))
-                    .body(webhook("debt", &key, "disbursed", "2024-01-01 10:00:00"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                acked.insert(key, answer["sequence"].as_u64().expect("accepted"));
+                let sequence = post(&client, http, &key).await;
+                acked.insert(key, sequence);
             }
             acked
         })
@@ -134,7 +128,10 @@ async fn a_snapshot_taken_under_writes_restores_exactly_its_point_and_sequences_
         }
     }
     // Sequences continue after the snapshot's.
-    assert_eq!(post(&client, &restored, "after-restore").await, head + 1);
+    assert_eq!(
+        post(&client, restored.http, "after-restore").await,
+        head + 1
+    );
     restored.terminate().await;
 
     // A directory in use is never overwritten; a damaged file restores nothing.

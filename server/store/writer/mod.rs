@@ -167,31 +167,32 @@ impl WriterHandle {
     /// Drops log entries received before `cutoff` (ms since the epoch), at most `limit` of
     /// them, between two batches. Operations and their history summaries are kept.
     pub async fn compact(&self, cutoff: i64, limit: usize) -> Result<Compaction, SubmitError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Command::Compact {
-                cutoff,
-                limit,
-                reply,
-            })
-            .await
-            .map_err(|_| SubmitError::Closed)?;
-        match answer.await {
-            Ok(Ok(done)) => Ok(done),
-            Ok(Err(e)) => Err(SubmitError::Store(e)),
-            Err(_) => Err(SubmitError::Closed),
-        }
+        self.ask(|reply| Command::Compact {
+            cutoff,
+            limit,
+            reply,
+        })
+        .await
     }
 
     /// Pins the store between two batches: a consistent snapshot, kept until dropped.
     pub(crate) async fn snapshot(&self) -> Result<Pinned, SubmitError> {
+        self.ask(|reply| Command::Snapshot { reply }).await
+    }
+
+    /// Sends the writer a command that answers on `reply`, waiting for room in its queue
+    /// (maintenance waits its turn rather than failing as `Busy`), and waits for the answer.
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, Arc<StoreError>>>) -> Command,
+    ) -> Result<T, SubmitError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Command::Snapshot { reply })
+            .send(command(reply))
             .await
             .map_err(|_| SubmitError::Closed)?;
         match answer.await {
-            Ok(Ok(pinned)) => Ok(pinned),
+            Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(SubmitError::Store(e)),
             Err(_) => Err(SubmitError::Closed),
         }

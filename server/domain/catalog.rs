@@ -71,6 +71,11 @@ pub struct KindSpec {
     /// Statuses that end the flow in failure.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failure: Vec<String>,
+    /// Patterns (`*` matches any run of characters) of statuses that end the flow in failure
+    /// though no list names them: QI Tech sends "the rejection of the current stage" for
+    /// accounts (seed 001), whose name depends on the stage. Tried after the lists above.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failure_patterns: Vec<String>,
     /// End status -> the end statuses it supersedes whatever their event times (and only
     /// those).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -114,6 +119,7 @@ struct KindOverlay {
     active: Option<Vec<String>>,
     success: Option<Vec<String>>,
     failure: Option<Vec<String>>,
+    failure_patterns: Option<Vec<String>>,
     supersedes: Option<BTreeMap<String, Vec<String>>>,
     end_precedence: Option<Vec<String>>,
     key_paths: Option<Vec<String>>,
@@ -218,6 +224,7 @@ impl Catalog {
             set(&mut spec.active, o.active);
             set(&mut spec.success, o.success);
             set(&mut spec.failure, o.failure);
+            set(&mut spec.failure_patterns, o.failure_patterns);
             set(&mut spec.key_paths, o.key_paths);
             set(&mut spec.status_paths, o.status_paths);
             set(&mut spec.outcome_statuses, o.outcome_statuses);
@@ -275,7 +282,12 @@ impl Catalog {
         }
         let outcome = if spec.success.iter().any(|s| s == status) {
             EndOutcome::Success
-        } else if spec.failure.iter().any(|s| s == status) {
+        } else if spec.failure.iter().any(|s| s == status)
+            || spec
+                .failure_patterns
+                .iter()
+                .any(|p| glob_matches(p, status))
+        {
             EndOutcome::Failure
         } else {
             return StatusClass::Unknown;
@@ -300,6 +312,7 @@ impl Catalog {
                 &mut spec.outcome_statuses,
                 &mut spec.end_precedence,
                 &mut spec.active,
+                &mut spec.failure_patterns,
             ] {
                 for s in list.iter_mut() {
                     *s = canonical_status(s);
@@ -345,6 +358,15 @@ impl Catalog {
                     return bad(format!("kind {kind}: {winner} supersedes itself"));
                 }
             }
+            if let Some(p) = spec
+                .failure_patterns
+                .iter()
+                .find(|p| p.trim_matches('*').is_empty())
+            {
+                return bad(format!(
+                    "kind {kind}: failure pattern {p:?} would match every status"
+                ));
+            }
             if let Some(s) = spec.active.iter().find(|s| !stages.contains(s)) {
                 return bad(format!(
                     "kind {kind}: active names {s}, which is not a stage"
@@ -372,6 +394,28 @@ impl Catalog {
         }
         Ok(self)
     }
+}
+
+/// Whether `text` matches `pattern`, where `*` matches any run of characters (none
+/// included) and everything else matches itself.
+fn glob_matches(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        // No `*`: the whole text must be the pattern.
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.ends_with(last)
 }
 
 fn supersedes_transitively(spec: &KindSpec, from: &str, target: &str, depth: u32) -> bool {
@@ -515,5 +559,38 @@ mod tests {
                 .to_string();
             assert!(err.contains(expected), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn failure_patterns_end_unnamed_rejections_and_match_like_globs() {
+        let c = Catalog::builtin();
+        for status in ["waiting_user_acceptance_rejected", "kyc_rejected"] {
+            assert!(
+                matches!(
+                    c.classify("account", status),
+                    StatusClass::End {
+                        outcome: EndOutcome::Failure,
+                        ..
+                    }
+                ),
+                "{status}"
+            );
+        }
+        assert_eq!(
+            c.classify("account", "rejected_later"),
+            StatusClass::Unknown
+        );
+        assert!(glob_matches("*_rejected", "a_rejected"));
+        assert!(!glob_matches("*_rejected", "a_rejected_x"));
+        assert!(glob_matches("a*b*c", "aXbYc"));
+        assert!(glob_matches("a*b*c", "abc"));
+        assert!(!glob_matches("a*b*c", "acb"));
+        assert!(glob_matches("exact", "exact"));
+        assert!(!glob_matches("exact", "exactly"));
+        let err = Catalog::builtin()
+            .extended_with("[kinds.debt]\nfailure_patterns = [\"**\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("would match every status"), "{err}");
     }
 }

@@ -144,6 +144,16 @@ pub struct Config {
     )]
     pub qitech_api_client_keys: Vec<String>,
 
+    /// QI DTVM's webhook signature key (HS256 `SIGNATURE` header). Repeat for rotation;
+    /// prefer the environment variable, which `ps` does not show.
+    #[arg(
+        long = "qitech-dtvm-key",
+        env = "QISTATUS_QITECH_DTVM_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub qitech_dtvm_keys: Vec<String>,
+
     /// Standard Webhooks HMAC secret (`whsec_...`), for deployments behind a relay. Repeat
     /// for rotation; prefer the environment variable, which `ps` does not show.
     #[arg(
@@ -312,7 +322,8 @@ impl Config {
             self.qitech_api_client_keys.clone(),
             &self.webhook_secrets,
             *self.max_clock_skew,
-        )?;
+        )?
+        .with_dtvm_keys(&self.qitech_dtvm_keys)?;
         let mut token_texts = Vec::new();
         for path in &self.grpc_token_files {
             token_texts

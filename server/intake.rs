@@ -210,6 +210,7 @@ async fn store_webhook(
         webhook_id: header("webhook-id"),
         webhook_timestamp: header("webhook-timestamp"),
         webhook_signature: header("webhook-signature"),
+        signature: header("signature"),
     };
     let now = chrono::Utc::now().timestamp();
     // The body itself, or the webhook decoded from an `encoded_body`: no copy of the body.

@@ -14,6 +14,10 @@
 //!   as for the signed request. This scheme signs no timestamp, so a captured request can be
 //!   sent again: qistatus then answers `duplicate` (the same content is the same webhook),
 //!   which is why the replay cannot change any status.
+//! - **QI DTVM** (securities services): header `SIGNATURE` holds an HS256 JWT signed with a
+//!   key QI DTVM and the partner share (several, for rotation). Its documentation names no
+//!   claim that binds the body, so it proves who sent the request, not what it carries; its
+//!   `exp` and `iat` are checked when present. A replayed request is answered `duplicate`.
 //! - **Standard Webhooks HMAC** (for deployments behind a relay): headers `webhook-id`,
 //!   `webhook-timestamp` and `webhook-signature` (`v1,<base64 HMAC-SHA256 of
 //!   id.timestamp.body>`, several allowed), compared in constant time against every secret.
@@ -39,7 +43,7 @@ use subtle::ConstantTimeEq;
 pub enum AuthError {
     /// No scheme's headers were present.
     #[error(
-        "missing signature: expected an AUTHORIZATION JWT, an encoded_body, or webhook-signature headers"
+        "missing signature: expected an AUTHORIZATION JWT, an encoded_body, a SIGNATURE JWT (QI DTVM), or webhook-signature headers"
     )]
     Missing,
     /// The token or header could not be parsed.
@@ -101,6 +105,8 @@ pub struct RequestFacts<'a> {
     pub webhook_timestamp: Option<&'a str>,
     /// `webhook-signature` header.
     pub webhook_signature: Option<&'a str>,
+    /// `SIGNATURE` header (QI DTVM).
+    pub signature: Option<&'a str>,
 }
 
 /// The largest accepted difference between a signature's timestamp and now, by default.
@@ -112,6 +118,7 @@ pub struct WebhookVerifier {
     qitech_keys: Vec<VerifyingKey>,
     client_keys: Vec<String>,
     hmac_secrets: Vec<Vec<u8>>,
+    dtvm_keys: Vec<Vec<u8>>,
     max_clock_skew: Duration,
 }
 
@@ -121,6 +128,7 @@ impl std::fmt::Debug for WebhookVerifier {
             .field("qitech_keys", &self.qitech_keys.len())
             .field("client_keys", &self.client_keys.len())
             .field("hmac_secrets", &self.hmac_secrets.len())
+            .field("dtvm_keys", &self.dtvm_keys.len())
             .field("max_clock_skew", &self.max_clock_skew)
             .finish()
     }
@@ -163,13 +171,35 @@ impl WebhookVerifier {
             qitech_keys,
             client_keys,
             hmac_secrets,
+            dtvm_keys: Vec::new(),
             max_clock_skew,
         })
     }
 
+    /// This verifier also accepting QI DTVM's HS256 `SIGNATURE` tokens signed with any of
+    /// `keys` (as QI DTVM hands them out; several during a rotation).
+    pub fn with_dtvm_keys(mut self, keys: &[String]) -> Result<Self, KeyError> {
+        self.dtvm_keys = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let k = k.trim();
+                if k.is_empty() {
+                    Err(KeyError {
+                        what: format!("QI DTVM key #{}", i + 1),
+                        reason: "empty".into(),
+                    })
+                } else {
+                    Ok(k.as_bytes().to_vec())
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(self)
+    }
+
     /// Whether any scheme is configured.
     pub fn is_enabled(&self) -> bool {
-        !self.qitech_keys.is_empty() || !self.hmac_secrets.is_empty()
+        !self.qitech_keys.is_empty() || !self.hmac_secrets.is_empty() || !self.dtvm_keys.is_empty()
     }
 
     /// Verifies a request; returns the webhook body (the request body, or the payload of an
@@ -185,6 +215,10 @@ impl WebhookVerifier {
         }
         if let (Some(token), false) = (request.authorization, self.qitech_keys.is_empty()) {
             self.verify_signed_request(request, token, body, now)?;
+            return Ok(Cow::Borrowed(body));
+        }
+        if let (Some(token), false) = (request.signature, self.dtvm_keys.is_empty()) {
+            self.verify_dtvm(token, now)?;
             return Ok(Cow::Borrowed(body));
         }
         if let (Some(signature), false) = (request.webhook_signature, self.hmac_secrets.is_empty())
@@ -332,6 +366,68 @@ impl WebhookVerifier {
             return Err(AuthError::BadSignature);
         }
         decode(payload, "payload")
+    }
+
+    /// QI DTVM's `SIGNATURE`: an HS256 JWT under any configured key; `exp` and `iat` checked
+    /// when the token has them.
+    fn verify_dtvm(&self, token: &str, now: i64) -> Result<(), AuthError> {
+        let token = token.trim();
+        let (signed, signature) = token
+            .rsplit_once('.')
+            .ok_or_else(|| AuthError::Malformed("a JWT has three dot-separated parts".into()))?;
+        let Some((header, payload)) = signed.split_once('.') else {
+            return Err(AuthError::Malformed(
+                "a JWT has three dot-separated parts".into(),
+            ));
+        };
+        let decode = |part: &str, what: &str| {
+            URL_SAFE_NO_PAD
+                .decode(part.trim_end_matches('='))
+                .map_err(|_| AuthError::Malformed(format!("JWT {what} is not base64url")))
+        };
+        #[derive(Deserialize)]
+        struct Header {
+            alg: String,
+        }
+        let alg = serde_json::from_slice::<Header>(&decode(header, "header")?)
+            .map_err(|e| AuthError::Malformed(format!("JWT header: {e}")))?
+            .alg;
+        if alg != "HS256" {
+            return Err(AuthError::Malformed(format!(
+                "SIGNATURE algorithm {alg:?} is not HS256"
+            )));
+        }
+        let given = decode(signature, "signature")?;
+        let known = self.dtvm_keys.iter().fold(false, |found, key| {
+            let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(key)
+                .expect("HMAC takes keys of any length");
+            hmac::Mac::update(&mut mac, signed.as_bytes());
+            constant_time_eq(&hmac::Mac::finalize(mac).into_bytes(), &given) | found
+        });
+        if !known {
+            return Err(AuthError::BadSignature);
+        }
+        #[derive(Deserialize)]
+        struct Times {
+            exp: Option<i64>,
+            iat: Option<i64>,
+        }
+        // Claims that are not a JSON object, or times of other types, are not ours to judge.
+        if let Ok(times) = serde_json::from_slice::<Times>(&decode(payload, "payload")?) {
+            let allowed = self.max_clock_skew.as_secs() as i64;
+            if let Some(exp) = times.exp
+                && now > exp + allowed
+            {
+                return Err(AuthError::StaleTimestamp {
+                    skew_seconds: now - exp,
+                    allowed_seconds: allowed,
+                });
+            }
+            if let Some(iat) = times.iat {
+                self.check_skew(iat, now)?;
+            }
+        }
+        Ok(())
     }
 
     fn check_skew(&self, signed_at: i64, now: i64) -> Result<(), AuthError> {

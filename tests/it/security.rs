@@ -549,3 +549,69 @@ async fn the_binary_refuses_to_expose_an_unauthenticated_server() {
         "{err}"
     );
 }
+
+/// An HS256 JWT of `claims` under `key`, computed here independently of the server.
+fn hs256(key: &[u8], claims: &serde_json::Value) -> String {
+    use hmac::Mac;
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap());
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(format!("{header}.{payload}").as_bytes());
+    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("{header}.{payload}.{signature}")
+}
+
+#[tokio::test]
+async fn qi_dtvm_signatures_are_verified_with_any_of_several_shared_keys() {
+    let verifier = WebhookVerifier::new(&[], vec![], &[], Duration::from_secs(300))
+        .unwrap()
+        .with_dtvm_keys(&["old-dtvm-key".into(), "new-dtvm-key".into()])
+        .unwrap();
+    let server = start_verified(verifier).await;
+    let now = chrono::Utc::now().timestamp();
+    let body = crate::test_server::webhook("debt", "dtvm-1", "disbursed", "2024-01-01 10:00:00");
+    let claims = serde_json::json!({"iat": now, "exp": now + 60});
+
+    let (code, answer) = post_with(&server, body.clone(), &[]).await;
+    assert_eq!(code, 401, "{answer}");
+    for (token, reason) in [
+        (hs256(b"someone-else", &claims), "bad signature"),
+        (
+            hs256(b"new-dtvm-key", &serde_json::json!({"exp": now - 3600})),
+            "stale",
+        ),
+        ("not.a.jwt.at.all".to_owned(), "malformed"),
+        (
+            format!(
+                "{}.{}.",
+                URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
+                URL_SAFE_NO_PAD.encode(b"{}")
+            ),
+            "not HS256",
+        ),
+    ] {
+        let (code, answer) = post_with(&server, body.clone(), &[("signature", token)]).await;
+        assert_eq!(code, 401, "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(reason),
+            "{reason}: {answer}"
+        );
+    }
+    let err = server.get("dtvm-1", "debt").await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "nothing refused was stored");
+
+    for key in ["old-dtvm-key", "new-dtvm-key"] {
+        let (code, answer) = post_with(
+            &server,
+            body.clone(),
+            &[("SIGNATURE", hs256(key.as_bytes(), &claims))],
+        )
+        .await;
+        assert_eq!(code, 200, "{key}: {answer}");
+    }
+    assert_eq!(
+        server.get("dtvm-1", "debt").await.unwrap().status,
+        "disbursed"
+    );
+    server.stop().await;
+}

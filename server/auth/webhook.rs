@@ -330,79 +330,28 @@ impl WebhookVerifier {
 
     /// Verifies an ES512 JWT with any configured key; returns its decoded payload.
     fn verify_jwt(&self, token: &str) -> Result<Vec<u8>, AuthError> {
-        let mut parts = token.split('.');
-        let (Some(header), Some(payload), Some(signature), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(AuthError::Malformed(
-                "a JWT has three dot-separated parts".into(),
-            ));
-        };
-        let decode = |part: &str, what: &str| {
-            URL_SAFE_NO_PAD
-                .decode(part.trim_end_matches('='))
-                .map_err(|_| AuthError::Malformed(format!("JWT {what} is not base64url")))
-        };
-        #[derive(Deserialize)]
-        struct Header {
-            alg: String,
-        }
-        let header_json: Header = serde_json::from_slice(&decode(header, "header")?)
-            .map_err(|e| AuthError::Malformed(format!("JWT header: {e}")))?;
-        if header_json.alg != "ES512" {
-            return Err(AuthError::Malformed(format!(
-                "JWT algorithm {:?} is not ES512",
-                header_json.alg
-            )));
-        }
-        let signature = Signature::from_slice(&decode(signature, "signature")?)
+        let jwt = Jwt::parse(token, "ES512")?;
+        let signature = Signature::from_slice(&jwt.signature)
             .map_err(|_| AuthError::Malformed("JWT signature is not an ES512 signature".into()))?;
-        let signed = format!("{header}.{payload}");
         if !self
             .qitech_keys
             .iter()
-            .any(|key| key.verify(signed.as_bytes(), &signature).is_ok())
+            .any(|key| key.verify(jwt.signed.as_bytes(), &signature).is_ok())
         {
             return Err(AuthError::BadSignature);
         }
-        decode(payload, "payload")
+        Ok(jwt.payload)
     }
 
     /// QI DTVM's `SIGNATURE`: an HS256 JWT under any configured key; `exp` and `iat` checked
     /// when the token has them.
     fn verify_dtvm(&self, token: &str, now: i64) -> Result<(), AuthError> {
-        let token = token.trim();
-        let (signed, signature) = token
-            .rsplit_once('.')
-            .ok_or_else(|| AuthError::Malformed("a JWT has three dot-separated parts".into()))?;
-        let Some((header, payload)) = signed.split_once('.') else {
-            return Err(AuthError::Malformed(
-                "a JWT has three dot-separated parts".into(),
-            ));
-        };
-        let decode = |part: &str, what: &str| {
-            URL_SAFE_NO_PAD
-                .decode(part.trim_end_matches('='))
-                .map_err(|_| AuthError::Malformed(format!("JWT {what} is not base64url")))
-        };
-        #[derive(Deserialize)]
-        struct Header {
-            alg: String,
-        }
-        let alg = serde_json::from_slice::<Header>(&decode(header, "header")?)
-            .map_err(|e| AuthError::Malformed(format!("JWT header: {e}")))?
-            .alg;
-        if alg != "HS256" {
-            return Err(AuthError::Malformed(format!(
-                "SIGNATURE algorithm {alg:?} is not HS256"
-            )));
-        }
-        let given = decode(signature, "signature")?;
+        let jwt = Jwt::parse(token.trim(), "HS256")?;
         let known = self.dtvm_keys.iter().fold(false, |found, key| {
             let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(key)
                 .expect("HMAC takes keys of any length");
-            hmac::Mac::update(&mut mac, signed.as_bytes());
-            constant_time_eq(&hmac::Mac::finalize(mac).into_bytes(), &given) | found
+            hmac::Mac::update(&mut mac, jwt.signed.as_bytes());
+            constant_time_eq(&hmac::Mac::finalize(mac).into_bytes(), &jwt.signature) | found
         });
         if !known {
             return Err(AuthError::BadSignature);
@@ -413,7 +362,7 @@ impl WebhookVerifier {
             iat: Option<i64>,
         }
         // Claims that are not a JSON object, or times of other types, are not ours to judge.
-        if let Ok(times) = serde_json::from_slice::<Times>(&decode(payload, "payload")?) {
+        if let Ok(times) = serde_json::from_slice::<Times>(&jwt.payload) {
             let allowed = self.max_clock_skew.as_secs() as i64;
             if let Some(exp) = times.exp
                 && now > exp + allowed
@@ -440,6 +389,47 @@ impl WebhookVerifier {
             });
         }
         Ok(())
+    }
+}
+
+/// A compact JWT taken apart, its algorithm checked; the signature is not verified yet.
+struct Jwt<'t> {
+    /// `header.payload`, what the signature covers.
+    signed: &'t str,
+    payload: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+impl<'t> Jwt<'t> {
+    fn parse(token: &'t str, algorithm: &str) -> Result<Jwt<'t>, AuthError> {
+        let malformed = || AuthError::Malformed("a JWT has three dot-separated parts".into());
+        let (signed, signature) = token.rsplit_once('.').ok_or_else(malformed)?;
+        let (header, payload) = signed.split_once('.').ok_or_else(malformed)?;
+        if payload.contains('.') {
+            return Err(malformed());
+        }
+        let decode = |part: &str, what: &str| {
+            URL_SAFE_NO_PAD
+                .decode(part.trim_end_matches('='))
+                .map_err(|_| AuthError::Malformed(format!("JWT {what} is not base64url")))
+        };
+        #[derive(Deserialize)]
+        struct Header {
+            alg: String,
+        }
+        let alg = serde_json::from_slice::<Header>(&decode(header, "header")?)
+            .map_err(|e| AuthError::Malformed(format!("JWT header: {e}")))?
+            .alg;
+        if alg != algorithm {
+            return Err(AuthError::Malformed(format!(
+                "JWT algorithm {alg:?} is not {algorithm}"
+            )));
+        }
+        Ok(Jwt {
+            signed,
+            payload: decode(payload, "payload")?,
+            signature: decode(signature, "signature")?,
+        })
     }
 }
 

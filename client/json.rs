@@ -52,6 +52,7 @@ pub fn operation(op: &pb::Operation) -> Value {
         "version": op.version,
         "event_count": op.event_count,
         "last_sequence": op.last_sequence,
+        "conflicting_statuses": op.conflicting_statuses,
         "history": history,
     })
 }

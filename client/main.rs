@@ -509,6 +509,17 @@ fn print_operation(op: &pb::Operation) {
     if !op.detail.is_empty() {
         println!("  detail      {}", printable(&op.detail));
     }
+    if !op.conflicting_statuses.is_empty() {
+        let statuses: Vec<_> = op
+            .conflicting_statuses
+            .iter()
+            .map(|s| printable(s))
+            .collect();
+        println!(
+            "  conflict    {} at the same event time",
+            statuses.join(", ")
+        );
+    }
     println!("  event time  {}", or_dash(rfc3339(op.event_time.as_ref())));
     println!(
         "  received    {}",

@@ -376,6 +376,7 @@ mod tests {
                 version: 1,
                 last_sequence: 1,
                 history: Vec::new(),
+                conflict: Vec::new(),
             },
         }
     }

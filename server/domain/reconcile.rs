@@ -140,6 +140,9 @@ pub struct Operation {
     pub last_sequence: u64,
     /// Every distinct webhook, ordered by (event time, precedence).
     pub history: Vec<EventSummary>,
+    /// When end statuses disagree at the winner's event time (a `settled` and a `canceled`
+    /// sent for the same moment): all of them, sorted, the winner included. Empty otherwise.
+    pub conflict: Vec<String>,
 }
 
 impl Operation {
@@ -157,6 +160,7 @@ impl Operation {
             version: self.version,
             last_sequence: self.last_sequence,
             history: Vec::new(),
+            conflict: self.conflict.clone(),
         }
     }
 }
@@ -219,6 +223,7 @@ impl<'a> Reconciler<'a> {
         events.sort_by_cached_key(|e| (e.event_time, self.precedence(kind, e)));
         events.dedup_by_key(|e| e.event_id);
         let winner = self.winner(kind, &events)?;
+        let conflict = self.conflict(kind, &events, winner);
         let phase = match self.classify(kind, winner) {
             StatusClass::End {
                 outcome: EndOutcome::Success,
@@ -247,6 +252,7 @@ impl<'a> Reconciler<'a> {
             version: events.len() as u64,
             last_sequence: events.iter().map(|e| e.sequence).max()?,
             history: events,
+            conflict,
         })
     }
 
@@ -269,6 +275,37 @@ impl<'a> Reconciler<'a> {
             })
             .max_by_key(|(_, _, p)| (p.event_time, p.rank, p.event_id))
             .map(|(e, _, _)| *e)
+    }
+
+    /// The end statuses that disagree with an end-status `winner` at its event time, winner
+    /// included, when there is more than one; none are superseded by another in the set.
+    fn conflict(&self, kind: &str, events: &[EventSummary], winner: &EventSummary) -> Vec<String> {
+        if self.precedence(kind, winner).tier != 2 || winner.event_time.is_none() {
+            return Vec::new();
+        }
+        let ends: Vec<&str> = events
+            .iter()
+            .filter(|e| self.precedence(kind, e).tier == 2)
+            .map(|e| self.status_for_class(e))
+            .collect();
+        let mut statuses: Vec<String> = events
+            .iter()
+            .filter(|e| e.event_time == winner.event_time && self.precedence(kind, e).tier == 2)
+            .map(|e| self.status_for_class(e))
+            .filter(|s| {
+                !ends
+                    .iter()
+                    .any(|other| self.catalog.supersedes(kind, other, s))
+            })
+            .map(str::to_owned)
+            .collect();
+        statuses.sort();
+        statuses.dedup();
+        if statuses.len() > 1 {
+            statuses
+        } else {
+            Vec::new()
+        }
     }
 
     /// The status a webhook is classified by: its outcome when the kind defers to one.

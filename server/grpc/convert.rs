@@ -76,6 +76,7 @@ impl From<&Operation> for pb::Operation {
             event_count: op.version,
             history: Vec::new(),
             last_sequence: op.last_sequence,
+            conflicting_statuses: op.conflict.clone(),
         }
     }
 }

@@ -28,6 +28,7 @@
 //!   corruption, and a field added later does not make old records unreadable (see
 //!   [`decode`]).
 
+mod format_v1;
 mod keys;
 pub(crate) mod log;
 pub mod rebuild;
@@ -141,9 +142,12 @@ fn decode_entry(bytes: &[u8]) -> Result<LogEntry, StoreError> {
         reason,
     };
     match bytes.split_first() {
-        Some((&RECORD_VERSION, body)) => postcard::take_from_bytes::<LogEntry>(body)
-            .map(|(entry, _change)| entry)
-            .map_err(|e| corrupt(e.to_string())),
+        // The entry's shape is the same in every format so far.
+        Some((&version, body)) if (1..=RECORD_VERSION).contains(&version) => {
+            postcard::take_from_bytes::<LogEntry>(body)
+                .map(|(entry, _change)| entry)
+                .map_err(|e| corrupt(e.to_string()))
+        }
         _ => decode::<StoredEvent<Change>>(bytes, "events").map(|stored| stored.entry),
     }
 }
@@ -793,7 +797,33 @@ pub(crate) fn index_value(op: &Operation) -> Vec<u8> {
 /// struct (a field added to `Operation`, say) bumps this version, keeps the previous struct
 /// as a frozen `...V1` type, and teaches [`decode`] to read version 1 into the new shape.
 /// Old records stay readable; a version newer than this build is refused by name.
-pub(crate) const RECORD_VERSION: u8 = 1;
+///
+/// - 1: the first format;
+/// - 2: `Operation::conflict` added ([`format_v1`] reads format 1).
+pub(crate) const RECORD_VERSION: u8 = 2;
+
+/// A value stored as a record: how each format's body is read into it.
+pub(crate) trait Record: DeserializeOwned {
+    /// Reads the body of a format-1 record. By default the shape did not change.
+    fn from_v1(body: &[u8]) -> postcard::Result<Self> {
+        postcard::from_bytes(body)
+    }
+}
+
+impl Record for Operation {
+    fn from_v1(body: &[u8]) -> postcard::Result<Self> {
+        postcard::from_bytes::<format_v1::OperationV1>(body).map(Operation::from)
+    }
+}
+
+impl Record for StoredEvent<Change> {
+    fn from_v1(body: &[u8]) -> postcard::Result<Self> {
+        postcard::from_bytes::<StoredEvent<format_v1::ChangeV1>>(body).map(StoredEvent::from)
+    }
+}
+
+impl Record for EventRef {}
+impl Record for QuarantineEntry {}
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = vec![RECORD_VERSION];
@@ -802,17 +832,14 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(
-    bytes: &[u8],
-    tree: &'static str,
-) -> Result<T, StoreError> {
+pub(crate) fn decode<T: Record>(bytes: &[u8], tree: &'static str) -> Result<T, StoreError> {
+    let corrupt = |e: postcard::Error| StoreError::Corrupt {
+        tree,
+        reason: e.to_string(),
+    };
     match bytes.split_first() {
-        Some((&RECORD_VERSION, body)) => {
-            postcard::from_bytes(body).map_err(|e| StoreError::Corrupt {
-                tree,
-                reason: e.to_string(),
-            })
-        }
+        Some((&RECORD_VERSION, body)) => postcard::from_bytes(body).map_err(corrupt),
+        Some((1, body)) => T::from_v1(body).map_err(corrupt),
         Some((&version, _)) => Err(StoreError::Corrupt {
             tree,
             reason: format!(
@@ -861,6 +888,7 @@ mod tests {
                 event_time: Some(5),
                 received_at: 6,
             }],
+            conflict: Vec::new(),
         }
     }
 
@@ -873,11 +901,43 @@ mod tests {
         let bytes = hex::decode(OPERATION_V1).expect("hex");
         let op: Operation = decode(&bytes, "operations").expect("a format 1 record decodes");
         assert_eq!(op, sample_operation());
+        // This build writes format 2, which reads back the same.
+        let written = encode(&sample_operation());
+        assert_eq!(written[0], 2);
         assert_eq!(
-            encode(&sample_operation()),
-            bytes,
-            "this build writes format 1"
+            decode::<Operation>(&written, "operations").unwrap(),
+            sample_operation()
         );
+    }
+
+    #[test]
+    fn change_records_of_format_1_decode_with_their_entry() {
+        // A format 1 L-space record: the sample's entry, then its change.
+        let op_v1 = hex::decode(OPERATION_V1).expect("hex");
+        let entry = LogEntry {
+            event_id: EventId([1; 32]),
+            kind: "debt".into(),
+            key: "k".into(),
+            received_at: 7,
+            payload: PayloadRef {
+                segment: 1,
+                offset: 2,
+                len: 3,
+            },
+        };
+        let mut record = vec![1u8];
+        record.extend(postcard::to_stdvec(&entry).unwrap());
+        record.extend(postcard::to_stdvec(&Some("waiting_signature")).unwrap());
+        record.push(1); // status_changed
+        record.extend_from_slice(&op_v1[1..]);
+        let stored: StoredEvent<Change> = decode(&record, "events").expect("decodes");
+        assert_eq!(stored.entry, entry);
+        assert_eq!(stored.change.operation, sample_operation());
+        assert_eq!(
+            stored.change.previous_status.as_deref(),
+            Some("waiting_signature")
+        );
+        assert_eq!(decode_entry(&record).unwrap(), entry);
     }
 
     #[test]
@@ -887,7 +947,7 @@ mod tests {
         let err = decode::<Operation>(&bytes, "operations")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("record format 2"), "{err}");
+        assert!(err.contains("record format 3"), "{err}");
     }
 
     #[test]
@@ -948,6 +1008,7 @@ mod tests {
             version: 1,
             last_sequence: 7,
             history: vec![summary],
+            conflict: Vec::new(),
         };
         let decoded: Operation = decode(&index_value(&op), "test").unwrap();
         assert_eq!(

@@ -112,6 +112,7 @@ mod tests {
             version: 1,
             last_sequence: n,
             history: Vec::new(),
+            conflict: Vec::new(),
         };
         let change = Change {
             previous_status: None,

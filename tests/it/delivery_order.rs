@@ -158,3 +158,41 @@ async fn concurrent_senders_get_gap_free_sequences() {
     let server = std::sync::Arc::into_inner(server).expect("no other owner");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn end_statuses_at_the_same_moment_are_marked_as_a_conflict_in_any_order() {
+    for order in [["settled", "canceled"], ["canceled", "settled"]] {
+        let server = TestServer::start().await;
+        for status in order {
+            server
+                .post_ok(webhook("debt", "both", status, "2024-01-01 10:00:00"))
+                .await;
+        }
+        let op = server.get("both", "debt").await.unwrap();
+        assert_eq!(
+            op.status, "canceled",
+            "{order:?}: the catalog's end_precedence"
+        );
+        assert_eq!(
+            op.conflicting_statuses,
+            ["canceled", "settled"],
+            "{order:?}"
+        );
+        let out = tokio::process::Command::new(crate::process::CLI_BIN)
+            .args([
+                "--server",
+                &format!("http://{}", server.grpc),
+                "get",
+                "both",
+            ])
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("conflict    canceled, settled at the same event time"),
+            "{text}"
+        );
+        server.stop().await;
+    }
+}

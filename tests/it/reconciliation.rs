@@ -214,7 +214,32 @@ fn supersession_then_event_time_then_declared_precedence() {
             op.status, "canceled",
             "at the same event time, the catalog's end_precedence decides, not the hash"
         );
+        assert_eq!(
+            op.conflict,
+            ["canceled", "settled"],
+            "and the conflict is marked"
+        );
     }
+    // No conflict when one supersedes the other, or the times differ.
+    let op = r
+        .reconcile(
+            "debt",
+            "k",
+            vec![e("canceled", 100, 1), e("canceled_permanently", 100, 2)],
+        )
+        .unwrap();
+    assert_eq!(
+        (op.status.as_str(), op.conflict.len()),
+        ("canceled_permanently", 0)
+    );
+    let op = r
+        .reconcile(
+            "debt",
+            "k",
+            vec![e("canceled", 100, 1), e("settled", 101, 2)],
+        )
+        .unwrap();
+    assert!(op.conflict.is_empty());
     // A supersession applies to the statuses it names, nothing else: canceled_permanently
     // at t=100 removes canceled, but a later settled is not canceled.
     let op = r

@@ -53,6 +53,10 @@ pub fn operation(op: &pb::Operation) -> Value {
         "event_count": op.event_count,
         "last_sequence": op.last_sequence,
         "conflicting_statuses": op.conflicting_statuses,
+        "milestones": op.milestones.iter().map(|m| serde_json::json!({
+            "name": m.name,
+            "reached_at": non_empty(rfc3339(m.reached_at.as_ref())),
+        })).collect::<Vec<_>>(),
         "history": history,
     })
 }
@@ -68,6 +72,7 @@ pub fn change(change: &pb::OperationChange, op: &pb::Operation) -> Value {
         "phase": phase_name(op.phase),
         "detail": op.detail,
         "initial": change.initial,
+        "milestones_reached": change.milestones_reached,
     })
 }
 

@@ -106,6 +106,10 @@ enum Command {
         /// Also print webhooks that did not change the status.
         #[arg(long)]
         include_unchanged: bool,
+        /// Only changes that reach one of these milestones, once each per operation whatever
+        /// the delivery order (e.g. `disbursed,canceled`).
+        #[arg(long = "milestone", value_delimiter = ',')]
+        milestones: Vec<String>,
         /// With --from-sequence: the store that sequence was seen on (`Progress.store_id` of
         /// the API); refused if the server's store is another one. Reconnects always check it.
         #[arg(long, requires = "from_sequence")]
@@ -337,6 +341,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             initial,
             include_unchanged,
             store_id,
+            milestones,
         } => {
             // With a key, a single kind names which operation of that key (the key may name
             // several); without one, kinds filter.
@@ -354,6 +359,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 send_initial_state: initial,
                 include_unchanged,
                 store_id,
+                milestones,
             };
             let events = client.watch(query);
             tokio::pin!(events);
@@ -488,8 +494,18 @@ fn print_change(change: &pb::OperationChange, json: bool) {
         } else {
             format!("{} -> {status}", printable(&change.previous_status))
         };
+        let milestones = if change.milestones_reached.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<_> = change
+                .milestones_reached
+                .iter()
+                .map(|m| printable(m))
+                .collect();
+            format!("  reached {}", names.join(", "))
+        };
         println!(
-            "{:>8}  {} {}  {} ({})",
+            "{:>8}  {} {}  {} ({}){milestones}",
             change.sequence,
             printable(&op.kind),
             printable(&op.key),
@@ -508,6 +524,13 @@ fn print_operation(op: &pb::Operation) {
     );
     if !op.detail.is_empty() {
         println!("  detail      {}", printable(&op.detail));
+    }
+    for m in &op.milestones {
+        println!(
+            "  milestone   {} ({})",
+            printable(&m.name),
+            or_dash(rfc3339(m.reached_at.as_ref()))
+        );
     }
     if !op.conflicting_statuses.is_empty() {
         let statuses: Vec<_> = op

@@ -502,6 +502,8 @@ pub struct WatchQuery {
     /// fails with FAILED_PRECONDITION, instead of skipping changes, if the server's store is
     /// another one. Learned from the first progress message when not given.
     pub store_id: Option<String>,
+    /// Only changes that reach one of these milestones (instead of status changes).
+    pub milestones: Vec<String>,
 }
 
 impl WatchQuery {
@@ -521,6 +523,7 @@ impl WatchQuery {
             send_initial_state,
             include_unchanged: self.include_unchanged,
             store_id: store_id.unwrap_or_default().to_owned(),
+            milestones: self.milestones.clone(),
         }
     }
 }

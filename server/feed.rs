@@ -37,8 +37,9 @@ use crate::store::{Change, Store, StoreError};
 /// What a subscriber receives.
 #[derive(Debug, Clone)]
 pub(crate) enum FeedEvent {
-    /// The operation's state when the subscription began (asked for by key).
-    Initial(Operation),
+    /// The operation's state when the subscription began (asked for by key). Boxed: one per
+    /// subscription, while changes are many and small.
+    Initial(Box<Operation>),
     /// A matching change, at its sequence.
     Change {
         /// The sequence of the webhook that made the change.
@@ -104,13 +105,24 @@ pub(crate) struct FeedFilter {
     pub(crate) phases: BTreeSet<Phase>,
     /// Also webhooks that did not change the status.
     pub(crate) include_unchanged: bool,
+    /// Only changes that reached one of these milestones (instead of status changes); empty:
+    /// no milestone filter.
+    pub(crate) milestones: BTreeSet<String>,
 }
 
 impl FeedFilter {
     /// Whether `change` is delivered to a subscriber with this filter.
     pub(crate) fn matches(&self, change: &Change) -> bool {
         let op = &change.operation;
-        (self.include_unchanged || change.status_changed)
+        let selected = if self.milestones.is_empty() {
+            self.include_unchanged || change.status_changed
+        } else {
+            change
+                .milestones_reached
+                .iter()
+                .any(|m| self.milestones.contains(m))
+        };
+        selected
             && self.key.as_ref().is_none_or(|k| *k == op.key)
             && (self.kinds.is_empty() || self.kinds.contains(&op.kind))
             && (self.statuses.is_empty() || self.statuses.contains(&op.status))
@@ -278,7 +290,7 @@ impl Subscriber {
 
     async fn serve(&mut self, initial: Option<Operation>) -> Result<(), End> {
         if let Some(op) = initial {
-            self.send(FeedEvent::Initial(op)).await?;
+            self.send(FeedEvent::Initial(Box::new(op))).await?;
         }
         self.send(FeedEvent::Progress(self.cursor)).await?;
         let mut last_sent = Instant::now();
@@ -377,7 +389,9 @@ mod tests {
                 last_sequence: 1,
                 history: Vec::new(),
                 conflict: Vec::new(),
+                milestones: Vec::new(),
             },
+            milestones_reached: Vec::new(),
         }
     }
 

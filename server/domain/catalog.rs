@@ -80,6 +80,10 @@ pub struct KindSpec {
     /// those).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub supersedes: BTreeMap<String, Vec<String>>,
+    /// Milestones: name -> the statuses (or `*` patterns) that reach it. A milestone, once
+    /// reached, stays reached, so a watcher can be told exactly once.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub milestones: BTreeMap<String, Vec<String>>,
     /// Which end status wins when two disagree at the same event time: the first listed.
     /// End statuses not listed come after, in content-hash order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -120,6 +124,7 @@ struct KindOverlay {
     success: Option<Vec<String>>,
     failure: Option<Vec<String>>,
     failure_patterns: Option<Vec<String>>,
+    milestones: Option<BTreeMap<String, Vec<String>>>,
     supersedes: Option<BTreeMap<String, Vec<String>>>,
     end_precedence: Option<Vec<String>>,
     key_paths: Option<Vec<String>>,
@@ -232,6 +237,9 @@ impl Catalog {
             if let Some(s) = o.supersedes {
                 spec.supersedes = s;
             }
+            if let Some(m) = o.milestones {
+                spec.milestones = m;
+            }
             if o.outcome_path.is_some() {
                 spec.outcome_path = o.outcome_path;
             }
@@ -255,6 +263,14 @@ impl Catalog {
             Some(target) => target.clone(),
             None => kind,
         }
+    }
+
+    /// Whether a webhook in `status` reaches milestone `milestone` of `kind`.
+    pub fn reaches(&self, kind: &str, milestone: &str, status: &str) -> bool {
+        self.kinds
+            .get(kind)
+            .and_then(|spec| spec.milestones.get(milestone))
+            .is_some_and(|statuses| statuses.iter().any(|p| glob_matches(p, status)))
     }
 
     /// Whether `status` is a stage in which an operation of `kind` is live (phase `Active`).
@@ -317,6 +333,18 @@ impl Catalog {
                 for s in list.iter_mut() {
                     *s = canonical_status(s);
                 }
+            }
+            spec.milestones = std::mem::take(&mut spec.milestones)
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = v.iter().map(|s| canonical_status(s)).collect();
+                    (canonical_status(&k), v)
+                })
+                .collect();
+            if let Some(name) = spec.milestones.keys().find(|n| n.is_empty()) {
+                return bad(format!(
+                    "kind {kind}: a milestone has an empty name {name:?}"
+                ));
             }
             spec.supersedes = std::mem::take(&mut spec.supersedes)
                 .into_iter()

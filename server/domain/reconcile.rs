@@ -115,6 +115,17 @@ impl EventSummary {
     }
 }
 
+/// A business fact about an operation that, once reached, stays reached (a debt was
+/// disbursed), whatever arrives later or in which order: the catalog says which statuses
+/// reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Milestone {
+    /// Its name in the catalog (e.g. `disbursed`).
+    pub name: String,
+    /// The earliest event time among the webhooks that reach it (`None` when none has one).
+    pub reached_at: Option<i64>,
+}
+
 /// The reconciled state of one operation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Operation {
@@ -143,6 +154,8 @@ pub struct Operation {
     /// When end statuses disagree at the winner's event time (a `settled` and a `canceled`
     /// sent for the same moment): all of them, sorted, the winner included. Empty otherwise.
     pub conflict: Vec<String>,
+    /// The milestones reached, in the catalog's order.
+    pub milestones: Vec<Milestone>,
 }
 
 impl Operation {
@@ -161,6 +174,7 @@ impl Operation {
             last_sequence: self.last_sequence,
             history: Vec::new(),
             conflict: self.conflict.clone(),
+            milestones: self.milestones.clone(),
         }
     }
 }
@@ -224,6 +238,7 @@ impl<'a> Reconciler<'a> {
         events.dedup_by_key(|e| e.event_id);
         let winner = self.winner(kind, &events)?;
         let conflict = self.conflict(kind, &events, winner);
+        let milestones = self.milestones(kind, &events);
         let phase = match self.classify(kind, winner) {
             StatusClass::End {
                 outcome: EndOutcome::Success,
@@ -253,6 +268,7 @@ impl<'a> Reconciler<'a> {
             last_sequence: events.iter().map(|e| e.sequence).max()?,
             history: events,
             conflict,
+            milestones,
         })
     }
 
@@ -306,6 +322,26 @@ impl<'a> Reconciler<'a> {
         } else {
             Vec::new()
         }
+    }
+
+    /// The milestones `events` reach, each with the earliest event time that reaches it.
+    fn milestones(&self, kind: &str, events: &[EventSummary]) -> Vec<Milestone> {
+        let Some(spec) = self.catalog.kind(kind) else {
+            return Vec::new();
+        };
+        spec.milestones
+            .keys()
+            .filter_map(|name| {
+                let reaching: Vec<&EventSummary> = events
+                    .iter()
+                    .filter(|e| self.catalog.reaches(kind, name, self.status_for_class(e)))
+                    .collect();
+                (!reaching.is_empty()).then(|| Milestone {
+                    name: name.clone(),
+                    reached_at: reaching.iter().filter_map(|e| e.event_time).min(),
+                })
+            })
+            .collect()
     }
 
     /// The status a webhook is classified by: its outcome when the kind defers to one.

@@ -77,6 +77,14 @@ impl From<&Operation> for pb::Operation {
             history: Vec::new(),
             last_sequence: op.last_sequence,
             conflicting_statuses: op.conflict.clone(),
+            milestones: op
+                .milestones
+                .iter()
+                .map(|m| pb::Milestone {
+                    name: m.name.clone(),
+                    reached_at: m.reached_at.map(timestamp),
+                })
+                .collect(),
         }
     }
 }
@@ -109,15 +117,17 @@ impl From<FeedEvent> for pb::WatchOperationResponse {
         let event = match event {
             FeedEvent::Initial(op) => Event::Change(pb::OperationChange {
                 sequence: op.last_sequence,
-                operation: Some((&op).into()),
+                operation: Some(op.as_ref().into()),
                 previous_status: String::new(),
                 initial: true,
+                milestones_reached: Vec::new(),
             }),
             FeedEvent::Change { sequence, change } => Event::Change(pb::OperationChange {
                 sequence,
                 operation: Some((&change.operation).into()),
                 previous_status: change.previous_status.clone().unwrap_or_default(),
                 initial: false,
+                milestones_reached: change.milestones_reached.clone(),
             }),
             // The store identity is added by the stream, which knows it.
             FeedEvent::Progress(sequence) => Event::Progress(pb::Progress {

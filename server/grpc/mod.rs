@@ -364,6 +364,7 @@ fn watch_filter(
         statuses: canonical_set(&req.statuses, "statuses", canonical_status)?,
         phases,
         include_unchanged: req.include_unchanged,
+        milestones: canonical_set(&req.milestones, "milestones", canonical_status)?,
     })
 }
 

@@ -1,5 +1,5 @@
 //! Record format 1, frozen: the shapes records had before format 2 added
-//! [`Operation::conflict`]. These types are how records written then are read now; they never
+//! [`Operation::conflict`], [`Operation::milestones`] and [`Change::milestones_reached`]. These types are how records written then are read now; they never
 //! change. (Types whose shape format 2 did not change, such as `EventSummary`, are read as
 //! they are.)
 
@@ -41,6 +41,7 @@ impl From<OperationV1> for Operation {
             // Format 1 did not record conflicts; the next change to the operation (or a
             // rebuild) computes it.
             conflict: Vec::new(),
+            milestones: Vec::new(),
         }
     }
 }
@@ -61,6 +62,7 @@ impl From<StoredEvent<ChangeV1>> for StoredEvent<Change> {
                 previous_status: v1.change.previous_status,
                 status_changed: v1.change.status_changed,
                 operation: v1.change.operation.into(),
+                milestones_reached: Vec::new(),
             },
         }
     }

@@ -161,6 +161,8 @@ pub struct Change {
     pub status_changed: bool,
     /// The operation right after this webhook, without history.
     pub operation: Operation,
+    /// The milestones this webhook reached first (each is reached once per operation).
+    pub milestones_reached: Vec<String>,
 }
 
 impl Change {
@@ -799,7 +801,8 @@ pub(crate) fn index_value(op: &Operation) -> Vec<u8> {
 /// Old records stay readable; a version newer than this build is refused by name.
 ///
 /// - 1: the first format;
-/// - 2: `Operation::conflict` added ([`format_v1`] reads format 1).
+/// - 2: `Operation::conflict`, `Operation::milestones` and `Change::milestones_reached`
+///   added ([`format_v1`] reads format 1).
 pub(crate) const RECORD_VERSION: u8 = 2;
 
 /// A value stored as a record: how each format's body is read into it.
@@ -889,6 +892,7 @@ mod tests {
                 received_at: 6,
             }],
             conflict: Vec::new(),
+            milestones: Vec::new(),
         }
     }
 
@@ -1009,6 +1013,7 @@ mod tests {
             last_sequence: 7,
             history: vec![summary],
             conflict: Vec::new(),
+            milestones: Vec::new(),
         };
         let decoded: Operation = decode(&index_value(&op), "test").unwrap();
         assert_eq!(

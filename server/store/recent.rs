@@ -113,11 +113,13 @@ mod tests {
             last_sequence: n,
             history: Vec::new(),
             conflict: Vec::new(),
+            milestones: Vec::new(),
         };
         let change = Change {
             previous_status: None,
             status_changed: true,
             operation,
+            milestones_reached: Vec::new(),
         };
         (n, Arc::new(change))
     }

@@ -134,6 +134,10 @@ impl Batch<'_> {
             }
         };
         let previous = current.as_ref().map(|op| (op.status.clone(), op.phase));
+        let reached_before: Vec<String> = current
+            .iter()
+            .flat_map(|op| op.milestones.iter().map(|m| m.name.clone()))
+            .collect();
         let summary = EventSummary::new(envelope, sequence, received_at);
         let after = self
             .reconciler
@@ -144,6 +148,12 @@ impl Batch<'_> {
                 .is_none_or(|(status, phase)| *status != after.status || *phase != after.phase),
             previous_status: previous.map(|(status, _)| status),
             operation: after.without_history(),
+            milestones_reached: after
+                .milestones
+                .iter()
+                .map(|m| m.name.clone())
+                .filter(|name| !reached_before.contains(name))
+                .collect(),
         };
         let entry = LogEntry {
             event_id: envelope.event_id,

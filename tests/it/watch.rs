@@ -585,3 +585,79 @@ async fn a_watcher_resuming_on_a_wiped_store_is_told_instead_of_skipping_changes
     );
     wiped.stop().await;
 }
+
+#[tokio::test]
+async fn a_milestone_watch_tells_each_milestone_once_whatever_the_order() {
+    // Frequent progress, so the watch can tell when it has seen everything posted.
+    let server = TestServer::start_configured(|s| {
+        s.feed.progress_interval = Duration::from_millis(100);
+    })
+    .await;
+    let client = server.client().await;
+    let events = client.watch(WatchQuery {
+        kinds: vec!["debt".into()],
+        milestones: vec!["disbursed".into(), "canceled".into()],
+        start_after_sequence: Some(0),
+        ..Default::default()
+    });
+    tokio::pin!(events);
+    let deliveries = [
+        // Opened first, disbursed late, then settled: disbursed is reached once, by `opened`.
+        ("a", "opened", "2024-01-03 10:00:00"),
+        ("a", "disbursed", "2024-01-02 10:00:00"),
+        ("a", "settled", "2024-02-01 10:00:00"),
+        // Never disbursed, canceled: only `canceled`.
+        ("b", "waiting_signature", "2024-01-01 10:00:00"),
+        ("b", "canceled", "2024-01-02 10:00:00"),
+        // Settled with no disbursement webhook at all: it was disbursed.
+        ("c", "settled", "2024-03-01 10:00:00"),
+        // Pending: nothing.
+        ("d", "signed", "2024-01-01 10:00:00"),
+    ];
+    let mut last = 0;
+    for (key, status, at) in deliveries {
+        last = server.post_ok(webhook("debt", key, status, at)).await;
+    }
+    let changes = collect_until(&mut events, last).await;
+    let told: Vec<(String, Vec<String>)> = changes
+        .iter()
+        .map(|c| {
+            (
+                c.operation.as_ref().unwrap().key.clone(),
+                c.milestones_reached.clone(),
+            )
+        })
+        .collect();
+    let told: Vec<(&str, Vec<&str>)> = told
+        .iter()
+        .map(|(k, m)| (k.as_str(), m.iter().map(String::as_str).collect()))
+        .collect();
+    assert_eq!(
+        told,
+        [
+            ("a", vec!["disbursed"]),
+            ("b", vec!["canceled"]),
+            ("c", vec!["disbursed", "settled"]),
+        ]
+    );
+    // The operation says when each milestone was reached: the earliest event time.
+    let a = server.get("a", "debt").await.unwrap();
+    let milestones: Vec<(String, String)> = a
+        .milestones
+        .iter()
+        .map(|m| {
+            (
+                m.name.clone(),
+                crate::test_server::rfc3339(m.reached_at.as_ref()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        milestones,
+        [
+            ("disbursed".to_owned(), "2024-01-02T13:00:00Z".to_owned()),
+            ("settled".to_owned(), "2024-02-01T13:00:00Z".to_owned()),
+        ]
+    );
+    server.stop().await;
+}

@@ -53,6 +53,7 @@ pub fn operation(op: &pb::Operation) -> Value {
         "event_count": op.event_count,
         "last_sequence": op.last_sequence,
         "conflicting_statuses": op.conflicting_statuses,
+        "facts": op.facts.iter().map(|(k, v)| (k.clone(), value_to_json(v))).collect::<serde_json::Map<_, _>>(),
         "milestones": op.milestones.iter().map(|m| serde_json::json!({
             "name": m.name,
             "reached_at": non_empty(rfc3339(m.reached_at.as_ref())),

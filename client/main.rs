@@ -532,6 +532,17 @@ fn print_operation(op: &pb::Operation) {
             or_dash(rfc3339(m.reached_at.as_ref()))
         );
     }
+    let mut facts: Vec<_> = op.facts.iter().collect();
+    facts.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, value) in facts {
+        let text = match &value.kind {
+            Some(prost_types::value::Kind::StringValue(s)) => s.clone(),
+            Some(prost_types::value::Kind::NumberValue(n)) => n.to_string(),
+            Some(prost_types::value::Kind::BoolValue(b)) => b.to_string(),
+            _ => continue,
+        };
+        println!("  fact        {} = {}", printable(name), printable(&text));
+    }
     if !op.conflicting_statuses.is_empty() {
         let statuses: Vec<_> = op
             .conflicting_statuses

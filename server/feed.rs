@@ -390,6 +390,7 @@ mod tests {
                 history: Vec::new(),
                 conflict: Vec::new(),
                 milestones: Vec::new(),
+                facts: Vec::new(),
             },
             milestones_reached: Vec::new(),
         }

@@ -80,6 +80,10 @@ pub struct KindSpec {
     /// those).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub supersedes: BTreeMap<String, Vec<String>>,
+    /// Facts: name -> the dotted path (numeric parts index arrays) of a value the operation
+    /// carries, from its latest webhook that has it, without anyone parsing `data`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub facts: BTreeMap<String, String>,
     /// Milestones: name -> the statuses (or `*` patterns) that reach it. A milestone, once
     /// reached, stays reached, so a watcher can be told exactly once.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -125,6 +129,7 @@ struct KindOverlay {
     failure: Option<Vec<String>>,
     failure_patterns: Option<Vec<String>>,
     milestones: Option<BTreeMap<String, Vec<String>>>,
+    facts: Option<BTreeMap<String, String>>,
     supersedes: Option<BTreeMap<String, Vec<String>>>,
     end_precedence: Option<Vec<String>>,
     key_paths: Option<Vec<String>>,
@@ -239,6 +244,9 @@ impl Catalog {
             }
             if let Some(m) = o.milestones {
                 spec.milestones = m;
+            }
+            if let Some(f) = o.facts {
+                spec.facts = f;
             }
             if o.outcome_path.is_some() {
                 spec.outcome_path = o.outcome_path;

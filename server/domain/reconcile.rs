@@ -41,7 +41,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::catalog::{Catalog, EndOutcome, StatusClass};
-use super::webhook::{EventId, WebhookEnvelope};
+use super::webhook::{EventId, FactValue, WebhookEnvelope};
 
 /// The coarse state of an operation, as a business user means it.
 ///
@@ -98,11 +98,19 @@ pub struct EventSummary {
     pub event_time: Option<i64>,
     /// Receive time, ms since the epoch.
     pub received_at: i64,
+    /// The catalog's facts this webhook carries ([`crate::domain::webhook::facts`]).
+    pub facts: Vec<(String, FactValue)>,
 }
 
 impl EventSummary {
-    /// The summary of a normalized webhook stored at `sequence`.
-    pub fn new(envelope: &WebhookEnvelope, sequence: u64, received_at: i64) -> EventSummary {
+    /// The summary of a normalized webhook stored at `sequence`, with the `facts` read from
+    /// its body.
+    pub fn new(
+        envelope: &WebhookEnvelope,
+        sequence: u64,
+        received_at: i64,
+        facts: Vec<(String, FactValue)>,
+    ) -> EventSummary {
         EventSummary {
             sequence,
             event_id: envelope.event_id,
@@ -111,6 +119,7 @@ impl EventSummary {
             detail: envelope.detail.clone(),
             event_time: envelope.event_time,
             received_at,
+            facts,
         }
     }
 }
@@ -156,6 +165,9 @@ pub struct Operation {
     pub conflict: Vec<String>,
     /// The milestones reached, in the catalog's order.
     pub milestones: Vec<Milestone>,
+    /// The catalog's facts, each from the latest webhook that has it (by event time, then
+    /// precedence), in name order.
+    pub facts: Vec<(String, FactValue)>,
 }
 
 impl Operation {
@@ -175,6 +187,7 @@ impl Operation {
             history: Vec::new(),
             conflict: self.conflict.clone(),
             milestones: self.milestones.clone(),
+            facts: self.facts.clone(),
         }
     }
 }
@@ -239,6 +252,11 @@ impl<'a> Reconciler<'a> {
         let winner = self.winner(kind, &events)?;
         let conflict = self.conflict(kind, &events, winner);
         let milestones = self.milestones(kind, &events);
+        // `events` is sorted by (event time, precedence): the last value of a fact wins.
+        let facts: std::collections::BTreeMap<String, FactValue> = events
+            .iter()
+            .flat_map(|e| e.facts.iter().cloned())
+            .collect();
         let phase = match self.classify(kind, winner) {
             StatusClass::End {
                 outcome: EndOutcome::Success,
@@ -269,6 +287,7 @@ impl<'a> Reconciler<'a> {
             history: events,
             conflict,
             milestones,
+            facts: facts.into_iter().collect(),
         })
     }
 

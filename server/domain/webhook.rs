@@ -432,9 +432,53 @@ pub fn parse_event_time(text: &str, naive_offset_minutes: i32) -> Option<i64> {
 }
 
 /// The value at a dotted path (`data.response_data.slc_status`).
+/// The value at a dotted path; a numeric part indexes an array (`data.list.0.amount`).
 fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(v, |v, part| v.get(part))
+    path.split('.')
+        .try_fold(v, |v, part| match (v, part.parse::<usize>()) {
+            (Value::Array(items), Ok(i)) => items.get(i),
+            _ => v.get(part),
+        })
 }
+
+/// The catalog's facts of a `kind` webhook, read from its raw body: each declared fact
+/// whose path holds a string, number or boolean. Texts are bounded like details.
+pub fn facts(catalog: &Catalog, kind: &str, raw: &[u8]) -> Vec<(String, FactValue)> {
+    let Some(spec) = catalog.kind(kind).filter(|s| !s.facts.is_empty()) else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_json::from_slice::<Value>(raw) else {
+        return Vec::new();
+    };
+    spec.facts
+        .iter()
+        .filter_map(|(name, path)| {
+            let value = match lookup(&v, path)? {
+                Value::String(s) if !s.trim().is_empty() => {
+                    FactValue::Text(bounded_detail(s.trim()).into_owned())
+                }
+                Value::Number(n) => FactValue::Number(n.as_f64()?),
+                Value::Bool(b) => FactValue::Bool(*b),
+                _ => return None,
+            };
+            Some((name.clone(), value))
+        })
+        .collect()
+}
+
+/// A fact's value, as the webhook typed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FactValue {
+    /// A text.
+    Text(String),
+    /// A number.
+    Number(f64),
+    /// A boolean.
+    Bool(bool),
+}
+
+// Facts compare by their bits: a NaN never comes from JSON, so equality is reflexive.
+impl Eq for FactValue {}
 
 fn present(v: &Value, path: &str) -> bool {
     lookup(v, path).is_some_and(|v| !v.is_null())

@@ -5,7 +5,7 @@ use prost_types::value::Kind;
 use serde_json::Value;
 
 use crate::domain::reconcile::{EventSummary, Operation, Phase};
-use crate::domain::webhook::bounded_detail;
+use crate::domain::webhook::{FactValue, bounded_detail};
 use crate::feed::FeedEvent;
 use crate::pb;
 use crate::store::OperationCount;
@@ -77,6 +77,11 @@ impl From<&Operation> for pb::Operation {
             history: Vec::new(),
             last_sequence: op.last_sequence,
             conflicting_statuses: op.conflict.clone(),
+            facts: op
+                .facts
+                .iter()
+                .map(|(name, value)| (name.clone(), fact_value(value)))
+                .collect(),
             milestones: op
                 .milestones
                 .iter()
@@ -137,6 +142,16 @@ impl From<FeedEvent> for pb::WatchOperationResponse {
         };
         pb::WatchOperationResponse { event: Some(event) }
     }
+}
+
+/// A fact as a `google.protobuf.Value`.
+fn fact_value(value: &FactValue) -> prost_types::Value {
+    let kind = match value {
+        FactValue::Text(s) => Kind::StringValue(s.clone()),
+        FactValue::Number(n) => Kind::NumberValue(*n),
+        FactValue::Bool(b) => Kind::BoolValue(*b),
+    };
+    prost_types::Value { kind: Some(kind) }
 }
 
 /// A JSON object as a `google.protobuf.Struct`.

@@ -890,9 +890,11 @@ mod tests {
                 detail: "d".into(),
                 event_time: Some(5),
                 received_at: 6,
+                facts: Vec::new(),
             }],
             conflict: Vec::new(),
             milestones: Vec::new(),
+            facts: Vec::new(),
         }
     }
 
@@ -999,6 +1001,7 @@ mod tests {
             detail: "d".into(),
             event_time: Some(5),
             received_at: 6,
+            facts: Vec::new(),
         };
         let op = Operation {
             kind: "debt".into(),
@@ -1014,6 +1017,7 @@ mod tests {
             history: vec![summary],
             conflict: Vec::new(),
             milestones: Vec::new(),
+            facts: Vec::new(),
         };
         let decoded: Operation = decode(&index_value(&op), "test").unwrap();
         assert_eq!(

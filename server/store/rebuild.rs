@@ -64,7 +64,8 @@ pub fn rebuild(store: &Store, catalog: &Catalog) -> Result<RebuildReport, StoreE
         match normalize(catalog, &raw) {
             Ok(Normalized::Event(envelope)) => {
                 report.events_from_log += 1;
-                let summary = EventSummary::new(&envelope, sequence, entry.received_at);
+                let facts = crate::domain::webhook::facts(catalog, &envelope.kind, &raw);
+                let summary = EventSummary::new(&envelope, sequence, entry.received_at, facts);
                 groups
                     .entry((envelope.kind, envelope.key))
                     .or_default()

@@ -114,6 +114,7 @@ mod tests {
             history: Vec::new(),
             conflict: Vec::new(),
             milestones: Vec::new(),
+            facts: Vec::new(),
         };
         let change = Change {
             previous_status: None,

@@ -41,6 +41,7 @@ pub(crate) fn apply(
     let mut batch = Batch {
         store,
         reconciler: Reconciler::new(catalog),
+        catalog,
         writes: Writes::default(),
         operations: HashMap::new(),
         changes: Vec::new(),
@@ -51,7 +52,7 @@ pub(crate) fn apply(
         let received_at = record.header.received_at;
         match &record.header.entry {
             Entry::Event { sequence, envelope } => {
-                batch.event(*sequence, envelope, *at, received_at)?;
+                batch.event(*sequence, envelope, *at, received_at, &record.raw)?;
                 next_sequence = Some(sequence + 1);
             }
             Entry::Quarantine {
@@ -78,7 +79,7 @@ pub(crate) fn apply(
                 envelope,
             } => {
                 batch.writes.delete(Key::Quarantine(*id));
-                batch.event(*sequence, envelope, *at, received_at)?;
+                batch.event(*sequence, envelope, *at, received_at, &record.raw)?;
                 next_sequence = Some(sequence + 1);
             }
         }
@@ -110,6 +111,7 @@ pub(crate) fn apply(
 struct Batch<'a> {
     store: &'a Store,
     reconciler: Reconciler<'a>,
+    catalog: &'a Catalog,
     writes: Writes,
     /// Touched operations by (kind, key): their state before the batch (without history:
     /// only its index entries matter) and after.
@@ -124,6 +126,7 @@ impl Batch<'_> {
         envelope: &WebhookEnvelope,
         at: PayloadRef,
         received_at: i64,
+        raw: &[u8],
     ) -> Result<(), StoreError> {
         let op_key = (envelope.kind.clone(), envelope.key.clone());
         let (before, current) = match self.operations.remove(&op_key) {
@@ -138,7 +141,8 @@ impl Batch<'_> {
             .iter()
             .flat_map(|op| op.milestones.iter().map(|m| m.name.clone()))
             .collect();
-        let summary = EventSummary::new(envelope, sequence, received_at);
+        let facts = crate::domain::webhook::facts(self.catalog, &envelope.kind, raw);
+        let summary = EventSummary::new(envelope, sequence, received_at, facts);
         let after = self
             .reconciler
             .apply(current, &envelope.kind, &envelope.key, summary);

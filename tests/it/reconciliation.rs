@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use proptest::prelude::*;
 use qistatus::domain::catalog::Catalog;
 use qistatus::domain::reconcile::{EventSummary, Operation, Phase, Reconciler};
-use qistatus::domain::webhook::EventId;
+use qistatus::domain::webhook::{EventId, FactValue};
 
 /// Every status a kind can send: its stages, ends, and two the catalog does not know.
 fn statuses_of(catalog: &Catalog, kind: &str) -> Vec<(String, Option<String>)> {
@@ -58,6 +58,13 @@ fn summaries(kind: &str, webhooks: &[(usize, Option<i64>, u8)]) -> Vec<EventSumm
                 // Few distinct times, so that ties are common and the tie-breaks are exercised.
                 event_time: time.map(|t| 1_600_000_000_000 + t * 60_000),
                 received_at: 0,
+                // Facts on some webhooks, so that "the latest webhook that has it" is
+                // exercised under every order too.
+                facts: if detail == 2 {
+                    Vec::new()
+                } else {
+                    vec![("amount".into(), FactValue::Number(f64::from(detail)))]
+                },
             }
         })
         // Distinct webhooks only: two equal contents are one webhook.
@@ -182,6 +189,7 @@ fn supersession_then_event_time_then_declared_precedence() {
         detail: String::new(),
         event_time: Some(time),
         received_at: 0,
+        facts: Vec::new(),
     };
     let op = r
         .reconcile(

@@ -270,3 +270,47 @@ async fn both_spellings_of_the_card_settlement_kind_are_one_operation() {
     assert_eq!(op.event_count, 2);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_catalogs_facts_are_read_from_the_webhooks_and_kept() {
+    let server = TestServer::start().await;
+    server
+        .post_ok(fixture("004_debt_created_waiting_signature.json"))
+        .await;
+    server.post_ok(fixture("004_debt_disbursed.json")).await;
+    server.post_ok(fixture("004_debt_canceled.json")).await;
+    let fact =
+        |op: &qistatus::pb::Operation, name: &str| op.facts.get(name).and_then(|v| v.kind.clone());
+    use prost_types::value::Kind::{NumberValue, StringValue};
+    let debt = server
+        .get("871059bd-4014-41ad-82b4-28275ff0e67b", "debt")
+        .await
+        .unwrap();
+    assert_eq!(fact(&debt, "issue_amount"), Some(NumberValue(299.02)));
+    assert_eq!(
+        fact(&debt, "disbursed_issue_amount"),
+        Some(NumberValue(287.43))
+    );
+    assert_eq!(
+        fact(&debt, "disbursement_date"),
+        Some(StringValue("2022-09-29".into()))
+    );
+    assert_eq!(fact(&debt, "disbursed_amount"), Some(NumberValue(500.0)));
+    assert_eq!(
+        fact(&debt, "requester_identifier_key"),
+        Some(StringValue("57f8e1ce-1080-4d0d-a195-89709b961561".into()))
+    );
+    let canceled = server
+        .get("27a099df-4688-43cb-87fa-515b1cf343a5", "debt")
+        .await
+        .unwrap();
+    assert_eq!(
+        fact(&canceled, "cancel_reason_code"),
+        Some(StringValue("manual".into()))
+    );
+    assert_eq!(
+        fact(&canceled, "cancel_reason"),
+        Some(StringValue("Operacao cancelada manualmente".into()))
+    );
+    server.stop().await;
+}

@@ -224,7 +224,17 @@ async fn store_webhook(
     {
         kind.clone_from(&envelope.kind);
     }
-    Ok(state.writer.submit(normalized, webhook).await?)
+    // The catalog's facts are read here, in the request's task, rather than on the single
+    // writer's thread.
+    let facts = match &normalized {
+        Normalized::Event(envelope) => Some(crate::domain::webhook::facts(
+            &state.catalog,
+            &envelope.kind,
+            &webhook,
+        )),
+        Normalized::Quarantine { .. } => None,
+    };
+    Ok(state.writer.submit(normalized, webhook, facts).await?)
 }
 
 /// Everything that can go wrong at the intake, turned into an HTTP answer in one place.

@@ -87,7 +87,13 @@ pub(crate) struct Record {
     pub(crate) header: RecordHeader,
     /// The request body, byte for byte.
     pub(crate) raw: Bytes,
+    /// The catalog's facts of the body, when the intake already read them (off the writer's
+    /// thread). Not written to the log: replay reads them again from `raw`.
+    pub(crate) facts: Option<Facts>,
 }
+
+/// Facts read from a webhook body ([`crate::domain::webhook::facts`]).
+pub(crate) type Facts = Vec<(String, crate::domain::webhook::FactValue)>;
 
 /// Where a record's payload is: segment (its first LSN), offset and length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,7 +279,14 @@ impl SegmentReader {
             len: raw.len() as u32,
         };
         self.offset += FRAME_HEADER + u64::from(len);
-        Ok(Frame::Record(Box::new(Record { header, raw }), at))
+        Ok(Frame::Record(
+            Box::new(Record {
+                header,
+                raw,
+                facts: None,
+            }),
+            at,
+        ))
     }
 }
 
@@ -549,6 +562,7 @@ mod tests {
                 },
             },
             raw: Bytes::from_static(raw),
+            facts: None,
         }
     }
 

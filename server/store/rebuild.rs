@@ -135,6 +135,7 @@ fn promote_quarantined(store: &Store, catalog: &Catalog) -> Result<RebuildReport
                         },
                     },
                     raw: Bytes::from(entry.raw),
+                    facts: None,
                 });
                 counters.next_lsn += 1;
                 report.promoted += 1;

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::log::{Entry, PayloadRef, Record};
+use super::log::{Entry, Facts, PayloadRef, Record};
 use super::{
     Change, EventRef, Key, LogEntry, Meta, QuarantineEntry, Store, StoreError, StoredEvent, Writes,
     encode, put_operation,
@@ -52,7 +52,14 @@ pub(crate) fn apply(
         let received_at = record.header.received_at;
         match &record.header.entry {
             Entry::Event { sequence, envelope } => {
-                batch.event(*sequence, envelope, *at, received_at, &record.raw)?;
+                batch.event(
+                    *sequence,
+                    envelope,
+                    *at,
+                    received_at,
+                    &record.raw,
+                    record.facts.as_ref(),
+                )?;
                 next_sequence = Some(sequence + 1);
             }
             Entry::Quarantine {
@@ -79,7 +86,14 @@ pub(crate) fn apply(
                 envelope,
             } => {
                 batch.writes.delete(Key::Quarantine(*id));
-                batch.event(*sequence, envelope, *at, received_at, &record.raw)?;
+                batch.event(
+                    *sequence,
+                    envelope,
+                    *at,
+                    received_at,
+                    &record.raw,
+                    record.facts.as_ref(),
+                )?;
                 next_sequence = Some(sequence + 1);
             }
         }
@@ -127,6 +141,7 @@ impl Batch<'_> {
         at: PayloadRef,
         received_at: i64,
         raw: &[u8],
+        known_facts: Option<&Facts>,
     ) -> Result<(), StoreError> {
         let op_key = (envelope.kind.clone(), envelope.key.clone());
         let (before, current) = match self.operations.remove(&op_key) {
@@ -141,7 +156,10 @@ impl Batch<'_> {
             .iter()
             .flat_map(|op| op.milestones.iter().map(|m| m.name.clone()))
             .collect();
-        let facts = crate::domain::webhook::facts(self.catalog, &envelope.kind, raw);
+        let facts = match known_facts {
+            Some(facts) => facts.clone(),
+            None => crate::domain::webhook::facts(self.catalog, &envelope.kind, raw),
+        };
         let summary = EventSummary::new(envelope, sequence, received_at, facts);
         let after = self
             .reconciler

@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 mod compaction;
 mod plan;
 
+use super::log::Facts;
 use super::recent::RecentChanges;
 use super::snapshot::{self, Pinned};
 use super::{Store, StoreError, view};
@@ -76,6 +77,9 @@ pub enum SubmitError {
 
 /// What the writer is asked to do.
 #[derive(Debug)]
+// Writes are the common variant, sent by the thousand: boxing them to shrink the rare
+// maintenance variants would allocate once more per webhook.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Store a webhook.
     Write(WriteRequest),
@@ -107,6 +111,7 @@ pub struct Compaction {
 struct WriteRequest {
     normalized: Normalized,
     raw: Bytes,
+    facts: Option<Facts>,
     reply: oneshot::Sender<Result<Ack, Arc<StoreError>>>,
 }
 
@@ -143,12 +148,20 @@ pub struct WriterHandle {
 }
 
 impl WriterHandle {
-    /// Hands a webhook to the writer and waits until it is durably stored.
-    pub async fn submit(&self, normalized: Normalized, raw: Bytes) -> Result<Ack, SubmitError> {
+    /// Hands a webhook to the writer and waits until it is durably stored. `facts`, when
+    /// given, are the catalog's facts of `raw`, read by the caller so that the single writer
+    /// does not parse the body again.
+    pub async fn submit(
+        &self,
+        normalized: Normalized,
+        raw: Bytes,
+        facts: Option<Facts>,
+    ) -> Result<Ack, SubmitError> {
         let (reply, answer) = oneshot::channel();
         let request = WriteRequest {
             normalized,
             raw,
+            facts,
             reply,
         };
         self.tx
@@ -397,7 +410,7 @@ impl Writer {
         let size = batch.len();
         let (webhooks, replies): (Vec<_>, Vec<_>) = batch
             .drain(..)
-            .map(|r| ((r.normalized, r.raw), r.reply))
+            .map(|r| ((r.normalized, r.raw, r.facts), r.reply))
             .unzip();
         match self.commit(webhooks) {
             Ok(acks) => {
@@ -425,16 +438,19 @@ impl Writer {
 
     /// Decides, appends to the log (one fsync), applies to the view. On error before the
     /// log has the batch, nothing changed; after, the writer stops (see the module docs).
-    fn commit(&mut self, webhooks: Vec<(Normalized, Bytes)>) -> Result<Vec<Ack>, Arc<StoreError>> {
+    fn commit(
+        &mut self,
+        webhooks: Vec<(Normalized, Bytes, Option<Facts>)>,
+    ) -> Result<Vec<Ack>, Arc<StoreError>> {
         if let Some(stopped) = &self.stopped {
             return Err(stopped.clone());
         }
         let received_at = now_millis();
         let mut plan = BatchPlan::new(self.counters);
         let mut acks = Vec::with_capacity(webhooks.len());
-        for (normalized, raw) in webhooks {
+        for (normalized, raw, facts) in webhooks {
             acks.push(
-                plan.add(&self.store, normalized, raw, received_at)
+                plan.add(&self.store, normalized, raw, received_at, facts)
                     .map_err(Arc::new)?,
             );
         }

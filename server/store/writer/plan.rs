@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::Ack;
 use crate::domain::webhook::{EventId, Normalized};
-use crate::store::log::{Entry, Record, RecordHeader};
+use crate::store::log::{Entry, Facts, Record, RecordHeader};
 use crate::store::{EventRef, Store, StoreError};
 
 /// The counters a batch continues from.
@@ -51,6 +51,7 @@ impl BatchPlan {
         normalized: Normalized,
         raw: Bytes,
         received_at: i64,
+        facts: Option<Facts>,
     ) -> Result<Ack, StoreError> {
         let event_id = match &normalized {
             Normalized::Event(e) => e.event_id,
@@ -107,6 +108,7 @@ impl BatchPlan {
                 entry,
             },
             raw,
+            facts,
         });
         c.next_lsn += 1;
         self.seen.insert(event_id, ack.clone());
@@ -144,7 +146,7 @@ mod tests {
             .iter()
             .map(|raw| {
                 let normalized = normalize(&catalog, raw).expect("a JSON object");
-                plan.add(store, normalized, Bytes::from(raw.clone()), 1_000)
+                plan.add(store, normalized, Bytes::from(raw.clone()), 1_000, None)
                     .expect("planned")
             })
             .collect();

@@ -31,7 +31,7 @@ use tower::ServiceBuilder;
 
 use crate::auth::webhook::{AuthError, RequestFacts, WebhookVerifier};
 use crate::domain::catalog::Catalog;
-use crate::domain::webhook::{MalformedWebhook, Normalized, normalize};
+use crate::domain::webhook::{MalformedWebhook, Normalized, normalize_with_facts};
 use crate::metrics::{Metrics, WebhookResult};
 use crate::store::writer::{Ack, SubmitError, WriterHandle};
 
@@ -218,23 +218,18 @@ async fn store_webhook(
         std::borrow::Cow::Borrowed(_) => body,
         std::borrow::Cow::Owned(decoded) => Bytes::from(decoded),
     };
-    let normalized = normalize(&state.catalog, &webhook)?;
+    // The catalog's facts come from the same parse, here in the request's task rather than
+    // on the single writer's thread.
+    let (normalized, facts) = normalize_with_facts(&state.catalog, &webhook)?;
     if let Normalized::Event(envelope) = &normalized
         && state.catalog.kind(&envelope.kind).is_some()
     {
         kind.clone_from(&envelope.kind);
     }
-    // The catalog's facts are read here, in the request's task, rather than on the single
-    // writer's thread.
-    let facts = match &normalized {
-        Normalized::Event(envelope) => Some(crate::domain::webhook::facts(
-            &state.catalog,
-            &envelope.kind,
-            &webhook,
-        )),
-        Normalized::Quarantine { .. } => None,
-    };
-    Ok(state.writer.submit(normalized, webhook, facts).await?)
+    Ok(state
+        .writer
+        .submit(normalized, webhook, Some(facts))
+        .await?)
 }
 
 /// Everything that can go wrong at the intake, turned into an HTTP answer in one place.

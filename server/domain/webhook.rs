@@ -180,16 +180,40 @@ pub enum MalformedWebhook {
 
 /// Normalizes raw webhook bytes under `catalog`.
 pub fn normalize(catalog: &Catalog, raw: &[u8]) -> Result<Normalized, MalformedWebhook> {
+    let value = parse_object(raw)?;
+    Ok(read(catalog, &value))
+}
+
+/// [`normalize`], and the catalog's [`facts`] of an event, read from the one parse of the
+/// body (empty for a quarantined webhook).
+pub fn normalize_with_facts(
+    catalog: &Catalog,
+    raw: &[u8],
+) -> Result<(Normalized, Vec<(String, FactValue)>), MalformedWebhook> {
+    let value = parse_object(raw)?;
+    let normalized = read(catalog, &value);
+    let facts = match &normalized {
+        Normalized::Event(envelope) => facts_in(catalog, &envelope.kind, &value),
+        Normalized::Quarantine { .. } => Vec::new(),
+    };
+    Ok((normalized, facts))
+}
+
+fn parse_object(raw: &[u8]) -> Result<Value, MalformedWebhook> {
     let value: Value =
         serde_json::from_slice(raw).map_err(|e| MalformedWebhook::NotJson(e.to_string()))?;
     if !value.is_object() {
         return Err(MalformedWebhook::NotObject(json_type(&value)));
     }
-    let event_id = EventId::of(&value);
-    Ok(match read_envelope(catalog, &value, event_id) {
+    Ok(value)
+}
+
+fn read(catalog: &Catalog, value: &Value) -> Normalized {
+    let event_id = EventId::of(value);
+    match read_envelope(catalog, value, event_id) {
         Ok(envelope) => Normalized::Event(envelope),
         Err(reason) => Normalized::Quarantine { event_id, reason },
-    })
+    }
 }
 
 /// The `data` object of a raw webhook, when it has one. Used to serve history entries.
@@ -444,16 +468,24 @@ fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
 /// The catalog's facts of a `kind` webhook, read from its raw body: each declared fact
 /// whose path holds a string, number or boolean. Texts are bounded like details.
 pub fn facts(catalog: &Catalog, kind: &str, raw: &[u8]) -> Vec<(String, FactValue)> {
-    let Some(spec) = catalog.kind(kind).filter(|s| !s.facts.is_empty()) else {
+    if catalog.kind(kind).is_none_or(|s| s.facts.is_empty()) {
         return Vec::new();
-    };
-    let Ok(v) = serde_json::from_slice::<Value>(raw) else {
+    }
+    match serde_json::from_slice::<Value>(raw) {
+        Ok(v) => facts_in(catalog, kind, &v),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// [`facts`] of an already parsed body.
+fn facts_in(catalog: &Catalog, kind: &str, v: &Value) -> Vec<(String, FactValue)> {
+    let Some(spec) = catalog.kind(kind) else {
         return Vec::new();
     };
     spec.facts
         .iter()
         .filter_map(|(name, path)| {
-            let value = match lookup(&v, path)? {
+            let value = match lookup(v, path)? {
                 Value::String(s) if !s.trim().is_empty() => {
                     FactValue::Text(bounded_detail(s.trim()).into_owned())
                 }

@@ -23,7 +23,7 @@ use super::log::{Entry, Record, RecordHeader};
 use super::{Store, StoreError, Writes, delete_operation, put_operation, view};
 use crate::domain::catalog::Catalog;
 use crate::domain::reconcile::{EventSummary, Operation, Reconciler};
-use crate::domain::webhook::{Normalized, normalize};
+use crate::domain::webhook::{Normalized, normalize, normalize_with_facts};
 
 /// What a rebuild did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,10 +61,9 @@ pub fn rebuild(store: &Store, catalog: &Catalog) -> Result<RebuildReport, StoreE
         let (sequence, entry) = item?;
         let stored = summaries.remove(&sequence);
         let raw = store.raw_payload(&entry)?;
-        match normalize(catalog, &raw) {
-            Ok(Normalized::Event(envelope)) => {
+        match normalize_with_facts(catalog, &raw) {
+            Ok((Normalized::Event(envelope), facts)) => {
                 report.events_from_log += 1;
-                let facts = crate::domain::webhook::facts(catalog, &envelope.kind, &raw);
                 let summary = EventSummary::new(&envelope, sequence, entry.received_at, facts);
                 groups
                     .entry((envelope.kind, envelope.key))

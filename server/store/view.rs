@@ -51,7 +51,13 @@ pub(crate) fn apply(
     for (record, at) in records.iter().zip(refs) {
         let received_at = record.header.received_at;
         match &record.header.entry {
-            Entry::Event { sequence, envelope } => {
+            Entry::Event { sequence, envelope }
+            | Entry::Promote {
+                sequence, envelope, ..
+            } => {
+                if let Entry::Promote { id, .. } = &record.header.entry {
+                    batch.writes.delete(Key::Quarantine(*id));
+                }
                 batch.event(
                     *sequence,
                     envelope,
@@ -79,22 +85,6 @@ pub(crate) fn apply(
                     .put(Key::EventId(event_id), encode(&EventRef::Quarantine(*id)));
                 tracing::warn!(quarantine_id = id, reason = %reason, "webhook quarantined");
                 next_quarantine = Some(id + 1);
-            }
-            Entry::Promote {
-                id,
-                sequence,
-                envelope,
-            } => {
-                batch.writes.delete(Key::Quarantine(*id));
-                batch.event(
-                    *sequence,
-                    envelope,
-                    *at,
-                    received_at,
-                    &record.raw,
-                    record.facts.as_ref(),
-                )?;
-                next_sequence = Some(sequence + 1);
             }
         }
     }

@@ -4,7 +4,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `GET /livez` | `200 ok` while the process serves HTTP at all |
-//! | `GET /readyz` | `200 ready` when the store is open, replay is done and the writer takes webhooks; `503` with the reason otherwise (and while shutting down) |
+//! | `GET /readyz` | `200 ready` when the store is open, replay is done and the writer takes webhooks (on a cluster node also: connected to NATS and at most [`crate::cluster::MAX_READY_LAG`] messages behind the stream); `503` with the reason otherwise (and while shutting down) |
 //! | `GET /metrics` | Prometheus text format ([`crate::metrics`]) |
 //!
 //! The store is opened and replayed before any listener serves, so "replay done" holds from
@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::watch;
 
+use crate::cluster::Progress;
 use crate::feed::ChangeFeed;
 use crate::metrics::{Metrics, Snapshot};
 use crate::net::Admission;
@@ -35,6 +36,8 @@ pub(crate) struct AdminState {
     pub(crate) intake: Admission,
     pub(crate) grpc: Admission,
     pub(crate) stopping: watch::Receiver<bool>,
+    /// A cluster node's progress along the stream.
+    pub(crate) cluster: Option<Arc<Progress>>,
 }
 
 /// The admin routes.
@@ -48,11 +51,11 @@ pub(crate) fn router(state: AdminState) -> Router {
 
 async fn readyz(State(state): State<AdminState>) -> Response {
     let not_ready = if *state.stopping.borrow() {
-        Some("shutting down")
+        Some("shutting down".to_owned())
     } else if !state.writer.is_alive() {
-        Some("the writer has stopped: see the log, then restart to replay")
+        Some("the writer has stopped: see the log, then restart to replay".to_owned())
     } else {
-        None
+        state.cluster.as_ref().and_then(|c| c.not_ready())
     };
     match not_ready {
         None => (StatusCode::OK, "ready\n").into_response(),
@@ -82,6 +85,10 @@ async fn metrics(State(state): State<AdminState>) -> Response {
             head_sequence: as_gauge(head),
             view_lag: as_gauge(store.log_last_lsn().saturating_sub(applied)),
             quarantined: as_gauge(store.quarantine_len() as u64),
+            stream: state
+                .cluster
+                .as_ref()
+                .map(|c| (as_gauge(c.applied_through()), as_gauge(c.lag()))),
         };
         state.metrics.encode(snapshot)
     })

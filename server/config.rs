@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::auth::grpc::BearerTokens;
 use crate::auth::webhook::{DEFAULT_MAX_CLOCK_SKEW, KeyError, WebhookVerifier};
+use crate::cluster::ClusterSettings;
 use crate::domain::catalog::{Catalog, CatalogError};
 use crate::feed::FeedSettings;
 use crate::grpc::GrpcLimits;
@@ -189,6 +190,21 @@ pub struct Config {
     #[arg(long, env = "QISTATUS_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
 
+    /// Join a cluster: NATS server URLs (comma-separated, e.g. nats://10.0.0.1:4222); every
+    /// node of the cluster shares one JetStream stream. Without it, a single node.
+    #[arg(long = "nats", env = "QISTATUS_NATS", value_delimiter = ',')]
+    pub nats: Vec<String>,
+
+    /// The cluster's JetStream stream (created if missing).
+    #[arg(long, env = "QISTATUS_NATS_STREAM", default_value = ClusterSettings::DEFAULT_STREAM)]
+    pub nats_stream: String,
+
+    /// Copies JetStream keeps of each webhook (1 to 5; 3 survives the loss of one NATS
+    /// server), when it creates the stream.
+    #[arg(long, env = "QISTATUS_NATS_REPLICAS", default_value_t = ClusterSettings::DEFAULT_REPLICAS,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub nats_replicas: u8,
+
     /// Size of the store's page cache, in MiB. The server's memory is a small multiple.
     #[arg(long, env = "QISTATUS_CACHE_MB", default_value_t = DEFAULT_CACHE_MB)]
     pub cache_mb: u64,
@@ -349,7 +365,14 @@ impl Config {
             grpc_tokens.is_enabled(),
             self.allow_unauthenticated,
         )?;
+        let cluster = (!self.nats.is_empty()).then(|| ClusterSettings {
+            urls: self.nats.clone(),
+            stream: self.nats_stream.clone(),
+            replicas: usize::from(self.nats_replicas),
+            max_message_bytes: self.max_body,
+        });
         let settings = Settings {
+            cluster,
             cache_bytes: self.cache_mb.max(8) * 1024 * 1024,
             webhook_verifier,
             grpc_tokens,

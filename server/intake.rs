@@ -30,9 +30,11 @@ use serde::Serialize;
 use tower::ServiceBuilder;
 
 use crate::auth::webhook::{AuthError, RequestFacts, WebhookVerifier};
+use crate::cluster::{ClusterError, Publisher};
 use crate::domain::catalog::Catalog;
 use crate::domain::webhook::{MalformedWebhook, Normalized, normalize_with_facts};
 use crate::metrics::{Metrics, WebhookResult};
+use crate::store::log::Facts;
 use crate::store::writer::{Ack, SubmitError, WriterHandle};
 
 /// Limits of the intake.
@@ -82,11 +84,40 @@ pub(crate) struct IntakeState {
     /// The effective catalog.
     pub(crate) catalog: Arc<Catalog>,
     /// Where webhooks go to be stored.
-    pub(crate) writer: WriterHandle,
+    pub(crate) ingest: Ingest,
     /// Who may post webhooks.
     pub(crate) verifier: Arc<WebhookVerifier>,
     /// Where webhooks are counted.
     pub(crate) metrics: Arc<Metrics>,
+}
+
+/// Where the intake hands a verified webhook, and waits until it is stored.
+#[derive(Debug, Clone)]
+pub(crate) enum Ingest {
+    /// A single node: straight to the writer.
+    Local(WriterHandle),
+    /// A cluster node: to the cluster's stream, then this node's view.
+    Cluster(Publisher),
+}
+
+impl Ingest {
+    async fn submit(
+        &self,
+        normalized: Normalized,
+        raw: Bytes,
+        facts: Facts,
+    ) -> Result<Ack, IntakeError> {
+        match self {
+            Ingest::Local(writer) => Ok(writer.submit(normalized, raw, Some(facts)).await?),
+            Ingest::Cluster(publisher) => {
+                let event_id = match &normalized {
+                    Normalized::Event(e) => e.event_id,
+                    Normalized::Quarantine { event_id, .. } => *event_id,
+                };
+                Ok(publisher.submit(event_id, raw).await?)
+            }
+        }
+    }
 }
 
 /// The intake's HTTP routes with their limits.
@@ -146,7 +177,7 @@ async fn receive_webhook(
         Ok(Ack::Duplicate { .. }) => WebhookResult::Duplicate,
         Ok(Ack::Quarantined { .. }) => WebhookResult::Quarantined,
         Err(IntakeError::Unauthorized(_)) => WebhookResult::Unauthorized,
-        Err(IntakeError::Submit(_)) => WebhookResult::Failed,
+        Err(IntakeError::Submit(_) | IntakeError::Cluster(_)) => WebhookResult::Failed,
         Err(_) => WebhookResult::Refused,
     };
     metrics.webhook(&kind, result, started.elapsed().as_secs_f64());
@@ -226,10 +257,7 @@ async fn store_webhook(
     {
         kind.clone_from(&envelope.kind);
     }
-    Ok(state
-        .writer
-        .submit(normalized, webhook, Some(facts))
-        .await?)
+    state.ingest.submit(normalized, webhook, facts).await
 }
 
 /// Everything that can go wrong at the intake, turned into an HTTP answer in one place.
@@ -270,6 +298,9 @@ pub(crate) enum IntakeError {
     /// The writer could not take or store the webhook.
     #[error(transparent)]
     Submit(#[from] SubmitError),
+    /// A cluster node could not replicate the webhook or apply it.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     /// No such route.
     #[error("no such endpoint: webhooks are received at POST /webhooks")]
     NoRoute,
@@ -326,6 +357,13 @@ impl IntoResponse for IntakeError {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the webhook could not be stored: retry later".to_owned(),
             ),
+            IntakeError::Cluster(e) => {
+                tracing::warn!(error = %e, "webhook not replicated");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{e}: retry shortly"),
+                )
+            }
         };
         if status.is_client_error() {
             tracing::debug!(status = status.as_u16(), %message, "webhook refused");
@@ -378,7 +416,7 @@ mod tests {
         .expect("the writer starts");
         let state = IntakeState {
             catalog,
-            writer,
+            ingest: Ingest::Local(writer),
             verifier: Arc::new(WebhookVerifier::default()),
             metrics,
         };

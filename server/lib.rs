@@ -19,7 +19,7 @@
 //!
 //! # Modules, in the one direction their dependencies point
 //!
-//! `domain` ← `store` ← (`intake`, `feed`) ← `grpc` ← `server` ← `config` ← `main`; `auth` and
+//! `domain` ← `store` ← `cluster` ← (`intake`, `feed`) ← `grpc` ← `server` ← `config` ← `main`; `auth` and
 //! `tls` are leaves the edges use. Wire types (pb, tonic, HTTP) appear only in `intake`,
 //! `grpc`, `auth` and `server`.
 //!
@@ -29,7 +29,10 @@
 //! - [`store`]: the append-only log of every webhook is the source of truth; sled is a
 //!   view materialized from it; one writer thread batches, logs, applies and acknowledges.
 //!   [`store::rebuild`] recomputes everything from the log under the current catalog.
-//! - `intake`: `POST /webhooks` (axum); answers once the writer has the webhook on disk.
+//! - [`cluster`]: several nodes on one NATS JetStream stream: the stream orders webhooks,
+//!   every node's writer decides the same about each (no wire types beyond NATS's own).
+//! - `intake`: `POST /webhooks` (axum); answers once the writer has the webhook on disk (on
+//!   a cluster node: once JetStream acknowledged it and this node's view applied it).
 //! - `feed`: the change feed, a resumable stream of changes per subscriber, in domain terms.
 //! - `grpc`: the `qistatus.v1` service over the store and the feed; domain-to-wire
 //!   conversions live beside it.
@@ -61,6 +64,8 @@ pub mod pb;
 mod admin;
 #[cfg(feature = "server")]
 mod auth;
+#[cfg(feature = "server")]
+pub mod cluster;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]

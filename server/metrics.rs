@@ -85,6 +85,8 @@ pub(crate) struct Snapshot {
     pub(crate) view_lag: i64,
     /// Webhooks in the quarantine.
     pub(crate) quarantined: i64,
+    /// A cluster node: the last stream message applied, and the messages behind.
+    pub(crate) stream: Option<(i64, i64)>,
 }
 
 /// The server's metrics. Cheap to share (`Arc`), cheap to update (atomics).
@@ -110,6 +112,8 @@ struct Gauges {
     head_sequence: Gauge,
     view_lag: Gauge,
     quarantined: Gauge,
+    stream_applied: Gauge,
+    stream_lag: Gauge,
 }
 
 impl Metrics {
@@ -190,6 +194,16 @@ impl Metrics {
             "Webhooks in the quarantine",
             gauges.quarantined.clone(),
         );
+        registry.register(
+            "stream_applied_sequence",
+            "A cluster node: the last stream message its view applied (0 on a single node)",
+            gauges.stream_applied.clone(),
+        );
+        registry.register(
+            "stream_lag",
+            "A cluster node: stream messages not applied yet (0 on a single node)",
+            gauges.stream_lag.clone(),
+        );
         Metrics {
             registry,
             webhooks,
@@ -252,6 +266,9 @@ impl Metrics {
         g.head_sequence.set(snapshot.head_sequence);
         g.view_lag.set(snapshot.view_lag);
         g.quarantined.set(snapshot.quarantined);
+        let (applied, lag) = snapshot.stream.unwrap_or_default();
+        g.stream_applied.set(applied);
+        g.stream_lag.set(lag);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");

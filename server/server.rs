@@ -19,10 +19,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::admin::{self, AdminState};
 use crate::auth::grpc::{BearerAuthLayer, BearerTokens};
 use crate::auth::webhook::WebhookVerifier;
+use crate::cluster::{self, ClusterError, ClusterSettings, JetStreamLog, Progress, Publisher};
 use crate::domain::catalog::Catalog;
 use crate::feed::{ChangeFeed, FeedSettings};
 use crate::grpc::{GrpcLimits, MaintenanceApi, OperationStatusApi, OutcomeLayer};
-use crate::intake::{self, IntakeLimits, IntakeState};
+use crate::intake::{self, Ingest, IntakeLimits, IntakeState};
 use crate::metrics::Metrics;
 use crate::net::{self, Admission, AtCapacity, HttpTimeouts};
 use crate::pb;
@@ -67,6 +68,8 @@ pub struct Settings {
     pub tls: Option<TlsIdentity>,
     /// Bytes of sled's page cache.
     pub cache_bytes: u64,
+    /// The cluster's stream, for a cluster node; `None` for a single node.
+    pub cluster: Option<ClusterSettings>,
 }
 
 impl Settings {
@@ -86,6 +89,7 @@ impl Settings {
             grpc_tokens: BearerTokens::default(),
             tls: None,
             cache_bytes: crate::store::DEFAULT_CACHE_MB * 1024 * 1024,
+            cluster: None,
         }
     }
 }
@@ -105,6 +109,9 @@ pub enum ServerError {
     /// The TLS identity is unusable.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The cluster's stream could not be joined.
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClusterError),
     /// The reflection service could not be built.
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -155,6 +162,33 @@ pub async fn run(
             "webhooks in quarantine: see `qistatus-server quarantine`"
         );
     }
+    // A cluster node binds the stream before its writer starts: the store takes the stream's
+    // identity, and a store that cannot follow it is refused before anything changes.
+    let mut intake_limits = settings.intake;
+    let stream = match &settings.cluster {
+        Some(cluster) => {
+            let log = Arc::new(JetStreamLog::connect(cluster).await?);
+            if log.max_webhook_bytes() < intake_limits.max_body {
+                tracing::warn!(
+                    max_body = log.max_webhook_bytes(),
+                    "NATS takes smaller messages than --max-body: the intake refuses larger \
+                     webhooks with 413; raise max_payload in the NATS servers' configuration"
+                );
+                intake_limits.max_body = log.max_webhook_bytes();
+            }
+            let through = log.bind(&store).await?;
+            let (_, last) = log.bounds().await?;
+            tracing::info!(
+                stream = %cluster.stream,
+                applied_through = through,
+                stream_ends = last,
+                "following the cluster's stream"
+            );
+            let progress = Arc::new(Progress::new(log.clone(), through, last));
+            Some((log, progress))
+        }
+        None => None,
+    };
     let catalog = Arc::new(settings.catalog);
     let (writer, writer_task) = writer::spawn(
         store.clone(),
@@ -183,14 +217,31 @@ pub async fn run(
         settings.compaction_interval,
         stop_rx.clone(),
     ));
+    let (ingest, follower) = match &stream {
+        Some((log, progress)) => (
+            Ingest::Cluster(Publisher {
+                log: log.clone(),
+                progress: progress.clone(),
+                store: store.clone(),
+            }),
+            Some(tokio::spawn(cluster::follow(
+                log.clone(),
+                writer.clone(),
+                catalog.clone(),
+                progress.clone(),
+                stop_rx.clone(),
+            ))),
+        ),
+        None => (Ingest::Local(writer.clone()), None),
+    };
     let app = intake::router(
         IntakeState {
             catalog: catalog.clone(),
-            writer: writer.clone(),
+            ingest,
             verifier: Arc::new(settings.webhook_verifier),
             metrics: metrics.clone(),
         },
-        settings.intake,
+        intake_limits,
     );
     let intake_admission = Admission::new(
         "intake",
@@ -282,6 +333,7 @@ pub async fn run(
             intake: intake_admission.clone(),
             grpc: grpc_admission.clone(),
             stopping: stop_rx.clone(),
+            cluster: stream.as_ref().map(|(_, progress)| progress.clone()),
         };
         let stop = stop_rx.clone();
         async move {
@@ -311,7 +363,13 @@ pub async fn run(
     if let Err(e) = compaction.await {
         tracing::error!(error = %e, "the compaction task failed");
     }
-    // Every writer handle lived in the HTTP app and the compaction task, which are gone now:
+    if let Some(follower) = follower
+        && let Err(e) = follower.await
+    {
+        tracing::error!(error = %e, "the stream follower failed");
+    }
+    // Every writer handle lived in the HTTP app, the compaction task and the follower, which
+    // are gone now:
     // the writer drains its queue, flushes and stops.
     tokio::task::spawn_blocking(move || writer_task.join())
         .await

@@ -94,6 +94,8 @@ pub(crate) enum Meta {
     StoreId,
     /// Present once the `C` space counts every operation.
     CountsReady,
+    /// A cluster node: the last stream message its view took into account.
+    StreamThrough,
 }
 
 impl Meta {
@@ -107,6 +109,7 @@ impl Meta {
             Meta::FormatVersion => b"format_version",
             Meta::StoreId => b"store_id",
             Meta::CountsReady => b"counts_ready",
+            Meta::StreamThrough => b"stream_through",
         }
     }
 }

@@ -458,6 +458,41 @@ impl Store {
         })
     }
 
+    /// A cluster node: the last stream message the view took into account (0: none, or not
+    /// a cluster node). Never ahead of the view: the writer records it after applying.
+    pub fn stream_through(&self) -> Result<u64, StoreError> {
+        Ok(match self.get(Key::Meta(Meta::StreamThrough))? {
+            Some(v) => u64_from_be(&v, "meta")?,
+            None => 0,
+        })
+    }
+
+    /// Records that the view took stream messages up to `sequence` into account.
+    pub(crate) fn set_stream_through(&self, sequence: u64) -> Result<(), StoreError> {
+        self.trees.all.insert(
+            Key::Meta(Meta::StreamThrough).encode(),
+            &sequence.to_be_bytes(),
+        )?;
+        Ok(())
+    }
+
+    /// Whether any webhook (stored or quarantined) was ever written.
+    pub fn holds_webhooks(&self) -> Result<bool, StoreError> {
+        let counters = self.counters()?;
+        Ok(counters.next_sequence > 1 || counters.next_quarantine > 1)
+    }
+
+    /// Takes `id` (16 bytes) as the store's identity: a cluster node's view is a copy of the
+    /// cluster's stream, so it carries the stream's identity, and a watcher's sequence means
+    /// the same on every node.
+    pub(crate) fn adopt_identity(&self, id: [u8; 16]) -> Result<(), StoreError> {
+        self.trees
+            .all
+            .insert(Key::Meta(Meta::StoreId).encode(), &id)?;
+        self.trees.all.flush()?;
+        Ok(())
+    }
+
     /// Where the writer continues from.
     pub(crate) fn counters(&self) -> Result<writer::Counters, StoreError> {
         Ok(writer::Counters {

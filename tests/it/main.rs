@@ -13,6 +13,7 @@ mod admin;
 mod backpressure;
 mod bad_input;
 mod cli;
+mod cluster;
 mod connections;
 mod crash;
 mod delivery_order;

@@ -112,7 +112,19 @@ struct WriteRequest {
     normalized: Normalized,
     raw: Bytes,
     facts: Option<Facts>,
+    /// Where it was ordered, when a replicated stream ordered it (a cluster node).
+    origin: Option<StreamOrigin>,
     reply: oneshot::Sender<Result<Ack, Arc<StoreError>>>,
+}
+
+/// Where a cluster's stream placed a webhook: what every node must decide alike, instead of
+/// each node's own clock and arrival order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamOrigin {
+    /// The stream's sequence of the message.
+    pub stream_sequence: u64,
+    /// When the node that took the webhook received it, ms since the epoch.
+    pub received_at: i64,
 }
 
 /// Settings of the writer.
@@ -162,6 +174,7 @@ impl WriterHandle {
             normalized,
             raw,
             facts,
+            origin: None,
             reply,
         };
         self.tx
@@ -170,11 +183,33 @@ impl WriterHandle {
                 mpsc::error::TrySendError::Full(_) => SubmitError::Busy,
                 mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
             })?;
-        match answer.await {
-            Ok(Ok(ack)) => Ok(ack),
-            Ok(Err(e)) => Err(SubmitError::Store(e)),
-            Err(_) => Err(SubmitError::Closed),
-        }
+        answered(answer).await
+    }
+
+    /// Queues a webhook the cluster's stream ordered, waiting for room in the queue (the
+    /// stream waits; nothing is refused), and returns the future of its answer. Webhooks are
+    /// stored in the order they are queued, so a caller that queues in stream order gets
+    /// the same decisions as every other node.
+    pub(crate) async fn queue_from_stream(
+        &self,
+        normalized: Normalized,
+        raw: Bytes,
+        facts: Option<Facts>,
+        origin: StreamOrigin,
+    ) -> Result<impl Future<Output = Result<Ack, SubmitError>> + use<>, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        let request = WriteRequest {
+            normalized,
+            raw,
+            facts,
+            origin: Some(origin),
+            reply,
+        };
+        self.tx
+            .send(Command::Write(request))
+            .await
+            .map_err(|_| SubmitError::Closed)?;
+        Ok(answered(answer))
     }
 
     /// Drops log entries received before `cutoff` (ms since the epoch), at most `limit` of
@@ -230,6 +265,17 @@ impl WriterHandle {
     /// The last committed sequence (0 before the first), updated after every batch.
     pub fn committed(&self) -> watch::Receiver<u64> {
         self.committed.clone()
+    }
+}
+
+/// The writer's answer to one request.
+async fn answered(
+    answer: oneshot::Receiver<Result<Ack, Arc<StoreError>>>,
+) -> Result<Ack, SubmitError> {
+    match answer.await {
+        Ok(Ok(ack)) => Ok(ack),
+        Ok(Err(e)) => Err(SubmitError::Store(e)),
+        Err(_) => Err(SubmitError::Closed),
     }
 }
 
@@ -410,7 +456,7 @@ impl Writer {
         let size = batch.len();
         let (webhooks, replies): (Vec<_>, Vec<_>) = batch
             .drain(..)
-            .map(|r| ((r.normalized, r.raw, r.facts), r.reply))
+            .map(|r| ((r.normalized, r.raw, r.facts, r.origin), r.reply))
             .unzip();
         match self.commit(webhooks) {
             Ok(acks) => {
@@ -440,21 +486,27 @@ impl Writer {
     /// log has the batch, nothing changed; after, the writer stops (see the module docs).
     fn commit(
         &mut self,
-        webhooks: Vec<(Normalized, Bytes, Option<Facts>)>,
+        webhooks: Vec<(Normalized, Bytes, Option<Facts>, Option<StreamOrigin>)>,
     ) -> Result<Vec<Ack>, Arc<StoreError>> {
         if let Some(stopped) = &self.stopped {
             return Err(stopped.clone());
         }
-        let received_at = now_millis();
+        let now = now_millis();
         let mut plan = BatchPlan::new(self.counters);
         let mut acks = Vec::with_capacity(webhooks.len());
-        for (normalized, raw, facts) in webhooks {
+        let mut stream_through = None;
+        for (normalized, raw, facts, origin) in webhooks {
+            let received_at = origin.map_or(now, |o| o.received_at);
+            stream_through = origin.map(|o| o.stream_sequence).max(stream_through);
             acks.push(
                 plan.add(&self.store, normalized, raw, received_at, facts)
                     .map_err(Arc::new)?,
             );
         }
         if plan.records.is_empty() {
+            if let Some(through) = stream_through {
+                self.store.set_stream_through(through).map_err(Arc::new)?;
+            }
             return Ok(acks);
         }
         let appending = std::time::Instant::now();
@@ -466,7 +518,16 @@ impl Writer {
         self.metrics
             .batch(plan.records.len(), appending.elapsed().as_secs_f64());
         self.failpoint.after_append();
-        match view::apply(&self.store, &self.catalog, &plan.records, &refs) {
+        let applied =
+            view::apply(&self.store, &self.catalog, &plan.records, &refs).and_then(|changes| {
+                // After the view: a crash between the two replays a few stream messages,
+                // which the view then finds to be duplicates (see `crate::cluster`).
+                if let Some(through) = stream_through {
+                    self.store.set_stream_through(through)?;
+                }
+                Ok(changes)
+            });
+        match applied {
             Ok(changes) => {
                 // Durable and applied: visible to watchers (the caller wakes them next).
                 self.recent.extend(changes);

@@ -1,0 +1,91 @@
+//! Beyond one machine: qistatus nodes that share one NATS JetStream stream.
+//!
+//! # Why this shape
+//!
+//! A single node decides about each webhook (new, duplicate, quarantined; its sequence)
+//! before writing it to its log, because it alone orders the writes. With several nodes
+//! taking webhooks, the order must come from one place, and a replicated log that is already
+//! proven gives it: a JetStream stream (Raft-replicated, `--nats-replicas` copies). So a
+//! cluster node works the other way round:
+//!
+//! 1. **Order first.** The node that receives a webhook checks and normalizes it as always,
+//!    then publishes the verified body to the stream with `Nats-Msg-Id` = its content hash
+//!    ([`stream::JetStreamLog::publish`]). JetStream acknowledges once the message is stored
+//!    on a quorum of replicas, and drops a repeat of the same id within its duplicate window.
+//! 2. **Decide the same everywhere.** Every node follows the stream in order
+//!    ([`follower`]) and feeds each message to its own single writer, with the stream's
+//!    timestamp as the received time. The writer's decisions depend only on the messages
+//!    before it and the catalog, so every node numbers the same webhooks with the same
+//!    sequences and reaches the same operations: a watcher resumes on any node with the
+//!    sequence it saw on another. Duplicates outside JetStream's window are caught there, by
+//!    the view's exact deduplication.
+//! 3. **Answer after the view.** The receiving node answers `200` only once JetStream
+//!    acknowledged the message *and* its own view applied it, so a read on that node right
+//!    after sees the webhook.
+//!
+//! Each node keeps its own local log and sled view, exactly as a single node does: raw
+//! payloads are read locally, and a restart replays the local log, then follows the stream
+//! from the last message its view took into account (`stream_through`).
+//!
+//! # Guarantees and what they rest on
+//!
+//! - An acknowledged webhook is on a quorum of NATS servers (JetStream's guarantee) and in
+//!   the receiving node's view; every other node applies it when it reaches it in the stream.
+//! - Every node has the same catalog (a node with another catalog would decide otherwise; the
+//!   README says so). The store's identity is the stream's, so resume tokens are checked
+//!   across nodes.
+//! - A node whose resume point left the stream's retention refuses to start and says what to
+//!   do (restore a peer's snapshot, or start on an empty directory).
+//!
+//! Trade-off: every node parses every webhook and keeps every payload, which is the price of
+//! reading anything on any node without a network hop.
+
+mod follower;
+mod stream;
+
+pub(crate) use follower::follow;
+pub use follower::{MAX_READY_LAG, Progress};
+pub use stream::{ClusterError, ClusterSettings, JetStreamLog};
+
+use std::sync::Arc;
+
+use crate::domain::webhook::EventId;
+use crate::store::writer::Ack;
+use crate::store::{EventRef, Store};
+use bytes::Bytes;
+
+/// What the intake of a cluster node uses in place of the writer: publish, then wait for the
+/// node's own view.
+#[derive(Debug, Clone)]
+pub(crate) struct Publisher {
+    pub(crate) log: Arc<JetStreamLog>,
+    pub(crate) progress: Arc<Progress>,
+    pub(crate) store: Store,
+}
+
+impl Publisher {
+    /// Publishes a verified webhook and answers once this node's view has applied it.
+    pub(crate) async fn submit(&self, event_id: EventId, raw: Bytes) -> Result<Ack, ClusterError> {
+        let published = self.log.publish(event_id, raw).await?;
+        self.progress.applied(published.sequence).await?;
+        if !published.duplicate
+            && let Some(ack) = self.progress.outcome(published.sequence)
+        {
+            return Ok(ack);
+        }
+        // A repeat within JetStream's window (or an answer already out of the recent
+        // outcomes): the view says where the first delivery went.
+        match self.store.event_ref(&event_id)? {
+            Some(EventRef::Event(sequence)) => Ok(Ack::Duplicate { sequence }),
+            Some(EventRef::Quarantine(id)) => Ok(Ack::Quarantined {
+                id,
+                reason: self
+                    .store
+                    .quarantine_entry(id)?
+                    .map(|e| e.reason)
+                    .unwrap_or_default(),
+            }),
+            None => Err(ClusterError::NotApplied(published.sequence)),
+        }
+    }
+}

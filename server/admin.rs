@@ -6,29 +6,33 @@
 //! | `GET /livez` | `200 ok` while the process serves HTTP at all |
 //! | `GET /readyz` | `200 ready` when the store is open, replay is done and the writer takes webhooks (on a cluster node also: connected to NATS and at most [`crate::cluster::MAX_READY_LAG`] messages behind the stream); `503` with the reason otherwise (and while shutting down) |
 //! | `GET /metrics` | Prometheus text format ([`crate::metrics`]) |
+//! | `POST /catalog/reload` | reads `--catalog` again and puts it in effect ([`crate::reload`]); `200` with what changed, `422` naming what is wrong with the file, `409` on a cluster node, `503` when the writer cannot |
 //!
 //! The store is opened and replayed before any listener serves, so "replay done" holds from
 //! the first answer on.
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::sync::watch;
 
 use crate::cluster::Progress;
 use crate::feed::ChangeFeed;
 use crate::metrics::{Metrics, Snapshot};
 use crate::net::Admission;
+use crate::reload::{CatalogReloader, ReloadError};
 use crate::store::Store;
 use crate::store::writer::WriterHandle;
 
 /// What the admin endpoints read.
 #[derive(Debug, Clone)]
 pub(crate) struct AdminState {
+    pub(crate) reloader: CatalogReloader,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) store: Store,
     pub(crate) writer: WriterHandle,
@@ -46,6 +50,7 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/catalog/reload", post(reload_catalog))
         .with_state(state)
 }
 
@@ -64,6 +69,35 @@ async fn readyz(State(state): State<AdminState>) -> Response {
             format!("not ready: {reason}\n"),
         )
             .into_response(),
+    }
+}
+
+/// `POST /catalog/reload`.
+async fn reload_catalog(State(state): State<AdminState>) -> Result<Response, ReloadError> {
+    let report = state.reloader.reload().await?;
+    Ok(Json(serde_json::json!({
+        "promoted": report.promoted,
+        "still_quarantined": report.still_quarantined,
+        "operations": report.operations,
+        "operations_changed": report.operations_changed,
+    }))
+    .into_response())
+}
+
+/// A reload that changed nothing, as an answer: logged here, once.
+impl IntoResponse for ReloadError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ReloadError::Catalog(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ReloadError::Cluster => StatusCode::CONFLICT,
+            ReloadError::Writer(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        tracing::warn!(error = %self, "catalog reload refused; the previous catalog stays in effect");
+        (
+            status,
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
     }
 }
 

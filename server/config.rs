@@ -379,6 +379,8 @@ impl Config {
             tls,
             data_dir: self.data_dir.clone(),
             catalog: self.load_catalog()?,
+            catalog_file: self.catalog.clone(),
+            reload_on_sighup: true,
             intake: IntakeLimits {
                 max_body: self.max_body,
                 request_timeout: *self.request_timeout,

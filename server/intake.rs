@@ -31,7 +31,7 @@ use tower::ServiceBuilder;
 
 use crate::auth::webhook::{AuthError, RequestFacts, WebhookVerifier};
 use crate::cluster::{ClusterError, Publisher};
-use crate::domain::catalog::Catalog;
+use crate::domain::catalog::CatalogHandle;
 use crate::domain::webhook::{MalformedWebhook, Normalized, normalize_with_facts};
 use crate::metrics::{Metrics, WebhookResult};
 use crate::store::log::Facts;
@@ -81,8 +81,8 @@ impl Default for IntakeLimits {
 /// What the intake handlers share.
 #[derive(Debug, Clone)]
 pub(crate) struct IntakeState {
-    /// The effective catalog.
-    pub(crate) catalog: Arc<Catalog>,
+    /// The catalog in effect (a reload swaps it).
+    pub(crate) catalog: CatalogHandle,
     /// Where webhooks go to be stored.
     pub(crate) ingest: Ingest,
     /// Who may post webhooks.
@@ -251,9 +251,10 @@ async fn store_webhook(
     };
     // The catalog's facts come from the same parse, here in the request's task rather than
     // on the single writer's thread.
-    let (normalized, facts) = normalize_with_facts(&state.catalog, &webhook)?;
+    let catalog = state.catalog.current();
+    let (normalized, facts) = normalize_with_facts(&catalog, &webhook)?;
     if let Normalized::Event(envelope) = &normalized
-        && state.catalog.kind(&envelope.kind).is_some()
+        && catalog.kind(&envelope.kind).is_some()
     {
         kind.clone_from(&envelope.kind);
     }
@@ -394,6 +395,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+    use crate::domain::catalog::Catalog;
     use crate::store::Store;
     use crate::store::writer;
 
@@ -415,7 +417,7 @@ mod tests {
         )
         .expect("the writer starts");
         let state = IntakeState {
-            catalog,
+            catalog: CatalogHandle::new(Catalog::builtin()),
             ingest: Ingest::Local(writer),
             verifier: Arc::new(WebhookVerifier::default()),
             metrics,

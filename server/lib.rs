@@ -81,6 +81,8 @@ mod metrics;
 #[cfg(feature = "server")]
 mod net;
 #[cfg(feature = "server")]
+mod reload;
+#[cfg(feature = "server")]
 mod server;
 #[cfg(feature = "cli")]
 pub mod standard_webhooks;

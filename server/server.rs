@@ -20,13 +20,14 @@ use crate::admin::{self, AdminState};
 use crate::auth::grpc::{BearerAuthLayer, BearerTokens};
 use crate::auth::webhook::WebhookVerifier;
 use crate::cluster::{self, ClusterError, ClusterSettings, JetStreamLog, Progress, Publisher};
-use crate::domain::catalog::Catalog;
+use crate::domain::catalog::{Catalog, CatalogHandle};
 use crate::feed::{ChangeFeed, FeedSettings};
 use crate::grpc::{GrpcLimits, MaintenanceApi, OperationStatusApi, OutcomeLayer};
 use crate::intake::{self, Ingest, IntakeLimits, IntakeState};
 use crate::metrics::Metrics;
 use crate::net::{self, Admission, AtCapacity, HttpTimeouts};
 use crate::pb;
+use crate::reload::CatalogReloader;
 use crate::store::writer::{self, SubmitError, WriterHandle, WriterLimits};
 use crate::store::{Store, StoreError};
 use crate::tls::TlsIdentity;
@@ -48,6 +49,10 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// The effective catalog.
     pub catalog: Catalog,
+    /// The file the catalog was extended with (`--catalog`), read again by a reload.
+    pub catalog_file: Option<PathBuf>,
+    /// Whether SIGHUP reloads the catalog (the binary: yes; tests use the admin call).
+    pub reload_on_sighup: bool,
     /// Intake limits.
     pub intake: IntakeLimits,
     /// gRPC connection and request limits.
@@ -79,6 +84,8 @@ impl Settings {
         Settings {
             data_dir: data_dir.into(),
             catalog: Catalog::builtin(),
+            catalog_file: None,
+            reload_on_sighup: false,
             intake: IntakeLimits::DEFAULT,
             grpc: GrpcLimits::DEFAULT,
             writer: WriterLimits::DEFAULT,
@@ -189,7 +196,8 @@ pub async fn run(
         }
         None => None,
     };
-    let catalog = Arc::new(settings.catalog);
+    let catalog_handle = CatalogHandle::new(settings.catalog);
+    let catalog = catalog_handle.current();
     let (writer, writer_task) = writer::spawn(
         store.clone(),
         catalog.clone(),
@@ -236,7 +244,7 @@ pub async fn run(
     };
     let app = intake::router(
         IntakeState {
-            catalog: catalog.clone(),
+            catalog: catalog_handle.clone(),
             ingest,
             verifier: Arc::new(settings.webhook_verifier),
             metrics: metrics.clone(),
@@ -283,7 +291,7 @@ pub async fn run(
     )
     .max_decoding_message_size(crate::grpc::MAX_REQUEST_BYTES);
     let api = pb::operation_status_service_server::OperationStatusServiceServer::new(
-        OperationStatusApi::new(catalog.clone(), store.clone(), feed.clone())?,
+        OperationStatusApi::new(catalog_handle.clone(), store.clone(), feed.clone())?,
     )
     .max_decoding_message_size(crate::grpc::MAX_REQUEST_BYTES);
     let grpc_admission = Admission::new(
@@ -324,8 +332,31 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
 
+    let reloader = CatalogReloader {
+        path: settings.catalog_file.clone(),
+        catalog: catalog_handle.clone(),
+        writer: writer.clone(),
+        cluster: stream.is_some(),
+    };
+    // Listening for SIGHUP from here on, before any listener answers (its default action
+    // would end the process).
+    let sighup = match settings.reload_on_sighup {
+        false => None,
+        true => match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hangups) => Some(tokio::spawn(reload_on_sighup(
+                hangups,
+                reloader.clone(),
+                stop_rx.clone(),
+            ))),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP: reload with POST /catalog/reload");
+                None
+            }
+        },
+    };
     let admin_server = {
         let state = AdminState {
+            reloader,
             metrics,
             store: store.clone(),
             writer,
@@ -362,6 +393,11 @@ pub async fn run(
     let ((), grpc_result, ()) = tokio::join!(http_server, grpc_server, admin_server);
     if let Err(e) = compaction.await {
         tracing::error!(error = %e, "the compaction task failed");
+    }
+    if let Some(sighup) = sighup
+        && let Err(e) = sighup.await
+    {
+        tracing::error!(error = %e, "the SIGHUP task failed");
     }
     if let Some(follower) = follower
         && let Err(e) = follower.await
@@ -408,6 +444,24 @@ async fn compact_periodically(
         }
         if let Err(e) = compact_expired(&writer, retention).await {
             tracing::error!(error = %e, "log compaction failed");
+        }
+    }
+}
+
+/// Reloads the catalog on every SIGHUP until `stop`.
+async fn reload_on_sighup(
+    mut hangups: tokio::signal::unix::Signal,
+    reloader: CatalogReloader,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = hangups.recv() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        tracing::info!("SIGHUP: reloading the catalog");
+        if let Err(e) = reloader.reload().await {
+            tracing::error!(error = %e, "catalog reload failed; the previous catalog stays in effect");
         }
     }
 }

@@ -8,7 +8,7 @@
 //! webhook shapes, the ~13 KB debt creation among them, with distinct keys), and writes
 //! `BENCHMARKS.md`: medians over rounds, p50/p99 from HDR histograms, and the ratios.
 //!
-//! - [`process`]: starting, measuring and stopping the servers;
+//! - [`process`]: starting, measuring and stopping the servers (and NATS for the cluster);
 //! - [`target`]: each system behind one trait, so a scenario is written once;
 //! - [`load`]: payloads, the closed-loop driver, connections;
 //! - [`scenario`]: one module per scenario;
@@ -41,6 +41,9 @@ struct Args {
     /// The etcd binary; without it, etcd is not measured.
     #[arg(long)]
     etcd_bin: Option<PathBuf>,
+    /// The nats-server binary; without it, the cluster is not measured.
+    #[arg(long)]
+    nats_bin: Option<PathBuf>,
     /// PostgreSQL's bin directory (initdb, pg_ctl); without it, PostgreSQL is not measured.
     #[arg(long)]
     postgres_bin_dir: Option<PathBuf>,
@@ -53,7 +56,7 @@ struct Args {
     /// Log filter of the qistatus servers the harness starts (their logs go to stderr).
     #[arg(long, default_value = "warn")]
     server_log: String,
-    /// Only these scenarios (ingest, reads, watch, scale); all by default.
+    /// Only these scenarios (ingest, reads, watch, scale, cluster); all by default.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(scenario::NAMES))]
     only: Vec<String>,
 }
@@ -68,6 +71,7 @@ async fn main() {
             log: args.server_log.clone(),
         },
         etcd_bin: args.etcd_bin.clone().filter(|b| b.exists()),
+        nats_bin: args.nats_bin.clone().filter(|b| b.exists()),
         postgres_bin_dir: args
             .postgres_bin_dir
             .clone()
@@ -95,6 +99,9 @@ async fn main() {
     }
     if wants("scale") {
         scenario::scale::run(&cx, &mut report).await;
+    }
+    if wants("cluster") {
+        scenario::cluster::run(&cx, &mut report).await;
     }
     let _ = std::fs::remove_dir_all(cx.scratch());
     std::fs::write(&args.out, report.to_markdown(args.quick)).expect("write the report");

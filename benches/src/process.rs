@@ -107,6 +107,16 @@ impl Qistatus {
     /// Starts a server on `dir` (on `ports`, or fresh ones) and waits until it answers
     /// gRPC; returns it and how long that took.
     pub async fn start(&self, dir: &Path, ports: Option<(u16, u16)>) -> (Process, Duration) {
+        self.start_with(dir, ports, &[]).await
+    }
+
+    /// [`Qistatus::start`] with more flags (`--nats ...` for a cluster node).
+    pub async fn start_with(
+        &self,
+        dir: &Path,
+        ports: Option<(u16, u16)>,
+        extra: &[String],
+    ) -> (Process, Duration) {
         let (http_port, grpc_port) = ports.unwrap_or_else(|| (free_port(), free_port()));
         let started = Instant::now();
         let child = Command::new(&self.bin)
@@ -123,6 +133,7 @@ impl Qistatus {
                 "--max-concurrent-requests",
                 "4096",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -151,6 +162,54 @@ impl Qistatus {
         .await;
         (server, started.elapsed())
     }
+}
+
+/// Starts `size` nats-servers with JetStream, clustered on loopback (one, unclustered, when
+/// `size` is 1); returns them and the client URLs, comma-separated, as `--nats` takes them.
+pub async fn start_nats(bin: &Path, dir: &Path, size: usize) -> (Vec<Process>, String) {
+    let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+    let routes = ports
+        .iter()
+        .map(|(_, route)| format!("nats://127.0.0.1:{route}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut servers = Vec::new();
+    for (i, (client, route)) in ports.iter().enumerate() {
+        let mut command = Command::new(bin);
+        command
+            .args(["-a", "127.0.0.1", "-p", &client.to_string()])
+            .args(["-n", &format!("n{i}"), "-js", "-sd"])
+            .arg(dir.join(format!("n{i}")));
+        if size > 1 {
+            command
+                .args(["--cluster_name", "bench"])
+                .args(["--cluster", &format!("nats://127.0.0.1:{route}")])
+                .args(["--routes", &routes]);
+        }
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start nats-server");
+        let url = format!("127.0.0.1:{client}");
+        wait_until("nats-server", || {
+            let url = url.clone();
+            async move { tokio::net::TcpStream::connect(url).await.is_ok() }
+        })
+        .await;
+        servers.push(Process {
+            child,
+            http: String::new(),
+            grpc: format!("nats://127.0.0.1:{client}"),
+        });
+    }
+    let urls = servers
+        .iter()
+        .map(|s| s.grpc.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    (servers, urls)
 }
 
 /// Starts a single-member etcd on `dir` and waits until it answers a range.

@@ -55,17 +55,35 @@ pub trait Feed: Send + 'static {
 #[derive(Clone)]
 pub struct QistatusTarget {
     http: HttpClient,
-    url: Arc<str>,
+    urls: Arc<[String]>,
     chans: Arc<Vec<Channel>>,
 }
 
 impl QistatusTarget {
     /// Connects to a running qistatus-server.
     pub async fn connect(server: &Process) -> Self {
+        Self::connect_all(&[server]).await
+    }
+
+    /// Connects to the nodes of a cluster: sender and reader `i` use node `i % nodes`.
+    pub async fn connect_all(servers: &[&Process]) -> Self {
+        let mut chans = Vec::new();
+        for server in servers {
+            chans.extend(channels(&server.grpc, 8).await);
+        }
+        // Interleaved, so that `i % len` spreads over the nodes as the URLs do.
+        let per_node = chans.len() / servers.len().max(1);
+        let chans = (0..per_node)
+            .flat_map(|c| (0..servers.len()).map(move |n| n * per_node + c))
+            .map(|i| chans[i].clone())
+            .collect();
         QistatusTarget {
             http: http_client(),
-            url: format!("{}/webhooks", server.http).into(),
-            chans: Arc::new(channels(&server.grpc, 8).await),
+            urls: servers
+                .iter()
+                .map(|s| format!("{}/webhooks", s.http))
+                .collect(),
+            chans: Arc::new(chans),
         }
     }
 
@@ -75,8 +93,8 @@ impl QistatusTarget {
 }
 
 impl Target for QistatusTarget {
-    async fn write(&self, _i: usize, w: &Webhook) -> Option<u64> {
-        post(&self.http, &self.url, w.body.clone()).await
+    async fn write(&self, i: usize, w: &Webhook) -> Option<u64> {
+        post(&self.http, &self.urls[i % self.urls.len()], w.body.clone()).await
     }
 
     async fn read(&self, i: usize, w: &Webhook) -> bool {

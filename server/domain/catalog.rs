@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -175,6 +176,29 @@ pub fn canonical_kind(raw: &str) -> String {
 /// The canonical form of a status: trimmed and lower-cased (seed 004 sends `"canceled "`).
 pub fn canonical_status(raw: &str) -> String {
     raw.trim().to_lowercase()
+}
+
+/// The catalog in effect, shared by the parts of a server that read webhooks (the intake,
+/// the API, the writer) and swapped whole by a reload: readers take the current one per
+/// request and keep it for that request, so no request sees two catalogs.
+#[derive(Debug, Clone)]
+pub struct CatalogHandle(Arc<RwLock<Arc<Catalog>>>);
+
+impl CatalogHandle {
+    /// A handle on `catalog`.
+    pub fn new(catalog: Catalog) -> CatalogHandle {
+        CatalogHandle(Arc::new(RwLock::new(Arc::new(catalog))))
+    }
+
+    /// The catalog in effect now.
+    pub fn current(&self) -> Arc<Catalog> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts `catalog` in effect for every request that starts from now on.
+    pub fn replace(&self, catalog: Arc<Catalog>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = catalog;
+    }
 }
 
 impl Catalog {

@@ -10,13 +10,12 @@ mod page_token;
 mod watch;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use crate::domain::catalog::{Catalog, canonical_kind, canonical_status};
+use crate::domain::catalog::{CatalogHandle, canonical_kind, canonical_status};
 use crate::domain::reconcile::{EventSummary, Operation, Phase};
 use crate::domain::webhook::{check_key, check_name};
 use crate::feed::{ChangeFeed, FeedError, FeedFilter};
@@ -133,7 +132,7 @@ impl From<ApiError> for Status {
 /// The implementation of `OperationStatusService`.
 #[derive(Debug, Clone)]
 pub struct OperationStatusApi {
-    catalog: Arc<Catalog>,
+    catalog: CatalogHandle,
     store: Store,
     index: StatusIndex,
     tokens: PageTokens,
@@ -144,7 +143,7 @@ impl OperationStatusApi {
     /// An API over `store`, whose watchers `feed` serves; `catalog` resolves kind aliases in
     /// requests, as the intake does in webhooks.
     pub(crate) fn new(
-        catalog: Arc<Catalog>,
+        catalog: CatalogHandle,
         store: Store,
         feed: ChangeFeed,
     ) -> Result<Self, StoreError> {
@@ -159,7 +158,7 @@ impl OperationStatusApi {
 
     /// The kind a request names: canonical, and resolved if it is an alias.
     fn kind_named(&self, raw: &str) -> String {
-        self.catalog.resolve_kind(canonical_kind(raw))
+        self.catalog.current().resolve_kind(canonical_kind(raw))
     }
 
     /// The operation a key (and optional kind) names.

@@ -59,6 +59,14 @@ impl RecentChanges {
         }
     }
 
+    /// Empties the window: for changes committed outside it (webhooks promoted by a catalog
+    /// reload), so that it never holds a gap. Watchers read from the store until it refills.
+    pub fn clear(&self) {
+        let mut window = self.window.write().unwrap_or_else(|e| e.into_inner());
+        window.records.clear();
+        window.bytes = 0;
+    }
+
     /// Bytes the window holds, as [`Change::approx_bytes`] counts.
     #[cfg(test)]
     fn bytes(&self) -> usize {

@@ -162,6 +162,11 @@ impl ServerProcess {
         kb * 1024
     }
 
+    /// Sends it `kill -SIGNAL`.
+    pub fn signal(&self, signal: &str) {
+        send_signal(&self.child, signal);
+    }
+
     /// SIGKILL, and waits for it to be gone: a crash, with no chance to flush.
     pub async fn kill(mut self) {
         self.child.kill().await.expect("SIGKILL the server");

@@ -200,3 +200,158 @@ async fn a_catalog_change_moves_quarantined_webhooks_into_their_operations() {
     assert_eq!((code, answer["result"].as_str()), (200, Some("duplicate")));
     server.stop().await;
 }
+
+/// The same catalog change on a running server: `POST /catalog/reload` (what SIGHUP does)
+/// promotes the quarantined webhook, re-reconciles the debt, tells a watcher, and the server
+/// keeps taking webhooks under the new catalog. A broken catalog file changes nothing.
+#[tokio::test]
+async fn a_catalog_reload_on_a_running_server_applies_it_online() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog_file = dir.path().join("catalog.toml");
+    std::fs::write(&catalog_file, "").unwrap();
+    let mut settings = qistatus::Settings::new(dir.path().join("data"));
+    settings.catalog_file = Some(catalog_file.clone());
+    let server = TestServer::start_with(settings).await;
+    let pix = br#"{"webhook_type": "pix_transfer", "key": "pix-1", "event_datetime": "2024-03-01 10:00:00", "data": {"transfer_state": "SENT"}}"#;
+    assert_eq!(server.post(pix.to_vec()).await.0, 202);
+    for (status, time) in [
+        ("disbursed", "2024-03-01 10:00:00"),
+        ("in_collection", "2024-03-05 10:00:00"),
+    ] {
+        server
+            .post_ok(webhook("debt", "debt-1", status, time))
+            .await;
+    }
+    assert_eq!(
+        server.get("debt-1", "debt").await.unwrap().status,
+        "disbursed"
+    );
+    let client = server.client().await;
+    let changes = client.watch(qistatus::client::WatchQuery {
+        start_after_sequence: Some(2),
+        ..Default::default()
+    });
+    tokio::pin!(changes);
+
+    let reload = || async {
+        let response = reqwest::Client::new()
+            .post(format!("http://{}/catalog/reload", server.admin))
+            .send()
+            .await
+            .expect("the admin listener answers");
+        let code = response.status().as_u16();
+        (code, response.json::<serde_json::Value>().await.unwrap())
+    };
+    // A file that is not a catalog: refused, naming the problem; nothing changes.
+    std::fs::write(&catalog_file, "[kinds.pix_transfer]\nstages = 3\n").unwrap();
+    let (code, answer) = reload().await;
+    assert_eq!(code, 422, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("stages"),
+        "{answer}"
+    );
+    assert_eq!(server.post(pix.to_vec()).await.0, 202, "still quarantined");
+
+    std::fs::write(
+        &catalog_file,
+        r#"
+        [kinds.pix_transfer]
+        status_paths = ["data.transfer_state"]
+        stages = ["created"]
+        success = ["sent"]
+
+        [kinds.debt]
+        stages = ["waiting_signature", "signature_finished", "signed", "waiting_balance_block",
+                  "issued", "waiting_disbursement", "disbursed", "in_collection"]
+        "#,
+    )
+    .unwrap();
+    let (code, answer) = reload().await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["promoted"], 1, "{answer}");
+    assert_eq!(answer["still_quarantined"], 0, "{answer}");
+
+    let pix_op = server.get("pix-1", "pix_transfer").await.unwrap();
+    assert_eq!(
+        (pix_op.status.as_str(), phase(&pix_op)),
+        ("sent", "succeeded")
+    );
+    assert_eq!(pix_op.last_sequence, 3, "the next sequence");
+    assert_eq!(
+        server.get("debt-1", "debt").await.unwrap().status,
+        "in_collection"
+    );
+    // The watcher hears of the promoted webhook, then of one posted after the reload.
+    let promoted = next_change(&mut changes).await;
+    assert_eq!(
+        (promoted.sequence, promoted.operation.unwrap().key.as_str()),
+        (3, "pix-1")
+    );
+    let later = br#"{"webhook_type": "pix_transfer", "key": "pix-2", "event_datetime": "2024-03-02 10:00:00", "data": {"transfer_state": "SENT"}}"#;
+    let (code, answer) = server.post(later.to_vec()).await;
+    assert_eq!((code, answer["result"].as_str()), (200, Some("accepted")));
+    let after = next_change(&mut changes).await;
+    assert_eq!(
+        (after.sequence, after.operation.unwrap().key.as_str()),
+        (4, "pix-2")
+    );
+    // The promoted webhook is deduplicated like any other.
+    let (code, answer) = server.post(pix.to_vec()).await;
+    assert_eq!((code, answer["result"].as_str()), (200, Some("duplicate")));
+    server.stop().await;
+}
+
+/// The next change a watch yields.
+async fn next_change(
+    changes: &mut (
+             impl tokio_stream::Stream<
+        Item = Result<qistatus::client::WatchEvent, qistatus::client::ClientError>,
+    > + Unpin
+         ),
+) -> qistatus::pb::OperationChange {
+    loop {
+        match tokio_stream::StreamExt::next(changes).await {
+            Some(Ok(qistatus::client::WatchEvent::Change(c))) => return *c,
+            Some(Ok(_)) => {}
+            other => panic!("the watch ended: {other:?}"),
+        }
+    }
+}
+
+/// SIGHUP reloads the catalog of the real binary.
+#[tokio::test]
+async fn sighup_reloads_the_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog_file = dir.path().join("catalog.toml");
+    std::fs::write(&catalog_file, "").unwrap();
+    let server = crate::process::ServerCommand::new(&dir.path().join("data"))
+        .args(["--catalog", catalog_file.to_str().unwrap()])
+        .start()
+        .await;
+    let pix = br#"{"webhook_type": "pix_transfer", "key": "pix-1", "event_datetime": "2024-03-01 10:00:00", "data": {"transfer_state": "SENT"}}"#;
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/webhooks", server.http))
+        .body(pix.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    std::fs::write(
+        &catalog_file,
+        "[kinds.pix_transfer]\nstatus_paths = [\"data.transfer_state\"]\nsuccess = [\"sent\"]\n",
+    )
+    .unwrap();
+    server.signal("HUP");
+    let mut client = qistatus::client::Client::connect(&format!("http://{}", server.grpc))
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if let Ok(op) = client.get("pix-1", None).await {
+            assert_eq!(op.status, "sent");
+            server.terminate().await;
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the quarantined webhook was not promoted within 5 s of SIGHUP");
+}

@@ -95,7 +95,7 @@ pub async fn run(cx: &Context, report: &mut Report, with_ingest: bool, with_read
 }
 
 /// A warm-up, then `rounds` rounds of durable writes of distinct realistic webhooks.
-async fn ingest<T: Target>(target: &T, cx: &Context) -> Rounds {
+pub(super) async fn ingest<T: Target>(target: &T, cx: &Context) -> Rounds {
     let s = cx.sizes;
     let write_all = |batch: Arc<Vec<Webhook>>| {
         let target = target.clone();
@@ -124,7 +124,7 @@ async fn ingest<T: Target>(target: &T, cx: &Context) -> Rounds {
 }
 
 /// `rounds` rounds of point reads of the written operations, in a scattered order.
-async fn reads<T: Target>(target: &T, cx: &Context, written: &[Webhook]) -> Rounds {
+pub(super) async fn reads<T: Target>(target: &T, cx: &Context, written: &[Webhook]) -> Rounds {
     let s = cx.sizes;
     let keys = Arc::new(written.to_vec());
     let mut out = Rounds::new();

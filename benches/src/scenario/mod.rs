@@ -1,6 +1,7 @@
 //! The scenarios, one module each. A scenario starts the servers it needs, drives them
 //! through the [`Target`](crate::target::Target) abstraction, and adds rows to the report.
 
+pub mod cluster;
 pub mod fanout;
 pub mod ingest;
 pub mod scale;
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::process::Qistatus;
 
 /// The scenarios, by the name `--only` takes.
-pub const NAMES: &[&str] = &["ingest", "reads", "watch", "scale"];
+pub const NAMES: &[&str] = &["ingest", "reads", "watch", "scale", "cluster"];
 
 /// What every scenario needs: how to start each system, where, and how much load.
 pub struct Context {
@@ -18,6 +19,8 @@ pub struct Context {
     pub qistatus: Qistatus,
     /// The etcd binary, when etcd is measured.
     pub etcd_bin: Option<PathBuf>,
+    /// nats-server, for the cluster; `None`: not measured.
+    pub nats_bin: Option<PathBuf>,
     /// PostgreSQL's `bin` directory (initdb, pg_ctl), when PostgreSQL is measured.
     pub postgres_bin_dir: Option<PathBuf>,
     /// Counts of this run.

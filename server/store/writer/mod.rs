@@ -31,6 +31,7 @@ mod compaction;
 mod plan;
 
 use super::log::Facts;
+use super::rebuild::{self, RebuildReport};
 use super::recent::RecentChanges;
 use super::snapshot::{self, Pinned};
 use super::{Store, StoreError, view};
@@ -86,6 +87,11 @@ enum Command {
     /// Pin the store as it is between two batches, for a snapshot.
     Snapshot {
         reply: oneshot::Sender<Result<Pinned, Arc<StoreError>>>,
+    },
+    /// Put `catalog` in effect: rebuild every operation under it (see [`Reload`]).
+    Reload {
+        catalog: Arc<Catalog>,
+        reply: oneshot::Sender<Result<RebuildReport, Arc<StoreError>>>,
     },
     /// Drop log entries received before `cutoff` (ms since the epoch), at most `limit`.
     Compact {
@@ -221,6 +227,16 @@ impl WriterHandle {
             reply,
         })
         .await
+    }
+
+    /// Puts `catalog` in effect between two batches: quarantined webhooks it can read are
+    /// promoted (new sequences, seen by watchers), and every operation is recomputed under
+    /// it ([`crate::store::rebuild`], on the writer's thread, so nothing is written
+    /// meanwhile; the intake waits in the queue for as long as that takes). Webhooks queued
+    /// after this call are read under the new catalog by the caller's intake only once the
+    /// caller swaps its handle, which it does when this returns.
+    pub async fn reload(&self, catalog: Arc<Catalog>) -> Result<RebuildReport, SubmitError> {
+        self.ask(|reply| Command::Reload { catalog, reply }).await
     }
 
     /// Pins the store between two batches: a consistent snapshot, kept until dropped.
@@ -412,6 +428,11 @@ impl Writer {
                     next = rx.blocking_recv();
                     continue;
                 }
+                Command::Reload { catalog, reply } => {
+                    let _ = reply.send(self.reload(catalog));
+                    next = rx.blocking_recv();
+                    continue;
+                }
                 Command::Snapshot { reply } => {
                     let started = std::time::Instant::now();
                     let head = self.counters.next_sequence - 1;
@@ -449,6 +470,33 @@ impl Writer {
             tracing::error!(error = %e, "final flush failed");
         }
         tracing::debug!("writer stopped");
+    }
+
+    /// See [`WriterHandle::reload`].
+    fn reload(&mut self, catalog: Arc<Catalog>) -> Result<RebuildReport, Arc<StoreError>> {
+        if let Some(stopped) = &self.stopped {
+            return Err(stopped.clone());
+        }
+        let started = std::time::Instant::now();
+        let report = rebuild::rebuild(&self.store, &catalog).map_err(Arc::new)?;
+        // Promotions took sequences: continue after them, and let watchers see them.
+        let counters = self.store.counters().map_err(Arc::new)?;
+        let head = self.counters.next_sequence - 1;
+        self.counters = counters;
+        self.catalog = catalog;
+        if counters.next_sequence - 1 > head {
+            // The promoted changes are not in the recent window: empty it rather than leave
+            // a gap, so watchers read them from the store.
+            self.recent.clear();
+            self.committed.send_replace(counters.next_sequence - 1);
+        }
+        tracing::info!(
+            promoted = report.promoted,
+            operations_changed = report.operations_changed,
+            paused_ms = started.elapsed().as_millis() as u64,
+            "catalog reloaded"
+        );
+        Ok(report)
     }
 
     fn commit_and_answer(&mut self, batch: &mut Vec<WriteRequest>) {

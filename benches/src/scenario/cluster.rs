@@ -1,0 +1,65 @@
+//! A cluster against a single node, in the same run: acknowledged webhooks per second with
+//! two qistatus nodes on a three-server JetStream stream (R3), and point reads spread over
+//! both nodes.
+
+use super::Context;
+use super::ingest::{ingest, reads};
+use crate::load::median;
+use crate::process::start_nats;
+use crate::report::{Report, ms};
+use crate::target::QistatusTarget;
+
+/// Runs the single node, then the cluster, with the same load.
+pub async fn run(cx: &Context, report: &mut Report) {
+    let Some(nats_bin) = &cx.nats_bin else {
+        report
+            .notes
+            .push("nats-server was not available: the cluster was not measured.".into());
+        return;
+    };
+    eprintln!("== cluster: two nodes on a 3-server JetStream stream (R3) vs one node");
+    let (single, _) = cx.qistatus.start(&cx.dir("c-single"), None).await;
+    let target = QistatusTarget::connect(&single).await;
+    let single_ingest = ingest(&target, cx).await;
+    let single_reads = reads(&target, cx, &single_ingest.written).await;
+    single.stop().await;
+
+    let (nats, urls) = start_nats(nats_bin, &cx.dir("c-nats"), 3).await;
+    let flags = [
+        "--nats".to_owned(),
+        urls,
+        "--nats-replicas".into(),
+        "3".into(),
+    ];
+    let (a, _) = cx.qistatus.start_with(&cx.dir("c-a"), None, &flags).await;
+    let (b, _) = cx.qistatus.start_with(&cx.dir("c-b"), None, &flags).await;
+    let target = QistatusTarget::connect_all(&[&a, &b]).await;
+    let cluster_ingest = ingest(&target, cx).await;
+    let cluster_reads = reads(&target, cx, &cluster_ingest.written).await;
+    for node in [a, b] {
+        node.stop().await;
+    }
+    for server in nats {
+        server.stop().await;
+    }
+
+    let rate = |r: &crate::load::Rounds| median(r.rates.clone());
+    report.notes.push(format!(
+        "cluster (two nodes, three NATS servers on this machine, R3; senders and readers \
+         spread over both nodes), side by side with one node in the same run: ingest {:.0}/s \
+         vs {:.0}/s single ({:.2}×), p99 {} vs {}; point reads {:.0}/s vs {:.0}/s ({:.2}×); \
+         failures: cluster {} + {}, single {} + {}.",
+        rate(&cluster_ingest),
+        rate(&single_ingest),
+        rate(&cluster_ingest) / rate(&single_ingest),
+        ms(cluster_ingest.latency.value_at_quantile(0.99)),
+        ms(single_ingest.latency.value_at_quantile(0.99)),
+        rate(&cluster_reads),
+        rate(&single_reads),
+        rate(&cluster_reads) / rate(&single_reads),
+        cluster_ingest.failures,
+        cluster_reads.failures,
+        single_ingest.failures,
+        single_reads.failures,
+    ));
+}

@@ -1,0 +1,73 @@
+//! Reloading the catalog on a running server (SIGHUP, or `POST /catalog/reload` on the admin
+//! listener): the catalog is data, and teaching qistatus a new status or kind should not
+//! need a stop.
+//!
+//! A reload reads `--catalog` again (over the built-in catalog, as at start), checks it, and
+//! puts it in effect: the intake and the API take it for every request from then on, and the
+//! writer, between two batches ([`WriterHandle::reload`]), promotes the quarantined webhooks
+//! it can now read (new sequences: watchers see them) and recomputes every operation under
+//! it, the same pure function as `qistatus-server rebuild`. The intake switches first, so
+//! no webhook arriving during the reload is quarantined for want of the new catalog; those
+//! the writer applied under the old one just before are recomputed by the rebuild.
+//!
+//! Trade-off: the intake waits while the writer rebuilds (the whole store is read; the pause
+//! is logged as `paused_ms`). A catalog that fails to load changes nothing.
+//!
+//! A cluster node refuses: every node must decide alike, so a new catalog is rolled out by
+//! restarting every node with it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::domain::catalog::{Catalog, CatalogError, CatalogHandle};
+use crate::store::rebuild::RebuildReport;
+use crate::store::writer::{SubmitError, WriterHandle};
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The catalog file is unreadable or inconsistent.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// A cluster node cannot change its catalog alone.
+    #[error(
+        "a cluster node does not reload its catalog alone (every node must decide alike): \
+         restart every node with the new --catalog"
+    )]
+    Cluster,
+    /// The writer could not apply it.
+    #[error("the writer could not apply the catalog: {0}")]
+    Writer(#[from] SubmitError),
+}
+
+/// What reloads the catalog; cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct CatalogReloader {
+    pub(crate) path: Option<PathBuf>,
+    pub(crate) catalog: CatalogHandle,
+    pub(crate) writer: WriterHandle,
+    pub(crate) cluster: bool,
+}
+
+impl CatalogReloader {
+    /// Reads the catalog again and puts it in effect. See the module docs.
+    pub(crate) async fn reload(&self) -> Result<RebuildReport, ReloadError> {
+        if self.cluster {
+            return Err(ReloadError::Cluster);
+        }
+        let path = self.path.clone();
+        let catalog = tokio::task::spawn_blocking(move || Catalog::load(path.as_deref()))
+            .await
+            .expect("loading a catalog does not panic: errors are values")?;
+        let catalog = Arc::new(catalog);
+        let before = self.catalog.current();
+        self.catalog.replace(catalog.clone());
+        match self.writer.reload(catalog).await {
+            Ok(report) => Ok(report),
+            Err(e) => {
+                self.catalog.replace(before);
+                Err(e.into())
+            }
+        }
+    }
+}

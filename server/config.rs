@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::auth::grpc::BearerTokens;
+use crate::auth::response_signing::ResponseSigner;
 use crate::auth::webhook::{DEFAULT_MAX_CLOCK_SKEW, KeyError, WebhookVerifier};
 use crate::cluster::ClusterSettings;
 use crate::domain::catalog::{Catalog, CatalogError};
@@ -190,6 +191,19 @@ pub struct Config {
     #[arg(long, env = "QISTATUS_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
 
+    /// Sign every acknowledgement with this ECDSA P-521 private key (PEM), for QI Tech
+    /// accounts that count a notification as delivered only on a signed `200`.
+    #[arg(long, env = "QISTATUS_RESPONSE_SIGNING_KEY")]
+    pub response_signing_key: Option<PathBuf>,
+
+    /// The API-CLIENT-KEY header of signed acknowledgements.
+    #[arg(
+        long,
+        env = "QISTATUS_RESPONSE_API_CLIENT_KEY",
+        requires = "response_signing_key"
+    )]
+    pub response_api_client_key: Option<String>,
+
     /// Join a cluster: NATS server URLs (comma-separated, e.g. nats://10.0.0.1:4222); every
     /// node of the cluster shares one JetStream stream. Without it, a single node.
     #[arg(long = "nats", env = "QISTATUS_NATS", value_delimiter = ',')]
@@ -365,6 +379,16 @@ impl Config {
             grpc_tokens.is_enabled(),
             self.allow_unauthenticated,
         )?;
+        let response_signer = match &self.response_signing_key {
+            Some(path) => {
+                let pem = read(path, "--response-signing-key")?;
+                Some(ResponseSigner::from_pem(
+                    &String::from_utf8_lossy(&pem),
+                    self.response_api_client_key.clone(),
+                )?)
+            }
+            None => None,
+        };
         let cluster = (!self.nats.is_empty()).then(|| ClusterSettings {
             urls: self.nats.clone(),
             stream: self.nats_stream.clone(),
@@ -373,6 +397,7 @@ impl Config {
         });
         let settings = Settings {
             cluster,
+            response_signer,
             cache_bytes: self.cache_mb.max(8) * 1024 * 1024,
             webhook_verifier,
             grpc_tokens,

@@ -29,6 +29,7 @@ use axum::routing::{get, post};
 use serde::Serialize;
 use tower::ServiceBuilder;
 
+use crate::auth::response_signing::ResponseSigner;
 use crate::auth::webhook::{AuthError, RequestFacts, WebhookVerifier};
 use crate::cluster::{ClusterError, Publisher};
 use crate::domain::catalog::CatalogHandle;
@@ -87,6 +88,8 @@ pub(crate) struct IntakeState {
     pub(crate) ingest: Ingest,
     /// Who may post webhooks.
     pub(crate) verifier: Arc<WebhookVerifier>,
+    /// Signs acknowledgements, when configured.
+    pub(crate) signer: Option<Arc<ResponseSigner>>,
     /// Where webhooks are counted.
     pub(crate) metrics: Arc<Metrics>,
 }
@@ -165,6 +168,15 @@ async fn receive_webhook(
 ) -> Result<Response, IntakeError> {
     let started = std::time::Instant::now();
     let metrics = state.metrics.clone();
+    let signer = state.signer.clone();
+    let (method, path) = (
+        request.method().to_string(),
+        request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned(),
+    );
     let mut kind = OTHER_KIND.to_owned();
     let outcome = tokio::time::timeout(
         limits.request_timeout,
@@ -181,22 +193,40 @@ async fn receive_webhook(
         Err(_) => WebhookResult::Refused,
     };
     metrics.webhook(&kind, result, started.elapsed().as_secs_f64());
-    Ok(match outcome? {
-        Ack::Accepted { sequence } => {
-            (StatusCode::OK, Json(IntakeReply::Accepted { sequence })).into_response()
-        }
-        Ack::Duplicate { sequence } => {
-            (StatusCode::OK, Json(IntakeReply::Duplicate { sequence })).into_response()
-        }
+    let (status, reply) = match outcome? {
+        Ack::Accepted { sequence } => (StatusCode::OK, IntakeReply::Accepted { sequence }),
+        Ack::Duplicate { sequence } => (StatusCode::OK, IntakeReply::Duplicate { sequence }),
         Ack::Quarantined { id, reason } => (
             StatusCode::ACCEPTED,
-            Json(IntakeReply::Quarantined {
+            IntakeReply::Quarantined {
                 reason,
                 quarantine_id: id,
-            }),
-        )
-            .into_response(),
-    })
+            },
+        ),
+    };
+    let Some(signer) = signer else {
+        return Ok((status, Json(reply)).into_response());
+    };
+    let reply = serde_json::to_vec(&reply).expect("the reply is a JSON object of plain fields");
+    let signed = signer.sign(&reply, &method, &path, chrono::Utc::now().timestamp());
+    let mut response = (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        signed.body,
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    let value = |text: String| {
+        HeaderValue::try_from(text).expect("a JWT and a configured key are visible ASCII")
+    };
+    headers.insert(header::AUTHORIZATION, value(signed.authorization));
+    if let Some(key) = signed.api_client_key {
+        headers.insert("api-client-key", value(key));
+    }
+    Ok(response)
 }
 
 /// The kind label of webhooks whose kind is not one the catalog knows (or not read yet).
@@ -420,6 +450,7 @@ mod tests {
             catalog: CatalogHandle::new(Catalog::builtin()),
             ingest: Ingest::Local(writer),
             verifier: Arc::new(WebhookVerifier::default()),
+            signer: None,
             metrics,
         };
         Intake {

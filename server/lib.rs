@@ -95,6 +95,8 @@ mod tls;
 #[cfg(feature = "server")]
 pub use auth::grpc::BearerTokens;
 #[cfg(feature = "server")]
+pub use auth::response_signing::ResponseSigner;
+#[cfg(feature = "server")]
 pub use auth::webhook::{KeyError, WebhookVerifier};
 #[cfg(feature = "server")]
 pub use feed::FeedSettings;

@@ -18,6 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::admin::{self, AdminState};
 use crate::auth::grpc::{BearerAuthLayer, BearerTokens};
+use crate::auth::response_signing::ResponseSigner;
 use crate::auth::webhook::WebhookVerifier;
 use crate::cluster::{self, ClusterError, ClusterSettings, JetStreamLog, Progress, Publisher};
 use crate::domain::catalog::{Catalog, CatalogHandle};
@@ -67,6 +68,8 @@ pub struct Settings {
     pub compaction_interval: Duration,
     /// Who may post webhooks (no verification when empty).
     pub webhook_verifier: WebhookVerifier,
+    /// Signs the intake's acknowledgements, when set.
+    pub response_signer: Option<ResponseSigner>,
     /// Who may call the gRPC API (open when empty).
     pub grpc_tokens: BearerTokens,
     /// TLS for both listeners, when set.
@@ -93,6 +96,7 @@ impl Settings {
             log_retention: days(DEFAULT_LOG_RETENTION_DAYS),
             compaction_interval: DEFAULT_COMPACTION_INTERVAL,
             webhook_verifier: WebhookVerifier::default(),
+            response_signer: None,
             grpc_tokens: BearerTokens::default(),
             tls: None,
             cache_bytes: crate::store::DEFAULT_CACHE_MB * 1024 * 1024,
@@ -247,6 +251,7 @@ pub async fn run(
             catalog: catalog_handle.clone(),
             ingest,
             verifier: Arc::new(settings.webhook_verifier),
+            signer: settings.response_signer.map(Arc::new),
             metrics: metrics.clone(),
         },
         intake_limits,

@@ -1,4 +1,6 @@
-//! Who may talk to qistatus: webhook senders ([`webhook`]) and gRPC clients ([`grpc`]).
+//! Who may talk to qistatus: webhook senders ([`webhook`]) and gRPC clients ([`grpc`]); and
+//! how qistatus proves its own acknowledgements ([`response_signing`]).
 
 pub(crate) mod grpc;
+pub(crate) mod response_signing;
 pub(crate) mod webhook;

@@ -84,8 +84,8 @@ pub enum AuthError {
 #[derive(Debug, thiserror::Error)]
 #[error("{what}: {reason}")]
 pub struct KeyError {
-    what: String,
-    reason: String,
+    pub(crate) what: String,
+    pub(crate) reason: String,
 }
 
 /// The request facts a verifier needs.

@@ -615,3 +615,72 @@ async fn qi_dtvm_signatures_are_verified_with_any_of_several_shared_keys() {
     );
     server.stop().await;
 }
+
+/// The payload of a compact ES512 JWT, if `public` verifies its signature.
+fn verified_payload(token: &str, public: &p521::ecdsa::VerifyingKey) -> serde_json::Value {
+    use p521::ecdsa::signature::Verifier;
+    let (signed, signature) = token.rsplit_once('.').expect("three parts");
+    let signature =
+        p521::ecdsa::Signature::from_slice(&URL_SAFE_NO_PAD.decode(signature).unwrap()).unwrap();
+    public
+        .verify(signed.as_bytes(), &signature)
+        .expect("signed with the configured key");
+    let payload = signed.split_once('.').unwrap().1;
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn acknowledgements_are_signed_when_a_response_key_is_configured() {
+    use p521::pkcs8::EncodePrivateKey;
+    let key = SigningKey::random(&mut p521::elliptic_curve::rand_core::OsRng);
+    let public = p521::ecdsa::VerifyingKey::from(&key);
+    let pem = p521::SecretKey::from_bytes(&key.to_bytes())
+        .unwrap()
+        .to_pkcs8_pem(LineEnding::LF)
+        .unwrap();
+    let signer = qistatus::ResponseSigner::from_pem(&pem, Some("our-client-key".into())).unwrap();
+    let server = TestServer::start_configured(|s| s.response_signer = Some(signer)).await;
+    let body = fixture("000_debt_1_waiting_signature.json");
+    for expected in ["accepted", "duplicate"] {
+        let response = reqwest::Client::new()
+            .post(server.webhooks_url())
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let headers = response.headers().clone();
+        let sent = response.bytes().await.unwrap();
+        assert_eq!(headers["api-client-key"], "our-client-key");
+        // The Authorization JWT binds the body sent, the method and the path.
+        let claims = verified_payload(headers["authorization"].to_str().unwrap(), &public);
+        assert_eq!(claims["payload_md5"], hex::encode(md5::Md5::digest(&sent)));
+        assert_eq!(
+            (&claims["method"], &claims["uri"]),
+            (&"POST".into(), &"/webhooks".into())
+        );
+        let signed_at =
+            chrono::DateTime::parse_from_rfc3339(claims["timestamp"].as_str().unwrap()).unwrap();
+        assert!((chrono::Utc::now().timestamp() - signed_at.timestamp()).abs() < 60);
+        // The body's encoded_body is the usual answer, signed.
+        let sent: serde_json::Value = serde_json::from_slice(&sent).unwrap();
+        let answer = verified_payload(sent["encoded_body"].as_str().unwrap(), &public);
+        assert_eq!(answer["result"], expected, "{answer}");
+        assert_eq!(answer["sequence"], 1);
+    }
+    // Refusals are plain: QI Tech retries them either way.
+    let (code, answer) = server.post(b"not json".to_vec()).await;
+    assert_eq!(code, 400);
+    assert!(answer["error"].is_string(), "{answer}");
+    server.stop().await;
+}
+
+#[test]
+fn a_response_key_that_is_not_a_p521_private_key_is_refused_by_name() {
+    let err = qistatus::ResponseSigner::from_pem(
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        None,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("--response-signing-key"), "{err}");
+}

@@ -233,13 +233,19 @@ fn read_envelope(
     v: &Value,
     event_id: EventId,
 ) -> Result<WebhookEnvelope, String> {
-    let kind = match text_field(v, "webhook_type")? {
+    // BaaS, LaaS and the seeds name the kind `webhook_type`; automatic Pix and QI DTVM,
+    // `event_type`.
+    let kind = match text_field(v, "webhook_type")?.or(text_field(v, "event_type")?) {
         Some(raw) => catalog.resolve_kind(canonical_kind(raw)),
         None if present(v, "debt_key") => "debt".to_owned(),
         None if present(v, "credit_operation_key") && present(v, "reversal") => {
             return read_reversal(catalog, v, event_id);
         }
-        None => return Err("no webhook_type, and no debt_key to imply a debt".to_owned()),
+        None => {
+            return Err(
+                "no webhook_type or event_type, and no debt_key to imply a debt".to_owned(),
+            );
+        }
     };
     check_name("webhook_type", &kind)?;
     if !kind
@@ -252,12 +258,22 @@ fn read_envelope(
     let base = kind.split('.').next().unwrap_or(&kind);
 
     let generic_key = format!("data.{base}_key");
-    let key_paths = ["key", "debt_key", generic_key.as_str()].into_iter().chain(
-        spec.iter()
-            .flat_map(|s| s.key_paths.iter().map(String::as_str)),
-    );
+    let pair = keyed_pair(v);
+    let key_paths = ["key", "debt_key", generic_key.as_str()]
+        .into_iter()
+        .chain(
+            spec.iter()
+                .flat_map(|s| s.key_paths.iter().map(String::as_str)),
+        )
+        .chain(pair.as_ref().map(|(key, _)| key.as_str()))
+        .chain(["origin_key"]);
     let key = first_text(v, key_paths)?
-        .ok_or_else(|| format!("no operation key: none of key, debt_key, {generic_key}"))?
+        .ok_or_else(|| {
+            format!(
+                "no operation key: none of key, debt_key, {generic_key}, origin_key, nor one \
+                 <x>_key beside its <x>_status in data or event_data"
+            )
+        })?
         .to_owned();
     check_key(&key)?;
 
@@ -267,10 +283,16 @@ fn read_envelope(
         .chain(
             spec.iter()
                 .flat_map(|s| s.status_paths.iter().map(String::as_str)),
-        );
+        )
+        .chain(pair.as_ref().map(|(_, status)| status.as_str()));
     let status = first_text(v, status_paths)?
         .map(canonical_status)
-        .ok_or_else(|| format!("no status: none of status, data.status, {generic_status}"))?;
+        .ok_or_else(|| {
+            format!(
+                "no status: none of status, data.status, {generic_status}, nor an <x>_status \
+                 beside its <x>_key in data or event_data"
+            )
+        })?;
     check_name("status", &status)?;
     if !status
         .chars()
@@ -305,6 +327,37 @@ fn read_envelope(
         outcome,
         event_time,
     })
+}
+
+/// The generic rule for QI Tech's other families (BaaS Pix, bill payment, automatic Pix, QI
+/// DTVM): in `data` or `event_data`, the one `<x>_key` whose `<x>_status` is beside it
+/// (`pix_transfer_key` and `pix_transfer_status`; `request_control_key` has no status, so it
+/// is not the operation); failing that, the one `<x>_key` beside a plain `status` (QI DTVM's
+/// `event_data.issuer_key`). Returns the key's and the status's paths. Ambiguous containers
+/// (two such pairs) give nothing: better quarantined than attributed to the wrong key.
+fn keyed_pair(v: &Value) -> Option<(String, String)> {
+    for container in ["data", "event_data"] {
+        let Some(Value::Object(fields)) = v.get(container) else {
+            continue;
+        };
+        let mut pairs = fields
+            .keys()
+            .filter_map(|k| k.strip_suffix("_key"))
+            .filter(|x| !x.is_empty() && fields.contains_key(&format!("{x}_status")));
+        if let (Some(x), None) = (pairs.next(), pairs.next()) {
+            return Some((
+                format!("{container}.{x}_key"),
+                format!("{container}.{x}_status"),
+            ));
+        }
+        if fields.contains_key("status") {
+            let mut keys = fields.keys().filter(|k| k.ends_with("_key"));
+            if let (Some(key), None) = (keys.next(), keys.next()) {
+                return Some((format!("{container}.{key}"), format!("{container}.status")));
+            }
+        }
+    }
+    None
 }
 
 /// A debt's cancellation after disbursement (QI Tech's reversal webhook): no `webhook_type`,
@@ -574,6 +627,63 @@ mod tests {
                 .unwrap()
                 .timestamp_millis(),
         )
+    }
+
+    #[test]
+    fn other_families_are_read_by_the_key_beside_its_status() {
+        let cases = [
+            // BaaS Pix: request_control_key has no status beside it.
+            (
+                json!({"webhook_type": "baas.pix_transfer.outgoing_pix", "webhook_datetime": "2021-10-22T20:30:23.459Z",
+                       "data": {"request_control_key": "r", "pix_transfer_key": "p", "pix_transfer_status": "Sent"}}),
+                ("baas.pix_transfer.outgoing_pix", "p", "sent"),
+            ),
+            // Automatic Pix: event_type, and origin_key beside the pair.
+            (
+                json!({"event_type": "baas.automatic_pix.outgoing_recurrence.status_change", "origin_key": "o",
+                       "data": {"outgoing_recurrence_key": "o", "outgoing_recurrence_status": "approved"}}),
+                (
+                    "baas.automatic_pix.outgoing_recurrence.status_change",
+                    "o",
+                    "approved",
+                ),
+            ),
+            // QI DTVM: event_data, one key beside a plain status.
+            (
+                json!({"event_type": "issuer_management.issuer_status_change",
+                       "event_data": {"issuer_key": "i", "status": "approved"}}),
+                ("issuer_management.issuer_status_change", "i", "approved"),
+            ),
+            // The documented fields come first when present.
+            (
+                json!({"webhook_type": "debt", "key": "k", "status": "signed",
+                       "data": {"other_key": "o", "other_status": "x"}}),
+                ("debt", "k", "signed"),
+            ),
+        ];
+        for (value, (kind, key, status)) in cases {
+            let e = event(value.clone());
+            assert_eq!(
+                (e.kind.as_str(), e.key.as_str(), e.status.as_str()),
+                (kind, key, status),
+                "{value}"
+            );
+        }
+        let t = event(
+            json!({"webhook_type": "baas.bill_payment.payment", "webhook_datetime": "2021-10-22T20:30:23.459Z",
+                             "data": {"payment_key": "p", "payment_status": "executed"}}),
+        );
+        assert_eq!(t.event_time, utc("2021-10-22T20:30:23.459Z"));
+        // Two pairs, or two keys beside a plain status: ambiguous, so quarantined.
+        for value in [
+            json!({"event_type": "x", "data": {"a_key": "1", "a_status": "s", "b_key": "2", "b_status": "t"}}),
+            json!({"event_type": "x", "event_data": {"a_key": "1", "b_key": "2", "status": "s"}}),
+        ] {
+            assert!(
+                quarantine_reason(value.clone()).contains("no operation key"),
+                "{value}"
+            );
+        }
     }
 
     #[test]
@@ -849,7 +959,7 @@ mod tests {
     #[test]
     fn unreadable_objects_are_quarantined_with_a_reason_naming_the_field() {
         let cases = [
-            (json!({}), "no webhook_type, and no debt_key"),
+            (json!({}), "no webhook_type or event_type, and no debt_key"),
             (json!({"key": "k", "status": "x"}), "no webhook_type"),
             (
                 json!({"webhook_type": "", "key": "k", "status": "x"}),

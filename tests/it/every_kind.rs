@@ -285,3 +285,101 @@ async fn one_operation_of_every_kind_delivered_shuffled_and_duplicated() {
     );
     server.stop().await;
 }
+
+/// QI Tech's documented examples of its other families (BaaS Pix, bill payment, automatic
+/// Pix, QI DTVM), each delivered in both orders and twice: read by the generic rule, none
+/// quarantined, with the catalog's outcome and facts.
+#[tokio::test]
+async fn documented_examples_of_the_other_families_are_read_in_any_order() {
+    use crate::test_server::fixture;
+    let server = TestServer::start().await;
+    // (fixtures of one operation, kind, key, status, phase)
+    let cases: [(&[&str], &str, &str, &str, &str); 5] = [
+        (
+            &["005_pix_outgoing_sent.json"],
+            "baas.pix_transfer.outgoing_pix",
+            "8cb70dea-9fb0-4a68-9572-99a72849c8d6",
+            "sent",
+            "succeeded",
+        ),
+        (
+            &["005_pix_outgoing_rejected.json"],
+            "baas.pix_transfer.outgoing_pix",
+            "8cb70dea-9fb0-4a68-9572-99a72849c8d7",
+            "rejected",
+            "failed",
+        ),
+        (
+            // Reverted after it was executed: delivered reverted first.
+            &[
+                "006_bill_payment_reverted.json",
+                "006_bill_payment_executed.json",
+            ],
+            "baas.bill_payment.payment",
+            "8cb70dea-9fb0-4a68-9572-99a72849c8d6",
+            "reverted",
+            "failed",
+        ),
+        (
+            &["007_automatic_pix_recurrence_approved.json"],
+            "baas.automatic_pix.outgoing_recurrence.status_change",
+            "8cb70dea-9fb0-4a68-9572-99a72849c8d6",
+            "approved",
+            "succeeded",
+        ),
+        (
+            &["008_dtvm_issuer_approved.json"],
+            "issuer_management.issuer_status_change",
+            "18c4d162-1b1b-4c3a-b7a7-5f1200723c43",
+            "approved",
+            "succeeded",
+        ),
+    ];
+    for (files, ..) in &cases {
+        for name in files.iter().chain(files.iter()) {
+            let (code, answer) = server.post(fixture(name)).await;
+            assert_eq!(code, 200, "{name}: {answer}");
+        }
+    }
+    for (_, kind, key, status, expected_phase) in cases {
+        let op = server.get(key, kind).await.expect(kind);
+        assert_eq!(
+            (op.status.as_str(), phase(&op)),
+            (status, expected_phase),
+            "{kind}"
+        );
+    }
+    let (code, answer) = server
+        .post(fixture("008_dtvm_investor_reproved.json"))
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    let investor = server
+        .get(
+            "18c4d162-1b1b-4c3a-b7a7-5f1200723c43",
+            "investor_management.investor_status_change",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (investor.status.as_str(), phase(&investor)),
+        ("reproved", "failed")
+    );
+    // The Pix error is a fact: no need to parse `data`.
+    let rejected = server
+        .get(
+            "8cb70dea-9fb0-4a68-9572-99a72849c8d7",
+            "baas.pix_transfer.outgoing_pix",
+        )
+        .await
+        .unwrap();
+    let fact = |name: &str| match rejected.facts.get(name).and_then(|v| v.kind.clone()) {
+        Some(prost_types::value::Kind::StringValue(s)) => s,
+        other => panic!("{name}: {other:?}"),
+    };
+    assert_eq!(fact("error_code"), "PXT000132");
+    assert_eq!(
+        fact("error_description"),
+        "Target account number is invalid."
+    );
+    server.stop().await;
+}

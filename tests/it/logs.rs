@@ -23,11 +23,13 @@ const PERSONAL: &[&str] = &[
     "34987654321",
 ];
 
+/// The seed documents' examples (`000` to `004`), which carry the personal data above.
 fn fixtures() -> Vec<Vec<u8>> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let mut names: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().as_ref() < "005"))
         .collect();
     names.sort();
     names

@@ -6,6 +6,7 @@
 //! | `GET /livez` | `200 ok` while the process serves HTTP at all |
 //! | `GET /readyz` | `200 ready` when the store is open, replay is done and the writer takes webhooks (on a cluster node also: connected to NATS and at most [`crate::cluster::MAX_READY_LAG`] messages behind the stream); `503` with the reason otherwise (and while shutting down) |
 //! | `GET /metrics` | Prometheus text format ([`crate::metrics`]) |
+//! | `/ui/` | the console for people ([`crate::console`]) |
 //! | `POST /catalog/reload` | reads `--catalog` again and puts it in effect ([`crate::reload`]); `200` with what changed, `422` naming what is wrong with the file, `409` on a cluster node, `503` when the writer cannot |
 //!
 //! The store is opened and replayed before any listener serves, so "replay done" holds from
@@ -22,6 +23,7 @@ use axum::routing::{get, post};
 use tokio::sync::watch;
 
 use crate::cluster::Progress;
+use crate::console::ConsoleState;
 use crate::feed::ChangeFeed;
 use crate::metrics::{Metrics, Snapshot};
 use crate::net::Admission;
@@ -33,6 +35,7 @@ use crate::store::writer::WriterHandle;
 #[derive(Debug, Clone)]
 pub(crate) struct AdminState {
     pub(crate) reloader: CatalogReloader,
+    pub(crate) console: ConsoleState,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) store: Store,
     pub(crate) writer: WriterHandle,
@@ -44,9 +47,11 @@ pub(crate) struct AdminState {
     pub(crate) cluster: Option<Arc<Progress>>,
 }
 
-/// The admin routes.
+/// The admin routes, the console ([`crate::console`]) under `/ui/` among them.
 pub(crate) fn router(state: AdminState) -> Router {
+    let console = crate::console::router(state.console.clone());
     Router::new()
+        .nest_service("/ui", console)
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

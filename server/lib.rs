@@ -37,6 +37,8 @@
 //! - `grpc`: the `qistatus.v1` service over the store and the feed; domain-to-wire
 //!   conversions live beside it.
 //! - `auth`, `tls`: who may post and call; rustls for both listeners.
+//! - `console`: web pages for people on the admin listener (`/ui/`), server-rendered, with
+//!   personal data masked ([`domain::personal`]) until revealed on the record.
 //! - [`run`] wires it all on two bound listeners and drains on shutdown; [`config`] is the
 //!   one clap struct of `qistatus-server`.
 //! - [`client`]: the Rust client of the gRPC API (the `qistatus` CLI in `client/` uses it);
@@ -68,6 +70,8 @@ mod auth;
 pub mod cluster;
 #[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
+mod console;
 #[cfg(feature = "server")]
 pub mod domain;
 #[cfg(feature = "server")]

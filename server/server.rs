@@ -21,6 +21,7 @@ use crate::auth::grpc::{BearerAuthLayer, BearerTokens};
 use crate::auth::response_signing::ResponseSigner;
 use crate::auth::webhook::WebhookVerifier;
 use crate::cluster::{self, ClusterError, ClusterSettings, JetStreamLog, Progress, Publisher};
+use crate::console::ConsoleState;
 use crate::domain::catalog::{Catalog, CatalogHandle};
 use crate::feed::{ChangeFeed, FeedSettings};
 use crate::grpc::{GrpcLimits, MaintenanceApi, OperationStatusApi, OutcomeLayer};
@@ -320,7 +321,7 @@ pub async fn run(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(OutcomeLayer::new(metrics.clone()))
-        .layer(BearerAuthLayer::new(settings.grpc_tokens))
+        .layer(BearerAuthLayer::new(settings.grpc_tokens.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -337,6 +338,8 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
 
+    // The console asks people for the same tokens as the API.
+    let console_tokens = settings.grpc_tokens;
     let reloader = CatalogReloader {
         path: settings.catalog_file.clone(),
         catalog: catalog_handle.clone(),
@@ -361,6 +364,12 @@ pub async fn run(
     };
     let admin_server = {
         let state = AdminState {
+            console: ConsoleState::new(
+                store.clone(),
+                feed.clone(),
+                catalog_handle.clone(),
+                console_tokens,
+            ),
             reloader,
             metrics,
             store: store.clone(),

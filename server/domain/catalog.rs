@@ -50,6 +50,10 @@ pub struct Catalog {
     /// account they become).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub aliases: BTreeMap<String, String>,
+    /// Names of fields that hold personal data, anywhere in a payload (`*` matches any run):
+    /// masked in the console until a person reveals them ([`crate::domain::personal`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub personal_fields: Vec<String>,
     /// The known kinds, by canonical name.
     #[serde(default)]
     pub kinds: BTreeMap<String, KindSpec>,
@@ -117,6 +121,8 @@ struct CatalogOverlay {
     cancel_reasons: BTreeMap<String, String>,
     #[serde(default)]
     aliases: BTreeMap<String, String>,
+    #[serde(default)]
+    personal_fields: Vec<String>,
     #[serde(default)]
     kinds: BTreeMap<String, KindOverlay>,
 }
@@ -233,6 +239,13 @@ impl Catalog {
             self.naive_time_offset_minutes = offset;
         }
         self.cancel_reasons.extend(overlay.cancel_reasons);
+        // Added to the built-in ones: a file can hide more, never show what they hide.
+        for field in overlay.personal_fields {
+            let field = field.to_ascii_lowercase();
+            if !self.personal_fields.contains(&field) {
+                self.personal_fields.push(field);
+            }
+        }
         self.aliases.extend(
             overlay
                 .aliases
@@ -458,7 +471,7 @@ impl Catalog {
 
 /// Whether `text` matches `pattern`, where `*` matches any run of characters (none
 /// included) and everything else matches itself.
-fn glob_matches(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob_matches(pattern: &str, text: &str) -> bool {
     let mut parts = pattern.split('*');
     let first = parts.next().unwrap_or_default();
     let Some(mut rest) = text.strip_prefix(first) else {

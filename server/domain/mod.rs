@@ -2,8 +2,10 @@
 //!
 //! - [`catalog`]: what is known about each kind, as data;
 //! - [`webhook`]: raw bytes -> [`webhook::WebhookEnvelope`] (or a quarantine reason);
-//! - [`reconcile`]: the set of an operation's webhooks -> its [`reconcile::Operation`].
+//! - [`reconcile`]: the set of an operation's webhooks -> its [`reconcile::Operation`];
+//! - [`personal`]: personal data in a payload, masked for people's eyes.
 
 pub mod catalog;
+pub mod personal;
 pub mod reconcile;
 pub mod webhook;

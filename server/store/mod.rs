@@ -635,6 +635,21 @@ impl Store {
         })
     }
 
+    /// The quarantined webhooks with ids after `after`, oldest first.
+    pub fn quarantined_after(
+        &self,
+        after: u64,
+    ) -> impl Iterator<Item = Result<(u64, QuarantineEntry), StoreError>> + '_ {
+        let start = std::ops::Bound::Included(after.saturating_add(1).to_be_bytes().to_vec());
+        self.trees
+            .quarantine
+            .range(start, std::ops::Bound::Unbounded)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((u64_from_be(&k, "quarantine")?, decode(&v, "quarantine")?))
+            })
+    }
+
     /// The quarantined webhook with `id`.
     pub(crate) fn quarantine_entry(&self, id: u64) -> Result<Option<QuarantineEntry>, StoreError> {
         self.get(Key::Quarantine(id))?

@@ -29,7 +29,10 @@ fn fixtures() -> Vec<Vec<u8>> {
     let mut names: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().as_ref() < "005"))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().as_ref() < "005")
+        })
         .collect();
     names.sort();
     names

@@ -15,6 +15,7 @@ mod bad_input;
 mod cli;
 mod cluster;
 mod connections;
+mod console;
 mod crash;
 mod delivery_order;
 mod every_kind;

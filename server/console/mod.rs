@@ -1,0 +1,581 @@
+//! The console: web pages for the people who ask "what happened to debt X?" (support,
+//! operations, finance), served on the admin listener under `/ui/`.
+//!
+//! | path | page |
+//! |---|---|
+//! | `GET /ui/` | counts by kind, status and phase; live status changes; a key search |
+//! | `GET /ui/operations/{key}[?kind=]` | status, phase, milestones, facts, the timeline of its webhooks |
+//! | `GET /ui/operations/{key}/webhooks/{seq}` | one raw webhook, personal data masked |
+//! | `POST /ui/operations/{key}/webhooks/{seq}/reveal` | the same, unmasked; logged (who, which operation and webhook; never the values) |
+//! | `GET /ui/list?kind=&status=&phase=` | operations by status or phase, paged |
+//! | `GET /ui/quarantine` | quarantined webhooks with their reasons, paged |
+//! | `GET /ui/live` | server-sent events: status changes as they commit (the dashboard's live list) |
+//! | `GET/POST /ui/login`, `POST /ui/logout` | when gRPC tokens are configured, a token signs a person in ([`session`]) |
+//!
+//! Guarantees: pages are server-rendered and escape every value from a webhook (maud); a
+//! Content-Security-Policy allows scripts only from `/ui/assets/`, so even a value that
+//! slipped through could not run; bad input gets a page with the reason (404 for an unknown
+//! key, 400 for a bad filter), never a 5xx; nothing here writes to the store. Assets are
+//! embedded in the binary.
+
+mod pages;
+mod session;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use futures_util::Stream;
+use maud::Markup;
+use serde::Deserialize;
+
+use crate::auth::grpc::BearerTokens;
+use crate::domain::catalog::{CatalogHandle, canonical_kind, canonical_status};
+use crate::domain::personal;
+use crate::domain::reconcile::{Operation, Phase};
+use crate::domain::webhook::{check_key, check_name};
+use crate::feed::{ChangeFeed, FeedEvent, FeedFilter};
+use crate::store::status_index::{Selection, StatusIndex};
+use crate::store::{Store, StoreError};
+pub(crate) use session::Sessions;
+use session::{COOKIE, SESSION_LIFETIME, Viewer};
+
+/// Operations per list page, quarantined webhooks per quarantine page.
+const PAGE: usize = 50;
+
+/// What the console reads.
+#[derive(Debug, Clone)]
+pub(crate) struct ConsoleState {
+    pub(crate) store: Store,
+    pub(crate) feed: ChangeFeed,
+    pub(crate) catalog: CatalogHandle,
+    pub(crate) sessions: Arc<Sessions>,
+}
+
+impl ConsoleState {
+    pub(crate) fn new(
+        store: Store,
+        feed: ChangeFeed,
+        catalog: CatalogHandle,
+        tokens: BearerTokens,
+    ) -> Self {
+        ConsoleState {
+            store,
+            feed,
+            catalog,
+            sessions: Arc::new(Sessions::new(tokens)),
+        }
+    }
+}
+
+/// The console's routes, to be nested under `/ui`.
+pub(crate) fn router(state: ConsoleState) -> Router {
+    Router::new()
+        .route("/", get(overview))
+        .route("/live", get(live))
+        .route("/operations", get(search))
+        .route("/operations/{key}", get(operation))
+        .route("/operations/{key}/webhooks/{sequence}", get(payload))
+        .route("/operations/{key}/webhooks/{sequence}/reveal", post(reveal))
+        .route("/list", get(list))
+        .route("/quarantine", get(quarantine))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .route("/assets/console.css", get(css))
+        .route("/assets/console.js", get(js))
+        .fallback(|| async { ConsoleError::NotFound("no such page".into()) })
+        .layer(axum::middleware::map_response(secure_headers))
+        .with_state(state)
+}
+
+/// Everything that can go wrong in the console, turned into a page in one place.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConsoleError {
+    /// Not signed in: go to the sign-in form.
+    #[error("sign in first")]
+    SignIn,
+    /// The token was not accepted.
+    #[error("that token is not accepted")]
+    BadToken,
+    /// Nothing there.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request names something impossible.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The live list cannot start now (too many watchers, or shutting down).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The store failed (logged here, once).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl IntoResponse for ConsoleError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ConsoleError::SignIn => return Redirect::to("/ui/login").into_response(),
+            ConsoleError::BadToken => {
+                let page = pages::layout("Sign in", false, pages::login(Some(&self.to_string())));
+                return (StatusCode::UNAUTHORIZED, page).into_response();
+            }
+            ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
+            ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ConsoleError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ConsoleError::Store(e) => {
+                tracing::error!(error = %e, "console: the store failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let message = match &self {
+            ConsoleError::Store(_) => "the store could not be read; see the server's log".into(),
+            other => other.to_string(),
+        };
+        let page = pages::layout(
+            status.canonical_reason().unwrap_or("Error"),
+            false,
+            pages::error(status.as_u16(), &message),
+        );
+        (status, page).into_response()
+    }
+}
+
+/// Who is looking, or a redirect to the sign-in form.
+fn viewer(state: &ConsoleState, headers: &HeaderMap) -> Result<Viewer, ConsoleError> {
+    let cookie = headers.get(header::COOKIE).and_then(|v| v.to_str().ok());
+    state.sessions.viewer(cookie).ok_or(ConsoleError::SignIn)
+}
+
+/// A page for `viewer`.
+fn page(state: &ConsoleState, title: &str, body: Markup) -> Markup {
+    pages::layout(title, state.sessions.required(), body)
+}
+
+/// Headers on every console answer: no caching of pages with personal data, no framing, and
+/// scripts and styles only from the console's own assets.
+async fn secure_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+async fn css() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("console.css"),
+    )
+}
+
+async fn js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("console.js"),
+    )
+}
+
+/// `GET /ui/`.
+async fn overview(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+) -> Result<Markup, ConsoleError> {
+    viewer(&state, &headers)?;
+    let store = state.store.clone();
+    let (counts, quarantined) = tokio::task::spawn_blocking(move || {
+        Ok::<_, StoreError>((store.counts()?, store.quarantine_len()))
+    })
+    .await
+    .expect("reading counts does not panic: errors are values")?;
+    let counts: Vec<_> = counts.into_iter().filter(|c| c.operations > 0).collect();
+    Ok(page(
+        &state,
+        "Overview",
+        pages::overview(&counts, state.feed.head(), quarantined),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct KeyQuery {
+    key: Option<String>,
+    kind: Option<String>,
+}
+
+/// `GET /ui/operations?key=`: the search box.
+async fn search(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Query(query): Query<KeyQuery>,
+) -> Result<Redirect, ConsoleError> {
+    viewer(&state, &headers)?;
+    let key = query.key.unwrap_or_default();
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(ConsoleError::BadRequest("type an operation key".into()));
+    }
+    check_key(key).map_err(ConsoleError::BadRequest)?;
+    let mut to = format!("/ui/operations/{}", pages::encode(key));
+    if let Some(kind) = query.kind.filter(|k| !k.trim().is_empty()) {
+        to.push_str(&format!("?kind={}", pages::encode(&kind)));
+    }
+    Ok(Redirect::to(&to))
+}
+
+/// The operations a key (and kind) names: one, several kinds, or an error.
+enum Found {
+    One(Box<Operation>),
+    Several(Vec<String>),
+}
+
+fn find(state: &ConsoleState, key: &str, kind: Option<&str>) -> Result<Found, ConsoleError> {
+    check_key(key).map_err(ConsoleError::BadRequest)?;
+    match kind.map(str::trim).filter(|k| !k.is_empty()) {
+        Some(kind) => {
+            let kind = state.catalog.current().resolve_kind(canonical_kind(kind));
+            check_name("kind", &kind).map_err(ConsoleError::BadRequest)?;
+            let op = state.store.operation(&kind, key)?.ok_or_else(|| {
+                ConsoleError::NotFound(format!("no {kind} operation with key {key:?}"))
+            })?;
+            Ok(Found::One(Box::new(op)))
+        }
+        None => {
+            let mut found = state.store.operations_with_key(key)?;
+            match found.len() {
+                0 => Err(ConsoleError::NotFound(format!(
+                    "no operation with key {key:?}"
+                ))),
+                1 => Ok(Found::One(Box::new(found.remove(0)))),
+                _ => Ok(Found::Several(
+                    found.into_iter().map(|op| op.kind).collect(),
+                )),
+            }
+        }
+    }
+}
+
+/// `GET /ui/operations/{key}`.
+async fn operation(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    Query(query): Query<KeyQuery>,
+) -> Result<Markup, ConsoleError> {
+    viewer(&state, &headers)?;
+    let body = match find(&state, &key, query.kind.as_deref())? {
+        Found::One(op) => pages::operation(&op),
+        Found::Several(kinds) => pages::choose_kind(&key, &kinds),
+    };
+    Ok(page(&state, &key, body))
+}
+
+/// The operation's webhook at `sequence`, pretty-printed, masked unless `reveal`.
+fn webhook_page(
+    state: &ConsoleState,
+    key: &str,
+    kind: Option<&str>,
+    sequence: u64,
+    reveal: bool,
+) -> Result<(Operation, Markup), ConsoleError> {
+    let op = match find(state, key, kind)? {
+        Found::One(op) => *op,
+        Found::Several(kinds) => {
+            return Err(ConsoleError::BadRequest(format!(
+                "key {key:?} names operations of several kinds ({}): give the kind",
+                kinds.join(", ")
+            )));
+        }
+    };
+    if !op.history.iter().any(|e| e.sequence == sequence) {
+        return Err(ConsoleError::NotFound(format!(
+            "webhook {sequence} is not one of this operation's"
+        )));
+    }
+    let entry = state.store.log_entry(sequence)?.ok_or_else(|| {
+        ConsoleError::NotFound(format!(
+            "webhook {sequence} is no longer kept (log retention); its summary is in the timeline"
+        ))
+    })?;
+    let raw = state.store.raw_payload(&entry)?;
+    let (pretty, masked) = match serde_json::from_slice::<serde_json::Value>(&raw) {
+        Ok(mut value) => {
+            let masked = (!reveal)
+                .then(|| personal::mask(&mut value, &state.catalog.current().personal_fields));
+            (
+                serde_json::to_string_pretty(&value).expect("a JSON value serializes"),
+                masked,
+            )
+        }
+        // Stored webhooks are JSON objects; anything else is shown only when revealed.
+        Err(_) if reveal => (String::from_utf8_lossy(&raw).into_owned(), None),
+        Err(_) => (personal::MASK.to_owned(), Some(1)),
+    };
+    let body = pages::payload(&op, sequence, &pretty, masked);
+    Ok((op, body))
+}
+
+/// `GET /ui/operations/{key}/webhooks/{sequence}`.
+async fn payload(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Path((key, sequence)): Path<(String, u64)>,
+    Query(query): Query<KeyQuery>,
+) -> Result<Markup, ConsoleError> {
+    viewer(&state, &headers)?;
+    let (_, body) = webhook_page(&state, &key, query.kind.as_deref(), sequence, false)?;
+    Ok(page(&state, &format!("Webhook {sequence}"), body))
+}
+
+/// `POST /ui/operations/{key}/webhooks/{sequence}/reveal`: a POST, so that no link, prefetch
+/// or crawler reveals anything; the cookie is `SameSite=Strict`, so no other site can post it.
+async fn reveal(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Path((key, sequence)): Path<(String, u64)>,
+    Query(query): Query<KeyQuery>,
+) -> Result<Markup, ConsoleError> {
+    let viewer = viewer(&state, &headers)?;
+    let (op, body) = webhook_page(&state, &key, query.kind.as_deref(), sequence, true)?;
+    // The audit record: who, which operation and webhook. Never the values.
+    tracing::warn!(
+        target: "qistatus::audit",
+        who = %viewer.who,
+        kind = %op.kind,
+        key = %op.key,
+        sequence,
+        "console: personal data revealed"
+    );
+    Ok(page(&state, &format!("Webhook {sequence}"), body))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    kind: Option<String>,
+    status: Option<String>,
+    phase: Option<String>,
+    after_kind: Option<String>,
+    after_key: Option<String>,
+}
+
+/// `GET /ui/list`.
+async fn list(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Result<Markup, ConsoleError> {
+    viewer(&state, &headers)?;
+    let catalog = state.catalog.current();
+    let non_empty = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let kind = non_empty(query.kind).map(|k| catalog.resolve_kind(canonical_kind(&k)));
+    if let Some(kind) = &kind {
+        check_name("kind", kind).map_err(ConsoleError::BadRequest)?;
+    }
+    let status = non_empty(query.status).map(|s| canonical_status(&s));
+    if let Some(status) = &status {
+        check_name("status", status).map_err(ConsoleError::BadRequest)?;
+    }
+    let phase = match non_empty(query.phase) {
+        None => None,
+        Some(p) => Some(
+            Phase::ALL
+                .into_iter()
+                .find(|phase| phase.as_str() == p.to_ascii_lowercase())
+                .ok_or_else(|| {
+                    ConsoleError::BadRequest(format!(
+                        "unknown phase {p:?}: one of pending, active, succeeded, failed"
+                    ))
+                })?,
+        ),
+    };
+    if status.is_some() && phase.is_some() {
+        return Err(ConsoleError::BadRequest(
+            "choose a status or a phase, not both".into(),
+        ));
+    }
+    let form = pages::ListForm {
+        kind: kind.clone(),
+        status: status.clone(),
+        phase,
+    };
+    let selection = match (&status, phase) {
+        (Some(s), _) => Some(Selection::Statuses(vec![s.clone()])),
+        (None, Some(p)) => Some(Selection::Phase(p)),
+        (None, None) => None,
+    };
+    let after = match (non_empty(query.after_kind), non_empty(query.after_key)) {
+        (Some(k), Some(key)) => Some((k, key)),
+        _ => None,
+    };
+    let (operations, next) = match selection {
+        None => (Vec::new(), None),
+        Some(selection) => {
+            let index = StatusIndex::new(state.store.clone());
+            let kind_filter = kind.clone();
+            let (operations, more) = tokio::task::spawn_blocking(move || {
+                index.page(&selection, kind_filter.as_deref(), after.as_ref(), PAGE)
+            })
+            .await
+            .expect("listing does not panic: errors are values")?;
+            let next = more.then(|| operations.last()).flatten().map(|last| {
+                let mut href = String::from("/ui/list?");
+                if let Some(k) = &kind {
+                    href.push_str(&format!("kind={}&", pages::encode(k)));
+                }
+                match (&status, phase) {
+                    (Some(s), _) => href.push_str(&format!("status={}&", pages::encode(s))),
+                    (None, Some(p)) => href.push_str(&format!("phase={}&", p.as_str())),
+                    _ => {}
+                }
+                href.push_str(&format!(
+                    "after_kind={}&after_key={}",
+                    pages::encode(&last.kind),
+                    pages::encode(&last.key)
+                ));
+                href
+            });
+            (operations, next)
+        }
+    };
+    let kinds: Vec<String> = catalog.kinds.keys().cloned().collect();
+    Ok(page(
+        &state,
+        "Lists",
+        pages::list(&kinds, &form, &operations, next),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct AfterQuery {
+    after: Option<u64>,
+}
+
+/// `GET /ui/quarantine`.
+async fn quarantine(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Query(query): Query<AfterQuery>,
+) -> Result<Markup, ConsoleError> {
+    viewer(&state, &headers)?;
+    let store = state.store.clone();
+    let after = query.after.unwrap_or(0);
+    let mut entries = tokio::task::spawn_blocking(move || {
+        store
+            .quarantined_after(after)
+            .take(PAGE + 1)
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .expect("reading the quarantine does not panic: errors are values")?;
+    let next = (entries.len() > PAGE).then(|| {
+        entries.truncate(PAGE);
+        format!("/ui/quarantine?after={}", entries[PAGE - 1].0)
+    });
+    Ok(page(
+        &state,
+        "Quarantine",
+        pages::quarantine(&entries, next),
+    ))
+}
+
+/// `GET /ui/live`: status changes from now on, as server-sent events whose data is JSON
+/// (the page writes it with `textContent`, never as HTML).
+async fn live(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ConsoleError> {
+    viewer(&state, &headers)?;
+    let subscription = state
+        .feed
+        .subscribe(FeedFilter::default(), None, None)
+        .map_err(|e| ConsoleError::Unavailable(e.to_string()))?;
+    let stream = futures_util::stream::unfold(subscription, |mut subscription| async move {
+        loop {
+            match subscription.recv().await {
+                Some(Ok(FeedEvent::Change { sequence, change })) => {
+                    let op = &change.operation;
+                    let data = serde_json::json!({
+                        "sequence": sequence,
+                        "kind": op.kind,
+                        "key": op.key,
+                        "status": op.status,
+                        "phase": op.phase.as_str(),
+                        "href": pages::operation_href(&op.kind, &op.key),
+                    });
+                    let event = Event::default().event("change").data(data.to_string());
+                    return Some((Ok(event), subscription));
+                }
+                // Progress: the keep-alive already tells the browser the stream is alive.
+                Some(Ok(_)) => {}
+                // Shutting down, or the store failed: the browser reconnects.
+                Some(Err(_)) | None => return None,
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// `GET /ui/login`.
+async fn login_form(State(state): State<ConsoleState>) -> Response {
+    if !state.sessions.required() {
+        return Redirect::to("/ui/").into_response();
+    }
+    pages::layout("Sign in", false, pages::login(None)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+/// `POST /ui/login`.
+async fn login(
+    State(state): State<ConsoleState>,
+    Form(form): Form<LoginForm>,
+) -> Result<Response, ConsoleError> {
+    let id = state
+        .sessions
+        .sign_in(&form.token)
+        .ok_or(ConsoleError::BadToken)?;
+    let cookie = format!(
+        "{COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}",
+        SESSION_LIFETIME.as_secs()
+    );
+    let mut response = Redirect::to("/ui/").into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::try_from(cookie).expect("a hex id and fixed text are a valid header"),
+    );
+    Ok(response)
+}
+
+/// `POST /ui/logout`.
+async fn logout(State(state): State<ConsoleState>, headers: HeaderMap) -> Response {
+    state
+        .sessions
+        .sign_out(headers.get(header::COOKIE).and_then(|v| v.to_str().ok()));
+    let mut response = Redirect::to("/ui/login").into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static(
+            "qistatus_console=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0",
+        ),
+    );
+    response
+}

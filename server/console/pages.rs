@@ -1,0 +1,299 @@
+//! The console's HTML, server-rendered with maud: every value from a webhook goes through
+//! maud's escaping (`(value)`), never `PreEscaped`. Pages work without JavaScript; the
+//! dashboard's live list is the one thing `console.js` adds.
+
+use maud::{DOCTYPE, Markup, html};
+
+use crate::domain::reconcile::{Operation, Phase};
+use crate::domain::webhook::FactValue;
+use crate::store::{OperationCount, QuarantineEntry};
+
+/// A page: title, the viewer's sign-out button when signed in, and `body`.
+pub(crate) fn layout(title: &str, signed_in: bool, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · qistatus" }
+                link rel="stylesheet" href="/ui/assets/console.css";
+            }
+            body {
+                header {
+                    a.brand href="/ui/" { "qistatus" }
+                    nav {
+                        a href="/ui/" { "Overview" }
+                        a href="/ui/list" { "Lists" }
+                        a href="/ui/quarantine" { "Quarantine" }
+                    }
+                    form.search method="get" action="/ui/operations" {
+                        input type="search" name="key" placeholder="Operation key" aria-label="Operation key" required;
+                        button type="submit" { "Find" }
+                    }
+                    @if signed_in {
+                        form method="post" action="/ui/logout" { button.link type="submit" { "Sign out" } }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+/// A time in ms since the epoch, as UTC text.
+pub(crate) fn time(ms: Option<i64>) -> String {
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| "—".into())
+}
+
+fn phase_badge(phase: Phase) -> Markup {
+    html! { span class={"phase phase-" (phase.as_str())} { (phase.as_str()) } }
+}
+
+/// A percent-encoded path segment or query value.
+pub(crate) fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The link to an operation's page.
+pub(crate) fn operation_href(kind: &str, key: &str) -> String {
+    format!("/ui/operations/{}?kind={}", encode(key), encode(kind))
+}
+
+/// `GET /ui/`.
+pub(crate) fn overview(counts: &[OperationCount], head: u64, quarantined: usize) -> Markup {
+    let total: u64 = counts.iter().map(|c| c.operations).sum();
+    html! {
+        h1 { "Overview" }
+        p.summary {
+            (total) " operations · last change " (head) " · "
+            a href="/ui/quarantine" { (quarantined) " in quarantine" }
+        }
+        section {
+            h2 { "By kind, status and phase" }
+            @if counts.is_empty() {
+                p { "No operations yet." }
+            } @else {
+                div.scroll { table {
+                    thead { tr { th { "Kind" } th { "Status" } th { "Phase" } th.num { "Operations" } } }
+                    tbody {
+                        @for c in counts {
+                            tr {
+                                td { (c.kind) }
+                                td { a href={"/ui/list?kind=" (encode(&c.kind)) "&status=" (encode(&c.status))} { (c.status) } }
+                                td { (phase_badge(c.phase)) }
+                                td.num { (c.operations) }
+                            }
+                        }
+                    }
+                } }
+            }
+        }
+        section {
+            h2 { "Live changes" }
+            p.hint { "Status changes appear here as they happen (needs JavaScript)." }
+            div.scroll { table #live data-source="/ui/live" {
+                thead { tr { th { "Seq" } th { "Kind" } th { "Key" } th { "Status" } th { "Phase" } } }
+                tbody {}
+            } }
+        }
+        script src="/ui/assets/console.js" {}
+    }
+}
+
+/// `GET /ui/operations/{key}`.
+pub(crate) fn operation(op: &Operation) -> Markup {
+    html! {
+        h1 { (op.kind) " " code { (op.key) } }
+        dl.facts {
+            dt { "Status" } dd { strong { (op.status) } " " (phase_badge(op.phase)) }
+            @if !op.detail.is_empty() { dt { "Detail" } dd { (op.detail) } }
+            @if !op.conflict.is_empty() {
+                dt { "Conflict" } dd.warn { "end statuses disagree at the same time: " (op.conflict.join(", ")) }
+            }
+            dt { "Event time" } dd { (time(op.event_time)) }
+            dt { "First received" } dd { (time(Some(op.first_received_at))) }
+            dt { "Last update" } dd { (time(Some(op.updated_at))) }
+            dt { "Webhooks" } dd { (op.version) " distinct · last sequence " (op.last_sequence) }
+        }
+        @if !op.milestones.is_empty() {
+            section {
+                h2 { "Milestones" }
+                ul.milestones {
+                    @for m in &op.milestones { li { strong { (m.name) } " · " (time(m.reached_at)) } }
+                }
+            }
+        }
+        @if !op.facts.is_empty() {
+            section {
+                h2 { "Facts" }
+                dl.facts {
+                    @for (name, value) in &op.facts {
+                        dt { (name) }
+                        dd { @match value {
+                            FactValue::Text(t) => (t),
+                            FactValue::Number(n) => (n),
+                            FactValue::Bool(b) => (b),
+                        } }
+                    }
+                }
+            }
+        }
+        section {
+            h2 { "Timeline" }
+            div.scroll { table.timeline {
+                thead { tr { th { "Event time" } th { "Received" } th { "Status" } th { "Detail" } th { "Seq" } th { "Payload" } } }
+                tbody {
+                    @for e in &op.history {
+                        tr {
+                            td { (time(e.event_time)) }
+                            td { (time(Some(e.received_at))) }
+                            td { (e.status) @if let Some(o) = &e.outcome { " (" (o) ")" } }
+                            td.detail { (e.detail) }
+                            td.num { (e.sequence) }
+                            td { a href={"/ui/operations/" (encode(&op.key)) "/webhooks/" (e.sequence) "?kind=" (encode(&op.kind))} { "view" } }
+                        }
+                    }
+                }
+            } }
+        }
+    }
+}
+
+/// A key that names operations of several kinds: which one?
+pub(crate) fn choose_kind(key: &str, kinds: &[String]) -> Markup {
+    html! {
+        h1 { "Several operations have key " code { (key) } }
+        ul { @for kind in kinds { li { a href=(operation_href(kind, key)) { (kind) } } } }
+    }
+}
+
+/// `GET /ui/operations/{key}/webhooks/{sequence}`: a raw payload, masked unless revealed.
+pub(crate) fn payload(
+    op: &Operation,
+    sequence: u64,
+    pretty: &str,
+    masked: Option<usize>,
+) -> Markup {
+    let back = operation_href(&op.kind, &op.key);
+    html! {
+        p { a href=(back) { "← " (op.kind) " " (op.key) } }
+        h1 { "Webhook " (sequence) }
+        @match masked {
+            Some(n) => {
+                p.hint { (n) " personal values are masked." }
+                form method="post" action={"/ui/operations/" (encode(&op.key)) "/webhooks/" (sequence) "/reveal?kind=" (encode(&op.kind))} {
+                    button type="submit" { "Reveal personal data (logged)" }
+                }
+            }
+            None => p.warn { "Personal data revealed: this view was logged." },
+        }
+        pre.payload { (pretty) }
+    }
+}
+
+/// `GET /ui/list`: the form, and a page of operations.
+pub(crate) fn list(
+    kinds: &[String],
+    filter: &ListForm,
+    operations: &[Operation],
+    next: Option<String>,
+) -> Markup {
+    html! {
+        h1 { "Lists" }
+        form.filters method="get" action="/ui/list" {
+            label { "Kind " select name="kind" {
+                option value="" { "any" }
+                @for k in kinds { option value=(k) selected[filter.kind.as_deref() == Some(k)] { (k) } }
+            } }
+            label { "Status " input type="text" name="status" value=[filter.status.as_deref()] placeholder="e.g. disbursed"; }
+            label { "Phase " select name="phase" {
+                option value="" { "any" }
+                @for p in Phase::ALL { option value=(p.as_str()) selected[filter.phase == Some(p)] { (p.as_str()) } }
+            } }
+            button type="submit" { "List" }
+        }
+        @if filter.status.is_none() && filter.phase.is_none() {
+            p.hint { "Choose a status or a phase." }
+        } @else if operations.is_empty() {
+            p { "No operations match." }
+        } @else {
+            div.scroll { table {
+                thead { tr { th { "Kind" } th { "Key" } th { "Status" } th { "Phase" } th { "Last update" } } }
+                tbody {
+                    @for op in operations {
+                        tr {
+                            td { (op.kind) }
+                            td { a href=(operation_href(&op.kind, &op.key)) { code { (op.key) } } }
+                            td { (op.status) }
+                            td { (phase_badge(op.phase)) }
+                            td { (time(Some(op.updated_at))) }
+                        }
+                    }
+                }
+            } }
+            @if let Some(next) = next { p { a.next href=(next) { "Next page →" } } }
+        }
+    }
+}
+
+/// What `/ui/list` was asked, checked.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ListForm {
+    pub(crate) kind: Option<String>,
+    pub(crate) status: Option<String>,
+    pub(crate) phase: Option<Phase>,
+}
+
+/// `GET /ui/quarantine`.
+pub(crate) fn quarantine(entries: &[(u64, QuarantineEntry)], next: Option<String>) -> Markup {
+    html! {
+        h1 { "Quarantine" }
+        p.hint { "JSON objects that could not be attributed to an operation, kept with the reason. Teach the catalog and reload it to move them into their operations." }
+        @if entries.is_empty() {
+            p { "The quarantine is empty." }
+        } @else {
+            div.scroll { table {
+                thead { tr { th { "Id" } th { "Received" } th { "Reason" } th.num { "Bytes" } } }
+                tbody {
+                    @for (id, e) in entries {
+                        tr { td.num { (id) } td { (time(Some(e.received_at))) } td.detail { (e.reason) } td.num { (e.raw.len()) } }
+                    }
+                }
+            } }
+            @if let Some(next) = next { p { a.next href=(next) { "Next page →" } } }
+        }
+    }
+}
+
+/// The sign-in form.
+pub(crate) fn login(error: Option<&str>) -> Markup {
+    html! {
+        h1 { "Sign in" }
+        @if let Some(error) = error { p.warn { (error) } }
+        form.login method="post" action="/ui/login" {
+            label { "Access token " input type="password" name="token" autocomplete="current-password" required autofocus; }
+            button type="submit" { "Sign in" }
+        }
+        p.hint { "Use a token of the gRPC API (the server's --grpc-token-file)." }
+    }
+}
+
+/// An error page.
+pub(crate) fn error(status: u16, message: &str) -> Markup {
+    html! {
+        h1 { (status) }
+        p { (message) }
+        p { a href="/ui/" { "Back to the overview" } }
+    }
+}

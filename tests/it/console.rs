@@ -1,0 +1,342 @@
+//! The console, in a real browser: Debian's headless Chromium driven over WebDriver
+//! (`chromedriver`, started by the test) against the real server. What a person sees:
+//! the sign-in, the overview's counts and live list, an operation's status, milestones,
+//! facts and timeline, a payload with its personal data masked until revealed, and a
+//! `<script>` in a webhook shown as text.
+//!
+//! Needs `chromium` and `chromium-driver` (Debian packages; `.ci/run` installs them): the
+//! browser test fails, rather than passes quietly, without them. `QISTATUS_SCREENSHOTS=DIR`
+//! also saves the pages the README shows.
+
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use qistatus::BearerTokens;
+
+use crate::process::{ServerCommand, free_addr};
+use crate::test_server::{TestServer, fixture, webhook};
+
+const TOKEN: &str = "console-test-token";
+const ACCOUNT_KEY: &str = "f834af4d-ab4b-442f-96c9-f9940d8066d4";
+const CPF: &str = "08141163701";
+const SCRIPT: &str = "<script>document.body.innerHTML='PWNED'</script>";
+
+/// A headless Chromium session through a chromedriver this test starts.
+struct Browser {
+    client: Client,
+    _driver: tokio::process::Child,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        // fantoccini's TLS stack has two crypto providers compiled in: pick one (ignored if
+        // another test already did; the WebDriver connection is plain HTTP anyway).
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        let port = free_addr().port();
+        let driver = tokio::process::Command::new(find("chromedriver"))
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start chromedriver");
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": find("chromium"),
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1200,1000"],
+            }),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        for _ in 0..100 {
+            let connected = ClientBuilder::rustls()
+                .expect("a rustls connector")
+                .capabilities(capabilities.clone())
+                .connect(&url)
+                .await;
+            if let Ok(client) = connected {
+                return Browser {
+                    client,
+                    _driver: driver,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("chromedriver did not accept a session within 10 s");
+    }
+
+    /// The visible text of the page, once `xpath` is on it (a form's answer loads after
+    /// `submit` returns).
+    async fn text_once(&self, xpath: &str) -> String {
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::XPath(xpath))
+            .await
+            .unwrap_or_else(|e| panic!("{xpath} on the page: {e}"));
+        self.client
+            .find(Locator::Css("body"))
+            .await
+            .expect("a body")
+            .text()
+            .await
+            .expect("its text")
+    }
+
+    /// Saves a screenshot as `name` under `QISTATUS_SCREENSHOTS`, when set.
+    async fn screenshot(&self, name: &str) {
+        if let Some(dir) = std::env::var_os("QISTATUS_SCREENSHOTS") {
+            let png = self.client.screenshot().await.expect("a screenshot");
+            std::fs::write(std::path::Path::new(&dir).join(name), png).expect("save it");
+        }
+    }
+}
+
+/// A program on the PATH (or Debian's place for it).
+fn find(program: &str) -> String {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(program))
+            .find(|p| p.is_file())
+    });
+    on_path.map(|p| p.display().to_string()).unwrap_or_else(|| {
+        panic!("{program} is not installed: `apt-get install chromium chromium-driver`")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_signs_in_looks_up_an_operation_and_sees_what_happened() {
+    let server = TestServer::start_configured(|s| {
+        s.grpc_tokens = BearerTokens::from_files_text([TOKEN]);
+    })
+    .await;
+    for name in [
+        "001_account_opened.json",
+        "004_debt_created_waiting_signature.json",
+        "004_debt_disbursed.json",
+    ] {
+        server.post_ok(fixture(name)).await;
+    }
+    let hostile = serde_json::json!({
+        "debt_key": "xss-1", "status": "rejected", "description": SCRIPT,
+    });
+    server.post_ok(serde_json::to_vec(&hostile).unwrap()).await;
+    let base = format!("http://{}/ui", server.admin);
+    let browser = Browser::start().await;
+    let c = &browser.client;
+
+    // Signed out: the sign-in form; a wrong token is refused.
+    c.goto(&format!("{base}/")).await.unwrap();
+    assert!(c.current_url().await.unwrap().path().ends_with("/ui/login"));
+    let form = c.form(Locator::Css("form.login")).await.unwrap();
+    form.set_by_name("token", "wrong").await.unwrap();
+    form.submit().await.unwrap();
+    browser
+        .text_once("//p[contains(., 'that token is not accepted')]")
+        .await;
+    let form = c.form(Locator::Css("form.login")).await.unwrap();
+    form.set_by_name("token", TOKEN).await.unwrap();
+    form.submit().await.unwrap();
+
+    // The overview: counts, and a live list that shows a webhook posted after it opened.
+    let overview = browser.text_once("//h1[text()='Overview']").await;
+    assert!(overview.contains("Overview"), "{overview}");
+    assert!(overview.contains("account_opened"), "{overview}");
+    assert!(overview.contains("disbursed"), "{overview}");
+    server
+        .post_ok(webhook(
+            "debt",
+            "live-1",
+            "disbursed",
+            "2024-01-01 10:00:00",
+        ))
+        .await;
+    let row = c
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::XPath("//table[@id='live']//a[text()='live-1']"))
+        .await
+        .expect("the live list shows the new webhook");
+    assert_eq!(row.text().await.unwrap(), "live-1");
+    browser.screenshot("console-overview.png").await;
+
+    // The search box finds a debt: status, phase, milestones, facts, timeline.
+    let search = c.form(Locator::Css("form.search")).await.unwrap();
+    search
+        .set_by_name("key", "871059bd-4014-41ad-82b4-28275ff0e67b")
+        .await
+        .unwrap();
+    search.submit().await.unwrap();
+    let debt = browser
+        .text_once("//table[contains(@class, 'timeline')]")
+        .await;
+    for expected in [
+        "disbursed",
+        "active",
+        "Milestones",
+        "issue_amount",
+        "299.02",
+        "waiting_signature",
+    ] {
+        assert!(debt.contains(expected), "{expected} in {debt}");
+    }
+    let rows = c
+        .find_all(Locator::Css("table.timeline tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2, "one row per distinct webhook");
+    browser.screenshot("console-operation.png").await;
+
+    // Lists: the running debts.
+    c.goto(&format!("{base}/list?kind=debt&phase=active"))
+        .await
+        .unwrap();
+    let list = browser.text_once("//h1[text()='Lists']").await;
+    assert!(
+        list.contains("871059bd-4014-41ad-82b4-28275ff0e67b") && list.contains("live-1"),
+        "{list}"
+    );
+    assert!(
+        !list.contains("xss-1"),
+        "a rejected debt is not active: {list}"
+    );
+    browser.screenshot("console-list.png").await;
+
+    // A payload with personal data: masked until revealed.
+    c.goto(&format!("{base}/operations/{ACCOUNT_KEY}"))
+        .await
+        .unwrap();
+    c.find(Locator::LinkText("view"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let masked = browser
+        .text_once("//pre[contains(@class, 'payload')]")
+        .await;
+    assert!(!masked.contains(CPF), "{masked}");
+    assert!(!masked.contains("Aurora"), "{masked}");
+    assert!(masked.contains("personal values are masked"), "{masked}");
+    browser.screenshot("console-payload.png").await;
+    c.find(Locator::Css("form[action*='/reveal'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let revealed = browser
+        .text_once("//p[contains(., 'this view was logged')]")
+        .await;
+    assert!(revealed.contains(CPF), "{revealed}");
+    assert!(revealed.contains("this view was logged"), "{revealed}");
+
+    // A `<script>` in a webhook is text on the page, and does not run.
+    c.goto(&format!("{base}/operations/xss-1")).await.unwrap();
+    let page = browser.text_once("//h1").await;
+    assert!(!page.starts_with("PWNED"), "{page}");
+    assert!(page.contains(SCRIPT), "shown as text: {page}");
+    assert!(page.contains("rejected"), "{page}");
+
+    c.clone().close().await.unwrap();
+    server.stop().await;
+}
+
+/// Status codes and headers a browser does not show: reqwest, against an open console.
+#[tokio::test]
+async fn bad_input_gets_a_page_with_the_reason_never_a_5xx() {
+    let server = TestServer::start().await;
+    server.post_ok(fixture("004_debt_disbursed.json")).await;
+    let base = format!("http://{}/ui", server.admin);
+    let get = |path: String| {
+        let url = format!("{base}{path}");
+        async move {
+            let response = reqwest::get(url).await.unwrap();
+            let status = response.status().as_u16();
+            let csp = response
+                .headers()
+                .get("content-security-policy")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (status, csp, response.text().await.unwrap())
+        }
+    };
+    let (status, csp, page) = get("/operations/no-such-key".into()).await;
+    assert_eq!(status, 404);
+    assert!(page.contains("no operation with key"), "{page}");
+    assert!(csp.unwrap().contains("script-src 'self'"));
+    let (status, _, page) = get("/list?phase=sideways".into()).await;
+    assert_eq!(status, 400);
+    assert!(page.contains("unknown phase"), "{page}");
+    let (status, _, page) = get("/list?status=a%0Ab".into()).await;
+    assert_eq!(status, 400, "{page}");
+    let (status, _, _) = get(format!("/operations/{}", "k".repeat(300))).await;
+    assert_eq!(status, 400);
+    let (status, _, _) =
+        get("/operations/871059bd-4014-41ad-82b4-28275ff0e67b/webhooks/999".into()).await;
+    assert_eq!(status, 404);
+    let (status, _, _) = get("/nothing-here".into()).await;
+    assert_eq!(status, 404);
+    // Lists page through the status index.
+    let (status, _, page) = get("/list?kind=debt&status=disbursed".into()).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("871059bd-4014-41ad-82b4-28275ff0e67b"),
+        "{page}"
+    );
+    let (status, _, page) = get("/quarantine".into()).await;
+    assert_eq!(
+        (status, page.contains("The quarantine is empty")),
+        (200, true)
+    );
+    server.stop().await;
+}
+
+/// Revealing personal data is logged: who and which webhook, never the values.
+#[tokio::test]
+async fn a_reveal_is_logged_without_the_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let server = ServerCommand::new(&dir.path().join("data"))
+        .log("info")
+        .stderr_to(&log)
+        .start()
+        .await;
+    let client = reqwest::Client::new();
+    let posted = client
+        .post(format!("http://{}/webhooks", server.http))
+        .body(fixture("001_account_opened.json"))
+        .send()
+        .await
+        .unwrap();
+    let sequence = posted.json::<serde_json::Value>().await.unwrap()["sequence"]
+        .as_u64()
+        .unwrap();
+    let url = format!(
+        "http://{}/ui/operations/{ACCOUNT_KEY}/webhooks/{sequence}",
+        server.admin
+    );
+    let masked = client.get(&url).send().await.unwrap().text().await.unwrap();
+    assert!(!masked.contains(CPF));
+    let revealed = client
+        .post(format!("{url}/reveal"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(revealed.contains(CPF));
+    server.terminate().await;
+    let log = std::fs::read_to_string(log).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("personal data revealed"))
+        .unwrap_or_else(|| panic!("an audit line in {log}"));
+    assert!(
+        line.contains("who=anonymous") && line.contains(ACCOUNT_KEY),
+        "{line}"
+    );
+    assert!(!log.contains(CPF) && !log.contains("Aurora"), "{log}");
+}

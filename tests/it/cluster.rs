@@ -381,6 +381,22 @@ async fn two_nodes_on_a_replicated_stream_agree_and_lose_nothing_when_killed() {
     drop((a, b));
 }
 
+/// Runs `qistatus-server` on `dir` with `args`, expecting it to refuse to start; returns what
+/// it said.
+fn refused_start(dir: &Path, args: &[&str]) -> String {
+    let output = std::process::Command::new(crate::process::SERVER_BIN)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .args(["--http-addr", &free_addr().to_string()])
+        .args(["--grpc-addr", &free_addr().to_string()])
+        .args(["--admin-addr", &free_addr().to_string()])
+        .output()
+        .expect("run qistatus-server");
+    assert!(!output.status.success(), "it started");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// A node that cannot follow the stream refuses to start, saying why.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_single_node_store_cannot_join_a_cluster() {
@@ -395,17 +411,10 @@ async fn a_single_node_store_cannot_join_a_cluster() {
     .expect("answered");
     assert_eq!(code, 200);
     single.terminate().await;
-    let output = std::process::Command::new(crate::process::SERVER_BIN)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["--nats", &nats.urls(), "--nats-replicas", "1"])
-        .args(["--http-addr", &free_addr().to_string()])
-        .args(["--grpc-addr", &free_addr().to_string()])
-        .args(["--admin-addr", &free_addr().to_string()])
-        .output()
-        .expect("run qistatus-server");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(
+        dir.path(),
+        &["--nats", &nats.urls(), "--nats-replicas", "1"],
+    );
     assert!(stderr.contains("holds a single node's store"), "{stderr}");
 }
 
@@ -442,17 +451,7 @@ async fn a_node_behind_the_streams_retention_refuses_to_start() {
     stream.purge().await.expect("purged");
     assert_eq!(stream.info().await.expect("info").state.first_sequence, 6);
 
-    let output = std::process::Command::new(crate::process::SERVER_BIN)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(cluster_args)
-        .args(["--http-addr", &free_addr().to_string()])
-        .args(["--grpc-addr", &free_addr().to_string()])
-        .args(["--admin-addr", &free_addr().to_string()])
-        .output()
-        .expect("run qistatus-server");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(dir.path(), &cluster_args);
     assert!(
         stderr.contains("to message 3, but the stream now starts at 6")
             && stderr.contains("qistatus-server restore"),

@@ -116,6 +116,19 @@ fn server_command(dir: &Path, catalog: Option<&Path>, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A catalog that reads the quarantined `pix_transfer` and knows the debt stage
+/// `in_collection`: what both catalog-change tests teach.
+const PIX_AND_IN_COLLECTION: &str = r#"
+[kinds.pix_transfer]
+status_paths = ["data.transfer_state"]
+stages = ["created"]
+success = ["sent"]
+
+[kinds.debt]
+stages = ["waiting_signature", "signature_finished", "signed", "waiting_balance_block",
+          "issued", "waiting_disbursement", "disbursed", "in_collection"]
+"#;
+
 #[tokio::test]
 async fn a_catalog_change_moves_quarantined_webhooks_into_their_operations() {
     let dir = tempfile::tempdir().unwrap();
@@ -156,20 +169,7 @@ async fn a_catalog_change_moves_quarantined_webhooks_into_their_operations() {
     );
 
     let catalog_file = dir.path().join("catalog.toml");
-    std::fs::write(
-        &catalog_file,
-        r#"
-        [kinds.pix_transfer]
-        status_paths = ["data.transfer_state"]
-        stages = ["created"]
-        success = ["sent"]
-
-        [kinds.debt]
-        stages = ["waiting_signature", "signature_finished", "signed", "waiting_balance_block",
-                  "issued", "waiting_disbursement", "disbursed", "in_collection"]
-        "#,
-    )
-    .unwrap();
+    std::fs::write(&catalog_file, PIX_AND_IN_COLLECTION).unwrap();
     let effective = server_command(dir.path(), Some(&catalog_file), &["catalog"]);
     assert!(effective.contains("[kinds.pix_transfer]"), "{effective}");
 
@@ -252,20 +252,7 @@ async fn a_catalog_reload_on_a_running_server_applies_it_online() {
     );
     assert_eq!(server.post(pix.to_vec()).await.0, 202, "still quarantined");
 
-    std::fs::write(
-        &catalog_file,
-        r#"
-        [kinds.pix_transfer]
-        status_paths = ["data.transfer_state"]
-        stages = ["created"]
-        success = ["sent"]
-
-        [kinds.debt]
-        stages = ["waiting_signature", "signature_finished", "signed", "waiting_balance_block",
-                  "issued", "waiting_disbursement", "disbursed", "in_collection"]
-        "#,
-    )
-    .unwrap();
+    std::fs::write(&catalog_file, PIX_AND_IN_COLLECTION).unwrap();
     let (code, answer) = reload().await;
     assert_eq!(code, 200, "{answer}");
     assert_eq!(answer["promoted"], 1, "{answer}");

@@ -81,6 +81,17 @@ pub(crate) enum FeedError {
         /// The last committed sequence.
         head: u64,
     },
+    /// A cluster node that has not reached the resume point yet (another node has).
+    #[error(
+        "this node has applied the cluster's changes up to {head}, not yet {start_after}: \
+         retry shortly, or resume on another node"
+    )]
+    Behind {
+        /// The requested resume point.
+        start_after: u64,
+        /// This node's last committed sequence.
+        head: u64,
+    },
     /// The server is stopping.
     #[error("qistatus is shutting down: resume after sequence {resume_after}")]
     ShuttingDown {
@@ -165,6 +176,9 @@ pub(crate) struct ChangeFeed {
     stop: watch::Receiver<bool>,
     permits: Arc<Semaphore>,
     settings: FeedSettings,
+    /// A cluster node: how long a resume point past the head is waited for (zero: a single
+    /// node, where it is an error at once).
+    catch_up: Duration,
 }
 
 /// The receiving end of one subscription; dropping it ends the subscription.
@@ -190,7 +204,30 @@ impl ChangeFeed {
             stop,
             permits: Arc::new(Semaphore::new(settings.max_subscribers)),
             settings,
+            catch_up: Duration::ZERO,
         }
+    }
+
+    /// On a cluster node, a watcher may resume with a sequence another node reached first:
+    /// such a resume point is waited for up to `wait`, then refused as [`FeedError::Behind`]
+    /// (retryable) rather than [`FeedError::PastHead`].
+    pub(crate) fn waiting_for_the_cluster(mut self, wait: Duration) -> Self {
+        self.catch_up = wait;
+        self
+    }
+
+    /// Waits (up to the catch-up time of a cluster node; not at all on a single node) until
+    /// the head reaches `sequence`.
+    pub(crate) async fn caught_up_to(&self, sequence: u64) {
+        if self.catch_up.is_zero() || self.head() >= sequence {
+            return;
+        }
+        let mut committed = self.committed.clone();
+        let _ = tokio::time::timeout(self.catch_up, async move {
+            // Dropped here, not held across an await of the caller.
+            let _ = committed.wait_for(|head| *head >= sequence).await;
+        })
+        .await;
     }
 
     /// Subscriptions open now.
@@ -220,6 +257,12 @@ impl ChangeFeed {
         // delivered after the state rather than lost.
         let head = self.head();
         let cursor = start_after.unwrap_or(head);
+        if cursor > head && !self.catch_up.is_zero() {
+            return Err(FeedError::Behind {
+                start_after: cursor,
+                head,
+            });
+        }
         if cursor > head {
             return Err(FeedError::PastHead {
                 start_after: cursor,

@@ -140,6 +140,9 @@ pub struct Listeners {
     pub admin: Option<TcpListener>,
 }
 
+/// How long a cluster node's watch waits for a resume point another node reached first.
+const CLUSTER_CATCH_UP: Duration = Duration::from_secs(10);
+
 /// Most connections the admin listener keeps (probes and scrapers).
 const ADMIN_MAX_CONNECTIONS: usize = 64;
 
@@ -217,13 +220,16 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let feed = ChangeFeed::new(
+    let mut feed = ChangeFeed::new(
         store.clone(),
         writer.recent(),
         writer.committed(),
         stop_rx.clone(),
         settings.feed,
     );
+    if stream.is_some() {
+        feed = feed.waiting_for_the_cluster(CLUSTER_CATCH_UP);
+    }
     let compaction = tokio::spawn(compact_periodically(
         writer.clone(),
         settings.log_retention,

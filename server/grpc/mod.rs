@@ -106,7 +106,9 @@ impl From<FeedError> for ApiError {
             FeedError::Compacted { .. } | FeedError::PastHead { .. } => {
                 ApiError::OutOfRange(e.to_string())
             }
-            FeedError::ShuttingDown { .. } => ApiError::Unavailable(e.to_string()),
+            FeedError::ShuttingDown { .. } | FeedError::Behind { .. } => {
+                ApiError::Unavailable(e.to_string())
+            }
             FeedError::Store(e) => ApiError::Store(e),
         }
     }
@@ -455,6 +457,7 @@ impl OperationStatusService for OperationStatusApi {
         } else {
             None
         };
+        self.feed.caught_up_to(start_after).await;
         let subscription = self
             .feed
             .subscribe(filter, Some(start_after), initial)

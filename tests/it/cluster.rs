@@ -350,7 +350,7 @@ async fn two_nodes_on_a_replicated_stream_agree_and_lose_nothing_when_killed() {
     let middle = head / 2;
     assert_eq!(
         changes(a.grpc, middle, head, Some(id_a.clone())).await,
-        changes(b.grpc, middle, head, Some(id_a)).await
+        changes(b.grpc, middle, head, Some(id_a.clone())).await
     );
     // The restarted node is ready, caught up, and says so in its metrics.
     let admin = |path: &str| {
@@ -369,6 +369,21 @@ async fn two_nodes_on_a_replicated_stream_agree_and_lose_nothing_when_killed() {
         .and_then(|v| v.parse().ok())
         .expect("the applied stream sequence");
     assert!(applied >= head, "applied {applied}, head {head}");
+    // A watcher that saw a change on node a resumes on node b right away: b waits until it
+    // has applied it too, rather than calling the resume point foreign.
+    let (code, answer) = post(
+        a.http,
+        &webhook("debt", "resumed", "disbursed", "2024-01-05 10:00:00"),
+    )
+    .await
+    .expect("a answers");
+    assert_eq!(code, 200);
+    let seen_on_a = answer["sequence"].as_u64().expect("a sequence");
+    assert!(
+        changes(b.grpc, seen_on_a, seen_on_a, Some(id_a.clone()))
+            .await
+            .is_empty()
+    );
     for key in ["same", "mixed"] {
         let on_a = get(a.grpc, key).await.expect("on a");
         let on_b = get(b.grpc, key).await.expect("on b");

@@ -156,6 +156,15 @@ fn page(state: &ConsoleState, title: &str, body: Markup) -> Markup {
     pages::layout(title, state.sessions.required(), body)
 }
 
+/// Runs a scan of the store (counts, a list page, the quarantine) off the async workers.
+async fn off_the_runtime<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ConsoleError> {
+    Ok(tokio::task::spawn_blocking(read)
+        .await
+        .expect("store reads do not panic: their failures are errors")?)
+}
+
 /// Headers on every console answer: no caching of pages with personal data, no framing, and
 /// scripts and styles only from the console's own assets.
 async fn secure_headers(mut response: Response) -> Response {
@@ -200,11 +209,8 @@ async fn overview(
 ) -> Result<Markup, ConsoleError> {
     viewer(&state, &headers)?;
     let store = state.store.clone();
-    let (counts, quarantined) = tokio::task::spawn_blocking(move || {
-        Ok::<_, StoreError>((store.counts()?, store.quarantine_len()))
-    })
-    .await
-    .expect("reading counts does not panic: errors are values")?;
+    let (counts, quarantined) =
+        off_the_runtime(move || Ok((store.counts()?, store.quarantine_len()))).await?;
     let counts: Vec<_> = counts.into_iter().filter(|c| c.operations > 0).collect();
     Ok(page(
         &state,
@@ -428,11 +434,10 @@ async fn list(
         Some(selection) => {
             let index = StatusIndex::new(state.store.clone());
             let kind_filter = kind.clone();
-            let (operations, more) = tokio::task::spawn_blocking(move || {
+            let (operations, more) = off_the_runtime(move || {
                 index.page(&selection, kind_filter.as_deref(), after.as_ref(), PAGE)
             })
-            .await
-            .expect("listing does not panic: errors are values")?;
+            .await?;
             let next = more.then(|| operations.last()).flatten().map(|last| {
                 let mut href = String::from("/ui/list?");
                 if let Some(k) = &kind {
@@ -475,14 +480,13 @@ async fn quarantine(
     viewer(&state, &headers)?;
     let store = state.store.clone();
     let after = query.after.unwrap_or(0);
-    let mut entries = tokio::task::spawn_blocking(move || {
+    let mut entries = off_the_runtime(move || {
         store
             .quarantined_after(after)
             .take(PAGE + 1)
             .collect::<Result<Vec<_>, _>>()
     })
-    .await
-    .expect("reading the quarantine does not panic: errors are values")?;
+    .await?;
     let next = (entries.len() > PAGE).then(|| {
         entries.truncate(PAGE);
         format!("/ui/quarantine?after={}", entries[PAGE - 1].0)

@@ -540,6 +540,7 @@ impl Writer {
             return Err(stopped.clone());
         }
         let now = now_millis();
+        let planned_from = std::time::Instant::now();
         let mut plan = BatchPlan::new(self.counters);
         let mut acks = Vec::with_capacity(webhooks.len());
         let mut stream_through = None;
@@ -563,8 +564,14 @@ impl Writer {
             .log()
             .append(&plan.records)
             .map_err(|e| Arc::new(e.into()))?;
+        let append_time = appending.elapsed();
         self.metrics
-            .batch(plan.records.len(), appending.elapsed().as_secs_f64());
+            .batch(plan.records.len(), append_time.as_secs_f64());
+        tracing::trace!(
+            planned_us = (appending - planned_from).as_micros() as u64,
+            append_us = append_time.as_micros() as u64,
+            "batch in the log"
+        );
         self.failpoint.after_append();
         let applied =
             view::apply(&self.store, &self.catalog, &plan.records, &refs).and_then(|changes| {

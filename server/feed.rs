@@ -257,16 +257,12 @@ impl ChangeFeed {
         // delivered after the state rather than lost.
         let head = self.head();
         let cursor = start_after.unwrap_or(head);
-        if cursor > head && !self.catch_up.is_zero() {
-            return Err(FeedError::Behind {
-                start_after: cursor,
-                head,
-            });
-        }
         if cursor > head {
-            return Err(FeedError::PastHead {
-                start_after: cursor,
-                head,
+            let start_after = cursor;
+            return Err(if self.catch_up.is_zero() {
+                FeedError::PastHead { start_after, head }
+            } else {
+                FeedError::Behind { start_after, head }
             });
         }
         let compacted_through = self.store.compacted_through()?;

@@ -112,13 +112,7 @@ impl Ingest {
     ) -> Result<Ack, IntakeError> {
         match self {
             Ingest::Local(writer) => Ok(writer.submit(normalized, raw, Some(facts)).await?),
-            Ingest::Cluster(publisher) => {
-                let event_id = match &normalized {
-                    Normalized::Event(e) => e.event_id,
-                    Normalized::Quarantine { event_id, .. } => *event_id,
-                };
-                Ok(publisher.submit(event_id, raw).await?)
-            }
+            Ingest::Cluster(publisher) => Ok(publisher.submit(normalized.event_id(), raw).await?),
         }
     }
 }
@@ -168,15 +162,11 @@ async fn receive_webhook(
 ) -> Result<Response, IntakeError> {
     let started = std::time::Instant::now();
     let metrics = state.metrics.clone();
-    let signer = state.signer.clone();
-    let (method, path) = (
-        request.method().to_string(),
-        request
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned(),
-    );
+    // What a signed acknowledgement binds, kept only when acknowledgements are signed.
+    let signing = state.signer.clone().map(|signer| {
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        (signer, request.method().to_string(), path.to_owned())
+    });
     let mut kind = OTHER_KIND.to_owned();
     let outcome = tokio::time::timeout(
         limits.request_timeout,
@@ -204,7 +194,7 @@ async fn receive_webhook(
             },
         ),
     };
-    let Some(signer) = signer else {
+    let Some((signer, method, path)) = signing else {
         return Ok((status, Json(reply)).into_response());
     };
     let reply = serde_json::to_vec(&reply).expect("the reply is a JSON object of plain fields");

@@ -191,8 +191,7 @@ pub async fn run(
                 );
                 intake_limits.max_body = log.max_webhook_bytes();
             }
-            let through = log.bind(&store).await?;
-            let (_, last) = log.bounds().await?;
+            let (through, last) = log.bind(&store).await?;
             tracing::info!(
                 stream = %cluster.stream,
                 applied_through = through,

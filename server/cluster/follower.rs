@@ -102,14 +102,10 @@ impl Progress {
     /// The writer's answer to stream message `sequence`, if it is recent.
     pub(crate) fn outcome(&self, sequence: u64) -> Option<Ack> {
         let outcomes = self.outcomes.lock().unwrap_or_else(|e| e.into_inner());
-        let first = outcomes.front()?.0;
-        let index = usize::try_from(sequence.checked_sub(first)?).ok()?;
-        // Messages that were not webhooks have no answer, so positions can drift: check.
-        outcomes
-            .get(index)
-            .filter(|(s, _)| *s == sequence)
-            .or_else(|| outcomes.iter().find(|(s, _)| *s == sequence))
-            .map(|(_, ack)| ack.clone())
+        // Recorded in increasing sequence (not consecutive: messages that were not webhooks
+        // have no answer).
+        let at = outcomes.binary_search_by_key(&sequence, |(s, _)| *s).ok()?;
+        Some(outcomes[at].1.clone())
     }
 
     fn record(&self, sequence: u64, ack: Option<Ack>, pending: u64) {

@@ -50,8 +50,8 @@ pub use stream::{ClusterError, ClusterSettings, JetStreamLog};
 use std::sync::Arc;
 
 use crate::domain::webhook::EventId;
+use crate::store::Store;
 use crate::store::writer::Ack;
-use crate::store::{EventRef, Store};
 use bytes::Bytes;
 
 /// What the intake of a cluster node uses in place of the writer: publish, then wait for the
@@ -76,15 +76,7 @@ impl Publisher {
         // A repeat within JetStream's window (or an answer already out of the recent
         // outcomes): the view says where the first delivery went.
         match self.store.event_ref(&event_id)? {
-            Some(EventRef::Event(sequence)) => Ok(Ack::Duplicate { sequence }),
-            Some(EventRef::Quarantine(id)) => Ok(Ack::Quarantined {
-                id,
-                reason: self
-                    .store
-                    .quarantine_entry(id)?
-                    .map(|e| e.reason)
-                    .unwrap_or_default(),
-            }),
+            Some(existing) => Ok(Ack::for_stored(&self.store, existing)?),
             None => Err(ClusterError::NotApplied(published.sequence)),
         }
     }

@@ -111,10 +111,6 @@ impl JetStreamLog {
         let mut context = jetstream::new(client.clone());
         context.set_timeout(PUBLISH_ACK_TIMEOUT);
         let subject = format!("{}.webhooks", settings.stream);
-        let stream_error = |e: &dyn std::fmt::Display| ClusterError::Stream {
-            stream: settings.stream.clone(),
-            reason: e.to_string(),
-        };
         // Retried while the NATS cluster forms (no JetStream leader yet).
         let mut attempt = 0;
         let stream = loop {
@@ -138,7 +134,12 @@ impl JetStreamLog {
                     tracing::info!(error = %e, attempt, "waiting for JetStream");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                Err(e) => return Err(stream_error(&e)),
+                Err(e) => {
+                    return Err(ClusterError::Stream {
+                        stream: settings.stream.clone(),
+                        reason: e.to_string(),
+                    });
+                }
             }
         };
         // Known once connected, which creating the stream took.
@@ -151,19 +152,6 @@ impl JetStreamLog {
             subject,
             max_payload,
         })
-    }
-
-    /// The stream's identity: 16 bytes from its name and creation time, the same on every
-    /// node, different for a stream deleted and made again.
-    pub(crate) async fn identity(&self) -> Result<[u8; 16], ClusterError> {
-        let info = self.info().await?;
-        let mut hash = Sha256::new();
-        hash.update(self.name.as_bytes());
-        hash.update(info.created.unix_timestamp_nanos().to_be_bytes());
-        let digest = hash.finalize();
-        let mut id = [0u8; 16];
-        id.copy_from_slice(&digest[..16]);
-        Ok(id)
     }
 
     /// The stream's first and last sequence now.
@@ -184,9 +172,11 @@ impl JetStreamLog {
             })
     }
 
-    /// Checks that `store` can follow this stream and gives it the stream's identity.
-    /// Returns the last stream sequence its view took into account.
-    pub(crate) async fn bind(&self, store: &Store) -> Result<u64, ClusterError> {
+    /// Checks that `store` can follow this stream and gives it the stream's identity: 16
+    /// bytes from the stream's name and creation time, the same on every node, different for
+    /// a stream deleted and made again. Returns the last stream sequence the view took into
+    /// account, and the stream's last sequence now.
+    pub(crate) async fn bind(&self, store: &Store) -> Result<(u64, u64), ClusterError> {
         let through = store.stream_through()?;
         if through == 0 && store.holds_webhooks()? {
             return Err(ClusterError::Incompatible(
@@ -195,7 +185,8 @@ impl JetStreamLog {
                     .into(),
             ));
         }
-        let (first, last) = self.bounds().await?;
+        let info = self.info().await?;
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
         if through > last {
             return Err(ClusterError::Incompatible(format!(
                 "this node's view followed stream {:?} to message {through}, but the stream ends \
@@ -213,9 +204,13 @@ impl JetStreamLog {
                 self.name
             )));
         }
-        let id = self.identity().await?;
+        let mut hash = Sha256::new();
+        hash.update(self.name.as_bytes());
+        hash.update(info.created.unix_timestamp_nanos().to_be_bytes());
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&hash.finalize()[..16]);
         store.adopt_identity(id)?;
-        Ok(through)
+        Ok((through, last))
     }
 
     /// Publishes a webhook's verified body with its content hash as the message id, and

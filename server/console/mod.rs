@@ -35,13 +35,13 @@ use maud::Markup;
 use serde::Deserialize;
 
 use crate::auth::grpc::BearerTokens;
-use crate::domain::catalog::{CatalogHandle, canonical_kind, canonical_status};
+use crate::domain::catalog::{CatalogHandle, canonical_status};
 use crate::domain::personal;
 use crate::domain::reconcile::{Operation, Phase};
 use crate::domain::webhook::{check_key, check_name};
 use crate::feed::{ChangeFeed, FeedEvent, FeedFilter};
 use crate::store::status_index::{Selection, StatusIndex};
-use crate::store::{Store, StoreError};
+use crate::store::{Lookup, Store, StoreError};
 pub(crate) use session::Sessions;
 use session::{COOKIE, SESSION_LIFETIME, Viewer};
 
@@ -245,36 +245,18 @@ async fn search(
     Ok(Redirect::to(&to))
 }
 
-/// The operations a key (and kind) names: one, several kinds, or an error.
-enum Found {
-    One(Box<Operation>),
-    Several(Vec<String>),
-}
-
-fn find(state: &ConsoleState, key: &str, kind: Option<&str>) -> Result<Found, ConsoleError> {
+/// What a key (and kind) names.
+fn find(state: &ConsoleState, key: &str, kind: Option<&str>) -> Result<Lookup, ConsoleError> {
     check_key(key).map_err(ConsoleError::BadRequest)?;
-    match kind.map(str::trim).filter(|k| !k.is_empty()) {
-        Some(kind) => {
-            let kind = state.catalog.current().resolve_kind(canonical_kind(kind));
+    let kind = match kind.map(str::trim).filter(|k| !k.is_empty()) {
+        Some(raw) => {
+            let kind = state.catalog.current().resolve_kind(raw);
             check_name("kind", &kind).map_err(ConsoleError::BadRequest)?;
-            let op = state.store.operation(&kind, key)?.ok_or_else(|| {
-                ConsoleError::NotFound(format!("no {kind} operation with key {key:?}"))
-            })?;
-            Ok(Found::One(Box::new(op)))
+            Some(kind)
         }
-        None => {
-            let mut found = state.store.operations_with_key(key)?;
-            match found.len() {
-                0 => Err(ConsoleError::NotFound(format!(
-                    "no operation with key {key:?}"
-                ))),
-                1 => Ok(Found::One(Box::new(found.remove(0)))),
-                _ => Ok(Found::Several(
-                    found.into_iter().map(|op| op.kind).collect(),
-                )),
-            }
-        }
-    }
+        None => None,
+    };
+    Ok(state.store.lookup(key, kind.as_deref())?)
 }
 
 /// `GET /ui/operations/{key}`.
@@ -286,8 +268,9 @@ async fn operation(
 ) -> Result<Markup, ConsoleError> {
     viewer(&state, &headers)?;
     let body = match find(&state, &key, query.kind.as_deref())? {
-        Found::One(op) => pages::operation(&op),
-        Found::Several(kinds) => pages::choose_kind(&key, &kinds),
+        Lookup::Several(kinds) => pages::choose_kind(&key, &kinds),
+        Lookup::Found(op) => pages::operation(&op),
+        Lookup::Missing(what) => return Err(ConsoleError::NotFound(what)),
     };
     Ok(page(&state, &key, body))
 }
@@ -301,13 +284,11 @@ fn webhook_page(
     reveal: bool,
 ) -> Result<(Operation, Markup), ConsoleError> {
     let op = match find(state, key, kind)? {
-        Found::One(op) => *op,
-        Found::Several(kinds) => {
-            return Err(ConsoleError::BadRequest(format!(
-                "key {key:?} names operations of several kinds ({}): give the kind",
-                kinds.join(", ")
-            )));
+        Lookup::Found(op) => *op,
+        Lookup::Several(kinds) => {
+            return Err(ConsoleError::BadRequest(Lookup::ambiguous(key, &kinds)));
         }
+        Lookup::Missing(what) => return Err(ConsoleError::NotFound(what)),
     };
     if !op.history.iter().any(|e| e.sequence == sequence) {
         return Err(ConsoleError::NotFound(format!(
@@ -389,7 +370,7 @@ async fn list(
     viewer(&state, &headers)?;
     let catalog = state.catalog.current();
     let non_empty = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
-    let kind = non_empty(query.kind).map(|k| catalog.resolve_kind(canonical_kind(&k)));
+    let kind = non_empty(query.kind).map(|k| catalog.resolve_kind(&k));
     if let Some(kind) = &kind {
         check_name("kind", kind).map_err(ConsoleError::BadRequest)?;
     }

@@ -55,11 +55,7 @@ impl Sessions {
                 who: "anonymous".into(),
             });
         }
-        let id = cookie_header?
-            .split(';')
-            .filter_map(|c| c.trim().split_once('='))
-            .find(|(name, _)| *name == COOKIE)?
-            .1;
+        let id = session_id(cookie_header)?;
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         match live.get(id) {
             Some((viewer, expires)) if *expires > Instant::now() => Some(viewer.clone()),
@@ -101,19 +97,23 @@ impl Sessions {
 
     /// Ends the session of `cookie_header`, if any.
     pub(crate) fn sign_out(&self, cookie_header: Option<&str>) {
-        let Some(id) = cookie_header.and_then(|h| {
-            h.split(';')
-                .filter_map(|c| c.trim().split_once('='))
-                .find(|(name, _)| *name == COOKIE)
-                .map(|(_, id)| id.to_owned())
-        }) else {
+        let Some(id) = session_id(cookie_header) else {
             return;
         };
         self.live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+            .remove(id);
     }
+}
+
+/// The session id in a `Cookie` header, if it carries one.
+fn session_id(cookie_header: Option<&str>) -> Option<&str> {
+    cookie_header?
+        .split(';')
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, id)| id)
 }
 
 #[cfg(test)]

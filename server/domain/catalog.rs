@@ -302,8 +302,10 @@ impl Catalog {
         self.kinds.get(kind)
     }
 
-    /// The kind a canonical kind name stands for: itself, or the kind it is an alias of.
-    pub fn resolve_kind(&self, kind: String) -> String {
+    /// The kind a webhook or a request names (`raw`, any spelling): canonical, and the kind
+    /// it is an alias of when it is one.
+    pub fn resolve_kind(&self, raw: &str) -> String {
+        let kind = canonical_kind(raw);
         match self.aliases.get(&kind) {
             Some(target) => target.clone(),
             None => kind,
@@ -513,15 +515,12 @@ mod tests {
         assert!(c.kind("debt").is_some());
         assert!(c.kind("historic_card_settlement").is_some());
         assert!(c.kind("account_request.status_change").is_none());
+        assert_eq!(c.resolve_kind("account_request.status_change"), "account");
         assert_eq!(
-            c.resolve_kind("account_request.status_change".into()),
-            "account"
-        );
-        assert_eq!(
-            c.resolve_kind("laas.credit_operation.status_change".into()),
+            c.resolve_kind("LAAS.credit-operation.status_change"),
             "debt"
         );
-        assert_eq!(c.resolve_kind("debt".into()), "debt");
+        assert_eq!(c.resolve_kind("debt"), "debt");
         assert_eq!(
             c.cancel_reasons.get("manual").map(String::as_str),
             Some("Operation cancelled manually")

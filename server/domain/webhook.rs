@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::catalog::{Catalog, canonical_kind, canonical_status};
+use super::catalog::{Catalog, canonical_status};
 
 /// Longest accepted operation key, in bytes.
 pub const MAX_KEY_LEN: usize = 256;
@@ -167,6 +167,16 @@ pub enum Normalized {
     },
 }
 
+impl Normalized {
+    /// The content identifier, whatever the webhook normalized to.
+    pub fn event_id(&self) -> EventId {
+        match self {
+            Normalized::Event(e) => e.event_id,
+            Normalized::Quarantine { event_id, .. } => *event_id,
+        }
+    }
+}
+
 /// A body that is not a webhook at all: the sender's mistake.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MalformedWebhook {
@@ -236,7 +246,7 @@ fn read_envelope(
     // BaaS, LaaS and the seeds name the kind `webhook_type`; automatic Pix and QI DTVM,
     // `event_type`.
     let kind = match text_field(v, "webhook_type")?.or(text_field(v, "event_type")?) {
-        Some(raw) => catalog.resolve_kind(canonical_kind(raw)),
+        Some(raw) => catalog.resolve_kind(raw),
         None if present(v, "debt_key") => "debt".to_owned(),
         None if present(v, "credit_operation_key") && present(v, "reversal") => {
             return read_reversal(catalog, v, event_id);
@@ -258,14 +268,17 @@ fn read_envelope(
     let base = kind.split('.').next().unwrap_or(&kind);
 
     let generic_key = format!("data.{base}_key");
-    let pair = keyed_pair(v);
+    // The generic rule is worked out only when the documented fields are missing: most
+    // webhooks never need it.
+    let pair = std::cell::OnceCell::new();
+    let pair = || pair.get_or_init(|| keyed_pair(v)).as_ref();
     let key_paths = ["key", "debt_key", generic_key.as_str()]
         .into_iter()
         .chain(
             spec.iter()
                 .flat_map(|s| s.key_paths.iter().map(String::as_str)),
         )
-        .chain(pair.as_ref().map(|(key, _)| key.as_str()))
+        .chain(std::iter::once_with(|| pair().map(|(key, _)| key.as_str())).flatten())
         .chain(["origin_key"]);
     let key = first_text(v, key_paths)?
         .ok_or_else(|| {
@@ -284,7 +297,7 @@ fn read_envelope(
             spec.iter()
                 .flat_map(|s| s.status_paths.iter().map(String::as_str)),
         )
-        .chain(pair.as_ref().map(|(_, status)| status.as_str()));
+        .chain(std::iter::once_with(|| pair().map(|(_, status)| status.as_str())).flatten());
     let status = first_text(v, status_paths)?
         .map(canonical_status)
         .ok_or_else(|| {

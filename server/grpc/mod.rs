@@ -22,7 +22,7 @@ use crate::feed::{ChangeFeed, FeedError, FeedFilter};
 use crate::pb;
 use crate::pb::operation_status_service_server::OperationStatusService;
 use crate::store::status_index::{Selection, StatusIndex};
-use crate::store::{Store, StoreError};
+use crate::store::{Lookup, Store, StoreError};
 pub use maintenance::MaintenanceApi;
 pub(crate) use outcome::OutcomeLayer;
 use page_token::PageTokens;
@@ -160,7 +160,7 @@ impl OperationStatusApi {
 
     /// The kind a request names: canonical, and resolved if it is an alias.
     fn kind_named(&self, raw: &str) -> String {
-        self.catalog.current().resolve_kind(canonical_kind(raw))
+        self.catalog.current().resolve_kind(raw)
     }
 
     /// The operation a key (and optional kind) names.
@@ -169,23 +169,19 @@ impl OperationStatusApi {
             return Err(ApiError::InvalidArgument("key is required".into()));
         }
         check_key(key).map_err(ApiError::InvalidArgument)?;
-        if !kind.trim().is_empty() {
-            let kind = self.kind_named(kind);
-            check_name("kind", &kind).map_err(ApiError::InvalidArgument)?;
-            return self.store.operation(&kind, key)?.ok_or_else(|| {
-                ApiError::NotFound(format!("no {kind} operation with key {key:?}"))
-            });
-        }
-        let mut found = self.store.operations_with_key(key)?;
-        match found.len() {
-            0 => Err(ApiError::NotFound(format!("no operation with key {key:?}"))),
-            1 => Ok(found.remove(0)),
-            _ => {
-                let kinds: Vec<&str> = found.iter().map(|op| op.kind.as_str()).collect();
-                Err(ApiError::InvalidArgument(format!(
-                    "key {key:?} names operations of several kinds ({}): give the kind",
-                    kinds.join(", ")
-                )))
+        let kind = match kind.trim() {
+            "" => None,
+            raw => {
+                let kind = self.kind_named(raw);
+                check_name("kind", &kind).map_err(ApiError::InvalidArgument)?;
+                Some(kind)
+            }
+        };
+        match self.store.lookup(key, kind.as_deref())? {
+            Lookup::Found(op) => Ok(*op),
+            Lookup::Missing(what) => Err(ApiError::NotFound(what)),
+            Lookup::Several(kinds) => {
+                Err(ApiError::InvalidArgument(Lookup::ambiguous(key, &kinds)))
             }
         }
     }

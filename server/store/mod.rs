@@ -192,6 +192,27 @@ pub struct OperationCount {
     pub operations: u64,
 }
 
+/// What a key (and maybe a kind) names: [`Store::lookup`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    /// One operation.
+    Found(Box<Operation>),
+    /// None; the text says what was looked for.
+    Missing(String),
+    /// Operations of these kinds share the key, and no kind was given.
+    Several(Vec<String>),
+}
+
+impl Lookup {
+    /// What to tell a caller who gave a key that names several kinds and no kind.
+    pub fn ambiguous(key: &str, kinds: &[String]) -> String {
+        format!(
+            "key {key:?} names operations of several kinds ({}): give the kind",
+            kinds.join(", ")
+        )
+    }
+}
+
 /// A JSON object that could not be attributed to an operation, kept with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuarantineEntry {
@@ -486,6 +507,9 @@ impl Store {
     /// cluster's stream, so it carries the stream's identity, and a watcher's sequence means
     /// the same on every node.
     pub(crate) fn adopt_identity(&self, id: [u8; 16]) -> Result<(), StoreError> {
+        if self.get(Key::Meta(Meta::StoreId))?.as_deref() == Some(&id[..]) {
+            return Ok(());
+        }
         self.trees
             .all
             .insert(Key::Meta(Meta::StoreId).encode(), &id)?;
@@ -593,6 +617,23 @@ impl Store {
         self.get(Key::Operation { kind, key })?
             .map(|v| decode(&v, "operations"))
             .transpose()
+    }
+
+    /// What `key` names, of `kind` (canonical) when given: what the API and the console both
+    /// look up.
+    pub fn lookup(&self, key: &str, kind: Option<&str>) -> Result<Lookup, StoreError> {
+        if let Some(kind) = kind {
+            return Ok(match self.operation(kind, key)? {
+                Some(op) => Lookup::Found(Box::new(op)),
+                None => Lookup::Missing(format!("no {kind} operation with key {key:?}")),
+            });
+        }
+        let mut found = self.operations_with_key(key)?;
+        Ok(match found.len() {
+            0 => Lookup::Missing(format!("no operation with key {key:?}")),
+            1 => Lookup::Found(Box::new(found.remove(0))),
+            _ => Lookup::Several(found.into_iter().map(|op| op.kind).collect()),
+        })
     }
 
     /// Every operation with `key`, whatever its kind, ordered by kind.

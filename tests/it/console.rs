@@ -85,6 +85,17 @@ impl Browser {
             .expect("its text")
     }
 
+    /// Clicks the element `locator` finds.
+    async fn click(&self, locator: Locator<'_>) {
+        self.client
+            .find(locator)
+            .await
+            .expect("the element to click")
+            .click()
+            .await
+            .expect("clicked");
+    }
+
     /// Saves a screenshot as `name` under `QISTATUS_SCREENSHOTS`, when set.
     async fn screenshot(&self, name: &str) {
         if let Some(dir) = std::env::var_os("QISTATUS_SCREENSHOTS") {
@@ -208,12 +219,7 @@ async fn a_person_signs_in_looks_up_an_operation_and_sees_what_happened() {
     c.goto(&format!("{base}/operations/{ACCOUNT_KEY}"))
         .await
         .unwrap();
-    c.find(Locator::LinkText("view"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click(Locator::LinkText("view")).await;
     let masked = browser
         .text_once("//pre[contains(@class, 'payload')]")
         .await;
@@ -221,12 +227,9 @@ async fn a_person_signs_in_looks_up_an_operation_and_sees_what_happened() {
     assert!(!masked.contains("Aurora"), "{masked}");
     assert!(masked.contains("personal values are masked"), "{masked}");
     browser.screenshot("console-payload.png").await;
-    c.find(Locator::Css("form[action*='/reveal'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser
+        .click(Locator::Css("form[action*='/reveal'] button"))
+        .await;
     let revealed = browser
         .text_once("//p[contains(., 'this view was logged')]")
         .await;

@@ -34,7 +34,7 @@ use super::log::Facts;
 use super::rebuild::{self, RebuildReport};
 use super::recent::RecentChanges;
 use super::snapshot::{self, Pinned};
-use super::{Store, StoreError, view};
+use super::{EventRef, Store, StoreError, view};
 use crate::domain::catalog::Catalog;
 use crate::domain::webhook::Normalized;
 use crate::metrics::Metrics;
@@ -60,6 +60,23 @@ pub enum Ack {
         /// Why it could not be attributed to an operation.
         reason: String,
     },
+}
+
+impl Ack {
+    /// The answer to a webhook the store already has: a duplicate of an event, or the
+    /// quarantine entry it went to.
+    pub(crate) fn for_stored(store: &Store, existing: EventRef) -> Result<Ack, StoreError> {
+        Ok(match existing {
+            EventRef::Event(sequence) => Ack::Duplicate { sequence },
+            EventRef::Quarantine(id) => Ack::Quarantined {
+                id,
+                reason: store
+                    .quarantine_entry(id)?
+                    .map(|e| e.reason)
+                    .unwrap_or_default(),
+            },
+        })
+    }
 }
 
 /// Why a webhook could not be handed to the writer.
@@ -255,11 +272,7 @@ impl WriterHandle {
             .send(command(reply))
             .await
             .map_err(|_| SubmitError::Closed)?;
-        match answer.await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(SubmitError::Store(e)),
-            Err(_) => Err(SubmitError::Closed),
-        }
+        answered(answer).await
     }
 
     /// The latest committed change records, shared with watchers.
@@ -284,12 +297,12 @@ impl WriterHandle {
     }
 }
 
-/// The writer's answer to one request.
-async fn answered(
-    answer: oneshot::Receiver<Result<Ack, Arc<StoreError>>>,
-) -> Result<Ack, SubmitError> {
+/// The writer's answer to one request or command.
+async fn answered<T>(
+    answer: oneshot::Receiver<Result<T, Arc<StoreError>>>,
+) -> Result<T, SubmitError> {
     match answer.await {
-        Ok(Ok(ack)) => Ok(ack),
+        Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(SubmitError::Store(e)),
         Err(_) => Err(SubmitError::Closed),
     }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use super::Ack;
 use crate::domain::webhook::{EventId, Normalized};
 use crate::store::log::{Entry, Facts, Record, RecordHeader};
-use crate::store::{EventRef, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// The counters a batch continues from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,24 +53,12 @@ impl BatchPlan {
         received_at: i64,
         facts: Option<Facts>,
     ) -> Result<Ack, StoreError> {
-        let event_id = match &normalized {
-            Normalized::Event(e) => e.event_id,
-            Normalized::Quarantine { event_id, .. } => *event_id,
-        };
+        let event_id = normalized.event_id();
         if let Some(ack) = self.seen.get(&event_id) {
             return Ok(as_duplicate(ack.clone()));
         }
         if let Some(existing) = store.event_ref(&event_id)? {
-            let ack = match existing {
-                EventRef::Event(sequence) => Ack::Duplicate { sequence },
-                EventRef::Quarantine(id) => Ack::Quarantined {
-                    id,
-                    reason: store
-                        .quarantine_entry(id)?
-                        .map(|e| e.reason)
-                        .unwrap_or_default(),
-                },
-            };
+            let ack = Ack::for_stored(store, existing)?;
             self.seen.insert(event_id, ack.clone());
             return Ok(ack);
         }

@@ -173,6 +173,17 @@ pub struct Rounds {
     pub failures: u64,
     /// The webhooks written, for reads afterwards.
     pub written: Vec<Webhook>,
+    /// CPU time per operation, when measured.
+    pub cpu: Option<CpuPerOp>,
+}
+
+/// CPU time per operation, over warm-up and rounds, on each side of the connection.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuPerOp {
+    /// The server under test (its process; for etcd and qistatus, everything they do).
+    pub server: Duration,
+    /// The load generator (this harness: its HTTP or gRPC client, building requests).
+    pub load: Duration,
 }
 
 impl Rounds {
@@ -183,6 +194,7 @@ impl Rounds {
             latency: histogram(),
             failures: 0,
             written: Vec::new(),
+            cpu: None,
         }
     }
 }

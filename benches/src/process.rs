@@ -42,6 +42,11 @@ impl Process {
             .map_or(0, |kb| kb * 1024)
     }
 
+    /// CPU time it has used so far (user + system), when it can be read.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        cpu_time_of(&self.child.id()?.to_string())
+    }
+
     /// The ports of its two listeners, to start it again where clients expect it.
     pub fn ports(&self) -> (u16, u16) {
         let port = |url: &str| {
@@ -66,6 +71,40 @@ impl Process {
                 .status();
         }
         let _ = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await;
+    }
+}
+
+/// CPU time (user + system) used by the process `pid` ("self" for the harness) so far, from
+/// `/proc/<pid>/stat`; `None` where there is no such file.
+pub fn cpu_time_of(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: fields are counted after its ")".
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    // Linux reports these in USER_HZ ticks, 100 per second on every architecture it runs on.
+    Some(Duration::from_millis((user + system) * 10))
+}
+
+/// Starts `qistatus-null-receiver` (the ceiling: see its source) and waits until it accepts.
+pub async fn start_null_receiver(bin: &Path) -> Process {
+    let port = free_port();
+    let child = Command::new(bin)
+        .args(["--http-addr", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start qistatus-null-receiver");
+    wait_until("qistatus-null-receiver", || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    Process {
+        child,
+        http: format!("http://127.0.0.1:{port}"),
+        grpc: String::new(),
     }
 }
 

@@ -149,6 +149,34 @@ impl Feed for tonic::Streaming<pb::WatchOperationResponse> {
     }
 }
 
+/// The no-op HTTP receiver: writes are posts answered without storing; it has nothing to
+/// read.
+#[derive(Clone)]
+pub struct NullTarget {
+    http: HttpClient,
+    url: String,
+}
+
+impl NullTarget {
+    /// Posts to a running `qistatus-null-receiver`.
+    pub fn connect(server: &Process) -> Self {
+        NullTarget {
+            http: http_client(),
+            url: format!("{}/webhooks", server.http),
+        }
+    }
+}
+
+impl Target for NullTarget {
+    async fn write(&self, _: usize, w: &Webhook) -> Option<u64> {
+        post(&self.http, &self.url, w.body.clone()).await
+    }
+
+    async fn read(&self, _: usize, _: &Webhook) -> bool {
+        false
+    }
+}
+
 /// etcd, as a team would use it for statuses: a put per webhook under
 /// `ops/<kind>/<key>`, a serializable range per question, a prefix watch to react.
 #[derive(Clone)]

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use super::Context;
-use crate::load::{Rounds, TEMPLATES, Webhook, drive, webhooks};
-use crate::process::{Postgres, start_etcd};
+use crate::load::{CpuPerOp, Rounds, TEMPLATES, Webhook, drive, webhooks};
+use crate::process::{Postgres, Process, cpu_time_of, start_etcd, start_null_receiver};
 use crate::report::Report;
-use crate::target::{EtcdTarget, PostgresTarget, QistatusTarget, Target};
+use crate::target::{EtcdTarget, NullTarget, PostgresTarget, QistatusTarget, Target};
 
 /// Runs ingest and/or reads (reads need the ingested keys, so ingest always runs).
 pub async fn run(cx: &Context, report: &mut Report, with_ingest: bool, with_reads: bool) {
@@ -18,12 +18,19 @@ pub async fn run(cx: &Context, report: &mut Report, with_ingest: bool, with_read
     );
     let (q_server, _) = cx.qistatus.start(&cx.dir("q-ingest"), None).await;
     let q_target = QistatusTarget::connect(&q_server).await;
-    let q_ingest = ingest(&q_target, cx).await;
+    let q_ingest = ingest(&q_target, cx, Some(&q_server)).await;
+    let ceiling = match null_receiver_bin() {
+        Some(bin) => {
+            let server = start_null_receiver(&bin).await;
+            Some(ingest(&NullTarget::connect(&server), cx, Some(&server)).await)
+        }
+        None => None,
+    };
     let etcd = match &cx.etcd_bin {
         Some(bin) => {
             let server = start_etcd(bin, &cx.dir("e-ingest")).await;
             let target = EtcdTarget::connect(&server).await;
-            let rounds = ingest(&target, cx).await;
+            let rounds = ingest(&target, cx, Some(&server)).await;
             Some((server, target, rounds))
         }
         None => None,
@@ -32,7 +39,7 @@ pub async fn run(cx: &Context, report: &mut Report, with_ingest: bool, with_read
         Some(bin_dir) => {
             let server = Postgres::start(bin_dir, &cx.dir("p-ingest"));
             let target = PostgresTarget::connect(&server.url, s.concurrency).await;
-            let rounds = ingest(&target, cx).await;
+            let rounds = ingest(&target, cx, None).await;
             Some((server, target, rounds))
         }
         None => None,
@@ -59,6 +66,31 @@ pub async fn run(cx: &Context, report: &mut Report, with_ingest: bool, with_read
             e.map_or("—".into(), |e| e.failures.to_string()),
             p.map_or("—".into(), |p| p.failures.to_string()),
         ));
+        if let Some(ceiling) = &ceiling {
+            report.notes.push(ceiling_note(ceiling, &q_ingest, e));
+        }
+        let cpu: Vec<String> = [
+            ("qistatus", Some(&q_ingest)),
+            ("etcd", e),
+            ("the no-op receiver", ceiling.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(name, rounds)| {
+            let cpu = rounds?.cpu?;
+            Some(format!(
+                "{name} {} µs + load generator {} µs",
+                cpu.server.as_micros(),
+                cpu.load.as_micros()
+            ))
+        })
+        .collect();
+        if !cpu.is_empty() {
+            report.notes.push(format!(
+                "ingest CPU time per acknowledged webhook (server process + this harness, which shares the machine's {} cores): {}.",
+                std::thread::available_parallelism().map_or(0, |n| n.get()),
+                cpu.join("; ")
+            ));
+        }
     }
     if with_reads {
         let q = reads(&q_target, cx, &q_ingest.written).await;
@@ -94,9 +126,41 @@ pub async fn run(cx: &Context, report: &mut Report, with_ingest: bool, with_read
     q_server.stop().await;
 }
 
-/// A warm-up, then `rounds` rounds of durable writes of distinct realistic webhooks.
-pub(super) async fn ingest<T: Target>(target: &T, cx: &Context) -> Rounds {
+/// `qistatus-null-receiver`, built beside this harness (`cargo build --workspace --bins`).
+fn null_receiver_bin() -> Option<std::path::PathBuf> {
+    let bin = std::env::current_exe()
+        .ok()?
+        .with_file_name("qistatus-null-receiver");
+    bin.exists().then_some(bin)
+}
+
+/// What the no-op receiver reached, beside qistatus and etcd.
+fn ceiling_note(ceiling: &Rounds, q: &Rounds, etcd: Option<&Rounds>) -> String {
+    let rate = |r: &Rounds| crate::load::median(r.rates.clone());
+    let mut note = format!(
+        "ceiling: a receiver that stores nothing (`qistatus-null-receiver`: the same hyper HTTP/1.1 server, reads the body, answers 200) acknowledged {:.0}/s in the same run; qistatus reached {:.0} % of it",
+        rate(ceiling),
+        100.0 * rate(q) / rate(ceiling)
+    );
+    if let Some(e) = etcd {
+        note.push_str(&format!(
+            ", and it is {:.2}× etcd: no HTTP webhook receiver can go faster than that here, with the load generator on the same cores",
+            rate(ceiling) / rate(e)
+        ));
+    }
+    note.push('.');
+    note
+}
+
+/// A warm-up, then `rounds` rounds of durable writes of distinct realistic webhooks; with the
+/// `server`'s process, the CPU time it and the load generator spent per webhook.
+pub(super) async fn ingest<T: Target>(
+    target: &T,
+    cx: &Context,
+    server: Option<&Process>,
+) -> Rounds {
     let s = cx.sizes;
+    let cpu_before = server.and_then(|p| Some((p.cpu_time()?, cpu_time_of("self")?)));
     let write_all = |batch: Arc<Vec<Webhook>>| {
         let target = target.clone();
         move |i: usize| {
@@ -120,6 +184,13 @@ pub(super) async fn ingest<T: Target>(target: &T, cx: &Context) -> Rounds {
         out.latency.add(h).expect("same bounds");
         out.written.extend(batch.iter().cloned());
     }
+    let posted = (s.warmup + s.rounds * s.ingest_per_round) as u32;
+    out.cpu = cpu_before.and_then(|(server_before, load_before)| {
+        Some(CpuPerOp {
+            server: (server?.cpu_time()?.saturating_sub(server_before)) / posted,
+            load: (cpu_time_of("self")?.saturating_sub(load_before)) / posted,
+        })
+    });
     out
 }
 

@@ -4,6 +4,12 @@ use anyhow::Context;
 use clap::Parser;
 use qistatus::config::{Command, Config};
 
+/// mimalloc rather than glibc's allocator: the writer (sled's copy-on-write nodes) and the
+/// intake (parsed JSON) allocate and free on every webhook, across threads; measured in
+/// BENCHMARKS.md ("Where ingest time goes").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();

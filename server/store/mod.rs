@@ -248,9 +248,10 @@ struct Trees {
     counts: Space,
 }
 
-/// sled's page cache by default, in MiB: 96 MiB keeps a million operations under 500 MB of
-/// RSS.
-pub const DEFAULT_CACHE_MB: u64 = 96;
+/// sled's page cache by default, in MiB. sled undercounts what a cached node costs, and the
+/// allocator (mimalloc) keeps some freed memory per thread: 64 MiB keeps a million operations
+/// under 400 MB of RSS (BENCHMARKS.md).
+pub const DEFAULT_CACHE_MB: u64 = 64;
 
 /// A handle on the data directory, cheap to clone. Reads go straight to sled.
 #[derive(Clone, Debug)]

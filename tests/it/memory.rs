@@ -55,7 +55,7 @@ async fn long_descriptions_and_stalled_watchers_do_not_grow_memory_without_bound
         before / MB,
         after / MB
     );
-    // 225 MB of descriptions went through; what stays is the page cache (96 MB by default),
+    // 225 MB of descriptions went through; what stays is the page cache (64 MB by default),
     // the bounded windows and the allocator's free lists.
     assert!(after < 200 * MB, "RSS grew to {} MB", after / MB);
     drop(stalled);

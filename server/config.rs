@@ -60,7 +60,8 @@ pub struct Config {
     #[arg(long, env = "QISTATUS_MAX_BODY", default_value_t = IntakeLimits::DEFAULT.max_body)]
     pub max_body: usize,
 
-    /// Longest a webhook request may take before it is answered 408 (e.g. `4s`, `500ms`).
+    /// Longest a webhook request may take (e.g. `4s`, `500ms`): then it is answered 408 if its
+    /// body had not arrived, 503 (retry) if storing it had not been confirmed.
     #[arg(long, env = "QISTATUS_REQUEST_TIMEOUT", default_value_t = IntakeLimits::DEFAULT.request_timeout.into())]
     pub request_timeout: humantime::Duration,
 

@@ -155,6 +155,14 @@ enum IntakeReply {
     Quarantined { reason: String, quarantine_id: u64 },
 }
 
+/// How far a request got, read when it runs out of time.
+struct Progress {
+    /// The kind to count it under in the metrics.
+    kind: String,
+    /// Whether its body had arrived whole.
+    body_received: bool,
+}
+
 /// `POST /webhooks`: the whole request, body included, within `request_timeout`.
 async fn receive_webhook(
     State(WithLimits { state, limits }): State<WithLimits>,
@@ -167,19 +175,31 @@ async fn receive_webhook(
         let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
         (signer, request.method().to_string(), path.to_owned())
     });
-    let mut kind = OTHER_KIND.to_owned();
-    let outcome = tokio::time::timeout(
-        limits.request_timeout,
-        store_webhook(state, limits, request, &mut kind),
+    let mut progress = Progress {
+        kind: OTHER_KIND.to_owned(),
+        body_received: false,
+    };
+    let deadline = limits.request_timeout;
+    let outcome = match tokio::time::timeout(
+        deadline,
+        store_webhook(state, limits, request, &mut progress),
     )
     .await
-    .unwrap_or(Err(IntakeError::Timeout(limits.request_timeout)));
+    {
+        Ok(outcome) => outcome,
+        // Whose delay it was decides the answer: the sender's body (408), or storing it (503).
+        Err(_) if progress.body_received => Err(IntakeError::NotConfirmed(deadline)),
+        Err(_) => Err(IntakeError::Timeout(deadline)),
+    };
+    let kind = progress.kind;
     let result = match &outcome {
         Ok(Ack::Accepted { .. }) => WebhookResult::Accepted,
         Ok(Ack::Duplicate { .. }) => WebhookResult::Duplicate,
         Ok(Ack::Quarantined { .. }) => WebhookResult::Quarantined,
         Err(IntakeError::Unauthorized(_)) => WebhookResult::Unauthorized,
-        Err(IntakeError::Submit(_) | IntakeError::Cluster(_)) => WebhookResult::Failed,
+        Err(IntakeError::Submit(_) | IntakeError::Cluster(_) | IntakeError::NotConfirmed(_)) => {
+            WebhookResult::Failed
+        }
         Err(_) => WebhookResult::Refused,
     };
     metrics.webhook(&kind, result, started.elapsed().as_secs_f64());
@@ -227,7 +247,7 @@ async fn store_webhook(
     state: IntakeState,
     limits: IntakeLimits,
     request: Request,
-    kind: &mut String,
+    progress: &mut Progress,
 ) -> Result<Ack, IntakeError> {
     let (parts, body) = request.into_parts();
     let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
@@ -252,6 +272,7 @@ async fn store_webhook(
     let body = axum::body::to_bytes(body, limits.max_body)
         .await
         .map_err(|e| IntakeError::body(e, limits.max_body))?;
+    progress.body_received = true;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let facts = RequestFacts {
         method: method.as_str(),
@@ -276,7 +297,7 @@ async fn store_webhook(
     if let Normalized::Event(envelope) = &normalized
         && catalog.kind(&envelope.kind).is_some()
     {
-        kind.clone_from(&envelope.kind);
+        progress.kind.clone_from(&envelope.kind);
     }
     state.ingest.submit(normalized, webhook, facts).await
 }
@@ -310,9 +331,18 @@ pub(crate) enum IntakeError {
         /// Their bytes.
         bytes: usize,
     },
-    /// The request took longer than the limit.
+    /// The body did not arrive within the limit.
     #[error("the request took longer than {}: send it again", humantime::format_duration(*.0))]
     Timeout(Duration),
+    /// The body arrived, but storing it was not confirmed within the limit (the writer or the
+    /// cluster's stream is slow). It may still be stored: sending it again is safe, a stored
+    /// webhook is answered as a duplicate.
+    #[error(
+        "the webhook was received but not confirmed stored within {}: send it again (if it \
+         was stored meanwhile, the answer is `duplicate`)",
+        humantime::format_duration(*.0)
+    )]
+    NotConfirmed(Duration),
     /// A method other than POST on /webhooks.
     #[error("method not allowed: webhooks are received at POST /webhooks")]
     MethodNotAllowed,
@@ -363,6 +393,10 @@ impl IntoResponse for IntakeError {
                 self.to_string(),
             ),
             IntakeError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, self.to_string()),
+            IntakeError::NotConfirmed(_) => {
+                tracing::warn!("a webhook was not confirmed stored within the request timeout");
+                (StatusCode::SERVICE_UNAVAILABLE, self.to_string())
+            }
             IntakeError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, self.to_string()),
             IntakeError::NoRoute => (StatusCode::NOT_FOUND, self.to_string()),
             IntakeError::Submit(SubmitError::Busy) => (

@@ -100,6 +100,21 @@ impl NatsCluster {
         panic!("nats-server {} did not listen within 10 s", server.name);
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) to server `i`: a stopped server keeps its connections
+    /// open but answers nothing, as a frozen or overloaded one does.
+    fn signal(&self, i: usize, signal: &str) {
+        let pid = self.servers[i]
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("running");
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     async fn kill(&mut self, i: usize) {
         let mut child = self.servers[i].child.take().expect("running");
         child.kill().await.expect("SIGKILL nats-server");
@@ -472,4 +487,61 @@ async fn a_node_behind_the_streams_retention_refuses_to_start() {
             && stderr.contains("qistatus-server restore"),
         "{stderr}"
     );
+}
+
+/// Storing that outlasts the request timeout is qistatus's delay, not the sender's: with its
+/// NATS server frozen (connection open, no answers), a node answers 503 with `Retry-After`
+/// (not 408), and the retry once NATS is back is safe: the webhook is in the operation once.
+#[tokio::test(flavor = "multi_thread")]
+async fn storing_past_the_request_timeout_is_a_503_and_a_retry_is_safe() {
+    let nats = NatsCluster::start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = ServerCommand::new(dir.path())
+        .args(["--nats", &nats.urls(), "--nats-replicas", "1"])
+        .args(["--request-timeout", "500ms"])
+        .start()
+        .await;
+    let first = webhook("debt", "slow-1", "waiting_signature", "2024-01-01 10:00:00");
+    assert_eq!(post(node.http, &first).await.expect("answered").0, 200);
+
+    nats.signal(0, "STOP");
+    let second = webhook("debt", "slow-1", "disbursed", "2024-01-01 11:00:00");
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/webhooks", node.http))
+        .timeout(Duration::from_secs(15))
+        .body(second.clone())
+        .send()
+        .await
+        .expect("answered");
+    let retry_after = response.headers().get("retry-after").cloned();
+    let (status, answer): (u16, serde_json::Value) = (
+        response.status().as_u16(),
+        response.json().await.expect("a JSON body"),
+    );
+    nats.signal(0, "CONT");
+    assert_eq!(status, 503, "{answer}");
+    assert!(retry_after.is_some(), "no Retry-After");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not confirmed stored within 500ms")),
+        "{answer}"
+    );
+
+    // The sender's retry, once NATS answers again.
+    let mut retried = None;
+    for _ in 0..60 {
+        if let Ok((200, answer)) = post(node.http, &second).await {
+            retried = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let retried = retried.expect("the retry was acknowledged within 15 s");
+    assert!(
+        matches!(retried["result"].as_str(), Some("accepted" | "duplicate")),
+        "{retried}"
+    );
+    let op = wait_for_version(node.grpc, "slow-1", 2).await;
+    assert_eq!((op.status.as_str(), op.version), ("disbursed", 2));
 }

@@ -521,7 +521,6 @@ pub fn parse_event_time(text: &str, naive_offset_minutes: i32) -> Option<i64> {
         .map(|t| t.timestamp_millis())
 }
 
-/// The value at a dotted path (`data.response_data.slc_status`).
 /// The value at a dotted path; a numeric part indexes an array (`data.list.0.amount`).
 fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.')

@@ -226,16 +226,15 @@ fn read(catalog: &Catalog, value: &Value) -> Normalized {
     }
 }
 
-/// The `data` object of a raw webhook, when it has one. Used to serve history entries.
-pub fn data_object(raw: &[u8]) -> Option<serde_json::Map<String, Value>> {
+/// The `data` member of a raw webhook, read as `T` (how it is shown is the caller's choice:
+/// the gRPC API reads it straight into protobuf values). `None` when the body is not JSON,
+/// has no `data`, or `data` is not a `T`. Used to serve history entries.
+pub fn data_field<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Option<T> {
     #[derive(Deserialize)]
-    struct OnlyData {
-        data: Option<Value>,
+    struct OnlyData<T> {
+        data: Option<T>,
     }
-    match serde_json::from_slice::<OnlyData>(raw).ok()?.data? {
-        Value::Object(map) => Some(map),
-        _ => None,
-    }
+    serde_json::from_slice::<OnlyData<T>>(raw).ok()?.data
 }
 
 fn read_envelope(
@@ -1150,10 +1149,12 @@ mod tests {
     }
 
     #[test]
-    fn data_object_is_extracted_when_present() {
-        assert!(data_object(br#"{"data": {"a": 1}}"#).is_some());
-        assert!(data_object(br#"{"data": null}"#).is_none());
-        assert!(data_object(br#"{"data": [1]}"#).is_none());
-        assert!(data_object(br#"{"status": "x"}"#).is_none());
+    fn the_data_field_is_read_when_present_and_of_the_type_asked() {
+        type Object = serde_json::Map<String, Value>;
+        assert!(data_field::<Object>(br#"{"data": {"a": 1}, "x": [1]}"#).is_some());
+        assert!(data_field::<Object>(br#"{"data": null}"#).is_none());
+        assert!(data_field::<Object>(br#"{"data": [1]}"#).is_none());
+        assert!(data_field::<Object>(br#"{"status": "x"}"#).is_none());
+        assert!(data_field::<Object>(b"not json").is_none());
     }
 }

@@ -2,7 +2,6 @@
 //! here is a `From`/`TryFrom` impl or a small function the service calls at its last step.
 
 use prost_types::value::Kind;
-use serde_json::Value;
 
 use crate::domain::reconcile::{EventSummary, Operation, Phase};
 use crate::domain::webhook::{FactValue, bounded_detail};
@@ -111,9 +110,88 @@ impl From<&EventSummary> for pb::HistoryEntry {
     }
 }
 
-/// The `data` object of a stored webhook, as a `google.protobuf.Struct`.
+/// The `data` object of a stored webhook, as a `google.protobuf.Struct`, read straight from
+/// the bytes into protobuf values: no `serde_json::Value` in between, because filling history
+/// entries with their data is most of what a full `GetOperation` costs.
 pub(crate) fn data_struct(raw: &[u8]) -> Option<prost_types::Struct> {
-    crate::domain::webhook::data_object(raw).map(json_object_to_struct)
+    match crate::domain::webhook::data_field::<JsonAsProto>(raw)?
+        .0
+        .kind?
+    {
+        Kind::StructValue(object) => Some(object),
+        _ => None,
+    }
+}
+
+/// A JSON value read as a `google.protobuf.Value`: objects become Structs (a repeated key
+/// keeps its last value, as `serde_json` does), numbers doubles, `null` NullValue. Nesting is
+/// bounded by `serde_json`'s recursion limit (128).
+struct JsonAsProto(prost_types::Value);
+
+impl<'de> serde::Deserialize<'de> for JsonAsProto {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(JsonAsProtoVisitor)
+    }
+}
+
+struct JsonAsProtoVisitor;
+
+impl JsonAsProtoVisitor {
+    fn of(kind: Kind) -> JsonAsProto {
+        JsonAsProto(prost_types::Value { kind: Some(kind) })
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for JsonAsProtoVisitor {
+    type Value = JsonAsProto;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<JsonAsProto, E> {
+        Ok(Self::of(Kind::NullValue(0)))
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<JsonAsProto, E> {
+        Ok(Self::of(Kind::BoolValue(b)))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<JsonAsProto, E> {
+        Ok(Self::of(Kind::NumberValue(n as f64)))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<JsonAsProto, E> {
+        Ok(Self::of(Kind::NumberValue(n as f64)))
+    }
+
+    fn visit_f64<E>(self, n: f64) -> Result<JsonAsProto, E> {
+        Ok(Self::of(Kind::NumberValue(n)))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<JsonAsProto, E> {
+        Ok(Self::of(Kind::StringValue(s.to_owned())))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<JsonAsProto, E> {
+        Ok(Self::of(Kind::StringValue(s)))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<JsonAsProto, A::Error> {
+        let mut values = Vec::new();
+        while let Some(JsonAsProto(value)) = seq.next_element()? {
+            values.push(value);
+        }
+        Ok(Self::of(Kind::ListValue(prost_types::ListValue { values })))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonAsProto, A::Error> {
+        let mut fields = std::collections::BTreeMap::new();
+        while let Some((key, JsonAsProto(value))) = map.next_entry::<String, JsonAsProto>()? {
+            fields.insert(key, value);
+        }
+        Ok(Self::of(Kind::StructValue(prost_types::Struct { fields })))
+    }
 }
 
 impl From<FeedEvent> for pb::WatchOperationResponse {
@@ -154,26 +232,73 @@ fn fact_value(value: &FactValue) -> prost_types::Value {
     prost_types::Value { kind: Some(kind) }
 }
 
-/// A JSON object as a `google.protobuf.Struct`.
-fn json_object_to_struct(map: serde_json::Map<String, Value>) -> prost_types::Struct {
-    prost_types::Struct {
-        fields: map
-            .into_iter()
-            .map(|(k, v)| (k, json_to_value(v)))
-            .collect(),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
 
-fn json_to_value(v: Value) -> prost_types::Value {
-    let kind = match v {
-        Value::Null => Kind::NullValue(0),
-        Value::Bool(b) => Kind::BoolValue(b),
-        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
-        Value::String(s) => Kind::StringValue(s),
-        Value::Array(a) => Kind::ListValue(prost_types::ListValue {
-            values: a.into_iter().map(json_to_value).collect(),
-        }),
-        Value::Object(o) => Kind::StructValue(json_object_to_struct(o)),
-    };
-    prost_types::Value { kind: Some(kind) }
+    /// The plain conversion, through a parsed `serde_json::Value`: what `data_struct` must
+    /// equal.
+    fn through_value(v: Value) -> prost_types::Value {
+        let kind = match v {
+            Value::Null => Kind::NullValue(0),
+            Value::Bool(b) => Kind::BoolValue(b),
+            Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
+            Value::String(s) => Kind::StringValue(s),
+            Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+                values: a.into_iter().map(through_value).collect(),
+            }),
+            Value::Object(o) => Kind::StructValue(prost_types::Struct {
+                fields: o.into_iter().map(|(k, v)| (k, through_value(v))).collect(),
+            }),
+        };
+        prost_types::Value { kind: Some(kind) }
+    }
+
+    #[test]
+    fn data_is_read_into_protobuf_as_a_parsed_value_would_convert_it() {
+        let fixtures = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
+            .expect("the fixtures directory");
+        let mut compared = 0;
+        for file in fixtures {
+            let path = file.expect("a directory entry").path();
+            let raw = std::fs::read(&path).expect("a fixture");
+            let expected = serde_json::from_slice::<Value>(&raw)
+                .ok()
+                .and_then(|v| v.get("data").cloned())
+                .and_then(|data| match through_value(data).kind {
+                    Some(Kind::StructValue(object)) => Some(object),
+                    _ => None,
+                });
+            assert_eq!(data_struct(&raw), expected, "{}", path.display());
+            compared += usize::from(expected.is_some());
+        }
+        assert!(
+            compared >= 10,
+            "only {compared} fixtures have a data object"
+        );
+    }
+
+    #[test]
+    fn data_of_every_json_shape_converts_and_a_repeated_key_keeps_its_last_value() {
+        let raw = br#"{"data": {"n": null, "t": true, "i": -3, "u": 18446744073709551615,
+            "f": 1.5e3, "s": "a\"\u00e9", "l": [1, [2], {"k": "v"}], "o": {}, "d": 1, "d": 2},
+            "status": "x"}"#;
+        let fields = data_struct(raw).expect("a data object").fields;
+        let kind = |k: &str| fields[k].kind.clone().expect("a kind");
+        assert_eq!(kind("n"), Kind::NullValue(0));
+        assert_eq!(kind("t"), Kind::BoolValue(true));
+        assert_eq!(kind("i"), Kind::NumberValue(-3.0));
+        assert_eq!(kind("u"), Kind::NumberValue(18446744073709551615.0));
+        assert_eq!(kind("f"), Kind::NumberValue(1500.0));
+        assert_eq!(kind("s"), Kind::StringValue("a\"é".into()));
+        assert_eq!(kind("d"), Kind::NumberValue(2.0));
+        let Kind::ListValue(list) = kind("l") else {
+            panic!("l is a list")
+        };
+        assert_eq!(list.values.len(), 3);
+        assert!(matches!(kind("o"), Kind::StructValue(s) if s.fields.is_empty()));
+        assert_eq!(data_struct(br#"{"data": [1]}"#), None);
+        assert_eq!(data_struct(br#"{"data": {"a": 1"#), None);
+    }
 }

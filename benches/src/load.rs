@@ -187,6 +187,11 @@ pub struct CpuPerOp {
 }
 
 impl Rounds {
+    /// The median of the rounds' rates: what a report shows.
+    pub fn median_rate(&self) -> f64 {
+        median(self.rates.clone())
+    }
+
     /// No rounds yet.
     pub fn new() -> Self {
         Rounds {

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::load::{Rounds, median};
+use crate::load::Rounds;
 
 /// The peers qistatus is measured against, in the report's column order.
 pub const PEERS: [&str; 2] = ["etcd", "PostgreSQL"];
@@ -87,8 +87,8 @@ impl Report {
         peers: [Option<&Rounds>; 2],
         target: &str,
     ) {
-        let qr = median(q.rates.clone());
-        let pr = peers.map(|p| p.map(|p| median(p.rates.clone())));
+        let qr = q.median_rate();
+        let pr = peers.map(|p| p.map(Rounds::median_rate));
         self.add(Row {
             scenario: scenario.into(),
             metric: metric.into(),

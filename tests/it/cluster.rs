@@ -16,7 +16,7 @@ use qistatus::pb;
 use tokio::process::{Child, Command};
 use tokio_stream::StreamExt;
 
-use crate::process::{ServerCommand, free_addr};
+use crate::process::{ServerCommand, free_addr, send_signal};
 use crate::test_server::webhook;
 
 /// A NATS server of the test cluster.
@@ -103,16 +103,7 @@ impl NatsCluster {
     /// Sends `signal` (`STOP`, `CONT`) to server `i`: a stopped server keeps its connections
     /// open but answers nothing, as a frozen or overloaded one does.
     fn signal(&self, i: usize, signal: &str) {
-        let pid = self.servers[i]
-            .child
-            .as_ref()
-            .and_then(Child::id)
-            .expect("running");
-        let status = std::process::Command::new("kill")
-            .args([format!("-{signal}"), pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} {pid}");
+        send_signal(self.servers[i].child.as_ref().expect("running"), signal);
     }
 
     async fn kill(&mut self, i: usize) {

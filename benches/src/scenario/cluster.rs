@@ -4,7 +4,6 @@
 
 use super::Context;
 use super::ingest::{ingest, reads};
-use crate::load::median;
 use crate::process::start_nats;
 use crate::report::{Report, ms};
 use crate::target::QistatusTarget;
@@ -43,20 +42,19 @@ pub async fn run(cx: &Context, report: &mut Report) {
         server.stop().await;
     }
 
-    let rate = |r: &crate::load::Rounds| median(r.rates.clone());
     report.notes.push(format!(
         "cluster (two nodes, three NATS servers on this machine, R3; senders and readers \
          spread over both nodes), side by side with one node in the same run: ingest {:.0}/s \
          vs {:.0}/s single ({:.2}×), p99 {} vs {}; point reads {:.0}/s vs {:.0}/s ({:.2}×); \
          failures: cluster {} + {}, single {} + {}.",
-        rate(&cluster_ingest),
-        rate(&single_ingest),
-        rate(&cluster_ingest) / rate(&single_ingest),
+        cluster_ingest.median_rate(),
+        single_ingest.median_rate(),
+        cluster_ingest.median_rate() / single_ingest.median_rate(),
         ms(cluster_ingest.latency.value_at_quantile(0.99)),
         ms(single_ingest.latency.value_at_quantile(0.99)),
-        rate(&cluster_reads),
-        rate(&single_reads),
-        rate(&cluster_reads) / rate(&single_reads),
+        cluster_reads.median_rate(),
+        single_reads.median_rate(),
+        cluster_reads.median_rate() / single_reads.median_rate(),
         cluster_ingest.failures,
         cluster_reads.failures,
         single_ingest.failures,

@@ -136,16 +136,15 @@ fn null_receiver_bin() -> Option<std::path::PathBuf> {
 
 /// What the no-op receiver reached, beside qistatus and etcd.
 fn ceiling_note(ceiling: &Rounds, q: &Rounds, etcd: Option<&Rounds>) -> String {
-    let rate = |r: &Rounds| crate::load::median(r.rates.clone());
     let mut note = format!(
         "ceiling: a receiver that stores nothing (`qistatus-null-receiver`: the same hyper HTTP/1.1 server, reads the body, answers 200) acknowledged {:.0}/s in the same run; qistatus reached {:.0} % of it",
-        rate(ceiling),
-        100.0 * rate(q) / rate(ceiling)
+        ceiling.median_rate(),
+        100.0 * q.median_rate() / ceiling.median_rate()
     );
     if let Some(e) = etcd {
         note.push_str(&format!(
             ", and it is {:.2}× etcd: no HTTP webhook receiver can go faster than that here, with the load generator on the same cores",
-            rate(ceiling) / rate(e)
+            ceiling.median_rate() / e.median_rate()
         ));
     }
     note.push('.');

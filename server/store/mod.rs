@@ -860,12 +860,13 @@ fn delete_phase_entry(writes: &mut Writes, op: &Operation) {
     });
 }
 
-/// Opens sled, waiting up to two seconds for its file lock. A process that just closed the
-/// store (a restart in place, `rebuild` right after a stop) can hold the lock a moment longer
-/// than its last handle: sled's background threads release it as they wind down. A lock still
-/// held after that belongs to a running server, and the error says so.
+/// Opens sled, waiting up to ten seconds for its file lock. A process that just closed the
+/// store (a restart in place, `rebuild` right after a stop) can hold the lock a while longer
+/// than its last handle: sled's background threads release it as they wind down, after a last
+/// flush, which after a large batch on a loaded machine was seen to take over two seconds. A
+/// lock still held after that belongs to a running server, and the error says so.
 fn open_waiting_for_lock(config: &sled::Config) -> Result<sled::Db, StoreError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match config.open() {
             Err(sled::Error::Io(e))

@@ -6,6 +6,7 @@
 //! - [`personal`]: personal data in a payload, masked for people's eyes.
 
 pub mod catalog;
+pub mod json;
 pub mod personal;
 pub mod reconcile;
 pub mod webhook;

@@ -19,10 +19,10 @@ use std::fmt;
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::catalog::{Catalog, canonical_status};
+use super::json::Json;
 
 /// Longest accepted operation key, in bytes.
 pub const MAX_KEY_LEN: usize = 256;
@@ -53,8 +53,8 @@ pub struct EventId(pub [u8; 32]);
 impl EventId {
     /// The identifier of a JSON value, independent of whitespace, key order and the spelling
     /// of numbers: the SHA-256 of [`canonical_json`].
-    pub fn of(value: &Value) -> EventId {
-        let mut canonical = Vec::with_capacity(256);
+    pub fn of(value: &Json<'_>) -> EventId {
+        let mut canonical = Vec::with_capacity(1024);
         canonical_json(value, &mut canonical);
         EventId(Sha256::digest(&canonical).into())
     }
@@ -62,64 +62,14 @@ impl EventId {
 
 /// Writes `value` in a canonical form: no whitespace, object keys sorted, strings escaped as
 /// serde_json does, and numbers written so that equal numbers are written alike, after RFC
-/// 8785 (JSON Canonicalization Scheme): `1`, `1.0`, `1e0` and `10e-1` all become `1`.
-///
-/// Numbers: an integer that fits 64 bits is written exactly; any other number is read as an
-/// IEEE double, as RFC 8785 does, and an integral double below 2^53 (where doubles are exact)
-/// is written as an integer, any other double in its shortest round-trip form. So two
-/// integers beyond 2^64 that differ only past a double's precision are one number here, as
-/// in JavaScript.
+/// 8785 (JSON Canonicalization Scheme): `1`, `1.0`, `1e0` and `10e-1` all become `1`
+/// ([``super::json::write_canonical_number`]).
 ///
 /// For everything but integral doubles (`1.0`) this is byte for byte what qistatus wrote
-/// before numbers were canonicalized, so identifiers of stored webhooks stay valid.
-pub fn canonical_json(value: &Value, out: &mut Vec<u8>) {
-    match value {
-        Value::Null => out.extend_from_slice(b"null"),
-        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-        Value::Number(n) => canonical_number(n, out),
-        Value::String(s) => string(s, out),
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                canonical_json(item, out);
-            }
-            out.push(b']');
-        }
-        // serde_json's `Map` is a BTreeMap (the `preserve_order` feature is off): iteration
-        // is in key order.
-        Value::Object(map) => {
-            out.push(b'{');
-            for (i, (key, item)) in map.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                string(key, out);
-                out.push(b':');
-                canonical_json(item, out);
-            }
-            out.push(b'}');
-        }
-    }
-}
-
-fn string(s: &str, out: &mut Vec<u8>) {
-    serde_json::to_writer(&mut *out, s).expect("writing a string to a Vec cannot fail");
-}
-
-fn canonical_number(n: &serde_json::Number, out: &mut Vec<u8>) {
-    use std::io::Write;
-    /// 2^53: below it, every integer is exactly a double.
-    const EXACT: f64 = 9_007_199_254_740_992.0;
-    match n.as_f64() {
-        Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < EXACT => {
-            // `as i64` is exact here, and turns -0.0 into 0.
-            write!(out, "{}", f as i64).expect("writing to a Vec cannot fail");
-        }
-        _ => write!(out, "{n}").expect("writing to a Vec cannot fail"),
-    }
+/// before numbers were canonicalized (serde_json's compact form of a `Value`), so
+/// identifiers of stored webhooks stay valid.
+pub fn canonical_json(value: &Json<'_>, out: &mut Vec<u8>) {
+    value.write_canonical(out);
 }
 
 impl fmt::Display for EventId {
@@ -209,16 +159,15 @@ pub fn normalize_with_facts(
     Ok((normalized, facts))
 }
 
-fn parse_object(raw: &[u8]) -> Result<Value, MalformedWebhook> {
-    let value: Value =
-        serde_json::from_slice(raw).map_err(|e| MalformedWebhook::NotJson(e.to_string()))?;
-    if !value.is_object() {
-        return Err(MalformedWebhook::NotObject(json_type(&value)));
+fn parse_object(raw: &[u8]) -> Result<Json<'_>, MalformedWebhook> {
+    let value = Json::parse(raw).map_err(|e| MalformedWebhook::NotJson(e.to_string()))?;
+    if !matches!(value, Json::Object(_)) {
+        return Err(MalformedWebhook::NotObject(value.type_name()));
     }
     Ok(value)
 }
 
-fn read(catalog: &Catalog, value: &Value) -> Normalized {
+fn read(catalog: &Catalog, value: &Json<'_>) -> Normalized {
     let event_id = EventId::of(value);
     match read_envelope(catalog, value, event_id) {
         Ok(envelope) => Normalized::Event(envelope),
@@ -239,7 +188,7 @@ pub fn data_field<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Option<T> {
 
 fn read_envelope(
     catalog: &Catalog,
-    v: &Value,
+    v: &Json<'_>,
     event_id: EventId,
 ) -> Result<WebhookEnvelope, String> {
     // BaaS, LaaS and the seeds name the kind `webhook_type`; automatic Pix and QI DTVM,
@@ -321,13 +270,13 @@ fn read_envelope(
         .filter(|s| s.outcome_statuses.contains(&status))
         .and_then(|s| s.outcome_path.as_deref())
         .and_then(|path| lookup(v, path))
-        .and_then(Value::as_str)
+        .and_then(Json::as_str)
         .map(canonical_status)
         .filter(|o| !o.is_empty() && o.len() <= MAX_NAME_LEN);
 
     let event_time = ["event_datetime", "webhook_datetime"]
         .into_iter()
-        .filter_map(|f| v.get(f).and_then(Value::as_str))
+        .filter_map(|f| v.get(f).and_then(Json::as_str))
         .find_map(|t| parse_event_time(t, catalog.naive_time_offset_minutes));
 
     Ok(WebhookEnvelope {
@@ -347,9 +296,9 @@ fn read_envelope(
 /// is not the operation); failing that, the one `<x>_key` beside a plain `status` (QI DTVM's
 /// `event_data.issuer_key`). Returns the key's and the status's paths. Ambiguous containers
 /// (two such pairs) give nothing: better quarantined than attributed to the wrong key.
-fn keyed_pair(v: &Value) -> Option<(String, String)> {
+fn keyed_pair(v: &Json<'_>) -> Option<(String, String)> {
     for container in ["data", "event_data"] {
-        let Some(Value::Object(fields)) = v.get(container) else {
+        let Some(Json::Object(fields)) = v.get(container) else {
             continue;
         };
         let mut pairs = fields
@@ -379,7 +328,7 @@ fn keyed_pair(v: &Value) -> Option<(String, String)> {
 /// catalog does not know, so it never moves the debt). Its event time is `reversal.created_at`.
 fn read_reversal(
     catalog: &Catalog,
-    v: &Value,
+    v: &Json<'_>,
     event_id: EventId,
 ) -> Result<WebhookEnvelope, String> {
     let key = text_field(v, "credit_operation_key")?
@@ -390,7 +339,7 @@ fn read_reversal(
         .map(canonical_status)
         .unwrap_or_default();
     let canceled =
-        lookup(v, "reversal.is_operation_canceled").and_then(Value::as_bool) == Some(true);
+        lookup(v, "reversal.is_operation_canceled").and_then(Json::as_bool) == Some(true);
     let status = if canceled {
         "canceled".to_owned()
     } else {
@@ -425,10 +374,10 @@ fn read_reversal(
 }
 
 /// The first reason or outcome text the webhook carries, in the order the seeds document.
-fn detail(catalog: &Catalog, v: &Value, status: &str) -> String {
+fn detail(catalog: &Catalog, v: &Json<'_>, status: &str) -> String {
     let text = |path: &str| {
         lookup(v, path)
-            .and_then(Value::as_str)
+            .and_then(Json::as_str)
             .map(str::trim)
             .filter(|s| !s.is_empty())
     };
@@ -521,10 +470,10 @@ pub fn parse_event_time(text: &str, naive_offset_minutes: i32) -> Option<i64> {
 }
 
 /// The value at a dotted path; a numeric part indexes an array (`data.list.0.amount`).
-fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+fn lookup<'a, 'j>(v: &'a Json<'j>, path: &str) -> Option<&'a Json<'j>> {
     path.split('.')
         .try_fold(v, |v, part| match (v, part.parse::<usize>()) {
-            (Value::Array(items), Ok(i)) => items.get(i),
+            (Json::Array(items), Ok(i)) => items.get(i),
             _ => v.get(part),
         })
 }
@@ -535,14 +484,14 @@ pub fn facts(catalog: &Catalog, kind: &str, raw: &[u8]) -> Vec<(String, FactValu
     if catalog.kind(kind).is_none_or(|s| s.facts.is_empty()) {
         return Vec::new();
     }
-    match serde_json::from_slice::<Value>(raw) {
+    match Json::parse(raw) {
         Ok(v) => facts_in(catalog, kind, &v),
         Err(_) => Vec::new(),
     }
 }
 
 /// [`facts`] of an already parsed body.
-fn facts_in(catalog: &Catalog, kind: &str, v: &Value) -> Vec<(String, FactValue)> {
+fn facts_in(catalog: &Catalog, kind: &str, v: &Json<'_>) -> Vec<(String, FactValue)> {
     let Some(spec) = catalog.kind(kind) else {
         return Vec::new();
     };
@@ -550,11 +499,11 @@ fn facts_in(catalog: &Catalog, kind: &str, v: &Value) -> Vec<(String, FactValue)
         .iter()
         .filter_map(|(name, path)| {
             let value = match lookup(v, path)? {
-                Value::String(s) if !s.trim().is_empty() => {
+                Json::String(s) if !s.trim().is_empty() => {
                     FactValue::Text(bounded_detail(s.trim()).into_owned())
                 }
-                Value::Number(n) => FactValue::Number(n.as_f64()?),
-                Value::Bool(b) => FactValue::Bool(*b),
+                Json::Number(n) => FactValue::Number(n.as_f64()?),
+                Json::Bool(b) => FactValue::Bool(*b),
                 _ => return None,
             };
             Some((name.clone(), value))
@@ -576,21 +525,24 @@ pub enum FactValue {
 // Facts compare by their bits: a NaN never comes from JSON, so equality is reflexive.
 impl Eq for FactValue {}
 
-fn present(v: &Value, path: &str) -> bool {
+fn present(v: &Json<'_>, path: &str) -> bool {
     lookup(v, path).is_some_and(|v| !v.is_null())
 }
 
 /// A string field; `Ok(None)` when absent or null, `Err` naming the type when not a string.
-fn text_field<'a>(v: &'a Value, path: &str) -> Result<Option<&'a str>, String> {
+fn text_field<'a>(v: &'a Json<'_>, path: &str) -> Result<Option<&'a str>, String> {
     match lookup(v, path) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(format!("{path} is {}, expected a string", json_type(other))),
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::String(s)) => Ok(Some(s)),
+        Some(other) => Err(format!(
+            "{path} is {}, expected a string",
+            other.type_name()
+        )),
     }
 }
 
 fn first_text<'a, 'p>(
-    v: &'a Value,
+    v: &'a Json<'_>,
     paths: impl IntoIterator<Item = &'p str>,
 ) -> Result<Option<&'a str>, String> {
     for path in paths {
@@ -601,21 +553,10 @@ fn first_text<'a, 'p>(
     Ok(None)
 }
 
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn event(value: Value) -> WebhookEnvelope {
         match normalize(&Catalog::builtin(), &serde_json::to_vec(&value).unwrap()) {
@@ -1082,15 +1023,13 @@ mod tests {
 
     #[test]
     fn event_id_ignores_whitespace_and_key_order_but_not_values() {
-        let a: Value = serde_json::from_str(r#"{"a": 1, "b": {"c": [1, 2]}}"#).unwrap();
-        let b: Value = serde_json::from_str(r#"{ "b":{"c":[1,2]},"a":1 }"#).unwrap();
-        let c: Value = serde_json::from_str(r#"{"a": 1, "b": {"c": [2, 1]}}"#).unwrap();
-        assert_eq!(EventId::of(&a), EventId::of(&b));
-        assert_ne!(EventId::of(&a), EventId::of(&c));
+        let a = id(r#"{"a": 1, "b": {"c": [1, 2]}}"#);
+        assert_eq!(a, id(r#"{ "b":{"c":[1,2]},"a":1 }"#));
+        assert_ne!(a, id(r#"{"a": 1, "b": {"c": [2, 1]}}"#));
     }
 
     fn id(json: &str) -> EventId {
-        EventId::of(&serde_json::from_str(json).unwrap())
+        EventId::of(&Json::parse(json.as_bytes()).unwrap())
     }
 
     #[test]
@@ -1127,7 +1066,7 @@ mod tests {
         let body = r#"{"s":"é \" \n \u0001","a":[null,true,false,-3,0.25,1e-7,1.5e300],"o":{"z":1,"b":{}}}"#;
         let value: Value = serde_json::from_str(body).unwrap();
         let mut ours = Vec::new();
-        canonical_json(&value, &mut ours);
+        canonical_json(&Json::parse(body.as_bytes()).unwrap(), &mut ours);
         assert_eq!(ours, serde_json::to_vec(&value).unwrap());
     }
 
@@ -1156,5 +1095,80 @@ mod tests {
         assert!(data_field::<Object>(br#"{"data": [1]}"#).is_none());
         assert!(data_field::<Object>(br#"{"status": "x"}"#).is_none());
         assert!(data_field::<Object>(b"not json").is_none());
+    }
+
+    #[test]
+    fn identifiers_of_stored_webhooks_do_not_change() {
+        // Recorded from the fixtures by the build that read bodies into `serde_json::Value`:
+        // a stored webhook's identifier is what a resent copy of it must hash to.
+        let recorded = [
+            ("000_debt_1_waiting_signature.json", "535e4185766180ea"),
+            ("000_debt_2_waiting_balance_block.json", "b8aeadcd73a86fbe"),
+            ("000_debt_3_waiting_disbursement.json", "8f76f2dbab23cdd8"),
+            (
+                "000_debt_4_waiting_assignment_term_signature.json",
+                "512c0a60a7d038cf",
+            ),
+            (
+                "000_debt_5_waiting_balance_release.json",
+                "a2f87a13aeee5268",
+            ),
+            (
+                "000_debt_6_debt_successfully_finished.json",
+                "682851846baca8c9",
+            ),
+            ("000_debt_rejected.json", "975efb9dbb5da7e2"),
+            ("001_account_opened.json", "ceda52583cd2a29b"),
+            ("001_account_rejected.json", "a9c55cd0f8c6db82"),
+            ("001_escrow_opened.json", "217f03a856a1b02a"),
+            ("001_escrow_rejected.json", "8dd56621f91da735"),
+            ("002_scr_consulted_complete.json", "92a80cb170aa8d14"),
+            ("002_scr_consulted_pdf.json", "e0750a33f5888b35"),
+            ("002_scr_rejected.json", "a5e29b176a4bfa54"),
+            (
+                "003_historic_card_settlement_completed.json",
+                "9a4895972a8c94b4",
+            ),
+            (
+                "003_historic_card_settlement_not_found.json",
+                "35ccb9d03195ee0a",
+            ),
+            ("004_debt_canceled.json", "0e4ace35e450be22"),
+            (
+                "004_debt_created_waiting_signature.json",
+                "283b7e2086bebe3d",
+            ),
+            ("004_debt_disbursed.json", "157d8e639c98dd42"),
+            ("004_debt_settled.json", "1d50b6d613e3a6f5"),
+            ("005_pix_outgoing_rejected.json", "52db483836a4dd89"),
+            ("005_pix_outgoing_sent.json", "c76b01c830c1b9e8"),
+            ("006_bill_payment_executed.json", "f16507b5bd227de9"),
+            ("006_bill_payment_reverted.json", "99682111f97f0949"),
+            (
+                "007_automatic_pix_recurrence_approved.json",
+                "684382448db2075c",
+            ),
+            ("008_dtvm_investor_reproved.json", "48d2c7a713dd0260"),
+            ("008_dtvm_issuer_approved.json", "8568d39e3c945efa"),
+        ];
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        files.sort();
+        let names: Vec<_> = recorded.iter().map(|(name, _)| name.to_string()).collect();
+        assert_eq!(files, names, "every fixture has its recorded identifier");
+        for (name, prefix) in recorded {
+            let raw = std::fs::read(format!("{dir}/{name}")).unwrap();
+            let id = normalize(&Catalog::builtin(), &raw).unwrap().event_id();
+            assert_eq!(&id.to_string()[..16], prefix, "{name}");
+        }
+        // A key given twice: the last value counts, as it did.
+        assert_eq!(
+            id(r#"{"a":1,"a":2}"#).to_string(),
+            "7e8059f495589fcd981232cc11d00b00da3802c01d688fa1cf1f6bed6e5bb33c"
+        );
+        assert_eq!(id(r#"{"a":1,"a":2}"#), id(r#"{"a":2}"#));
     }
 }

@@ -16,8 +16,10 @@
 //! - reasons name fields and types, never field values, so they are safe to log.
 
 use std::fmt;
+use std::sync::LazyLock;
 
-use chrono::{DateTime, FixedOffset, NaiveDateTime};
+use chrono::format::{self, Item, Parsed, StrftimeItems};
+use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -452,19 +454,34 @@ pub fn check_name(field: &str, name: &str) -> Result<(), String> {
 /// Parses QI Tech's event times: RFC 3339 (with `T` or a space, optional fraction, `Z` or an
 /// offset), or a naive date-time read at the catalog's offset. `None` when unreadable.
 pub fn parse_event_time(text: &str, naive_offset_minutes: i32) -> Option<i64> {
+    /// The formats tried after RFC 3339, read once (chrono would otherwise read each format
+    /// string again for every webhook): with an offset, then naive.
+    static WITH_OFFSET: LazyLock<[Vec<Item<'static>>; 2]> =
+        LazyLock::new(|| items(["%Y-%m-%d %H:%M:%S%.f%z", "%Y-%m-%dT%H:%M:%S%.f%z"]));
+    static NAIVE: LazyLock<[Vec<Item<'static>>; 2]> =
+        LazyLock::new(|| items(["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]));
+    fn items(formats: [&'static str; 2]) -> [Vec<Item<'static>>; 2] {
+        formats.map(|format| StrftimeItems::new(format).collect())
+    }
+    let read = |items: &[Item<'static>]| {
+        let mut parsed = Parsed::new();
+        format::parse(&mut parsed, text, items.iter()).ok()?;
+        Some(parsed)
+    };
     let text = text.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Some(t.timestamp_millis());
     }
-    for format in ["%Y-%m-%d %H:%M:%S%.f%z", "%Y-%m-%dT%H:%M:%S%.f%z"] {
-        if let Ok(t) = DateTime::parse_from_str(text, format) {
-            return Some(t.timestamp_millis());
-        }
+    if let Some(t) = WITH_OFFSET
+        .iter()
+        .find_map(|items| read(items)?.to_datetime().ok())
+    {
+        return Some(t.timestamp_millis());
     }
     let offset = FixedOffset::east_opt(naive_offset_minutes * 60)?;
-    ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]
-        .into_iter()
-        .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
+    NAIVE
+        .iter()
+        .find_map(|items| read(items)?.to_naive_datetime_with_offset(0).ok())
         .and_then(|naive| naive.and_local_timezone(offset).single())
         .map(|t| t.timestamp_millis())
 }

@@ -9,7 +9,8 @@
 //!
 //! Guarantees, which keep the content identifiers of stored webhooks valid:
 //! - the same JSON a `serde_json::Value` reads is read, with its limits (nesting depth 128)
-//!   and errors; numbers are `serde_json::Number`s, as in a `Value`;
+//!   and errors, but for bytes that are not UTF-8, which are refused naming the first bad
+//!   byte's offset; numbers are `serde_json::Number`s, as in a `Value`;
 //! - an object's members are in key order (byte order, like `Value`'s `BTreeMap`), and a key
 //!   given twice keeps its last value, as `Value` does;
 //! - [`Json::write_canonical`] writes exactly what [`super::webhook::canonical_json`]
@@ -47,7 +48,11 @@ pub struct Object<'a> {
 impl<'a> Json<'a> {
     /// Reads `raw` as one JSON value.
     pub fn parse(raw: &'a [u8]) -> Result<Json<'a>, serde_json::Error> {
-        serde_json::from_slice(raw)
+        // Checking the whole body once is cheaper than serde_json checking each string.
+        let text = std::str::from_utf8(raw).map_err(|e| {
+            de::Error::custom(format_args!("invalid UTF-8 at byte {}", e.valid_up_to()))
+        })?;
+        serde_json::from_str(text)
     }
 
     /// The member `key` of an object; `None` for a missing member or a non-object.
@@ -358,6 +363,15 @@ mod tests {
                 .map_err(|e| e.to_string());
             assert_eq!(ours, theirs, "{bad:?}");
             assert!(ours.is_err(), "{bad:?}");
+        }
+        for (bad, at) in [
+            (&b"{\"k\":\"\xff\"}"[..], 6),
+            (b"\xef\xbb", 0),
+            (b"[1,\x80]", 3),
+        ] {
+            let err = Json::parse(bad).unwrap_err().to_string();
+            assert_eq!(err, format!("invalid UTF-8 at byte {at}"), "{bad:?}");
+            assert!(serde_json::from_slice::<Value>(bad).is_err(), "{bad:?}");
         }
         let deep = "[".repeat(200) + &"]".repeat(200);
         let err = Json::parse(deep.as_bytes()).unwrap_err().to_string();

@@ -78,15 +78,16 @@ pub async fn run(cx: &Context, report: &mut Report, with_ingest: bool, with_read
         .filter_map(|(name, rounds)| {
             let cpu = rounds?.cpu?;
             Some(format!(
-                "{name} {} µs + load generator {} µs",
+                "{name} {} µs + load generator {} µs (server {:.2}× the load generator)",
                 cpu.server.as_micros(),
-                cpu.load.as_micros()
+                cpu.load.as_micros(),
+                cpu.server.as_secs_f64() / cpu.load.as_secs_f64().max(f64::MIN_POSITIVE)
             ))
         })
         .collect();
         if !cpu.is_empty() {
             report.notes.push(format!(
-                "ingest CPU time per acknowledged webhook (server process + this harness, which shares the machine's {} cores): {}.",
+                "ingest CPU time per acknowledged webhook (server process + this harness, which shares the machine's {} cores): {}. The load generator does the same work per webhook against every build, so the server's CPU in load-generator units compares builds across runs on a host whose speed drifts.",
                 std::thread::available_parallelism().map_or(0, |n| n.get()),
                 cpu.join("; ")
             ));

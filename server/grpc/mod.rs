@@ -218,18 +218,19 @@ impl OperationStatusApi {
                 };
                 let raw = self.store.raw_payload(&log_entry)?;
                 let before = framed_len(entry.encoded_len());
-                let mut filled = entry.clone();
                 if with_data {
-                    filled.data = convert::data_struct(&raw);
+                    entry.data = convert::data_struct(&raw);
                 }
                 if include_raw {
-                    filled.raw_payload = raw.to_vec();
+                    entry.raw_payload = raw.to_vec();
                 }
-                let after = framed_len(filled.encoded_len());
+                let after = framed_len(entry.encoded_len());
                 if size - before + after <= MAX_RESPONSE_BYTES {
                     size = size - before + after;
-                    *entry = filled;
-                } else if filled.data.is_some() || !filled.raw_payload.is_empty() {
+                } else if entry.data.is_some() || !entry.raw_payload.is_empty() {
+                    // Too large for the response: the entry goes without them, and says so.
+                    entry.data = None;
+                    entry.raw_payload = Vec::new();
                     entry.data_omitted = true;
                 }
             }

@@ -20,7 +20,7 @@ pub async fn run(cx: &Context, report: &mut Report) {
     let (single, _) = cx.qistatus.start(&cx.dir("c-single"), None).await;
     let target = QistatusTarget::connect(&single).await;
     let single_ingest = ingest(&target, cx, None).await;
-    let single_reads = reads(&target, cx, &single_ingest.written).await;
+    let single_reads = reads(&target, cx, &single_ingest.written, None).await;
     single.stop().await;
 
     let (nats, urls) = start_nats(nats_bin, &cx.dir("c-nats"), 3).await;
@@ -34,7 +34,7 @@ pub async fn run(cx: &Context, report: &mut Report) {
     let (b, _) = cx.qistatus.start_with(&cx.dir("c-b"), None, &flags).await;
     let target = QistatusTarget::connect_all(&[&a, &b]).await;
     let cluster_ingest = ingest(&target, cx, None).await;
-    let cluster_reads = reads(&target, cx, &cluster_ingest.written).await;
+    let cluster_reads = reads(&target, cx, &cluster_ingest.written, None).await;
     for node in [a, b] {
         node.stop().await;
     }

@@ -2,6 +2,7 @@
 //! of what was ingested, against qistatus and each peer.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::Context;
 use crate::load::{CpuPerOp, Rounds, TEMPLATES, Webhook, drive, webhooks};
@@ -69,38 +70,25 @@ pub async fn run(cx: &Context, report: &mut Report, with_ingest: bool, with_read
         if let Some(ceiling) = &ceiling {
             report.notes.push(ceiling_note(ceiling, &q_ingest, e));
         }
-        let cpu: Vec<String> = [
-            ("qistatus", Some(&q_ingest)),
-            ("etcd", e),
-            ("the no-op receiver", ceiling.as_ref()),
-        ]
-        .into_iter()
-        .filter_map(|(name, rounds)| {
-            let cpu = rounds?.cpu?;
-            Some(format!(
-                "{name} {} µs + load generator {} µs (server {:.2}× the load generator)",
-                cpu.server.as_micros(),
-                cpu.load.as_micros(),
-                cpu.server.as_secs_f64() / cpu.load.as_secs_f64().max(f64::MIN_POSITIVE)
-            ))
-        })
-        .collect();
-        if !cpu.is_empty() {
-            report.notes.push(format!(
-                "ingest CPU time per acknowledged webhook (server process + this harness, which shares the machine's {} cores): {}. The load generator does the same work per webhook against every build, so the server's CPU in load-generator units compares builds across runs on a host whose speed drifts.",
-                std::thread::available_parallelism().map_or(0, |n| n.get()),
-                cpu.join("; ")
-            ));
-        }
+        report.notes.extend(cpu_note(
+            "ingest",
+            &[
+                ("qistatus", Some(&q_ingest)),
+                ("etcd", e),
+                ("the no-op receiver", ceiling.as_ref()),
+            ],
+        ));
     }
     if with_reads {
-        let q = reads(&q_target, cx, &q_ingest.written).await;
+        let q = reads(&q_target, cx, &q_ingest.written, Some(&q_server)).await;
         let e = match &etcd {
-            Some((_, target, rounds)) => Some(reads(target, cx, &rounds.written).await),
+            Some((server, target, rounds)) => {
+                Some(reads(target, cx, &rounds.written, Some(server)).await)
+            }
             None => None,
         };
         let p = match &postgres {
-            Some((_, target, rounds)) => Some(reads(target, cx, &rounds.written).await),
+            Some((_, target, rounds)) => Some(reads(target, cx, &rounds.written, None).await),
             None => None,
         };
         report.compare(
@@ -118,6 +106,10 @@ pub async fn run(cx: &Context, report: &mut Report, with_ingest: bool, with_read
             q.failures,
             e.as_ref().map_or("—".into(), |e| e.failures.to_string()),
             p.as_ref().map_or("—".into(), |p| p.failures.to_string()),
+        ));
+        report.notes.extend(cpu_note(
+            "reads",
+            &[("qistatus", Some(&q)), ("etcd", e.as_ref())],
         ));
     }
     if let Some((server, ..)) = etcd {
@@ -160,7 +152,7 @@ pub(super) async fn ingest<T: Target>(
     server: Option<&Process>,
 ) -> Rounds {
     let s = cx.sizes;
-    let cpu_before = server.and_then(|p| Some((p.cpu_time()?, cpu_time_of("self")?)));
+    let meter = CpuMeter::start(server);
     let write_all = |batch: Arc<Vec<Webhook>>| {
         let target = target.clone();
         move |i: usize| {
@@ -184,19 +176,65 @@ pub(super) async fn ingest<T: Target>(
         out.latency.add(h).expect("same bounds");
         out.written.extend(batch.iter().cloned());
     }
-    let posted = (s.warmup + s.rounds * s.ingest_per_round) as u32;
-    out.cpu = cpu_before.and_then(|(server_before, load_before)| {
-        Some(CpuPerOp {
-            server: (server?.cpu_time()?.saturating_sub(server_before)) / posted,
-            load: (cpu_time_of("self")?.saturating_sub(load_before)) / posted,
-        })
-    });
+    out.cpu = meter.per_op(server, s.warmup + s.rounds * s.ingest_per_round);
     out
 }
 
+/// CPU time of a server process and of this harness, from a start to an end.
+struct CpuMeter(Option<(Duration, Duration)>);
+
+impl CpuMeter {
+    /// Reads both clocks now (nothing when there is no process to read).
+    fn start(server: Option<&Process>) -> CpuMeter {
+        CpuMeter(server.and_then(|p| Some((p.cpu_time()?, cpu_time_of("self")?))))
+    }
+
+    /// What each side spent per operation since the start, over `ops` operations.
+    fn per_op(&self, server: Option<&Process>, ops: usize) -> Option<CpuPerOp> {
+        let (server_before, load_before) = self.0?;
+        let ops = u32::try_from(ops).ok()?.max(1);
+        Some(CpuPerOp {
+            server: server?.cpu_time()?.saturating_sub(server_before) / ops,
+            load: cpu_time_of("self")?.saturating_sub(load_before) / ops,
+        })
+    }
+}
+
+/// The note on CPU time per operation of each measured server, in µs and in load-generator
+/// units (the load generator does the same work per operation against every build, so the
+/// ratio compares builds across runs on a host whose speed drifts); `None` when none was
+/// measured.
+fn cpu_note(what: &str, servers: &[(&str, Option<&Rounds>)]) -> Option<String> {
+    let cpu: Vec<String> = servers
+        .iter()
+        .filter_map(|(name, rounds)| {
+            let cpu = rounds.as_ref()?.cpu?;
+            Some(format!(
+                "{name} {} µs + load generator {} µs (server {:.2}× the load generator)",
+                cpu.server.as_micros(),
+                cpu.load.as_micros(),
+                cpu.server.as_secs_f64() / cpu.load.as_secs_f64().max(f64::MIN_POSITIVE)
+            ))
+        })
+        .collect();
+    (!cpu.is_empty()).then(|| {
+        format!(
+            "{what} CPU time per operation (server process + this harness, which shares the machine's {} cores): {}. The load generator does the same work per operation against every build, so the server's CPU in load-generator units compares builds across runs on a host whose speed drifts.",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cpu.join("; ")
+        )
+    })
+}
+
 /// `rounds` rounds of point reads of the written operations, in a scattered order.
-pub(super) async fn reads<T: Target>(target: &T, cx: &Context, written: &[Webhook]) -> Rounds {
+pub(super) async fn reads<T: Target>(
+    target: &T,
+    cx: &Context,
+    written: &[Webhook],
+    server: Option<&Process>,
+) -> Rounds {
     let s = cx.sizes;
+    let meter = CpuMeter::start(server);
     let keys = Arc::new(written.to_vec());
     let mut out = Rounds::new();
     for round in 0..s.rounds {
@@ -214,5 +252,6 @@ pub(super) async fn reads<T: Target>(target: &T, cx: &Context, written: &[Webhoo
             .push(s.reads_per_round as f64 / elapsed.as_secs_f64());
         out.latency.add(h).expect("same bounds");
     }
+    out.cpu = meter.per_op(server, s.rounds * s.reads_per_round);
     out
 }

@@ -65,7 +65,7 @@ impl EventId {
 /// Writes `value` in a canonical form: no whitespace, object keys sorted, strings escaped as
 /// serde_json does, and numbers written so that equal numbers are written alike, after RFC
 /// 8785 (JSON Canonicalization Scheme): `1`, `1.0`, `1e0` and `10e-1` all become `1`
-/// ([``super::json::write_canonical_number`]).
+/// ([`super::json::write_canonical_number`]).
 ///
 /// For everything but integral doubles (`1.0`) this is byte for byte what qistatus wrote
 /// before numbers were canonicalized (serde_json's compact form of a `Value`), so

@@ -58,6 +58,10 @@
 //!   in order, and can resume from any retained sequence.
 
 #![warn(missing_docs)]
+// Module docs are written for the people who work on qistatus and name private modules and
+// items on purpose (the map above, each store module's guarantees); they are read with
+// `cargo doc --document-private-items`, which CI builds with warnings as errors.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod client;
 pub mod pb;

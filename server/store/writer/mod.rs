@@ -105,7 +105,7 @@ enum Command {
     Snapshot {
         reply: oneshot::Sender<Result<Pinned, Arc<StoreError>>>,
     },
-    /// Put `catalog` in effect: rebuild every operation under it (see [`Reload`]).
+    /// Put `catalog` in effect: rebuild every operation under it (see [`WriterHandle::reload`]).
     Reload {
         catalog: Arc<Catalog>,
         reply: oneshot::Sender<Result<RebuildReport, Arc<StoreError>>>,

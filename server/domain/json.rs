@@ -40,7 +40,7 @@ pub enum Json<'a> {
 }
 
 /// An object's members, sorted by key, each key once.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Object<'a> {
     members: Vec<(Cow<'a, str>, Json<'a>)>,
 }
@@ -103,11 +103,7 @@ impl<'a> Json<'a> {
             Json::Null => out.extend_from_slice(b"null"),
             Json::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
             Json::Number(n) => write_canonical_number(n, out),
-            // A borrowed string had no escape in the body, so it holds no quote, backslash or
-            // control character (serde_json refuses those unescaped): serde_json would write
-            // it as it is.
-            Json::String(Cow::Borrowed(s)) => write_plain_string(s, out),
-            Json::String(Cow::Owned(s)) => write_string(s, out),
+            Json::String(s) => write_string(s, out),
             Json::Array(items) => {
                 out.push(b'[');
                 for (i, item) in items.iter().enumerate() {
@@ -124,10 +120,7 @@ impl<'a> Json<'a> {
                     if i > 0 {
                         out.push(b',');
                     }
-                    match key {
-                        Cow::Borrowed(key) => write_plain_string(key, out),
-                        Cow::Owned(key) => write_string(key, out),
-                    }
+                    write_string(key, out);
                     out.push(b':');
                     item.write_canonical(out);
                 }
@@ -172,15 +165,25 @@ impl<'a> Object<'a> {
     }
 }
 
-/// A string that needs no escape, quoted.
-fn write_plain_string(s: &str, out: &mut Vec<u8>) {
-    out.push(b'"');
-    out.extend_from_slice(s.as_bytes());
-    out.push(b'"');
-}
-
-fn write_string(s: &str, out: &mut Vec<u8>) {
-    serde_json::to_writer(&mut *out, s).expect("writing a string to a Vec cannot fail");
+/// A string (or key) as serde_json writes it.
+#[expect(
+    clippy::ptr_arg,
+    reason = "whether the string is borrowed is what says it needs no escaping"
+)]
+fn write_string(s: &Cow<'_, str>, out: &mut Vec<u8>) {
+    match s {
+        // Borrowed means the body had no escape in it, so it holds no quote, backslash or
+        // control character (serde_json refuses those unescaped): serde_json would write it
+        // as it is, between quotes.
+        Cow::Borrowed(s) => {
+            out.push(b'"');
+            out.extend_from_slice(s.as_bytes());
+            out.push(b'"');
+        }
+        Cow::Owned(s) => {
+            serde_json::to_writer(&mut *out, s).expect("writing a string to a Vec cannot fail")
+        }
+    }
 }
 
 /// Writes a number so that equal numbers are written alike, after RFC 8785 (JSON

@@ -176,26 +176,31 @@ pub(super) async fn ingest<T: Target>(
         out.latency.add(h).expect("same bounds");
         out.written.extend(batch.iter().cloned());
     }
-    out.cpu = meter.per_op(server, s.warmup + s.rounds * s.ingest_per_round);
+    out.cpu = meter.and_then(|m| m.per_op(s.warmup + s.rounds * s.ingest_per_round));
     out
 }
 
 /// CPU time of a server process and of this harness, from a start to an end.
-struct CpuMeter(Option<(Duration, Duration)>);
+struct CpuMeter<'a> {
+    server: &'a Process,
+    /// Both clocks at the start: the server's, then this harness's.
+    before: (Duration, Duration),
+}
 
-impl CpuMeter {
-    /// Reads both clocks now (nothing when there is no process to read).
-    fn start(server: Option<&Process>) -> CpuMeter {
-        CpuMeter(server.and_then(|p| Some((p.cpu_time()?, cpu_time_of("self")?))))
+impl<'a> CpuMeter<'a> {
+    /// Reads both clocks now; nothing when there is no process to read.
+    fn start(server: Option<&'a Process>) -> Option<CpuMeter<'a>> {
+        let server = server?;
+        let before = (server.cpu_time()?, cpu_time_of("self")?);
+        Some(CpuMeter { server, before })
     }
 
     /// What each side spent per operation since the start, over `ops` operations.
-    fn per_op(&self, server: Option<&Process>, ops: usize) -> Option<CpuPerOp> {
-        let (server_before, load_before) = self.0?;
+    fn per_op(&self, ops: usize) -> Option<CpuPerOp> {
         let ops = u32::try_from(ops).ok()?.max(1);
         Some(CpuPerOp {
-            server: server?.cpu_time()?.saturating_sub(server_before) / ops,
-            load: cpu_time_of("self")?.saturating_sub(load_before) / ops,
+            server: self.server.cpu_time()?.saturating_sub(self.before.0) / ops,
+            load: cpu_time_of("self")?.saturating_sub(self.before.1) / ops,
         })
     }
 }
@@ -252,6 +257,6 @@ pub(super) async fn reads<T: Target>(
             .push(s.reads_per_round as f64 / elapsed.as_secs_f64());
         out.latency.add(h).expect("same bounds");
     }
-    out.cpu = meter.per_op(server, s.rounds * s.reads_per_round);
+    out.cpu = meter.and_then(|m| m.per_op(s.rounds * s.reads_per_round));
     out
 }

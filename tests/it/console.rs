@@ -4,8 +4,8 @@
 //! facts and timeline, a payload with its personal data masked until revealed, and a
 //! `<script>` in a webhook shown as text.
 //!
-//! Needs `chromium` and `chromium-driver` (Debian packages; `.ci/run` installs them): the
-//! browser test fails, rather than passes quietly, without them. `QISTATUS_SCREENSHOTS=DIR`
+//! Needs Chromium and ChromeDriver, which [`crate::peers`] finds or installs: the browser
+//! test fails, rather than passes quietly, without them. `QISTATUS_SCREENSHOTS=DIR`
 //! also saves the pages the README shows.
 
 use std::time::Duration;
@@ -32,8 +32,9 @@ impl Browser {
         // fantoccini's TLS stack has two crypto providers compiled in: pick one (ignored if
         // another test already did; the WebDriver connection is plain HTTP anyway).
         let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        let chromium = crate::peers::chromium();
         let port = free_addr().port();
-        let driver = tokio::process::Command::new(find("chromedriver"))
+        let driver = tokio::process::Command::new(&chromium.driver)
             .arg(format!("--port={port}"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -44,7 +45,7 @@ impl Browser {
         capabilities.insert(
             "goog:chromeOptions".into(),
             serde_json::json!({
-                "binary": find("chromium"),
+                "binary": chromium.browser,
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                          "--disable-dev-shm-usage", "--window-size=1200,1000"],
             }),
@@ -103,18 +104,6 @@ impl Browser {
             std::fs::write(std::path::Path::new(&dir).join(name), png).expect("save it");
         }
     }
-}
-
-/// A program on the PATH (or Debian's place for it).
-fn find(program: &str) -> String {
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(program))
-            .find(|p| p.is_file())
-    });
-    on_path.map(|p| p.display().to_string()).unwrap_or_else(|| {
-        panic!("{program} is not installed: `apt-get install chromium chromium-driver`")
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,9 @@
 //!   helpers; most tests use it.
 //! - [`process`]: the real binaries as processes, for what needs one (crashes, signals, log
 //!   capture, the CLI, offline commands).
+//! - [`peers`]: the programs of the real peers (nats-server, Chromium), found or installed.
 
+mod peers;
 mod process;
 mod test_server;
 

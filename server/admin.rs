@@ -29,7 +29,7 @@ use crate::metrics::{Metrics, Snapshot};
 use crate::net::Admission;
 use crate::reload::{CatalogReloader, ReloadError};
 use crate::store::Store;
-use crate::store::writer::WriterHandle;
+use crate::store::WriterHandle;
 
 /// What the admin endpoints read.
 #[derive(Debug, Clone)]

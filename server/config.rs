@@ -18,7 +18,7 @@ use crate::grpc::GrpcLimits;
 use crate::intake::IntakeLimits;
 use crate::server::{DEFAULT_COMPACTION_INTERVAL, DEFAULT_LOG_RETENTION_DAYS, Settings, days};
 use crate::store::DEFAULT_CACHE_MB;
-use crate::store::writer::WriterLimits;
+use crate::store::WriterLimits;
 use crate::tls::TlsIdentity;
 
 /// qistatus-server: receives QI Tech webhooks over HTTP and serves every operation's

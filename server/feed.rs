@@ -6,12 +6,13 @@
 //! `WatchStream` wraps its reporter.
 //!
 //! Every stored webhook has a sequence number and a change record (the operation right after
-//! it) in the durable `changes` space. A subscriber is a task with its own cursor that reads
-//! that space forward; the writer's commit notification only wakes it. Hence:
+//! it) in its event entry, which the store keeps on disk. A subscriber is a task with its own
+//! cursor that reads those entries forward; the writer's commit notification only wakes it.
+//! Hence:
 //!
 //! - changes arrive in sequence order, with no gaps among those that match and no
-//!   duplicates, because each subscriber reads the log, not a lossy broadcast;
-//! - a resume point (`start_after`) works across restarts: the log is on disk;
+//!   duplicates, because each subscriber reads the store, not a lossy broadcast;
+//! - a resume point (`start_after`) works across restarts: the change records are on disk;
 //! - the records of the latest batches are decoded once and shared by all subscribers
 //!   ([`RecentChanges`]); a subscriber behind that window reads the store itself;
 //! - a slow or stalled subscriber only fills its own bounded channel and waits; the intake
@@ -31,7 +32,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::domain::reconcile::{Operation, Phase};
-use crate::store::recent::RecentChanges;
+use crate::store::RecentChanges;
 use crate::store::{Change, Store, StoreError};
 
 /// What a subscriber receives.

@@ -33,10 +33,10 @@ use crate::auth::response_signing::ResponseSigner;
 use crate::auth::webhook::{AuthError, RequestFacts, WebhookVerifier};
 use crate::cluster::{ClusterError, Publisher};
 use crate::domain::catalog::CatalogHandle;
+use crate::domain::webhook::Facts;
 use crate::domain::webhook::{MalformedWebhook, Normalized, normalize_with_facts};
 use crate::metrics::{Metrics, WebhookResult};
-use crate::store::log::Facts;
-use crate::store::writer::{Ack, SubmitError, WriterHandle};
+use crate::store::{Ack, SubmitError, WriterHandle};
 
 /// Limits of the intake.
 #[derive(Debug, Clone, Copy)]
@@ -450,8 +450,7 @@ mod tests {
 
     use super::*;
     use crate::domain::catalog::Catalog;
-    use crate::store::Store;
-    use crate::store::writer;
+    use crate::store::{Store, WriterLimits, spawn_writer};
 
     struct Intake {
         app: Router,
@@ -463,10 +462,10 @@ mod tests {
         let store = Store::open(dir.path()).expect("a fresh store opens");
         let catalog = Arc::new(Catalog::builtin());
         let metrics = Arc::new(Metrics::new());
-        let (writer, _task) = writer::spawn(
+        let (writer, _task) = spawn_writer(
             store,
             catalog.clone(),
-            writer::WriterLimits::DEFAULT,
+            WriterLimits::DEFAULT,
             metrics.clone(),
         )
         .expect("the writer starts");

@@ -19,16 +19,18 @@
 //!
 //! # Modules, in the one direction their dependencies point
 //!
-//! `domain` ← `store` ← `cluster` ← (`intake`, `feed`) ← `grpc` ← `server` ← `config` ← `main`; `auth` and
-//! `tls` are leaves the edges use. Wire types (pb, tonic, HTTP) appear only in `intake`,
-//! `grpc`, `auth` and `server`.
+//! `domain` ← `store` ← `cluster` ← (`intake`, `feed`) ← `grpc` ← `server` ← `config` ← `main`.
+//! Leaves the others use: `clock` (the one wall clock), `auth` and `tls` (who may post and
+//! call), `metrics` (it implements the store's `BatchReport`; the store never names it).
+//! Wire code (HTTP, gRPC, protobuf) lives only at the edge: `intake`, `grpc`, `admin`,
+//! `console`, `net`, `auth` and `server`.
 //!
 //! - [`domain`]: pure functions, no I/O. [`domain::webhook`] reads every webhook shape;
 //!   [`domain::reconcile`] derives an operation from the set of its webhooks, whatever their
 //!   order; [`domain::catalog`] is the data both use.
 //! - [`store`]: the append-only log of every webhook is the source of truth; sled is a
 //!   view materialized from it; one writer thread batches, logs, applies and acknowledges.
-//!   [`store::rebuild`] recomputes everything from the log under the current catalog.
+//!   One door: its submodules are private, what others use is re-exported from it.
 //! - [`cluster`]: several nodes on one NATS JetStream stream: the stream orders webhooks,
 //!   every node's writer decides the same about each (no wire types beyond NATS's own).
 //! - `intake`: `POST /webhooks` (axum); answers once the writer has the webhook on disk (on
@@ -36,10 +38,12 @@
 //! - `feed`: the change feed, a resumable stream of changes per subscriber, in domain terms.
 //! - `grpc`: the `qistatus.v1` service over the store and the feed; domain-to-wire
 //!   conversions live beside it.
-//! - `auth`, `tls`: who may post and call; rustls for both listeners.
-//! - `console`: web pages for people on the admin listener (`/ui/`), server-rendered, with
-//!   personal data masked ([`domain::personal`]) until revealed on the record.
-//! - [`run`] wires it all on two bound listeners and drains on shutdown; [`config`] is the
+//! - `admin`: probes, metrics and maintenance on the admin listener; `console`: web pages
+//!   for people on it (`/ui/`), server-rendered, with personal data masked
+//!   ([`domain::personal`]) until revealed on the record; `reload`: catalog reloads.
+//! - `net`: accepting connections under a bound (admission), HTTP serving with timeouts.
+//! - `metrics`: the Prometheus registry every edge reports to.
+//! - [`run`] wires it all on bound listeners and drains on shutdown; [`config`] is the
 //!   one clap struct of `qistatus-server`.
 //! - [`client`]: the Rust client of the gRPC API (the `qistatus` CLI in `client/` uses it);
 //!   [`pb`]: the generated protobuf types.
@@ -70,6 +74,8 @@ pub mod pb;
 mod admin;
 #[cfg(feature = "server")]
 mod auth;
+#[cfg(feature = "server")]
+mod clock;
 #[cfg(feature = "server")]
 pub mod cluster;
 #[cfg(feature = "server")]
@@ -115,6 +121,6 @@ pub use intake::IntakeLimits;
 #[cfg(feature = "server")]
 pub use server::{Listeners, ServerError, Settings, run, shutdown_signal};
 #[cfg(feature = "server")]
-pub use store::writer::WriterLimits;
+pub use store::WriterLimits;
 #[cfg(feature = "server")]
 pub use tls::{TlsError, TlsIdentity};

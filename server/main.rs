@@ -82,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Restore { file } => {
             let input = std::fs::File::open(&file)
                 .with_context(|| format!("cannot read the snapshot {}", file.display()))?;
-            let restored = qistatus::store::snapshot::restore(input, &config.data_dir)
+            let restored = qistatus::store::restore(input, &config.data_dir)
                 .with_context(|| format!("cannot restore {}", file.display()))?;
             println!(
                 "restored {} operation(s) through sequence {} of store {} into {}; new store \
@@ -97,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Rebuild => {
             let catalog = config.load_catalog()?;
             let store = open_store(&config)?;
-            let report = qistatus::store::rebuild::rebuild(&store, &catalog)?;
+            let report = qistatus::store::rebuild(&store, &catalog)?;
             println!(
                 "rebuilt {} operation(s) ({} changed) from {} logged webhook(s); \
                  {} promoted from quarantine, {} still quarantined",

@@ -227,12 +227,6 @@ impl Metrics {
         self.ack_seconds.observe(seconds);
     }
 
-    /// Records a committed writer batch.
-    pub(crate) fn batch(&self, size: usize, flush_seconds: f64) {
-        self.batch_size.observe(size as f64);
-        self.flush_seconds.observe(flush_seconds);
-    }
-
     /// The counter of connections shed by `listener`.
     pub(crate) fn shed_counter(&self, listener: &'static str) -> Counter {
         self.shed.get_or_create_owned(&ListenerLabels { listener })
@@ -296,6 +290,14 @@ fn code_name(code: tonic::Code) -> &'static str {
         Unavailable => "UNAVAILABLE",
         DataLoss => "DATA_LOSS",
         Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+impl crate::store::BatchReport for Metrics {
+    /// Records a writer batch: its size and how long the log append (with its fsync) took.
+    fn batch_appended(&self, records: usize, append: std::time::Duration) {
+        self.batch_size.observe(records as f64);
+        self.flush_seconds.observe(append.as_secs_f64());
     }
 }
 

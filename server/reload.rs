@@ -20,8 +20,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::domain::catalog::{Catalog, CatalogError, CatalogHandle};
-use crate::store::rebuild::RebuildReport;
-use crate::store::writer::{SubmitError, WriterHandle};
+use crate::store::RebuildReport;
+use crate::store::{SubmitError, WriterHandle};
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]

@@ -30,8 +30,8 @@ use crate::metrics::Metrics;
 use crate::net::{self, Admission, AtCapacity, HttpTimeouts};
 use crate::pb;
 use crate::reload::CatalogReloader;
-use crate::store::writer::{self, SubmitError, WriterHandle, WriterLimits};
 use crate::store::{Store, StoreError};
+use crate::store::{SubmitError, WriterHandle, WriterLimits};
 use crate::tls::TlsIdentity;
 
 /// Days raw webhooks and change records stay in the log, by default.
@@ -205,7 +205,7 @@ pub async fn run(
     };
     let catalog_handle = CatalogHandle::new(settings.catalog);
     let catalog = catalog_handle.current();
-    let (writer, writer_task) = writer::spawn(
+    let (writer, writer_task) = crate::store::spawn_writer(
         store.clone(),
         catalog.clone(),
         settings.writer,
@@ -445,7 +445,7 @@ const COMPACTION_STEP: usize = 10_000;
 /// Drops every log entry older than `retention`, in steps between writer batches.
 async fn compact_expired(writer: &WriterHandle, retention: Duration) -> Result<(), SubmitError> {
     let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-    let cutoff = writer::now_millis().saturating_sub(retention_ms);
+    let cutoff = crate::clock::now_millis().saturating_sub(retention_ms);
     while writer.compact(cutoff, COMPACTION_STEP).await?.more {}
     Ok(())
 }

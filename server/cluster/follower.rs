@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use super::{ClusterError, JetStreamLog};
 use crate::domain::catalog::Catalog;
 use crate::domain::webhook::normalize_with_facts;
-use crate::store::writer::{Ack, StreamOrigin, SubmitError, WriterHandle};
+use crate::store::{Ack, StreamOrigin, SubmitError, WriterHandle};
 
 /// Most messages queued to the writer and not yet answered: twice a batch, so that the
 /// writer always has the next batch waiting.

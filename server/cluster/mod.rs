@@ -50,8 +50,8 @@ pub use stream::{ClusterError, ClusterSettings, JetStreamLog};
 use std::sync::Arc;
 
 use crate::domain::webhook::EventId;
+use crate::store::Ack;
 use crate::store::Store;
-use crate::store::writer::Ack;
 use bytes::Bytes;
 
 /// What the intake of a cluster node uses in place of the writer: publish, then wait for the

@@ -40,8 +40,8 @@ use crate::domain::personal;
 use crate::domain::reconcile::{Operation, Phase};
 use crate::domain::webhook::{check_key, check_name};
 use crate::feed::{ChangeFeed, FeedEvent, FeedFilter};
-use crate::store::status_index::{Selection, StatusIndex};
 use crate::store::{Lookup, Store, StoreError};
+use crate::store::{Selection, StatusIndex};
 pub(crate) use session::Sessions;
 use session::{COOKIE, SESSION_LIFETIME, Viewer};
 
@@ -295,7 +295,7 @@ fn webhook_page(
             "webhook {sequence} is not one of this operation's"
         )));
     }
-    let entry = state.store.log_entry(sequence)?.ok_or_else(|| {
+    let entry = state.store.event_entry(sequence)?.ok_or_else(|| {
         ConsoleError::NotFound(format!(
             "webhook {sequence} is no longer kept (log retention); its summary is in the timeline"
         ))

@@ -497,7 +497,7 @@ fn lookup<'a, 'j>(v: &'a Json<'j>, path: &str) -> Option<&'a Json<'j>> {
 
 /// The catalog's facts of a `kind` webhook, read from its raw body: each declared fact
 /// whose path holds a string, number or boolean. Texts are bounded like details.
-pub fn facts(catalog: &Catalog, kind: &str, raw: &[u8]) -> Vec<(String, FactValue)> {
+pub fn facts(catalog: &Catalog, kind: &str, raw: &[u8]) -> Facts {
     if catalog.kind(kind).is_none_or(|s| s.facts.is_empty()) {
         return Vec::new();
     }
@@ -527,6 +527,9 @@ fn facts_in(catalog: &Catalog, kind: &str, v: &Json<'_>) -> Vec<(String, FactVal
         })
         .collect()
 }
+
+/// Facts read from a webhook body: (name, value) in the catalog's order ([`facts`]).
+pub type Facts = Vec<(String, FactValue)>;
 
 /// A fact's value, as the webhook typed it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

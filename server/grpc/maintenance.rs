@@ -12,7 +12,7 @@ use crate::feed::ChangeFeed;
 use crate::pb;
 use crate::pb::maintenance_service_server::MaintenanceService;
 use crate::store::Store;
-use crate::store::writer::WriterHandle;
+use crate::store::WriterHandle;
 
 /// Quarantine entries read ahead of a slow client.
 const QUARANTINE_BUFFER: usize = 16;
@@ -148,7 +148,7 @@ impl MaintenanceService for MaintenanceApi {
         _request: Request<pb::SaveSnapshotRequest>,
     ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
         let pinned = self.writer.snapshot().await.map_err(|e| match e {
-            crate::store::writer::SubmitError::Store(e) => {
+            crate::store::SubmitError::Store(e) => {
                 tracing::error!(error = %e, "a snapshot could not be taken");
                 Status::internal(format!("the snapshot could not be taken: {e}"))
             }

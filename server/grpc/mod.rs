@@ -21,8 +21,8 @@ use crate::domain::webhook::{check_key, check_name};
 use crate::feed::{ChangeFeed, FeedError, FeedFilter};
 use crate::pb;
 use crate::pb::operation_status_service_server::OperationStatusService;
-use crate::store::status_index::{Selection, StatusIndex};
 use crate::store::{Lookup, Store, StoreError};
+use crate::store::{Selection, StatusIndex};
 pub use maintenance::MaintenanceApi;
 pub(crate) use outcome::OutcomeLayer;
 use page_token::PageTokens;
@@ -213,10 +213,10 @@ impl OperationStatusApi {
         let with_data = view == pb::OperationView::Full;
         if with_data || include_raw {
             for (event, entry) in &mut entries {
-                let Some(log_entry) = self.store.log_entry(event.sequence)? else {
+                let Some(event_entry) = self.store.event_entry(event.sequence)? else {
                     continue;
                 };
-                let raw = self.store.raw_payload(&log_entry)?;
+                let raw = self.store.raw_payload(&event_entry)?;
                 let before = framed_len(entry.encoded_len());
                 if with_data {
                     entry.data = convert::data_struct(&raw);

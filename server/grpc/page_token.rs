@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::store::status_index::Cursor;
+use crate::store::Cursor;
 
 const VERSION: u8 = 1;
 const MAC_LEN: usize = 16;

@@ -11,9 +11,10 @@
 //! - A payload reference stays readable until [`Log::release_before`] lets it go.
 //!
 //! The view records the last LSN it applied (`applied_through`) in the same atomic batch as
-//! the changes; on start, whatever the log holds past it is applied again. The local
-//! implementation is [`SegmentLog`]; a replicated stream (NATS JetStream) is meant to be the
-//! other one.
+//! the changes; on start, whatever the log holds past it is applied again. [`SegmentLog`] is
+//! the one implementation: a cluster node keeps one too, fed in the order of the cluster's
+//! NATS JetStream stream, which orders and replicates webhooks *before* they reach a node's
+//! log (see `crate::cluster`); the stream is not a second `Log`.
 //!
 //! # On disk ([`SegmentLog`])
 //!
@@ -89,11 +90,8 @@ pub(crate) struct Record {
     pub(crate) raw: Bytes,
     /// The catalog's facts of the body, when the intake already read them (off the writer's
     /// thread). Not written to the log: replay reads them again from `raw`.
-    pub(crate) facts: Option<Facts>,
+    pub(crate) facts: Option<crate::domain::webhook::Facts>,
 }
-
-/// Facts read from a webhook body ([`crate::domain::webhook::facts`]).
-pub(crate) type Facts = Vec<(String, crate::domain::webhook::FactValue)>;
 
 /// Where a record's payload is: segment (its first LSN), offset and length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

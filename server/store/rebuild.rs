@@ -19,8 +19,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 
+use super::index::{delete_operation, put_operation};
 use super::log::{Entry, Record, RecordHeader};
-use super::{Store, StoreError, Writes, delete_operation, put_operation, view};
+use super::{Store, StoreError, Writes, view};
 use crate::domain::catalog::Catalog;
 use crate::domain::reconcile::{EventSummary, Operation, Reconciler};
 use crate::domain::webhook::{Normalized, normalize, normalize_with_facts};
@@ -57,7 +58,7 @@ pub fn rebuild(store: &Store, catalog: &Catalog) -> Result<RebuildReport, StoreE
     }
 
     let mut groups: BTreeMap<(String, String), Vec<EventSummary>> = BTreeMap::new();
-    for item in store.log_entries() {
+    for item in store.event_entries() {
         let (sequence, entry) = item?;
         let stored = summaries.remove(&sequence);
         let raw = store.raw_payload(&entry)?;

@@ -1,6 +1,6 @@
 //! The most recent change records, decoded once and shared by every watcher.
 //!
-//! Watchers read the durable `changes` space from their own cursors; with hundreds of them,
+//! Watchers read the change records of the store's event entries from their own cursors; with hundreds of them,
 //! reading and decoding the same records hundreds of times would cost more than the writes.
 //! The writer therefore also puts each committed record here, after its batch is on disk
 //! and before it wakes the watchers; a watcher whose cursor is inside the window reads from

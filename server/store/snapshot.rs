@@ -100,7 +100,7 @@ impl Pinned {
             store_format: STORE_FORMAT,
             store_id: self.store_id.clone(),
             head_sequence: self.head_sequence,
-            created_at: super::writer::now_millis(),
+            created_at: crate::clock::now_millis(),
         })
         .expect("the header serializes: strings and integers");
         frame(&mut out, &header)?;

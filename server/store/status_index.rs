@@ -8,7 +8,8 @@
 
 use std::ops::Bound;
 
-use super::{Space, Store, StoreError, decode, phase_byte};
+use super::record::decode;
+use super::{Space, Store, StoreError, phase_byte};
 use crate::domain::reconcile::{Operation, Phase};
 
 /// What to list.

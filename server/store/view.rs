@@ -15,13 +15,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::log::{Entry, Facts, PayloadRef, Record};
-use super::{
-    Change, EventRef, Key, LogEntry, Meta, QuarantineEntry, Store, StoreError, StoredEvent, Writes,
-    encode, put_operation,
-};
+use super::index::put_operation;
+use super::log::{Entry, PayloadRef, Record};
+use super::record::{StoredEvent, encode};
+use super::{Change, EventEntry, EventRef, Key, Meta, QuarantineEntry, Store, StoreError, Writes};
 use crate::domain::catalog::Catalog;
 use crate::domain::reconcile::{EventSummary, Operation, Reconciler};
+use crate::domain::webhook::Facts;
 use crate::domain::webhook::WebhookEnvelope;
 
 /// The change records one application produced, for the recent-changes window.
@@ -167,7 +167,7 @@ impl Batch<'_> {
                 .filter(|name| !reached_before.contains(name))
                 .collect(),
         };
-        let entry = LogEntry {
+        let entry = EventEntry {
             event_id: envelope.event_id,
             kind: envelope.kind.clone(),
             key: envelope.key.clone(),

@@ -7,7 +7,7 @@ use crate::test_server::{TestServer, phase, webhook};
 use qistatus::domain::catalog::Catalog;
 use qistatus::domain::reconcile::Operation;
 use qistatus::store::Store;
-use qistatus::store::rebuild::rebuild;
+use qistatus::store::rebuild;
 
 fn operations(dir: &Path) -> Vec<Operation> {
     let store = Store::open(dir).unwrap();

@@ -15,7 +15,7 @@ pub(super) fn compact(store: &Store, cutoff: i64, limit: usize) -> Result<Compac
     let mut compacted_through = store.compacted_through()?;
     let mut expired = Vec::new();
     let mut more = false;
-    for entry in store.log_entries() {
+    for entry in store.event_entries() {
         let (sequence, entry) = entry?;
         if entry.received_at >= cutoff {
             break;
@@ -45,7 +45,7 @@ pub(super) fn compact(store: &Store, cutoff: i64, limit: usize) -> Result<Compac
     store.apply(writes)?;
     // Flushed before any log segment goes: every record in it must be in sled's disk state.
     store.flush()?;
-    let segments = match store.log_entries().next().transpose()? {
+    let segments = match store.event_entries().next().transpose()? {
         // Whole segments before the one holding the oldest retained webhook.
         Some((_, oldest)) => store.log().release_before(&oldest.payload)?,
         None => store.log().release_all_but_newest()?,

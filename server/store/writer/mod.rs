@@ -30,14 +30,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 mod compaction;
 mod plan;
 
-use super::log::Facts;
 use super::rebuild::{self, RebuildReport};
 use super::recent::RecentChanges;
 use super::snapshot::{self, Pinned};
 use super::{EventRef, Store, StoreError, view};
+use crate::clock::now_millis;
 use crate::domain::catalog::Catalog;
+use crate::domain::webhook::Facts;
 use crate::domain::webhook::Normalized;
-use crate::metrics::Metrics;
 pub(crate) use plan::{BatchPlan, Counters};
 
 /// How the writer answered one webhook.
@@ -248,7 +248,7 @@ impl WriterHandle {
 
     /// Puts `catalog` in effect between two batches: quarantined webhooks it can read are
     /// promoted (new sequences, seen by watchers), and every operation is recomputed under
-    /// it ([`crate::store::rebuild`], on the writer's thread, so nothing is written
+    /// it ([`crate::store::rebuild()`], on the writer's thread, so nothing is written
     /// meanwhile; the intake waits in the queue for as long as that takes). Webhooks queued
     /// after this call are read under the new catalog by the caller's intake only once the
     /// caller swaps its handle, which it does when this returns.
@@ -323,12 +323,20 @@ impl WriterTask {
     }
 }
 
-/// Starts the writer on its own thread, recording its batches in `metrics`.
-pub(crate) fn spawn(
+/// Who hears of every batch the writer puts in the log (the server's metrics). The writer
+/// reports figures and knows nothing of how they are kept; a report must be quick, it runs
+/// on the writer's thread between batches.
+pub(crate) trait BatchReport: Send + Sync {
+    /// A batch of `records` log records was appended (and synced) in `append`.
+    fn batch_appended(&self, records: usize, append: std::time::Duration);
+}
+
+/// Starts the writer on its own thread, telling `report` of every batch.
+pub(crate) fn spawn_writer(
     store: Store,
     catalog: Arc<Catalog>,
     limits: WriterLimits,
-    metrics: Arc<Metrics>,
+    report: Arc<dyn BatchReport>,
 ) -> Result<(WriterHandle, WriterTask), StoreError> {
     let (tx, rx) = mpsc::channel(limits.queue.max(1));
     store.replay(&catalog)?;
@@ -345,7 +353,7 @@ pub(crate) fn spawn(
         stopped: None,
         failed: failed.clone(),
         failpoint: Failpoint::from_env(),
-        metrics,
+        report,
     };
     let max_batch = limits.max_batch.max(1);
     let thread = std::thread::Builder::new()
@@ -374,7 +382,7 @@ struct Writer {
     /// Whether `stopped` is set, for readiness.
     failed: Arc<std::sync::atomic::AtomicBool>,
     failpoint: Failpoint,
-    metrics: Arc<Metrics>,
+    report: Arc<dyn BatchReport>,
 }
 
 /// A crash on purpose, for the crash test: `QISTATUS_FAILPOINT=abort-after-log-append:N`
@@ -578,8 +586,7 @@ impl Writer {
             .append(&plan.records)
             .map_err(|e| Arc::new(e.into()))?;
         let append_time = appending.elapsed();
-        self.metrics
-            .batch(plan.records.len(), append_time.as_secs_f64());
+        self.report.batch_appended(plan.records.len(), append_time);
         tracing::trace!(
             planned_us = (appending - planned_from).as_micros() as u64,
             append_us = append_time.as_micros() as u64,
@@ -616,9 +623,4 @@ impl Writer {
             }
         }
     }
-}
-
-/// Milliseconds since the Unix epoch, from the system clock.
-pub fn now_millis() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }

@@ -9,8 +9,9 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 use super::Ack;
+use crate::domain::webhook::Facts;
 use crate::domain::webhook::{EventId, Normalized};
-use crate::store::log::{Entry, Facts, Record, RecordHeader};
+use crate::store::log::{Entry, Record, RecordHeader};
 use crate::store::{Store, StoreError};
 
 /// The counters a batch continues from.
@@ -198,7 +199,7 @@ mod tests {
         assert_eq!(commit(&store, &[settled]), [Ack::Accepted { sequence: 4 }]);
         assert_eq!(store.check_indexes().unwrap(), Vec::<String>::new());
         let raw = store
-            .raw_payload(&store.log_entry(1).unwrap().expect("logged"))
+            .raw_payload(&store.event_entry(1).unwrap().expect("logged"))
             .unwrap();
         assert_eq!(raw, disbursed, "the payload byte for byte");
     }

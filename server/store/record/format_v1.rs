@@ -5,9 +5,10 @@
 
 use serde::Deserialize;
 
-use super::{Change, StoredEvent};
+use super::StoredEvent;
 use crate::domain::reconcile::{EventSummary, Operation, Phase};
 use crate::domain::webhook::EventId;
+use crate::store::Change;
 
 /// An operation as format 1 stored it.
 #[derive(Debug, Deserialize)]

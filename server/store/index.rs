@@ -1,0 +1,249 @@
+//! Index upkeep: the status and phase indexes and the per-(kind, phase, status) counters
+//! that every operation write keeps, and the check that they agree with the operations.
+//!
+//! [`put_operation`] is the one place that knows which index entries and counters an
+//! operation has; the writer, rebuild and [`Store::check_indexes`] all go through it, and
+//! its writes land in the same atomic sled batch as the operation, so the indexes never
+//! disagree with what they index.
+
+use sled::IVec;
+
+use super::record::{encode, u64_from_be};
+use super::{Key, Meta, OperationCount, SpaceId, Store, StoreError, Writes, keys};
+use crate::domain::reconcile::{Operation, Phase};
+
+impl Store {
+    /// Counts every operation once, for a store written before counters existed (a scan, once);
+    /// from then on every change keeps them (see [`put_operation`]).
+    pub(super) fn ensure_counts(&self) -> Result<(), StoreError> {
+        if self.get(Key::Meta(Meta::CountsReady))?.is_some() {
+            return Ok(());
+        }
+        let mut writes = Writes::default();
+        for op in self.operations() {
+            writes.add_count(count_key(&op?), 1);
+        }
+        writes.put(Key::Meta(Meta::CountsReady), &[1u8][..]);
+        writes.apply(&self.trees.all)?;
+        Ok(())
+    }
+
+    /// How many operations there are of each kind in each status (with the status's phase),
+    /// from the counters every change keeps: no scan of the operations.
+    pub fn counts(&self) -> Result<Vec<OperationCount>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.trees.counts.iter() {
+            let (key, value) = kv?;
+            let corrupt = || StoreError::Corrupt {
+                tree: "counts",
+                reason: "a counter that does not decode".into(),
+            };
+            let mut parts = key.split(|b| *b == 0);
+            let (Some(kind), Some(&[phase]), Some(status)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(corrupt());
+            };
+            let phase = Phase::ALL
+                .into_iter()
+                .find(|p| keys::phase_byte(*p) == phase)
+                .ok_or_else(corrupt)?;
+            out.push(OperationCount {
+                kind: String::from_utf8_lossy(kind).into_owned(),
+                status: String::from_utf8_lossy(status).into_owned(),
+                phase,
+                operations: u64_from_be(&value, "counts")?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Checks that the status and phase indexes hold exactly one entry per operation, the
+    /// one its current status and phase call for ([`put_operation`] says which). Returns the
+    /// problems found.
+    pub fn check_indexes(&self) -> Result<Vec<String>, StoreError> {
+        let mut expected = std::collections::BTreeMap::new();
+        for op in self.operations() {
+            let mut writes = Writes::default();
+            put_operation(&mut writes, None, &op?);
+            for (key, value) in writes.entries() {
+                if matches!(key.first(), Some(&b) if b != SpaceId::Operations as u8) {
+                    expected.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        let mut actual = std::collections::BTreeMap::new();
+        for index in [&self.trees.status_index, &self.trees.phase_index] {
+            for kv in index.iter() {
+                let (k, v) = kv?;
+                let id = if std::ptr::eq(index, &self.trees.status_index) {
+                    SpaceId::StatusIndex
+                } else {
+                    SpaceId::PhaseIndex
+                };
+                let mut key = vec![id as u8];
+                key.extend_from_slice(&k);
+                actual.insert(key, Some(v));
+            }
+        }
+        let text = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
+        let mut problems = Vec::new();
+        for (key, value) in &expected {
+            match actual.get(key) {
+                None => problems.push(format!("missing {:?}", text(key))),
+                Some(v) if v != value => problems.push(format!("outdated {:?}", text(key))),
+                Some(_) => {}
+            }
+        }
+        for stale in actual.keys().filter(|k| !expected.contains_key(*k)) {
+            problems.push(format!("stale {:?}", text(stale)));
+        }
+        let mut counted = std::collections::BTreeMap::new();
+        for op in self.operations() {
+            let op = op?;
+            *counted
+                .entry((op.kind.clone(), op.phase, op.status.clone()))
+                .or_insert(0u64) += 1;
+        }
+        let kept: std::collections::BTreeMap<_, _> = self
+            .counts()?
+            .into_iter()
+            .map(|c| ((c.kind, c.phase, c.status), c.operations))
+            .collect();
+        if kept != counted {
+            problems.push(format!("counters {kept:?} differ from a count {counted:?}"));
+        }
+        Ok(problems)
+    }
+}
+
+/// Writes `after` and its index entries, and removes the entries of `before` (its state
+/// before this write, if it existed) that no longer apply. The one place that knows which
+/// index entries an operation has.
+pub(crate) fn put_operation(writes: &mut Writes, before: Option<&Operation>, after: &Operation) {
+    let counted_as_before = before.is_some_and(|b| {
+        (b.kind.as_str(), b.phase, b.status.as_str())
+            == (after.kind.as_str(), after.phase, after.status.as_str())
+    });
+    if !counted_as_before {
+        if let Some(before) = before {
+            writes.add_count(count_key(before), -1);
+        }
+        writes.add_count(count_key(after), 1);
+    }
+    if let Some(before) = before {
+        if before.status != after.status {
+            delete_status_entry(writes, before);
+        }
+        if before.phase != after.phase {
+            delete_phase_entry(writes, before);
+        }
+    }
+    let summary = IVec::from(index_value(after));
+    let (kind, key) = (after.kind.as_str(), after.key.as_str());
+    writes.put(
+        Key::StatusIndex {
+            status: &after.status,
+            kind,
+            key,
+        },
+        summary.clone(),
+    );
+    writes.put(
+        Key::PhaseIndex {
+            phase: after.phase,
+            kind,
+            key,
+        },
+        summary,
+    );
+    writes.put(Key::Operation { kind, key }, encode(after));
+}
+
+/// Removes an operation and its index entries.
+pub(crate) fn delete_operation(writes: &mut Writes, before: &Operation) {
+    writes.add_count(count_key(before), -1);
+    delete_status_entry(writes, before);
+    delete_phase_entry(writes, before);
+    writes.delete(Key::Operation {
+        kind: &before.kind,
+        key: &before.key,
+    });
+}
+
+/// The counter an operation is counted in.
+fn count_key(op: &Operation) -> Key<'_> {
+    Key::Count {
+        kind: &op.kind,
+        phase: op.phase,
+        status: &op.status,
+    }
+}
+
+fn delete_status_entry(writes: &mut Writes, op: &Operation) {
+    writes.delete(Key::StatusIndex {
+        status: &op.status,
+        kind: &op.kind,
+        key: &op.key,
+    });
+}
+
+fn delete_phase_entry(writes: &mut Writes, op: &Operation) {
+    writes.delete(Key::PhaseIndex {
+        phase: op.phase,
+        kind: &op.kind,
+        key: &op.key,
+    });
+}
+
+/// The value of an index entry: the operation without its history, so that a page of a
+/// list is one range scan, with no lookup per operation.
+pub(crate) fn index_value(op: &Operation) -> Vec<u8> {
+    encode(&op.without_history())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::reconcile::EventSummary;
+    use crate::domain::webhook::EventId;
+    use crate::store::record::decode;
+
+    #[test]
+    fn an_index_value_decodes_as_the_operation_without_history() {
+        let summary = EventSummary {
+            sequence: 7,
+            event_id: EventId([1; 32]),
+            status: "disbursed".into(),
+            outcome: None,
+            detail: "d".into(),
+            event_time: Some(5),
+            received_at: 6,
+            facts: Vec::new(),
+        };
+        let op = Operation {
+            kind: "debt".into(),
+            key: "k".into(),
+            status: "disbursed".into(),
+            phase: Phase::Pending,
+            detail: "d".into(),
+            event_time: Some(5),
+            first_received_at: 6,
+            updated_at: 6,
+            version: 1,
+            last_sequence: 7,
+            history: vec![summary],
+            conflict: Vec::new(),
+            milestones: Vec::new(),
+            facts: Vec::new(),
+        };
+        let decoded: Operation = decode(&index_value(&op), "test").unwrap();
+        assert_eq!(
+            decoded,
+            Operation {
+                history: Vec::new(),
+                ..op
+            }
+        );
+    }
+}

@@ -1,0 +1,293 @@
+//! Opening a data directory: sled under its file lock, the segment log beside it, the
+//! format check, and the meta values the store keeps (identity, page-token secret, where the
+//! view and the counters stand).
+//!
+//! A directory of another format is refused by name, never taken for corruption; a view
+//! ahead of its log is refused (the log was truncated or replaced), never "repaired" by
+//! forgetting what it applied.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::keys::Space;
+use super::log::SegmentLog;
+use super::record::u64_from_be;
+use super::{Key, Meta, SpaceId, Store, StoreError, Trees, snapshot, writer};
+
+/// sled's page cache by default, in MiB. sled undercounts what a cached node costs, and the
+/// allocator (mimalloc) keeps some freed memory per thread: 64 MiB keeps a million operations
+/// under 400 MB of RSS (BENCHMARKS.md).
+pub const DEFAULT_CACHE_MB: u64 = 64;
+
+/// How often sled writes applied batches to disk on its own (the log covers the gap).
+pub const CHECKPOINT_INTERVAL_MS: u64 = 500;
+
+/// The layout of a data directory this version reads and writes: 2 is the log-first
+/// layout (`log/` segments, sled as a view).
+pub const STORE_FORMAT: u64 = 2;
+
+impl Store {
+    /// Opens (or creates) the store in `dir` with the default cache size.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with_cache(dir, DEFAULT_CACHE_MB * 1024 * 1024)
+    }
+
+    /// Opens (or creates) the store in `dir`, with sled's page cache bounded to
+    /// `cache_bytes` (the process's memory is a small multiple of it).
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        let config = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            // Durability comes from the log; sled checkpoints itself on a timer.
+            .flush_every_ms(Some(CHECKPOINT_INTERVAL_MS));
+        let db = open_waiting_for_lock(&config)?;
+        // Files pinned for snapshots by an earlier process are never needed after it ended.
+        let pinned = snapshot::snapshots_dir(dir);
+        if pinned.exists() {
+            std::fs::remove_dir_all(&pinned)?;
+        }
+        let all = db.open_tree("qistatus")?;
+        let fresh = all.is_empty();
+        let space = |id: SpaceId| Space::new(all.clone(), id);
+        let trees = Trees {
+            events: space(SpaceId::Events),
+            operations: space(SpaceId::Operations),
+            status_index: space(SpaceId::StatusIndex),
+            phase_index: space(SpaceId::PhaseIndex),
+            quarantine: space(SpaceId::Quarantine),
+            counts: space(SpaceId::Counts),
+            all,
+        };
+        let store = Store {
+            db,
+            trees,
+            log: Arc::new(SegmentLog::open(dir.join("log"))?),
+            dir: dir.to_owned(),
+        };
+        store.check_format(fresh)?;
+        store.ensure_random_meta(Meta::PageTokenSecret, 32, "the page-token secret")?;
+        store.ensure_random_meta(Meta::StoreId, 16, "the store's identity")?;
+        store.ensure_counts()?;
+        let (applied, log_ends) = (store.applied_through()?, store.log.last_lsn());
+        if log_ends < applied {
+            return Err(StoreError::LogBehindView { log_ends, applied });
+        }
+        Ok(store)
+    }
+
+    /// Checks (or, on a fresh directory, writes) the format version.
+    fn check_format(&self, fresh: bool) -> Result<(), StoreError> {
+        let key = Key::Meta(Meta::FormatVersion);
+        match self.get(key)? {
+            Some(v) => {
+                let found = u64_from_be(&v, "meta")?;
+                if found != STORE_FORMAT {
+                    return Err(StoreError::Format {
+                        found,
+                        expected: STORE_FORMAT,
+                        advice: if found > STORE_FORMAT {
+                            "it was written by a newer qistatus; run that version"
+                        } else {
+                            "replay its webhooks into a new directory"
+                        },
+                    });
+                }
+            }
+            None if fresh => {
+                self.trees
+                    .all
+                    .insert(key.encode(), &STORE_FORMAT.to_be_bytes())?;
+                self.db.flush()?;
+            }
+            None => {
+                return Err(StoreError::Format {
+                    found: 1,
+                    expected: STORE_FORMAT,
+                    advice: "it was written before log-first storage (payloads/ beside sled); \
+                             replay its webhooks into a new directory with `qistatus replay`",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `len` random bytes under `name` when the store has none yet (on its first open,
+    /// or the first by a version that knows `name`), and keeps them from then on. Called
+    /// before the writer starts, so it does not race with it.
+    fn ensure_random_meta(
+        &self,
+        name: Meta,
+        len: usize,
+        what: &'static str,
+    ) -> Result<(), StoreError> {
+        if self.get(Key::Meta(name))?.is_none() {
+            let mut bytes = vec![0u8; len];
+            getrandom::fill(&mut bytes).map_err(|e| StoreError::NoRandomness {
+                what,
+                reason: e.to_string(),
+            })?;
+            self.trees.all.insert(Key::Meta(name).encode(), bytes)?;
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The store's identity (32 hex digits): random, made when the store was created, kept by
+    /// snapshots, and different for a wiped or separately created data directory. Sequence
+    /// numbers mean something only together with it.
+    pub fn id(&self) -> Result<String, StoreError> {
+        let id = self
+            .get(Key::Meta(Meta::StoreId))?
+            .ok_or_else(|| StoreError::Corrupt {
+                tree: "meta",
+                reason: "the store has no identity".into(),
+            })?;
+        Ok(hex::encode(id))
+    }
+
+    /// The secret that signs `ListByStatus` page tokens, stable across restarts.
+    pub fn page_token_secret(&self) -> Result<[u8; 32], StoreError> {
+        let value = self
+            .get(Key::Meta(Meta::PageTokenSecret))?
+            .ok_or(StoreError::Corrupt {
+                tree: "meta",
+                reason: "page-token secret missing".into(),
+            })?;
+        value.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+            tree: "meta",
+            reason: "page-token secret has the wrong length".into(),
+        })
+    }
+
+    /// The last log record the view has applied (0: none).
+    pub fn applied_through(&self) -> Result<u64, StoreError> {
+        Ok(match self.get(Key::Meta(Meta::AppliedThrough))? {
+            Some(v) => u64_from_be(&v, "meta")?,
+            None => 0,
+        })
+    }
+
+    /// A cluster node: the last stream message the view took into account (0: none, or not
+    /// a cluster node). Never ahead of the view: the writer records it after applying.
+    pub fn stream_through(&self) -> Result<u64, StoreError> {
+        Ok(match self.get(Key::Meta(Meta::StreamThrough))? {
+            Some(v) => u64_from_be(&v, "meta")?,
+            None => 0,
+        })
+    }
+
+    /// Records that the view took stream messages up to `sequence` into account.
+    pub(crate) fn set_stream_through(&self, sequence: u64) -> Result<(), StoreError> {
+        self.trees.all.insert(
+            Key::Meta(Meta::StreamThrough).encode(),
+            &sequence.to_be_bytes(),
+        )?;
+        Ok(())
+    }
+
+    /// Takes `id` (16 bytes) as the store's identity: a cluster node's view is a copy of the
+    /// cluster's stream, so it carries the stream's identity, and a watcher's sequence means
+    /// the same on every node.
+    pub(crate) fn adopt_identity(&self, id: [u8; 16]) -> Result<(), StoreError> {
+        if self.get(Key::Meta(Meta::StoreId))?.as_deref() == Some(&id[..]) {
+            return Ok(());
+        }
+        self.trees
+            .all
+            .insert(Key::Meta(Meta::StoreId).encode(), &id)?;
+        self.trees.all.flush()?;
+        Ok(())
+    }
+
+    /// Where the writer continues from.
+    pub(crate) fn counters(&self) -> Result<writer::Counters, StoreError> {
+        Ok(writer::Counters {
+            next_lsn: self.applied_through()? + 1,
+            next_sequence: self.next_sequence()?,
+            next_quarantine: self.next_quarantine_id()?,
+        })
+    }
+
+    /// The sequence the next stored webhook will get (1 on an empty store).
+    pub fn next_sequence(&self) -> Result<u64, StoreError> {
+        self.counter(Meta::NextSequence)
+    }
+
+    /// Every sequence up to this one has been compacted out of the log (0: none).
+    pub fn compacted_through(&self) -> Result<u64, StoreError> {
+        Ok(match self.get(Key::Meta(Meta::CompactedThrough))? {
+            Some(v) => u64_from_be(&v, "meta")?,
+            None => 0,
+        })
+    }
+
+    pub(crate) fn next_quarantine_id(&self) -> Result<u64, StoreError> {
+        self.counter(Meta::NextQuarantine)
+    }
+
+    fn counter(&self, name: Meta) -> Result<u64, StoreError> {
+        Ok(match self.get(Key::Meta(name))? {
+            Some(v) => u64_from_be(&v, "meta")?,
+            None => 1,
+        })
+    }
+}
+
+/// Opens sled, waiting up to ten seconds for its file lock. A process that just closed the
+/// store (a restart in place, `rebuild` right after a stop) can hold the lock a while longer
+/// than its last handle: sled's background threads release it as they wind down, after a last
+/// flush, which after a large batch on a loaded machine was seen to take over two seconds. A
+/// lock still held after that belongs to a running server, and the error says so.
+fn open_waiting_for_lock(config: &sled::Config) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return Ok(result?),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_of_another_format_is_refused_with_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).expect("a fresh store");
+        // As the previous layout left it: data, but no format version.
+        store
+            .trees
+            .all
+            .remove(Key::Meta(Meta::FormatVersion).encode())
+            .unwrap();
+        store.flush().unwrap();
+        drop(store);
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("store format 1") && err.contains("replay"),
+            "{err}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).expect("a fresh store");
+        store
+            .trees
+            .all
+            .insert(Key::Meta(Meta::FormatVersion).encode(), &9u64.to_be_bytes())
+            .unwrap();
+        store.flush().unwrap();
+        drop(store);
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("store format 9") && err.contains("newer"),
+            "{err}"
+        );
+    }
+}

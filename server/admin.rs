@@ -20,7 +20,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Progress;
 use crate::console::ConsoleState;
@@ -42,7 +42,7 @@ pub(crate) struct AdminState {
     pub(crate) feed: ChangeFeed,
     pub(crate) intake: Admission,
     pub(crate) grpc: Admission,
-    pub(crate) stopping: watch::Receiver<bool>,
+    pub(crate) stopping: CancellationToken,
     /// A cluster node's progress along the stream.
     pub(crate) cluster: Option<Arc<Progress>>,
 }
@@ -60,7 +60,7 @@ pub(crate) fn router(state: AdminState) -> Router {
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
-    let not_ready = if *state.stopping.borrow() {
+    let not_ready = if state.stopping.is_cancelled() {
         Some("shutting down".to_owned())
     } else if !state.writer.is_alive() {
         Some("the writer has stopped: see the log, then restart to replay".to_owned())

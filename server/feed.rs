@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::domain::reconcile::{Operation, Phase};
 use crate::store::RecentChanges;
@@ -174,7 +175,7 @@ pub(crate) struct ChangeFeed {
     store: Store,
     recent: Arc<RecentChanges>,
     committed: watch::Receiver<u64>,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
     permits: Arc<Semaphore>,
     settings: FeedSettings,
     /// A cluster node: how long a resume point past the head is waited for (zero: a single
@@ -195,7 +196,7 @@ impl ChangeFeed {
         store: Store,
         recent: Arc<RecentChanges>,
         committed: watch::Receiver<u64>,
-        stop: watch::Receiver<bool>,
+        stop: CancellationToken,
         settings: FeedSettings,
     ) -> Self {
         ChangeFeed {
@@ -295,7 +296,7 @@ struct Subscriber {
     filter: FeedFilter,
     cursor: u64,
     committed: watch::Receiver<u64>,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
     tx: mpsc::Sender<Result<FeedEvent, FeedError>>,
     progress_interval: Duration,
 }
@@ -335,7 +336,7 @@ impl Subscriber {
         self.send(FeedEvent::Progress(self.cursor)).await?;
         let mut last_sent = Instant::now();
         loop {
-            if *self.stop.borrow() {
+            if self.stop.is_cancelled() {
                 return Err(self.shutting_down());
             }
             let head = *self.committed.borrow_and_update();
@@ -351,11 +352,7 @@ impl Subscriber {
                         return Err(self.shutting_down());
                     }
                 }
-                stop = self.stop.changed() => {
-                    if stop.is_err() {
-                        return Err(self.shutting_down());
-                    }
-                }
+                () = self.stop.cancelled() => return Err(self.shutting_down()),
                 () = tokio::time::sleep_until(last_sent + self.progress_interval) => {
                     self.send(FeedEvent::Progress(self.cursor)).await?;
                     last_sent = Instant::now();
@@ -400,7 +397,7 @@ impl Subscriber {
         let stopping = tokio::select! {
             sent = self.tx.send(Ok(event)) => return sent.map_err(|_| End::Gone),
             // A stalled subscriber must not hold shutdown hostage.
-            _ = self.stop.wait_for(|stop| *stop) => self.cursor,
+            () = self.stop.cancelled() => self.cursor,
         };
         Err(End::Error(FeedError::ShuttingDown {
             resume_after: stopping,

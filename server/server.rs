@@ -11,10 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic_health::server::HealthReporter;
 
 use crate::admin::{self, AdminState};
 use crate::auth::grpc::{BearerAuthLayer, BearerTokens};
@@ -31,7 +33,7 @@ use crate::net::{self, Admission, AtCapacity, HttpTimeouts};
 use crate::pb;
 use crate::reload::CatalogReloader;
 use crate::store::{Store, StoreError};
-use crate::store::{SubmitError, WriterHandle, WriterLimits};
+use crate::store::{SubmitError, WriterHandle, WriterLimits, WriterTask, spawn_writer};
 use crate::tls::TlsIdentity;
 
 /// Days raw webhooks and change records stay in the log, by default.
@@ -148,13 +150,20 @@ const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// Serves webhooks, the gRPC API and the admin endpoints on `listeners` until `shutdown`
 /// completes, then drains and returns.
+///
+/// The shape: [`Core::start`] opens the store, binds a cluster node to its stream and starts
+/// the writer and the change feed; each listener is served by a function of its own; every
+/// background task is spawned on one [`TaskTracker`] and every part stops on one
+/// [`CancellationToken`]. On shutdown the listeners stop accepting and finish the requests in
+/// flight, the background tasks end, and then the core stops: the writer drains its queue and
+/// the view is flushed.
 pub async fn run(
     settings: Settings,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let Listeners { http, grpc, admin } = listeners;
-    let metrics = Arc::new(Metrics::new());
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
     // Check the TLS identity before touching the store.
     let tls = settings
         .tls
@@ -169,121 +178,291 @@ pub async fn run(
     if let Some(warning) = lowered {
         tracing::warn!("{warning}");
     }
-    let store = Store::open_with_cache(&settings.data_dir, settings.cache_bytes)?;
-    let quarantined = store.quarantine_len();
-    if quarantined > 0 {
-        tracing::warn!(
-            quarantined,
-            "webhooks in quarantine: see `qistatus-server quarantine`"
-        );
-    }
-    // A cluster node binds the stream before its writer starts: the store takes the stream's
-    // identity, and a store that cannot follow it is refused before anything changes.
-    let mut intake_limits = settings.intake;
-    let stream = match &settings.cluster {
-        Some(cluster) => {
-            let log = Arc::new(JetStreamLog::connect(cluster).await?);
-            if log.max_webhook_bytes() < intake_limits.max_body {
-                tracing::warn!(
-                    max_body = log.max_webhook_bytes(),
-                    "NATS takes smaller messages than --max-body: the intake refuses larger \
-                     webhooks with 413; raise max_payload in the NATS servers' configuration"
-                );
-                intake_limits.max_body = log.max_webhook_bytes();
-            }
-            let (through, last) = log.bind(&store).await?;
-            tracing::info!(
-                stream = %cluster.stream,
-                applied_through = through,
-                stream_ends = last,
-                "following the cluster's stream"
-            );
-            let progress = Arc::new(Progress::new(log.clone(), through, last));
-            Some((log, progress))
-        }
-        None => None,
-    };
-    let catalog_handle = CatalogHandle::new(settings.catalog);
-    let catalog = catalog_handle.current();
-    let (writer, writer_task) = crate::store::spawn_writer(
-        store.clone(),
-        catalog.clone(),
-        settings.writer,
-        metrics.clone(),
-    )?;
-    compact_expired(&writer, settings.log_retention).await?;
+    let core = Core::start(&settings, Metrics::new().into(), &stop, &tasks).await?;
+    let metrics = &core.metrics;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move |mut rx: watch::Receiver<bool>| async move {
-        // An error means the sender is gone, which also means stop.
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-
-    let mut feed = ChangeFeed::new(
-        store.clone(),
-        writer.recent(),
-        writer.committed(),
-        stop_rx.clone(),
-        settings.feed,
-    );
-    if stream.is_some() {
-        feed = feed.waiting_for_the_cluster(CLUSTER_CATCH_UP);
-    }
-    let compaction = tokio::spawn(compact_periodically(
-        writer.clone(),
-        settings.log_retention,
-        settings.compaction_interval,
-        stop_rx.clone(),
-    ));
-    let (ingest, follower) = match &stream {
-        Some((log, progress)) => (
-            Ingest::Cluster(Publisher {
-                log: log.clone(),
-                progress: progress.clone(),
-                store: store.clone(),
-            }),
-            Some(tokio::spawn(cluster::follow(
-                log.clone(),
-                writer.clone(),
-                catalog.clone(),
-                progress.clone(),
-                stop_rx.clone(),
-            ))),
-        ),
-        None => (Ingest::Local(writer.clone()), None),
-    };
-    let app = intake::router(
-        IntakeState {
-            catalog: catalog_handle.clone(),
-            ingest,
-            verifier: Arc::new(settings.webhook_verifier),
-            signer: settings.response_signer.map(Arc::new),
-            metrics: metrics.clone(),
-        },
-        intake_limits,
-    );
     let intake_admission = Admission::new(
         "intake",
         intake_connections,
         AtCapacity::EvictIdle,
         metrics.shed_counter("intake"),
     );
-    let http_server = net::serve_http(
-        net::accept_connections(
-            http,
-            tls.clone(),
-            intake_admission.clone(),
-            settings.intake.handshake_timeout,
-            stop_rx.clone(),
-        ),
-        app,
-        HttpTimeouts {
-            header_read: settings.intake.header_read_timeout,
-            idle: settings.intake.idle_timeout,
+    let grpc_admission = Admission::new(
+        "grpc",
+        grpc_connections,
+        AtCapacity::Refuse,
+        metrics.shed_counter("grpc"),
+    );
+    let http_server = serve_intake(
+        &core,
+        &settings,
+        listeners.http,
+        tls.clone(),
+        intake_admission.clone(),
+        stop.clone(),
+    );
+    let (health, grpc_server) = serve_grpc(
+        &core,
+        &settings,
+        listeners.grpc,
+        tls,
+        grpc_admission.clone(),
+        stop.clone(),
+    )
+    .await?;
+    let reloader = CatalogReloader {
+        path: settings.catalog_file.clone(),
+        catalog: core.catalog.clone(),
+        writer: core.writer.clone(),
+        cluster: core.stream.is_some(),
+    };
+    if settings.reload_on_sighup {
+        reload_on_sighup(reloader.clone(), &stop, &tasks);
+    }
+    let admin_server = serve_admin(
+        AdminState {
+            // The console asks people for the same tokens as the API.
+            console: ConsoleState::new(
+                core.store.clone(),
+                core.feed.clone(),
+                core.catalog.clone(),
+                settings.grpc_tokens.clone(),
+            ),
+            reloader,
+            metrics: core.metrics.clone(),
+            store: core.store.clone(),
+            writer: core.writer.clone(),
+            feed: core.feed.clone(),
+            intake: intake_admission.clone(),
+            grpc: grpc_admission.clone(),
+            stopping: stop.clone(),
+            cluster: core.stream.as_ref().map(|(_, progress)| progress.clone()),
         },
-        stop_rx.clone(),
+        listeners.admin,
+        stop.clone(),
     );
 
+    tasks.spawn({
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = stop.cancelled() => return,
+            }
+            tracing::info!("shutting down: draining in-flight requests");
+            health
+                .set_not_serving::<pb::operation_status_service_server::OperationStatusServiceServer<OperationStatusApi>>()
+                .await;
+            stop.cancel();
+        }
+    });
+
+    let ((), grpc_result, ()) = tokio::join!(http_server, grpc_server, admin_server);
+    // A listener that ended on its own (gRPC's failed) stops everything else too.
+    stop.cancel();
+    tasks.close();
+    tasks.wait().await;
+    core.stop().await?;
+    grpc_result?;
+    tracing::info!(
+        intake_connections_shed = intake_admission.shed(),
+        grpc_connections_shed = grpc_admission.shed(),
+        "stopped"
+    );
+    Ok(())
+}
+
+/// What every listener serves from: the store, the writer, the change feed and the catalog,
+/// and a cluster node's stream.
+struct Core {
+    store: Store,
+    writer: WriterHandle,
+    writer_task: WriterTask,
+    feed: ChangeFeed,
+    catalog: CatalogHandle,
+    /// A cluster node's stream and its progress along it.
+    stream: Option<(Arc<JetStreamLog>, Arc<Progress>)>,
+    /// The intake's limits, lowered to what the cluster's stream takes.
+    intake: IntakeLimits,
+    metrics: Arc<Metrics>,
+}
+
+impl Core {
+    /// Opens the store, binds a cluster node to its stream, starts the writer (which replays
+    /// what the view missed), compacts what retention dropped, and starts the change feed.
+    /// Compaction, and a cluster node's follower, run on `tasks` until `stop`.
+    async fn start(
+        settings: &Settings,
+        metrics: Arc<Metrics>,
+        stop: &CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Result<Core, ServerError> {
+        let store = Store::open_with_cache(&settings.data_dir, settings.cache_bytes)?;
+        let quarantined = store.quarantine_len();
+        if quarantined > 0 {
+            tracing::warn!(
+                quarantined,
+                "webhooks in quarantine: see `qistatus-server quarantine`"
+            );
+        }
+        // A cluster node binds the stream before its writer starts: the store takes the
+        // stream's identity, and a store that cannot follow it is refused before anything
+        // changes.
+        let mut intake = settings.intake;
+        let stream = match &settings.cluster {
+            Some(cluster) => Some(bind_stream(cluster, &store, &mut intake).await?),
+            None => None,
+        };
+        let catalog = CatalogHandle::new(settings.catalog.clone());
+        let (writer, writer_task) = spawn_writer(
+            store.clone(),
+            catalog.current(),
+            settings.writer,
+            metrics.clone(),
+        )?;
+        compact_expired(&writer, settings.log_retention).await?;
+        tasks.spawn(compact_periodically(
+            writer.clone(),
+            settings.log_retention,
+            settings.compaction_interval,
+            stop.clone(),
+        ));
+        if let Some((log, progress)) = &stream {
+            tasks.spawn(cluster::follow(
+                log.clone(),
+                writer.clone(),
+                catalog.current(),
+                progress.clone(),
+                stop.clone(),
+            ));
+        }
+        let mut feed = ChangeFeed::new(
+            store.clone(),
+            writer.recent(),
+            writer.committed(),
+            stop.clone(),
+            settings.feed,
+        );
+        if stream.is_some() {
+            feed = feed.waiting_for_the_cluster(CLUSTER_CATCH_UP);
+        }
+        Ok(Core {
+            store,
+            writer,
+            writer_task,
+            feed,
+            catalog,
+            stream,
+            intake,
+            metrics,
+        })
+    }
+
+    /// How the intake stores a webhook: through this node's writer, or a cluster's stream.
+    fn ingest(&self) -> Ingest {
+        match &self.stream {
+            Some((log, progress)) => Ingest::Cluster(Publisher {
+                log: log.clone(),
+                progress: progress.clone(),
+                store: self.store.clone(),
+            }),
+            None => Ingest::Local(self.writer.clone()),
+        }
+    }
+
+    /// Stops the writer once every other handle on it is gone (the listeners' and the
+    /// background tasks'): it drains its queue and stops; then the view is flushed.
+    async fn stop(self) -> Result<(), ServerError> {
+        let Core {
+            store,
+            writer,
+            writer_task,
+            ..
+        } = self;
+        drop(writer);
+        tokio::task::spawn_blocking(move || writer_task.join())
+            .await
+            .expect("the writer join task does not panic: join() logs a writer panic instead");
+        store.flush()?;
+        Ok(())
+    }
+}
+
+/// Connects a cluster node to its stream and binds the store to it; lowers the intake's
+/// body limit to the largest message the stream takes.
+async fn bind_stream(
+    cluster: &ClusterSettings,
+    store: &Store,
+    intake: &mut IntakeLimits,
+) -> Result<(Arc<JetStreamLog>, Arc<Progress>), ServerError> {
+    let log = Arc::new(JetStreamLog::connect(cluster).await?);
+    if log.max_webhook_bytes() < intake.max_body {
+        tracing::warn!(
+            max_body = log.max_webhook_bytes(),
+            "NATS takes smaller messages than --max-body: the intake refuses larger \
+             webhooks with 413; raise max_payload in the NATS servers' configuration"
+        );
+        intake.max_body = log.max_webhook_bytes();
+    }
+    let (through, last) = log.bind(store).await?;
+    tracing::info!(
+        stream = %cluster.stream,
+        applied_through = through,
+        stream_ends = last,
+        "following the cluster's stream"
+    );
+    let progress = Arc::new(Progress::new(log.clone(), through, last));
+    Ok((log, progress))
+}
+
+/// The webhook intake on `listener` until `stop`.
+fn serve_intake(
+    core: &Core,
+    settings: &Settings,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    admission: Admission,
+    stop: CancellationToken,
+) -> impl Future<Output = ()> + use<> {
+    let app = intake::router(
+        IntakeState {
+            catalog: core.catalog.clone(),
+            ingest: core.ingest(),
+            verifier: Arc::new(settings.webhook_verifier.clone()),
+            signer: settings.response_signer.clone().map(Arc::new),
+            metrics: core.metrics.clone(),
+        },
+        core.intake,
+    );
+    let incoming = net::accept_connections(
+        listener,
+        tls,
+        admission,
+        settings.intake.handshake_timeout,
+        stop.clone(),
+    );
+    let timeouts = HttpTimeouts {
+        header_read: settings.intake.header_read_timeout,
+        idle: settings.intake.idle_timeout,
+    };
+    net::serve_http(incoming, app, timeouts, stop)
+}
+/// The gRPC API (the status service, maintenance, health, reflection) on `listener` until
+/// `stop`; the health reporter, to say NOT_SERVING when shutdown begins.
+async fn serve_grpc(
+    core: &Core,
+    settings: &Settings,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    admission: Admission,
+    stop: CancellationToken,
+) -> Result<
+    (
+        HealthReporter,
+        impl Future<Output = Result<(), tonic::transport::Error>> + use<>,
+    ),
+    ServerError,
+> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<pb::operation_status_service_server::OperationStatusServiceServer<OperationStatusApi>>()
@@ -298,145 +477,59 @@ pub async fn run(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let maintenance = pb::maintenance_service_server::MaintenanceServiceServer::new(
-        MaintenanceApi::new(store.clone(), feed.clone(), writer.clone()),
+        MaintenanceApi::new(core.store.clone(), core.feed.clone(), core.writer.clone()),
     )
     .max_decoding_message_size(crate::grpc::MAX_REQUEST_BYTES);
     let api = pb::operation_status_service_server::OperationStatusServiceServer::new(
-        OperationStatusApi::new(catalog_handle.clone(), store.clone(), feed.clone())?,
+        OperationStatusApi::new(core.catalog.clone(), core.store.clone(), core.feed.clone())?,
     )
     .max_decoding_message_size(crate::grpc::MAX_REQUEST_BYTES);
-    let grpc_admission = Admission::new(
-        "grpc",
-        grpc_connections,
-        AtCapacity::Refuse,
-        metrics.shed_counter("grpc"),
-    );
     let incoming = ReceiverStream::new(net::accept_connections(
-        grpc,
+        listener,
         tls,
-        grpc_admission.clone(),
+        admission,
         settings.grpc.handshake_timeout,
-        stop_rx.clone(),
+        stop.clone(),
     ))
     .map(Ok::<_, std::io::Error>);
-    let grpc_server = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .timeout(settings.grpc.request_timeout)
         .max_connection_age(settings.grpc.max_connection_age)
         .max_connection_age_grace(Duration::from_secs(60))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .layer(OutcomeLayer::new(metrics.clone()))
+        .layer(OutcomeLayer::new(core.metrics.clone()))
         .layer(BearerAuthLayer::new(settings.grpc_tokens.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(api)
         .add_service(maintenance)
-        .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
+    Ok((health, server))
+}
 
-    tokio::spawn(async move {
-        shutdown.await;
-        tracing::info!("shutting down: draining in-flight requests");
-        health
-            .set_not_serving::<pb::operation_status_service_server::OperationStatusServiceServer<OperationStatusApi>>()
-            .await;
-        let _ = stop_tx.send(true);
-    });
-
-    // The console asks people for the same tokens as the API.
-    let console_tokens = settings.grpc_tokens;
-    let reloader = CatalogReloader {
-        path: settings.catalog_file.clone(),
-        catalog: catalog_handle.clone(),
-        writer: writer.clone(),
-        cluster: stream.is_some(),
-    };
-    // Listening for SIGHUP from here on, before any listener answers (its default action
-    // would end the process).
-    let sighup = match settings.reload_on_sighup {
-        false => None,
-        true => match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(hangups) => Some(tokio::spawn(reload_on_sighup(
-                hangups,
-                reloader.clone(),
-                stop_rx.clone(),
-            ))),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGHUP: reload with POST /catalog/reload");
-                None
-            }
-        },
-    };
-    let admin_server = {
-        let state = AdminState {
-            console: ConsoleState::new(
-                store.clone(),
-                feed.clone(),
-                catalog_handle.clone(),
-                console_tokens,
-            ),
-            reloader,
-            metrics,
-            store: store.clone(),
-            writer,
-            feed,
-            intake: intake_admission.clone(),
-            grpc: grpc_admission.clone(),
-            stopping: stop_rx.clone(),
-            cluster: stream.as_ref().map(|(_, progress)| progress.clone()),
-        };
-        let stop = stop_rx.clone();
-        async move {
-            let Some(listener) = admin else { return };
-            let admission = Admission::new(
-                "admin",
-                ADMIN_MAX_CONNECTIONS,
-                AtCapacity::EvictIdle,
-                state.metrics.shed_counter("admin"),
-            );
-            let incoming = net::accept_connections(
-                listener,
-                None,
-                admission,
-                crate::intake::IntakeLimits::DEFAULT.handshake_timeout,
-                stop.clone(),
-            );
-            let timeouts = HttpTimeouts {
-                header_read: crate::intake::IntakeLimits::DEFAULT.header_read_timeout,
-                idle: crate::intake::IntakeLimits::DEFAULT.idle_timeout,
-            };
-            net::serve_http(incoming, admin::router(state), timeouts, stop).await;
-        }
-    };
-
-    let ((), grpc_result, ()) = tokio::join!(http_server, grpc_server, admin_server);
-    if let Err(e) = compaction.await {
-        tracing::error!(error = %e, "the compaction task failed");
-    }
-    if let Some(sighup) = sighup
-        && let Err(e) = sighup.await
-    {
-        tracing::error!(error = %e, "the SIGHUP task failed");
-    }
-    if let Some(follower) = follower
-        && let Err(e) = follower.await
-    {
-        tracing::error!(error = %e, "the stream follower failed");
-    }
-    // Every writer handle lived in the HTTP app, the compaction task and the follower, which
-    // are gone now:
-    // the writer drains its queue, flushes and stops.
-    tokio::task::spawn_blocking(move || writer_task.join())
-        .await
-        .expect("the writer join task does not panic: join() logs a writer panic instead");
-    store.flush()?;
-    grpc_result?;
-    tracing::info!(
-        intake_connections_shed = intake_admission.shed(),
-        grpc_connections_shed = grpc_admission.shed(),
-        "stopped"
+/// The admin endpoints and the console on `listener`, when there is one, until `stop`.
+async fn serve_admin(state: AdminState, listener: Option<TcpListener>, stop: CancellationToken) {
+    let Some(listener) = listener else { return };
+    let admission = Admission::new(
+        "admin",
+        ADMIN_MAX_CONNECTIONS,
+        AtCapacity::EvictIdle,
+        state.metrics.shed_counter("admin"),
     );
-    Ok(())
+    let incoming = net::accept_connections(
+        listener,
+        None,
+        admission,
+        IntakeLimits::DEFAULT.handshake_timeout,
+        stop.clone(),
+    );
+    let timeouts = HttpTimeouts {
+        header_read: IntakeLimits::DEFAULT.header_read_timeout,
+        idle: IntakeLimits::DEFAULT.idle_timeout,
+    };
+    net::serve_http(incoming, admin::router(state), timeouts, stop).await;
 }
 
 /// Most log entries one compaction step drops, so that ingest is never held up for long.
@@ -454,12 +547,12 @@ async fn compact_periodically(
     writer: WriterHandle,
     retention: Duration,
     interval: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
-            _ = stop.wait_for(|stop| *stop) => return,
+            () = stop.cancelled() => return,
         }
         if let Err(e) = compact_expired(&writer, retention).await {
             tracing::error!(error = %e, "log compaction failed");
@@ -467,22 +560,29 @@ async fn compact_periodically(
     }
 }
 
-/// Reloads the catalog on every SIGHUP until `stop`.
-async fn reload_on_sighup(
-    mut hangups: tokio::signal::unix::Signal,
-    reloader: CatalogReloader,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = hangups.recv() => {}
-            _ = stop.wait_for(|stop| *stop) => return,
+/// Reloads the catalog on every SIGHUP until `stop`. Listening starts here, before any
+/// listener answers (SIGHUP's default action would end the process).
+fn reload_on_sighup(reloader: CatalogReloader, stop: &CancellationToken, tasks: &TaskTracker) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP: reload with POST /catalog/reload");
+            return;
         }
-        tracing::info!("SIGHUP: reloading the catalog");
-        if let Err(e) = reloader.reload().await {
-            tracing::error!(error = %e, "catalog reload failed; the previous catalog stays in effect");
+    };
+    let stop = stop.clone();
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = hangups.recv() => {}
+                () = stop.cancelled() => return,
+            }
+            tracing::info!("SIGHUP: reloading the catalog");
+            if let Err(e) = reloader.reload().await {
+                tracing::error!(error = %e, "catalog reload failed; the previous catalog stays in effect");
+            }
         }
-    }
+    });
 }
 
 /// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM.

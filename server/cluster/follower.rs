@@ -15,6 +15,7 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::{ClusterError, JetStreamLog};
 use crate::domain::catalog::Catalog;
@@ -138,7 +139,7 @@ pub(crate) async fn follow(
     writer: WriterHandle,
     catalog: Arc<Catalog>,
     progress: Arc<Progress>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut queued = progress.applied_through();
     let mut messages = None;
@@ -153,7 +154,7 @@ pub(crate) async fn follow(
                     tracing::warn!(error = %e, "cannot follow the stream yet; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        () = stopped(&mut stop) => return,
+                        () = stop.cancelled() => return,
                     }
                 }
             }
@@ -163,7 +164,7 @@ pub(crate) async fn follow(
             .expect("the subscription was made just above when missing");
         tokio::select! {
             biased;
-            () = stopped(&mut stop) => return,
+            () = stop.cancelled() => return,
             Some((sequence, pending, answer)) = in_flight.next(), if !in_flight.is_empty() => {
                 match answer {
                     Ok(ack) => progress.record(sequence, ack, pending),
@@ -245,12 +246,6 @@ pub(crate) async fn follow(
             }
         }
     }
-}
-
-/// Completes when `stop` says so (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is dropped here, not held across the caller's awaits.
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// An ordered subscription to the stream from the message after `after`.

@@ -16,9 +16,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
 
 use super::admission::{Admission, Slot};
 
@@ -52,14 +53,14 @@ impl Conn {
     }
 }
 
-/// Accepts on `listener` until `stop` turns true, handing out connections that have a place
+/// Accepts on `listener` until `stop` is cancelled, handing out connections that have a place
 /// in `admission` and finished their handshake within `handshake_timeout`.
 pub(crate) fn accept_connections(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     admission: Admission,
     handshake_timeout: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> mpsc::Receiver<Conn> {
     let (ready_tx, ready) = mpsc::channel(READY_QUEUE);
     let local = listener.local_addr().ok();
@@ -67,7 +68,7 @@ pub(crate) fn accept_connections(
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = accept(&listener) => accepted,
-                _ = stop.wait_for(|stop| *stop) => return,
+                () = stop.cancelled() => return,
                 () = ready_tx.closed() => return,
             };
             let Some(slot) = admission.admit() else {

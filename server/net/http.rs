@@ -19,8 +19,9 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::accept::Conn;
@@ -39,13 +40,13 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most concurrent streams on one HTTP/2 connection.
 const MAX_STREAMS_PER_CONNECTION: u32 = 128;
 
-/// Serves `app` on the connections `incoming` hands out until `stop` turns true, then waits
+/// Serves `app` on the connections `incoming` hands out until `stop` is cancelled, then waits
 /// for every connection to finish its requests in flight.
 pub(crate) async fn serve(
     mut incoming: mpsc::Receiver<Conn>,
     app: Router,
     timeouts: HttpTimeouts,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -61,14 +62,13 @@ pub(crate) async fn serve(
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
     let builder = Arc::new(builder);
     let mut connections = JoinSet::new();
-    let mut stopping = stop.clone();
     loop {
         let conn = tokio::select! {
             conn = incoming.recv() => match conn {
                 Some(conn) => conn,
                 None => break,
             },
-            _ = stopping.wait_for(|stop| *stop) => break,
+            () = stop.cancelled() => break,
             // Reap finished connections as they go, so the set stays the size of what is open.
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
@@ -89,7 +89,7 @@ async fn serve_connection(
     app: Router,
     builder: Arc<auto::Builder<TokioExecutor>>,
     idle_timeout: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let slot = conn.slot().clone();
     let peer = conn.peer();
@@ -121,7 +121,7 @@ async fn serve_connection(
                 tracing::debug!(%peer, "evicted while idle to admit a new connection");
                 return;
             }
-            _ = stop.wait_for(|stop| *stop), if !shutting_down => {
+            () = stop.cancelled(), if !shutting_down => {
                 shutting_down = true;
                 connection.as_mut().graceful_shutdown();
             }

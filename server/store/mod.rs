@@ -75,7 +75,9 @@ pub(crate) use recent::RecentChanges;
 pub use snapshot::{Restored, restore};
 pub(crate) use status_index::{Cursor, Selection, StatusIndex};
 pub use writer::WriterLimits;
-pub(crate) use writer::{Ack, BatchReport, StreamOrigin, SubmitError, WriterHandle, spawn_writer};
+pub(crate) use writer::{
+    Ack, BatchReport, StreamOrigin, SubmitError, WriterHandle, WriterTask, spawn_writer,
+};
 
 /// Storage failures. Internal detail: logged, never returned to a client.
 #[derive(Debug, thiserror::Error)]

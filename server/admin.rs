@@ -13,6 +13,7 @@
 //! the first answer on.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -30,6 +31,38 @@ use crate::net::Admission;
 use crate::reload::{CatalogReloader, ReloadError};
 use crate::store::Store;
 use crate::store::WriterHandle;
+
+/// The admin listener's own bounds: probes and scrapers must get through however busy the
+/// intake is, so the admin listener shares none of the intake's or gRPC's connection budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminLimits {
+    /// Most connections open at once (probes, scrapers, people on the console); at the bound
+    /// the connection idle longest is closed to admit a new one.
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's headers (also how long a kept-alive
+    /// connection may wait for its next request).
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// Longest a new connection may take to send its first bytes.
+    pub handshake_timeout: Duration,
+}
+
+impl AdminLimits {
+    /// The defaults, which the server's flags also show.
+    pub const DEFAULT: AdminLimits = AdminLimits {
+        max_connections: 64,
+        header_read_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        handshake_timeout: Duration::from_secs(10),
+    };
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        AdminLimits::DEFAULT
+    }
+}
 
 /// What the admin endpoints read.
 #[derive(Debug, Clone)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::AdminLimits;
 use crate::auth::grpc::BearerTokens;
 use crate::auth::response_signing::ResponseSigner;
 use crate::auth::webhook::{DEFAULT_MAX_CLOCK_SKEW, KeyError, WebhookVerifier};
@@ -84,7 +85,7 @@ pub struct Config {
     #[arg(long, env = "QISTATUS_IDLE_TIMEOUT", default_value_t = IntakeLimits::DEFAULT.idle_timeout.into())]
     pub idle_timeout: humantime::Duration,
 
-    /// Longest a new connection (either listener) may take to finish its TLS handshake or
+    /// Longest a new connection (any listener) may take to finish its TLS handshake or
     /// send its first bytes.
     #[arg(long, env = "QISTATUS_HANDSHAKE_TIMEOUT", default_value_t = IntakeLimits::DEFAULT.handshake_timeout.into())]
     pub handshake_timeout: humantime::Duration,
@@ -98,6 +99,15 @@ pub struct Config {
     /// resume), and closed a minute later.
     #[arg(long, env = "QISTATUS_GRPC_MAX_CONNECTION_AGE", default_value_t = GrpcLimits::DEFAULT.max_connection_age.into())]
     pub grpc_max_connection_age: humantime::Duration,
+
+    /// Most admin connections open at once (probes, scrapers, the console), apart from the
+    /// intake's and gRPC's: at the bound the connection idle longest is closed.
+    #[arg(long, env = "QISTATUS_ADMIN_MAX_CONNECTIONS", default_value_t = AdminLimits::DEFAULT.max_connections)]
+    pub admin_max_connections: usize,
+
+    /// Longest an admin client may take to send a request's headers.
+    #[arg(long, env = "QISTATUS_ADMIN_HEADER_READ_TIMEOUT", default_value_t = AdminLimits::DEFAULT.header_read_timeout.into())]
+    pub admin_header_read_timeout: humantime::Duration,
 
     /// Longest a unary gRPC call may take before it fails with DEADLINE_EXCEEDED.
     #[arg(long, env = "QISTATUS_GRPC_REQUEST_TIMEOUT", default_value_t = GrpcLimits::DEFAULT.request_timeout.into())]
@@ -421,6 +431,12 @@ impl Config {
                 handshake_timeout: *self.handshake_timeout,
                 max_connection_age: *self.grpc_max_connection_age,
                 request_timeout: *self.grpc_request_timeout,
+            },
+            admin: AdminLimits {
+                max_connections: self.admin_max_connections.max(1),
+                header_read_timeout: *self.admin_header_read_timeout,
+                handshake_timeout: *self.handshake_timeout,
+                ..AdminLimits::DEFAULT
             },
             writer: WriterLimits {
                 queue: self.writer_queue.max(1),

@@ -107,6 +107,8 @@ mod tls;
 
 // What running a server takes: the entry point and every type its settings are made of.
 #[cfg(feature = "server")]
+pub use admin::AdminLimits;
+#[cfg(feature = "server")]
 pub use auth::grpc::BearerTokens;
 #[cfg(feature = "server")]
 pub use auth::response_signing::ResponseSigner;

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic_health::server::HealthReporter;
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminLimits, AdminState};
 use crate::auth::grpc::{BearerAuthLayer, BearerTokens};
 use crate::auth::response_signing::ResponseSigner;
 use crate::auth::webhook::WebhookVerifier;
@@ -61,6 +61,8 @@ pub struct Settings {
     pub intake: IntakeLimits,
     /// gRPC connection and request limits.
     pub grpc: GrpcLimits,
+    /// The admin listener's connection limits.
+    pub admin: AdminLimits,
     /// Writer limits.
     pub writer: WriterLimits,
     /// Watch (change feed) limits and timings.
@@ -94,6 +96,7 @@ impl Settings {
             reload_on_sighup: false,
             intake: IntakeLimits::DEFAULT,
             grpc: GrpcLimits::DEFAULT,
+            admin: AdminLimits::DEFAULT,
             writer: WriterLimits::DEFAULT,
             feed: FeedSettings::DEFAULT,
             log_retention: days(DEFAULT_LOG_RETENTION_DAYS),
@@ -144,9 +147,6 @@ pub struct Listeners {
 
 /// How long a cluster node's watch waits for a resume point another node reached first.
 const CLUSTER_CATCH_UP: Duration = Duration::from_secs(10);
-
-/// Most connections the admin listener keeps (probes and scrapers).
-const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// Serves webhooks, the gRPC API and the admin endpoints on `listeners` until `shutdown`
 /// completes, then drains and returns.
@@ -239,6 +239,7 @@ pub async fn run(
             cluster: core.stream.as_ref().map(|(_, progress)| progress.clone()),
         },
         listeners.admin,
+        settings.admin,
         stop.clone(),
     );
 
@@ -510,11 +511,16 @@ async fn serve_grpc(
 }
 
 /// The admin endpoints and the console on `listener`, when there is one, until `stop`.
-async fn serve_admin(state: AdminState, listener: Option<TcpListener>, stop: CancellationToken) {
+async fn serve_admin(
+    state: AdminState,
+    listener: Option<TcpListener>,
+    limits: AdminLimits,
+    stop: CancellationToken,
+) {
     let Some(listener) = listener else { return };
     let admission = Admission::new(
         "admin",
-        ADMIN_MAX_CONNECTIONS,
+        limits.max_connections,
         AtCapacity::EvictIdle,
         state.metrics.shed_counter("admin"),
     );
@@ -522,12 +528,12 @@ async fn serve_admin(state: AdminState, listener: Option<TcpListener>, stop: Can
         listener,
         None,
         admission,
-        IntakeLimits::DEFAULT.handshake_timeout,
+        limits.handshake_timeout,
         stop.clone(),
     );
     let timeouts = HttpTimeouts {
-        header_read: IntakeLimits::DEFAULT.header_read_timeout,
-        idle: IntakeLimits::DEFAULT.idle_timeout,
+        header_read: limits.header_read_timeout,
+        idle: limits.idle_timeout,
     };
     net::serve_http(incoming, admin::router(state), timeouts, stop).await;
 }

@@ -198,3 +198,62 @@ async fn a_real_webhook_is_acknowledged_while_1100_slow_connections_are_held_at_
         "the server ran out of descriptors:\n{log}"
     );
 }
+
+#[tokio::test]
+async fn the_admin_listener_has_bounds_of_its_own_and_answers_probes_past_trickling_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerCommand::new(dir.path())
+        .args(["--admin-max-connections", "4"])
+        .args(["--admin-header-read-timeout", "1s"])
+        .start()
+        .await;
+    // Twice the bound, each sending a header line now and then but never the end of one.
+    let mut trickling = Vec::new();
+    for _ in 0..8 {
+        if let Ok(mut stream) = TcpStream::connect(server.admin).await {
+            let _ = stream
+                .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n")
+                .await;
+            trickling.push(stream);
+        }
+    }
+    let trickle = async {
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            for stream in &mut trickling {
+                let _ = stream.write_all(b"X-Slow: 1\r\n").await;
+            }
+        }
+    };
+    let probe = async {
+        // Within the header timeout plus a margin, a probe gets its answer.
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(4);
+        loop {
+            let answer = client
+                .get(format!("http://{}/livez", server.admin))
+                .timeout(Duration::from_millis(500))
+                .send()
+                .await;
+            match answer {
+                Ok(answer) => return Some(answer.status()),
+                Err(_) if Instant::now() < deadline => continue,
+                Err(_) => return None,
+            }
+        }
+    };
+    let ((), status) = tokio::join!(trickle, probe);
+    assert_eq!(
+        status,
+        Some(reqwest::StatusCode::OK),
+        "/livez while trickled"
+    );
+    for stream in &mut trickling {
+        assert!(
+            closed_within(stream, Duration::from_secs(2))
+                .await
+                .is_some(),
+            "a trickling admin connection outlived the admin header timeout"
+        );
+    }
+}

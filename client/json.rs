@@ -2,26 +2,9 @@
 //! fields) and the text helpers the human output shares with them.
 
 use prost_types::value::Kind;
+use qistatus::client::{phase_name, rfc3339};
 use qistatus::pb;
 use serde_json::Value;
-
-/// RFC 3339 text of a protobuf timestamp, in UTC; empty for an unset or invalid one.
-pub fn rfc3339(t: Option<&prost_types::Timestamp>) -> String {
-    t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-        .unwrap_or_default()
-}
-
-/// The lower-case name of a phase value (`unspecified` for 0 or an unknown value).
-pub fn phase_name(phase: i32) -> &'static str {
-    match pb::Phase::try_from(phase) {
-        Ok(pb::Phase::Pending) => "pending",
-        Ok(pb::Phase::Active) => "active",
-        Ok(pb::Phase::Succeeded) => "succeeded",
-        Ok(pb::Phase::Failed) => "failed",
-        Ok(pb::Phase::Unspecified) | Err(_) => "unspecified",
-    }
-}
 
 /// The JSON of an operation, with its history when it has one.
 pub fn operation(op: &pb::Operation) -> Value {
@@ -159,16 +142,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn numbers_keep_their_integral_form_and_times_are_utc() {
+    fn numbers_keep_their_integral_form() {
         assert_eq!(number_to_json(3.0), Value::from(3));
         assert_eq!(number_to_json(3429.38), serde_json::json!(3429.38));
-        let t = prost_types::Timestamp {
-            seconds: 1_700_000_000,
-            nanos: 0,
-        };
-        assert_eq!(rfc3339(Some(&t)), "2023-11-14T22:13:20Z");
-        assert_eq!(rfc3339(None), "");
-        assert_eq!(phase_name(pb::Phase::Failed as i32), "failed");
-        assert_eq!(phase_name(99), "unspecified");
     }
 }

@@ -7,9 +7,9 @@ mod terminal;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use json::{phase_name, rfc3339};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use qistatus::client::{Client, ClientError, ConnectOptions, ListQuery, WatchEvent, WatchQuery};
+use qistatus::client::{phase_name, rfc3339};
 use qistatus::pb;
 use terminal::printable;
 use tokio_stream::StreamExt;
@@ -52,106 +52,130 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Show one operation and its history.
-    Get {
-        /// The operation's key.
-        key: String,
-        /// The operation's kind (needed only when the key names operations of several kinds).
-        #[arg(long)]
-        kind: Option<String>,
-        /// Also each webhook's `data` object (with --json; newest first, as much as fits in
-        /// one answer).
-        #[arg(long)]
-        full: bool,
-    },
+    Get(GetArgs),
     /// List the operations currently in some statuses, or in a phase.
-    List {
-        /// A status to list (repeat, or separate with commas).
-        #[arg(
-            long = "status",
-            value_delimiter = ',',
-            required_unless_present = "phase"
-        )]
-        statuses: Vec<String>,
-        /// A phase to list instead of statuses.
-        #[arg(long, value_enum, conflicts_with = "statuses")]
-        phase: Option<PhaseArg>,
-        /// Only operations of this kind.
-        #[arg(long)]
-        kind: Option<String>,
-        /// Stop after this many operations.
-        #[arg(long)]
-        limit: Option<usize>,
-    },
+    List(ListArgs),
     /// Print changes as they happen, until Ctrl-C. Reconnects on its own and resumes after
     /// the last sequence it printed.
-    Watch {
-        /// Only this operation key.
-        #[arg(long)]
-        key: Option<String>,
-        /// Only these kinds (repeat, or separate with commas).
-        #[arg(long = "kind", value_delimiter = ',')]
-        kinds: Vec<String>,
-        /// Only changes into these statuses (repeat, or separate with commas).
-        #[arg(long = "status", value_delimiter = ',')]
-        statuses: Vec<String>,
-        /// Only changes into these phases (repeat, or separate with commas).
-        #[arg(long = "phase", value_enum, value_delimiter = ',')]
-        phases: Vec<PhaseArg>,
-        /// Resume after this sequence instead of starting from now.
-        #[arg(long)]
-        from_sequence: Option<u64>,
-        /// With --key: print the operation's current state first.
-        #[arg(long, requires = "key")]
-        initial: bool,
-        /// Also print webhooks that did not change the status.
-        #[arg(long)]
-        include_unchanged: bool,
-        /// Only changes that reach one of these milestones, once each per operation whatever
-        /// the delivery order (e.g. `disbursed,canceled`).
-        #[arg(long = "milestone", value_delimiter = ',')]
-        milestones: Vec<String>,
-        /// With --from-sequence: the store that sequence was seen on (`Progress.store_id` of
-        /// the API); refused if the server's store is another one. Reconnects always check it.
-        #[arg(long, requires = "from_sequence")]
-        store_id: Option<String>,
-    },
+    Watch(WatchArgs),
     /// Post an archive of webhooks to an intake: a JSON-lines FILE, a directory of `.json`
     /// files, or `-` for JSON lines on standard input. Prints a summary; exits non-zero if
     /// any webhook failed.
-    Replay {
-        /// The archive.
-        source: String,
-        /// Where to post.
-        #[arg(
-            long,
-            env = "QISTATUS_INTAKE",
-            default_value = "http://127.0.0.1:8080/webhooks"
-        )]
-        intake: String,
-        /// Most webhooks in flight at once.
-        #[arg(long, default_value_t = 8)]
-        concurrency: usize,
-        /// Most webhooks started per second (no limit by default).
-        #[arg(long)]
-        rate: Option<f64>,
-        /// Sign each webhook with this Standard Webhooks secret (`whsec_...`), for intakes
-        /// started with --webhook-secret.
-        #[arg(long, env = "QISTATUS_WEBHOOK_SECRET", hide_env_values = true)]
-        webhook_secret: Option<String>,
-    },
+    Replay(ReplayArgs),
     /// How many operations there are of each kind in each status, and the log's head.
     Stats,
     /// Snapshots of the running server.
-    Snapshot {
-        #[command(subcommand)]
-        command: SnapshotCommand,
-    },
+    Snapshot(SnapshotArgs),
     /// List the quarantined webhooks (JSON objects with no readable kind, key or status).
-    Quarantine {
-        /// Also print each webhook's body (it may hold personal data).
-        #[arg(long)]
-        payload: bool,
-    },
+    Quarantine(QuarantineArgs),
+}
+
+/// `qistatus get`.
+#[derive(Debug, Args)]
+struct GetArgs {
+    /// The operation's key.
+    key: String,
+    /// The operation's kind (needed only when the key names operations of several kinds).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Also each webhook's `data` object (with --json; newest first, as much as fits in
+    /// one answer).
+    #[arg(long)]
+    full: bool,
+}
+
+/// `qistatus list`.
+#[derive(Debug, Args)]
+struct ListArgs {
+    /// A status to list (repeat, or separate with commas).
+    #[arg(
+        long = "status",
+        value_delimiter = ',',
+        required_unless_present = "phase"
+    )]
+    statuses: Vec<String>,
+    /// A phase to list instead of statuses.
+    #[arg(long, value_enum, conflicts_with = "statuses")]
+    phase: Option<PhaseArg>,
+    /// Only operations of this kind.
+    #[arg(long)]
+    kind: Option<String>,
+    /// Stop after this many operations.
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+/// `qistatus watch`.
+#[derive(Debug, Args)]
+struct WatchArgs {
+    /// Only this operation key.
+    #[arg(long)]
+    key: Option<String>,
+    /// Only these kinds (repeat, or separate with commas).
+    #[arg(long = "kind", value_delimiter = ',')]
+    kinds: Vec<String>,
+    /// Only changes into these statuses (repeat, or separate with commas).
+    #[arg(long = "status", value_delimiter = ',')]
+    statuses: Vec<String>,
+    /// Only changes into these phases (repeat, or separate with commas).
+    #[arg(long = "phase", value_enum, value_delimiter = ',')]
+    phases: Vec<PhaseArg>,
+    /// Resume after this sequence instead of starting from now.
+    #[arg(long)]
+    from_sequence: Option<u64>,
+    /// With --key: print the operation's current state first.
+    #[arg(long, requires = "key")]
+    initial: bool,
+    /// Also print webhooks that did not change the status.
+    #[arg(long)]
+    include_unchanged: bool,
+    /// Only changes that reach one of these milestones, once each per operation whatever
+    /// the delivery order (e.g. `disbursed,canceled`).
+    #[arg(long = "milestone", value_delimiter = ',')]
+    milestones: Vec<String>,
+    /// With --from-sequence: the store that sequence was seen on (`Progress.store_id` of
+    /// the API); refused if the server's store is another one. Reconnects always check it.
+    #[arg(long, requires = "from_sequence")]
+    store_id: Option<String>,
+}
+
+/// `qistatus replay`.
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    /// The archive.
+    source: String,
+    /// Where to post.
+    #[arg(
+        long,
+        env = "QISTATUS_INTAKE",
+        default_value = "http://127.0.0.1:8080/webhooks"
+    )]
+    intake: String,
+    /// Most webhooks in flight at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Most webhooks started per second (no limit by default).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Sign each webhook with this Standard Webhooks secret (`whsec_...`), for intakes
+    /// started with --webhook-secret.
+    #[arg(long, env = "QISTATUS_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+}
+
+/// `qistatus snapshot`.
+#[derive(Debug, Args)]
+struct SnapshotArgs {
+    #[command(subcommand)]
+    command: SnapshotCommand,
+}
+
+/// `qistatus quarantine`.
+#[derive(Debug, Args)]
+struct QuarantineArgs {
+    /// Also print each webhook's body (it may hold personal data).
+    #[arg(long)]
+    payload: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -207,245 +231,290 @@ async fn interrupted() {
 }
 
 async fn run(cli: Cli) -> Result<(), ClientError> {
+    let Cli {
+        server,
+        token,
+        ca,
+        timeout,
+        json,
+        command,
+    } = cli;
+    // Replay posts to the intake over HTTP: no gRPC connection.
+    if let Command::Replay(args) = command {
+        return replay(args, timeout, json).await;
+    }
     let ca_pem =
-        match &cli.ca {
+        match &ca {
             Some(path) => Some(std::fs::read(path).map_err(|e| {
                 ClientError::Tls(format!("cannot read --ca {}: {e}", path.display()))
             })?),
             None => None,
         };
-    if let Command::Replay {
-        source,
-        intake,
-        concurrency,
-        rate,
-        webhook_secret,
-    } = &cli.command
-    {
-        let secret = webhook_secret
-            .as_deref()
-            .map(qistatus::standard_webhooks::parse_secret)
-            .transpose()
-            .map_err(|e| ClientError::Output(format!("--webhook-secret: {e}")))?;
-        let summary = replay::run(replay::Replay {
-            source: source.clone(),
-            intake: intake.clone(),
-            concurrency: *concurrency,
-            rate: *rate,
-            secret,
-            timeout: cli.timeout,
-        })
-        .await
-        .map_err(ClientError::Output)?;
-        let line = if cli.json {
-            serde_json::json!({
-                "webhooks": summary.total(),
-                "accepted": summary.accepted,
-                "duplicate": summary.duplicate,
-                "quarantined": summary.quarantined,
-                "failed": summary.failed,
-            })
-            .to_string()
-        } else {
-            format!(
-                "replayed {} webhook(s): {} accepted, {} duplicate, {} quarantined, {} failed",
-                summary.total(),
-                summary.accepted,
-                summary.duplicate,
-                summary.quarantined,
-                summary.failed
-            )
-        };
-        println!("{line}");
-        if summary.failed > 0 {
-            return Err(ClientError::Output(format!(
-                "{} webhook(s) failed (see above)",
-                summary.failed
-            )));
-        }
-        return Ok(());
-    }
     let options = ConnectOptions {
-        token: cli.token.clone(),
+        token,
         ca_pem,
-        timeout: Some(cli.timeout),
+        timeout: Some(timeout),
     };
     // A watch waits for a server that is not up yet (and says so); the other commands fail
     // at once with the reason.
-    let mut client = if matches!(cli.command, Command::Watch { .. }) {
-        Client::connect_lazy_with(&cli.server, options)?
+    let client = if matches!(command, Command::Watch(_)) {
+        Client::connect_lazy_with(&server, options)?
     } else {
-        Client::connect_with(&cli.server, options).await?
+        Client::connect_with(&server, options).await?
     };
-    match cli.command {
-        Command::Get { key, kind, full } => {
-            let view = if full {
-                pb::OperationView::Full
-            } else {
-                pb::OperationView::Basic
-            };
-            let op = client.get_view(&key, kind.as_deref(), view).await?;
-            if cli.json {
-                println!("{}", json::operation(&op));
-            } else {
-                print_operation(&op);
-            }
-        }
-        Command::List {
-            statuses,
-            phase,
-            kind,
-            limit,
-        } => {
-            let query = ListQuery {
-                kind,
-                statuses,
-                phase: phase.map(Into::into),
-                page_size: limit.map_or(0, |l| l.clamp(1, 1000) as u32),
-            };
-            let operations = client.list(query).take(limit.unwrap_or(usize::MAX));
-            tokio::pin!(operations);
-            let mut count = 0;
-            while let Some(op) = operations.next().await {
-                let op = op?;
-                if cli.json {
-                    println!("{}", json::operation(&op));
-                } else {
-                    if count == 0 {
-                        println!(
-                            "{:<26} {:<38} {:<34} {:<10} updated",
-                            "kind", "key", "status", "phase"
-                        );
-                    }
-                    println!(
-                        "{:<26} {:<38} {:<34} {:<10} {}",
-                        printable(&op.kind),
-                        printable(&op.key),
-                        printable(&op.status),
-                        phase_name(op.phase),
-                        rfc3339(op.updated_at.as_ref())
-                    );
-                }
-                count += 1;
-            }
-            if !cli.json {
-                eprintln!("{count} operation(s)");
-            }
-        }
-        Command::Watch {
-            key,
-            kinds,
-            statuses,
-            phases,
-            from_sequence,
-            initial,
-            include_unchanged,
-            store_id,
-            milestones,
-        } => {
-            // With a key, a single kind names which operation of that key (the key may name
-            // several); without one, kinds filter.
-            let (kind, kinds) = match (&key, kinds.as_slice()) {
-                (Some(_), [kind]) => (Some(kind.clone()), Vec::new()),
-                _ => (None, kinds),
-            };
-            let query = WatchQuery {
-                key,
-                kind,
-                kinds,
-                statuses,
-                phases: phases.into_iter().map(Into::into).collect(),
-                start_after_sequence: from_sequence,
-                send_initial_state: initial,
-                include_unchanged,
-                store_id,
-                milestones,
-            };
-            let events = client.watch(query);
-            tokio::pin!(events);
-            while let Some(event) = events.next().await {
-                match event? {
-                    WatchEvent::Change(change) => print_change(&change, cli.json),
-                    WatchEvent::Progress(_) => {}
-                    WatchEvent::Reconnecting {
-                        resume_after,
-                        reason,
-                        delay,
-                    } => {
-                        let after =
-                            resume_after.map_or("now".to_owned(), |s| format!("sequence {s}"));
-                        eprintln!(
-                            "qistatus: {reason}; reconnecting in {delay:?}, resuming after {after}"
-                        );
-                    }
-                }
-            }
-        }
-        Command::Snapshot {
+    match command {
+        Command::Get(args) => get(client, args, json).await,
+        Command::List(args) => list(client, args, json).await,
+        Command::Watch(args) => watch(client, args, json).await,
+        Command::Snapshot(SnapshotArgs {
             command: SnapshotCommand::Save { file },
-        } => {
-            let partial = file.with_extension("partial");
-            let out = std::fs::File::create(&partial)
-                .map_err(|e| ClientError::Output(format!("{}: {e}", partial.display())))?;
-            let saved = client.save_snapshot(std::io::BufWriter::new(&out)).await?;
-            out.sync_all()
-                .and_then(|()| std::fs::rename(&partial, &file))
-                .map_err(|e| ClientError::Output(format!("{}: {e}", file.display())))?;
-            if cli.json {
+        }) => save_snapshot(client, file, json).await,
+        Command::Stats => stats(client, json).await,
+        Command::Quarantine(args) => quarantine(client, args, json).await,
+        Command::Replay(_) => unreachable!("replay returned above, before connecting"),
+    }
+}
+
+/// `qistatus get`: one operation, its milestones, facts and history.
+async fn get(mut client: Client, args: GetArgs, json: bool) -> Result<(), ClientError> {
+    let view = if args.full {
+        pb::OperationView::Full
+    } else {
+        pb::OperationView::Basic
+    };
+    let op = client
+        .get_view(&args.key, args.kind.as_deref(), view)
+        .await?;
+    if json {
+        println!("{}", json::operation(&op));
+    } else {
+        print_operation(&op);
+    }
+    Ok(())
+}
+
+/// `qistatus list`: every page of a `ListByStatus` query, a line (or object) each.
+async fn list(client: Client, args: ListArgs, json: bool) -> Result<(), ClientError> {
+    let ListArgs {
+        statuses,
+        phase,
+        kind,
+        limit,
+    } = args;
+    let query = ListQuery {
+        kind,
+        statuses,
+        phase: phase.map(Into::into),
+        page_size: limit.map_or(0, |l| l.clamp(1, 1000) as u32),
+    };
+    let operations = client.list(query).take(limit.unwrap_or(usize::MAX));
+    tokio::pin!(operations);
+    let mut count = 0;
+    while let Some(op) = operations.next().await {
+        let op = op?;
+        if json {
+            println!("{}", json::operation(&op));
+        } else {
+            if count == 0 {
                 println!(
-                    "{}",
-                    serde_json::json!({
-                        "file": file.display().to_string(),
-                        "head_sequence": saved.head_sequence,
-                        "store_id": saved.store_id,
-                        "bytes": saved.bytes,
-                    })
-                );
-            } else {
-                println!(
-                    "saved {}: store {} through sequence {}, {} bytes",
-                    file.display(),
-                    saved.store_id,
-                    saved.head_sequence,
-                    saved.bytes
+                    "{:<26} {:<38} {:<34} {:<10} updated",
+                    "kind", "key", "status", "phase"
                 );
             }
+            println!(
+                "{:<26} {:<38} {:<34} {:<10} {}",
+                printable(&op.kind),
+                printable(&op.key),
+                printable(&op.status),
+                phase_name(op.phase),
+                rfc3339(op.updated_at.as_ref())
+            );
         }
-        Command::Replay { .. } => unreachable!("replay is handled before connecting"),
-        Command::Stats => {
-            let stats = client.stats().await?;
-            if cli.json {
-                println!("{}", json::stats(&stats));
-            } else {
-                print_stats(&stats);
+        count += 1;
+    }
+    if !json {
+        eprintln!("{count} operation(s)");
+    }
+    Ok(())
+}
+
+/// `qistatus watch`: changes as they happen, until Ctrl-C; reconnects are said on stderr.
+async fn watch(client: Client, args: WatchArgs, json: bool) -> Result<(), ClientError> {
+    let WatchArgs {
+        key,
+        kinds,
+        statuses,
+        phases,
+        from_sequence,
+        initial,
+        include_unchanged,
+        milestones,
+        store_id,
+    } = args;
+    // With a key, a single kind names which operation of that key (the key may name
+    // several); without one, kinds filter.
+    let (kind, kinds) = match (&key, kinds.as_slice()) {
+        (Some(_), [kind]) => (Some(kind.clone()), Vec::new()),
+        _ => (None, kinds),
+    };
+    let query = WatchQuery {
+        key,
+        kind,
+        kinds,
+        statuses,
+        phases: phases.into_iter().map(Into::into).collect(),
+        start_after_sequence: from_sequence,
+        send_initial_state: initial,
+        include_unchanged,
+        store_id,
+        milestones,
+    };
+    let events = client.watch(query);
+    tokio::pin!(events);
+    while let Some(event) = events.next().await {
+        match event? {
+            WatchEvent::Change(change) => print_change(&change, json),
+            WatchEvent::Progress(_) => {}
+            WatchEvent::Reconnecting {
+                resume_after,
+                reason,
+                delay,
+            } => {
+                let after = resume_after.map_or("now".to_owned(), |s| format!("sequence {s}"));
+                eprintln!("qistatus: {reason}; reconnecting in {delay:?}, resuming after {after}");
             }
         }
-        Command::Quarantine { payload } => {
-            let entries = client.quarantine(payload).await?;
-            tokio::pin!(entries);
-            let mut count = 0;
-            while let Some(entry) = entries.next().await {
-                let entry = entry?;
-                if cli.json {
-                    println!("{}", json::quarantined(&entry));
-                } else {
-                    println!(
-                        "{}\t{}\t{} bytes\t{}",
-                        entry.id,
-                        rfc3339(entry.received_at.as_ref()),
-                        entry.size_bytes,
-                        printable(&entry.reason)
-                    );
-                    if payload {
-                        println!("{}", printable(&String::from_utf8_lossy(&entry.payload)));
-                    }
-                }
-                count += 1;
-            }
-            if !cli.json {
-                eprintln!("{count} quarantined webhook(s)");
+    }
+    Ok(())
+}
+
+/// `qistatus snapshot save FILE`: written whole beside FILE, synced, then renamed into place.
+async fn save_snapshot(
+    mut client: Client,
+    file: std::path::PathBuf,
+    json: bool,
+) -> Result<(), ClientError> {
+    let partial = file.with_extension("partial");
+    let out = std::fs::File::create(&partial)
+        .map_err(|e| ClientError::Output(format!("{}: {e}", partial.display())))?;
+    let saved = client.save_snapshot(std::io::BufWriter::new(&out)).await?;
+    out.sync_all()
+        .and_then(|()| std::fs::rename(&partial, &file))
+        .map_err(|e| ClientError::Output(format!("{}: {e}", file.display())))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "file": file.display().to_string(),
+                "head_sequence": saved.head_sequence,
+                "store_id": saved.store_id,
+                "bytes": saved.bytes,
+            })
+        );
+    } else {
+        println!(
+            "saved {}: store {} through sequence {}, {} bytes",
+            file.display(),
+            saved.store_id,
+            saved.head_sequence,
+            saved.bytes
+        );
+    }
+    Ok(())
+}
+
+/// `qistatus stats`: operations by kind and status, and the log's head.
+async fn stats(mut client: Client, json: bool) -> Result<(), ClientError> {
+    let stats = client.stats().await?;
+    if json {
+        println!("{}", json::stats(&stats));
+    } else {
+        print_stats(&stats);
+    }
+    Ok(())
+}
+
+/// `qistatus quarantine`: the quarantined webhooks, with their bodies on request.
+async fn quarantine(
+    mut client: Client,
+    args: QuarantineArgs,
+    json: bool,
+) -> Result<(), ClientError> {
+    let entries = client.quarantine(args.payload).await?;
+    tokio::pin!(entries);
+    let mut count = 0;
+    while let Some(entry) = entries.next().await {
+        let entry = entry?;
+        if json {
+            println!("{}", json::quarantined(&entry));
+        } else {
+            println!(
+                "{}\t{}\t{} bytes\t{}",
+                entry.id,
+                rfc3339(entry.received_at.as_ref()),
+                entry.size_bytes,
+                printable(&entry.reason)
+            );
+            if args.payload {
+                println!("{}", printable(&String::from_utf8_lossy(&entry.payload)));
             }
         }
+        count += 1;
+    }
+    if !json {
+        eprintln!("{count} quarantined webhook(s)");
+    }
+    Ok(())
+}
+
+/// `qistatus replay`: posts an archive to an intake and sums up what became of each webhook;
+/// fails if any failed.
+async fn replay(
+    args: ReplayArgs,
+    timeout: std::time::Duration,
+    json: bool,
+) -> Result<(), ClientError> {
+    let secret = args
+        .webhook_secret
+        .as_deref()
+        .map(qistatus::standard_webhooks::parse_secret)
+        .transpose()
+        .map_err(|e| ClientError::Output(format!("--webhook-secret: {e}")))?;
+    let summary = replay::run(replay::Replay {
+        source: args.source,
+        intake: args.intake,
+        concurrency: args.concurrency,
+        rate: args.rate,
+        secret,
+        timeout,
+    })
+    .await
+    .map_err(ClientError::Output)?;
+    let line = if json {
+        serde_json::json!({
+            "webhooks": summary.total(),
+            "accepted": summary.accepted,
+            "duplicate": summary.duplicate,
+            "quarantined": summary.quarantined,
+            "failed": summary.failed,
+        })
+        .to_string()
+    } else {
+        format!(
+            "replayed {} webhook(s): {} accepted, {} duplicate, {} quarantined, {} failed",
+            summary.total(),
+            summary.accepted,
+            summary.duplicate,
+            summary.quarantined,
+            summary.failed
+        )
+    };
+    println!("{line}");
+    if summary.failed > 0 {
+        return Err(ClientError::Output(format!(
+            "{} webhook(s) failed (see above)",
+            summary.failed
+        )));
     }
     Ok(())
 }

@@ -19,6 +19,8 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use qistatus::client::Backoff;
+
 /// Where the webhooks come from and where they go.
 #[derive(Debug, Clone)]
 pub(crate) struct Replay {
@@ -131,7 +133,7 @@ pub(crate) async fn run(replay: Replay) -> Result<Summary, String> {
 }
 
 async fn post(http: &reqwest::Client, replay: &Replay, body: &[u8]) -> Outcome {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     let mut last_error = String::new();
     for _ in 0..TRIES {
         let mut request = http
@@ -165,8 +167,8 @@ async fn post(http: &reqwest::Client, replay: &Replay, body: &[u8]) -> Outcome {
                     (202, Some("quarantined")) => return Outcome::Quarantined,
                     (503, _) => {
                         last_error = format!("the intake is busy ({status})");
-                        let wait = retry_after.map_or(backoff, Duration::from_secs);
-                        tokio::time::sleep(wait).await;
+                        let wait = backoff.next_delay();
+                        tokio::time::sleep(retry_after.map_or(wait, Duration::from_secs)).await;
                     }
                     _ => {
                         let reason = answer["error"].as_str().unwrap_or("no reason given");
@@ -176,10 +178,9 @@ async fn post(http: &reqwest::Client, replay: &Replay, body: &[u8]) -> Outcome {
             }
             Err(e) => {
                 last_error = format!("cannot reach {}: {e}", replay.intake);
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
     Outcome::Failed(format!("{last_error} (after {TRIES} tries)"))
 }

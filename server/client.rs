@@ -364,7 +364,7 @@ impl Client {
     }
 
     /// The changes `query` selects, for as long as the stream is read. Dropped connections
-    /// and server restarts are retried with backoff (100 ms doubling to 5 s), resuming after
+    /// and server restarts are retried with [`Backoff`] (100 ms doubling to 5 s), resuming after
     /// the last sequence yielded, so nothing is missed or repeated. Errors that retrying
     /// cannot fix (a bad filter, a resume point older than the retained log, a server that
     /// came back with another store) end the stream.
@@ -378,7 +378,7 @@ impl Client {
             let mut resume = query.start_after_sequence;
             let mut want_initial = query.send_initial_state;
             let mut store_id = query.store_id.clone();
-            let mut backoff = MIN_BACKOFF;
+            let mut backoff = Backoff::new();
             loop {
                 let request = query.request(resume, want_initial, store_id.as_deref());
                 let failure = match inner.watch_operation(request).await {
@@ -392,7 +392,7 @@ impl Client {
                                 }
                                 Err(status) => break status,
                             };
-                            backoff = MIN_BACKOFF;
+                            backoff.reset();
                             let event = match event {
                                 Some(pb::watch_operation_response::Event::Change(change)) => {
                                     if change.initial {
@@ -425,19 +425,19 @@ impl Client {
                     let _ = tx.send(Err(failure.into())).await;
                     return;
                 }
+                let delay = backoff.next_delay();
                 let notice = WatchEvent::Reconnecting {
                     resume_after: resume,
                     reason: status_message(&failure),
-                    delay: backoff,
+                    delay,
                 };
                 if tx.send(Ok(notice)).await.is_err() {
                     return;
                 }
                 tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(delay) => {}
                     () = tx.closed() => return,
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         });
         ReceiverStream::new(rx)
@@ -449,8 +449,75 @@ impl Client {
     }
 }
 
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long to wait before each retry of something that failed for a passing reason: 100 ms
+/// doubling to 5 s, each wait drawn at random from its upper half ("equal jitter"), so that
+/// clients dropped together (a server restart) do not come back together. The one backoff of
+/// every client here: the watch's reconnects and the CLI's replay retries.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    ceiling: Duration,
+}
+
+impl Backoff {
+    /// The first wait's ceiling.
+    pub const MIN: Duration = Duration::from_millis(100);
+    /// The largest ceiling.
+    pub const MAX: Duration = Duration::from_secs(5);
+
+    /// A backoff at its start.
+    pub fn new() -> Self {
+        Backoff { ceiling: Self::MIN }
+    }
+
+    /// The next wait: between half the current ceiling and the ceiling, which then doubles.
+    pub fn next_delay(&mut self) -> Duration {
+        let half = self.ceiling / 2;
+        let delay = half + half.mul_f64(jitter());
+        self.ceiling = (self.ceiling * 2).min(Self::MAX);
+        delay
+    }
+
+    /// Back to the start, after something succeeded.
+    pub fn reset(&mut self) {
+        self.ceiling = Self::MIN;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new()
+    }
+}
+
+/// A number in `[0, 1)`, different on every call: std's randomly keyed hasher, which is seeded
+/// once per process and advanced on every `RandomState::new()`. Good enough for spreading
+/// retries, and no random-number crate in the client's build.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let bits = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// RFC 3339 text of a protobuf timestamp, in UTC; empty for an unset or invalid one.
+pub fn rfc3339(t: Option<&prost_types::Timestamp>) -> String {
+    t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?))
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        .unwrap_or_default()
+}
+
+/// The lower-case name of a phase value, as the CLI and the JSON shapes print it
+/// (`unspecified` for 0 or a value this build does not know).
+pub fn phase_name(phase: i32) -> &'static str {
+    match pb::Phase::try_from(phase) {
+        Ok(pb::Phase::Pending) => "pending",
+        Ok(pb::Phase::Active) => "active",
+        Ok(pb::Phase::Succeeded) => "succeeded",
+        Ok(pb::Phase::Failed) => "failed",
+        Ok(pb::Phase::Unspecified) | Err(_) => "unspecified",
+    }
+}
 
 /// Whether a failed watch may succeed if tried again.
 fn retryable(code: Code) -> bool {
@@ -545,4 +612,62 @@ pub enum WatchEvent {
         /// How long it waits first.
         delay: Duration,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_utc_rfc3339_and_phases_have_their_names() {
+        let t = prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 0,
+        };
+        assert_eq!(rfc3339(Some(&t)), "2023-11-14T22:13:20Z");
+        let t = prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 5_000_000,
+        };
+        assert_eq!(rfc3339(Some(&t)), "2023-11-14T22:13:20.005Z");
+        assert_eq!(rfc3339(None), "");
+        let negative = prost_types::Timestamp {
+            seconds: 0,
+            nanos: -1,
+        };
+        assert_eq!(
+            rfc3339(Some(&negative)),
+            "",
+            "an invalid timestamp prints nothing"
+        );
+        assert_eq!(phase_name(pb::Phase::Failed as i32), "failed");
+        assert_eq!(phase_name(pb::Phase::Pending as i32), "pending");
+        assert_eq!(phase_name(99), "unspecified");
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_ceiling_with_jitter_and_resets() {
+        let mut backoff = Backoff::new();
+        let mut ceiling = Backoff::MIN;
+        let mut delays = Vec::new();
+        for _ in 0..10 {
+            let delay = backoff.next_delay();
+            assert!(
+                delay >= ceiling / 2 && delay <= ceiling,
+                "{delay:?} outside [{:?}, {ceiling:?}]",
+                ceiling / 2
+            );
+            delays.push(delay);
+            ceiling = (ceiling * 2).min(Backoff::MAX);
+        }
+        assert!(delays[9] >= Backoff::MAX / 2, "the ceiling is reached");
+        let distinct: std::collections::BTreeSet<_> =
+            (0..20).map(|_| Backoff::new().next_delay()).collect();
+        assert!(
+            distinct.len() > 1,
+            "every first delay was the same: no jitter"
+        );
+        backoff.reset();
+        assert!(backoff.next_delay() <= Backoff::MIN);
+    }
 }

@@ -197,12 +197,9 @@ pub fn phase(op: &pb::Operation) -> &'static str {
     }
 }
 
-/// RFC 3339 text (UTC, whole seconds when exact) of a protobuf timestamp; empty when unset.
-pub fn rfc3339(t: Option<&prost_types::Timestamp>) -> String {
-    t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-        .unwrap_or_default()
-}
+/// RFC 3339 text (UTC, whole seconds when exact) of a protobuf timestamp, as the CLI prints
+/// it; empty when unset.
+pub use qistatus::client::rfc3339;
 
 /// A JSON webhook body.
 pub fn webhook(kind: &str, key: &str, status: &str, event_datetime: &str) -> Vec<u8> {

@@ -57,6 +57,12 @@ pub struct Config {
     #[arg(long, env = "QISTATUS_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
     pub admin_addr: SocketAddr,
 
+    /// Once the listeners are bound, write the addresses they got to this file as JSON
+    /// (`{"http": ..., "grpc": ..., "admin": ...}`, replaced whole): with port 0 in an
+    /// address, how a supervisor or a test learns the port the system chose.
+    #[arg(long, env = "QISTATUS_PORTS_FILE")]
+    pub ports_file: Option<PathBuf>,
+
     /// Largest accepted webhook body, in bytes.
     #[arg(long, env = "QISTATUS_MAX_BODY", default_value_t = IntakeLimits::DEFAULT.max_body)]
     pub max_body: usize,

@@ -44,13 +44,25 @@ async fn main() -> anyhow::Result<()> {
                      them off the public network"
                 );
             }
+            let (http_at, grpc_at, admin_at) =
+                (http.local_addr()?, grpc.local_addr()?, admin.local_addr()?);
             tracing::info!(
-                http = %http.local_addr()?,
-                grpc = %grpc.local_addr()?,
-                admin = %admin.local_addr()?,
+                http = %http_at,
+                grpc = %grpc_at,
+                admin = %admin_at,
                 data_dir = %config.data_dir.display(),
                 "qistatus-server listening"
             );
+            if let Some(path) = &config.ports_file {
+                let ports = format!(
+                    "{{\"http\":\"{http_at}\",\"grpc\":\"{grpc_at}\",\"admin\":\"{admin_at}\"}}\n"
+                );
+                // Written beside, then renamed: a reader never sees half a file.
+                let partial = path.with_extension("partial");
+                std::fs::write(&partial, ports)
+                    .and_then(|()| std::fs::rename(&partial, path))
+                    .with_context(|| format!("cannot write --ports-file {}", path.display()))?;
+            }
             let listeners = qistatus::Listeners {
                 http,
                 grpc,

@@ -231,7 +231,8 @@ async fn connection_problems_are_named_with_the_fix_and_bounded_in_time() {
 #[tokio::test]
 async fn watch_waits_for_a_server_that_is_not_up_yet() {
     let dir = tempfile::tempdir().unwrap();
-    let (http, grpc) = (crate::process::free_addr(), crate::process::free_addr());
+    // The watcher starts first, so its server's address must be known before it exists.
+    let grpc = crate::process::free_addr();
     let mut watch = tokio::process::Command::new(crate::process::CLI_BIN)
         .args([
             "--server",
@@ -245,15 +246,29 @@ async fn watch_waits_for_a_server_that_is_not_up_yet() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    // It says it is waiting...
+    let mut stderr = tokio::io::BufReader::new(watch.stderr.take().unwrap());
+    let mut said = String::new();
+    let waiting = async {
+        use tokio::io::AsyncBufReadExt;
+        while !said.contains("reconnecting") {
+            let n = stderr.read_line(&mut said).await.unwrap();
+            assert!(n > 0, "the watch exited: {said}");
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(15), waiting)
+        .await
+        .expect("the watcher says it is reconnecting");
+    // ...and is connected once the server is up: the server counts it.
     let server = crate::process::ServerCommand::new(dir.path())
-        .at(http, grpc)
+        .grpc_at(grpc)
         .start()
         .await;
-    // Give the watcher time to reconnect and start from "now" before the change.
-    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    server
+        .metric_reaches("qistatus_watchers", 1.0, std::time::Duration::from_secs(15))
+        .await;
     let answer = reqwest::Client::new()
-        .post(format!("http://{http}/webhooks"))
+        .post(format!("http://{}/webhooks", server.http))
         .body(crate::test_server::webhook(
             "debt",
             "w1",
@@ -279,19 +294,6 @@ async fn watch_waits_for_a_server_that_is_not_up_yet() {
         .await
         .expect("the change reaches the watcher");
     watch.kill().await.unwrap();
-    let mut stderr = String::new();
-    use tokio::io::AsyncReadExt;
-    watch
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .await
-        .unwrap();
-    assert!(
-        stderr.contains("reconnecting"),
-        "it said it was waiting: {stderr}"
-    );
     server.terminate().await;
 }
 

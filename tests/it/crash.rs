@@ -20,11 +20,11 @@ use std::time::Duration;
 use qistatus::pb;
 use qistatus::pb::operation_status_service_client::OperationStatusServiceClient;
 
-use crate::process::{ServerCommand, ServerProcess, free_addr, server_offline};
+use crate::process::{ServerCommand, ServerProcess, server_offline};
 
 /// Starts the binary on `dir` and waits until both listeners answer.
-async fn start(dir: &Path, http: SocketAddr, grpc: SocketAddr) -> ServerProcess {
-    ServerCommand::new(dir).at(http, grpc).start().await
+async fn start(dir: &Path) -> ServerProcess {
+    ServerCommand::new(dir).start().await
 }
 
 struct Rng(u64);
@@ -194,13 +194,12 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_webhook() {
     eprintln!("crash test: {cycles} cycles, QISTATUS_CRASH_SEED={seed}");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
-    let (http, grpc) = (free_addr(), free_addr());
     let acked = Arc::new(Mutex::new(Vec::new()));
 
     let mut total_head = 0;
     for cycle in 0..cycles {
         let senders = if cycle % 2 == 0 {
-            let server = start(dir.path(), http, grpc).await;
+            let server = start(dir.path()).await;
             let senders = load(server.http, cycle, 16, acked.clone());
             tokio::time::sleep(Duration::from_millis(20 + rng.next(400))).await;
             server.kill().await;
@@ -208,7 +207,6 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_webhook() {
         } else {
             let appends = 1 + rng.next(100);
             let server = ServerCommand::new(dir.path())
-                .at(http, grpc)
                 .env(
                     "QISTATUS_FAILPOINT",
                     &format!("abort-after-log-append:{appends}"),
@@ -228,7 +226,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_webhook() {
         }
         rebuild_changes_nothing(dir.path());
 
-        let server = start(dir.path(), http, grpc).await;
+        let server = start(dir.path()).await;
         let snapshot = acked.lock().unwrap().clone();
         let head = verify(&server, &snapshot).await;
         assert!(head >= total_head, "the log never shrinks");
@@ -248,18 +246,25 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_webhook() {
 #[tokio::test]
 async fn sigterm_drains_in_flight_webhooks() {
     let dir = tempfile::tempdir().unwrap();
-    let (http, grpc) = (free_addr(), free_addr());
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let server = start(dir.path(), http, grpc).await;
+    let server = start(dir.path()).await;
     let senders = load(server.http, 0, 16, acked.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SIGTERM while webhooks are in flight: once some were acknowledged.
+    let some_acked = async {
+        while acked.lock().unwrap().len() < 50 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), some_acked)
+        .await
+        .expect("the server acknowledges webhooks");
     let status = server.terminate().await;
     assert!(status.success(), "SIGTERM exits 0: {status}");
     for s in senders {
         s.await.unwrap();
     }
     rebuild_changes_nothing(dir.path());
-    let server = start(dir.path(), http, grpc).await;
+    let server = start(dir.path()).await;
     let snapshot = acked.lock().unwrap().clone();
     assert!(!snapshot.is_empty());
     verify(&server, &snapshot).await;

@@ -1,6 +1,10 @@
 //! The real binaries as processes: one helper that starts `qistatus-server` on loopback,
 //! waits until both listeners answer, and stops it (SIGTERM or SIGKILL), for every test that
 //! needs a process rather than the in-process server of [`crate::test_server`].
+//!
+//! A server binds port 0 and reports the ports it got (`--ports-file`), so no test races
+//! another for a port; [`free_addr`] is only for an address that must be known before the
+//! server exists (a client started first, a port where nothing listens).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,7 +18,8 @@ pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_qistatus-server");
 /// The `qistatus` CLI binary cargo built for these tests.
 pub const CLI_BIN: &str = env!("CARGO_BIN_EXE_qistatus");
 
-/// A loopback address that was free when asked.
+/// A loopback address that was free when asked, and may be taken by the time it is used:
+/// only for an address a test must know before anything listens on it.
 pub fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -26,7 +31,6 @@ pub struct ServerCommand {
     data_dir: PathBuf,
     http: SocketAddr,
     grpc: SocketAddr,
-    admin: SocketAddr,
     log: String,
     stderr: Option<PathBuf>,
     env: Vec<(String, String)>,
@@ -35,13 +39,14 @@ pub struct ServerCommand {
 }
 
 impl ServerCommand {
-    /// A server on `data_dir`, on fresh ports, logging warnings to the test's stderr.
+    /// A server on `data_dir`, on ports the system picks, logging warnings to the test's
+    /// stderr.
     pub fn new(data_dir: &Path) -> Self {
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
         ServerCommand {
             data_dir: data_dir.to_owned(),
-            http: free_addr(),
-            grpc: free_addr(),
-            admin: free_addr(),
+            http: any_port,
+            grpc: any_port,
             log: "warn".into(),
             stderr: None,
             env: Vec::new(),
@@ -53,6 +58,12 @@ impl ServerCommand {
     /// On these addresses (to restart where clients expect it).
     pub fn at(mut self, http: SocketAddr, grpc: SocketAddr) -> Self {
         (self.http, self.grpc) = (http, grpc);
+        self
+    }
+
+    /// With its gRPC API on this address (where a client already waits for it).
+    pub fn grpc_at(mut self, grpc: SocketAddr) -> Self {
+        self.grpc = grpc;
         self
     }
 
@@ -88,6 +99,8 @@ impl ServerCommand {
 
     /// Starts it and waits (at most 30 s) until both listeners answer.
     pub async fn start(self) -> ServerProcess {
+        let ports = tempfile::tempdir().expect("a directory for the ports file");
+        let ports_file = ports.path().join("ports.json");
         let stderr = match &self.stderr {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("create the log file")),
             None => Stdio::inherit(),
@@ -104,7 +117,9 @@ impl ServerCommand {
             .arg(&self.data_dir)
             .args(["--http-addr", &self.http.to_string()])
             .args(["--grpc-addr", &self.grpc.to_string()])
-            .args(["--admin-addr", &self.admin.to_string()])
+            .args(["--admin-addr", "127.0.0.1:0"])
+            .arg("--ports-file")
+            .arg(&ports_file)
             .args(["--log", &self.log])
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -114,28 +129,44 @@ impl ServerCommand {
             .spawn()
             .expect("start qistatus-server");
         let client = reqwest::Client::new();
+        let mut bound: Option<BoundPorts> = None;
         for _ in 0..600 {
             if let Some(status) = child.try_wait().expect("poll the child") {
                 panic!("qistatus-server exited at start: {status}");
             }
-            let ready = client
-                .get(format!("http://{}/healthz", self.http))
-                .send()
-                .await
-                .is_ok()
-                && tokio::net::TcpStream::connect(self.grpc).await.is_ok();
-            if ready {
-                return ServerProcess {
-                    child,
-                    http: self.http,
-                    grpc: self.grpc,
-                    admin: self.admin,
-                };
+            if bound.is_none() {
+                bound = std::fs::read(&ports_file)
+                    .ok()
+                    .map(|json| serde_json::from_slice(&json).expect("the ports file is JSON"));
+            }
+            if let Some(ports) = &bound {
+                let ready = client
+                    .get(format!("http://{}/healthz", ports.http))
+                    .send()
+                    .await
+                    .is_ok()
+                    && tokio::net::TcpStream::connect(ports.grpc).await.is_ok();
+                if ready {
+                    return ServerProcess {
+                        child,
+                        http: ports.http,
+                        grpc: ports.grpc,
+                        admin: ports.admin,
+                    };
+                }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("qistatus-server did not start within 30 s");
     }
+}
+
+/// What `--ports-file` holds: the addresses the listeners got.
+#[derive(serde::Deserialize)]
+struct BoundPorts {
+    http: SocketAddr,
+    grpc: SocketAddr,
+    admin: SocketAddr,
 }
 
 /// A running `qistatus-server`; killed if dropped.
@@ -150,6 +181,33 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
+    /// Waits (at most `limit`) until its `/metrics` shows `metric` at `value` or more: a
+    /// state the server reports, instead of a sleep that guesses how long it takes.
+    pub async fn metric_reaches(&self, metric: &str, value: f64, limit: Duration) {
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut last = None;
+        while tokio::time::Instant::now() < deadline {
+            let text = match client
+                .get(format!("http://{}/metrics", self.admin))
+                .send()
+                .await
+            {
+                Ok(answer) => answer.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            last = text.lines().find_map(|line| {
+                let (name, number) = line.split_once(' ')?;
+                (name == metric).then(|| number.trim().parse::<f64>().ok())?
+            });
+            if last.is_some_and(|v| v >= value) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{metric} did not reach {value} within {limit:?} (last seen: {last:?})");
+    }
+
     /// Its resident memory now, in bytes (Linux: `VmRSS` of `/proc/PID/status`).
     pub fn rss_bytes(&self) -> u64 {
         let pid = self.child.id().expect("the server is running");

@@ -32,6 +32,9 @@ use crate::reload::{CatalogReloader, ReloadError};
 use crate::store::Store;
 use crate::store::WriterHandle;
 
+/// How long after an append failed for lack of space `/readyz` still says not ready.
+const OUT_OF_SPACE_NOT_READY_MS: i64 = 10_000;
+
 /// The admin listener's own bounds: probes and scrapers must get through however busy the
 /// intake is, so the admin listener shares none of the intake's or gRPC's connection budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +100,12 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         Some("shutting down".to_owned())
     } else if !state.writer.is_alive() {
         Some("the writer has stopped: see the log, then restart to replay".to_owned())
+    } else if let Some(since) = state.writer.out_of_space_since()
+        && crate::clock::now_millis() - since < OUT_OF_SPACE_NOT_READY_MS
+    {
+        // Not ready while appends keep failing; ready again a little after the last failure
+        // if no webhook comes to try (a probe must not keep traffic away for ever).
+        Some("the disk is full: webhooks are refused with 503 until there is room again".to_owned())
     } else {
         state.cluster.as_ref().and_then(|c| c.not_ready())
     };

@@ -332,6 +332,16 @@ pub enum Command {
         /// The snapshot file.
         file: PathBuf,
     },
+    /// Check --data-dir with the server stopped: every log record's checksum and order, then
+    /// the view's indexes and counters. Lists every problem; exits non-zero if there is any.
+    Verify,
+    /// Copy every readable webhook of a damaged --data-dir's log, before and after the
+    /// damage, into INTO (new or empty), one file each, and name what could not be read.
+    /// Changes nothing in --data-dir. Post them to a fresh server with `qistatus replay INTO`.
+    Salvage {
+        /// Where to write the webhooks.
+        into: PathBuf,
+    },
 }
 
 /// How logs are written.

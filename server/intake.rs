@@ -407,6 +407,11 @@ impl IntoResponse for IntakeError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "qistatus is shutting down: retry shortly".to_owned(),
             ),
+            // Space runs out and comes back: the sender retries, as QI Tech does.
+            IntakeError::Submit(SubmitError::Store(e)) if e.is_out_of_space() => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "qistatus's disk is full: the webhook was not stored; retry later".to_owned(),
+            ),
             // The writer logged the failure, once for its batch.
             IntakeError::Submit(SubmitError::Store(_)) => (
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -106,6 +106,48 @@ async fn main() -> anyhow::Result<()> {
                 restored.store_id
             );
         }
+        Command::Verify => {
+            let found = qistatus::store::verify(&config.data_dir)
+                .with_context(|| format!("cannot verify {}", config.data_dir.display()))?;
+            println!(
+                "{} log record(s) read, the last is record {}",
+                found.records, found.last_lsn
+            );
+            for damage in &found.damage {
+                println!("damage: {damage}");
+            }
+            for problem in &found.problems {
+                println!("problem: {problem}");
+            }
+            if !found.view_checked {
+                println!(
+                    "the view was not checked: the log must be whole first (a start cuts a torn \
+                     tail, and refuses other damage)"
+                );
+            }
+            if !found.is_sound() {
+                anyhow::bail!(
+                    "{} is damaged: see above; `qistatus-server salvage` copies out what is \
+                     readable",
+                    config.data_dir.display()
+                );
+            }
+            println!("{} is sound", config.data_dir.display());
+        }
+        Command::Salvage { into } => {
+            let salvaged = qistatus::store::salvage(&config.data_dir, &into)
+                .with_context(|| format!("cannot salvage {}", config.data_dir.display()))?;
+            for damage in &salvaged.damage {
+                println!("lost: {damage}");
+            }
+            println!(
+                "salvaged {} webhook(s) into {}; post them to a server on a fresh data \
+                 directory with `qistatus replay {}`",
+                salvaged.records,
+                into.display(),
+                into.display()
+            );
+        }
         Command::Rebuild => {
             let catalog = config.load_catalog()?;
             let store = open_store(&config)?;

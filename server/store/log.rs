@@ -25,7 +25,13 @@
 //!
 //! Trade-offs: one fsync (`fdatasync`) per batch, the only one on the acknowledgement path;
 //! a torn tail (a crash during a write) fails its checksum and is cut off at open, which is
-//! safe because nothing was acknowledged or applied past the last complete frame.
+//! safe because nothing was acknowledged or applied past the last complete frame. A torn
+//! tail is only ever a tail: a bad frame with intact frames after it, or one the view already
+//! applied, is damage, and the open refuses it without cutting a byte ([`LogError::Damaged`]).
+//! Telling the two apart costs a scan of the newest segment for an intact frame after the bad
+//! one, paid only when a bad frame is found at open. A segment whose start failed (a full
+//! disk at rollover) is removed at once, and at open when a crash left it without its header:
+//! it holds no record.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -118,6 +124,49 @@ pub enum LogError {
         /// What is wrong.
         reason: String,
     },
+    /// A damaged record where a crash cannot have left one: intact records follow it, or the
+    /// view already applied past it. Nothing was cut; the start is refused.
+    #[error(
+        "log segment {segment} is damaged at byte {offset} ({reason}), after record {last_good}{after}: \
+         this is not a write cut by a crash, so nothing was cut off. Keep the data directory as \
+         it is; `qistatus-server salvage --data-dir DIR OUT` copies every readable webhook out \
+         of it, before and after the damage, and names what was lost",
+        after = match next_good {
+            Some((offset, lsn)) => format!(" and before record {lsn} (at byte {offset})"),
+            None => String::new(),
+        }
+    )]
+    Damaged {
+        /// The segment.
+        segment: u64,
+        /// Where the damaged frame starts.
+        offset: u64,
+        /// What is wrong with it.
+        reason: String,
+        /// The last intact record before it (0: none).
+        last_good: u64,
+        /// The first intact record after it, and where: (byte offset, LSN).
+        next_good: Option<(u64, u64)>,
+    },
+}
+
+impl LogError {
+    /// Whether the device is out of space (or quota): a condition that passes once space is
+    /// freed, not a fault of the log.
+    pub(crate) fn is_out_of_space(&self) -> bool {
+        match self {
+            LogError::Io(e) => is_out_of_space(e),
+            _ => false,
+        }
+    }
+}
+
+/// ENOSPC or EDQUOT.
+pub(crate) fn is_out_of_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// The durable, ordered record of every stored webhook. See the module docs for the
@@ -166,8 +215,10 @@ pub(crate) struct PinnedSegment {
 
 /// The first bytes of every segment: what it is, and the version of its frame format.
 pub const MAGIC: &[u8; 8] = b"QSTLOG01";
-/// A new segment is started once the current one is this large.
+/// A new segment is started once the current one is this large (by default).
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Overrides [`SEGMENT_BYTES`]: for the fault tests, which need rollovers on a small disk.
+const SEGMENT_BYTES_VARIABLE: &str = "QISTATUS_LOG_SEGMENT_BYTES";
 /// Open segment files kept for payload reads.
 const OPEN_FILES: usize = 64;
 /// Frame header: length and checksum.
@@ -192,6 +243,11 @@ fn segments(dir: &Path) -> std::io::Result<Vec<u64>> {
     Ok(found)
 }
 
+/// The newest segment in `dir`, if any.
+pub(crate) fn newest_segment(dir: &Path) -> Result<Option<u64>, LogError> {
+    Ok(segments(dir)?.last().copied())
+}
+
 /// The local log: segment files in one directory.
 #[derive(Debug)]
 pub(crate) struct SegmentLog {
@@ -203,6 +259,8 @@ pub(crate) struct SegmentLog {
 /// The segment being appended to.
 #[derive(Debug)]
 struct Tail {
+    /// A segment this large is full.
+    segment_bytes: u64,
     /// (first LSN, file, length), once a segment exists.
     current: Option<(u64, File, u64)>,
     last_lsn: u64,
@@ -263,12 +321,8 @@ impl SegmentReader {
         if crc32fast::hash(&body) != crc {
             return Ok(Frame::Torn("a frame whose checksum does not match".into()));
         }
-        let header_len = u32::from_le_bytes(body[..4].try_into().expect("4 bytes")) as usize;
-        let Some(header) = body.get(4..4 + header_len) else {
-            return Err(corrupt(self.segment, "a header longer than its frame"));
-        };
-        let header: RecordHeader = postcard::from_bytes(header)
-            .map_err(|e| corrupt(self.segment, &format!("an unreadable record header: {e}")))?;
+        let (header, header_len) =
+            decode_header(&body).map_err(|reason| corrupt(self.segment, &reason))?;
         let payload_offset = self.offset + FRAME_HEADER + 4 + header_len as u64;
         let raw = Bytes::from(body).slice(4 + header_len..);
         let at = PayloadRef {
@@ -286,6 +340,109 @@ impl SegmentReader {
             at,
         ))
     }
+}
+
+/// The record header at the start of a frame body whose checksum matched.
+fn decode_header(body: &[u8]) -> Result<(RecordHeader, usize), String> {
+    let header_len = u32::from_le_bytes(body[..4].try_into().expect("4 bytes")) as usize;
+    let header = body
+        .get(4..4 + header_len)
+        .ok_or_else(|| "a header longer than its frame".to_owned())?;
+    let header =
+        postcard::from_bytes(header).map_err(|e| format!("an unreadable record header: {e}"))?;
+    Ok((header, header_len))
+}
+
+/// The intact frame at byte `at` of `bytes` (a whole segment), if there is one: its header,
+/// where its payload starts and where the next frame starts. A frame is intact when its
+/// length fits, its checksum matches and its header decodes.
+fn frame_at(bytes: &[u8], at: usize) -> Option<(RecordHeader, usize, usize)> {
+    let head = FRAME_HEADER as usize;
+    let len = u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(bytes.get(at + 4..at + 8)?.try_into().expect("4 bytes"));
+    let body = bytes.get(at + head..at + head + len).filter(|_| len >= 4)?;
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    let (header, header_len) = decode_header(body).ok()?;
+    Some((header, at + head + 4 + header_len, at + head + len))
+}
+
+/// The first intact frame in `bytes` (a whole segment) at or after `from` whose record comes
+/// after `after_lsn`: its offset and LSN. How damage is told from a torn tail, and how salvage
+/// finds where readable records resume. Tries every offset.
+pub(crate) fn find_intact_frame(bytes: &[u8], from: usize, after_lsn: u64) -> Option<(usize, u64)> {
+    (from..bytes.len()).find_map(|at| {
+        let (header, ..) = frame_at(bytes, at)?;
+        (header.lsn > after_lsn).then_some((at, header.lsn))
+    })
+}
+
+/// What a tolerant read of the whole log ([`scan`]) meets, in order.
+#[derive(Debug)]
+pub(crate) enum Scanned<'a> {
+    /// An intact record and its payload.
+    Record {
+        /// Its header.
+        header: RecordHeader,
+        /// Its payload, byte for byte.
+        raw: &'a [u8],
+    },
+    /// Bytes that hold no intact record, between two that are (or at a segment's end).
+    Damage {
+        /// The segment.
+        segment: u64,
+        /// Where the unreadable bytes start and end.
+        from: u64,
+        /// Where they end (the next intact frame, or the segment's end).
+        to: u64,
+        /// The last intact record before them (0: none).
+        after_lsn: u64,
+        /// The next intact record after them, if any in this segment.
+        before_lsn: Option<u64>,
+    },
+}
+
+/// Reads every segment in `dir` in order, past any damage: every intact record, and every
+/// stretch of bytes that holds none, reach `each`. Changes nothing. What `verify` and
+/// `salvage` read the log with; a segment whose header is wrong is one stretch of damage.
+pub(crate) fn scan(
+    dir: &Path,
+    each: &mut dyn FnMut(Scanned<'_>) -> Result<(), crate::store::StoreError>,
+) -> Result<(), crate::store::StoreError> {
+    let mut last_lsn = 0;
+    for segment in segments(dir).map_err(LogError::from)? {
+        let bytes = std::fs::read(segment_path(dir, segment)).map_err(LogError::from)?;
+        let mut at = if bytes.starts_with(MAGIC) {
+            MAGIC.len()
+        } else {
+            0
+        };
+        while at < bytes.len() {
+            match frame_at(&bytes, at) {
+                Some((header, payload, next)) => {
+                    last_lsn = header.lsn;
+                    each(Scanned::Record {
+                        header,
+                        raw: &bytes[payload..next],
+                    })?;
+                    at = next;
+                }
+                None => {
+                    let resumes = find_intact_frame(&bytes, at + 1, last_lsn);
+                    each(Scanned::Damage {
+                        segment,
+                        from: at as u64,
+                        to: resumes.map_or(bytes.len(), |(to, _)| to) as u64,
+                        after_lsn: last_lsn,
+                        before_lsn: resumes.map(|(_, lsn)| lsn),
+                    })?;
+                    at = resumes.map_or(bytes.len(), |(to, _)| to);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads until `buf` is full or the input ends; returns how many bytes were read.
@@ -310,12 +467,40 @@ fn corrupt(segment: u64, reason: &str) -> LogError {
 }
 
 impl SegmentLog {
-    /// Opens (or creates) the log in `dir`. A torn tail in the newest segment (a crash
-    /// during a write) is cut off; damage anywhere else is an error.
-    pub(crate) fn open(dir: PathBuf) -> Result<Self, LogError> {
+    /// Opens (or creates) the log in `dir`, whose records through `applied` the view has
+    /// already applied.
+    ///
+    /// What a crash can leave is repaired: a torn tail (a write the crash cut, never
+    /// acknowledged) is cut off, and a newest segment shorter than its header (a rollover
+    /// the crash or a full disk interrupted, holding no record) is removed. Anything else is
+    /// damage and refused without changing a byte ([`LogError::Damaged`]): a bad frame
+    /// followed by intact ones, or one at or below `applied` (the view applied it, so it was
+    /// acknowledged).
+    pub(crate) fn open(dir: PathBuf, applied: u64) -> Result<Self, LogError> {
         std::fs::create_dir_all(&dir)?;
-        let all = segments(&dir)?;
+        let mut all = segments(&dir)?;
+        while let Some(&newest) = all.last() {
+            let path = segment_path(&dir, newest);
+            let bytes = std::fs::read(&path)?;
+            if bytes.len() >= MAGIC.len() || !MAGIC.starts_with(&bytes) {
+                break;
+            }
+            tracing::warn!(
+                segment = newest,
+                bytes = bytes.len(),
+                "removing a log segment shorter than its header (a rollover cut by a crash or \
+                 a full disk): it holds no record"
+            );
+            std::fs::remove_file(&path)?;
+            File::open(&dir)?.sync_all()?;
+            all.pop();
+        }
+        let segment_bytes = std::env::var(SEGMENT_BYTES_VARIABLE)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(SEGMENT_BYTES);
         let mut tail = Tail {
+            segment_bytes,
             current: None,
             last_lsn: 0,
         };
@@ -326,11 +511,28 @@ impl SegmentLog {
                 match reader.next()? {
                     Frame::Record(record, _) => last_lsn = record.header.lsn,
                     Frame::End => break,
-                    Frame::Torn(why) => {
+                    Frame::Torn(reason) => {
+                        let bytes = std::fs::read(segment_path(&dir, newest))?;
+                        let next_good =
+                            find_intact_frame(&bytes, reader.offset as usize + 1, last_lsn)
+                                .map(|(at, lsn)| (at as u64, lsn));
+                        if next_good.is_some() || last_lsn < applied {
+                            return Err(LogError::Damaged {
+                                segment: newest,
+                                offset: reader.offset,
+                                reason: if next_good.is_none() {
+                                    format!("{reason}, below what the view applied ({applied})")
+                                } else {
+                                    reason
+                                },
+                                last_good: last_lsn,
+                                next_good,
+                            });
+                        }
                         tracing::warn!(
                             segment = newest,
                             offset = reader.offset,
-                            reason = %why,
+                            reason = %reason,
                             "cutting a torn tail off the log (a write cut by a crash)"
                         );
                         break;
@@ -343,6 +545,7 @@ impl SegmentLog {
             file.set_len(reader.offset)?;
             file.sync_all()?;
             tail = Tail {
+                segment_bytes,
                 current: Some((newest, file, reader.offset)),
                 last_lsn,
             };
@@ -397,17 +600,27 @@ impl Tail {
         let full = self
             .current
             .as_ref()
-            .is_none_or(|(_, _, len)| *len >= SEGMENT_BYTES);
+            .is_none_or(|(_, _, len)| *len >= self.segment_bytes);
         if full {
             let path = segment_path(dir, first_lsn);
             let mut file = OpenOptions::new()
                 .create_new(true)
                 .append(true)
                 .open(&path)?;
-            file.write_all(MAGIC)?;
-            file.sync_all()?;
-            // Make the new file's name durable before anything is acknowledged from it.
-            File::open(dir)?.sync_all()?;
+            let started = file
+                .write_all(MAGIC)
+                .and_then(|()| file.sync_all())
+                // Make the new file's name durable before anything is acknowledged from it.
+                .and_then(|()| File::open(dir)?.sync_all());
+            if let Err(e) = started {
+                // It holds no record: remove it, so that the next append (once the disk has
+                // room again) starts it afresh instead of finding it in the way.
+                drop(file);
+                if let Err(removing) = std::fs::remove_file(&path) {
+                    tracing::error!(error = %removing, segment = first_lsn, "cannot remove a segment whose start failed");
+                }
+                return Err(e.into());
+            }
             self.current = Some((first_lsn, file, MAGIC.len() as u64));
         }
         Ok(())
@@ -582,7 +795,7 @@ mod tests {
     #[test]
     fn appends_replay_in_order_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let log = SegmentLog::open(dir.path().join("log")).unwrap();
+        let log = SegmentLog::open(dir.path().join("log"), 0).unwrap();
         assert_eq!(log.last_lsn(), 0);
         let refs = log.append(&[record(1, b"one"), record(2, b"two")]).unwrap();
         log.append(&[record(3, b"three")]).unwrap();
@@ -592,7 +805,7 @@ mod tests {
             [(2, b"two".to_vec()), (3, b"three".to_vec())]
         );
         drop(log);
-        let log = SegmentLog::open(dir.path().join("log")).unwrap();
+        let log = SegmentLog::open(dir.path().join("log"), 0).unwrap();
         assert_eq!(log.last_lsn(), 3);
         assert_eq!(replayed(&log, 0).len(), 3);
         log.append(&[record(4, b"four")]).unwrap();
@@ -603,7 +816,7 @@ mod tests {
     fn a_torn_tail_is_cut_at_open_and_the_log_continues() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
-        let log = SegmentLog::open(path.clone()).unwrap();
+        let log = SegmentLog::open(path.clone(), 0).unwrap();
         log.append(&[record(1, b"kept")]).unwrap();
         log.append(&[record(2, b"torn by a crash")]).unwrap();
         drop(log);
@@ -617,7 +830,7 @@ mod tests {
             .set_len(len - 5)
             .unwrap();
 
-        let log = SegmentLog::open(path.clone()).unwrap();
+        let log = SegmentLog::open(path.clone(), 0).unwrap();
         assert_eq!(log.last_lsn(), 1);
         assert_eq!(replayed(&log, 0), [(1, b"kept".to_vec())]);
         log.append(&[record(2, b"again")]).unwrap();
@@ -629,7 +842,7 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 0x40;
         std::fs::write(&file, bytes).unwrap();
-        let log = SegmentLog::open(path).unwrap();
+        let log = SegmentLog::open(path, 0).unwrap();
         assert_eq!(log.last_lsn(), 1);
     }
 
@@ -638,7 +851,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("log")).unwrap();
         std::fs::write(segment_path(&dir.path().join("log"), 1), b"something else").unwrap();
-        let err = SegmentLog::open(dir.path().join("log"))
+        let err = SegmentLog::open(dir.path().join("log"), 0)
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a qistatus log segment"), "{err}");
@@ -652,7 +865,7 @@ mod tests {
             let mut f = File::create(segment_path(&path_created(&path), first)).unwrap();
             f.write_all(MAGIC).unwrap();
         }
-        let log = SegmentLog::open(path.clone()).unwrap();
+        let log = SegmentLog::open(path.clone(), 0).unwrap();
         let keep = PayloadRef {
             segment: 10,
             offset: 8,

@@ -45,6 +45,7 @@
 //!   [`record::decode`]).
 
 mod index;
+mod integrity;
 mod keys;
 mod log;
 mod open;
@@ -69,6 +70,7 @@ use record::{StoredEvent, decode, decode_entry, u64_from_be};
 
 // The door: what the rest of qistatus uses of the store. Nobody outside `store/` names a
 // submodule; what is not re-exported here is the store's own business.
+pub use integrity::{Damage, Salvage, Verification, salvage, verify};
 pub use open::{CHECKPOINT_INTERVAL_MS, DEFAULT_CACHE_MB, STORE_FORMAT};
 pub use rebuild::{RebuildReport, rebuild};
 pub(crate) use recent::RecentChanges;
@@ -137,6 +139,17 @@ pub enum StoreError {
         /// The system's error.
         reason: String,
     },
+}
+
+impl StoreError {
+    /// Whether this is the device being out of space: it passes once space is freed.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            StoreError::Log(e) => e.is_out_of_space(),
+            StoreError::Io(e) | StoreError::Sled(sled::Error::Io(e)) => log::is_out_of_space(e),
+            _ => false,
+        }
+    }
 }
 
 /// A stored webhook's event entry in the view: what it was attributed to and where its body

@@ -48,6 +48,12 @@ impl Store {
         }
         let all = db.open_tree("qistatus")?;
         let fresh = all.is_empty();
+        // What the view applied is acknowledged: the log must hold it, and its start may
+        // repair a torn tail only past it.
+        let applied = match all.get(Key::Meta(Meta::AppliedThrough).encode())? {
+            Some(v) => u64_from_be(&v, "meta")?,
+            None => 0,
+        };
         let space = |id: SpaceId| Space::new(all.clone(), id);
         let trees = Trees {
             events: space(SpaceId::Events),
@@ -61,14 +67,14 @@ impl Store {
         let store = Store {
             db,
             trees,
-            log: Arc::new(SegmentLog::open(dir.join("log"))?),
+            log: Arc::new(SegmentLog::open(dir.join("log"), applied)?),
             dir: dir.to_owned(),
         };
         store.check_format(fresh)?;
         store.ensure_random_meta(Meta::PageTokenSecret, 32, "the page-token secret")?;
         store.ensure_random_meta(Meta::StoreId, 16, "the store's identity")?;
         store.ensure_counts()?;
-        let (applied, log_ends) = (store.applied_through()?, store.log.last_lsn());
+        let log_ends = store.log.last_lsn();
         if log_ends < applied {
             return Err(StoreError::LogBehindView { log_ends, applied });
         }

@@ -16,7 +16,7 @@ use qistatus::pb;
 use tokio::process::{Child, Command};
 use tokio_stream::StreamExt;
 
-use crate::process::{ServerCommand, free_addr, send_signal};
+use crate::process::{ServerCommand, free_addr, refused_start, send_signal};
 use crate::test_server::webhook;
 
 /// A NATS server of the test cluster.
@@ -391,22 +391,6 @@ async fn two_nodes_on_a_replicated_stream_agree_and_lose_nothing_when_killed() {
         );
     }
     drop((a, b));
-}
-
-/// Runs `qistatus-server` on `dir` with `args`, expecting it to refuse to start; returns what
-/// it said.
-fn refused_start(dir: &Path, args: &[&str]) -> String {
-    let output = std::process::Command::new(crate::process::SERVER_BIN)
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .args(["--http-addr", "127.0.0.1:0"])
-        .args(["--grpc-addr", "127.0.0.1:0"])
-        .args(["--admin-addr", "127.0.0.1:0"])
-        .output()
-        .expect("run qistatus-server");
-    assert!(!output.status.success(), "it started");
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// A node that cannot follow the stream refuses to start, saying why.

@@ -22,6 +22,7 @@ mod crash;
 mod delivery_order;
 mod every_kind;
 mod get_operation;
+mod integrity;
 mod list;
 mod logs;
 mod memory;

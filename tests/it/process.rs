@@ -275,3 +275,19 @@ where
         .output()
         .expect("run qistatus-server")
 }
+
+/// Runs `qistatus-server` on `dir` with `args`, expecting it to refuse to start; returns what
+/// it said.
+pub fn refused_start(dir: &Path, args: &[&str]) -> String {
+    let output = std::process::Command::new(crate::process::SERVER_BIN)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .args(["--http-addr", "127.0.0.1:0"])
+        .args(["--grpc-addr", "127.0.0.1:0"])
+        .args(["--admin-addr", "127.0.0.1:0"])
+        .output()
+        .expect("run qistatus-server");
+    assert!(!output.status.success(), "it started");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}

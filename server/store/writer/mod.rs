@@ -180,6 +180,7 @@ pub struct WriterHandle {
     committed: watch::Receiver<u64>,
     recent: Arc<RecentChanges>,
     failed: Arc<std::sync::atomic::AtomicBool>,
+    out_of_space: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl WriterHandle {
@@ -291,6 +292,16 @@ impl WriterHandle {
         !self.tx.is_closed() && !self.failed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Since when (ms since the epoch) batches fail because the disk is full, if the last
+    /// one did: webhooks are refused (and retried by their senders) until an append succeeds
+    /// again, with no restart.
+    pub fn out_of_space_since(&self) -> Option<i64> {
+        match self.out_of_space.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            since => Some(since),
+        }
+    }
+
     /// The last committed sequence (0 before the first), updated after every batch.
     pub fn committed(&self) -> watch::Receiver<u64> {
         self.committed.clone()
@@ -344,7 +355,9 @@ pub(crate) fn spawn_writer(
     let (committed_tx, committed) = watch::channel(counters.next_sequence - 1);
     let recent = Arc::new(RecentChanges::new(RECENT_CHANGES, RECENT_CHANGES_BYTES));
     let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let out_of_space = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let mut writer = Writer {
+        out_of_space: out_of_space.clone(),
         store,
         catalog,
         counters,
@@ -366,6 +379,7 @@ pub(crate) fn spawn_writer(
             committed,
             recent,
             failed,
+            out_of_space,
         },
         WriterTask { thread },
     ))
@@ -381,6 +395,8 @@ struct Writer {
     stopped: Option<Arc<StoreError>>,
     /// Whether `stopped` is set, for readiness.
     failed: Arc<std::sync::atomic::AtomicBool>,
+    /// When the last append found the disk full (ms since the epoch; 0: it did not).
+    out_of_space: Arc<std::sync::atomic::AtomicI64>,
     failpoint: Failpoint,
     report: Arc<dyn BatchReport>,
 }
@@ -580,11 +596,17 @@ impl Writer {
             return Ok(acks);
         }
         let appending = std::time::Instant::now();
-        let refs = self
-            .store
-            .log()
-            .append(&plan.records)
-            .map_err(|e| Arc::new(e.into()))?;
+        // A failed append leaves nothing in the log, so nothing changed: the batch is refused
+        // and the writer goes on. A full disk is said until an append succeeds again.
+        let appended = self.store.log().append(&plan.records);
+        self.out_of_space.store(
+            match &appended {
+                Err(e) if e.is_out_of_space() => now,
+                _ => 0,
+            },
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let refs = appended.map_err(|e| Arc::new(e.into()))?;
         let append_time = appending.elapsed();
         self.report.batch_appended(plan.records.len(), append_time);
         tracing::trace!(

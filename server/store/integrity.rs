@@ -1,0 +1,194 @@
+//! Checking and salvaging a data directory, offline (the server stopped): what an operator
+//! runs when a start refuses a damaged log, or to prove a directory sound.
+//!
+//! Both read the log with [`log::scan`], which never stops at damage and never writes:
+//!
+//! - [`verify`] reads every record of every segment (checksums included), then the view's
+//!   invariants (indexes and counters against the operations, the view not ahead of the log),
+//!   and lists every problem; a sound directory has none.
+//! - [`salvage`] copies the body of every intact record, before and after any damage, into a
+//!   new directory, one file per record named by its log position, byte for byte, and names
+//!   the stretches it could not read. `qistatus replay DIR` posts them to a server on a fresh
+//!   data directory: statuses depend only on the set of webhooks, so the salvaged set gives
+//!   the same answers, less what the damage took.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::log::{self, Scanned};
+use super::{Store, StoreError};
+
+/// A stretch of a segment that holds no intact record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The segment (named by its first record).
+    pub segment: u64,
+    /// Byte offsets `[from, to)` in it.
+    pub from: u64,
+    /// See `from`.
+    pub to: u64,
+    /// The last intact record before it (0: none).
+    pub after: u64,
+    /// The next intact record after it, if the segment has one.
+    pub before: Option<u64>,
+    /// Whether it is the very end of the newest segment: a write a crash cut, which the next
+    /// start cuts off (unless the view applied past it).
+    pub tail: bool,
+}
+
+impl fmt::Display for Damage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "segment {} bytes {}..{}: unreadable after record {}",
+            self.segment, self.from, self.to, self.after
+        )?;
+        match self.before {
+            Some(next) if next > self.after + 1 => {
+                write!(f, ", records {}..={} lost", self.after + 1, next - 1)
+            }
+            Some(next) => write!(f, " and before record {next}"),
+            None if self.tail => write!(f, " (a torn tail: a write cut by a crash)"),
+            None => write!(f, ", up to the segment's end"),
+        }
+    }
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Default)]
+pub struct Verification {
+    /// Intact records read.
+    pub records: u64,
+    /// The last record's LSN.
+    pub last_lsn: u64,
+    /// Unreadable stretches of the log.
+    pub damage: Vec<Damage>,
+    /// Everything else that is wrong: records out of order, the view's invariants.
+    pub problems: Vec<String>,
+    /// Whether the view was checked: only when the log has no damage, torn tail included
+    /// (opening the store would cut it, and `verify` changes nothing).
+    pub view_checked: bool,
+}
+
+impl Verification {
+    /// Whether nothing is wrong (a torn tail, which the next start cuts, is not wrong).
+    pub fn is_sound(&self) -> bool {
+        self.problems.is_empty() && self.damage.iter().all(|d| d.tail)
+    }
+}
+
+/// Reads the whole log of the data directory `dir` and checks the view against itself.
+pub fn verify(dir: &Path) -> Result<Verification, StoreError> {
+    let mut found = Verification::default();
+    let mut previous: Option<u64> = None;
+    scan_log(dir, &mut |scanned| {
+        match scanned {
+            ScannedRecord::Record { header, .. } => {
+                if let Some(previous) = previous
+                    && header.lsn != previous + 1
+                    && found.damage.last().is_none_or(|d| d.after != previous)
+                {
+                    found.problems.push(format!(
+                        "record {} follows record {previous}: the log skips or repeats records",
+                        header.lsn
+                    ));
+                }
+                previous = Some(header.lsn);
+                found.records += 1;
+                found.last_lsn = header.lsn;
+            }
+            ScannedRecord::Damage(damage) => found.damage.push(damage),
+        }
+        Ok(())
+    })?;
+    if found.damage.is_empty() {
+        // Opening is safe now: with no torn tail it changes nothing in the log.
+        let store = Store::open(dir)?;
+        found.problems.extend(store.check_indexes()?);
+        found.view_checked = true;
+    }
+    Ok(found)
+}
+
+/// What [`salvage`] copied.
+#[derive(Debug, Default)]
+pub struct Salvage {
+    /// Records whose bodies were written.
+    pub records: u64,
+    /// Where.
+    pub into: PathBuf,
+    /// What could not be read.
+    pub damage: Vec<Damage>,
+}
+
+/// Copies the body of every intact record of `dir`'s log into `into` (a new or empty
+/// directory), `<log position>.json` each, and names what could not be read. Changes nothing
+/// in `dir`.
+pub fn salvage(dir: &Path, into: &Path) -> Result<Salvage, StoreError> {
+    if into.exists() && std::fs::read_dir(into)?.next().is_some() {
+        return Err(StoreError::Io(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!(
+                "{} is not empty: salvage writes into a new directory",
+                into.display()
+            ),
+        )));
+    }
+    std::fs::create_dir_all(into)?;
+    let mut salvaged = Salvage {
+        into: into.to_owned(),
+        ..Salvage::default()
+    };
+    scan_log(dir, &mut |scanned| {
+        match scanned {
+            ScannedRecord::Record { header, raw } => {
+                std::fs::write(into.join(format!("{:020}.json", header.lsn)), raw)?;
+                salvaged.records += 1;
+            }
+            ScannedRecord::Damage(damage) => salvaged.damage.push(damage),
+        }
+        Ok(())
+    })?;
+    Ok(salvaged)
+}
+
+/// [`log::scan`] of `dir`'s log, with damage as [`Damage`] (the tail marked).
+fn scan_log(
+    dir: &Path,
+    each: &mut dyn FnMut(ScannedRecord<'_>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let log_dir = dir.join("log");
+    if !log_dir.is_dir() {
+        return Err(StoreError::Io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{} has no log", dir.display()),
+        )));
+    }
+    let newest = log::newest_segment(&log_dir)?;
+    log::scan(&log_dir, &mut |scanned| match scanned {
+        Scanned::Record { header, raw } => each(ScannedRecord::Record { header, raw }),
+        Scanned::Damage {
+            segment,
+            from,
+            to,
+            after_lsn,
+            before_lsn,
+        } => each(ScannedRecord::Damage(Damage {
+            segment,
+            from,
+            to,
+            after: after_lsn,
+            before: before_lsn,
+            tail: before_lsn.is_none() && Some(segment) == newest,
+        })),
+    })
+}
+
+/// A record, or damage in the operator's terms.
+enum ScannedRecord<'a> {
+    Record {
+        header: log::RecordHeader,
+        raw: &'a [u8],
+    },
+    Damage(Damage),
+}

@@ -1,0 +1,396 @@
+//! Faults of the disk and of the files, injected: a `200` means kept, whatever the disk or an
+//! operator does to the data directory afterwards.
+//!
+//! - bytes flipped in the middle of the newest log segment, with intact records after them:
+//!   the start is refused naming the place, not a byte is cut, with or without sled's files;
+//!   `verify` says so; `salvage` copies every readable webhook from both sides of the damage;
+//! - a torn tail (a partial write at the end): cut at the start, as a crash leaves it;
+//! - a rollover interrupted before the new segment had its header: recovered by itself;
+//! - a full disk (a small tmpfs under the log, as root): `503` with `Retry-After` and
+//!   `/readyz` naming the cause while it lasts, acknowledgements again once space is freed,
+//!   with no restart, and nothing acknowledged lost across a restart after it.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use qistatus::pb;
+use qistatus::pb::operation_status_service_client::OperationStatusServiceClient;
+
+use crate::process::{ServerCommand, refused_start, server_offline};
+use crate::test_server::webhook;
+
+/// The body of webhook `n` of a test: its own operation, so every one is visible alone.
+fn body(n: usize) -> Vec<u8> {
+    webhook(
+        "debt",
+        &format!("integrity-{n}"),
+        "disbursed",
+        "2024-01-01 10:00:00",
+    )
+}
+
+/// POSTs `body` to the intake; the status and the `Retry-After` header.
+async fn post(http: SocketAddr, body: Vec<u8>) -> (u16, Option<String>) {
+    let answer = reqwest::Client::new()
+        .post(format!("http://{http}/webhooks"))
+        .header("content-type", "application/json")
+        .body(body)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("the intake answers");
+    let retry_after = answer
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap_or_default().to_owned());
+    (answer.status().as_u16(), retry_after)
+}
+
+/// Starts a server on `dir`, stores webhooks `0..count` (each acknowledged), stops it with
+/// SIGTERM (a clean stop: the view applied everything).
+async fn store_and_stop(dir: &Path, count: usize) {
+    let server = ServerCommand::new(dir).start().await;
+    for n in 0..count {
+        assert_eq!(post(server.http, body(n)).await.0, 200, "webhook {n}");
+    }
+    assert!(server.terminate().await.success());
+}
+
+/// Whether the operation of webhook `n` is there, disbursed.
+async fn holds(grpc: SocketAddr, n: usize) -> bool {
+    let mut client = OperationStatusServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .expect("gRPC connects");
+    client
+        .get_operation(pb::GetOperationRequest {
+            key: format!("integrity-{n}"),
+            kind: "debt".into(),
+            ..Default::default()
+        })
+        .await
+        .is_ok_and(|op| {
+            op.into_inner()
+                .operation
+                .is_some_and(|op| op.status == "disbursed")
+        })
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir.join("log"))
+        .expect("a log directory")
+        .map(|e| e.expect("an entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    found.sort();
+    found
+}
+
+/// Removes everything of the data directory but its log: sled's files gone.
+fn remove_the_view(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().is_some_and(|n| n == "log") {
+            continue;
+        }
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn damage_followed_by_intact_records_is_refused_and_cut_nowhere_and_salvage_reads_past_it() {
+    let dir = tempfile::tempdir().unwrap();
+    store_and_stop(dir.path(), 200).await;
+    let newest = segments(dir.path()).pop().expect("a segment");
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle..middle + 4] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&newest, &bytes).unwrap();
+
+    // Refused, naming the segment, the offset and the records around it; nothing cut.
+    let said = refused_start(dir.path(), &[]);
+    assert!(
+        said.contains("is damaged at byte")
+            && said.contains("before record")
+            && said.contains("salvage"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read(&newest).unwrap(),
+        bytes,
+        "the start changed the log"
+    );
+    // The same without sled's files: no view to compare with, and still nothing cut.
+    remove_the_view(dir.path());
+    let said = refused_start(dir.path(), &[]);
+    assert!(said.contains("is damaged at byte"), "{said}");
+    assert_eq!(
+        std::fs::read(&newest).unwrap(),
+        bytes,
+        "the start changed the log"
+    );
+
+    // verify names the damage and fails.
+    let out = server_offline(["--log", "warn", "verify"], dir.path());
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "verify passed a damaged log: {report}"
+    );
+    assert!(
+        report.contains("damage: segment") && report.contains("lost"),
+        "{report}"
+    );
+
+    // salvage copies every readable webhook, before and after the damage.
+    let out_dir = tempfile::tempdir().unwrap();
+    let into = out_dir.path().join("salvaged");
+    let out = server_offline(
+        [
+            "--log".as_ref(),
+            "warn".as_ref(),
+            "salvage".as_ref(),
+            into.as_os_str(),
+        ],
+        dir.path(),
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains("lost: segment"), "{report}");
+    let salvaged: BTreeSet<Vec<u8>> = std::fs::read_dir(&into)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    let sent: Vec<Vec<u8>> = (0..200).map(body).collect();
+    let kept = sent.iter().filter(|b| salvaged.contains(*b)).count();
+    assert!(
+        kept >= 198,
+        "4 flipped bytes lose at most two records, {kept} of 200 salvaged: {report}"
+    );
+    assert!(kept < 200, "the damaged record cannot have been salvaged");
+    assert!(
+        salvaged.contains(&sent[0]) && salvaged.contains(&sent[199]),
+        "records on both sides of the damage are salvaged"
+    );
+    assert_eq!(
+        salvaged.len(),
+        kept,
+        "salvage wrote nothing but webhooks sent"
+    );
+
+    // The salvaged webhooks, replayed into a fresh server, answer as before (less the lost).
+    let fresh = tempfile::tempdir().unwrap();
+    let server = ServerCommand::new(fresh.path()).start().await;
+    let replay = tokio::process::Command::new(crate::process::CLI_BIN)
+        .arg("replay")
+        .arg(&into)
+        .args(["--intake", &format!("http://{}/webhooks", server.http)])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert!(holds(server.grpc, 0).await && holds(server.grpc, 199).await);
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_cut_at_the_start_and_nothing_acknowledged_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    store_and_stop(dir.path(), 20).await;
+    // A write the crash cut: the start of a frame, never acknowledged.
+    let newest = segments(dir.path()).pop().unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&newest)
+        .unwrap();
+    std::io::Write::write_all(&mut file, &[200, 0, 0, 0, 1, 2, 3, 4, 5, 6]).unwrap();
+    drop(file);
+    let out = server_offline(["--log", "warn", "verify"], dir.path());
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "a torn tail is not damage: {report}");
+    assert!(report.contains("torn tail"), "{report}");
+
+    let server = ServerCommand::new(dir.path()).start().await;
+    for n in 0..20 {
+        assert!(holds(server.grpc, n).await, "webhook {n} lost");
+    }
+    assert_eq!(post(server.http, body(20)).await.0, 200);
+    assert!(server.terminate().await.success());
+    let out = server_offline(["--log", "warn", "verify"], dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[tokio::test]
+async fn cutting_what_the_view_applied_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    store_and_stop(dir.path(), 20).await;
+    // The last record loses its last bytes: it looks torn, but the view applied it (the
+    // clean stop flushed the view), so it was acknowledged.
+    let newest = segments(dir.path()).pop().unwrap();
+    let len = std::fs::metadata(&newest).unwrap().len();
+    let before = std::fs::read(&newest).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&newest)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+    let said = refused_start(dir.path(), &[]);
+    assert!(said.contains("below what the view applied"), "{said}");
+    assert_eq!(std::fs::read(&newest).unwrap(), before[..before.len() - 3]);
+}
+
+#[tokio::test]
+async fn a_rollover_cut_before_the_segment_header_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    store_and_stop(dir.path(), 20).await;
+    // The next segment was created, and the disk filled (or the process died) before its
+    // header was written: an empty file, and one with half a header.
+    std::fs::write(dir.path().join("log/00000000000000000021.log"), b"QST").unwrap();
+    let server = ServerCommand::new(dir.path()).start().await;
+    for n in 0..20 {
+        assert!(holds(server.grpc, n).await, "webhook {n} lost");
+    }
+    assert_eq!(post(server.http, body(20)).await.0, 200);
+    assert!(holds(server.grpc, 20).await);
+    assert!(server.terminate().await.success());
+}
+
+/// A tmpfs of `size` mounted at a new directory; unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "the disk-full test mounts a small tmpfs, which needs root (CI runs as root): \
+             run it as root, e.g. `sudo -E cargo test --test it integrity`; mount said: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_is_a_503_until_space_is_freed_then_acknowledged_again_without_a_restart() {
+    let disk = SmallDisk::mount("1m");
+    let filler = disk.path().join("filler");
+    std::fs::write(&filler, vec![7u8; 600 * 1024]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(disk.path().join("log")).unwrap();
+    std::os::unix::fs::symlink(disk.path().join("log"), dir.path().join("log")).unwrap();
+    let server = ServerCommand::new(dir.path())
+        .env("QISTATUS_LOG_SEGMENT_BYTES", "65536")
+        .start()
+        .await;
+
+    // Fill it: every webhook about 4 KiB.
+    let pad = "x".repeat(4000);
+    let big = |n: usize| {
+        serde_json::to_vec(&serde_json::json!({
+            "webhook_type": "debt",
+            "key": format!("integrity-{n}"),
+            "status": "disbursed",
+            "event_datetime": "2024-01-01 10:00:00",
+            "pad": pad,
+        }))
+        .unwrap()
+    };
+    let mut acked = Vec::new();
+    let mut full = None;
+    for n in 0..1000 {
+        match post(server.http, big(n)).await {
+            (200, _) => acked.push(n),
+            (status, retry_after) => {
+                full = Some((n, status, retry_after));
+                break;
+            }
+        }
+    }
+    let (refused, status, retry_after) = full.expect("the disk filled up");
+    assert_eq!(
+        status, 503,
+        "a full disk is qistatus's condition, not the sender's"
+    );
+    assert!(retry_after.is_some(), "a 503 says when to retry");
+    let ready = reqwest::get(format!("http://{}/readyz", server.admin))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let said = ready.text().await.unwrap();
+    assert!(said.contains("disk is full"), "{said}");
+    // Still full: still refused, the same way.
+    assert_eq!(post(server.http, big(refused)).await.0, 503);
+
+    // Space comes back: acknowledged again within seconds, no restart.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if post(server.http, big(refused)).await.0 == 200 {
+            acked.push(refused);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not acknowledged 10 s after space came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for n in refused + 1..refused + 5 {
+        assert_eq!(post(server.http, big(n)).await.0, 200);
+        acked.push(n);
+    }
+    assert!(server.terminate().await.success());
+
+    // Nothing acknowledged is lost, and the directory is sound.
+    let server = ServerCommand::new(dir.path()).start().await;
+    for &n in &acked {
+        assert!(holds(server.grpc, n).await, "acknowledged webhook {n} lost");
+    }
+    assert!(server.terminate().await.success());
+    let out = server_offline(["--log", "warn", "verify"], dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -33,7 +33,10 @@ use crate::net::{self, Admission, AtCapacity, HttpTimeouts};
 use crate::pb;
 use crate::reload::CatalogReloader;
 use crate::store::{Store, StoreError};
-use crate::store::{SubmitError, WriterHandle, WriterLimits, WriterTask, spawn_writer};
+use crate::store::{
+    SubmitError, WriterHandle, WriterLimits, WriterTask, rebuild_if_the_catalog_changed,
+    spawn_writer,
+};
 use crate::tls::TlsIdentity;
 
 /// Days raw webhooks and change records stay in the log, by default.
@@ -315,6 +318,13 @@ impl Core {
             None => None,
         };
         let catalog = CatalogHandle::new(settings.catalog.clone());
+        // A single node finishes (or redoes) a rebuild under its catalog before serving. A
+        // cluster node does not: rebuilding promotes quarantined webhooks into sequences of
+        // its own, which only the stream may assign (reloads are refused there too).
+        if stream.is_none() {
+            store.replay(&catalog.current())?;
+            rebuild_if_the_catalog_changed(&store, &catalog.current())?;
+        }
         let (writer, writer_task) = spawn_writer(
             store.clone(),
             catalog.current(),

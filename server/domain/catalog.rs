@@ -292,6 +292,13 @@ impl Catalog {
         self.validated()
     }
 
+    /// What tells two catalogs apart: the SHA-256 of [`Catalog::to_toml`]. Equal catalogs
+    /// have equal fingerprints, however their files were written.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(self.to_toml().as_bytes()).into()
+    }
+
     /// The catalog as TOML, in the shape `--catalog` reads.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a catalog always serializes: plain strings and maps")

@@ -96,6 +96,10 @@ pub(crate) enum Meta {
     CountsReady,
     /// A cluster node: the last stream message its view took into account.
     StreamThrough,
+    /// The fingerprint of the catalog the operations were last rebuilt under, written in
+    /// the same batch as the rebuild: a start under another catalog (a reload a crash cut
+    /// short, or a changed `--catalog`) rebuilds again.
+    CatalogFingerprint,
 }
 
 impl Meta {
@@ -110,6 +114,7 @@ impl Meta {
             Meta::StoreId => b"store_id",
             Meta::CountsReady => b"counts_ready",
             Meta::StreamThrough => b"stream_through",
+            Meta::CatalogFingerprint => b"catalog_fingerprint",
         }
     }
 }

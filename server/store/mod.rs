@@ -44,6 +44,7 @@
 //!   corruption, and a field added later does not make old records unreadable (see
 //!   [`record::decode`]).
 
+mod failpoint;
 mod index;
 mod integrity;
 mod keys;
@@ -72,7 +73,7 @@ use record::{StoredEvent, decode, decode_entry, u64_from_be};
 // submodule; what is not re-exported here is the store's own business.
 pub use integrity::{Damage, Salvage, Verification, salvage, verify};
 pub use open::{CHECKPOINT_INTERVAL_MS, DEFAULT_CACHE_MB, STORE_FORMAT};
-pub use rebuild::{RebuildReport, rebuild};
+pub use rebuild::{RebuildReport, rebuild, rebuild_if_the_catalog_changed};
 pub(crate) use recent::RecentChanges;
 pub use snapshot::{Restored, restore};
 pub(crate) use status_index::{Cursor, Selection, StatusIndex};

@@ -40,7 +40,12 @@ impl Store {
             .cache_capacity(cache_bytes)
             // Durability comes from the log; sled checkpoints itself on a timer.
             .flush_every_ms(Some(CHECKPOINT_INTERVAL_MS));
-        let db = open_waiting_for_lock(&config)?;
+        Store::with_db(open_waiting_for_lock(&config)?, dir)
+    }
+
+    /// The store in `dir` over `db`, sled already open there: the log beside it opened, the
+    /// format checked, the meta values made where missing.
+    pub(super) fn with_db(db: sled::Db, dir: &Path) -> Result<Store, StoreError> {
         // Files pinned for snapshots by an earlier process are never needed after it ended.
         let pinned = snapshot::snapshots_dir(dir);
         if pinned.exists() {

@@ -21,7 +21,7 @@ use bytes::Bytes;
 
 use super::index::{delete_operation, put_operation};
 use super::log::{Entry, Record, RecordHeader};
-use super::{Store, StoreError, Writes, view};
+use super::{Key, Meta, Store, StoreError, Writes, failpoint, view};
 use crate::domain::catalog::Catalog;
 use crate::domain::reconcile::{EventSummary, Operation, Reconciler};
 use crate::domain::webhook::{Normalized, normalize, normalize_with_facts};
@@ -106,9 +106,50 @@ pub fn rebuild(store: &Store, catalog: &Catalog) -> Result<RebuildReport, StoreE
         }
     }
     report.operations = new_keys.len();
+    // In the same atomic batch as the operations: either both, or a start rebuilds again.
+    writes.put(
+        Key::Meta(Meta::CatalogFingerprint),
+        &catalog.fingerprint()[..],
+    );
+    failpoint::abort_at("abort-before-rebuild-commit");
     store.apply(writes)?;
     store.flush()?;
     Ok(report)
+}
+
+/// At start: rebuilds `store` under `catalog` if its operations were last built under
+/// another one (a reload that a crash cut short, or `--catalog` changed while stopped), and
+/// says so. A store with no recorded catalog (new, or written before it was recorded) is
+/// rebuilt once if it holds webhooks. Returns the rebuild's report, if one ran.
+pub fn rebuild_if_the_catalog_changed(
+    store: &Store,
+    catalog: &Catalog,
+) -> Result<Option<RebuildReport>, StoreError> {
+    let recorded = store.get(Key::Meta(Meta::CatalogFingerprint))?;
+    if recorded.as_deref() == Some(&catalog.fingerprint()[..]) {
+        return Ok(None);
+    }
+    if recorded.is_none() && !store.holds_webhooks()? {
+        let mut writes = Writes::default();
+        writes.put(
+            Key::Meta(Meta::CatalogFingerprint),
+            &catalog.fingerprint()[..],
+        );
+        store.apply(writes)?;
+        return Ok(None);
+    }
+    tracing::warn!(
+        "the operations were built under another catalog (a reload cut short, or --catalog \
+         changed): rebuilding them under this one before serving"
+    );
+    let report = rebuild(store, catalog)?;
+    tracing::info!(
+        operations = report.operations,
+        changed = report.operations_changed,
+        promoted = report.promoted,
+        "rebuilt under the current catalog"
+    );
+    Ok(Some(report))
 }
 
 /// Moves quarantined webhooks that `catalog` can now read into the event log: one

@@ -11,7 +11,13 @@
 //! The file: `QSTSNAP1`, a header (store format, store identity, head sequence, time), then
 //! named entries (`view`, `log/<segment>`), an end mark, and a CRC-32 of everything before it.
 //! [`restore`] checks the CRC before the restored directory takes its name, so a truncated or
-//! damaged file restores nothing.
+//! damaged file restores nothing; it then opens the restored store (its log checked as at
+//! every start) and checks the view against its own indexes and counters, so a file edited
+//! with its CRC recomputed restores nothing either. It stages beside the target in a
+//! directory it creates (`<target>.restoring`, numbered if that exists) and never removes
+//! what it did not create. An edit that keeps the view consistent and recomputes every
+//! checksum (the file's and the log frames') is out of these checks' reach: that needs a
+//! digest kept apart from the file, which is not built yet.
 //!
 //! A restored store gets a new identity: its sequences up to the snapshot's head mean what
 //! they meant, but the ones it assigns next will mean other changes than the original's, and
@@ -201,11 +207,8 @@ pub fn restore(input: impl Read, data_dir: &Path) -> Result<Restored, StoreError
             data_dir.display()
         )));
     }
-    let staging = data_dir.with_extension("restoring");
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging)?;
-    }
-    std::fs::create_dir_all(staging.join("log"))?;
+    let staging = new_staging_dir(data_dir)?;
+    // Everything under `staging` was made by this restore, and only it is ever removed.
     let result = restore_into(input, &staging);
     let header = match result {
         Ok(header) => header,
@@ -218,14 +221,62 @@ pub fn restore(input: impl Read, data_dir: &Path) -> Result<Restored, StoreError
         std::fs::remove_dir(data_dir)?;
     }
     std::fs::rename(&staging, data_dir)?;
-    // Not reopened here to check it: sled lets go of its file lock only some time after the
-    // staging database is dropped, and the server checks the format and the log at start.
     Ok(Restored {
         head_sequence: header.head_sequence,
         from_store_id: header.store_id,
         store_id: header.restored_id,
         operations: header.operations,
     })
+}
+
+/// A new directory beside `data_dir` to restore into: `<name>.restoring`, or with a number
+/// after it when that exists. Made with `create_dir`, which fails rather than reuse a path
+/// this restore did not create (an earlier restore's leftovers, or anything else's).
+fn new_staging_dir(data_dir: &Path) -> Result<PathBuf, StoreError> {
+    let name = data_dir
+        .file_name()
+        .ok_or_else(|| invalid(format!("{} names no directory", data_dir.display())))?
+        .to_string_lossy()
+        .into_owned();
+    if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    for n in 0..1000 {
+        let suffix = if n == 0 {
+            String::new()
+        } else {
+            format!(".{n}")
+        };
+        let staging = data_dir.with_file_name(format!("{name}.restoring{suffix}"));
+        match std::fs::create_dir(&staging) {
+            Ok(()) => {
+                std::fs::create_dir(staging.join("log"))?;
+                return Ok(staging);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(invalid(format!(
+        "cannot find a free staging directory beside {}: remove old `{name}.restoring*` \
+         directories",
+        data_dir.display()
+    )))
+}
+
+/// Checks a restored store's view against itself (the indexes and counters against the
+/// operations): a snapshot whose view was edited, even with its checksum recomputed, is
+/// refused.
+fn check_restored(store: &Store) -> Result<(), StoreError> {
+    let problems = store.check_indexes()?;
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(invalid(format!(
+        "damaged: the restored view disagrees with itself ({} problem(s), the first: {})",
+        problems.len(),
+        problems[0]
+    )))
 }
 
 /// The header of a snapshot, and what restoring it made.
@@ -317,7 +368,12 @@ fn restore_into(input: impl Read, staging: &Path) -> Result<RestoredHeader, Stor
         reason: e.to_string(),
     })?;
     tree.insert(Key::Meta(Meta::StoreId).encode(), &id)?;
-    db.flush()?;
+    // Opened as a store over the same sled (a second open would wait for sled's lock), and
+    // checked before anything takes the target's name.
+    drop(tree);
+    let store = Store::with_db(db, staging)?;
+    check_restored(&store)?;
+    store.flush()?;
     Ok(RestoredHeader {
         head_sequence: header.head_sequence,
         store_id: header.store_id,

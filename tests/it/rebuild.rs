@@ -2,7 +2,9 @@
 //! quarantined webhooks.
 
 use std::path::Path;
+use std::time::Duration;
 
+use crate::process::ServerCommand;
 use crate::test_server::{TestServer, phase, webhook};
 use qistatus::domain::catalog::Catalog;
 use qistatus::domain::reconcile::Operation;
@@ -341,4 +343,78 @@ async fn sighup_reloads_the_catalog() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("the quarantined webhook was not promoted within 5 s of SIGHUP");
+}
+
+/// A reload that a crash cuts short (the process dies before the rebuilt operations are
+/// committed) is finished at the next start, which says so: the operations are never left
+/// as the old catalog made them under the new one.
+#[tokio::test]
+async fn a_reload_cut_short_by_a_crash_is_finished_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog_file = dir.path().join("catalog.toml");
+    std::fs::write(&catalog_file, "").unwrap();
+    let data = dir.path().join("data");
+    let catalog_arg = ["--catalog", catalog_file.to_str().unwrap()];
+    let server = ServerCommand::new(&data)
+        .args(catalog_arg)
+        .env("QISTATUS_FAILPOINT", "abort-before-rebuild-commit")
+        .start()
+        .await;
+    let http = reqwest::Client::new();
+    for (status, time) in [
+        ("disbursed", "2024-03-01 10:00:00"),
+        ("in_collection", "2024-03-05 10:00:00"),
+    ] {
+        let answer = http
+            .post(format!("http://{}/webhooks", server.http))
+            .body(webhook("debt", "debt-1", status, time))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    assert_eq!(status_of(server.grpc, "debt-1").await, "disbursed");
+
+    std::fs::write(&catalog_file, PIX_AND_IN_COLLECTION).unwrap();
+    // The reload dies with the process, before its rebuild is committed.
+    let _ = http
+        .post(format!("http://{}/catalog/reload", server.admin))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
+    let exit = server.exit_within(Duration::from_secs(10)).await;
+    assert!(
+        exit.is_some_and(|s| !s.success()),
+        "the failpoint aborts: {exit:?}"
+    );
+
+    let log = dir.path().join("restart.log");
+    let server = ServerCommand::new(&data)
+        .args(catalog_arg)
+        .stderr_to(&log)
+        .start()
+        .await;
+    assert_eq!(status_of(server.grpc, "debt-1").await, "in_collection");
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("built under another catalog"), "{said}");
+    assert!(server.terminate().await.success());
+
+    // Started again under the same catalog: nothing to redo, nothing said.
+    let server = ServerCommand::new(&data)
+        .args(catalog_arg)
+        .stderr_to(&log)
+        .start()
+        .await;
+    assert_eq!(status_of(server.grpc, "debt-1").await, "in_collection");
+    assert!(server.terminate().await.success());
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(!said.contains("built under another catalog"), "{said}");
+}
+
+/// The status of the debt `key`, over gRPC.
+async fn status_of(grpc: std::net::SocketAddr, key: &str) -> String {
+    let mut client = qistatus::client::Client::connect(&format!("http://{grpc}"))
+        .await
+        .unwrap();
+    client.get(key, Some("debt")).await.unwrap().status
 }

@@ -151,3 +151,94 @@ async fn a_snapshot_taken_under_writes_restores_exactly_its_point_and_sequences_
     );
     assert!(!target.exists(), "nothing is left behind");
 }
+
+/// An edited snapshot whose checksum was computed again still restores nothing: the restored
+/// view is checked against its own indexes and counters before it takes its name. And the
+/// staging directory beside the target is one this restore made: whatever else is there
+/// stays untouched.
+#[tokio::test]
+async fn an_edited_snapshot_is_refused_and_staging_touches_nothing_it_did_not_make() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerCommand::new(&dir.path().join("original"))
+        .start()
+        .await;
+    let client = reqwest::Client::new();
+    for (key, status) in [("edited", "canceled"), ("other", "disbursed")] {
+        let answer = client
+            .post(format!("http://{}/webhooks", server.http))
+            .body(webhook("debt", key, status, "2024-01-01 10:00:00"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    let file = dir.path().join("qistatus.snapshot");
+    let out = cli(&server, &["snapshot", "save", file.to_str().unwrap()]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.terminate().await;
+
+    // What another program (or an earlier restore) left beside the target.
+    let rs = dir.path().join("rs");
+    for other in ["backup.restoring", "backup.new.restoring"] {
+        std::fs::create_dir_all(rs.join(other)).unwrap();
+        std::fs::write(rs.join(other).join("keep.txt"), b"not qistatus's").unwrap();
+    }
+
+    // The operation's status edited in the view's records (postcard strings: a length byte,
+    // then the text), the index and the counters left as they were, the log's segments (after
+    // the view in the file) untouched, and the CRC-32 recomputed.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let log_starts = bytes
+        .windows(8)
+        .position(|w| w == b"log/0000")
+        .expect("the snapshot holds the log after the view");
+    let (from, to) = (b"\x08canceled", b"\x08settled_");
+    let mut edits = 0;
+    for at in 0..log_starts - from.len() {
+        if &bytes[at..at + from.len()] == from {
+            bytes[at..at + from.len()].copy_from_slice(to);
+            edits += 1;
+        }
+    }
+    assert!(
+        edits > 0,
+        "the snapshot holds the status as a record string"
+    );
+    let body = bytes.len() - 4;
+    let crc = crc32fast::hash(&bytes[..body]);
+    bytes[body..].copy_from_slice(&crc.to_le_bytes());
+    let edited = dir.path().join("edited.snapshot");
+    std::fs::write(&edited, &bytes).unwrap();
+
+    let target = rs.join("backup.new");
+    let out = server_offline(["restore", edited.to_str().unwrap()], &target);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an edited snapshot restored");
+    assert!(said.contains("disagrees with itself"), "{said}");
+    assert!(!target.exists(), "nothing is left behind");
+
+    // The true snapshot restores beside the same leftovers, which stay as they were.
+    let out = server_offline(["restore", file.to_str().unwrap()], &target);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for other in ["backup.restoring", "backup.new.restoring"] {
+        assert_eq!(
+            std::fs::read(rs.join(other).join("keep.txt")).unwrap(),
+            b"not qistatus's",
+            "{other} was touched"
+        );
+    }
+    let restored = ServerCommand::new(&target).start().await;
+    assert_eq!(
+        get(&restored, "edited").await.unwrap()["status"],
+        "canceled"
+    );
+    restored.terminate().await;
+}

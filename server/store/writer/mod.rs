@@ -411,7 +411,7 @@ struct Failpoint {
 }
 
 impl Failpoint {
-    const VARIABLE: &str = "QISTATUS_FAILPOINT";
+    const VARIABLE: &str = super::failpoint::VARIABLE;
 
     fn from_env() -> Self {
         let abort_after_appends = std::env::var(Self::VARIABLE).ok().and_then(|v| {

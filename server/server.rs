@@ -458,6 +458,7 @@ fn serve_intake(
     };
     net::serve_http(incoming, app, timeouts, stop)
 }
+
 /// The gRPC API (the status service, maintenance, health, reflection) on `listener` until
 /// `stop`; the health reporter, to say NOT_SERVING when shutdown begins.
 async fn serve_grpc(

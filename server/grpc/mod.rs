@@ -94,6 +94,9 @@ pub(crate) enum ApiError {
     /// The server is stopping: the client should reconnect.
     #[error("{0}")]
     Unavailable(String),
+    /// Stored bytes the answer needs are damaged: never served altered.
+    #[error("{0}")]
+    DataLoss(String),
     /// The store failed: logged, and reported without detail.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -123,6 +126,10 @@ impl From<ApiError> for Status {
             ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
             ApiError::FailedPrecondition(m) => Status::failed_precondition(m),
             ApiError::Unavailable(m) => Status::unavailable(m),
+            ApiError::DataLoss(m) => {
+                tracing::error!(error = %m, "damaged stored data refused to a caller");
+                Status::data_loss(m)
+            }
             ApiError::Store(e) => {
                 tracing::error!(error = %e, "store error while serving a request");
                 Status::internal("internal storage error")
@@ -216,7 +223,17 @@ impl OperationStatusApi {
                 let Some(event_entry) = self.store.event_entry(event.sequence)? else {
                     continue;
                 };
-                let raw = self.store.raw_payload(&event_entry)?;
+                let raw = self.store.raw_payload(&event_entry).map_err(|e| {
+                    if e.is_damage() {
+                        ApiError::DataLoss(format!(
+                            "the webhook stored at sequence {} is damaged on disk and is not \
+                             served: {e}",
+                            event.sequence
+                        ))
+                    } else {
+                        ApiError::Store(e)
+                    }
+                })?;
                 let before = framed_len(entry.encoded_len());
                 if with_data {
                     entry.data = convert::data_struct(&raw);

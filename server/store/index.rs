@@ -205,38 +205,13 @@ pub(crate) fn index_value(op: &Operation) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::reconcile::EventSummary;
-    use crate::domain::webhook::EventId;
     use crate::store::record::decode;
+    use crate::store::record::tests::sample_operation;
 
     #[test]
     fn an_index_value_decodes_as_the_operation_without_history() {
-        let summary = EventSummary {
-            sequence: 7,
-            event_id: EventId([1; 32]),
-            status: "disbursed".into(),
-            outcome: None,
-            detail: "d".into(),
-            event_time: Some(5),
-            received_at: 6,
-            facts: Vec::new(),
-        };
-        let op = Operation {
-            kind: "debt".into(),
-            key: "k".into(),
-            status: "disbursed".into(),
-            phase: Phase::Pending,
-            detail: "d".into(),
-            event_time: Some(5),
-            first_received_at: 6,
-            updated_at: 6,
-            version: 1,
-            last_sequence: 7,
-            history: vec![summary],
-            conflict: Vec::new(),
-            milestones: Vec::new(),
-            facts: Vec::new(),
-        };
+        let op = sample_operation();
+        assert!(!op.history.is_empty());
         let decoded: Operation = decode(&index_value(&op), "test").unwrap();
         assert_eq!(
             decoded,

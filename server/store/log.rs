@@ -148,9 +148,28 @@ pub enum LogError {
         /// The first intact record after it, and where: (byte offset, LSN).
         next_good: Option<(u64, u64)>,
     },
+    /// A stored webhook read back does not match its frame's checksum: it is not served.
+    #[error(
+        "the record whose payload is at byte {offset} of log segment {segment} fails its \
+         checksum: `qistatus-server verify` lists the damage"
+    )]
+    PayloadDamaged {
+        /// The segment.
+        segment: u64,
+        /// Where the payload starts.
+        offset: u64,
+    },
 }
 
 impl LogError {
+    /// Whether stored bytes were found damaged (rather than the device failing to read).
+    pub(crate) fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            LogError::Corrupt { .. } | LogError::Damaged { .. } | LogError::PayloadDamaged { .. }
+        )
+    }
+
     /// Whether the device is out of space (or quota): a condition that passes once space is
     /// freed, not a fault of the log.
     pub(crate) fn is_out_of_space(&self) -> bool {
@@ -366,6 +385,29 @@ fn frame_at(bytes: &[u8], at: usize) -> Option<(RecordHeader, usize, usize)> {
     }
     let (header, header_len) = decode_header(body).ok()?;
     Some((header, at + head + 4 + header_len, at + head + len))
+}
+
+/// How far before a payload its frame may start: the frame header, the header length and a
+/// record header this long at most (a header holds a webhook's kind, key, status and detail).
+const MAX_HEADER_WINDOW: u64 = 256 * 1024;
+
+/// The payload at the end of `bytes` (which starts `payload_at` bytes before it), if the
+/// frame it ends can be found before it and its checksum matches: the frame whose length
+/// field and header length agree with a payload of this size there.
+fn verified_payload(bytes: &[u8], payload_at: usize) -> Option<&[u8]> {
+    let payload_len = bytes.len() - payload_at;
+    let head = FRAME_HEADER as usize;
+    (0..=payload_at.checked_sub(head + 4)?).find_map(|header_len| {
+        let frame = payload_at - header_len - 4 - head;
+        let len = u32::from_le_bytes(bytes[frame..frame + 4].try_into().expect("4 bytes"));
+        let declared =
+            u32::from_le_bytes(bytes[frame + 8..frame + 12].try_into().expect("4 bytes"));
+        if len as usize != 4 + header_len + payload_len || declared as usize != header_len {
+            return None;
+        }
+        let crc = u32::from_le_bytes(bytes[frame + 4..frame + 8].try_into().expect("4 bytes"));
+        (crc32fast::hash(&bytes[frame + head..]) == crc).then(|| &bytes[payload_at..])
+    })
 }
 
 /// The first intact frame in `bytes` (a whole segment) at or after `from` whose record comes
@@ -711,9 +753,25 @@ impl Log for SegmentLog {
 
     fn payload(&self, at: &PayloadRef) -> Result<Vec<u8>, LogError> {
         let file = self.file(at.segment)?;
-        let mut bytes = vec![0; at.len as usize];
-        file.read_exact_at(&mut bytes, at.offset)?;
-        Ok(bytes)
+        // The frame's checksum covers its header and payload: read the payload with the
+        // bytes before it, find where its frame starts, and check the frame whole. Most
+        // headers fit in the first window; a larger one takes a second read.
+        let before_payload = at.offset.saturating_sub(MAGIC.len() as u64);
+        for window in [1024u64, MAX_HEADER_WINDOW] {
+            let back = window.min(before_payload);
+            let mut bytes = vec![0; (back + u64::from(at.len)) as usize];
+            file.read_exact_at(&mut bytes, at.offset - back)?;
+            if let Some(payload) = verified_payload(&bytes, back as usize) {
+                return Ok(payload.to_vec());
+            }
+            if back == before_payload {
+                break;
+            }
+        }
+        Err(LogError::PayloadDamaged {
+            segment: at.segment,
+            offset: at.offset,
+        })
     }
 
     fn release_before(&self, keep: &PayloadRef) -> Result<usize, LogError> {

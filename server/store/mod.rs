@@ -143,6 +143,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether stored bytes were found damaged (a checksum that does not match): never
+    /// served or reconciled, reported as data loss.
+    pub fn is_damage(&self) -> bool {
+        matches!(self, StoreError::Log(e) if e.is_damage())
+    }
+
     /// Whether this is the device being out of space: it passes once space is freed.
     pub fn is_out_of_space(&self) -> bool {
         match self {

@@ -108,13 +108,14 @@ pub(crate) fn u64_from_be(bytes: &[u8], tree: &'static str) -> Result<u64, Store
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::domain::reconcile::{EventSummary, Phase};
     use crate::domain::webhook::EventId;
     use crate::store::log::PayloadRef;
 
-    fn sample_operation() -> Operation {
+    /// An operation with one webhook in its history, as the record tests store it.
+    pub(in crate::store) fn sample_operation() -> Operation {
         Operation {
             kind: "debt".into(),
             key: "k".into(),

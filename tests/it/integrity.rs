@@ -394,3 +394,67 @@ async fn a_full_disk_is_a_503_until_space_is_freed_then_acknowledged_again_witho
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[tokio::test]
+async fn an_altered_payload_in_an_older_segment_is_never_served_or_reconciled() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small segments, so the first webhooks end up in an older one.
+    let server = ServerCommand::new(dir.path())
+        .env("QISTATUS_LOG_SEGMENT_BYTES", "4096")
+        .start()
+        .await;
+    for n in 0..60 {
+        assert_eq!(post(server.http, body(n)).await.0, 200);
+    }
+    assert!(server.terminate().await.success());
+    let oldest = segments(dir.path()).remove(0);
+    assert!(segments(dir.path()).len() > 2, "the log rolled over");
+    // `"disbursed"` becomes `"canceled "` in webhook 0's body, as a bad disk or a hand might.
+    let mut bytes = std::fs::read(&oldest).unwrap();
+    let at = bytes
+        .windows(11)
+        .position(|w| w == b"\"disbursed\"")
+        .expect("webhook 0's status in the oldest segment");
+    bytes[at..at + 11].copy_from_slice(b"\"canceled \"");
+    std::fs::write(&oldest, &bytes).unwrap();
+
+    let server = ServerCommand::new(dir.path()).start().await;
+    let mut client = OperationStatusServiceClient::connect(format!("http://{}", server.grpc))
+        .await
+        .unwrap();
+    let answer = client
+        .get_operation(pb::GetOperationRequest {
+            key: "integrity-0".into(),
+            kind: "debt".into(),
+            view: pb::OperationView::Full as i32,
+            ..Default::default()
+        })
+        .await;
+    let status = answer.expect_err("an altered payload is served");
+    assert_eq!(status.code(), tonic::Code::DataLoss, "{status:?}");
+    assert!(
+        status.message().contains("sequence 1"),
+        "{}",
+        status.message()
+    );
+    // The view's status stands (it was derived when the webhook arrived, intact).
+    assert!(holds(server.grpc, 0).await);
+    assert!(server.terminate().await.success());
+
+    // A rebuild (which a catalog reload also runs) refuses rather than reconcile it.
+    let out = server_offline(["--log", "warn", "rebuild"], dir.path());
+    assert!(!out.status.success(), "rebuild reconciled a damaged record");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("fails its checksum"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = server_offline(["--log", "warn", "verify"], dir.path());
+    assert!(!out.status.success(), "verify passed an altered record");
+    let server = ServerCommand::new(dir.path()).start().await;
+    assert!(
+        holds(server.grpc, 0).await,
+        "still disbursed, never canceled"
+    );
+    assert!(server.terminate().await.success());
+}

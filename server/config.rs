@@ -106,6 +106,15 @@ pub struct Config {
     #[arg(long, env = "QISTATUS_GRPC_MAX_CONNECTION_AGE", default_value_t = GrpcLimits::DEFAULT.max_connection_age.into())]
     pub grpc_max_connection_age: humantime::Duration,
 
+    /// How often every sealed log segment is read back and its checksums checked, while
+    /// serving (`0s`: never).
+    #[arg(long, env = "QISTATUS_SCRUB_INTERVAL", default_value_t = crate::server::DEFAULT_SCRUB_INTERVAL.into())]
+    pub scrub_interval: humantime::Duration,
+
+    /// How fast the scrub reads the log, in MiB per second.
+    #[arg(long, env = "QISTATUS_SCRUB_MB_PER_SECOND", default_value_t = crate::server::DEFAULT_SCRUB_MB_PER_SECOND)]
+    pub scrub_mb_per_second: u64,
+
     /// Most admin connections open at once (probes, scrapers, the console), apart from the
     /// intake's and gRPC's: at the bound the connection idle longest is closed.
     #[arg(long, env = "QISTATUS_ADMIN_MAX_CONNECTIONS", default_value_t = AdminLimits::DEFAULT.max_connections)]
@@ -465,6 +474,8 @@ impl Config {
             },
             log_retention: days(self.log_retention_days),
             compaction_interval: (*self.compaction_interval).max(Duration::from_secs(1)),
+            scrub_interval: Some(*self.scrub_interval).filter(|i| !i.is_zero()),
+            scrub_bytes_per_second: self.scrub_mb_per_second.max(1) * 1024 * 1024,
         };
         Ok((settings, warnings))
     }

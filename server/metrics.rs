@@ -99,6 +99,8 @@ pub(crate) struct Metrics {
     flush_seconds: Histogram,
     shed: Family<ListenerLabels, Counter>,
     grpc_requests: Family<GrpcLabels, Counter>,
+    scrubbed_bytes: Counter,
+    log_damage: Counter,
     gauges: Gauges,
 }
 
@@ -204,8 +206,22 @@ impl Metrics {
             "A cluster node: stream messages not applied yet (0 on a single node)",
             gauges.stream_lag.clone(),
         );
+        let scrubbed_bytes = Counter::default();
+        registry.register(
+            "scrubbed_bytes",
+            "Bytes of sealed log segments the background scrub has read and checked",
+            scrubbed_bytes.clone(),
+        );
+        let log_damage = Counter::default();
+        registry.register(
+            "log_damage",
+            "Damaged stretches of the log found by the background scrub (any is an incident)",
+            log_damage.clone(),
+        );
         Metrics {
             registry,
+            scrubbed_bytes,
+            log_damage,
             webhooks,
             ack_seconds,
             batch_size,
@@ -214,6 +230,12 @@ impl Metrics {
             grpc_requests,
             gauges,
         }
+    }
+
+    /// Records `bytes` of the log scrubbed, with `damage` stretches found in them.
+    pub(crate) fn scrubbed(&self, bytes: u64, damage: usize) {
+        self.scrubbed_bytes.inc_by(bytes);
+        self.log_damage.inc_by(damage as u64);
     }
 
     /// Counts a webhook of `kind` (already bounded to the catalog's kinds or `other`).

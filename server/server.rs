@@ -43,6 +43,10 @@ use crate::tls::TlsIdentity;
 pub const DEFAULT_LOG_RETENTION_DAYS: u32 = 90;
 /// How often expired log entries are dropped, by default.
 pub const DEFAULT_COMPACTION_INTERVAL: Duration = Duration::from_secs(3600);
+/// How often the log is scrubbed, by default: daily.
+pub const DEFAULT_SCRUB_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// How fast the scrub reads, by default, in MiB per second: a small share of a disk.
+pub const DEFAULT_SCRUB_MB_PER_SECOND: u64 = 16;
 
 /// `days` as a duration.
 pub(crate) fn days(days: u32) -> Duration {
@@ -74,6 +78,10 @@ pub struct Settings {
     pub log_retention: Duration,
     /// How often expired log entries are dropped (also once at start).
     pub compaction_interval: Duration,
+    /// How often every sealed log segment is read back and checked; `None`: never.
+    pub scrub_interval: Option<Duration>,
+    /// How fast the scrub reads, in bytes per second.
+    pub scrub_bytes_per_second: u64,
     /// Who may post webhooks (no verification when empty).
     pub webhook_verifier: WebhookVerifier,
     /// Signs the intake's acknowledgements, when set.
@@ -104,6 +112,8 @@ impl Settings {
             feed: FeedSettings::DEFAULT,
             log_retention: days(DEFAULT_LOG_RETENTION_DAYS),
             compaction_interval: DEFAULT_COMPACTION_INTERVAL,
+            scrub_interval: Some(DEFAULT_SCRUB_INTERVAL),
+            scrub_bytes_per_second: DEFAULT_SCRUB_MB_PER_SECOND * 1024 * 1024,
             webhook_verifier: WebhookVerifier::default(),
             response_signer: None,
             grpc_tokens: BearerTokens::default(),
@@ -338,6 +348,15 @@ impl Core {
             settings.compaction_interval,
             stop.clone(),
         ));
+        if let Some(interval) = settings.scrub_interval {
+            tasks.spawn(scrub_periodically(
+                store.clone(),
+                interval,
+                settings.scrub_bytes_per_second,
+                metrics.clone(),
+                stop.clone(),
+            ));
+        }
         if let Some((log, progress)) = &stream {
             tasks.spawn(cluster::follow(
                 log.clone(),
@@ -394,7 +413,15 @@ impl Core {
         tokio::task::spawn_blocking(move || writer_task.join())
             .await
             .expect("the writer join task does not panic: join() logs a writer panic instead");
-        store.flush()?;
+        // The log is the record: a view that cannot be flushed now (a full disk) is caught up
+        // by the next start's replay, so the stop is still a clean one.
+        if let Err(e) = store.flush() {
+            tracing::warn!(
+                error = %e,
+                "the view could not be flushed at stop: nothing acknowledged is lost, the next \
+                 start replays the log into the view"
+            );
+        }
         Ok(())
     }
 }
@@ -573,6 +600,49 @@ async fn compact_periodically(
         }
         if let Err(e) = compact_expired(&writer, retention).await {
             tracing::error!(error = %e, "log compaction failed");
+        }
+    }
+}
+
+/// Reads every sealed log segment back every `interval`, at most `bytes_per_second`, until
+/// `stop`: damage no read has met yet is logged and counted (`qistatus_log_damage`) the day
+/// it appears, not the day someone needs that webhook.
+async fn scrub_periodically(
+    store: Store,
+    interval: Duration,
+    bytes_per_second: u64,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = stop.cancelled() => return,
+        }
+        let (store, counted, stop) = (store.clone(), metrics.clone(), stop.clone());
+        let scrubbed = tokio::task::spawn_blocking(move || {
+            store.scrub(&mut |bytes| {
+                counted.scrubbed(bytes, 0);
+                let rest = Duration::from_secs_f64(bytes as f64 / bytes_per_second.max(1) as f64);
+                std::thread::sleep(rest);
+                !stop.is_cancelled()
+            })
+        })
+        .await;
+        match scrubbed {
+            Ok(Ok(scrub)) => {
+                for damage in &scrub.damage {
+                    tracing::error!(%damage, "the scrub found damage in the log: run `qistatus-server verify` and see the runbook");
+                }
+                metrics.scrubbed(0, scrub.damage.len());
+                tracing::debug!(
+                    segments = scrub.segments,
+                    bytes = scrub.bytes,
+                    "log scrubbed"
+                );
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "the log scrub failed"),
+            Err(e) => tracing::error!(error = %e, "the log scrub task failed"),
         }
     }
 }

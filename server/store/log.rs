@@ -455,36 +455,58 @@ pub(crate) fn scan(
     let mut last_lsn = 0;
     for segment in segments(dir).map_err(LogError::from)? {
         let bytes = std::fs::read(segment_path(dir, segment)).map_err(LogError::from)?;
-        let mut at = if bytes.starts_with(MAGIC) {
-            MAGIC.len()
-        } else {
-            0
-        };
-        while at < bytes.len() {
-            match frame_at(&bytes, at) {
-                Some((header, payload, next)) => {
-                    last_lsn = header.lsn;
-                    each(Scanned::Record {
-                        header,
-                        raw: &bytes[payload..next],
-                    })?;
-                    at = next;
-                }
-                None => {
-                    let resumes = find_intact_frame(&bytes, at + 1, last_lsn);
-                    each(Scanned::Damage {
-                        segment,
-                        from: at as u64,
-                        to: resumes.map_or(bytes.len(), |(to, _)| to) as u64,
-                        after_lsn: last_lsn,
-                        before_lsn: resumes.map(|(_, lsn)| lsn),
-                    })?;
-                    at = resumes.map_or(bytes.len(), |(to, _)| to);
-                }
+        last_lsn = scan_segment(segment, &bytes, last_lsn, each)?;
+    }
+    Ok(())
+}
+
+/// [`scan`] of one segment's bytes, after record `last_lsn`; returns the last record's LSN.
+pub(crate) fn scan_segment(
+    segment: u64,
+    bytes: &[u8],
+    mut last_lsn: u64,
+    each: &mut dyn FnMut(Scanned<'_>) -> Result<(), crate::store::StoreError>,
+) -> Result<u64, crate::store::StoreError> {
+    let mut at = if bytes.starts_with(MAGIC) {
+        MAGIC.len()
+    } else {
+        0
+    };
+    while at < bytes.len() {
+        match frame_at(bytes, at) {
+            Some((header, payload, next)) => {
+                last_lsn = header.lsn;
+                each(Scanned::Record {
+                    header,
+                    raw: &bytes[payload..next],
+                })?;
+                at = next;
+            }
+            None => {
+                let resumes = find_intact_frame(bytes, at + 1, last_lsn);
+                each(Scanned::Damage {
+                    segment,
+                    from: at as u64,
+                    to: resumes.map_or(bytes.len(), |(to, _)| to) as u64,
+                    after_lsn: last_lsn,
+                    before_lsn: resumes.map(|(_, lsn)| lsn),
+                })?;
+                at = resumes.map_or(bytes.len(), |(to, _)| to);
             }
         }
     }
-    Ok(())
+    Ok(last_lsn)
+}
+
+/// The sealed segments of `dir` (every one but the newest, which is still appended to), by
+/// first LSN: what a scrub reads while the server runs.
+pub(crate) fn sealed_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
+    let mut all = segments(dir)?;
+    all.pop();
+    Ok(all
+        .into_iter()
+        .map(|segment| (segment, segment_path(dir, segment)))
+        .collect())
 }
 
 /// Reads until `buf` is full or the input ends; returns how many bytes were read.

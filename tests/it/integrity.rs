@@ -458,3 +458,49 @@ async fn an_altered_payload_in_an_older_segment_is_never_served_or_reconciled() 
     );
     assert!(server.terminate().await.success());
 }
+
+#[tokio::test]
+async fn the_background_scrub_finds_damage_no_read_has_met() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let data = dir.path().join("data");
+    let server = ServerCommand::new(&data)
+        .env("QISTATUS_LOG_SEGMENT_BYTES", "4096")
+        .args(["--scrub-interval", "200ms"])
+        .stderr_to(&log)
+        .start()
+        .await;
+    for n in 0..60 {
+        assert_eq!(post(server.http, body(n)).await.0, 200);
+    }
+    // Sound so far: the scrub reads and finds nothing.
+    server
+        .metric_reaches(
+            "qistatus_scrubbed_bytes_total",
+            4096.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    let metrics = reqwest::get(format!("http://{}/metrics", server.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("\nqistatus_log_damage_total 0\n"),
+        "{metrics}"
+    );
+    // A byte of an old, sealed segment goes bad while the server runs.
+    let oldest = segments(&data).remove(0);
+    let mut bytes = std::fs::read(&oldest).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&oldest, &bytes).unwrap();
+    server
+        .metric_reaches("qistatus_log_damage_total", 1.0, Duration::from_secs(10))
+        .await;
+    assert!(server.terminate().await.success());
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("the scrub found damage in the log"), "{said}");
+}

@@ -504,7 +504,11 @@ impl Writer {
             }
         }
         if let Err(e) = self.store.flush() {
-            tracing::error!(error = %e, "final flush failed");
+            tracing::warn!(
+                error = %e,
+                "the view's final flush failed: nothing acknowledged is lost (the log holds \
+                 it), and the next start replays the log into the view"
+            );
         }
         tracing::debug!("writer stopped");
     }

@@ -8,7 +8,11 @@
 //! - a rollover interrupted before the new segment had its header: recovered by itself;
 //! - a full disk (a small tmpfs under the log, as root): `503` with `Retry-After` and
 //!   `/readyz` naming the cause while it lasts, acknowledgements again once space is freed,
-//!   with no restart, and nothing acknowledged lost across a restart after it.
+//!   with no restart, and nothing acknowledged lost across a restart after it;
+//! - a full disk under sled's files instead: `503`, a clean stop that says the log will be
+//!   replayed, and nothing lost once the volume grows;
+//! - a stored body altered in an older segment: `DATA_LOSS`, never reconciled; the
+//!   background scrub finds such damage on its own.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -503,4 +507,59 @@ async fn the_background_scrub_finds_damage_no_read_has_met() {
     assert!(server.terminate().await.success());
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(said.contains("the scrub found damage in the log"), "{said}");
+}
+
+#[tokio::test]
+async fn a_view_that_cannot_be_written_loses_nothing_the_log_holds() {
+    // sled's files on a small disk that fills; the log on a large one.
+    let disk = SmallDisk::mount("2m");
+    let big = tempfile::tempdir().unwrap();
+    let data = disk.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::os::unix::fs::symlink(big.path(), data.join("log")).unwrap();
+    let log = big.path().join("server.log");
+    let server = ServerCommand::new(&data).stderr_to(&log).start().await;
+    let pad = "y".repeat(3000);
+    let big_body = |n: usize| {
+        serde_json::to_vec(&serde_json::json!({
+            "webhook_type": "debt",
+            "key": format!("integrity-{n}"),
+            "status": "disbursed",
+            "event_datetime": "2024-01-01 10:00:00",
+            "pad": pad,
+        }))
+        .unwrap()
+    };
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for n in 0..5000 {
+        match post(server.http, big_body(n)).await {
+            (200, _) => acked.push(n),
+            (status, retry_after) => {
+                refused = Some((status, retry_after));
+                break;
+            }
+        }
+    }
+    let (status, retry_after) = refused.expect("the view's disk filled up");
+    assert_eq!(status, 503, "a full disk is not the sender's mistake");
+    assert!(retry_after.is_some());
+    // A clean stop, which says what happens next.
+    let exit = server.terminate().await;
+    assert!(exit.success(), "{exit}");
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("the next start replays the log"), "{said}");
+
+    // Room again (the volume grown), a start: the log catches the view up, nothing is lost.
+    let grown = std::process::Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(disk.path())
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    let server = ServerCommand::new(&data).start().await;
+    for &n in &acked {
+        assert!(holds(server.grpc, n).await, "acknowledged webhook {n} lost");
+    }
+    assert!(server.terminate().await.success());
 }

@@ -397,9 +397,18 @@ async fn save_snapshot(
     let partial = file.with_extension("partial");
     let out = std::fs::File::create(&partial)
         .map_err(|e| ClientError::Output(format!("{}: {e}", partial.display())))?;
-    let saved = client.save_snapshot(std::io::BufWriter::new(&out)).await?;
+    let mut hashing = Sha256Writer::new(std::io::BufWriter::new(&out));
+    let saved = client.save_snapshot(&mut hashing).await?;
+    let sha256 = hashing.hex_digest();
+    // The digest beside the file, as `sha256sum` writes it (so `sha256sum -c` checks it
+    // too): kept apart from the file, it is what a restore checks against an edit.
+    let name = file
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let digest_file = sha256_file(&file);
     out.sync_all()
         .and_then(|()| std::fs::rename(&partial, &file))
+        .and_then(|()| std::fs::write(&digest_file, format!("{sha256}  {name}\n")))
         .map_err(|e| ClientError::Output(format!("{}: {e}", file.display())))?;
     if json {
         println!(
@@ -409,18 +418,65 @@ async fn save_snapshot(
                 "head_sequence": saved.head_sequence,
                 "store_id": saved.store_id,
                 "bytes": saved.bytes,
+                "sha256": sha256,
             })
         );
     } else {
         println!(
-            "saved {}: store {} through sequence {}, {} bytes",
+            "saved {}: store {} through sequence {}, {} bytes, sha256 {sha256} (also in {})",
             file.display(),
             saved.store_id,
             saved.head_sequence,
-            saved.bytes
+            saved.bytes,
+            digest_file.display()
         );
     }
     Ok(())
+}
+
+/// Where a snapshot's SHA-256 is kept: `FILE.sha256`.
+fn sha256_file(file: &std::path::Path) -> std::path::PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".sha256");
+    name.into()
+}
+
+/// Writes through, hashing what passes with SHA-256.
+struct Sha256Writer<W> {
+    inner: W,
+    hash: sha2::Sha256,
+}
+
+impl<W> Sha256Writer<W> {
+    fn new(inner: W) -> Self {
+        use sha2::Digest;
+        Sha256Writer {
+            inner,
+            hash: sha2::Sha256::new(),
+        }
+    }
+
+    fn hex_digest(self) -> String {
+        use sha2::Digest;
+        self.hash
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Sha256Writer<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// `qistatus stats`: operations by kind and status, and the log's head.

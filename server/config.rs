@@ -340,6 +340,10 @@ pub enum Command {
     Restore {
         /// The snapshot file.
         file: PathBuf,
+        /// The SHA-256 the file must have (64 hex digits): by default the one `qistatus
+        /// snapshot save` recorded beside it in FILE.sha256, when that exists.
+        #[arg(long)]
+        sha256: Option<String>,
     },
     /// Check --data-dir with the server stopped: every log record's checksum and order, then
     /// the view's indexes and counters. Lists every problem; exits non-zero if there is any.

@@ -91,10 +91,18 @@ async fn main() -> anyhow::Result<()> {
             }
             println!("{count} quarantined webhook(s)");
         }
-        Command::Restore { file } => {
+        Command::Restore { file, sha256 } => {
             let input = std::fs::File::open(&file)
                 .with_context(|| format!("cannot read the snapshot {}", file.display()))?;
-            let restored = qistatus::store::restore(input, &config.data_dir)
+            let sha256 = recorded_sha256(&file, sha256.as_deref())?;
+            if sha256.is_none() {
+                eprintln!(
+                    "qistatus-server: no SHA-256 recorded for {} (no --sha256, no .sha256 \
+                     file): checked by its CRC and its view's consistency only",
+                    file.display()
+                );
+            }
+            let restored = qistatus::store::restore(input, &config.data_dir, sha256)
                 .with_context(|| format!("cannot restore {}", file.display()))?;
             println!(
                 "restored {} operation(s) through sequence {} of store {} into {}; new store \
@@ -164,6 +172,34 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The SHA-256 a snapshot must have: `given` (hex), else the first word of `FILE.sha256`
+/// (what `qistatus snapshot save` writes, in `sha256sum`'s format), else none.
+fn recorded_sha256(
+    file: &std::path::Path,
+    given: Option<&str>,
+) -> anyhow::Result<Option<[u8; 32]>> {
+    let mut beside = file.as_os_str().to_owned();
+    beside.push(".sha256");
+    let beside = std::path::PathBuf::from(beside);
+    let text = match given {
+        Some(hex) => hex.to_owned(),
+        None => match std::fs::read_to_string(&beside) {
+            Ok(text) => text
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", beside.display())),
+        },
+    };
+    let bytes = hex::decode(text.trim())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .with_context(|| format!("{text:?} is not a SHA-256 (64 hex digits)"))?;
+    Ok(Some(bytes))
 }
 
 /// Opens the store for an offline command, with the view caught up with the log.

@@ -16,8 +16,9 @@
 //! with its CRC recomputed restores nothing either. It stages beside the target in a
 //! directory it creates (`<target>.restoring`, numbered if that exists) and never removes
 //! what it did not create. An edit that keeps the view consistent and recomputes every
-//! checksum (the file's and the log frames') is out of these checks' reach: that needs a
-//! digest kept apart from the file, which is not built yet.
+//! checksum (the file's and the log frames') is out of these checks' reach: for that, the
+//! SHA-256 of the whole file, which `qistatus snapshot save` records beside it
+//! (`FILE.sha256`), is compared when given (the `restore` command reads that file).
 //!
 //! A restored store gets a new identity: its sequences up to the snapshot's head mean what
 //! they meant, but the ones it assigns next will mean other changes than the original's, and
@@ -145,18 +146,22 @@ fn entry(out: &mut impl Write, name: &str, path: &Path, len: u64) -> Result<(), 
     Ok(())
 }
 
-/// Counts and checksums what passes through.
+/// Counts and checksums what passes through: the CRC-32 the file carries, and (reading) the
+/// SHA-256 of every byte, which a restore compares with the one recorded at save.
 struct Checksummed<W> {
     inner: W,
     crc: crc32fast::Hasher,
+    sha256: sha2::Sha256,
     written: u64,
 }
 
 impl<W> Checksummed<W> {
     fn new(inner: W) -> Self {
+        use sha2::Digest;
         Checksummed {
             inner,
             crc: crc32fast::Hasher::new(),
+            sha256: sha2::Sha256::new(),
             written: 0,
         }
     }
@@ -177,8 +182,10 @@ impl<W: Write> Write for Checksummed<W> {
 
 impl<R: Read> Read for Checksummed<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
         let n = self.inner.read(buf)?;
         self.crc.update(&buf[..n]);
+        self.sha256.update(&buf[..n]);
         self.written += n as u64;
         Ok(n)
     }
@@ -199,8 +206,14 @@ pub struct Restored {
 
 /// Restores the snapshot read from `input` into `data_dir`, which must not exist or be
 /// empty. Offline: nothing else may use `data_dir`. Nothing is left at `data_dir` unless the
-/// whole file was read and its checksum matched.
-pub fn restore(input: impl Read, data_dir: &Path) -> Result<Restored, StoreError> {
+/// whole file was read, its checksum matched, its SHA-256 is `sha256` when that is given
+/// (the digest recorded when it was saved, kept apart from it), and its view agrees with
+/// itself.
+pub fn restore(
+    input: impl Read,
+    data_dir: &Path,
+    sha256: Option<[u8; 32]>,
+) -> Result<Restored, StoreError> {
     if data_dir.exists() && std::fs::read_dir(data_dir)?.next().is_some() {
         return Err(invalid(format!(
             "{} is not empty: restore into a new directory",
@@ -209,7 +222,7 @@ pub fn restore(input: impl Read, data_dir: &Path) -> Result<Restored, StoreError
     }
     let staging = new_staging_dir(data_dir)?;
     // Everything under `staging` was made by this restore, and only it is ever removed.
-    let result = restore_into(input, &staging);
+    let result = restore_into(input, &staging, sha256);
     let header = match result {
         Ok(header) => header,
         Err(e) => {
@@ -287,7 +300,11 @@ struct RestoredHeader {
     operations: usize,
 }
 
-fn restore_into(input: impl Read, staging: &Path) -> Result<RestoredHeader, StoreError> {
+fn restore_into(
+    input: impl Read,
+    staging: &Path,
+    sha256: Option<[u8; 32]>,
+) -> Result<RestoredHeader, StoreError> {
     let mut input = Checksummed::new(BufReader::new(input));
     let mut magic = [0u8; 8];
     input
@@ -357,6 +374,20 @@ fn restore_into(input: impl Read, staging: &Path) -> Result<RestoredHeader, Stor
         .map_err(|_| invalid("the file ends early"))?;
     if u32::from_le_bytes(crc) != expected {
         return Err(invalid("damaged: the checksum does not match"));
+    }
+    if let Some(recorded) = sha256 {
+        use sha2::Digest;
+        // Whatever follows the end mark is part of the file too.
+        std::io::copy(&mut input, &mut std::io::sink())?;
+        let found: [u8; 32] = input.sha256.clone().finalize().into();
+        if found != recorded {
+            return Err(invalid(format!(
+                "the file's SHA-256 is {}, not the {} recorded when it was saved: it was \
+                 changed since",
+                hex::encode(found),
+                hex::encode(recorded)
+            )));
+        }
     }
     if !saw_view {
         return Err(invalid("damaged: no view"));

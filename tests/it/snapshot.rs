@@ -214,7 +214,45 @@ async fn an_edited_snapshot_is_refused_and_staging_touches_nothing_it_did_not_ma
     let edited = dir.path().join("edited.snapshot");
     std::fs::write(&edited, &bytes).unwrap();
 
+    // An edit the view cannot see (a key renamed everywhere in it, consistently), with the
+    // CRC recomputed: the SHA-256 recorded beside the file when it was saved catches it.
+    let recorded = std::fs::read_to_string(dir.path().join("qistatus.snapshot.sha256")).unwrap();
+    let original = std::fs::read(&file).unwrap();
+    use sha2::Digest;
+    let digest: String = sha2::Sha256::digest(&original)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        recorded,
+        format!("{digest}  qistatus.snapshot\n"),
+        "sha256sum's format"
+    );
+    let mut renamed = original.clone();
+    let mut renames = 0;
+    for at in 0..log_starts - 5 {
+        if &renamed[at..at + 5] == b"other" {
+            renamed[at..at + 5].copy_from_slice(b"0ther");
+            renames += 1;
+        }
+    }
+    assert!(renames > 0);
+    let body = renamed.len() - 4;
+    let crc = crc32fast::hash(&renamed[..body]);
+    renamed[body..].copy_from_slice(&crc.to_le_bytes());
+    let renamed_file = dir.path().join("renamed.snapshot");
+    std::fs::write(&renamed_file, &renamed).unwrap();
+    std::fs::write(dir.path().join("renamed.snapshot.sha256"), &recorded).unwrap();
     let target = rs.join("backup.new");
+    let out = server_offline(["restore", renamed_file.to_str().unwrap()], &target);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a snapshot edited since it was saved restored"
+    );
+    assert!(said.contains("recorded when it was saved"), "{said}");
+    assert!(!target.exists(), "nothing is left behind");
+
     let out = server_offline(["restore", edited.to_str().unwrap()], &target);
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "an edited snapshot restored");

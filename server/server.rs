@@ -311,7 +311,21 @@ impl Core {
         stop: &CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<Core, ServerError> {
-        let store = Store::open_with_cache(&settings.data_dir, settings.cache_bytes)?;
+        let store = match Store::open_with_cache(&settings.data_dir, settings.cache_bytes) {
+            // A cluster node's copy is not the record: the stream is. A damaged copy is set
+            // aside whole (nothing deleted) and the node reads the stream again from its start.
+            Err(e) if settings.cluster.is_some() && e.is_damage() => {
+                let aside = set_aside(&settings.data_dir)?;
+                tracing::error!(
+                    error = %e,
+                    set_aside = %aside.display(),
+                    "this node's data directory is damaged: set aside as it was, and the node \
+                     reads the cluster's stream again from its start"
+                );
+                Store::open_with_cache(&settings.data_dir, settings.cache_bytes)?
+            }
+            opened => opened?,
+        };
         let quarantined = store.quarantine_len();
         if quarantined > 0 {
             tracing::warn!(
@@ -424,6 +438,15 @@ impl Core {
         }
         Ok(())
     }
+}
+
+/// Moves `data_dir` to a new `<data_dir>.damaged-<ms since the epoch>` beside it.
+fn set_aside(data_dir: &std::path::Path) -> Result<PathBuf, ServerError> {
+    let mut name = data_dir.as_os_str().to_owned();
+    name.push(format!(".damaged-{}", crate::clock::now_millis()));
+    let aside = PathBuf::from(name);
+    std::fs::rename(data_dir, &aside).map_err(StoreError::from)?;
+    Ok(aside)
 }
 
 /// Connects a cluster node to its stream and binds the store to it; lowers the intake's

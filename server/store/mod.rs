@@ -146,7 +146,11 @@ impl StoreError {
     /// Whether stored bytes were found damaged (a checksum that does not match): never
     /// served or reconciled, reported as data loss.
     pub fn is_damage(&self) -> bool {
-        matches!(self, StoreError::Log(e) if e.is_damage())
+        match self {
+            StoreError::Log(e) => e.is_damage(),
+            StoreError::LogBehindView { .. } => true,
+            _ => false,
+        }
     }
 
     /// Whether this is the device being out of space: it passes once space is freed.

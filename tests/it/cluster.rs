@@ -511,3 +511,54 @@ async fn storing_past_the_request_timeout_is_a_503_and_a_retry_is_safe() {
     let op = wait_for_version(node.grpc, "slow-1", 2).await;
     assert_eq!((op.status.as_str(), op.version), ("disbursed", 2));
 }
+
+/// A cluster node whose local log is damaged does not refuse for ever: its copy is set aside
+/// whole (nothing deleted) and it reads the stream again, losing nothing acknowledged.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_with_a_damaged_log_sets_it_aside_and_reads_the_stream_again() {
+    let nats = NatsCluster::start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cluster_args = ["--nats", &nats.urls(), "--nats-replicas", "1"];
+    let node = ServerCommand::new(&data).args(cluster_args).start().await;
+    for i in 0..50 {
+        let body = webhook("debt", &format!("k{i}"), "disbursed", "2024-01-01 10:00:00");
+        assert_eq!(post(node.http, &body).await.expect("answered").0, 200);
+    }
+    assert!(node.terminate().await.success());
+    let segment = std::fs::read_dir(data.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "log"))
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle..middle + 4] {
+        *b ^= 0xa5;
+    }
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let log = dir.path().join("node.log");
+    let node = ServerCommand::new(&data)
+        .args(cluster_args)
+        .stderr_to(&log)
+        .start()
+        .await;
+    let mut client = qistatus::client::Client::connect(&format!("http://{}", node.grpc))
+        .await
+        .unwrap();
+    for i in 0..50 {
+        let op = client.get(&format!("k{i}"), Some("debt")).await;
+        assert_eq!(op.expect("re-read from the stream").status, "disbursed");
+    }
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("set aside as it was"), "{said}");
+    let aside = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("data.damaged-"))
+        .expect("the damaged directory, set aside");
+    let kept = aside.join("log").join(segment.file_name().unwrap());
+    assert_eq!(std::fs::read(kept).unwrap(), bytes, "set aside as it was");
+    drop(node);
+}

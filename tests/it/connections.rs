@@ -165,12 +165,7 @@ async fn a_real_webhook_is_acknowledged_while_1100_slow_connections_are_held_at_
     assert!(started.elapsed() < Duration::from_secs(3));
 
     // The shedding is counted where monitoring looks.
-    let metrics = reqwest::get(format!("http://{}/metrics", server.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics_text().await;
     let shed = metrics
         .lines()
         .find_map(|l| l.strip_prefix("qistatus_connections_shed_total{listener=\"intake\"} "))

@@ -35,6 +35,18 @@ fn body(n: usize) -> Vec<u8> {
     )
 }
 
+/// [`body`] `n` with `pad` bytes more: large webhooks, to fill a disk.
+fn padded_body(n: usize, pad: usize) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "webhook_type": "debt",
+        "key": format!("integrity-{n}"),
+        "status": "disbursed",
+        "event_datetime": "2024-01-01 10:00:00",
+        "pad": "x".repeat(pad),
+    }))
+    .unwrap()
+}
+
 /// POSTs `body` to the intake; the status and the `Retry-After` header.
 async fn post(http: SocketAddr, body: Vec<u8>) -> (u16, Option<String>) {
     let answer = reqwest::Client::new()
@@ -328,17 +340,7 @@ async fn a_full_disk_is_a_503_until_space_is_freed_then_acknowledged_again_witho
         .await;
 
     // Fill it: every webhook about 4 KiB.
-    let pad = "x".repeat(4000);
-    let big = |n: usize| {
-        serde_json::to_vec(&serde_json::json!({
-            "webhook_type": "debt",
-            "key": format!("integrity-{n}"),
-            "status": "disbursed",
-            "event_datetime": "2024-01-01 10:00:00",
-            "pad": pad,
-        }))
-        .unwrap()
-    };
+    let big = |n: usize| padded_body(n, 4000);
     let mut acked = Vec::new();
     let mut full = None;
     for n in 0..1000 {
@@ -485,12 +487,7 @@ async fn the_background_scrub_finds_damage_no_read_has_met() {
             Duration::from_secs(10),
         )
         .await;
-    let metrics = reqwest::get(format!("http://{}/metrics", server.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics_text().await;
     assert!(
         metrics.contains("\nqistatus_log_damage_total 0\n"),
         "{metrics}"
@@ -519,17 +516,7 @@ async fn a_view_that_cannot_be_written_loses_nothing_the_log_holds() {
     std::os::unix::fs::symlink(big.path(), data.join("log")).unwrap();
     let log = big.path().join("server.log");
     let server = ServerCommand::new(&data).stderr_to(&log).start().await;
-    let pad = "y".repeat(3000);
-    let big_body = |n: usize| {
-        serde_json::to_vec(&serde_json::json!({
-            "webhook_type": "debt",
-            "key": format!("integrity-{n}"),
-            "status": "disbursed",
-            "event_datetime": "2024-01-01 10:00:00",
-            "pad": pad,
-        }))
-        .unwrap()
-    };
+    let big_body = |n: usize| padded_body(n, 3000);
     let mut acked = Vec::new();
     let mut refused = None;
     for n in 0..5000 {

@@ -181,6 +181,16 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
+    /// Its `/metrics` text now.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .expect("the admin listener answers")
+            .text()
+            .await
+            .expect("a metrics text")
+    }
+
     /// Waits (at most `limit`) until its `/metrics` shows `metric` at `value` or more: a
     /// state the server reports, instead of a sleep that guesses how long it takes.
     pub async fn metric_reaches(&self, metric: &str, value: f64, limit: Duration) {

@@ -4,7 +4,8 @@
 //! - bytes flipped in the middle of the newest log segment, with intact records after them:
 //!   the start is refused naming the place, not a byte is cut, with or without sled's files;
 //!   `verify` says so; `salvage` copies every readable webhook from both sides of the damage;
-//! - a torn tail (a partial write at the end): cut at the start, as a crash leaves it;
+//! - a torn tail (a partial write at the end): cut at the start, as a crash leaves it; a
+//!   damaged segment header: refused, nothing changed;
 //! - a rollover interrupted before the new segment had its header: recovered by itself;
 //! - a full disk (a small tmpfs under the log, as root): `503` with `Retry-After` and
 //!   `/readyz` naming the cause while it lasts, acknowledgements again once space is freed,
@@ -549,4 +550,28 @@ async fn a_view_that_cannot_be_written_loses_nothing_the_log_holds() {
         assert!(holds(server.grpc, n).await, "acknowledged webhook {n} lost");
     }
     assert!(server.terminate().await.success());
+}
+
+#[tokio::test]
+async fn a_damaged_segment_header_is_refused_and_cut_nowhere() {
+    let dir = tempfile::tempdir().unwrap();
+    store_and_stop(dir.path(), 20).await;
+    let newest = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&newest).unwrap();
+    bytes[2] ^= 0xff;
+    std::fs::write(&newest, &bytes).unwrap();
+    let said = refused_start(dir.path(), &[]);
+    assert!(said.contains("not a qistatus log segment"), "{said}");
+    assert_eq!(
+        std::fs::read(&newest).unwrap(),
+        bytes,
+        "the start changed the log"
+    );
+    let out = server_offline(["--log", "warn", "verify"], dir.path());
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "verify passed a damaged header: {report}"
+    );
+    assert!(report.contains("damage: segment"), "{report}");
 }

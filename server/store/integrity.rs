@@ -1,7 +1,9 @@
-//! Checking and salvaging a data directory, offline (the server stopped): what an operator
-//! runs when a start refuses a damaged log, or to prove a directory sound.
+//! Checking and salvaging a data directory: offline (the server stopped), what an operator
+//! runs when a start refuses a damaged log, or to prove a directory sound; and online, the
+//! scrub that reads the sealed segments back while the server runs.
 //!
-//! Both read the log with [`log::scan`], which never stops at damage and never writes:
+//! All three read the log frame by frame ([`log::scan`], `log::scan_segment`), never stopping
+//! at damage and never writing:
 //!
 //! - [`verify`] reads every record of every segment (checksums included), then the view's
 //!   invariants (indexes and counters against the operations, the view not ahead of the log),
@@ -11,6 +13,8 @@
 //!   the stretches it could not read. `qistatus replay DIR` posts them to a server on a fresh
 //!   data directory: statuses depend only on the set of webhooks, so the salvaged set gives
 //!   the same answers, less what the damage took.
+//! - `Store::scrub` reads every sealed segment (not the newest, still appended to) and
+//!   reports its damage; the server runs it at a set pace and interval.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

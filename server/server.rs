@@ -344,9 +344,9 @@ impl Core {
         let catalog = CatalogHandle::new(settings.catalog.clone());
         // A single node finishes (or redoes) a rebuild under its catalog before serving. A
         // cluster node does not: rebuilding promotes quarantined webhooks into sequences of
-        // its own, which only the stream may assign (reloads are refused there too).
+        // its own, which only the stream may assign (reloads are refused there too). No
+        // replay first: a rebuild replays the log itself, and the writer does at its start.
         if stream.is_none() {
-            store.replay(&catalog.current())?;
             rebuild_if_the_catalog_changed(&store, &catalog.current())?;
         }
         let (writer, writer_task) = spawn_writer(

@@ -72,12 +72,14 @@ pub struct Config {
     #[arg(long, env = "QISTATUS_REQUEST_TIMEOUT", default_value_t = IntakeLimits::DEFAULT.request_timeout.into())]
     pub request_timeout: humantime::Duration,
 
-    /// Most webhook requests handled at once; more wait their turn.
+    /// Most webhook requests processed at once, counted from when a body has arrived whole;
+    /// more wait their turn for up to a second, then are answered 503 with Retry-After.
     #[arg(long, env = "QISTATUS_MAX_CONCURRENT_REQUESTS", default_value_t = IntakeLimits::DEFAULT.max_concurrent)]
     pub max_concurrent_requests: usize,
 
-    /// Most webhook connections open at once. At the bound, the connection idle longest is
-    /// closed to admit a new one. Lowered at start if the process may not open that many files.
+    /// Most webhook connections open at once. At the bound, the connection that has waited
+    /// longest without a request being processed (idle, or still sending headers or body)
+    /// is closed to admit a new one. Lowered at start if the process may not open that many files.
     #[arg(long, env = "QISTATUS_MAX_CONNECTIONS", default_value_t = IntakeLimits::DEFAULT.max_connections)]
     pub max_connections: usize,
 
@@ -100,6 +102,12 @@ pub struct Config {
     /// may not open that many files.
     #[arg(long, env = "QISTATUS_GRPC_MAX_CONNECTIONS", default_value_t = GrpcLimits::DEFAULT.max_connections)]
     pub grpc_max_connections: usize,
+
+    /// How long a new gRPC connection has to make its first authenticated call. At the
+    /// connection bound, a connection that has made none by then is closed to make room
+    /// (the oldest first); connections that have are never closed for a newcomer.
+    #[arg(long, env = "QISTATUS_GRPC_FIRST_CALL_GRACE", default_value_t = GrpcLimits::DEFAULT.first_call_grace.into())]
+    pub grpc_first_call_grace: humantime::Duration,
 
     /// A gRPC connection is asked to close after this long (clients reconnect, watchers
     /// resume), and closed a minute later.
@@ -459,6 +467,7 @@ impl Config {
                 max_connections: self.grpc_max_connections.max(1),
                 handshake_timeout: *self.handshake_timeout,
                 max_connection_age: *self.grpc_max_connection_age,
+                first_call_grace: *self.grpc_first_call_grace,
                 request_timeout: *self.grpc_request_timeout,
             },
             admin: AdminLimits {

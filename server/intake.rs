@@ -17,6 +17,7 @@
 //! document numbers and emails.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Json;
@@ -27,7 +28,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
-use tower::ServiceBuilder;
+use tokio::sync::Semaphore;
 
 use crate::auth::response_signing::ResponseSigner;
 use crate::auth::webhook::{AuthError, RequestFacts, WebhookVerifier};
@@ -45,7 +46,10 @@ pub struct IntakeLimits {
     pub max_body: usize,
     /// Longest a request may take before it is answered `408`.
     pub request_timeout: Duration,
-    /// Most requests handled at once; more wait their turn.
+    /// Most requests processed at once (verified, read and stored), counted from when a
+    /// request's body has arrived whole; more wait their turn, for at most
+    /// [`SLOT_WAIT`]. Bodies still arriving take no slot: they are bounded by the
+    /// connections and by [`IntakeLimits::body_budget`].
     pub max_concurrent: usize,
     /// Most connections open at once; at the bound, the connection idle longest is closed
     /// to make room (or the new one refused when every connection is busy).
@@ -72,6 +76,18 @@ impl IntakeLimits {
         handshake_timeout: Duration::from_secs(10),
     };
 }
+
+impl IntakeLimits {
+    /// Most bytes of bodies held in memory at once, counted as they arrive: as many as the
+    /// request slots could hold. A body that would go past it is answered `503`.
+    pub fn body_budget(&self) -> usize {
+        self.max_concurrent.saturating_mul(self.max_body)
+    }
+}
+
+/// Longest a request whose body has arrived waits for a slot before it is answered `503`
+/// with `Retry-After`: a sender is better told to come back than held.
+pub const SLOT_WAIT: Duration = Duration::from_secs(1);
 
 impl Default for IntakeLimits {
     fn default() -> Self {
@@ -126,12 +142,12 @@ pub(crate) fn router(state: IntakeState, limits: IntakeLimits) -> Router {
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { IntakeError::NoRoute })
-        .with_state(WithLimits { state, limits })
-        .layer(
-            ServiceBuilder::new().layer(tower::limit::ConcurrencyLimitLayer::new(
-                limits.max_concurrent,
-            )),
-        )
+        .with_state(WithLimits {
+            state,
+            limits,
+            slots: Arc::new(Semaphore::new(limits.max_concurrent)),
+            bodies: Arc::new(BodyBudget::new(limits.body_budget())),
+        })
 }
 
 /// Most request headers, and most bytes of them, the intake reads. QI Tech sends a handful.
@@ -144,6 +160,90 @@ pub(crate) const MAX_HEADER_BYTES: usize = 16 * 1024;
 struct WithLimits {
     state: IntakeState,
     limits: IntakeLimits,
+    /// The request slots: [`IntakeLimits::max_concurrent`].
+    slots: Arc<Semaphore>,
+    /// The bytes of bodies held in memory.
+    bodies: Arc<BodyBudget>,
+}
+
+/// Bytes of request bodies held in memory, and their bound.
+#[derive(Debug)]
+struct BodyBudget {
+    held: AtomicUsize,
+    max: usize,
+}
+
+impl BodyBudget {
+    fn new(max: usize) -> BodyBudget {
+        BodyBudget {
+            held: AtomicUsize::new(0),
+            max,
+        }
+    }
+}
+
+/// Bytes one request holds of the [`BodyBudget`], given back when dropped.
+struct BodyHold {
+    budget: Arc<BodyBudget>,
+    bytes: usize,
+}
+
+impl BodyHold {
+    /// Takes `bytes` more, unless that would go past the bound.
+    fn take(&mut self, bytes: usize) -> Result<(), IntakeError> {
+        let budget = &self.budget;
+        let before = budget.held.fetch_add(bytes, Ordering::AcqRel);
+        if before.saturating_add(bytes) > budget.max {
+            budget.held.fetch_sub(bytes, Ordering::AcqRel);
+            return Err(IntakeError::Busy("too many request bodies held in memory"));
+        }
+        self.bytes += bytes;
+        Ok(())
+    }
+}
+
+impl Drop for BodyHold {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// Reads a body whole: at most `max` bytes, held in `hold` as they arrive.
+async fn read_body(
+    body: axum::body::Body,
+    max: usize,
+    hold: &mut BodyHold,
+) -> Result<Bytes, IntakeError> {
+    use http_body::Body as _;
+    use http_body_util::BodyExt as _;
+    // A declared length over the limit is refused before a byte of it is read.
+    if body.size_hint().lower() > max as u64 {
+        return Err(IntakeError::BodyTooLarge(max));
+    }
+    let mut body = body;
+    let mut first: Option<Bytes> = None;
+    let mut rest = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| IntakeError::Body(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let so_far = first.as_ref().map_or(0, Bytes::len) + rest.len();
+        if so_far + data.len() > max {
+            return Err(IntakeError::BodyTooLarge(max));
+        }
+        hold.take(data.len())?;
+        // Most bodies come in one frame: kept as it came, without a copy.
+        match first.take() {
+            None if rest.is_empty() => first = Some(data),
+            Some(f) => {
+                rest.extend_from_slice(&f);
+                rest.extend_from_slice(&data);
+            }
+            None => rest.extend_from_slice(&data),
+        }
+    }
+    Ok(first.unwrap_or_else(|| rest.freeze()))
 }
 
 /// The body of a successful answer.
@@ -165,7 +265,12 @@ struct Progress {
 
 /// `POST /webhooks`: the whole request, body included, within `request_timeout`.
 async fn receive_webhook(
-    State(WithLimits { state, limits }): State<WithLimits>,
+    State(WithLimits {
+        state,
+        limits,
+        slots,
+        bodies,
+    }): State<WithLimits>,
     request: Request,
 ) -> Result<Response, IntakeError> {
     let started = std::time::Instant::now();
@@ -182,7 +287,7 @@ async fn receive_webhook(
     let deadline = limits.request_timeout;
     let outcome = match tokio::time::timeout(
         deadline,
-        store_webhook(state, limits, request, &mut progress),
+        store_webhook(state, limits, (&slots, bodies), request, &mut progress),
     )
     .await
     {
@@ -246,6 +351,7 @@ const OTHER_KIND: &str = "other";
 async fn store_webhook(
     state: IntakeState,
     limits: IntakeLimits,
+    (slots, bodies): (&Semaphore, Arc<BodyBudget>),
     request: Request,
     progress: &mut Progress,
 ) -> Result<Ack, IntakeError> {
@@ -269,10 +375,17 @@ async fn store_webhook(
             return Err(IntakeError::UnsupportedEncoding(encoding));
         }
     }
-    let body = axum::body::to_bytes(body, limits.max_body)
-        .await
-        .map_err(|e| IntakeError::body(e, limits.max_body))?;
+    let mut hold = BodyHold {
+        budget: bodies,
+        bytes: 0,
+    };
+    let body = read_body(body, limits.max_body, &mut hold).await?;
     progress.body_received = true;
+    // Only now, its body here, does the request take a slot, and it does not wait long.
+    let _slot = tokio::time::timeout(SLOT_WAIT, slots.acquire())
+        .await
+        .map_err(|_| IntakeError::Busy("every request slot stayed taken"))?
+        .expect("the slots' semaphore is never closed");
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let facts = RequestFacts {
         method: method.as_str(),
@@ -314,6 +427,9 @@ pub(crate) enum IntakeError {
     /// The body is larger than the limit.
     #[error("the body is larger than {0} bytes")]
     BodyTooLarge(usize),
+    /// The intake is at one of its bounds (named) and answers `503` rather than wait.
+    #[error("qistatus is busy ({0}): retry shortly")]
+    Busy(&'static str),
     /// The body could not be read (the connection dropped or broke the protocol).
     #[error("cannot read the request body: {0}")]
     Body(String),
@@ -362,19 +478,6 @@ struct ErrorBody {
     error: String,
 }
 
-impl IntakeError {
-    /// A body that could not be read: too large, or broken off.
-    fn body(e: axum::Error, max_body: usize) -> IntakeError {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            IntakeError::BodyTooLarge(max_body)
-        } else {
-            IntakeError::Body(e.to_string())
-        }
-    }
-}
-
 impl IntoResponse for IntakeError {
     fn into_response(self) -> Response {
         let (status, message) = match &self {
@@ -399,6 +502,7 @@ impl IntoResponse for IntakeError {
             }
             IntakeError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, self.to_string()),
             IntakeError::NoRoute => (StatusCode::NOT_FOUND, self.to_string()),
+            IntakeError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, self.to_string()),
             IntakeError::Submit(SubmitError::Busy) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "qistatus is busy: retry shortly".to_owned(),

@@ -197,13 +197,15 @@ pub async fn run(
     let intake_admission = Admission::new(
         "intake",
         intake_connections,
-        AtCapacity::EvictIdle,
+        AtCapacity::EvictWaiting,
         metrics.shed_counter("intake"),
     );
     let grpc_admission = Admission::new(
         "grpc",
         grpc_connections,
-        AtCapacity::Refuse,
+        AtCapacity::EvictUnproven {
+            grace: settings.grpc.first_call_grace,
+        },
         metrics.shed_counter("grpc"),
     );
     let http_server = serve_intake(
@@ -582,7 +584,7 @@ async fn serve_admin(
     let admission = Admission::new(
         "admin",
         limits.max_connections,
-        AtCapacity::EvictIdle,
+        AtCapacity::EvictWaiting,
         state.metrics.shed_counter("admin"),
     );
     let incoming = net::accept_connections(

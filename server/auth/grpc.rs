@@ -1,6 +1,9 @@
 //! Bearer tokens for the gRPC API, checked by a tower layer in front of every service but
 //! health (load balancers and orchestrators probe health without credentials).
 //!
+//! An authenticated call (any call but health's when no tokens are configured) marks its
+//! connection as proven: see [`crate::net::AtCapacity::EvictUnproven`].
+//!
 //! Tokens are compared by their SHA-256 digests in constant time, against every configured
 //! token, so neither a token's contents nor which token matched leak through timing.
 
@@ -11,6 +14,7 @@ use sha2::{Digest, Sha256};
 use tower::{Layer, Service};
 
 use super::webhook::constant_time_eq;
+use crate::net::ConnectionInfo;
 
 /// The accepted tokens. Empty: every call is allowed.
 #[derive(Clone, Default)]
@@ -113,12 +117,20 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let open = !self.tokens.is_enabled() || request.uri().path().starts_with(OPEN_PREFIX);
+        let health = request.uri().path().starts_with(OPEN_PREFIX);
         let authorization = request
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        if open || self.tokens.accepts(authorization) {
+        let authenticated = !self.tokens.is_enabled() || self.tokens.accepts(authorization);
+        if authenticated && !health {
+            // The connection has shown it serves a caller: at the connection bound it is
+            // kept, while connections that never called are closed to make room.
+            if let Some(info) = request.extensions().get::<ConnectionInfo>() {
+                info.proof.prove();
+            }
+        }
+        if health || authenticated {
             return futures_util::future::Either::Left(self.inner.call(request));
         }
         let reason = if authorization.is_none() {

@@ -38,9 +38,13 @@ pub const MAX_FILTER_VALUES: usize = 64;
 /// Limits of the gRPC listener's connections and requests.
 #[derive(Debug, Clone, Copy)]
 pub struct GrpcLimits {
-    /// Most connections open at once; more are refused (an open connection may carry
-    /// watchers, so none is closed to make room).
+    /// Most connections open at once. At the bound, a connection that has made no
+    /// authenticated call within `first_call_grace` is closed to make room; one that has
+    /// (it may carry watchers) never is, and the newcomer is refused instead.
     pub max_connections: usize,
+    /// How long a new connection has to make its first authenticated call before it may be
+    /// closed to make room.
+    pub first_call_grace: Duration,
     /// Longest a new connection may take to finish its TLS handshake, or to send its first
     /// bytes.
     pub handshake_timeout: Duration,
@@ -55,6 +59,7 @@ impl GrpcLimits {
     /// The defaults, which the server's flags also show.
     pub const DEFAULT: GrpcLimits = GrpcLimits {
         max_connections: 1024,
+        first_call_grace: Duration::from_secs(5),
         handshake_timeout: Duration::from_secs(10),
         max_connection_age: Duration::from_secs(3600),
         request_timeout: Duration::from_secs(30),

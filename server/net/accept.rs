@@ -21,7 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-use super::admission::{Admission, Slot};
+use super::admission::{Admission, CallerProof, Slot};
 
 /// Connections handshaken but not yet taken by the server.
 const READY_QUEUE: usize = 64;
@@ -31,7 +31,6 @@ const READY_QUEUE: usize = 64;
 pub(crate) struct Conn {
     transport: Transport,
     slot: Arc<Slot>,
-    local: Option<SocketAddr>,
     peer: SocketAddr,
 }
 
@@ -63,7 +62,6 @@ pub(crate) fn accept_connections(
     stop: CancellationToken,
 ) -> mpsc::Receiver<Conn> {
     let (ready_tx, ready) = mpsc::channel(READY_QUEUE);
-    let local = listener.local_addr().ok();
     tokio::spawn(async move {
         loop {
             let (stream, peer) = tokio::select! {
@@ -86,7 +84,6 @@ pub(crate) fn accept_connections(
                         let conn = Conn {
                             transport,
                             slot,
-                            local,
                             peer,
                         };
                         let _ = ready_tx.send(conn).await;
@@ -199,14 +196,20 @@ impl AsyncWrite for Conn {
     }
 }
 
+/// What tonic puts in the extensions of every request of a connection.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionInfo {
+    /// Marks the connection as having made an authenticated call.
+    pub(crate) proof: CallerProof,
+}
+
 /// tonic serves `Conn`s as they come from [`accept_connections`].
 impl tonic::transport::server::Connected for Conn {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    type ConnectInfo = ConnectionInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        tonic::transport::server::TcpConnectInfo {
-            local_addr: self.local,
-            remote_addr: Some(self.peer),
+        ConnectionInfo {
+            proof: self.slot.proof(),
         }
     }
 }

@@ -7,17 +7,20 @@
 //!
 //! Guarantees:
 //! - at most `max` connections of a listener are open at once (counted from accept to close);
-//! - on the intake ([`AtCapacity::EvictIdle`]), a new connection at the bound closes the
-//!   connection that has been idle longest (no request in flight, nothing read recently),
-//!   so a client that holds connections open cannot lock real senders out; when every
-//!   connection is busy with a request, the new one is refused instead;
-//! - on the gRPC listener ([`AtCapacity::Refuse`]) connections carry long watch streams, so
-//!   a new connection at the bound is refused rather than closing a watcher;
+//! - on the intake and the admin listener ([`AtCapacity::EvictWaiting`]), a new connection at
+//!   the bound closes the connection that has waited longest without a request being
+//!   processed: idle, or still sending its headers or its body. A request is processed once
+//!   its body has arrived whole; until then it costs nothing but its connection, and a client
+//!   that sends slowly, or declares a body it never sends, is what gets shed, never a fresh
+//!   fast sender. When every connection is processing a request, the new one is refused;
+//! - on the gRPC listener ([`AtCapacity::EvictUnproven`]) connections carry long watch
+//!   streams, so only a connection that has made no authenticated call within `grace` of
+//!   opening (the oldest such first) is closed to make room; otherwise the new one is refused;
 //! - every refused or evicted connection is counted ([`Admission::shed`]) and logged, at most
 //!   once every ten seconds per listener with the count since the last line.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,15 +30,30 @@ use tokio::sync::Notify;
 /// What a listener does with a new connection when it is at its bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AtCapacity {
-    /// Close the connection idle longest to make room; refuse when none is idle.
-    EvictIdle,
-    /// Refuse the new connection.
-    Refuse,
+    /// Close the connection that has waited longest without a request being processed;
+    /// refuse when every connection is processing one.
+    EvictWaiting,
+    /// Close the oldest connection that has made no authenticated call within `grace` of
+    /// opening; refuse when there is none.
+    EvictUnproven {
+        /// How long a new connection has to make its first authenticated call.
+        grace: Duration,
+    },
 }
 
-/// How long a connection must have been idle before it may be evicted: a connection that
-/// just finished a request is about to send the next one.
-const MIN_IDLE_TO_EVICT: Duration = Duration::from_millis(200);
+/// How long a connection must have waited, still sending a request, before it may be
+/// evicted: a fresh connection is about to send its request whole.
+const MIN_WAIT_TO_EVICT: Duration = Duration::from_millis(200);
+/// How long a connection idle between requests must have been idle before it may be
+/// evicted: its client may send its next request on it at any moment, and closing it then
+/// fails that request, so kept-alive connections go last and not soon.
+const MIN_IDLE_TO_EVICT: Duration = Duration::from_secs(2);
+/// How many evicted connections, still closing, a listener of bound `max` may hold beyond
+/// it: what [`super::connection_budget`] leaves room for.
+pub(crate) fn eviction_headroom(max: usize) -> usize {
+    max / 8 + 1
+}
+
 /// Shortest time between two "shedding connections" log lines of one listener.
 const SHED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -52,7 +70,10 @@ struct Inner {
     policy: AtCapacity,
     epoch: Instant,
     next_id: AtomicU64,
+    /// Every connection holding a descriptor, the evicted ones included until closed.
     open: Mutex<BTreeMap<u64, Arc<ConnState>>>,
+    /// Of those, the evicted ones.
+    closing: AtomicUsize,
     shed: AtomicU64,
     shed_metric: Counter,
     log: Mutex<ShedLog>,
@@ -64,13 +85,29 @@ struct ShedLog {
     unlogged: u64,
 }
 
-/// What the admission knows of one open connection.
+/// What the admission knows of one open connection. Times are milliseconds since the
+/// admission's epoch.
 #[derive(Debug)]
 struct ConnState {
-    /// Requests being handled on it.
+    /// When it was admitted.
+    opened_ms: u64,
+    /// Requests begun on it (headers read) and not finished.
     in_flight: AtomicUsize,
-    /// Milliseconds since the admission's epoch when it last read bytes or finished a request.
+    /// Of those, the requests whose body has arrived whole: being processed.
+    processing: AtomicUsize,
+    /// Whether any request has begun on it.
+    begun: AtomicBool,
+    /// Whether any request has finished on it.
+    finished: AtomicBool,
+    /// Whether it has made an authenticated call (gRPC).
+    proven: AtomicBool,
+    /// When it last read bytes or finished a request.
     last_active_ms: AtomicU64,
+    /// When it started waiting without a request being processed: admitted, or its last
+    /// request finished.
+    waiting_since_ms: AtomicU64,
+    /// Whether it has been evicted (its task is closing it).
+    closing: AtomicBool,
     /// Notified when the connection is evicted.
     evicted: Notify,
 }
@@ -92,6 +129,7 @@ impl Admission {
                 epoch: Instant::now(),
                 next_id: AtomicU64::new(0),
                 open: Mutex::new(BTreeMap::new()),
+                closing: AtomicUsize::new(0),
                 shed: AtomicU64::new(0),
                 shed_metric,
                 log: Mutex::new(ShedLog::default()),
@@ -108,17 +146,44 @@ impl Admission {
             .open
             .lock()
             .expect("the admission lock is never poisoned: no code panics while holding it");
-        if open.len() >= inner.max {
+        let closing = inner.closing.load(Ordering::Acquire);
+        // Evicted connections hold their descriptor until their task closes them: a burst of
+        // evictions may go past `max` by the headroom, never further.
+        if open.len() >= inner.max + eviction_headroom(inner.max) {
+            drop(open);
+            self.count_shed();
+            return None;
+        }
+        if open.len() - closing >= inner.max {
+            let (min_wait, min_idle) = (
+                MIN_WAIT_TO_EVICT.as_millis() as u64,
+                MIN_IDLE_TO_EVICT.as_millis() as u64,
+            );
             let victim = match inner.policy {
-                AtCapacity::Refuse => None,
-                AtCapacity::EvictIdle => open
+                AtCapacity::EvictWaiting => open
                     .iter()
-                    .filter(|(_, c)| c.in_flight.load(Ordering::Acquire) == 0)
-                    .filter(|(_, c)| {
-                        now.saturating_sub(c.last_active_ms.load(Ordering::Relaxed))
-                            >= MIN_IDLE_TO_EVICT.as_millis() as u64
+                    .filter(|(_, c)| !c.closing.load(Ordering::Acquire))
+                    .filter(|(_, c)| c.processing.load(Ordering::Acquire) == 0)
+                    .map(|(&id, c)| (id, c.waiting_since_ms.load(Ordering::Relaxed), c))
+                    .filter(|&(_, since, c)| {
+                        let wait = if c.is_between_requests() {
+                            min_idle
+                        } else {
+                            min_wait
+                        };
+                        now.saturating_sub(since) >= wait
                     })
-                    .min_by_key(|(_, c)| c.last_active_ms.load(Ordering::Relaxed))
+                    // Connections still sending a request (or their first one's headers)
+                    // before connections idle between requests: closing an idle kept-alive
+                    // connection races its client's next request, which then fails.
+                    .min_by_key(|&(_, since, c)| (c.is_between_requests(), since))
+                    .map(|(id, _, _)| id),
+                AtCapacity::EvictUnproven { grace } => open
+                    .iter()
+                    .filter(|(_, c)| !c.closing.load(Ordering::Acquire))
+                    .filter(|(_, c)| !c.proven.load(Ordering::Acquire))
+                    .filter(|(_, c)| now.saturating_sub(c.opened_ms) >= grace.as_millis() as u64)
+                    .min_by_key(|(_, c)| c.opened_ms)
                     .map(|(&id, _)| id),
             };
             let Some(victim) = victim else {
@@ -126,7 +191,9 @@ impl Admission {
                 self.count_shed();
                 return None;
             };
-            if let Some(conn) = open.remove(&victim) {
+            if let Some(conn) = open.get(&victim) {
+                conn.closing.store(true, Ordering::Release);
+                inner.closing.fetch_add(1, Ordering::AcqRel);
                 // `notify_one` stores a permit, so the connection sees it even if it is not
                 // waiting right now.
                 conn.evicted.notify_one();
@@ -135,8 +202,15 @@ impl Admission {
         }
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(ConnState {
+            opened_ms: now,
             in_flight: AtomicUsize::new(0),
+            processing: AtomicUsize::new(0),
+            begun: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+            proven: AtomicBool::new(false),
             last_active_ms: AtomicU64::new(now),
+            waiting_since_ms: AtomicU64::new(now),
+            closing: AtomicBool::new(false),
             evicted: Notify::new(),
         });
         open.insert(id, state.clone());
@@ -147,13 +221,15 @@ impl Admission {
         })
     }
 
-    /// Connections open now.
+    /// Connections open now, apart from evicted ones still closing.
     pub(crate) fn open(&self) -> usize {
-        self.inner
+        let open = self
+            .inner
             .open
             .lock()
             .expect("the admission lock is never poisoned")
-            .len()
+            .len();
+        open - self.inner.closing.load(Ordering::Acquire)
     }
 
     /// Connections refused or evicted since start.
@@ -185,6 +261,13 @@ impl Admission {
     }
 }
 
+impl ConnState {
+    /// Whether it has finished a request and has none in flight.
+    fn is_between_requests(&self) -> bool {
+        self.finished.load(Ordering::Acquire) && self.in_flight.load(Ordering::Acquire) == 0
+    }
+}
+
 impl Inner {
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
@@ -206,12 +289,27 @@ impl Slot {
         self.state.last_active_ms.store(now, Ordering::Relaxed);
     }
 
-    /// Marks a request in flight until the guard is dropped: the connection is busy and is
-    /// not evicted meanwhile.
+    /// Marks a request in flight until the guard is dropped. It is processed (the connection
+    /// is busy and not evicted) once [`RequestGuard::body_received`] says its body arrived.
     pub(crate) fn begin_request(self: &Arc<Self>) -> RequestGuard {
         self.state.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.state.begun.store(true, Ordering::Release);
         self.touch();
-        RequestGuard { slot: self.clone() }
+        RequestGuard {
+            slot: self.clone(),
+            received: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether any request has begun on this connection.
+    pub(crate) fn has_begun(&self) -> bool {
+        self.state.begun.load(Ordering::Acquire)
+    }
+
+    /// A handle that marks this connection as having made an authenticated call (no longer
+    /// a candidate for [`AtCapacity::EvictUnproven`]), without holding its place.
+    pub(crate) fn proof(&self) -> CallerProof {
+        CallerProof(self.state.clone())
     }
 
     /// How long the connection has had no request in flight and read nothing; zero while a
@@ -232,9 +330,25 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Ok(mut open) = self.admission.inner.open.lock() {
-            open.remove(&self.id);
+        let inner = &self.admission.inner;
+        if let Ok(mut open) = inner.open.lock()
+            && let Some(conn) = open.remove(&self.id)
+            && conn.closing.load(Ordering::Acquire)
+        {
+            inner.closing.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+}
+
+/// Marks one connection as having made an authenticated call; it does not keep the
+/// connection's place (a request may outlive its connection).
+#[derive(Debug, Clone)]
+pub(crate) struct CallerProof(Arc<ConnState>);
+
+impl CallerProof {
+    /// Notes that the connection made an authenticated call.
+    pub(crate) fn prove(&self) {
+        self.0.proven.store(true, Ordering::Release);
     }
 }
 
@@ -242,12 +356,30 @@ impl Drop for Slot {
 #[derive(Debug)]
 pub(crate) struct RequestGuard {
     slot: Arc<Slot>,
+    received: AtomicBool,
+}
+
+impl RequestGuard {
+    /// Notes that the request's body has arrived whole: it is processed from now on, and its
+    /// connection is not evicted until it finishes. Idempotent.
+    pub(crate) fn body_received(&self) {
+        if !self.received.swap(true, Ordering::AcqRel) {
+            self.slot.state.processing.fetch_add(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
+        let state = &self.slot.state;
+        if self.received.load(Ordering::Acquire) {
+            state.processing.fetch_sub(1, Ordering::AcqRel);
+        }
+        let now = self.slot.admission.inner.now_ms();
+        state.waiting_since_ms.store(now, Ordering::Relaxed);
+        state.finished.store(true, Ordering::Release);
         self.slot.touch();
-        self.slot.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+        state.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -255,9 +387,13 @@ impl Drop for RequestGuard {
 mod tests {
     use super::*;
 
+    const NEVER: AtCapacity = AtCapacity::EvictUnproven {
+        grace: Duration::from_secs(3600),
+    };
+
     #[tokio::test]
     async fn refuses_at_the_bound_and_frees_places_on_drop() {
-        let admission = Admission::new("test", 2, AtCapacity::Refuse, Counter::default());
+        let admission = Admission::new("test", 2, NEVER, Counter::default());
         let a = admission.admit().expect("first place");
         let _b = admission.admit().expect("second place");
         assert!(admission.admit().is_none());
@@ -267,29 +403,69 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn evicts_the_connection_idle_longest_but_never_a_busy_one() {
-        let admission = Admission::new("test", 2, AtCapacity::EvictIdle, Counter::default());
-        let oldest = Arc::new(admission.admit().expect("place"));
+    async fn evicts_the_connection_waiting_longest_but_never_one_processing_a_request() {
+        let admission = Admission::new("test", 3, AtCapacity::EvictWaiting, Counter::default());
+        // Sends its headers, then never its body.
+        let stalled = Arc::new(admission.admit().expect("place"));
+        let stalled_request = stalled.begin_request();
         std::thread::sleep(Duration::from_millis(10));
-        let newer = Arc::new(admission.admit().expect("place"));
-        // Too recently active: nothing to evict yet.
+        let processing = Arc::new(admission.admit().expect("place"));
+        let request = processing.begin_request();
+        request.body_received();
+        let idle = Arc::new(admission.admit().expect("place"));
+        // Too recently admitted: nothing to evict yet.
         assert!(admission.admit().is_none());
 
-        std::thread::sleep(MIN_IDLE_TO_EVICT + Duration::from_millis(50));
-        newer.touch();
-        let _busy = oldest.begin_request();
-        std::thread::sleep(MIN_IDLE_TO_EVICT + Duration::from_millis(50));
-        // `oldest` is busy, so `newer` (idle) goes even though it was active more recently.
-        let third = admission
+        std::thread::sleep(MIN_WAIT_TO_EVICT + Duration::from_millis(50));
+        // Bytes of the stalled body trickling in do not make it any less of a candidate.
+        stalled.touch();
+        let fresh = admission
             .admit()
-            .expect("room made by evicting the idle one");
-        tokio::time::timeout(Duration::from_secs(1), newer.evicted())
+            .expect("room made by evicting the stalled one");
+        tokio::time::timeout(Duration::from_secs(1), stalled.evicted())
+            .await
+            .expect("the stalled connection is told it was evicted");
+        // Its task closes it.
+        drop((stalled_request, stalled));
+        // Then the idle one; the processing one is never chosen.
+        let fresh = Arc::new(fresh);
+        let _fresh_request = fresh.begin_request();
+        std::thread::sleep(MIN_WAIT_TO_EVICT + Duration::from_millis(50));
+        assert!(
+            admission.admit().is_some(),
+            "room made by evicting the idle one"
+        );
+        tokio::time::timeout(Duration::from_secs(1), idle.evicted())
             .await
             .expect("the idle connection is told it was evicted");
-        assert_eq!(admission.open(), 2);
-        // Now both are busy or fresh: refuse.
-        let _busy_too = Arc::new(third).begin_request();
-        assert!(admission.admit().is_none());
+        drop(request);
         assert_eq!(admission.shed(), 3);
+    }
+
+    #[tokio::test]
+    async fn evicts_only_connections_that_made_no_authenticated_call_within_the_grace() {
+        let grace = Duration::from_millis(100);
+        let admission = Admission::new(
+            "test",
+            2,
+            AtCapacity::EvictUnproven { grace },
+            Counter::default(),
+        );
+        let watcher = Arc::new(admission.admit().expect("place"));
+        let silent = Arc::new(admission.admit().expect("place"));
+        // Within the grace, a new connection is refused.
+        assert!(admission.admit().is_none());
+        watcher.proof().prove();
+        std::thread::sleep(grace + Duration::from_millis(50));
+        let newcomer = admission
+            .admit()
+            .expect("room made by closing the silent one");
+        tokio::time::timeout(Duration::from_secs(1), silent.evicted())
+            .await
+            .expect("the silent connection is told it was evicted");
+        drop(silent);
+        newcomer.proof().prove();
+        // Both left have proven themselves: refuse.
+        assert!(admission.admit().is_none());
     }
 }

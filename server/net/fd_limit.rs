@@ -4,7 +4,10 @@
 //! process may open, `accept` fails with EMFILE before any bound is reached, and the store
 //! itself cannot open a file. So at start the soft limit is raised to the hard limit (what Go
 //! and nginx do too), and the listeners' bounds are lowered, in proportion, to fit under it
-//! with room left for the store and the process itself.
+//! with room left for the store and the process itself and for each listener's
+//! [`eviction_headroom`].
+
+use super::admission::eviction_headroom;
 
 /// Descriptors kept for the store (sled's files, log segments), stdio, the runtime and
 /// snapshot or rebuild work.
@@ -32,11 +35,14 @@ pub(crate) fn connection_budget(intake: usize, grpc: usize) -> (usize, usize, Op
 
 fn fit(intake: usize, grpc: usize, limit: u64) -> (usize, usize, Option<String>) {
     let available = limit.saturating_sub(RESERVED).max(2);
-    let wanted = intake as u64 + grpc as u64;
+    // Each listener may hold evicted connections, still closing, beyond its bound.
+    let with_headroom = |n: usize| (n + eviction_headroom(n)) as u64;
+    let wanted = with_headroom(intake) + with_headroom(grpc);
     if wanted <= available {
         return (intake, grpc, None);
     }
     let scale = |n: usize| ((n as u64 * available / wanted) as usize).max(1);
+    // `scale` shrinks each bound by `available / wanted`: with its headroom it fits too.
     let (i, g) = (scale(intake), scale(grpc));
     let warning = format!(
         "the process may open {limit} files: connection limits lowered to {i} (intake, \
@@ -48,7 +54,7 @@ fn fit(intake: usize, grpc: usize, limit: u64) -> (usize, usize, Option<String>)
 
 #[cfg(test)]
 mod tests {
-    use super::fit;
+    use super::{eviction_headroom, fit};
 
     #[test]
     fn bounds_that_fit_are_kept() {
@@ -58,7 +64,8 @@ mod tests {
     #[test]
     fn bounds_that_do_not_fit_are_scaled_down_below_the_limit() {
         let (intake, grpc, warning) = fit(4096, 1024, 1024);
-        assert!(intake + grpc <= 1024 - 128, "{intake} + {grpc}");
+        let held = |n: usize| n + eviction_headroom(n);
+        assert!(held(intake) + held(grpc) <= 1024 - 128, "{intake} + {grpc}");
         assert!(intake > grpc);
         let warning = warning.expect("a warning");
         assert!(

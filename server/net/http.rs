@@ -4,7 +4,11 @@
 //! runs its own loop, the one hyper-util documents, with:
 //! - a header read timeout: a request's headers must arrive within `header_read_timeout`;
 //!   hyper starts that clock whenever it waits for a request, so it is also the idle timeout
-//!   of a kept-alive HTTP/1.1 connection;
+//!   of a kept-alive HTTP/1.1 connection. The first request's clock starts here, from the
+//!   connection's first byte: before hyper sees a request, hyper-util reads ahead to tell
+//!   HTTP/1.1 from HTTP/2, with no clock of its own;
+//! - a request counts as processed only once its body has arrived whole (the admission's
+//!   eviction spares it from then on, and only then);
 //! - an idle timeout for every connection (HTTP/2 included): closed gracefully when it has no
 //!   request in flight and has sent nothing for `idle_timeout`;
 //! - HTTP/2 keepalive pings, so a vanished peer is noticed;
@@ -12,10 +16,13 @@
 //! - on shutdown, every connection finishes its requests in flight and closes.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -25,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::accept::Conn;
+use super::admission::RequestGuard;
 
 /// Timeouts of the intake's connections.
 #[derive(Debug, Clone, Copy)]
@@ -76,7 +84,7 @@ pub(crate) async fn serve(
             conn,
             app.clone(),
             builder.clone(),
-            timeouts.idle,
+            timeouts,
             stop.clone(),
         ));
     }
@@ -88,18 +96,31 @@ async fn serve_connection(
     conn: Conn,
     app: Router,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    idle_timeout: Duration,
+    timeouts: HttpTimeouts,
     stop: CancellationToken,
 ) {
+    let HttpTimeouts {
+        header_read: header_read_timeout,
+        idle: idle_timeout,
+    } = timeouts;
     let slot = conn.slot().clone();
     let peer = conn.peer();
     let service = {
         let slot = slot.clone();
         hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-            let guard = slot.begin_request();
+            let guard = Arc::new(slot.begin_request());
             let app = app.clone();
+            let request = request.map(|body| {
+                if body.is_end_stream() {
+                    guard.body_received();
+                }
+                axum::body::Body::new(TrackedBody {
+                    inner: body,
+                    guard: guard.clone(),
+                })
+            });
             async move {
-                let response = app.oneshot(request.map(axum::body::Body::new)).await;
+                let response = app.oneshot(request).await;
                 drop(guard);
                 response.map_err(|never: Infallible| match never {})
             }
@@ -108,6 +129,9 @@ async fn serve_connection(
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(conn), service);
     tokio::pin!(connection);
     let mut shutting_down = false;
+    let first_request_due = tokio::time::sleep(header_read_timeout);
+    tokio::pin!(first_request_due);
+    let mut first_request_checked = false;
     loop {
         let idle_check = tokio::time::sleep(idle_timeout.saturating_sub(slot.idle_for()));
         tokio::select! {
@@ -121,6 +145,15 @@ async fn serve_connection(
                 tracing::debug!(%peer, "evicted while idle to admit a new connection");
                 return;
             }
+            // The condition is read when the `select!` starts, which may be long before the
+            // clock runs out: read again then. Once run out, the branch is off for good.
+            () = &mut first_request_due, if !first_request_checked => {
+                if !slot.has_begun() {
+                    tracing::debug!(%peer, "closed: no request headers within the header read timeout");
+                    return;
+                }
+                first_request_checked = true;
+            }
             () = stop.cancelled(), if !shutting_down => {
                 shutting_down = true;
                 connection.as_mut().graceful_shutdown();
@@ -133,5 +166,35 @@ async fn serve_connection(
                 }
             }
         }
+    }
+}
+
+/// A request's body, telling its [`RequestGuard`] when it has arrived whole.
+struct TrackedBody {
+    inner: Incoming,
+    guard: Arc<RequestGuard>,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.guard.body_received();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

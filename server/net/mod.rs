@@ -9,7 +9,7 @@ mod admission;
 mod fd_limit;
 mod http;
 
-pub(crate) use accept::accept_connections;
+pub(crate) use accept::{ConnectionInfo, accept_connections};
 pub(crate) use admission::{Admission, AtCapacity};
 pub(crate) use fd_limit::connection_budget;
 pub(crate) use http::{HttpTimeouts, serve as serve_http};

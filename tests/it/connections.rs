@@ -194,61 +194,233 @@ async fn a_real_webhook_is_acknowledged_while_1100_slow_connections_are_held_at_
     );
 }
 
+/// Trickles one header byte every 100 ms to `addr`, reconnecting when closed.
+async fn trickle_bytes(addr: std::net::SocketAddr, stop: tokio::sync::watch::Receiver<bool>) {
+    let request = b"GET /readyz HTTP/1.1\r\nHost: x\r\nX-Slow: 111111111111111111111111111111";
+    while !*stop.borrow() {
+        if let Ok(mut conn) = TcpStream::connect(addr).await {
+            for byte in request.iter().cycle() {
+                if *stop.borrow() || conn.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
-async fn the_admin_listener_has_bounds_of_its_own_and_answers_probes_past_trickling_clients() {
+async fn probes_are_answered_while_64_clients_trickle_bytes_to_the_admin_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    // The admin listener's defaults: 64 connections, 10 s to send headers.
+    let server = ServerCommand::new(dir.path()).start().await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let attackers: Vec<_> = (0..64)
+        .map(|_| tokio::spawn(trickle_bytes(server.admin, stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // One probe after another for 4 s, each answered within a second, over a new connection
+    // each (as a kubelet's are).
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut probes = 0;
+    while Instant::now() < deadline {
+        for path in ["livez", "readyz"] {
+            let answer = reqwest::Client::new()
+                .get(format!("http://{}/{path}", server.admin))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("/{path} unanswered while trickled: {e}"));
+            assert_eq!(answer.status(), 200, "/{path}");
+            probes += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(probes >= 10, "{probes}");
+    let _ = stop_tx.send(true);
+    for attacker in attackers {
+        attacker.abort();
+    }
+}
+
+/// Declares a body it never sends, as a slow-body attacker would: headers with a
+/// `Content-Length`, then silence until the server closes the connection, then again.
+async fn slow_body(addr: std::net::SocketAddr, stop: tokio::sync::watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        if let Ok(mut conn) = TcpStream::connect(addr).await
+            && conn
+                .write_all(b"POST /webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+                .await
+                .is_ok()
+        {
+            let _ = closed_within(&mut conn, Duration::from_secs(60)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+}
+
+#[tokio::test]
+async fn real_webhooks_are_acknowledged_within_a_second_while_5000_connections_stall_their_bodies()
+{
+    let raised = rlimit::increase_nofile_limit(16384).expect("raise this test's file limit");
+    assert!(
+        raised >= 8192,
+        "this test needs `ulimit -Hn` of at least 8192, got {raised}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerCommand::new(&dir.path().join("data"))
+        .nofile(1024)
+        .start()
+        .await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let attackers: Vec<_> = (0..5000)
+        .map(|_| tokio::spawn(slow_body(server.http, stop.clone())))
+        .collect();
+    // Every attacker has connected (or been shed) and declared its body.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let client = reqwest::Client::new();
+    for i in 0..10 {
+        let started = Instant::now();
+        let response = client
+            .post(format!("http://{}/webhooks", server.http))
+            .timeout(Duration::from_secs(10))
+            .body(webhook(
+                "debt",
+                &format!("real-{i}"),
+                "disbursed",
+                "2024-01-01 10:00:00",
+            ))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("real-{i} gets no answer: {e:?}"));
+        let acknowledged = started.elapsed();
+        assert_eq!(response.status(), 200, "real-{i}");
+        assert!(
+            acknowledged < Duration::from_secs(1),
+            "real-{i} acknowledged after {acknowledged:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = stop_tx.send(true);
+    for attacker in attackers {
+        attacker.abort();
+    }
+    assert!(server.terminate().await.success());
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_one_byte_is_closed_by_the_header_read_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerCommand::new(dir.path())
-        .args(["--admin-max-connections", "4"])
+        .args(["--header-read-timeout", "1s"])
         .args(["--admin-header-read-timeout", "1s"])
         .start()
         .await;
-    // Twice the bound, each sending a header line now and then but never the end of one.
-    let mut trickling = Vec::new();
+    for addr in [server.http, server.admin] {
+        let mut one = TcpStream::connect(addr).await.unwrap();
+        one.write_all(b"P").await.unwrap();
+        let closed = closed_within(&mut one, Duration::from_secs(5)).await;
+        let closed = closed.unwrap_or_else(|| panic!("{addr}: held past 5 s after one byte"));
+        assert!(closed >= Duration::from_millis(900), "{addr}: {closed:?}");
+    }
+    // That first-request clock stops once a request came: a kept-alive connection in use
+    // outlives it.
+    let mut kept = TcpStream::connect(server.http).await.unwrap();
     for _ in 0..8 {
-        if let Ok(mut stream) = TcpStream::connect(server.admin).await {
-            let _ = stream
-                .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n")
-                .await;
-            trickling.push(stream);
-        }
-    }
-    let trickle = async {
-        for _ in 0..10 {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            for stream in &mut trickling {
-                let _ = stream.write_all(b"X-Slow: 1\r\n").await;
-            }
-        }
-    };
-    let probe = async {
-        // Within the header timeout plus a margin, a probe gets its answer.
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(4);
-        loop {
-            let answer = client
-                .get(format!("http://{}/livez", server.admin))
-                .timeout(Duration::from_millis(500))
-                .send()
-                .await;
-            match answer {
-                Ok(answer) => return Some(answer.status()),
-                Err(_) if Instant::now() < deadline => continue,
-                Err(_) => return None,
-            }
-        }
-    };
-    let ((), status) = tokio::join!(trickle, probe);
-    assert_eq!(
-        status,
-        Some(reqwest::StatusCode::OK),
-        "/livez while trickled"
-    );
-    for stream in &mut trickling {
+        kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 256];
+        let n = kept.read(&mut answer).await.unwrap();
         assert!(
-            closed_within(stream, Duration::from_secs(2))
-                .await
-                .is_some(),
-            "a trickling admin connection outlived the admin header timeout"
+            answer[..n].starts_with(b"HTTP/1.1 200"),
+            "kept-alive request answered"
         );
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+#[tokio::test]
+async fn connections_that_never_call_cannot_lock_a_token_holder_out_of_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "reader-token\n").unwrap();
+    let server = ServerCommand::new(&dir.path().join("data"))
+        .args(["--grpc-token-file", tokens.to_str().unwrap()])
+        .args(["--grpc-max-connections", "20"])
+        .args(["--grpc-first-call-grace", "1s"])
+        .start()
+        .await;
+    let url = format!("http://{}", server.grpc);
+    // A watcher that called before the flood is never closed to make room: a raw stream,
+    // which would end (not resume) if its connection were closed.
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watcher = qistatus::pb::operation_status_service_client::OperationStatusServiceClient::with_interceptor(
+        channel,
+        |mut request: tonic::Request<()>| {
+            let token = "Bearer reader-token".parse().expect("ASCII");
+            request.metadata_mut().insert("authorization", token);
+            Ok(request)
+        },
+    );
+    let mut watch = watcher
+        .watch_operation(qistatus::pb::WatchOperationRequest::default())
+        .await
+        .expect("a watch")
+        .into_inner();
+
+    // Twice the bound of HTTP/2 connections that only do the handshake and answer pings.
+    let mut flood = Vec::new();
+    for _ in 0..40 {
+        let endpoint = tonic::transport::Endpoint::from_shared(url.clone()).unwrap();
+        if let Ok(Ok(channel)) =
+            tokio::time::timeout(Duration::from_secs(2), endpoint.connect()).await
+        {
+            flood.push(channel);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Past the grace, a token holder gets through: a silent connection is closed for it.
+    let started = Instant::now();
+    let get = tokio::process::Command::new(CLI_BIN)
+        .args(["--server", &url, "get", "nobody"])
+        .env("QISTATUS_TOKEN", "reader-token")
+        .output();
+    let get = tokio::time::timeout(Duration::from_secs(10), get)
+        .await
+        .expect("`qistatus get` answers")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&get.stderr);
+    assert!(
+        stderr.contains("no operation with key \"nobody\""),
+        "the call reached the service: {stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // The watcher still hears what happens.
+    let body = webhook("debt", "after-flood", "disbursed", "2024-01-01 10:00:00");
+    let posted = reqwest::Client::new()
+        .post(format!("http://{}/webhooks", server.http))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 200);
+    let heard = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let message = watch.message().await.expect("the stream is alive");
+            let message = message.expect("the stream goes on");
+            if format!("{message:?}").contains("after-flood") {
+                return;
+            }
+        }
+    });
+    heard.await.expect("the watcher hears the change");
+    drop(flood);
 }

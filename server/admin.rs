@@ -7,18 +7,22 @@
 //! | `GET /readyz` | `200 ready` when the store is open, replay is done and the writer takes webhooks (on a cluster node also: connected to NATS and at most [`crate::cluster::MAX_READY_LAG`] messages behind the stream); `503` with the reason otherwise (and while shutting down) |
 //! | `GET /metrics` | Prometheus text format ([`crate::metrics`]) |
 //! | `/ui/` | the console for people ([`crate::console`]) |
-//! | `POST /catalog/reload` | reads `--catalog` again and puts it in effect ([`crate::reload`]); `200` with what changed, `422` naming what is wrong with the file, `409` on a cluster node, `503` when the writer cannot |
+//! | `POST /catalog/reload` | reads `--catalog` again and puts it in effect ([`crate::reload`]); `200` with what changed, `422` naming what is wrong with the file, `409` on a cluster node, `503` when the writer cannot; with tokens configured `401` without one (or a console session); `429` within 5 s of the last reload |
+//!
+//! No request that changes something is taken from another site's page: `403` when the
+//! browser marks it cross-origin (`Sec-Fetch-Site`, `Origin`).
 //!
 //! The store is opened and replayed before any listener serves, so "replay done" holds from
 //! the first answer on.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
@@ -81,7 +85,13 @@ pub(crate) struct AdminState {
     pub(crate) stopping: CancellationToken,
     /// A cluster node's progress along the stream.
     pub(crate) cluster: Option<Arc<Progress>>,
+    /// When the last catalog reload began: [`MIN_RELOAD_INTERVAL`] apart.
+    pub(crate) last_reload: Arc<Mutex<Option<Instant>>>,
 }
+
+/// Shortest time between two catalog reloads through the admin listener: a reload
+/// re-reconciles every operation, so a loop of them would hold ingest back.
+pub(crate) const MIN_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The admin routes, the console ([`crate::console`]) under `/ui/` among them.
 pub(crate) fn router(state: AdminState) -> Router {
@@ -92,7 +102,51 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/catalog/reload", post(reload_catalog))
+        .layer(axum::middleware::from_fn(same_origin_only))
         .with_state(state)
+}
+
+/// Every request that changes something (any method but `GET`, `HEAD` and `OPTIONS`) must
+/// come from the admin listener's own pages or from a tool, never from a page of another
+/// site a person happens to have open: refused `403` when the browser says it is
+/// cross-site (`Sec-Fetch-Site`), or, from a browser that does not say, when its `Origin`
+/// is not this listener's `Host`.
+/// Tools (curl, the CLI, orchestrators) send neither header and pass; what they may do is
+/// then up to the endpoint's own credentials.
+async fn same_origin_only(request: Request, next: Next) -> Response {
+    let safe = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    if safe {
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    // A browser that sends `Sec-Fetch-Site` says what it knows; an older one only sends
+    // `Origin` (`null` from pages with `Referrer-Policy: no-referrer`, as the console's are,
+    // is then taken as foreign: such browsers do not exist among the console's).
+    let foreign = match text("sec-fetch-site") {
+        Some(site) => !matches!(site.to_ascii_lowercase().as_str(), "same-origin" | "none"),
+        None => text("origin").is_some_and(|origin| {
+            let host = origin.split_once("://").map(|(_, host)| host);
+            let own = text("host").or(request.uri().authority().map(|a| a.as_str()));
+            host.is_none() || host != own
+        }),
+    };
+    if foreign {
+        tracing::warn!(
+            path = request.uri().path(),
+            "admin: a cross-origin request to change state was refused"
+        );
+        return (
+            StatusCode::FORBIDDEN,
+            "refused: a request from another site (Origin / Sec-Fetch-Site) may not change \
+             anything here\n",
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
@@ -119,9 +173,47 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     }
 }
 
-/// `POST /catalog/reload`.
-async fn reload_catalog(State(state): State<AdminState>) -> Result<Response, ReloadError> {
-    let report = state.reloader.reload().await?;
+/// `POST /catalog/reload`: with the API's bearer token (or a console session) when tokens
+/// are configured, at most once every [`MIN_RELOAD_INTERVAL`].
+async fn reload_catalog(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+) -> Result<Response, AdminError> {
+    let sessions = &state.console.sessions;
+    if sessions.required() {
+        let text = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+        };
+        let signed_in = sessions.viewer(text(header::COOKIE)).is_some();
+        if !signed_in && !sessions.accepts_bearer(text(header::AUTHORIZATION)) {
+            return Err(AdminError::Unauthenticated);
+        }
+    }
+    let before = {
+        let mut last = state.last_reload.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if let Some(wait) = last
+            .map(|at| at + MIN_RELOAD_INTERVAL)
+            .filter(|next| *next > now)
+            .map(|next| next - now)
+        {
+            return Err(AdminError::TooSoon(wait));
+        }
+        last.replace(now)
+    };
+    let report = match state.reloader.reload().await {
+        Ok(report) => report,
+        Err(e) => {
+            // A file that does not load costs nothing to try again: only a reload that
+            // reached the writer counts.
+            if matches!(e, ReloadError::Catalog(_)) {
+                *state.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = before;
+            }
+            return Err(e.into());
+        }
+    };
     Ok(Json(serde_json::json!({
         "promoted": report.promoted,
         "still_quarantined": report.still_quarantined,
@@ -131,20 +223,44 @@ async fn reload_catalog(State(state): State<AdminState>) -> Result<Response, Rel
     .into_response())
 }
 
-/// A reload that changed nothing, as an answer: logged here, once.
-impl IntoResponse for ReloadError {
+/// Why an admin request that changes something did not: answered in one place.
+#[derive(Debug, thiserror::Error)]
+enum AdminError {
+    /// Tokens are configured and the request carried none (nor a console session).
+    #[error(
+        "send the API's bearer token (`authorization: Bearer <token>`) or sign in to the console"
+    )]
+    Unauthenticated,
+    /// The last reload was too recent.
+    #[error("a reload ran less than {}s ago: try again in {} s", MIN_RELOAD_INTERVAL.as_secs(), .0.as_secs().max(1))]
+    TooSoon(Duration),
+    /// The reload itself changed nothing.
+    #[error(transparent)]
+    Reload(#[from] ReloadError),
+}
+
+impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
         let status = match &self {
-            ReloadError::Catalog(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ReloadError::Cluster => StatusCode::CONFLICT,
-            ReloadError::Writer(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AdminError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            AdminError::TooSoon(_) => StatusCode::TOO_MANY_REQUESTS,
+            AdminError::Reload(ReloadError::Catalog(_)) => StatusCode::UNPROCESSABLE_ENTITY,
+            AdminError::Reload(ReloadError::Cluster) => StatusCode::CONFLICT,
+            AdminError::Reload(ReloadError::Writer(_)) => StatusCode::SERVICE_UNAVAILABLE,
         };
         tracing::warn!(error = %self, "catalog reload refused; the previous catalog stays in effect");
-        (
+        let mut response = (
             status,
             Json(serde_json::json!({ "error": self.to_string() })),
         )
-            .into_response()
+            .into_response();
+        if let AdminError::TooSoon(wait) = self {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(wait.as_secs().max(1)),
+            );
+        }
+        response
     }
 }
 

@@ -220,7 +220,7 @@ pub async fn run(
         &core,
         &settings,
         listeners.grpc,
-        tls,
+        tls.clone(),
         grpc_admission.clone(),
         stop.clone(),
     )
@@ -242,6 +242,7 @@ pub async fn run(
                 core.feed.clone(),
                 core.catalog.clone(),
                 settings.grpc_tokens.clone(),
+                tls.is_some(),
             ),
             reloader,
             metrics: core.metrics.clone(),
@@ -251,9 +252,11 @@ pub async fn run(
             intake: intake_admission.clone(),
             grpc: grpc_admission.clone(),
             stopping: stop.clone(),
+            last_reload: Default::default(),
             cluster: core.stream.as_ref().map(|(_, progress)| progress.clone()),
         },
         listeners.admin,
+        tls.clone(),
         settings.admin,
         stop.clone(),
     );
@@ -573,10 +576,12 @@ async fn serve_grpc(
     Ok((health, server))
 }
 
-/// The admin endpoints and the console on `listener`, when there is one, until `stop`.
+/// The admin endpoints and the console on `listener`, when there is one, until `stop`; over
+/// TLS when the server has a certificate (the console's sign-in carries a token).
 async fn serve_admin(
     state: AdminState,
     listener: Option<TcpListener>,
+    tls: Option<TlsAcceptor>,
     limits: AdminLimits,
     stop: CancellationToken,
 ) {
@@ -589,7 +594,7 @@ async fn serve_admin(
     );
     let incoming = net::accept_connections(
         listener,
-        None,
+        tls,
         admission,
         limits.handshake_timeout,
         stop.clone(),

@@ -22,10 +22,12 @@ mod pages;
 mod session;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{ConnectInfo, Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -43,7 +45,7 @@ use crate::feed::{ChangeFeed, FeedEvent, FeedFilter};
 use crate::store::{Lookup, Store, StoreError};
 use crate::store::{Selection, StatusIndex};
 pub(crate) use session::Sessions;
-use session::{COOKIE, SESSION_LIFETIME, Viewer};
+use session::{COOKIE, SESSION_LIFETIME, SignInRefused, Viewer};
 
 /// Operations per list page, quarantined webhooks per quarantine page.
 const PAGE: usize = 50;
@@ -55,6 +57,8 @@ pub(crate) struct ConsoleState {
     pub(crate) feed: ChangeFeed,
     pub(crate) catalog: CatalogHandle,
     pub(crate) sessions: Arc<Sessions>,
+    /// Whether the admin listener serves TLS: cookies are then `Secure`.
+    pub(crate) secure_cookies: bool,
 }
 
 impl ConsoleState {
@@ -63,12 +67,14 @@ impl ConsoleState {
         feed: ChangeFeed,
         catalog: CatalogHandle,
         tokens: BearerTokens,
+        secure_cookies: bool,
     ) -> Self {
         ConsoleState {
             store,
             feed,
             catalog,
             sessions: Arc::new(Sessions::new(tokens)),
+            secure_cookies,
         }
     }
 }
@@ -102,6 +108,9 @@ pub(crate) enum ConsoleError {
     /// The token was not accepted.
     #[error("that token is not accepted")]
     BadToken,
+    /// Too many wrong tokens from this address.
+    #[error("too many wrong tokens from your address: try again in {} s", .0.as_secs().max(1))]
+    Throttled(Duration),
     /// Nothing there.
     #[error("{0}")]
     NotFound(String),
@@ -123,6 +132,11 @@ impl IntoResponse for ConsoleError {
             ConsoleError::BadToken => {
                 let page = pages::layout("Sign in", false, pages::login(Some(&self.to_string())));
                 return (StatusCode::UNAUTHORIZED, page).into_response();
+            }
+            ConsoleError::Throttled(wait) => {
+                let page = pages::layout("Sign in", false, pages::login(Some(&self.to_string())));
+                let retry = [(header::RETRY_AFTER, wait.as_secs().max(1).to_string())];
+                return (StatusCode::TOO_MANY_REQUESTS, retry, page).into_response();
             }
             ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
             ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -532,15 +546,20 @@ struct LoginForm {
 /// `POST /ui/login`.
 async fn login(
     State(state): State<ConsoleState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, ConsoleError> {
     let id = state
         .sessions
-        .sign_in(&form.token)
-        .ok_or(ConsoleError::BadToken)?;
+        .sign_in(&form.token, client.ip())
+        .map_err(|refused| match refused {
+            SignInRefused::BadToken => ConsoleError::BadToken,
+            SignInRefused::Throttled(wait) => ConsoleError::Throttled(wait),
+        })?;
     let cookie = format!(
-        "{COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}",
-        SESSION_LIFETIME.as_secs()
+        "{COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        SESSION_LIFETIME.as_secs(),
+        if state.secure_cookies { "; Secure" } else { "" },
     );
     let mut response = Redirect::to("/ui/").into_response();
     response.headers_mut().insert(

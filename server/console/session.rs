@@ -4,9 +4,17 @@
 //! it was (a digest prefix), which is what the reveal audit log names.
 //!
 //! Bounded: at most [`MAX_SESSIONS`] live sessions (the oldest is dropped for a new one),
-//! each for [`SESSION_LIFETIME`].
+//! at most [`MAX_SESSIONS_PER_TOKEN`] of them per token (a token's own oldest goes first, so
+//! one holder signing in again and again cannot sign the others out), each for
+//! [`SESSION_LIFETIME`].
+//!
+//! Throttled: after [`FREE_FAILURES`] wrong tokens from one client address, that address
+//! may try again only once per [`RETRY_EVERY`] (answered `429` meanwhile, the token not even
+//! checked), until [`FAILURE_MEMORY`] passes without a failure. Every failure is logged with
+//! the client's address, never the token.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -18,6 +26,16 @@ use crate::auth::grpc::BearerTokens;
 pub(crate) const MAX_SESSIONS: usize = 1024;
 /// How long a session lasts.
 pub(crate) const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// Live sessions one token may hold.
+pub(crate) const MAX_SESSIONS_PER_TOKEN: usize = 16;
+/// Wrong tokens one client address may send before it is slowed down.
+pub(crate) const FREE_FAILURES: u32 = 5;
+/// How often a slowed-down address may try.
+pub(crate) const RETRY_EVERY: Duration = Duration::from_secs(2);
+/// How long an address's failures are remembered after its last one.
+const FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
+/// Client addresses whose failures are remembered at once (the stalest forgotten first).
+const MAX_REMEMBERED_ADDRESSES: usize = 4096;
 /// The session cookie's name.
 pub(crate) const COOKIE: &str = "qistatus_console";
 
@@ -33,6 +51,23 @@ pub(crate) struct Viewer {
 pub(crate) struct Sessions {
     tokens: BearerTokens,
     live: Mutex<HashMap<String, (Viewer, Instant)>>,
+    failures: Mutex<HashMap<IpAddr, Failures>>,
+}
+
+/// One client address's wrong tokens.
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+}
+
+/// Why a sign-in opened no session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SignInRefused {
+    /// The token is not one of the configured ones.
+    BadToken,
+    /// This address sent too many wrong tokens: it may try again after this long.
+    Throttled(Duration),
 }
 
 impl Sessions {
@@ -40,7 +75,13 @@ impl Sessions {
         Sessions {
             tokens,
             live: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether `authorization` (an HTTP `Authorization` value) carries a configured token.
+    pub(crate) fn accepts_bearer(&self, authorization: Option<&str>) -> bool {
+        self.tokens.accepts(authorization)
     }
 
     /// Whether the console asks who is looking.
@@ -67,32 +108,73 @@ impl Sessions {
         }
     }
 
-    /// Signs in with `token`: a new session id, or `None` for a token that is not accepted.
-    pub(crate) fn sign_in(&self, token: &str) -> Option<String> {
+    /// Signs in with `token` from `client`: a new session id, or why not.
+    pub(crate) fn sign_in(&self, token: &str, client: IpAddr) -> Result<String, SignInRefused> {
+        let now = Instant::now();
+        if let Some(wait) = self.throttled(client, now) {
+            tracing::warn!(%client, "console sign-in refused: too many wrong tokens from this address");
+            return Err(SignInRefused::Throttled(wait));
+        }
         let token = token.trim();
         if token.is_empty() || !self.tokens.accepts(Some(&format!("Bearer {token}"))) {
-            return None;
+            let count = self.note_failure(client, now);
+            tracing::warn!(%client, failures = count, "console sign-in with a wrong token");
+            return Err(SignInRefused::BadToken);
         }
         let digest = Sha256::digest(token.as_bytes());
         let viewer = Viewer {
             who: format!("token:{}", hex::encode(&digest[..4])),
         };
         let mut id = [0u8; 32];
-        getrandom::fill(&mut id).ok()?;
+        getrandom::fill(&mut id).map_err(|_| SignInRefused::BadToken)?;
         let id = hex::encode(id);
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
         live.retain(|_, (_, expires)| *expires > now);
-        if live.len() >= MAX_SESSIONS
-            && let Some(oldest) = live
-                .iter()
+        let oldest = |live: &HashMap<String, (Viewer, Instant)>, same: Option<&Viewer>| {
+            live.iter()
+                .filter(|(_, (v, _))| same.is_none_or(|same| v == same))
                 .min_by_key(|(_, (_, expires))| *expires)
                 .map(|(id, _)| id.clone())
+        };
+        let own = live.values().filter(|(v, _)| *v == viewer).count();
+        if own >= MAX_SESSIONS_PER_TOKEN {
+            if let Some(oldest) = oldest(&live, Some(&viewer)) {
+                live.remove(&oldest);
+            }
+        } else if live.len() >= MAX_SESSIONS
+            && let Some(oldest) = oldest(&live, None)
         {
             live.remove(&oldest);
         }
         live.insert(id.clone(), (viewer, now + SESSION_LIFETIME));
-        Some(id)
+        Ok(id)
+    }
+
+    /// How long `client` must wait before its next try, if it must.
+    fn throttled(&self, client: IpAddr, now: Instant) -> Option<Duration> {
+        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let f = failures.get(&client)?;
+        let since = now.duration_since(f.last);
+        (f.count >= FREE_FAILURES && since < RETRY_EVERY).then(|| RETRY_EVERY - since)
+    }
+
+    /// Counts a wrong token from `client`; how many it has sent.
+    fn note_failure(&self, client: IpAddr, now: Instant) -> u32 {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures.retain(|_, f| now.duration_since(f.last) < FAILURE_MEMORY);
+        if failures.len() >= MAX_REMEMBERED_ADDRESSES
+            && !failures.contains_key(&client)
+            && let Some(stalest) = failures.iter().min_by_key(|(_, f)| f.last).map(|(a, _)| *a)
+        {
+            failures.remove(&stalest);
+        }
+        let f = failures.entry(client).or_insert(Failures {
+            count: 0,
+            last: now,
+        });
+        f.count += 1;
+        f.last = now;
+        f.count
     }
 
     /// Ends the session of `cookie_header`, if any.
@@ -125,9 +207,13 @@ mod tests {
         let sessions = Sessions::new(BearerTokens::from_files_text(["s3cret\n"]));
         assert!(sessions.required());
         assert_eq!(sessions.viewer(None), None);
-        assert_eq!(sessions.sign_in("wrong"), None);
-        assert_eq!(sessions.sign_in(""), None);
-        let id = sessions.sign_in("s3cret").expect("a session");
+        let client = IpAddr::from([127, 0, 0, 1]);
+        assert_eq!(
+            sessions.sign_in("wrong", client),
+            Err(SignInRefused::BadToken)
+        );
+        assert_eq!(sessions.sign_in("", client), Err(SignInRefused::BadToken));
+        let id = sessions.sign_in("s3cret", client).expect("a session");
         let cookie = format!("other=1; {COOKIE}={id}");
         let viewer = sessions.viewer(Some(&cookie)).expect("signed in");
         assert!(viewer.who.starts_with("token:"), "{viewer:?}");
@@ -135,6 +221,50 @@ mod tests {
         assert_eq!(sessions.viewer(Some(&format!("{COOKIE}=forged"))), None);
         sessions.sign_out(Some(&cookie));
         assert_eq!(sessions.viewer(Some(&cookie)), None);
+    }
+
+    #[test]
+    fn wrong_tokens_slow_their_address_down_and_not_others() {
+        let sessions = Sessions::new(BearerTokens::from_files_text(["s3cret\n"]));
+        let (guesser, other) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        for _ in 0..FREE_FAILURES {
+            assert_eq!(
+                sessions.sign_in("guess", guesser),
+                Err(SignInRefused::BadToken)
+            );
+        }
+        // Even the right token waits now: a guesser learns nothing from a throttled try.
+        assert!(matches!(
+            sessions.sign_in("s3cret", guesser),
+            Err(SignInRefused::Throttled(wait)) if wait <= RETRY_EVERY
+        ));
+        assert!(sessions.sign_in("s3cret", other).is_ok());
+    }
+
+    #[test]
+    fn one_holder_signing_in_again_and_again_signs_nobody_else_out() {
+        let sessions = Sessions::new(BearerTokens::from_files_text(["alpha\nbeta\n"]));
+        let client = IpAddr::from([127, 0, 0, 1]);
+        let beta = sessions.sign_in("beta", client).expect("a session");
+        let mut alpha = Vec::new();
+        for _ in 0..MAX_SESSIONS + 10 {
+            alpha.push(sessions.sign_in("alpha", client).expect("a session"));
+        }
+        let cookie = |id: &str| format!("{COOKIE}={id}");
+        assert!(
+            sessions.viewer(Some(&cookie(&beta))).is_some(),
+            "beta still in"
+        );
+        let alive = alpha
+            .iter()
+            .filter(|id| sessions.viewer(Some(&cookie(id))).is_some())
+            .count();
+        assert_eq!(alive, MAX_SESSIONS_PER_TOKEN);
+        assert!(
+            sessions
+                .viewer(Some(&cookie(alpha.last().unwrap())))
+                .is_some()
+        );
     }
 
     #[test]

@@ -110,6 +110,12 @@ async fn serve_connection(
         hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let guard = Arc::new(slot.begin_request());
             let app = app.clone();
+            let mut request = request;
+            // Handlers that need the client's address (the console's sign-in throttle)
+            // read it as axum's `ConnectInfo`.
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
             let request = request.map(|body| {
                 if body.is_end_stream() {
                     guard.body_received();

@@ -684,3 +684,99 @@ fn a_response_key_that_is_not_a_p521_private_key_is_refused_by_name() {
     .unwrap_err();
     assert!(err.to_string().contains("--response-signing-key"), "{err}");
 }
+
+/// The admin listener's door: TLS when the server has a certificate (and `Secure` cookies),
+/// state changes only with a token or session and never from another site's page, reloads
+/// rate-limited, and sign-in attempts throttled per address without one holder signing
+/// the others out.
+#[tokio::test]
+async fn the_admin_listener_is_closed_to_other_sites_guessers_and_plain_http() {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let cert_pem = certified.cert.pem();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::new(dir.path());
+    settings.tls = Some(TlsIdentity {
+        cert_pem: cert_pem.clone().into_bytes(),
+        key_pem: certified.signing_key.serialize_pem().into_bytes(),
+    });
+    settings.grpc_tokens = BearerTokens::from_files_text(["admin-token\n"]);
+    let server = TestServer::start_with(settings).await;
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let admin = |path: &str| format!("https://{}{path}", server.admin);
+
+    // TLS, and nothing in clear.
+    let live = https.get(admin("/livez")).send().await.unwrap();
+    assert_eq!(live.status(), 200);
+    assert!(
+        reqwest::Client::new()
+            .get(format!("http://{}/livez", server.admin))
+            .send()
+            .await
+            .is_err(),
+        "plain HTTP is not served on a TLS admin listener"
+    );
+
+    // Reload: a token (or a session) first.
+    let reload = || https.post(admin("/catalog/reload"));
+    let answer = reload().send().await.unwrap();
+    assert_eq!(answer.status(), 401);
+    assert!(answer.text().await.unwrap().contains("bearer token"));
+    // From another site's page, even with a token.
+    for (name, value) in [
+        ("origin", "https://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let answer = reload()
+            .bearer_auth("admin-token")
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 403, "{name}: {value}");
+    }
+    let answer = reload().bearer_auth("admin-token").send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    // And not again at once.
+    let answer = reload().bearer_auth("admin-token").send().await.unwrap();
+    assert_eq!(answer.status(), 429);
+    assert!(answer.headers().contains_key("retry-after"));
+
+    // Sign-in: a session cookie marked Secure.
+    let sign_in = |token: &str| {
+        https
+            .post(admin("/ui/login"))
+            .form(&[("token", token.to_owned())])
+            .send()
+    };
+    let answer = sign_in("admin-token").await.unwrap();
+    assert_eq!(answer.status(), 303);
+    let cookie = answer.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    // Wrong tokens: a few are answered, then the address waits.
+    let mut codes = Vec::new();
+    for i in 0..8 {
+        codes.push(
+            sign_in(&format!("guess-{i}"))
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(&codes[..5], &[401; 5], "{codes:?}");
+    assert!(codes[5..].iter().all(|c| *c == 429), "{codes:?}");
+    // The session made before is still good.
+    let session = cookie.split(';').next().unwrap();
+    let page = https
+        .get(admin("/ui/"))
+        .header("cookie", session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+}

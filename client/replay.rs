@@ -47,10 +47,11 @@ impl Summary {
     }
 }
 
-/// One webhook of the archive and where it came from (for messages).
+/// One webhook of the archive and where it came from (for messages); a line that cannot
+/// be a webhook (not UTF-8) is kept as its reason, reported as failed, never posted.
 struct Item {
     origin: String,
-    body: Vec<u8>,
+    body: Result<Vec<u8>, String>,
 }
 
 enum Outcome {
@@ -103,6 +104,14 @@ pub(crate) async fn run(replay: Replay) -> Result<Summary, String> {
         }
     };
     for item in items {
+        let body = match item.body {
+            Ok(body) => body,
+            Err(reason) => {
+                record(Outcome::Failed(reason), item.origin, &mut summary);
+                progress.inc(1);
+                continue;
+            }
+        };
         if let Some(ticker) = &mut ticker {
             ticker.tick().await;
         }
@@ -113,7 +122,7 @@ pub(crate) async fn run(replay: Replay) -> Result<Summary, String> {
             .expect("the semaphore is never closed");
         let (http, replay) = (http.clone(), replay.clone());
         tasks.spawn(async move {
-            let outcome = post(&http, &replay, &item.body).await;
+            let outcome = post(&http, &replay, &body).await;
             drop(permit);
             (outcome, item.origin)
         });
@@ -157,8 +166,8 @@ async fn post(http: &reqwest::Client, replay: &Replay, body: &[u8]) -> Outcome {
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<u64>().ok());
-                let answer: serde_json::Value = match response.bytes().await {
-                    Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+                let answer = match response.bytes().await {
+                    Ok(bytes) => acknowledgement(&bytes),
                     Err(_) => serde_json::Value::Null,
                 };
                 match (status.as_u16(), answer["result"].as_str()) {
@@ -183,6 +192,25 @@ async fn post(http: &reqwest::Client, replay: &Replay, body: &[u8]) -> Outcome {
         }
     }
     Outcome::Failed(format!("{last_error} (after {TRIES} tries)"))
+}
+
+/// The intake's answer as JSON. A signed acknowledgement (an intake started with
+/// `--response-signing-key`) is `{"encoded_body": "<JWT>"}`: its answer is the JWT's
+/// payload. Read, not verified: this is the sender's own bookkeeping, and QI Tech's public
+/// key is not the replayer's to hold.
+fn acknowledgement(bytes: &[u8]) -> serde_json::Value {
+    use base64::Engine;
+    let answer: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    let payload = answer["encoded_body"]
+        .as_str()
+        .and_then(|jwt| jwt.split('.').nth(1))
+        .and_then(|payload| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload.trim_end_matches('='))
+                .ok()
+        })
+        .and_then(|json| serde_json::from_slice(&json).ok());
+    payload.unwrap_or(answer)
 }
 
 /// A message id for the signature: the same webhook gets the same id on every replay.
@@ -213,24 +241,37 @@ async fn read(source: &str) -> Result<Vec<Item>, String> {
 }
 
 async fn read_lines(
-    input: impl tokio::io::AsyncBufRead + Unpin,
+    mut input: impl tokio::io::AsyncBufRead + Unpin,
     name: &str,
 ) -> Result<Vec<Item>, String> {
-    let mut lines = input.lines();
     let mut items = Vec::new();
     let mut number = 0;
-    while let Some(line) = lines
-        .next_line()
-        .await
-        .map_err(|e| format!("{name}: {e}"))?
-    {
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = input
+            .read_until(b'\n', &mut line)
+            .await
+            .map_err(|e| format!("{name}: {e}"))?;
+        if read == 0 {
+            break;
+        }
         number += 1;
-        if line.trim().is_empty() {
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if text.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
+        let body = match std::str::from_utf8(text) {
+            Ok(_) => Ok(text.to_vec()),
+            Err(e) => Err(format!(
+                "not UTF-8 at byte {} of the line: not posted (a webhook is JSON text)",
+                e.valid_up_to() + 1
+            )),
+        };
         items.push(Item {
             origin: format!("{name} line {number}"),
-            body: line.into_bytes(),
+            body,
         });
     }
     Ok(items)
@@ -259,7 +300,7 @@ async fn read_dir(dir: &Path) -> Result<Vec<Item>, String> {
             .map_err(|e| format!("{}: {e}", path.display()))?;
         items.push(Item {
             origin: path.display().to_string(),
-            body,
+            body: Ok(body),
         });
     }
     Ok(items)

@@ -506,3 +506,49 @@ async fn replay_signs_for_an_intake_that_verifies() {
     assert_eq!(server.get("s1", "debt").await.unwrap().status, "disbursed");
     server.stop().await;
 }
+
+/// Replay reads signed acknowledgements, and a line that is not UTF-8 is that line's
+/// failure, reported by number, while the rest are posted.
+#[tokio::test]
+async fn replay_reads_signed_acknowledgements_and_reports_a_non_utf8_line_alone() {
+    use p521::pkcs8::{EncodePrivateKey, LineEnding};
+    let key = p521::ecdsa::SigningKey::random(&mut p521::elliptic_curve::rand_core::OsRng);
+    let pem = p521::SecretKey::from_bytes(&key.to_bytes())
+        .unwrap()
+        .to_pkcs8_pem(LineEnding::LF)
+        .unwrap();
+    let signer = qistatus::ResponseSigner::from_pem(&pem, None).unwrap();
+    let server = TestServer::start_configured(|s| s.response_signer = Some(signer)).await;
+    let webhook =
+        |key: &str| crate::test_server::webhook("debt", key, "disbursed", "2024-01-01 10:00:00");
+    let mut archive = webhook("signed-1");
+    archive.extend_from_slice(b"\n{\"key\": \"caf\xe9\"}\r\n");
+    archive.extend_from_slice(&webhook("signed-2"));
+    archive.extend_from_slice(b"\r\n");
+    archive.extend_from_slice(&webhook("signed-1"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("archive.jsonl");
+    std::fs::write(&path, &archive).unwrap();
+
+    let out = replay(
+        &[path.to_str().unwrap(), "--intake", &server.webhooks_url()],
+        None,
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("replayed 4 webhook(s): 2 accepted, 1 duplicate, 0 quarantined, 1 failed"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("line 2: not UTF-8"),
+        "the bad line is named: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "a failure is a failing exit");
+    let op = server
+        .get("signed-2", "debt")
+        .await
+        .expect("posted past the bad line");
+    assert_eq!(op.status, "disbursed");
+}

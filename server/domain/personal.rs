@@ -6,9 +6,14 @@
 //!   (`*` matches any run; `name`, `*_name`, `document_number`, `email`, `*_email`,
 //!   `phone_number`, `address`, ...). A matching field's whole value is masked, objects
 //!   included (an `address` object).
-//! - **by shape**, word by word in every other string: an e-mail address, a formatted CPF
-//!   (`000.000.000-00`) or CNPJ (`00.000.000/0000-00`), or a bare run of 11 or 14 digits (the
-//!   length of a CPF or a CNPJ).
+//! - **by shape**, in every other string, and in keys: an e-mail address, and any run of
+//!   digits and separators (`. - / ( ) +` and single spaces) inside a text, whatever
+//!   surrounds it (`CPF:081.411.637-01`), holding 10 to 14 digits: a CPF (11), a CNPJ (14),
+//!   a Brazilian phone number (10 to 13 with the country code). A run that starts as a date
+//!   (`2024-01-01`) is kept, and so is a longer one (a 44-digit barcode);
+//! - **numbers** of 10 to 14 digits that are a valid CPF or CNPJ once zero-padded (their
+//!   check digits hold): a CPF stored as a number has lost its leading zeros and its
+//!   formatting, not its check digits.
 //!
 //! What is masked becomes [`MASK`]; everything else (statuses, keys, amounts, dates) is
 //! kept, so a person can still read what happened.
@@ -23,26 +28,44 @@ pub const MASK: &str = "••••••";
 /// Masks `value` in place; returns how many values were masked.
 pub fn mask(value: &mut Value, personal_fields: &[String]) -> usize {
     match value {
-        Value::Object(fields) => fields
-            .iter_mut()
-            .map(|(name, v)| {
-                let name = name.to_ascii_lowercase();
-                if personal_fields.iter().any(|p| glob_matches(p, &name)) && !is_empty(v) {
-                    *v = Value::String(MASK.to_owned());
-                    1
-                } else {
-                    mask(v, personal_fields)
-                }
-            })
-            .sum(),
-        Value::Array(items) => items.iter_mut().map(|v| mask(v, personal_fields)).sum(),
-        Value::String(text) if text.split_whitespace().any(looks_personal) => {
-            // Word by word, so that a sentence keeps its other words.
-            let masked: Vec<&str> = text
-                .split_whitespace()
-                .map(|word| if looks_personal(word) { MASK } else { word })
+        Value::Object(fields) => {
+            let mut masked = 0;
+            // An e-mail used as a key: the key is masked too (numbered, keys stay unique).
+            let personal_keys: Vec<String> = fields
+                .keys()
+                .filter(|k| mask_text(k).is_some())
+                .cloned()
                 .collect();
-            *text = masked.join(" ");
+            for (n, key) in personal_keys.into_iter().enumerate() {
+                if let Some(v) = fields.remove(&key) {
+                    fields.insert(format!("{MASK}{}", n + 1), v);
+                    masked += 1;
+                }
+            }
+            masked
+                + fields
+                    .iter_mut()
+                    .map(|(name, v)| {
+                        let name = name.to_ascii_lowercase();
+                        if personal_fields.iter().any(|p| glob_matches(p, &name)) && !is_empty(v) {
+                            *v = Value::String(MASK.to_owned());
+                            1
+                        } else {
+                            mask(v, personal_fields)
+                        }
+                    })
+                    .sum::<usize>()
+        }
+        Value::Array(items) => items.iter_mut().map(|v| mask(v, personal_fields)).sum(),
+        Value::String(text) => match mask_text(text) {
+            Some(masked) => {
+                *text = masked;
+                1
+            }
+            None => 0,
+        },
+        Value::Number(n) if n.as_u64().is_some_and(is_document_number) => {
+            *value = Value::String(MASK.to_owned());
             1
         }
         _ => 0,
@@ -57,18 +80,103 @@ fn is_empty(v: &Value) -> bool {
     }
 }
 
-/// Whether a word has the shape of an e-mail, a CPF or a CNPJ.
-fn looks_personal(word: &str) -> bool {
-    let text = word.trim_matches(|c: char| matches!(c, ',' | ';' | ':' | '(' | ')' | '<' | '>'));
-    let email = text
-        .split_once('@')
-        .is_some_and(|(user, domain)| !user.is_empty() && domain.contains('.'));
-    let digits: String = text.chars().filter(char::is_ascii_digit).collect();
-    let only_document_chars = text
-        .chars()
-        .all(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | '/'));
-    let document = only_document_chars && matches!(digits.len(), 11 | 14);
-    email || document
+/// `text` with its e-mails and document or phone numbers masked; `None` when it has none.
+fn mask_text(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut changed = false;
+    for (i, word) in text.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        if is_email(word) {
+            out.push_str(MASK);
+            changed = true;
+        } else {
+            out.push_str(word);
+        }
+    }
+    let masked = mask_number_runs(&out);
+    changed |= masked.is_some();
+    changed.then(|| masked.unwrap_or(out))
+}
+
+fn is_email(word: &str) -> bool {
+    let word = word.trim_matches(|c: char| !c.is_alphanumeric());
+    word.split_once('@').is_some_and(|(user, domain)| {
+        !user.is_empty() && domain.contains('.') && !domain.starts_with('.')
+    })
+}
+
+/// Masks every run of digits and separators holding 10 to 14 digits.
+fn mask_number_runs(text: &str) -> Option<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let is_part = |c: char| c.is_ascii_digit() || matches!(c, '.' | '-' | '/' | '(' | ')' | '+');
+    let mut out = String::with_capacity(text.len());
+    let mut changed = false;
+    let mut i = 0;
+    while i < chars.len() {
+        if !(chars[i].is_ascii_digit() || chars[i] == '(' || chars[i] == '+') {
+            out.push(chars[i]);
+            i += 1;
+            continue;
+        }
+        // A run: parts, and single spaces between parts.
+        let mut end = i;
+        while end < chars.len()
+            && (is_part(chars[end])
+                || (chars[end] == ' ' && end + 1 < chars.len() && is_part(chars[end + 1])))
+        {
+            end += 1;
+        }
+        let run: String = chars[i..end].iter().collect();
+        let run = run.trim_end_matches(['.', '-', '/', ' ']);
+        let digits = run.chars().filter(char::is_ascii_digit).count();
+        let date = run.len() >= 10
+            && run.as_bytes()[4] == b'-'
+            && run.as_bytes()[7] == b'-'
+            && run[..4].chars().all(|c| c.is_ascii_digit());
+        let run_len = run.chars().count();
+        if (10..=14).contains(&digits) && !date {
+            out.push_str(MASK);
+            changed = true;
+        } else {
+            out.push_str(run);
+        }
+        i += run_len.max(1);
+    }
+    changed.then_some(out)
+}
+
+/// Whether `n`, zero-padded, is a CPF (11 digits) or a CNPJ (14) whose check digits hold.
+fn is_document_number(n: u64) -> bool {
+    let digits = |width: usize| -> Vec<u32> {
+        format!("{n:0width$}")
+            .chars()
+            .filter_map(|c| c.to_digit(10))
+            .collect()
+    };
+    let check = |body: &[u32], weights: &[u32]| {
+        let sum: u32 = body.iter().zip(weights).map(|(d, w)| d * w).sum();
+        match sum % 11 {
+            0 | 1 => 0,
+            r => 11 - r,
+        }
+    };
+    // Numbers of fewer than 10 digits (a CPF with two leading zeros) are not taken for one:
+    // small amounts and counts would pass the check one time in a hundred.
+    let cpf = (1_000_000_000..100_000_000_000).contains(&n) && {
+        let d = digits(11);
+        let all_same = d.iter().all(|x| *x == d[0]);
+        !all_same
+            && check(&d[..9], &[10, 9, 8, 7, 6, 5, 4, 3, 2]) == d[9]
+            && check(&d[..10], &[11, 10, 9, 8, 7, 6, 5, 4, 3, 2]) == d[10]
+    };
+    let cnpj = (1_000_000_000_000..100_000_000_000_000).contains(&n) && {
+        let d = digits(14);
+        check(&d[..12], &[5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2]) == d[12]
+            && check(&d[..13], &[6, 5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2]) == d[13]
+    };
+    cpf || cnpj
 }
 
 #[cfg(test)]
@@ -134,5 +242,59 @@ mod tests {
         assert_eq!(d["issue_amount"], 299.02);
         assert_eq!(d["barcode"], "00193967000009910000000003615574000000002417");
         assert_eq!(d["company_name"], Value::Null, "nothing to hide");
+    }
+
+    #[test]
+    fn documents_in_text_numbers_and_keys_and_portuguese_names_are_masked() {
+        let portuguese = [
+            "nome*",
+            "*_nome",
+            "cpf*",
+            "telefone*",
+            "endereco*",
+            "email*",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut v = json!({
+            "obs": "CPF:081.411.637-01, ligar (34) 98765-4321 ou +55 34 98765-4321",
+            "cpf_as_number": 8141163701_u64,
+            "cnpj_as_number": 12345678000195_u64,
+            "contacts": {"joao@example.com": "primary"},
+            "nome_completo": "Aurora Nogueira",
+            "nome": "Aurora",
+            "telefone_celular": "34987654321",
+            "endereco": {"logradouro": "Rua X"},
+            "email_contato": "a@b.com",
+            "when": "2024-01-01 10:00:00",
+            "amount": 1500000.5,
+            "epoch_ms": 1700000000000_u64,
+            "barcode": "00193967000009910000000003615574000000002417",
+        });
+        mask(&mut v, &portuguese);
+        assert_eq!(
+            v["obs"],
+            format!("CPF:{MASK}, ligar {MASK} ou {MASK}"),
+            "{v}"
+        );
+        assert_eq!(v["cpf_as_number"], MASK);
+        assert_eq!(v["cnpj_as_number"], MASK);
+        assert_eq!(v["contacts"], json!({format!("{MASK}1"): "primary"}));
+        for field in [
+            "nome_completo",
+            "nome",
+            "telefone_celular",
+            "endereco",
+            "email_contato",
+        ] {
+            assert_eq!(v[field], MASK, "{field}");
+        }
+        assert_eq!(v["when"], "2024-01-01 10:00:00");
+        assert_eq!(v["amount"], 1500000.5);
+        assert_eq!(
+            v["epoch_ms"], 1700000000000_u64,
+            "not a valid CPF/CNPJ: kept"
+        );
+        assert_eq!(v["barcode"], "00193967000009910000000003615574000000002417");
     }
 }

@@ -120,6 +120,8 @@ pub use feed::FeedSettings;
 pub use grpc::GrpcLimits;
 #[cfg(feature = "server")]
 pub use intake::IntakeLimits;
+/// Binds a listener with the backlog the server wants (see its docs).
+pub use net::listen;
 #[cfg(feature = "server")]
 pub use server::{Listeners, ServerError, Settings, run, shutdown_signal};
 #[cfg(feature = "server")]

@@ -26,17 +26,15 @@ async fn main() -> anyhow::Result<()> {
                 tls = settings.tls.is_some(),
                 "security"
             );
-            let http = tokio::net::TcpListener::bind(config.http_addr)
+            let http = qistatus::listen(config.http_addr)
                 .await
                 .with_context(|| format!("cannot listen on {} (--http-addr)", config.http_addr))?;
-            let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
+            let grpc = qistatus::listen(config.grpc_addr)
                 .await
                 .with_context(|| format!("cannot listen on {} (--grpc-addr)", config.grpc_addr))?;
-            let admin = tokio::net::TcpListener::bind(config.admin_addr)
-                .await
-                .with_context(|| {
-                    format!("cannot listen on {} (--admin-addr)", config.admin_addr)
-                })?;
+            let admin = qistatus::listen(config.admin_addr).await.with_context(|| {
+                format!("cannot listen on {} (--admin-addr)", config.admin_addr)
+            })?;
             if !config.admin_addr.ip().is_loopback() {
                 tracing::warn!(
                     admin = %config.admin_addr,

@@ -52,6 +52,25 @@ impl Conn {
     }
 }
 
+/// Pending connections the kernel queues for a listener before it refuses more (capped by
+/// `net.core.somaxconn`). Larger than tokio's 1,024: under a connection storm a full queue
+/// drops a real sender's SYN, which its kernel resends only a second later.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener on `addr` with [`LISTEN_BACKLOG`].
+pub async fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std and tokio do: a restarted server may bind while old connections linger.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Accepts on `listener` until `stop` is cancelled, handing out connections that have a place
 /// in `admission` and finished their handshake within `handshake_timeout`.
 pub(crate) fn accept_connections(

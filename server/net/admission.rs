@@ -41,8 +41,8 @@ pub(crate) enum AtCapacity {
     },
 }
 
-/// How long a connection must have waited, still sending a request, before it may be
-/// evicted: a fresh connection is about to send its request whole.
+/// How long a connection that has not sent its request's headers must have waited before
+/// it may be evicted: a fresh connection is about to send its request whole.
 const MIN_WAIT_TO_EVICT: Duration = Duration::from_millis(200);
 /// How long a connection idle between requests must have been idle before it may be
 /// evicted: its client may send its next request on it at any moment, and closing it then
@@ -103,8 +103,8 @@ struct ConnState {
     proven: AtomicBool,
     /// When it last read bytes or finished a request.
     last_active_ms: AtomicU64,
-    /// When it started waiting without a request being processed: admitted, or its last
-    /// request finished.
+    /// When it started waiting without a request being processed: admitted, its last
+    /// request finished, or its current request began.
     waiting_since_ms: AtomicU64,
     /// Whether it has been evicted (its task is closing it).
     closing: AtomicBool,
@@ -155,28 +155,17 @@ impl Admission {
             return None;
         }
         if open.len() - closing >= inner.max {
-            let (min_wait, min_idle) = (
-                MIN_WAIT_TO_EVICT.as_millis() as u64,
-                MIN_IDLE_TO_EVICT.as_millis() as u64,
-            );
             let victim = match inner.policy {
                 AtCapacity::EvictWaiting => open
                     .iter()
                     .filter(|(_, c)| !c.closing.load(Ordering::Acquire))
                     .filter(|(_, c)| c.processing.load(Ordering::Acquire) == 0)
-                    .map(|(&id, c)| (id, c.waiting_since_ms.load(Ordering::Relaxed), c))
-                    .filter(|&(_, since, c)| {
-                        let wait = if c.is_between_requests() {
-                            min_idle
-                        } else {
-                            min_wait
-                        };
-                        now.saturating_sub(since) >= wait
+                    .map(|(&id, c)| (id, c.eviction_class(), c))
+                    .map(|(id, class, c)| (id, class, c.waiting_since_ms.load(Ordering::Relaxed)))
+                    .filter(|&(_, class, since)| {
+                        now.saturating_sub(since) >= class.min_wait().as_millis() as u64
                     })
-                    // Connections still sending a request (or their first one's headers)
-                    // before connections idle between requests: closing an idle kept-alive
-                    // connection races its client's next request, which then fails.
-                    .min_by_key(|&(_, since, c)| (c.is_between_requests(), since))
+                    .min_by_key(|&(_, class, since)| (class, since))
                     .map(|(id, _, _)| id),
                 AtCapacity::EvictUnproven { grace } => open
                     .iter()
@@ -261,10 +250,41 @@ impl Admission {
     }
 }
 
+/// Which connections [`AtCapacity::EvictWaiting`] closes first (the lowest class, then the
+/// longest waiting), and how long each must have waited before it may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum EvictionClass {
+    /// In a request whose body has not arrived: a sender that declared a body and is slow
+    /// to send it, or never will. First, at once: a fresh sender's request is read whole
+    /// the moment it is read at all, and never lingers here.
+    StalledInBody,
+    /// No request read yet: its headers are on their way, or still in the socket.
+    BeforeHeaders,
+    /// Idle between requests: a sender's kept-alive connection. Last, and not soon:
+    /// closing it races the client's next request on it, which then fails.
+    BetweenRequests,
+}
+
+impl EvictionClass {
+    fn min_wait(self) -> Duration {
+        match self {
+            EvictionClass::StalledInBody => Duration::ZERO,
+            EvictionClass::BeforeHeaders => MIN_WAIT_TO_EVICT,
+            EvictionClass::BetweenRequests => MIN_IDLE_TO_EVICT,
+        }
+    }
+}
+
 impl ConnState {
-    /// Whether it has finished a request and has none in flight.
-    fn is_between_requests(&self) -> bool {
-        self.finished.load(Ordering::Acquire) && self.in_flight.load(Ordering::Acquire) == 0
+    /// Its class, for a connection processing no request.
+    fn eviction_class(&self) -> EvictionClass {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            EvictionClass::StalledInBody
+        } else if self.finished.load(Ordering::Acquire) {
+            EvictionClass::BetweenRequests
+        } else {
+            EvictionClass::BeforeHeaders
+        }
     }
 }
 
@@ -292,6 +312,9 @@ impl Slot {
     /// Marks a request in flight until the guard is dropped. It is processed (the connection
     /// is busy and not evicted) once [`RequestGuard::body_received`] says its body arrived.
     pub(crate) fn begin_request(self: &Arc<Self>) -> RequestGuard {
+        // A stalled body is ranked by when its request began, not by the connection's past.
+        let now = self.admission.inner.now_ms();
+        self.state.waiting_since_ms.store(now, Ordering::Relaxed);
         self.state.in_flight.fetch_add(1, Ordering::AcqRel);
         self.state.begun.store(true, Ordering::Release);
         self.touch();
@@ -403,43 +426,41 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn evicts_the_connection_waiting_longest_but_never_one_processing_a_request() {
-        let admission = Admission::new("test", 3, AtCapacity::EvictWaiting, Counter::default());
+    async fn evicts_stalled_bodies_first_then_silent_connections_but_never_one_processing() {
+        let admission = Admission::new("test", 4, AtCapacity::EvictWaiting, Counter::default());
         // Sends its headers, then never its body.
         let stalled = Arc::new(admission.admit().expect("place"));
         let stalled_request = stalled.begin_request();
-        std::thread::sleep(Duration::from_millis(10));
         let processing = Arc::new(admission.admit().expect("place"));
         let request = processing.begin_request();
         request.body_received();
-        let idle = Arc::new(admission.admit().expect("place"));
-        // Too recently admitted: nothing to evict yet.
-        assert!(admission.admit().is_none());
+        let _silent = Arc::new(admission.admit().expect("place"));
+        // A sender's kept-alive connection, between two requests.
+        let kept = Arc::new(admission.admit().expect("place"));
+        drop(kept.begin_request());
 
-        std::thread::sleep(MIN_WAIT_TO_EVICT + Duration::from_millis(50));
-        // Bytes of the stalled body trickling in do not make it any less of a candidate.
-        stalled.touch();
+        // A stalled body goes at once, for the very next newcomer.
         let fresh = admission
             .admit()
-            .expect("room made by evicting the stalled one");
+            .expect("room made by evicting the stalled body");
         tokio::time::timeout(Duration::from_secs(1), stalled.evicted())
             .await
             .expect("the stalled connection is told it was evicted");
         // Its task closes it.
         drop((stalled_request, stalled));
-        // Then the idle one; the processing one is never chosen.
+        // The silent one only after a moment; the kept-alive one later still.
+        assert!(admission.admit().is_none(), "nothing else may go yet");
+        std::thread::sleep(MIN_WAIT_TO_EVICT + Duration::from_millis(50));
         let fresh = Arc::new(fresh);
         let _fresh_request = fresh.begin_request();
-        std::thread::sleep(MIN_WAIT_TO_EVICT + Duration::from_millis(50));
-        assert!(
-            admission.admit().is_some(),
-            "room made by evicting the idle one"
-        );
-        tokio::time::timeout(Duration::from_secs(1), idle.evicted())
+        fresh.touch();
+        // `fresh` is stalled in its body now: it goes before the silent one.
+        assert!(admission.admit().is_some());
+        tokio::time::timeout(Duration::from_secs(1), fresh.evicted())
             .await
-            .expect("the idle connection is told it was evicted");
-        drop(request);
+            .expect("the newest stalled body still goes first");
         assert_eq!(admission.shed(), 3);
+        drop(request);
     }
 
     #[tokio::test]

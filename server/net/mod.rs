@@ -9,6 +9,7 @@ mod admission;
 mod fd_limit;
 mod http;
 
+pub use accept::listen;
 pub(crate) use accept::{ConnectionInfo, accept_connections};
 pub(crate) use admission::{Admission, AtCapacity};
 pub(crate) use fd_limit::connection_budget;

@@ -3,15 +3,17 @@
 //! need a stop.
 //!
 //! A reload reads `--catalog` again (over the built-in catalog, as at start), checks it, and
-//! puts it in effect: the intake and the API take it for every request from then on, and the
-//! writer, between two batches ([`WriterHandle::reload`]), promotes the quarantined webhooks
-//! it can now read (new sequences: watchers see them) and recomputes every operation under
-//! it, the same pure function as `qistatus-server rebuild`. The intake switches first, so
-//! no webhook arriving during the reload is quarantined for want of the new catalog; those
-//! the writer applied under the old one just before are recomputed by the rebuild.
+//! puts it in effect: the intake and the API take it for every request from then on; every
+//! operation is recomputed under it beside the writer, which goes on storing webhooks; then
+//! the writer, between two batches ([`WriterHandle::reload`]), promotes the quarantined
+//! webhooks it can now read (new sequences: watchers see them), redoes the operations that
+//! webhooks stored meanwhile touched, and writes the changes: the same pure function as
+//! `qistatus-server rebuild`. The intake switches first, so no webhook arriving during the
+//! reload is quarantined for want of the new catalog; those the writer applied under the
+//! old one meanwhile are redone by the last step.
 //!
-//! Trade-off: the intake waits while the writer rebuilds (the whole store is read; the pause
-//! is logged as `paused_ms`). A catalog that fails to load changes nothing.
+//! Trade-off: ingest waits for the last step only (logged as `paused_ms`), whose work is the
+//! changed operations, not the store's size. A catalog that fails to load changes nothing.
 //!
 //! A cluster node refuses: every node must decide alike, so a new catalog is rolled out by
 //! restarting every node with it.

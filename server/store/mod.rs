@@ -474,6 +474,33 @@ impl Store {
         })
     }
 
+    /// The sequence of the last stored webhook (0: none).
+    pub(crate) fn last_sequence(&self) -> Result<u64, StoreError> {
+        match self.trees.events.iter().next_back().transpose()? {
+            Some((k, _)) => u64_from_be(&k, "events"),
+            None => Ok(0),
+        }
+    }
+
+    /// The stored webhooks after sequence `after`, oldest first: (sequence, where it is, the
+    /// change it made).
+    pub(crate) fn events_after(
+        &self,
+        after: u64,
+    ) -> impl Iterator<Item = Result<(u64, EventEntry, Change), StoreError>> + '_ {
+        self.trees
+            .events
+            .range(
+                std::ops::Bound::Included(Key::Event(after.saturating_add(1)).body()),
+                std::ops::Bound::Unbounded,
+            )
+            .map(|kv| {
+                let (k, v) = kv?;
+                let stored: StoredEvent<Change> = decode(&v, "events")?;
+                Ok((u64_from_be(&k, "events")?, stored.entry, stored.change))
+            })
+    }
+
     /// How many webhooks are quarantined.
     pub fn quarantine_len(&self) -> usize {
         self.trees.quarantine.len()

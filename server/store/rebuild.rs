@@ -26,6 +26,9 @@ use crate::domain::catalog::Catalog;
 use crate::domain::reconcile::{EventSummary, Operation, Reconciler};
 use crate::domain::webhook::{Normalized, normalize, normalize_with_facts};
 
+/// An operation's (kind, key).
+type OpKey = (String, String);
+
 /// What a rebuild did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RebuildReport {
@@ -41,38 +44,69 @@ pub struct RebuildReport {
     pub operations_changed: usize,
 }
 
-/// Rebuilds `store` under `catalog`. See the module docs.
+/// Rebuilds `store` under `catalog`, with nothing else writing (the server stopped, or at
+/// its start). See the module docs.
 pub fn rebuild(store: &Store, catalog: &Catalog) -> Result<RebuildReport, StoreError> {
     // The view first catches up with the log (a crash may have left it behind).
     store.replay(catalog)?;
-    let mut report = promote_quarantined(store, catalog)?;
+    let plan = plan(store, catalog)?;
+    finish(store, catalog, plan)
+}
 
+/// The bulk of a rebuild, computed while the writer goes on storing webhooks: every
+/// operation recomputed from the webhooks stored up to a sequence (`through`). The writer
+/// then [`finish`]es it between two batches, redoing only the operations that webhooks
+/// after `through` touched.
+///
+/// Why this holds: only the writer changes operations, and a webhook's event entry and its
+/// operation are written in one atomic batch. So an operation that no webhook after
+/// `through` touched is, when the plan is finished, exactly what the plan read.
+#[derive(Debug)]
+pub struct RebuildPlan {
+    /// The last sequence the plan read.
+    through: u64,
+    /// The catalog it was computed under.
+    fingerprint: [u8; 32],
+    /// Every webhook's summary up to `through`, under the new catalog, by operation.
+    groups: BTreeMap<(String, String), Vec<EventSummary>>,
+    /// The operations as the plan read them.
+    old: BTreeMap<(String, String), Operation>,
+    /// The operations recomputed from `groups`.
+    new: BTreeMap<(String, String), Operation>,
+    /// Summaries that came from the log (the rest were compacted).
+    events_from_log: usize,
+}
+
+/// Computes a [`RebuildPlan`] of `store` under `catalog`. Reads only: safe beside the writer.
+pub fn plan(store: &Store, catalog: &Catalog) -> Result<RebuildPlan, StoreError> {
+    let through = store.last_sequence()?;
+    failpoint::pause_at("pause-in-rebuild-plan");
     let mut old: BTreeMap<(String, String), Operation> = BTreeMap::new();
     let mut summaries: HashMap<u64, (String, String, EventSummary)> = HashMap::new();
     for op in store.operations() {
         let op = op?;
-        for s in &op.history {
+        // Webhooks after `through` are the finish's (their operation is then read again).
+        for s in op.history.iter().filter(|s| s.sequence <= through) {
             summaries.insert(s.sequence, (op.kind.clone(), op.key.clone(), s.clone()));
         }
         old.insert((op.kind.clone(), op.key.clone()), op);
     }
 
     let mut groups: BTreeMap<(String, String), Vec<EventSummary>> = BTreeMap::new();
+    let mut events_from_log = 0;
     for item in store.event_entries() {
         let (sequence, entry) = item?;
+        if sequence > through {
+            break;
+        }
         let stored = summaries.remove(&sequence);
-        let raw = store.raw_payload(&entry)?;
-        match normalize_with_facts(catalog, &raw) {
-            Ok((Normalized::Event(envelope), facts)) => {
-                report.events_from_log += 1;
-                let summary = EventSummary::new(&envelope, sequence, entry.received_at, facts);
-                groups
-                    .entry((envelope.kind, envelope.key))
-                    .or_default()
-                    .push(summary);
+        match summarize(store, catalog, sequence, &entry)? {
+            Some((op_key, summary)) => {
+                events_from_log += 1;
+                groups.entry(op_key).or_default().push(summary);
             }
             // The current catalog no longer reads it: keep what was derived when it arrived.
-            _ => {
+            None => {
                 if let Some((kind, key, summary)) = stored {
                     groups.entry((kind, key)).or_default().push(summary);
                 }
@@ -83,29 +117,125 @@ pub fn rebuild(store: &Store, catalog: &Catalog) -> Result<RebuildReport, StoreE
     for (kind, key, summary) in summaries.into_values() {
         groups.entry((kind, key)).or_default().push(summary);
     }
-
     let reconciler = Reconciler::new(catalog);
-    let mut writes = Writes::default();
-    let mut new_keys = std::collections::BTreeSet::new();
-    for ((kind, key), events) in groups {
-        let Some(op) = reconciler.reconcile(&kind, &key, events) else {
-            continue;
+    let new = groups
+        .iter()
+        .filter_map(|((kind, key), events)| {
+            let op = reconciler.reconcile(kind, key, events.clone())?;
+            Some(((kind.clone(), key.clone()), op))
+        })
+        .collect();
+    Ok(RebuildPlan {
+        through,
+        fingerprint: catalog.fingerprint(),
+        groups,
+        old,
+        new,
+        events_from_log,
+    })
+}
+
+/// The webhook at `sequence` read under `catalog`: its operation and summary, or `None`
+/// when the catalog does not read it.
+fn summarize(
+    store: &Store,
+    catalog: &Catalog,
+    sequence: u64,
+    entry: &super::EventEntry,
+) -> Result<Option<(OpKey, EventSummary)>, StoreError> {
+    let raw = store.raw_payload(entry)?;
+    Ok(match normalize_with_facts(catalog, &raw) {
+        Ok((Normalized::Event(envelope), facts)) => {
+            let summary = EventSummary::new(&envelope, sequence, entry.received_at, facts);
+            Some(((envelope.kind, envelope.key), summary))
+        }
+        _ => None,
+    })
+}
+
+/// Finishes `plan` under `catalog` (the one it was computed under), with nothing else
+/// writing: promotes the quarantined webhooks the catalog can now read, redoes the
+/// operations that webhooks after the plan's sequence touched, and writes every changed
+/// operation, and the catalog's fingerprint, in one atomic batch. The work is the
+/// promotions, the webhooks stored since the plan began, and the changed operations.
+pub fn finish(
+    store: &Store,
+    catalog: &Catalog,
+    plan: RebuildPlan,
+) -> Result<RebuildReport, StoreError> {
+    assert_eq!(
+        plan.fingerprint,
+        catalog.fingerprint(),
+        "a plan is finished under the catalog it was computed under"
+    );
+    let RebuildPlan {
+        through,
+        mut groups,
+        old,
+        mut new,
+        events_from_log,
+        ..
+    } = plan;
+    let mut report = promote_quarantined(store, catalog)?;
+    report.events_from_log = events_from_log;
+
+    // The webhooks after `through` (promotions included): where the old catalog put them,
+    // and where the new one does. Both operations are redone.
+    let mut touched: BTreeMap<(String, String), Option<Operation>> = BTreeMap::new();
+    for item in store.events_after(through) {
+        let (sequence, entry, change) = item?;
+        let was = (change.operation.kind.clone(), change.operation.key.clone());
+        report.events_from_log += 1;
+        let summary = match summarize(store, catalog, sequence, &entry)? {
+            Some((op_key, summary)) => Some((op_key, summary)),
+            // Not read under the new catalog: its summary stays where it was.
+            None => store
+                .operation(&was.0, &was.1)?
+                .and_then(|op| op.history.into_iter().find(|s| s.sequence == sequence))
+                .map(|summary| (was.clone(), summary)),
         };
-        let op_key = (kind, key);
-        let before = old.get(&op_key);
-        if before != Some(&op) {
-            report.operations_changed += 1;
-            put_operation(&mut writes, before, &op);
-        }
-        new_keys.insert(op_key);
-    }
-    for (op_key, before) in &old {
-        if !new_keys.contains(op_key) {
-            report.operations_changed += 1;
-            delete_operation(&mut writes, before);
+        touched.insert(was, None);
+        if let Some((op_key, summary)) = summary {
+            groups.entry(op_key.clone()).or_default().push(summary);
+            touched.insert(op_key, None);
         }
     }
-    report.operations = new_keys.len();
+    let reconciler = Reconciler::new(catalog);
+    for (op_key, current) in touched.iter_mut() {
+        *current = store.operation(&op_key.0, &op_key.1)?;
+        match groups.get(op_key) {
+            Some(events) => match reconciler.reconcile(&op_key.0, &op_key.1, events.clone()) {
+                Some(op) => new.insert(op_key.clone(), op),
+                None => new.remove(op_key),
+            },
+            None => new.remove(op_key),
+        };
+    }
+
+    let mut writes = Writes::default();
+    let before = |op_key: &(String, String)| match touched.get(op_key) {
+        Some(current) => current.as_ref(),
+        None => old.get(op_key),
+    };
+    for (op_key, op) in &new {
+        let was = before(op_key);
+        if was != Some(op) {
+            report.operations_changed += 1;
+            put_operation(&mut writes, was, op);
+        }
+    }
+    let gone = old.keys().chain(touched.keys());
+    let mut deleted = std::collections::BTreeSet::new();
+    for op_key in gone {
+        if !new.contains_key(op_key)
+            && deleted.insert(op_key)
+            && let Some(was) = before(op_key)
+        {
+            report.operations_changed += 1;
+            delete_operation(&mut writes, was);
+        }
+    }
+    report.operations = new.len();
     // In the same atomic batch as the operations: either both, or a start rebuilds again.
     writes.put(
         Key::Meta(Meta::CatalogFingerprint),

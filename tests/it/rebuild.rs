@@ -418,3 +418,97 @@ async fn status_of(grpc: std::net::SocketAddr, key: &str) -> String {
         .unwrap();
     client.get(key, Some("debt")).await.unwrap().status
 }
+
+/// A reload recomputes the store beside the writer: webhooks sent meanwhile are
+/// acknowledged at once, and those the writer stored under the old catalog meanwhile end
+/// up as a rebuild from scratch under the new one makes them.
+#[tokio::test]
+async fn a_reload_does_not_hold_ingest_back_and_redoes_what_arrived_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog_file = dir.path().join("catalog.toml");
+    std::fs::write(&catalog_file, "").unwrap();
+    let data = dir.path().join("data");
+    // The recomputation beside the writer takes two seconds more than it needs.
+    let server = ServerCommand::new(&data)
+        .args(["--catalog", catalog_file.to_str().unwrap()])
+        .env("QISTATUS_FAILPOINT", "pause-in-rebuild-plan")
+        .start()
+        .await;
+    let http = reqwest::Client::new();
+    let post = |body: Vec<u8>| {
+        let http = http.clone();
+        let url = format!("http://{}/webhooks", server.http);
+        async move {
+            http.post(url)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let pix = |key: &str| {
+        format!(
+            r#"{{"webhook_type": "pix_transfer", "key": "{key}", "event_datetime": "2024-03-01 10:00:00", "data": {{"transfer_state": "SENT"}}}}"#
+        )
+        .into_bytes()
+    };
+    assert_eq!(post(pix("pix-1")).await, 202, "quarantined before");
+    for (status, time) in [
+        ("disbursed", "2024-03-01 10:00:00"),
+        ("in_collection", "2024-03-05 10:00:00"),
+    ] {
+        assert_eq!(post(webhook("debt", "debt-1", status, time)).await, 200);
+    }
+
+    std::fs::write(&catalog_file, PIX_AND_IN_COLLECTION).unwrap();
+    let reload = tokio::spawn({
+        let url = format!("http://{}/catalog/reload", server.admin);
+        let http = http.clone();
+        async move {
+            let answer = http.post(url).send().await.unwrap();
+            (answer.status().as_u16(), answer.text().await.unwrap())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // While the reload runs: acknowledged within a second each.
+    for (key, status, time) in [
+        ("debt-2", "disbursed", "2024-03-01 10:00:00"),
+        ("debt-2", "in_collection", "2024-03-05 10:00:00"),
+        ("debt-3", "disbursed", "2024-03-01 10:00:00"),
+    ] {
+        let started = std::time::Instant::now();
+        assert_eq!(post(webhook("debt", key, status, time)).await, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{key} {status} waited {:?} for the reload",
+            started.elapsed()
+        );
+    }
+    assert_eq!(post(pix("pix-2")).await, 200, "the new catalog reads it");
+    assert!(
+        !reload.is_finished(),
+        "the reload was still running meanwhile"
+    );
+    let (code, answer) = reload.await.unwrap();
+    assert_eq!(code, 200, "{answer}");
+
+    assert_eq!(
+        status_of(server.grpc, "debt-2").await,
+        status_of(server.grpc, "debt-1").await,
+        "what arrived during the reload is read as what came before it"
+    );
+    let status = server.terminate().await;
+    assert!(status.success(), "{status}");
+    // What the reload left is what a rebuild from scratch makes: it changes nothing.
+    let catalog = Catalog::load(Some(&catalog_file)).unwrap();
+    let store = Store::open(&data).unwrap();
+    let report = rebuild(&store, &catalog).unwrap();
+    assert_eq!(report.operations_changed, 0, "{report:?}");
+    assert_eq!(report.promoted, 0, "{report:?}");
+    assert_eq!(
+        report.operations, 5,
+        "debt-1..3, pix-1 and pix-2: {report:?}"
+    );
+}

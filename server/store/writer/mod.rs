@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 mod compaction;
 mod plan;
 
-use super::rebuild::{self, RebuildReport};
+use super::rebuild::{self, RebuildPlan, RebuildReport};
 use super::recent::RecentChanges;
 use super::snapshot::{self, Pinned};
 use super::{EventRef, Store, StoreError, view};
@@ -108,6 +108,7 @@ enum Command {
     /// Put `catalog` in effect: rebuild every operation under it (see [`WriterHandle::reload`]).
     Reload {
         catalog: Arc<Catalog>,
+        plan: RebuildPlan,
         reply: oneshot::Sender<Result<RebuildReport, Arc<StoreError>>>,
     },
     /// Drop log entries received before `cutoff` (ms since the epoch), at most `limit`.
@@ -176,6 +177,10 @@ impl Default for WriterLimits {
 /// A cloneable handle to submit webhooks to the writer.
 #[derive(Debug, Clone)]
 pub struct WriterHandle {
+    /// For the reads a reload does beside the writer. Declared (so dropped) before `tx`: when
+    /// the last handle closes the channel and the writer stops, no handle still holds the
+    /// store, and whoever joins the writer may open the directory again at once.
+    store: Store,
     tx: mpsc::Sender<Command>,
     committed: watch::Receiver<u64>,
     recent: Arc<RecentChanges>,
@@ -247,14 +252,24 @@ impl WriterHandle {
         .await
     }
 
-    /// Puts `catalog` in effect between two batches: quarantined webhooks it can read are
-    /// promoted (new sequences, seen by watchers), and every operation is recomputed under
-    /// it ([`crate::store::rebuild()`], on the writer's thread, so nothing is written
-    /// meanwhile; the intake waits in the queue for as long as that takes). Webhooks queued
-    /// after this call are read under the new catalog by the caller's intake only once the
-    /// caller swaps its handle, which it does when this returns.
+    /// Puts `catalog` in effect: every operation is recomputed under it beside the writer,
+    /// which goes on storing webhooks ([`rebuild::plan`], on a blocking thread); then, between
+    /// two batches, the writer promotes the quarantined webhooks it can read (new sequences,
+    /// seen by watchers), redoes the operations that webhooks stored meanwhile touched, and
+    /// writes the changes in one batch ([`rebuild::finish`]). Ingest waits only for that last
+    /// step.
     pub async fn reload(&self, catalog: Arc<Catalog>) -> Result<RebuildReport, SubmitError> {
-        self.ask(|reply| Command::Reload { catalog, reply }).await
+        let (store, planned) = (self.store.clone(), catalog.clone());
+        let plan = tokio::task::spawn_blocking(move || rebuild::plan(&store, &planned))
+            .await
+            .expect("planning a rebuild does not panic: errors are values")
+            .map_err(Arc::new)?;
+        self.ask(|reply| Command::Reload {
+            catalog,
+            plan,
+            reply,
+        })
+        .await
     }
 
     /// Pins the store between two batches: a consistent snapshot, kept until dropped.
@@ -356,6 +371,7 @@ pub(crate) fn spawn_writer(
     let recent = Arc::new(RecentChanges::new(RECENT_CHANGES, RECENT_CHANGES_BYTES));
     let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let out_of_space = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let store_for_handle = store.clone();
     let mut writer = Writer {
         out_of_space: out_of_space.clone(),
         store,
@@ -375,6 +391,7 @@ pub(crate) fn spawn_writer(
         .map_err(StoreError::WriterThread)?;
     Ok((
         WriterHandle {
+            store: store_for_handle,
             tx,
             committed,
             recent,
@@ -465,8 +482,12 @@ impl Writer {
                     next = rx.blocking_recv();
                     continue;
                 }
-                Command::Reload { catalog, reply } => {
-                    let _ = reply.send(self.reload(catalog));
+                Command::Reload {
+                    catalog,
+                    plan,
+                    reply,
+                } => {
+                    let _ = reply.send(self.reload(catalog, plan));
                     next = rx.blocking_recv();
                     continue;
                 }
@@ -514,12 +535,16 @@ impl Writer {
     }
 
     /// See [`WriterHandle::reload`].
-    fn reload(&mut self, catalog: Arc<Catalog>) -> Result<RebuildReport, Arc<StoreError>> {
+    fn reload(
+        &mut self,
+        catalog: Arc<Catalog>,
+        plan: RebuildPlan,
+    ) -> Result<RebuildReport, Arc<StoreError>> {
         if let Some(stopped) = &self.stopped {
             return Err(stopped.clone());
         }
         let started = std::time::Instant::now();
-        let report = rebuild::rebuild(&self.store, &catalog).map_err(Arc::new)?;
+        let report = rebuild::finish(&self.store, &catalog, plan).map_err(Arc::new)?;
         // Promotions took sequences: continue after them, and let watchers see them.
         let counters = self.store.counters().map_err(Arc::new)?;
         let head = self.counters.next_sequence - 1;

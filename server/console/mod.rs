@@ -108,6 +108,9 @@ pub(crate) enum ConsoleError {
     /// The token was not accepted.
     #[error("that token is not accepted")]
     BadToken,
+    /// A form that changes something came without its token.
+    #[error("this form is stale or comes from another site: reload the page and try again")]
+    Forbidden,
     /// Too many wrong tokens from this address.
     #[error("too many wrong tokens from your address: try again in {} s", .0.as_secs().max(1))]
     Throttled(Duration),
@@ -130,14 +133,15 @@ impl IntoResponse for ConsoleError {
         let status = match &self {
             ConsoleError::SignIn => return Redirect::to("/ui/login").into_response(),
             ConsoleError::BadToken => {
-                let page = pages::layout("Sign in", false, pages::login(Some(&self.to_string())));
+                let page = pages::layout("Sign in", None, pages::login(Some(&self.to_string())));
                 return (StatusCode::UNAUTHORIZED, page).into_response();
             }
             ConsoleError::Throttled(wait) => {
-                let page = pages::layout("Sign in", false, pages::login(Some(&self.to_string())));
+                let page = pages::layout("Sign in", None, pages::login(Some(&self.to_string())));
                 let retry = [(header::RETRY_AFTER, wait.as_secs().max(1).to_string())];
                 return (StatusCode::TOO_MANY_REQUESTS, retry, page).into_response();
             }
+            ConsoleError::Forbidden => StatusCode::FORBIDDEN,
             ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
             ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ConsoleError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -152,7 +156,7 @@ impl IntoResponse for ConsoleError {
         };
         let page = pages::layout(
             status.canonical_reason().unwrap_or("Error"),
-            false,
+            None,
             pages::error(status.as_u16(), &message),
         );
         (status, page).into_response()
@@ -166,8 +170,28 @@ fn viewer(state: &ConsoleState, headers: &HeaderMap) -> Result<Viewer, ConsoleEr
 }
 
 /// A page for `viewer`.
-fn page(state: &ConsoleState, title: &str, body: Markup) -> Markup {
-    pages::layout(title, state.sessions.required(), body)
+fn page(viewer: &Viewer, title: &str, body: Markup) -> Markup {
+    pages::layout(title, viewer.csrf.as_deref(), body)
+}
+
+/// Refuses a form body without the signed-in viewer's token (from another site, or a
+/// stale page). The token is hex, so it is read from the urlencoded body as it is; an open
+/// console (no session) has no token to check, and takes a body of any type.
+fn check_form(viewer: &Viewer, form: &[u8]) -> Result<(), ConsoleError> {
+    let Some(expected) = &viewer.csrf else {
+        return Ok(());
+    };
+    let sent = std::str::from_utf8(form)
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(name, _)| *name == "csrf")
+        .map(|(_, value)| value);
+    if sent == Some(expected.as_str()) {
+        Ok(())
+    } else {
+        Err(ConsoleError::Forbidden)
+    }
 }
 
 /// Runs a scan of the store (counts, a list page, the quarantine) off the async workers.
@@ -221,13 +245,13 @@ async fn overview(
     State(state): State<ConsoleState>,
     headers: HeaderMap,
 ) -> Result<Markup, ConsoleError> {
-    viewer(&state, &headers)?;
+    let viewer = viewer(&state, &headers)?;
     let store = state.store.clone();
     let (counts, quarantined) =
         off_the_runtime(move || Ok((store.counts()?, store.quarantine_len()))).await?;
     let counts: Vec<_> = counts.into_iter().filter(|c| c.operations > 0).collect();
     Ok(page(
-        &state,
+        &viewer,
         "Overview",
         pages::overview(&counts, state.feed.head(), quarantined),
     ))
@@ -280,18 +304,19 @@ async fn operation(
     Path(key): Path<String>,
     Query(query): Query<KeyQuery>,
 ) -> Result<Markup, ConsoleError> {
-    viewer(&state, &headers)?;
+    let viewer = viewer(&state, &headers)?;
     let body = match find(&state, &key, query.kind.as_deref())? {
         Lookup::Several(kinds) => pages::choose_kind(&key, &kinds),
         Lookup::Found(op) => pages::operation(&op),
         Lookup::Missing(what) => return Err(ConsoleError::NotFound(what)),
     };
-    Ok(page(&state, &key, body))
+    Ok(page(&viewer, &key, body))
 }
 
 /// The operation's webhook at `sequence`, pretty-printed, masked unless `reveal`.
 fn webhook_page(
     state: &ConsoleState,
+    viewer: &Viewer,
     key: &str,
     kind: Option<&str>,
     sequence: u64,
@@ -328,7 +353,7 @@ fn webhook_page(
         Err(_) if reveal => (String::from_utf8_lossy(&raw).into_owned(), None),
         Err(_) => (personal::MASK.to_owned(), Some(1)),
     };
-    let body = pages::payload(&op, sequence, &pretty, masked);
+    let body = pages::payload(&op, sequence, &pretty, masked, viewer.csrf.as_deref());
     Ok((op, body))
 }
 
@@ -339,9 +364,16 @@ async fn payload(
     Path((key, sequence)): Path<(String, u64)>,
     Query(query): Query<KeyQuery>,
 ) -> Result<Markup, ConsoleError> {
-    viewer(&state, &headers)?;
-    let (_, body) = webhook_page(&state, &key, query.kind.as_deref(), sequence, false)?;
-    Ok(page(&state, &format!("Webhook {sequence}"), body))
+    let viewer = viewer(&state, &headers)?;
+    let (_, body) = webhook_page(
+        &state,
+        &viewer,
+        &key,
+        query.kind.as_deref(),
+        sequence,
+        false,
+    )?;
+    Ok(page(&viewer, &format!("Webhook {sequence}"), body))
 }
 
 /// `POST /ui/operations/{key}/webhooks/{sequence}/reveal`: a POST, so that no link, prefetch
@@ -351,9 +383,11 @@ async fn reveal(
     headers: HeaderMap,
     Path((key, sequence)): Path<(String, u64)>,
     Query(query): Query<KeyQuery>,
+    form: axum::body::Bytes,
 ) -> Result<Markup, ConsoleError> {
     let viewer = viewer(&state, &headers)?;
-    let (op, body) = webhook_page(&state, &key, query.kind.as_deref(), sequence, true)?;
+    check_form(&viewer, &form)?;
+    let (op, body) = webhook_page(&state, &viewer, &key, query.kind.as_deref(), sequence, true)?;
     // The audit record: who, which operation and webhook. Never the values.
     tracing::warn!(
         target: "qistatus::audit",
@@ -363,7 +397,7 @@ async fn reveal(
         sequence,
         "console: personal data revealed"
     );
-    Ok(page(&state, &format!("Webhook {sequence}"), body))
+    Ok(page(&viewer, &format!("Webhook {sequence}"), body))
 }
 
 #[derive(Debug, Deserialize)]
@@ -381,7 +415,7 @@ async fn list(
     headers: HeaderMap,
     Query(query): Query<ListQuery>,
 ) -> Result<Markup, ConsoleError> {
-    viewer(&state, &headers)?;
+    let viewer = viewer(&state, &headers)?;
     let catalog = state.catalog.current();
     let non_empty = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
     let kind = non_empty(query.kind).map(|k| catalog.resolve_kind(&k));
@@ -455,7 +489,7 @@ async fn list(
     };
     let kinds: Vec<String> = catalog.kinds.keys().cloned().collect();
     Ok(page(
-        &state,
+        &viewer,
         "Lists",
         pages::list(&kinds, &form, &operations, next),
     ))
@@ -472,7 +506,7 @@ async fn quarantine(
     headers: HeaderMap,
     Query(query): Query<AfterQuery>,
 ) -> Result<Markup, ConsoleError> {
-    viewer(&state, &headers)?;
+    let viewer = viewer(&state, &headers)?;
     let store = state.store.clone();
     let after = query.after.unwrap_or(0);
     let mut entries = off_the_runtime(move || {
@@ -487,7 +521,7 @@ async fn quarantine(
         format!("/ui/quarantine?after={}", entries[PAGE - 1].0)
     });
     Ok(page(
-        &state,
+        &viewer,
         "Quarantine",
         pages::quarantine(&entries, next),
     ))
@@ -535,7 +569,7 @@ async fn login_form(State(state): State<ConsoleState>) -> Response {
     if !state.sessions.required() {
         return Redirect::to("/ui/").into_response();
     }
-    pages::layout("Sign in", false, pages::login(None)).into_response()
+    pages::layout("Sign in", None, pages::login(None)).into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -570,10 +604,16 @@ async fn login(
 }
 
 /// `POST /ui/logout`.
-async fn logout(State(state): State<ConsoleState>, headers: HeaderMap) -> Response {
-    state
-        .sessions
-        .sign_out(headers.get(header::COOKIE).and_then(|v| v.to_str().ok()));
+async fn logout(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    form: axum::body::Bytes,
+) -> Result<Response, ConsoleError> {
+    let cookie = headers.get(header::COOKIE).and_then(|v| v.to_str().ok());
+    if let Some(viewer) = state.sessions.viewer(cookie) {
+        check_form(&viewer, &form)?;
+    }
+    state.sessions.sign_out(cookie);
     let mut response = Redirect::to("/ui/login").into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
@@ -581,5 +621,5 @@ async fn logout(State(state): State<ConsoleState>, headers: HeaderMap) -> Respon
             "qistatus_console=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0",
         ),
     );
-    response
+    Ok(response)
 }

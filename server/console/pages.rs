@@ -9,7 +9,9 @@ use crate::domain::webhook::FactValue;
 use crate::store::{OperationCount, QuarantineEntry};
 
 /// A page: title, the viewer's sign-out button when signed in, and `body`.
-pub(crate) fn layout(title: &str, signed_in: bool, body: Markup) -> Markup {
+/// A page: `csrf` is the signed-in person's form token (`None`: not signed in, or an open
+/// console).
+pub(crate) fn layout(title: &str, csrf: Option<&str>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -31,8 +33,11 @@ pub(crate) fn layout(title: &str, signed_in: bool, body: Markup) -> Markup {
                         input type="search" name="key" placeholder="Operation key" aria-label="Operation key" required;
                         button type="submit" { "Find" }
                     }
-                    @if signed_in {
-                        form method="post" action="/ui/logout" { button.link type="submit" { "Sign out" } }
+                    @if let Some(csrf) = csrf {
+                        form method="post" action="/ui/logout" {
+                            input type="hidden" name="csrf" value=(csrf);
+                            button.link type="submit" { "Sign out" }
+                        }
                     }
                 }
                 main { (body) }
@@ -184,6 +189,7 @@ pub(crate) fn payload(
     sequence: u64,
     pretty: &str,
     masked: Option<usize>,
+    csrf: Option<&str>,
 ) -> Markup {
     let back = operation_href(&op.kind, &op.key);
     html! {
@@ -193,6 +199,9 @@ pub(crate) fn payload(
             Some(n) => {
                 p.hint { (n) " personal values are masked." }
                 form method="post" action={"/ui/operations/" (encode(&op.key)) "/webhooks/" (sequence) "/reveal?kind=" (encode(&op.kind))} {
+                    @if let Some(csrf) = csrf {
+                        input type="hidden" name="csrf" value=(csrf);
+                    }
                     button type="submit" { "Reveal personal data (logged)" }
                 }
             }

@@ -44,6 +44,10 @@ pub(crate) const COOKIE: &str = "qistatus_console";
 pub(crate) struct Viewer {
     /// `token:<8 hex digits of its SHA-256>`, or `anonymous` when the console is open.
     pub(crate) who: String,
+    /// The token a signed-in person's forms carry, derived from the session id (which no
+    /// other site can read): a form that changes something without it is refused. `None`
+    /// when the console is open (no session, nothing to sign out of).
+    pub(crate) csrf: Option<String>,
 }
 
 /// The live sessions.
@@ -94,12 +98,16 @@ impl Sessions {
         if !self.required() {
             return Some(Viewer {
                 who: "anonymous".into(),
+                csrf: None,
             });
         }
         let id = session_id(cookie_header)?;
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         match live.get(id) {
-            Some((viewer, expires)) if *expires > Instant::now() => Some(viewer.clone()),
+            Some((viewer, expires)) if *expires > Instant::now() => Some(Viewer {
+                csrf: Some(csrf_token(id)),
+                ..viewer.clone()
+            }),
             Some(_) => {
                 live.remove(id);
                 None
@@ -124,6 +132,7 @@ impl Sessions {
         let digest = Sha256::digest(token.as_bytes());
         let viewer = Viewer {
             who: format!("token:{}", hex::encode(&digest[..4])),
+            csrf: None,
         };
         let mut id = [0u8; 32];
         getrandom::fill(&mut id).map_err(|_| SignInRefused::BadToken)?;
@@ -189,6 +198,12 @@ impl Sessions {
     }
 }
 
+/// The form token of session `id`.
+fn csrf_token(id: &str) -> String {
+    let digest = Sha256::digest(format!("qistatus console form\0{id}").as_bytes());
+    hex::encode(&digest[..16])
+}
+
 /// The session id in a `Cookie` header, if it carries one.
 fn session_id(cookie_header: Option<&str>) -> Option<&str> {
     cookie_header?
@@ -218,6 +233,10 @@ mod tests {
         let viewer = sessions.viewer(Some(&cookie)).expect("signed in");
         assert!(viewer.who.starts_with("token:"), "{viewer:?}");
         assert!(!viewer.who.contains("s3cret"));
+        let csrf = viewer
+            .csrf
+            .expect("a signed-in viewer's forms carry a token");
+        assert!(!csrf.is_empty() && !cookie.contains(&csrf));
         assert_eq!(sessions.viewer(Some(&format!("{COOKIE}=forged"))), None);
         sessions.sign_out(Some(&cookie));
         assert_eq!(sessions.viewer(Some(&cookie)), None);

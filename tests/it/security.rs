@@ -770,8 +770,26 @@ async fn the_admin_listener_is_closed_to_other_sites_guessers_and_plain_http() {
     }
     assert_eq!(&codes[..5], &[401; 5], "{codes:?}");
     assert!(codes[5..].iter().all(|c| *c == 429), "{codes:?}");
-    // The session made before is still good.
     let session = cookie.split(';').next().unwrap();
+    // A form that changes something without the session's form token: refused, even
+    // same-site (a stale page, or a page elsewhere that got the cookie sent).
+    for (path, form) in [
+        (
+            "/ui/operations/x/webhooks/1/reveal",
+            vec![("csrf", "forged")],
+        ),
+        ("/ui/logout", vec![]),
+    ] {
+        let answer = https
+            .post(admin(path))
+            .header("cookie", session)
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 403, "{path}");
+    }
+    // The session made before is still good.
     let page = https
         .get(admin("/ui/"))
         .header("cookie", session)

@@ -332,3 +332,48 @@ async fn a_reveal_is_logged_without_the_values() {
     );
     assert!(!log.contains(CPF) && !log.contains("Aurora"), "{log}");
 }
+
+/// QI Tech writes in Portuguese as often as English: the masked payload view hides names
+/// and documents under Portuguese field names, inside free text, as numbers, and as keys.
+#[tokio::test]
+async fn portuguese_fields_and_documents_inside_text_are_masked() {
+    let server = TestServer::start().await;
+    let body = serde_json::json!({
+        "webhook_type": "debt", "key": "pt-1", "status": "disbursed",
+        "event_datetime": "2024-01-01 10:00:00",
+        "data": {
+            "nome_completo": "Aurora Nogueira",
+            "telefone": "(34) 98765-4321",
+            "endereco": {"logradouro": "Rua das Flores, 10"},
+            "observacao": "CPF:081.411.637-01 ligar +55 34 98765-4321",
+            "cpf_numero": 8141163701_u64,
+            "contatos": {"aurora@example.com": "principal"},
+            "valor": 1500.25,
+        }
+    });
+    let sequence = server.post_ok(serde_json::to_vec(&body).unwrap()).await;
+    let page = reqwest::get(format!(
+        "http://{}/ui/operations/pt-1/webhooks/{sequence}",
+        server.admin
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    for personal in [
+        "Aurora",
+        "98765",
+        "Rua das Flores",
+        "081.411.637-01",
+        "8141163701",
+        "aurora@example.com",
+    ] {
+        assert!(!page.contains(personal), "{personal} shown:\n{page}");
+    }
+    assert!(
+        page.contains("1500.25") && page.contains("disbursed"),
+        "{page}"
+    );
+    server.stop().await;
+}

@@ -700,7 +700,7 @@ async fn the_admin_listener_is_closed_to_other_sites_guessers_and_plain_http() {
         cert_pem: cert_pem.clone().into_bytes(),
         key_pem: certified.signing_key.serialize_pem().into_bytes(),
     });
-    settings.grpc_tokens = BearerTokens::from_files_text(["admin-token\n"]);
+    settings.grpc_tokens = BearerTokens::from_files_text(["admin-token\nother-token\n"]);
     let server = TestServer::start_with(settings).await;
     let https = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
@@ -757,6 +757,32 @@ async fn the_admin_listener_is_closed_to_other_sites_guessers_and_plain_http() {
     assert_eq!(answer.status(), 303);
     let cookie = answer.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(cookie.contains("; Secure"), "{cookie}");
+    // One holder signing in again and again signs out only its own oldest sessions.
+    let other = sign_in("other-token").await.unwrap().headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut latest = String::new();
+    for _ in 0..40 {
+        let answer = sign_in("admin-token").await.unwrap();
+        assert_eq!(answer.status(), 303);
+        latest = answer.headers()["set-cookie"].to_str().unwrap().to_owned();
+    }
+    let first = https
+        .get(admin("/ui/"))
+        .header("cookie", cookie.split(';').next().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 303, "its own oldest session was signed out");
+    let other = other.split(';').next().unwrap();
+    let page = https
+        .get(admin("/ui/"))
+        .header("cookie", other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200, "the other holder is still signed in");
     // Wrong tokens: a few are answered, then the address waits.
     let mut codes = Vec::new();
     for i in 0..8 {
@@ -770,7 +796,7 @@ async fn the_admin_listener_is_closed_to_other_sites_guessers_and_plain_http() {
     }
     assert_eq!(&codes[..5], &[401; 5], "{codes:?}");
     assert!(codes[5..].iter().all(|c| *c == 429), "{codes:?}");
-    let session = cookie.split(';').next().unwrap();
+    let session = latest.split(';').next().unwrap();
     // A form that changes something without the session's form token: refused, even
     // same-site (a stale page, or a page elsewhere that got the cookie sent).
     for (path, form) in [
@@ -789,10 +815,10 @@ async fn the_admin_listener_is_closed_to_other_sites_guessers_and_plain_http() {
             .unwrap();
         assert_eq!(answer.status(), 403, "{path}");
     }
-    // The session made before is still good.
+    // The other holder's session is still good after all that.
     let page = https
         .get(admin("/ui/"))
-        .header("cookie", session)
+        .header("cookie", other)
         .send()
         .await
         .unwrap();

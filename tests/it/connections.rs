@@ -347,13 +347,19 @@ async fn a_connection_that_sends_one_byte_is_closed_by_the_header_read_timeout()
 
 #[tokio::test]
 async fn connections_that_never_call_cannot_lock_a_token_holder_out_of_grpc() {
+    let raised = rlimit::increase_nofile_limit(8192).expect("raise this test's file limit");
+    assert!(
+        raised >= 1024,
+        "this test needs `ulimit -Hn` of at least 1024, got {raised}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, "reader-token\n").unwrap();
+    // At `ulimit -n 1024` the gRPC bound is lowered to fit (to 159 today).
     let server = ServerCommand::new(&dir.path().join("data"))
         .args(["--grpc-token-file", tokens.to_str().unwrap()])
-        .args(["--grpc-max-connections", "20"])
         .args(["--grpc-first-call-grace", "1s"])
+        .nofile(1024)
         .start()
         .await;
     let url = format!("http://{}", server.grpc);
@@ -378,9 +384,10 @@ async fn connections_that_never_call_cannot_lock_a_token_holder_out_of_grpc() {
         .expect("a watch")
         .into_inner();
 
-    // Twice the bound of HTTP/2 connections that only do the handshake and answer pings.
+    // Over twice that bound of HTTP/2 connections that only do the handshake and answer
+    // pings.
     let mut flood = Vec::new();
-    for _ in 0..40 {
+    for _ in 0..400 {
         let endpoint = tonic::transport::Endpoint::from_shared(url.clone()).unwrap();
         if let Ok(Ok(channel)) =
             tokio::time::timeout(Duration::from_secs(2), endpoint.connect()).await

@@ -121,6 +121,7 @@ pub use grpc::GrpcLimits;
 #[cfg(feature = "server")]
 pub use intake::IntakeLimits;
 /// Binds a listener with the backlog the server wants (see its docs).
+#[cfg(feature = "server")]
 pub use net::listen;
 #[cfg(feature = "server")]
 pub use server::{Listeners, ServerError, Settings, run, shutdown_signal};

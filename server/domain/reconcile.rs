@@ -314,8 +314,10 @@ impl<'a> Reconciler<'a> {
 
     /// The end statuses that disagree with an end-status `winner` at its event time, winner
     /// included, when there is more than one; none are superseded by another in the set.
+    /// Webhooks without a time tie with each other: two end statuses, neither dated, are a
+    /// conflict too (the declared precedence, or the hash, picked one; a person should know).
     fn conflict(&self, kind: &str, events: &[EventSummary], winner: &EventSummary) -> Vec<String> {
-        if self.precedence(kind, winner).tier != 2 || winner.event_time.is_none() {
+        if self.precedence(kind, winner).tier != 2 {
             return Vec::new();
         }
         let ends: Vec<&str> = events

@@ -326,8 +326,10 @@ fn keyed_pair(v: &Json<'_>) -> Option<(String, String)> {
 /// A debt's cancellation after disbursement (QI Tech's reversal webhook): no `webhook_type`,
 /// the debt's key in `credit_operation_key`, and a `reversal` object. It joins the debt's
 /// history; its status is `canceled` once QI Tech says the operation is canceled
-/// (`reversal.is_operation_canceled`), and `reversal_<reversal.status>` before (a status the
-/// catalog does not know, so it never moves the debt). Its event time is `reversal.created_at`.
+/// (`reversal.is_operation_canceled`), classified as the catalog's `reversal_canceled` (its
+/// outcome: a cancellation that also says the debt was disbursed), and
+/// `reversal_<reversal.status>` before (a status the catalog does not know, so it never
+/// moves the debt). Its event time is `reversal.created_at`.
 fn read_reversal(
     catalog: &Catalog,
     v: &Json<'_>,
@@ -369,7 +371,7 @@ fn read_reversal(
         kind: "debt".to_owned(),
         key,
         status,
-        outcome: None,
+        outcome: canceled.then(|| "reversal_canceled".to_owned()),
         event_time,
         detail,
     })

@@ -383,3 +383,34 @@ async fn documented_examples_of_the_other_families_are_read_in_any_order() {
     );
     server.stop().await;
 }
+
+/// What QI's documents mean, in milestones: a reversal alone (canceled within seven days
+/// of disbursement) says the debt was disbursed; seed 000's `debt_successfully_finished`
+/// ends the issuance, and says nothing of repayment.
+#[tokio::test]
+async fn a_reversal_was_disbursed_and_the_end_of_issuance_is_not_a_repayment() {
+    let server = TestServer::start().await;
+    let milestones = |op: &qistatus::pb::Operation| -> Vec<String> {
+        op.milestones.iter().map(|m| m.name.clone()).collect()
+    };
+    server
+        .post_ok(reversal("only-reversal", "pending_fund", true))
+        .await;
+    let op = server.get("only-reversal", "debt").await.unwrap();
+    assert_eq!((op.status.as_str(), phase(&op)), ("canceled", "failed"));
+    assert_eq!(milestones(&op), ["canceled", "disbursed"]);
+
+    let finished = serde_json::to_vec(&json!({
+        "webhook_type": "debt", "key": "issued-1", "status": "debt_successfully_finished",
+        "data": null
+    }))
+    .unwrap();
+    server.post_ok(finished).await;
+    let op = server.get("issued-1", "debt").await.unwrap();
+    assert_eq!(
+        (op.status.as_str(), phase(&op)),
+        ("debt_successfully_finished", "succeeded")
+    );
+    assert_eq!(milestones(&op), ["disbursed", "issuance_finished"]);
+    server.stop().await;
+}

@@ -297,3 +297,59 @@ fn supersession_then_event_time_then_declared_precedence() {
     );
     assert_eq!(op.phase, Phase::Pending);
 }
+
+/// Ties QI's own examples make: undated end statuses, and a bill payment's `executed` and
+/// `reverted` sent with the same `webhook_datetime` (or `executed` resent later).
+#[test]
+fn undated_ties_are_conflicts_and_reversals_supersede_what_they_reverse() {
+    let catalog = Catalog::builtin();
+    let r = Reconciler::new(&catalog);
+    let e = |status: &str, time: Option<i64>, id: u8| EventSummary {
+        sequence: id as u64,
+        event_id: EventId([id; 32]),
+        status: status.into(),
+        outcome: None,
+        detail: String::new(),
+        event_time: time,
+        received_at: 0,
+        facts: Vec::new(),
+    };
+    for ids in [(1, 9), (9, 1)] {
+        // Two debt end statuses, neither dated (seed 000's shapes): precedence decides, and
+        // the disagreement is marked.
+        let op = r
+            .reconcile(
+                "debt",
+                "k",
+                vec![e("settled", None, ids.0), e("canceled", None, ids.1)],
+            )
+            .unwrap();
+        assert_eq!(op.status, "canceled");
+        assert_eq!(op.conflict, ["canceled", "settled"]);
+
+        // Automatic Pix: approved and canceled, no times (QI's example has none).
+        let op = r
+            .reconcile(
+                "baas.automatic_pix.outgoing_recurrence.status_change",
+                "k",
+                vec![e("approved", None, ids.0), e("canceled", None, ids.1)],
+            )
+            .unwrap();
+        assert_eq!((op.status.as_str(), op.conflict.len()), ("canceled", 0));
+
+        // Bill payment: the same webhook_datetime, or executed resent after the reversal.
+        for (executed, reverted) in [(Some(100), Some(100)), (Some(200), Some(100))] {
+            let op = r
+                .reconcile(
+                    "baas.bill_payment.payment",
+                    "k",
+                    vec![
+                        e("executed", executed, ids.0),
+                        e("reverted", reverted, ids.1),
+                    ],
+                )
+                .unwrap();
+            assert_eq!((op.status.as_str(), op.conflict.len()), ("reverted", 0));
+        }
+    }
+}

@@ -176,8 +176,8 @@ async fn a_person_signs_in_looks_up_an_operation_and_sees_what_happened() {
         "disbursed",
         "active",
         "Milestones",
-        "issue_amount",
-        "299.02",
+        "disbursed_amount",
+        "2022-09-28T13:00:47",
         "waiting_signature",
     ] {
         assert!(debt.contains(expected), "{expected} in {debt}");

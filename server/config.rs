@@ -190,6 +190,11 @@ pub struct Config {
     )]
     pub qitech_dtvm_keys: Vec<String>,
 
+    /// Accept QI DTVM tokens that carry no `iat` (for a sender that never sends one: such a
+    /// token, once captured, is good until its `exp`, or for ever). Off: they are refused.
+    #[arg(long, env = "QISTATUS_QITECH_DTVM_WITHOUT_IAT")]
+    pub qitech_dtvm_without_iat: bool,
+
     /// Standard Webhooks HMAC secret (`whsec_...`), for deployments behind a relay. Repeat
     /// for rotation; prefer the environment variable, which `ps` does not show.
     #[arg(
@@ -401,7 +406,8 @@ impl Config {
             &self.webhook_secrets,
             *self.max_clock_skew,
         )?
-        .with_dtvm_keys(&self.qitech_dtvm_keys)?;
+        .with_dtvm_keys(&self.qitech_dtvm_keys)?
+        .with_dtvm_tokens_without_iat(self.qitech_dtvm_without_iat);
         let mut token_texts = Vec::new();
         for path in &self.grpc_token_files {
             token_texts

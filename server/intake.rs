@@ -31,7 +31,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::auth::response_signing::ResponseSigner;
-use crate::auth::webhook::{AuthError, RequestFacts, WebhookVerifier};
+use crate::auth::webhook::{AuthError, RequestFacts, Sender, WebhookVerifier};
 use crate::cluster::{ClusterError, Publisher};
 use crate::domain::catalog::CatalogHandle;
 use crate::domain::webhook::Facts;
@@ -399,7 +399,9 @@ async fn store_webhook(
     };
     let now = chrono::Utc::now().timestamp();
     // The body itself, or the webhook decoded from an `encoded_body`: no copy of the body.
-    let webhook = match state.verifier.verify(&facts, &body, now)? {
+    let verified = state.verifier.verify(&facts, &body, now)?;
+    let sender = verified.sender;
+    let webhook = match verified.body {
         std::borrow::Cow::Borrowed(_) => body,
         std::borrow::Cow::Owned(decoded) => Bytes::from(decoded),
     };
@@ -407,6 +409,20 @@ async fn store_webhook(
     // on the single writer's thread.
     let catalog = state.catalog.current();
     let (normalized, facts) = normalize_with_facts(&catalog, &webhook)?;
+    if sender == Sender::QiDtvm {
+        let kind = match &normalized {
+            Normalized::Event(envelope) => envelope.kind.as_str(),
+            Normalized::Quarantine { .. } => "",
+        };
+        if !catalog.qi_dtvm_kinds.iter().any(|k| k == kind) {
+            let what = if kind.is_empty() {
+                "a webhook of no known kind".to_owned()
+            } else {
+                format!("a `{kind}` webhook")
+            };
+            return Err(AuthError::NotTheSendersKind(what).into());
+        }
+    }
     if let Normalized::Event(envelope) = &normalized
         && catalog.kind(&envelope.kind).is_some()
     {

@@ -16,8 +16,10 @@
 //!   which is why the replay cannot change any status.
 //! - **QI DTVM** (securities services): header `SIGNATURE` holds an HS256 JWT signed with a
 //!   key QI DTVM and the partner share (several, for rotation). Its documentation names no
-//!   claim that binds the body, so it proves who sent the request, not what it carries; its
-//!   `exp` and `iat` are checked when present. A replayed request is answered `duplicate`.
+//!   claim that binds the body, so it proves who sent the request, not what it carries: such
+//!   a request may carry only the catalog's `qi_dtvm_kinds` (the intake checks). Its `iat`
+//!   (required unless configured otherwise) and `exp` are checked in any JSON form. A
+//!   replayed request is answered `duplicate`.
 //! - **Standard Webhooks HMAC** (for deployments behind a relay): headers `webhook-id`,
 //!   `webhook-timestamp` and `webhook-signature` (`v1,<base64 HMAC-SHA256 of
 //!   id.timestamp.body>`, several allowed), compared in constant time against every secret.
@@ -78,6 +80,35 @@ pub enum AuthError {
     /// The API-CLIENT-KEY header is absent or not a configured key.
     #[error("unknown client key in API-CLIENT-KEY")]
     UnknownClientKey,
+    /// A QI DTVM signature on a webhook that is not one of QI DTVM's kinds.
+    #[error(
+        "a QI DTVM signature vouches only for QI DTVM's webhooks (the catalog's qi_dtvm_kinds), \
+         not for {0}"
+    )]
+    NotTheSendersKind(String),
+}
+
+/// Who vouched for a verified request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// No scheme is configured: nobody was asked.
+    Unverified,
+    /// QI Tech's ES512 signature (signed request or encoded body).
+    QiTech,
+    /// QI DTVM's HS256 `SIGNATURE`: it binds no body, so only QI DTVM's own kinds may come
+    /// with it (the intake checks, once it knows the kind).
+    QiDtvm,
+    /// A relay's Standard Webhooks HMAC.
+    Relay,
+}
+
+/// A verified request: the webhook body, and who vouched for it.
+#[derive(Debug)]
+pub struct Verified<'b> {
+    /// The request body, or the payload of an `encoded_body`.
+    pub body: Cow<'b, [u8]>,
+    /// Who vouched for it.
+    pub sender: Sender,
 }
 
 /// A key or secret file that could not be loaded.
@@ -119,6 +150,8 @@ pub struct WebhookVerifier {
     client_keys: Vec<String>,
     hmac_secrets: Vec<Vec<u8>>,
     dtvm_keys: Vec<Vec<u8>>,
+    /// Whether QI DTVM tokens without `iat` are accepted.
+    dtvm_without_iat: bool,
     max_clock_skew: Duration,
 }
 
@@ -172,8 +205,16 @@ impl WebhookVerifier {
             client_keys,
             hmac_secrets,
             dtvm_keys: Vec::new(),
+            dtvm_without_iat: false,
             max_clock_skew,
         })
+    }
+
+    /// This verifier accepting QI DTVM tokens that carry no `iat` (for a sender that never
+    /// sends one: such a token, once captured, is good until its `exp`, or for ever).
+    pub fn with_dtvm_tokens_without_iat(mut self, accept: bool) -> Self {
+        self.dtvm_without_iat = accept;
+        self
     }
 
     /// This verifier also accepting QI DTVM's HS256 `SIGNATURE` tokens signed with any of
@@ -203,28 +244,29 @@ impl WebhookVerifier {
     }
 
     /// Verifies a request; returns the webhook body (the request body, or the payload of an
-    /// `encoded_body`). `now` is in seconds since the Unix epoch.
+    /// `encoded_body`) and who vouched for it. `now` is in seconds since the Unix epoch.
     pub fn verify<'b>(
         &self,
         request: &RequestFacts<'_>,
         body: &'b [u8],
         now: i64,
-    ) -> Result<Cow<'b, [u8]>, AuthError> {
+    ) -> Result<Verified<'b>, AuthError> {
+        let verified = |body: Cow<'b, [u8]>, sender| Ok(Verified { body, sender });
         if !self.is_enabled() {
-            return Ok(Cow::Borrowed(body));
+            return verified(Cow::Borrowed(body), Sender::Unverified);
         }
         if let (Some(token), false) = (request.authorization, self.qitech_keys.is_empty()) {
             self.verify_signed_request(request, token, body, now)?;
-            return Ok(Cow::Borrowed(body));
+            return verified(Cow::Borrowed(body), Sender::QiTech);
         }
         if let (Some(token), false) = (request.signature, self.dtvm_keys.is_empty()) {
             self.verify_dtvm(token, now)?;
-            return Ok(Cow::Borrowed(body));
+            return verified(Cow::Borrowed(body), Sender::QiDtvm);
         }
         if let (Some(signature), false) = (request.webhook_signature, self.hmac_secrets.is_empty())
         {
             self.verify_hmac(request, signature, body, now)?;
-            return Ok(Cow::Borrowed(body));
+            return verified(Cow::Borrowed(body), Sender::Relay);
         }
         if !self.qitech_keys.is_empty() {
             #[derive(Deserialize)]
@@ -234,7 +276,7 @@ impl WebhookVerifier {
             if let Ok(encoded) = serde_json::from_slice::<Encoded>(body) {
                 let payload = self.verify_jwt(&encoded.encoded_body)?;
                 self.check_client_key(request)?;
-                return Ok(Cow::Owned(payload));
+                return verified(Cow::Owned(payload), Sender::QiTech);
             }
         }
         Err(AuthError::Missing)
@@ -343,8 +385,10 @@ impl WebhookVerifier {
         Ok(jwt.payload)
     }
 
-    /// QI DTVM's `SIGNATURE`: an HS256 JWT under any configured key; `exp` and `iat` checked
-    /// when the token has them.
+    /// QI DTVM's `SIGNATURE`: an HS256 JWT under any configured key, whose claims are a
+    /// JSON object; `exp` and `iat` are checked in whatever JSON form they come (an integer,
+    /// `1.7e9`, `"1700000000"`); `iat` is required unless the verifier was told this sender
+    /// sends none.
     fn verify_dtvm(&self, token: &str, now: i64) -> Result<(), AuthError> {
         let jwt = Jwt::parse(token.trim(), "HS256")?;
         let known = self.dtvm_keys.iter().fold(false, |found, key| {
@@ -356,25 +400,33 @@ impl WebhookVerifier {
         if !known {
             return Err(AuthError::BadSignature);
         }
-        #[derive(Deserialize)]
-        struct Times {
-            exp: Option<i64>,
-            iat: Option<i64>,
+        let claims: serde_json::Value = serde_json::from_slice(&jwt.payload)
+            .map_err(|_| AuthError::Malformed("the token's claims are not JSON".into()))?;
+        let claims = claims.as_object().ok_or_else(|| {
+            AuthError::Malformed("the token's claims are not a JSON object".into())
+        })?;
+        let time = |name: &str| claims.get(name).map(|v| claim_seconds(name, v)).transpose();
+        let (exp, iat) = (time("exp")?, time("iat")?);
+        let allowed = self.max_clock_skew.as_secs() as i64;
+        if let Some(exp) = exp
+            && now > exp.saturating_add(allowed)
+        {
+            return Err(AuthError::StaleTimestamp {
+                skew_seconds: now.saturating_sub(exp),
+                allowed_seconds: allowed,
+            });
         }
-        // Claims that are not a JSON object, or times of other types, are not ours to judge.
-        if let Ok(times) = serde_json::from_slice::<Times>(&jwt.payload) {
-            let allowed = self.max_clock_skew.as_secs() as i64;
-            if let Some(exp) = times.exp
-                && now > exp + allowed
-            {
-                return Err(AuthError::StaleTimestamp {
-                    skew_seconds: now - exp,
-                    allowed_seconds: allowed,
-                });
+        match iat {
+            Some(iat) => self.check_skew(iat, now)?,
+            // Without `iat` a captured token is good for ever (or until `exp`, if any).
+            None if !self.dtvm_without_iat => {
+                return Err(AuthError::Malformed(
+                    "the QI DTVM token has no `iat`: a token must say when it was signed \
+                     (--qitech-dtvm-without-iat accepts a sender that never does)"
+                        .into(),
+                ));
             }
-            if let Some(iat) = times.iat {
-                self.check_skew(iat, now)?;
-            }
+            None => {}
         }
         Ok(())
     }
@@ -390,6 +442,23 @@ impl WebhookVerifier {
         }
         Ok(())
     }
+}
+
+/// A time claim in seconds since the epoch, from any JSON number or a string of one; any
+/// other value is refused rather than ignored.
+fn claim_seconds(name: &str, value: &serde_json::Value) -> Result<i64, AuthError> {
+    let seconds = match value {
+        serde_json::Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        serde_json::Value::String(s) => s
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .or_else(|| s.trim().parse::<f64>().ok().map(|f| f as i64)),
+        _ => None,
+    };
+    // JSON has no NaN or infinity, and `as` saturates: any number is some time.
+    seconds
+        .ok_or_else(|| AuthError::Malformed(format!("the token's `{name}` is not a time: {value}")))
 }
 
 /// A compact JWT taken apart, its algorithm checked; the signature is not verified yet.

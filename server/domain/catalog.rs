@@ -54,6 +54,10 @@ pub struct Catalog {
     /// masked in the console until a person reveals them ([`crate::domain::personal`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub personal_fields: Vec<String>,
+    /// The kinds QI DTVM sends: a request signed with a QI DTVM key may carry only these
+    /// (that signature binds no body, so it must not vouch for a debt's `settled`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qi_dtvm_kinds: Vec<String>,
     /// The known kinds, by canonical name.
     #[serde(default)]
     pub kinds: BTreeMap<String, KindSpec>,
@@ -123,6 +127,8 @@ struct CatalogOverlay {
     aliases: BTreeMap<String, String>,
     #[serde(default)]
     personal_fields: Vec<String>,
+    #[serde(default)]
+    qi_dtvm_kinds: Vec<String>,
     #[serde(default)]
     kinds: BTreeMap<String, KindOverlay>,
 }
@@ -244,6 +250,12 @@ impl Catalog {
             let field = field.to_ascii_lowercase();
             if !self.personal_fields.contains(&field) {
                 self.personal_fields.push(field);
+            }
+        }
+        for kind in overlay.qi_dtvm_kinds {
+            let kind = canonical_kind(&kind);
+            if !self.qi_dtvm_kinds.contains(&kind) {
+                self.qi_dtvm_kinds.push(kind);
             }
         }
         self.aliases.extend(

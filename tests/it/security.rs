@@ -569,38 +569,80 @@ async fn qi_dtvm_signatures_are_verified_with_any_of_several_shared_keys() {
         .unwrap();
     let server = start_verified(verifier).await;
     let now = chrono::Utc::now().timestamp();
-    let body = crate::test_server::webhook("debt", "dtvm-1", "disbursed", "2024-01-01 10:00:00");
+    let body = fixture("008_dtvm_issuer_approved.json");
+    let issuer = "18c4d162-1b1b-4c3a-b7a7-5f1200723c43";
+    let kind = "issuer_management.issuer_status_change";
     let claims = serde_json::json!({"iat": now, "exp": now + 60});
+    let a_year_ago = now - 365 * 24 * 3600;
+    let debt = crate::test_server::webhook("debt", "dtvm-debt", "settled", "2024-01-01 10:00:00");
 
     let (code, answer) = post_with(&server, body.clone(), &[]).await;
     assert_eq!(code, 401, "{answer}");
-    for (token, reason) in [
-        (hs256(b"someone-else", &claims), "bad signature"),
+    let key = b"new-dtvm-key";
+    for (token, body, reason) in [
+        (hs256(b"someone-else", &claims), &body, "bad signature"),
         (
-            hs256(b"new-dtvm-key", &serde_json::json!({"exp": now - 3600})),
+            hs256(key, &serde_json::json!({"iat": now, "exp": now - 3600})),
+            &body,
             "stale",
         ),
-        ("not.a.jwt.at.all".to_owned(), "malformed"),
+        ("not.a.jwt.at.all".to_owned(), &body, "malformed"),
         (
             format!(
                 "{}.{}.",
                 URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
                 URL_SAFE_NO_PAD.encode(b"{}")
             ),
+            &body,
             "not HS256",
         ),
+        // A valid token says nothing of when it was signed: good for ever once captured.
+        (hs256(key, &serde_json::json!({})), &body, "no `iat`"),
+        // Times in any JSON form are times.
+        (
+            hs256(key, &serde_json::json!({"iat": 1.7e9})),
+            &body,
+            "stale",
+        ),
+        (
+            hs256(
+                key,
+                &serde_json::json!({"iat": now, "exp": a_year_ago as f64}),
+            ),
+            &body,
+            "stale",
+        ),
+        (
+            hs256(
+                key,
+                &serde_json::json!({"iat": now, "exp": a_year_ago.to_string()}),
+            ),
+            &body,
+            "stale",
+        ),
+        (
+            hs256(key, &serde_json::json!({"iat": "soon"})),
+            &body,
+            "not a time",
+        ),
+        // QI DTVM's signature binds no body: it cannot vouch for a debt's `settled`.
+        (hs256(key, &claims), &debt, "vouches only for QI DTVM"),
     ] {
         let (code, answer) = post_with(&server, body.clone(), &[("signature", token)]).await;
-        assert_eq!(code, 401, "{answer}");
+        assert_eq!(code, 401, "{reason}: {answer}");
         assert!(
             answer["error"].as_str().unwrap().contains(reason),
             "{reason}: {answer}"
         );
     }
-    let err = server.get("dtvm-1", "debt").await.unwrap_err();
-    assert_eq!(err.code(), Code::NotFound, "nothing refused was stored");
+    for (key, kind) in [(issuer, kind), ("dtvm-debt", "debt")] {
+        let err = server.get(key, kind).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "nothing refused was stored");
+    }
 
     for key in ["old-dtvm-key", "new-dtvm-key"] {
+        // `iat` as a float is a time too.
+        let claims = serde_json::json!({"iat": now as f64, "exp": now + 60});
         let (code, answer) = post_with(
             &server,
             body.clone(),
@@ -609,10 +651,28 @@ async fn qi_dtvm_signatures_are_verified_with_any_of_several_shared_keys() {
         .await;
         assert_eq!(code, 200, "{key}: {answer}");
     }
-    assert_eq!(
-        server.get("dtvm-1", "debt").await.unwrap().status,
-        "disbursed"
-    );
+    assert_eq!(server.get(issuer, kind).await.unwrap().status, "approved");
+    server.stop().await;
+}
+
+/// A QI DTVM sender that never sends `iat`: accepted when the operator says so
+/// (`--qitech-dtvm-without-iat`); refused otherwise (above).
+#[tokio::test]
+async fn dtvm_tokens_without_iat_are_accepted_when_configured() {
+    let verifier = WebhookVerifier::new(&[], vec![], &[], Duration::from_secs(300))
+        .unwrap()
+        .with_dtvm_keys(&["k".into()])
+        .unwrap()
+        .with_dtvm_tokens_without_iat(true);
+    let server = start_verified(verifier).await;
+    let token = hs256(b"k", &serde_json::json!({}));
+    let (code, answer) = post_with(
+        &server,
+        fixture("008_dtvm_issuer_approved.json"),
+        &[("signature", token)],
+    )
+    .await;
+    assert_eq!(code, 200, "{answer}");
     server.stop().await;
 }
 

@@ -104,6 +104,10 @@ pub struct KindSpec {
     /// Extra dotted paths where the operation key may be found (after the generic ones).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key_paths: Vec<String>,
+    /// Dotted paths that name the operation, read *before* the generic ones: for kinds whose
+    /// `key` is each webhook's own id (QI's vehicle collateral), not the operation's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operation_key_paths: Vec<String>,
     /// Extra dotted paths where the status may be found (after the generic ones).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub status_paths: Vec<String>,
@@ -146,6 +150,7 @@ struct KindOverlay {
     supersedes: Option<BTreeMap<String, Vec<String>>>,
     end_precedence: Option<Vec<String>>,
     key_paths: Option<Vec<String>>,
+    operation_key_paths: Option<Vec<String>>,
     status_paths: Option<Vec<String>>,
     outcome_path: Option<String>,
     outcome_statuses: Option<Vec<String>>,
@@ -285,6 +290,7 @@ impl Catalog {
             set(&mut spec.failure, o.failure);
             set(&mut spec.failure_patterns, o.failure_patterns);
             set(&mut spec.key_paths, o.key_paths);
+            set(&mut spec.operation_key_paths, o.operation_key_paths);
             set(&mut spec.status_paths, o.status_paths);
             set(&mut spec.outcome_statuses, o.outcome_statuses);
             set(&mut spec.end_precedence, o.end_precedence);

@@ -222,8 +222,10 @@ fn read_envelope(
     // webhooks never need it.
     let pair = std::cell::OnceCell::new();
     let pair = || pair.get_or_init(|| keyed_pair(v)).as_ref();
-    let key_paths = ["key", "debt_key", generic_key.as_str()]
-        .into_iter()
+    let key_paths = spec
+        .iter()
+        .flat_map(|s| s.operation_key_paths.iter().map(String::as_str))
+        .chain(["key", "debt_key", generic_key.as_str()])
         .chain(
             spec.iter()
                 .flat_map(|s| s.key_paths.iter().map(String::as_str)),

@@ -414,3 +414,51 @@ async fn a_reversal_was_disbursed_and_the_end_of_issuance_is_not_a_repayment() {
     assert_eq!(milestones(&op), ["disbursed", "issuance_finished"]);
     server.stop().await;
 }
+
+/// QI's vehicle collateral webhooks: `key` is each webhook's own id, the operation is the
+/// reservation (`reservation_key`), and removing the lien (`deleted`) supersedes `reserved`.
+#[tokio::test]
+async fn vehicle_collateral_webhooks_are_one_reservation_each() {
+    let server = TestServer::start().await;
+    let collateral = |id: &str, status: &str, time: &str| {
+        serde_json::to_vec(&json!({
+            "key": id,
+            "reservation_key": "res-1",
+            "credit_operation_key": "debt-9",
+            "status": status,
+            "webhook_type": "laas.vehicle_collateral.reservation_status_change",
+            "event_datetime": time,
+            "data": {"contract_number": "0001"}
+        }))
+        .unwrap()
+    };
+    let kind = "laas.vehicle_collateral.reservation_status_change";
+    for (id, status, time) in [
+        ("w-1", "pending_reservation", "2025-01-01T10:00:00Z"),
+        (
+            "w-2",
+            "pending_reservation_confirmation",
+            "2025-01-01T11:00:00Z",
+        ),
+        ("w-3", "reserved", "2025-01-01T12:00:00Z"),
+    ] {
+        server.post_ok(collateral(id, status, time)).await;
+    }
+    let op = server.get("res-1", kind).await.unwrap();
+    assert_eq!((op.status.as_str(), phase(&op)), ("reserved", "succeeded"));
+    assert_eq!(op.history.len(), 3, "one operation, not three");
+    assert_eq!(
+        server.get("w-1", kind).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    // The deletion flow after the lien: removed, whatever is resent.
+    server
+        .post_ok(collateral("w-4", "deleted", "2025-02-01T10:00:00Z"))
+        .await;
+    server
+        .post_ok(collateral("w-5", "reserved", "2025-02-02T10:00:00Z"))
+        .await;
+    let op = server.get("res-1", kind).await.unwrap();
+    assert_eq!((op.status.as_str(), phase(&op)), ("deleted", "failed"));
+    server.stop().await;
+}

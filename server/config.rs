@@ -337,7 +337,12 @@ pub enum Command {
     /// Serve webhooks and the gRPC API (the default).
     Serve,
     /// Print the effective catalog (built-in, extended by --catalog) as TOML.
-    Catalog,
+    Catalog {
+        /// Print it as the truth table instead (Markdown: each kind's statuses with their
+        /// phase, milestones and precedence, and where their meaning comes from).
+        #[arg(long)]
+        markdown: bool,
+    },
     /// List the quarantined webhooks (JSON objects with no readable kind, key or status).
     Quarantine {
         /// Also print each webhook's body (it may hold personal data).

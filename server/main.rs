@@ -68,7 +68,14 @@ async fn main() -> anyhow::Result<()> {
             };
             qistatus::run(settings, listeners, qistatus::shutdown_signal()).await?;
         }
-        Command::Catalog => print!("{}", config.load_catalog()?.to_toml()),
+        Command::Catalog { markdown } => {
+            let catalog = config.load_catalog()?;
+            if markdown {
+                print!("{}", qistatus::domain::truth_table::markdown(&catalog));
+            } else {
+                print!("{}", catalog.to_toml());
+            }
+        }
         Command::Quarantine { payload } => {
             let store = open_store(&config)?;
             let mut count = 0;

@@ -117,6 +117,10 @@ pub struct KindSpec {
     /// The statuses for which `outcome_path` is read instead of the status.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outcome_statuses: Vec<String>,
+    /// Where the kind's meanings come from: the QI Tech document or seed, in a sentence
+    /// (the truth table, `docs/statuses.md`, prints it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// A file that extends or overrides the built-in catalog: every field is optional, and a
@@ -151,6 +155,7 @@ struct KindOverlay {
     end_precedence: Option<Vec<String>>,
     key_paths: Option<Vec<String>>,
     operation_key_paths: Option<Vec<String>>,
+    source: Option<String>,
     status_paths: Option<Vec<String>>,
     outcome_path: Option<String>,
     outcome_statuses: Option<Vec<String>>,
@@ -291,6 +296,9 @@ impl Catalog {
             set(&mut spec.failure_patterns, o.failure_patterns);
             set(&mut spec.key_paths, o.key_paths);
             set(&mut spec.operation_key_paths, o.operation_key_paths);
+            if o.source.is_some() {
+                spec.source = o.source;
+            }
             set(&mut spec.status_paths, o.status_paths);
             set(&mut spec.outcome_statuses, o.outcome_statuses);
             set(&mut spec.end_precedence, o.end_precedence);

@@ -3,10 +3,12 @@
 //! - [`catalog`]: what is known about each kind, as data;
 //! - [`webhook`]: raw bytes -> [`webhook::WebhookEnvelope`] (or a quarantine reason);
 //! - [`reconcile`]: the set of an operation's webhooks -> its [`reconcile::Operation`];
-//! - [`personal`]: personal data in a payload, masked for people's eyes.
+//! - [`personal`]: personal data in a payload, masked for people's eyes;
+//! - [`truth_table`]: the catalog as a table a business person can check.
 
 pub mod catalog;
 pub mod json;
 pub mod personal;
 pub mod reconcile;
+pub mod truth_table;
 pub mod webhook;

@@ -318,3 +318,17 @@ async fn the_catalogs_facts_are_read_from_the_webhooks_and_kept() {
     );
     server.stop().await;
 }
+
+/// `docs/statuses.md` is the built-in catalog's truth table as the code has it.
+#[test]
+fn the_truth_table_in_docs_is_the_catalogs() {
+    let generated =
+        qistatus::domain::truth_table::markdown(&qistatus::domain::catalog::Catalog::builtin());
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/statuses.md");
+    let written = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        written == generated,
+        "docs/statuses.md is out of date: run `cargo run --bin qistatus-server -- catalog \
+         --markdown > docs/statuses.md`"
+    );
+}

@@ -1,0 +1,183 @@
+//! The truth table: what every status of every kind means, generated from the catalog
+//! (`qistatus-server catalog --markdown`), so that what a person reads is what the code does.
+//! The built-in catalog's table is `docs/statuses.md`; a test fails when it is out of date.
+//!
+//! For each kind: where its meanings come from (the catalog's `source`), then one row per
+//! status: its phase, the milestones it reaches, and how it fares against other end
+//! statuses (what supersedes it, what it supersedes, its place in `end_precedence`).
+
+use std::fmt::Write;
+
+use super::catalog::{Catalog, EndOutcome, KindSpec, StatusClass, glob_matches};
+
+/// The truth table of `catalog`, as Markdown.
+pub fn markdown(catalog: &Catalog) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "# What each status means\n\n\
+         Generated from the built-in catalog (`server/domain/catalog.toml`) by\n\
+         `qistatus-server catalog --markdown`; a test fails when this file is out of date.\n\
+         A deployment's `--catalog` file may extend it: run the command there for its table.\n\n\
+         Phases: **PENDING** on its way; **ACTIVE** live and running; **SUCCEEDED** and\n\
+         **FAILED** the flow ended. An end status beats every stage; between end statuses, one\n\
+         that another present *supersedes* is out, then the later event time wins, then the\n\
+         kind's precedence (1 first), then the content hash, and a tie is marked as a\n\
+         conflict. A status no row names is PENDING and never moves an operation.\n",
+    );
+    if !catalog.aliases.is_empty() {
+        out.push_str("\n## Other names\n\n| webhook kind | is an operation of |\n|---|---|\n");
+        for (alias, kind) in &catalog.aliases {
+            let _ = writeln!(out, "| `{alias}` | `{kind}` |");
+        }
+    }
+    for (name, spec) in &catalog.kinds {
+        let _ = write!(out, "\n## `{name}`\n\n");
+        match &spec.source {
+            Some(source) => {
+                let _ = writeln!(out, "{}\n", source.trim());
+            }
+            None => out.push_str("No source is recorded for this kind.\n\n"),
+        }
+        if !spec.operation_key_paths.is_empty() {
+            let _ = writeln!(
+                out,
+                "The operation is named by `{}` (read before `key`).\n",
+                spec.operation_key_paths.join("`, then `")
+            );
+        }
+        out.push_str("| status | phase | milestones it reaches | against other end statuses |\n");
+        out.push_str("|---|---|---|---|\n");
+        for status in statuses(spec) {
+            let _ = writeln!(
+                out,
+                "| `{status}` | {} | {} | {} |",
+                phase(catalog, name, &status),
+                milestones(spec, &status),
+                ends(spec, &status),
+            );
+        }
+        if !spec.facts.is_empty() {
+            out.push_str("\nFacts: ");
+            let facts: Vec<String> = spec
+                .facts
+                .iter()
+                .map(|(fact, path)| format!("`{fact}` from `{path}`"))
+                .collect();
+            let _ = writeln!(out, "{}.", facts.join(", "));
+        }
+    }
+    out
+}
+
+/// Every status a kind names, in flow order: stages, then success, then failure, then
+/// failure patterns, then statuses only its milestones name.
+fn statuses(spec: &KindSpec) -> Vec<String> {
+    let mut all: Vec<String> = Vec::new();
+    let named = spec
+        .stages
+        .iter()
+        .chain(&spec.success)
+        .chain(&spec.failure)
+        .chain(&spec.failure_patterns)
+        .chain(spec.milestones.values().flatten());
+    for status in named {
+        if !all.contains(status) {
+            all.push(status.clone());
+        }
+    }
+    all
+}
+
+fn phase(catalog: &Catalog, kind: &str, status: &str) -> String {
+    let spec = catalog.kind(kind);
+    if spec.is_some_and(|s| s.failure_patterns.iter().any(|p| p == status)) {
+        return "FAILED (any status of this shape)".into();
+    }
+    match catalog.classify(kind, status) {
+        StatusClass::End {
+            outcome: EndOutcome::Success,
+            ..
+        } => "SUCCEEDED".into(),
+        StatusClass::End {
+            outcome: EndOutcome::Failure,
+            ..
+        } => "FAILED".into(),
+        StatusClass::Stage(i) => {
+            let of = spec.map_or(0, |s| s.stages.len());
+            let phase = if catalog.is_active(kind, status) {
+                "ACTIVE"
+            } else {
+                "PENDING"
+            };
+            format!("{phase} (stage {} of {of})", i + 1)
+        }
+        StatusClass::Unknown => "PENDING (not a stage: history only)".into(),
+    }
+}
+
+fn milestones(spec: &KindSpec, status: &str) -> String {
+    let reached: Vec<String> = spec
+        .milestones
+        .iter()
+        .filter(|(_, patterns)| {
+            patterns
+                .iter()
+                .any(|p| p == status || glob_matches(p, status))
+        })
+        .map(|(name, _)| format!("`{name}`"))
+        .collect();
+    if reached.is_empty() {
+        "—".into()
+    } else {
+        reached.join(", ")
+    }
+}
+
+fn ends(spec: &KindSpec, status: &str) -> String {
+    let mut said = Vec::new();
+    let superseded_by: Vec<String> = spec
+        .supersedes
+        .iter()
+        .filter(|(_, losers)| losers.iter().any(|l| l == status))
+        .map(|(winner, _)| format!("`{winner}`"))
+        .collect();
+    if !superseded_by.is_empty() {
+        said.push(format!("superseded by {}", superseded_by.join(", ")));
+    }
+    if let Some(losers) = spec.supersedes.get(status) {
+        let losers: Vec<String> = losers.iter().map(|l| format!("`{l}`")).collect();
+        said.push(format!("supersedes {}", losers.join(", ")));
+    }
+    if let Some(i) = spec.end_precedence.iter().position(|s| s == status) {
+        said.push(format!(
+            "precedence {} of {}",
+            i + 1,
+            spec.end_precedence.len()
+        ));
+    }
+    if said.is_empty() {
+        "—".into()
+    } else {
+        said.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_debt_rows_say_what_the_reconciler_does() {
+        let table = markdown(&Catalog::builtin());
+        for row in [
+            "| `settled` | SUCCEEDED | `disbursed`, `settled` | precedence 5 of 6 |",
+            "| `debt_successfully_finished` | SUCCEEDED | `disbursed`, `issuance_finished` | precedence 6 of 6 |",
+            "| `canceled` | FAILED | `canceled` | superseded by `canceled_permanently`; precedence 2 of 6 |",
+            "| `disbursed` | ACTIVE (stage 7 of 10) | `disbursed` |",
+            "| `*_rejected` | FAILED (any status of this shape) |",
+            "| `reversal_*` | PENDING (not a stage: history only) | `disbursed` |",
+        ] {
+            assert!(table.contains(row), "{row}\n{table}");
+        }
+    }
+}

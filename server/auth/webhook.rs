@@ -5,7 +5,9 @@
 //!
 //! - **QI Tech's signed request** (current): header `AUTHORIZATION` holds an ES512 JWT
 //!   (ECDSA P-521, SHA-512) signed with QI Tech's private key, whose claims are
-//!   `payload_md5` (MD5 of the raw body, hex), `timestamp`, `method` and `uri`; header
+//!   `payload_md5` (MD5 of the raw body, hex), `timestamp`, `method` and `uri` (or, in the
+//!   shape QI's webhook-validation guide also shows, one claim `signature` holding
+//!   `METHOD\nURI\nMD5`, which signs no time: a replay is then answered `duplicate`); header
 //!   `API-CLIENT-KEY` holds the client's key. The signature is checked against the configured
 //!   public keys (several, for rotation), then the body hash, the method, the path, the
 //!   client key (when keys are configured) and the timestamp against the allowed clock skew.
@@ -290,8 +292,50 @@ impl WebhookVerifier {
         now: i64,
     ) -> Result<(), AuthError> {
         let token = token.strip_prefix("Bearer ").unwrap_or(token).trim();
-        let claims: SignedRequestClaims = serde_json::from_slice(&self.verify_jwt(token)?)
-            .map_err(|e| AuthError::Malformed(format!("JWT claims: {e}")))?;
+        let claims: SignedRequestClaims = match serde_json::from_slice(&self.verify_jwt(token)?)
+            .map_err(|e| AuthError::Malformed(format!("JWT claims: {e}")))?
+        {
+            SignedClaims::Full(claims) => claims,
+            // QI's other documented shape: `{"signature": "METHOD\nURI\nMD5"}`. It signs no
+            // time, so (as with an encoded body) a replay is answered `duplicate`.
+            SignedClaims::Compact { signature } => {
+                let mut parts = signature.split('\n');
+                let (Some(method), Some(uri), Some(md5), None) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(AuthError::Malformed(
+                        "the signature claim is not METHOD\\nURI\\nMD5".into(),
+                    ));
+                };
+                let claims = SignedRequestClaims {
+                    payload_md5: md5.trim().to_owned(),
+                    timestamp: None,
+                    method: method.trim().to_owned(),
+                    uri: uri.trim().to_owned(),
+                };
+                self.check_request(request, &claims, body)?;
+                return self.check_client_key(request);
+            }
+        };
+        self.check_request(request, &claims, body)?;
+        self.check_client_key(request)?;
+        let signed_at = claims
+            .timestamp
+            .as_ref()
+            .and_then(Timestamp::seconds)
+            .ok_or_else(|| {
+                AuthError::Malformed("timestamp claim is neither RFC 3339 nor epoch seconds".into())
+            })?;
+        self.check_skew(signed_at, now)
+    }
+
+    /// The claims of a signed request against the request: body hash, method, path.
+    fn check_request(
+        &self,
+        request: &RequestFacts<'_>,
+        claims: &SignedRequestClaims,
+        body: &[u8],
+    ) -> Result<(), AuthError> {
         let md5 = hex::encode(Md5::digest(body));
         if !claims.payload_md5.eq_ignore_ascii_case(&md5) {
             return Err(AuthError::BodyHashMismatch);
@@ -299,22 +343,18 @@ impl WebhookVerifier {
         if !claims.method.eq_ignore_ascii_case(request.method) {
             return Err(AuthError::RequestMismatch {
                 claim: "method",
-                signed: claims.method,
+                signed: claims.method.clone(),
                 actual: request.method.to_owned(),
             });
         }
         if uri_path(&claims.uri) != uri_path(request.path_and_query) {
             return Err(AuthError::RequestMismatch {
                 claim: "uri",
-                signed: claims.uri,
+                signed: claims.uri.clone(),
                 actual: request.path_and_query.to_owned(),
             });
         }
-        self.check_client_key(request)?;
-        let signed_at = claims.timestamp.seconds().ok_or_else(|| {
-            AuthError::Malformed("timestamp claim is neither RFC 3339 nor epoch seconds".into())
-        })?;
-        self.check_skew(signed_at, now)
+        Ok(())
     }
 
     /// The `API-CLIENT-KEY` header against the configured keys, when there are any.
@@ -502,10 +542,18 @@ impl<'t> Jwt<'t> {
     }
 }
 
+/// The claims of QI Tech's signed request, in either documented shape.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SignedClaims {
+    Full(SignedRequestClaims),
+    Compact { signature: String },
+}
+
 #[derive(Deserialize)]
 struct SignedRequestClaims {
     payload_md5: String,
-    timestamp: Timestamp,
+    timestamp: Option<Timestamp>,
     method: String,
     uri: String,
 }

@@ -884,3 +884,67 @@ async fn the_admin_listener_is_closed_to_other_sites_guessers_and_plain_http() {
         .unwrap();
     assert_eq!(page.status(), 200);
 }
+
+/// QI's webhook-validation guide also shows claims `{"signature": "METHOD\nURI\nMD5"}`:
+/// verified the same way (body hash, method, path, client key); it signs no time, so a
+/// replay is only a duplicate.
+#[tokio::test]
+async fn the_compact_signature_claim_is_verified_too() {
+    let (key, pem) = new_key();
+    let verifier = WebhookVerifier::new(
+        &[pem],
+        vec!["client-key-1".into()],
+        &[],
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    let server = start_verified(verifier).await;
+    let body = fixture("004_debt_disbursed.json");
+    let md5 = hex::encode(md5::Md5::digest(&body));
+    let compact = |method: &str, uri: &str, md5: &str| {
+        let token = jwt(
+            &key,
+            &serde_json::json!({"signature": format!("{method}\n{uri}\n{md5}")}),
+        );
+        vec![
+            ("AUTHORIZATION", token),
+            ("API-CLIENT-KEY", "client-key-1".to_owned()),
+        ]
+    };
+    for (headers, reason) in [
+        (
+            compact("POST", "/webhooks", &"0".repeat(32)),
+            "body hash mismatch",
+        ),
+        (compact("PUT", "/webhooks", &md5), "signed method"),
+        (compact("POST", "/elsewhere", &md5), "signed uri"),
+        (
+            vec![(
+                "AUTHORIZATION",
+                jwt(&key, &serde_json::json!({"signature": "POST /webhooks"})),
+            )],
+            "METHOD",
+        ),
+    ] {
+        let (code, answer) = post_with(&server, body.clone(), &headers).await;
+        assert_eq!(code, 401, "{reason}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(reason),
+            "{reason}: {answer}"
+        );
+    }
+    let good = compact("POST", "/webhooks", &md5);
+    let (code, answer) = post_with(&server, body.clone(), &good).await;
+    assert_eq!(
+        (code, answer["result"].as_str()),
+        (200, Some("accepted")),
+        "{answer}"
+    );
+    let (code, answer) = post_with(&server, body, &good).await;
+    assert_eq!(
+        (code, answer["result"].as_str()),
+        (200, Some("duplicate")),
+        "{answer}"
+    );
+    server.stop().await;
+}

@@ -428,6 +428,19 @@ async fn store_webhook(
     {
         progress.kind.clone_from(&envelope.kind);
     }
+    // A date past what the catalog believes is ordered at its receipt (the reconciler does
+    // that); here it is counted, where monitoring looks.
+    if let Normalized::Event(envelope) = &normalized
+        && let Some(event_time) = envelope.event_time
+        && event_time
+            > (now * 1000).saturating_add(i64::from(catalog.max_event_time_ahead_seconds) * 1000)
+    {
+        state.metrics.event_time_ahead();
+        tracing::warn!(
+            kind = %envelope.kind,
+            "a webhook's event time is ahead of its receipt: ordered at its receive time"
+        );
+    }
     state.ingest.submit(normalized, webhook, facts).await
 }
 

@@ -101,6 +101,7 @@ pub(crate) struct Metrics {
     grpc_requests: Family<GrpcLabels, Counter>,
     scrubbed_bytes: Counter,
     log_damage: Counter,
+    event_times_ahead: Counter,
     gauges: Gauges,
 }
 
@@ -218,10 +219,18 @@ impl Metrics {
             "Damaged stretches of the log found by the background scrub (any is an incident)",
             log_damage.clone(),
         );
+        let event_times_ahead = Counter::default();
+        registry.register(
+            "event_times_ahead",
+            "Webhooks whose event time was later than their receipt by more than the catalog \
+             believes: ordered at their receive time (a clock gone wrong, or a forged date)",
+            event_times_ahead.clone(),
+        );
         Metrics {
             registry,
             scrubbed_bytes,
             log_damage,
+            event_times_ahead,
             webhooks,
             ack_seconds,
             batch_size,
@@ -236,6 +245,12 @@ impl Metrics {
     pub(crate) fn scrubbed(&self, bytes: u64, damage: usize) {
         self.scrubbed_bytes.inc_by(bytes);
         self.log_damage.inc_by(damage as u64);
+    }
+
+    /// Counts a webhook whose event time is ahead of its receipt (see
+    /// [`crate::domain::reconcile::Reconciler::ordering_time`]).
+    pub(crate) fn event_time_ahead(&self) {
+        self.event_times_ahead.inc();
     }
 
     /// Counts a webhook of `kind` (already bounded to the catalog's kinds or `other`).

@@ -40,6 +40,12 @@ pub enum CatalogError {
 pub struct Catalog {
     /// Offset from UTC, in minutes, at which event times without an offset are read.
     pub naive_time_offset_minutes: i32,
+    /// How far past its receipt a webhook's event time is believed, in seconds. Beyond it
+    /// (a clock gone wrong, or a forged date), the webhook is ordered at its receive time,
+    /// so that it cannot pin a status; its given time is still shown. In the catalog, not a
+    /// flag, so that every node of a cluster orders alike.
+    #[serde(default = "default_event_time_ahead")]
+    pub max_event_time_ahead_seconds: u32,
     /// Texts of `data.cancel_reason_enumerator` values, used when the webhook carries no text
     /// of its own.
     #[serde(default)]
@@ -61,6 +67,10 @@ pub struct Catalog {
     /// The known kinds, by canonical name.
     #[serde(default)]
     pub kinds: BTreeMap<String, KindSpec>,
+}
+
+fn default_event_time_ahead() -> u32 {
+    300
 }
 
 /// What the catalog knows about one kind.
@@ -129,6 +139,7 @@ pub struct KindSpec {
 #[serde(deny_unknown_fields)]
 struct CatalogOverlay {
     naive_time_offset_minutes: Option<i32>,
+    max_event_time_ahead_seconds: Option<u32>,
     #[serde(default)]
     cancel_reasons: BTreeMap<String, String>,
     #[serde(default)]
@@ -253,6 +264,9 @@ impl Catalog {
         let overlay: CatalogOverlay = toml::from_str(toml_text)?;
         if let Some(offset) = overlay.naive_time_offset_minutes {
             self.naive_time_offset_minutes = offset;
+        }
+        if let Some(ahead) = overlay.max_event_time_ahead_seconds {
+            self.max_event_time_ahead_seconds = ahead;
         }
         self.cancel_reasons.extend(overlay.cancel_reasons);
         // Added to the built-in ones: a file can hide more, never show what they hide.

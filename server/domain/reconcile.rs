@@ -224,6 +224,25 @@ impl<'a> Reconciler<'a> {
         self.catalog.classify(kind, self.status_for_class(event))
     }
 
+    /// The time `event` is ordered at: its event time, unless that is later than its receipt
+    /// by more than the catalog allows (then its receive time: a far-future date cannot pin
+    /// a status).
+    pub fn ordering_time(&self, event: &EventSummary) -> Option<i64> {
+        let ahead_ms = i64::from(self.catalog.max_event_time_ahead_seconds) * 1000;
+        event.event_time.map(|t| {
+            if t > event.received_at.saturating_add(ahead_ms) {
+                event.received_at
+            } else {
+                t
+            }
+        })
+    }
+
+    /// Whether `event`'s time is past what the catalog believes (see [`Self::ordering_time`]).
+    pub fn is_ahead(&self, event: &EventSummary) -> bool {
+        self.ordering_time(event) != event.event_time
+    }
+
     /// Where a webhook of `kind` stands in the total order.
     pub fn precedence(&self, kind: &str, event: &EventSummary) -> Precedence {
         let (tier, rank) = match self.classify(kind, event) {
@@ -234,7 +253,7 @@ impl<'a> Reconciler<'a> {
         Precedence {
             tier,
             rank,
-            event_time: event.event_time,
+            event_time: self.ordering_time(event),
             event_id: event.event_id,
         }
     }
@@ -247,7 +266,7 @@ impl<'a> Reconciler<'a> {
         key: &str,
         mut events: Vec<EventSummary>,
     ) -> Option<Operation> {
-        events.sort_by_cached_key(|e| (e.event_time, self.precedence(kind, e)));
+        events.sort_by_cached_key(|e| (self.ordering_time(e), self.precedence(kind, e)));
         events.dedup_by_key(|e| e.event_id);
         let winner = self.winner(kind, &events)?;
         let conflict = self.conflict(kind, &events, winner);
@@ -327,7 +346,10 @@ impl<'a> Reconciler<'a> {
             .collect();
         let mut statuses: Vec<String> = events
             .iter()
-            .filter(|e| e.event_time == winner.event_time && self.precedence(kind, e).tier == 2)
+            .filter(|e| {
+                self.ordering_time(e) == self.ordering_time(winner)
+                    && self.precedence(kind, e).tier == 2
+            })
             .map(|e| self.status_for_class(e))
             .filter(|s| {
                 !ends
@@ -359,7 +381,7 @@ impl<'a> Reconciler<'a> {
                     .collect();
                 (!reaching.is_empty()).then(|| Milestone {
                     name: name.clone(),
-                    reached_at: reaching.iter().filter_map(|e| e.event_time).min(),
+                    reached_at: reaching.iter().filter_map(|e| self.ordering_time(e)).min(),
                 })
             })
             .collect()

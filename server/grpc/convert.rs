@@ -93,7 +93,8 @@ impl From<&Operation> for pb::Operation {
     }
 }
 
-/// A history entry without the webhook's `data` and raw payload.
+/// A history entry without the webhook's `data` and raw payload, nor `event_time_ahead`
+/// (which takes the catalog: the API sets it).
 impl From<&EventSummary> for pb::HistoryEntry {
     fn from(e: &EventSummary) -> Self {
         pb::HistoryEntry {
@@ -106,6 +107,7 @@ impl From<&EventSummary> for pb::HistoryEntry {
             event_id: e.event_id.to_string(),
             raw_payload: Vec::new(),
             data_omitted: false,
+            event_time_ahead: false,
         }
     }
 }

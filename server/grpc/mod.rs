@@ -16,7 +16,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::domain::catalog::{CatalogHandle, canonical_kind, canonical_status};
-use crate::domain::reconcile::{EventSummary, Operation, Phase};
+use crate::domain::reconcile::{EventSummary, Operation, Phase, Reconciler};
 use crate::domain::webhook::{check_key, check_name};
 use crate::feed::{ChangeFeed, FeedError, FeedFilter};
 use crate::pb;
@@ -212,8 +212,11 @@ impl OperationStatusApi {
         let mut size = out.encoded_len();
         // Newest first: what fits is the most recent part of the history.
         let mut entries: Vec<(&EventSummary, pb::HistoryEntry)> = Vec::new();
+        let catalog = self.catalog.current();
+        let reconciler = Reconciler::new(&catalog);
         for event in op.history.iter().rev() {
-            let entry = pb::HistoryEntry::from(event);
+            let mut entry = pb::HistoryEntry::from(event);
+            entry.event_time_ahead = reconciler.is_ahead(event);
             let entry_size = framed_len(entry.encoded_len());
             if size + entry_size > MAX_RESPONSE_BYTES {
                 break;

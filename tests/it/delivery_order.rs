@@ -196,3 +196,57 @@ async fn end_statuses_at_the_same_moment_are_marked_as_a_conflict_in_any_order()
         server.stop().await;
     }
 }
+
+/// A `settled` dated 2099 cannot pin the debt: an event time later than its receipt by more
+/// than the catalog believes is ordered at its receive time, flagged in the history and
+/// counted; its given time is still shown. The genuine webhooks that follow it win.
+#[tokio::test]
+async fn a_date_far_in_the_future_cannot_pin_a_status() {
+    let server = TestServer::start().await;
+    // QI's naive times are São Paulo's (UTC-3).
+    let in_a_minute = |minutes: i64| {
+        (chrono::Utc::now() - chrono::Duration::hours(3) + chrono::Duration::minutes(minutes))
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string()
+    };
+    for (status, time) in [
+        ("settled", "2099-01-01 10:00:00".to_owned()),
+        ("canceled", in_a_minute(1)),
+        ("canceled_permanently", in_a_minute(2)),
+    ] {
+        server
+            .post_ok(webhook("debt", "future-1", status, &time))
+            .await;
+    }
+    let op = server.get("future-1", "debt").await.unwrap();
+    assert_eq!(op.status, "canceled_permanently");
+    assert!(
+        op.conflicting_statuses.is_empty(),
+        "{:?}",
+        op.conflicting_statuses
+    );
+    let ahead: Vec<(&str, bool)> = op
+        .history
+        .iter()
+        .map(|e| (e.status.as_str(), e.event_time_ahead))
+        .collect();
+    assert!(ahead.contains(&("settled", true)), "{ahead:?}");
+    assert!(ahead.contains(&("canceled", false)), "{ahead:?}");
+    let settled = op.history.iter().find(|e| e.status == "settled").unwrap();
+    assert_eq!(
+        settled.event_time.as_ref().map(|t| t.seconds),
+        Some(4_070_955_600),
+        "the given time is still shown (2099-01-01 10:00 at -03:00)"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", server.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("qistatus_event_times_ahead_total 1"),
+        "{metrics}"
+    );
+    server.stop().await;
+}

@@ -287,18 +287,30 @@ async fn real_webhooks_are_acknowledged_within_a_second_while_5000_connections_s
     let mut waits = Vec::new();
     for i in 0..10 {
         let started = Instant::now();
-        let response = client
-            .post(format!("http://{}/webhooks", server.http))
-            .timeout(Duration::from_secs(10))
-            .body(webhook(
+        // A new connection can still be reset at the bound in the storm (rarely, on a loaded
+        // machine); a sender tries again at once, as an HTTP client reset before any answer
+        // does. The time counted is until its webhook is acknowledged.
+        let mut tries = 0;
+        let response = loop {
+            tries += 1;
+            let body = webhook(
                 "debt",
                 &format!("real-{i}"),
                 "disbursed",
                 "2024-01-01 10:00:00",
-            ))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("real-{i} gets no answer: {e:?}"));
+            );
+            let sent = client
+                .post(format!("http://{}/webhooks", server.http))
+                .timeout(Duration::from_secs(10))
+                .body(body)
+                .send()
+                .await;
+            match sent {
+                Ok(response) => break response,
+                Err(e) if tries < 5 && e.is_request() => continue,
+                Err(e) => panic!("real-{i} gets no answer after {tries} tries: {e:?}"),
+            }
+        };
         assert_eq!(response.status(), 200, "real-{i}");
         waits.push(started.elapsed());
         tokio::time::sleep(Duration::from_millis(200)).await;

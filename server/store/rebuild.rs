@@ -68,11 +68,11 @@ pub struct RebuildPlan {
     /// The catalog it was computed under.
     fingerprint: [u8; 32],
     /// Every webhook's summary up to `through`, under the new catalog, by operation.
-    groups: BTreeMap<(String, String), Vec<EventSummary>>,
+    groups: BTreeMap<OpKey, Vec<EventSummary>>,
     /// The operations as the plan read them.
-    old: BTreeMap<(String, String), Operation>,
+    old: BTreeMap<OpKey, Operation>,
     /// The operations recomputed from `groups`.
-    new: BTreeMap<(String, String), Operation>,
+    new: BTreeMap<OpKey, Operation>,
     /// Summaries that came from the log (the rest were compacted).
     events_from_log: usize,
 }
@@ -81,7 +81,7 @@ pub struct RebuildPlan {
 pub fn plan(store: &Store, catalog: &Catalog) -> Result<RebuildPlan, StoreError> {
     let through = store.last_sequence()?;
     failpoint::pause_at("pause-in-rebuild-plan");
-    let mut old: BTreeMap<(String, String), Operation> = BTreeMap::new();
+    let mut old: BTreeMap<OpKey, Operation> = BTreeMap::new();
     let mut summaries: HashMap<u64, (String, String, EventSummary)> = HashMap::new();
     for op in store.operations() {
         let op = op?;
@@ -92,7 +92,7 @@ pub fn plan(store: &Store, catalog: &Catalog) -> Result<RebuildPlan, StoreError>
         old.insert((op.kind.clone(), op.key.clone()), op);
     }
 
-    let mut groups: BTreeMap<(String, String), Vec<EventSummary>> = BTreeMap::new();
+    let mut groups: BTreeMap<OpKey, Vec<EventSummary>> = BTreeMap::new();
     let mut events_from_log = 0;
     for item in store.event_entries() {
         let (sequence, entry) = item?;
@@ -181,7 +181,7 @@ pub fn finish(
 
     // The webhooks after `through` (promotions included): where the old catalog put them,
     // and where the new one does. Both operations are redone.
-    let mut touched: BTreeMap<(String, String), Option<Operation>> = BTreeMap::new();
+    let mut touched: BTreeMap<OpKey, Option<Operation>> = BTreeMap::new();
     for item in store.events_after(through) {
         let (sequence, entry, change) = item?;
         let was = (change.operation.kind.clone(), change.operation.key.clone());
@@ -213,7 +213,7 @@ pub fn finish(
     }
 
     let mut writes = Writes::default();
-    let before = |op_key: &(String, String)| match touched.get(op_key) {
+    let before = |op_key: &OpKey| match touched.get(op_key) {
         Some(current) => current.as_ref(),
         None => old.get(op_key),
     };

@@ -64,6 +64,10 @@ pub struct Catalog {
     /// (that signature binds no body, so it must not vouch for a debt's `settled`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub qi_dtvm_kinds: Vec<String>,
+    /// Kind families: webhooks whose operation is another kind's (see [`JoinSpec`]), tried
+    /// in order, the first that matches wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub joins: Vec<JoinSpec>,
     /// The known kinds, by canonical name.
     #[serde(default)]
     pub kinds: BTreeMap<String, KindSpec>,
@@ -131,6 +135,59 @@ pub struct KindSpec {
     /// (the truth table, `docs/statuses.md`, prints it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Fields whose presence, all together, names this kind in a webhook that has no
+    /// `webhook_type` or `event_type` (QI's vehicle order status and card-order fraud
+    /// webhooks name none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub implied_by: Vec<String>,
+    /// Dotted paths of the event time, read before `event_datetime` and `webhook_datetime`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub event_time_paths: Vec<String>,
+    /// What each status means, in a sentence, where QI's documents say it (the truth
+    /// table prints it beside the status); where they are silent, the sentence says so.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meanings: BTreeMap<String, String>,
+}
+
+/// A kind family: a webhook whose operation is another kind's. QI Tech sends the steps of
+/// one operation under several `webhook_type`s: an escrow account ends with an `escrow`
+/// webhook after `account_request.status_change` steps, a private payroll loan's margin
+/// reservation reports under the debt's key, and a refund of an outgoing Pix arrives as an
+/// *incoming* Pix naming the outgoing one. A join says which operation such a webhook
+/// belongs to and what it says there.
+///
+/// Guarantee: a join never makes one webhook two operations' (each webhook still belongs to
+/// exactly one), so reconciliation stays a function of each operation's set of webhooks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinSpec {
+    /// The kind the webhook names (`webhook_type` or `event_type`).
+    pub webhook_type: String,
+    /// Conditions that must all hold: dotted path -> the text found there (compared trimmed
+    /// and lower-cased). With none, every webhook of `webhook_type` joins.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub when: BTreeMap<String, String>,
+    /// The kind of the operation it joins.
+    pub kind: String,
+    /// Dotted paths of the joined operation's key, read before the generic places.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_paths: Vec<String>,
+    /// The status it has in that operation, whatever its own says (a Pix refund is the
+    /// outgoing Pix's `refunded`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Written before its own status: another flow's steps (`reservation_reserved`) move the
+    /// operation only where its kind names the prefixed status (a status it does not know
+    /// never beats one it knows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_prefix: Option<String>,
+    /// Facts it sets on the operation, whatever its body (`account_type = "escrow"`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub facts: BTreeMap<String, String>,
+    /// Where the join comes from: the QI Tech document, in a sentence (the truth table
+    /// prints it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// A file that extends or overrides the built-in catalog: every field is optional, and a
@@ -148,6 +205,8 @@ struct CatalogOverlay {
     personal_fields: Vec<String>,
     #[serde(default)]
     qi_dtvm_kinds: Vec<String>,
+    #[serde(default)]
+    joins: Vec<JoinSpec>,
     #[serde(default)]
     kinds: BTreeMap<String, KindOverlay>,
 }
@@ -170,6 +229,9 @@ struct KindOverlay {
     status_paths: Option<Vec<String>>,
     outcome_path: Option<String>,
     outcome_statuses: Option<Vec<String>>,
+    implied_by: Option<Vec<String>>,
+    event_time_paths: Option<Vec<String>>,
+    meanings: Option<BTreeMap<String, String>>,
 }
 
 /// How the catalog classifies a status of a kind.
@@ -288,6 +350,11 @@ impl Catalog {
                 .into_iter()
                 .map(|(alias, kind)| (canonical_kind(&alias), canonical_kind(&kind))),
         );
+        // A file's joins are tried first: the first that matches wins, so a file can
+        // override a built-in one.
+        let mut joins = overlay.joins;
+        joins.append(&mut self.joins);
+        self.joins = joins;
         for (name, o) in overlay.kinds {
             let spec = self.kinds.entry(canonical_kind(&name)).or_default();
             let set = |target: &mut Vec<String>, value: Option<Vec<String>>| {
@@ -328,6 +395,25 @@ impl Catalog {
             if o.outcome_path.is_some() {
                 spec.outcome_path = o.outcome_path;
             }
+            set(&mut spec.implied_by, o.implied_by);
+            set(&mut spec.event_time_paths, o.event_time_paths);
+            match o.meanings {
+                Some(m) => spec.meanings = m,
+                None => {
+                    // A file that renames statuses keeps the built-in sentences of those
+                    // still named, as with `active`.
+                    let named: BTreeSet<String> = spec
+                        .stages
+                        .iter()
+                        .chain(&spec.success)
+                        .chain(&spec.failure)
+                        .chain(&spec.outcome_statuses)
+                        .chain(spec.milestones.values().flatten())
+                        .map(|s| canonical_status(s))
+                        .collect();
+                    spec.meanings.retain(|status, _| named.contains(status));
+                }
+            }
         }
         self.validated()
     }
@@ -353,8 +439,16 @@ impl Catalog {
     /// it is an alias of when it is one.
     pub fn resolve_kind(&self, raw: &str) -> String {
         let kind = canonical_kind(raw);
-        match self.aliases.get(&kind) {
-            Some(target) => target.clone(),
+        if let Some(target) = self.aliases.get(&kind) {
+            return target.clone();
+        }
+        // A join without conditions names its kind too (`escrow` is an `account`).
+        match self
+            .joins
+            .iter()
+            .find(|j| j.when.is_empty() && j.webhook_type == kind)
+        {
+            Some(join) => join.kind.clone(),
             None => kind,
         }
     }
@@ -440,6 +534,10 @@ impl Catalog {
                     "kind {kind}: a milestone has an empty name {name:?}"
                 ));
             }
+            spec.meanings = std::mem::take(&mut spec.meanings)
+                .into_iter()
+                .map(|(status, text)| (canonical_status(&status), text))
+                .collect();
             spec.supersedes = std::mem::take(&mut spec.supersedes)
                 .into_iter()
                 .map(|(k, v)| {
@@ -494,6 +592,17 @@ impl Catalog {
                     "kind {kind}: active names {s}, which is not a stage"
                 ));
             }
+            if let Some(s) = spec.meanings.keys().find(|s| {
+                !stages.contains(s)
+                    && !is_end(s)
+                    && !spec.outcome_statuses.contains(s)
+                    && !spec.milestones.values().flatten().any(|m| m == *s)
+            }) {
+                return bad(format!(
+                    "kind {kind}: meanings names {s}, which the kind does not (not a stage, an \
+                     end status, an outcome status, nor a milestone's)"
+                ));
+            }
             if let Some(s) = spec.end_precedence.iter().find(|s| !is_end(s)) {
                 return bad(format!(
                     "kind {kind}: end_precedence names {s}, which is not an end status"
@@ -504,6 +613,42 @@ impl Catalog {
             .into_iter()
             .map(|(alias, kind)| (canonical_kind(&alias), canonical_kind(&kind)))
             .collect();
+        for join in &mut self.joins {
+            join.webhook_type = canonical_kind(&join.webhook_type);
+            join.kind = canonical_kind(&join.kind);
+            join.when = std::mem::take(&mut join.when)
+                .into_iter()
+                .map(|(path, value)| (path, canonical_status(&value)))
+                .collect();
+            if let Some(status) = &mut join.status {
+                *status = canonical_status(status);
+            }
+            if let Some(prefix) = &mut join.status_prefix {
+                *prefix = canonical_status(prefix);
+            }
+        }
+        for join in &self.joins {
+            let from = &join.webhook_type;
+            if !self.kinds.contains_key(&join.kind) {
+                return bad(format!(
+                    "join from {from} names kind {}, which is not in the catalog",
+                    join.kind
+                ));
+            }
+            if join.when.is_empty()
+                && (self.kinds.contains_key(from) || self.aliases.contains_key(from))
+            {
+                return bad(format!(
+                    "join from {from} has no condition, but {from} is a kind or an alias \
+                     (which would never be read)"
+                ));
+            }
+            if join.status.is_some() && join.status_prefix.is_some() {
+                return bad(format!(
+                    "join from {from} sets both a status and a status prefix"
+                ));
+            }
+        }
         for (alias, kind) in &self.aliases {
             if !self.kinds.contains_key(kind) {
                 return bad(format!(

@@ -2,9 +2,12 @@
 //! (`qistatus-server catalog --markdown`), so that what a person reads is what the code does.
 //! The built-in catalog's table is `docs/statuses.md`; a test fails when it is out of date.
 //!
-//! For each kind: where its meanings come from (the catalog's `source`), then one row per
-//! status: its phase, the milestones it reaches, and how it fares against other end
-//! statuses (what supersedes it, what it supersedes, its place in `end_precedence`).
+//! First the kind families (the catalog's joins: webhooks whose operation is another kind's)
+//! and the other names of kinds. Then for each kind: where its meanings come from (the
+//! catalog's `source`), then one row per status: what it means (the catalog's `meanings`, or
+//! a sentence saying QI's documents give none), its phase, the milestones it reaches, and how
+//! it fares against other end statuses (what supersedes it, what it supersedes, its place in
+//! `end_precedence`).
 
 use std::fmt::Write;
 
@@ -24,6 +27,50 @@ pub fn markdown(catalog: &Catalog) -> String {
          kind's precedence (1 first), then the content hash, and a tie is marked as a\n\
          conflict. A status no row names is PENDING and never moves an operation.\n",
     );
+    if !catalog.joins.is_empty() {
+        out.push_str(
+            "\n## Kind families\n\n\
+             Webhooks whose operation is another kind's (each still belongs to one operation).\n\n\
+             | webhook kind | when | joins | there it is | from |\n|---|---|---|---|---|\n",
+        );
+        for join in &catalog.joins {
+            let when = if join.when.is_empty() {
+                "always".to_owned()
+            } else {
+                join.when
+                    .iter()
+                    .map(|(path, value)| format!("`{path}` = `{value}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let key = if join.key_paths.is_empty() {
+                "same key".to_owned()
+            } else {
+                format!("key from `{}`", join.key_paths.join("`, then `"))
+            };
+            let mut there = match (&join.status, &join.status_prefix) {
+                (Some(status), _) => vec![format!("status `{status}`")],
+                (None, Some(prefix)) => vec![format!("status `{prefix}<its status>`")],
+                (None, None) => vec!["its own status".to_owned()],
+            };
+            there.extend(
+                join.facts
+                    .iter()
+                    .map(|(fact, value)| format!("fact `{fact}` = `{value}`")),
+            );
+            let _ = writeln!(
+                out,
+                "| `{}` | {when} | `{}` ({key}) | {} | {} |",
+                join.webhook_type,
+                join.kind,
+                there.join("; "),
+                join.source
+                    .as_deref()
+                    .unwrap_or("no source recorded")
+                    .trim(),
+            );
+        }
+    }
     if !catalog.aliases.is_empty() {
         out.push_str("\n## Other names\n\n| webhook kind | is an operation of |\n|---|---|\n");
         for (alias, kind) in &catalog.aliases {
@@ -38,6 +85,13 @@ pub fn markdown(catalog: &Catalog) -> String {
             }
             None => out.push_str("No source is recorded for this kind.\n\n"),
         }
+        if !spec.implied_by.is_empty() {
+            let _ = writeln!(
+                out,
+                "Its webhooks name no kind: a webhook with `{}` and no `webhook_type` is one.\n",
+                spec.implied_by.join("` and `")
+            );
+        }
         if !spec.operation_key_paths.is_empty() {
             let _ = writeln!(
                 out,
@@ -45,12 +99,19 @@ pub fn markdown(catalog: &Catalog) -> String {
                 spec.operation_key_paths.join("`, then `")
             );
         }
-        out.push_str("| status | phase | milestones it reaches | against other end statuses |\n");
-        out.push_str("|---|---|---|---|\n");
+        out.push_str(
+            "| status | what it means | phase | milestones it reaches | against other end statuses |\n",
+        );
+        out.push_str("|---|---|---|---|---|\n");
         for status in statuses(spec) {
+            let meaning = spec.meanings.get(&status).map_or(
+                "QI's documents name it and say no more; qistatus shows it as sent.",
+                String::as_str,
+            );
             let _ = writeln!(
                 out,
-                "| `{status}` | {} | {} | {} |",
+                "| `{status}` | {} | {} | {} | {} |",
+                meaning.trim(),
                 phase(catalog, name, &status),
                 milestones(spec, &status),
                 ends(spec, &status),
@@ -79,6 +140,7 @@ fn statuses(spec: &KindSpec) -> Vec<String> {
         .chain(&spec.success)
         .chain(&spec.failure)
         .chain(&spec.failure_patterns)
+        .chain(&spec.outcome_statuses)
         .chain(spec.milestones.values().flatten());
     for status in named {
         if !all.contains(status) {
@@ -166,9 +228,42 @@ fn ends(spec: &KindSpec, status: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The table's status rows without their second column (the meaning, checked by
+    /// [`every_status_row_says_what_it_means`]).
+    fn rows_without_meanings(table: &str) -> String {
+        table
+            .lines()
+            .filter(|line| line.starts_with("| `"))
+            .map(|line| {
+                let mut cells: Vec<&str> = line.split(" | ").collect();
+                if cells.len() > 2 {
+                    cells.remove(1);
+                }
+                cells.join(" | ")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn every_status_row_says_what_it_means() {
+        let catalog = Catalog::builtin();
+        let table = markdown(&catalog);
+        for (kind, spec) in &catalog.kinds {
+            for meaning in spec.meanings.values() {
+                assert!(!meaning.contains('|'), "{kind}: a meaning breaks the table");
+            }
+        }
+        assert!(table.contains(
+            "| `refunded` | The receiver sent the money back: an incoming Pix of type `reversal` named this transfer"
+        ));
+        assert!(table.contains("| `baas.pix_transfer.incoming_pix` | `data.pix_transfer_type` = `reversal` | `baas.pix_transfer.outgoing_pix` (key from `data.original_outgoing_pix_transfer`) | status `refunded` |"));
+        assert!(table.contains("| `escrow` | always | `account` (same key) | its own status; fact `account_type` = `escrow` |"));
+    }
+
     #[test]
     fn the_debt_rows_say_what_the_reconciler_does() {
-        let table = markdown(&Catalog::builtin());
+        let table = rows_without_meanings(&markdown(&Catalog::builtin()));
         for row in [
             "| `settled` | SUCCEEDED | `disbursed`, `settled` | precedence 5 of 6 |",
             "| `debt_successfully_finished` | SUCCEEDED | `disbursed`, `issuance_finished` | precedence 6 of 6 |",

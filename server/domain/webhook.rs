@@ -23,7 +23,7 @@ use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::catalog::{Catalog, canonical_status};
+use super::catalog::{Catalog, JoinSpec, canonical_kind, canonical_status};
 use super::json::Json;
 
 /// Longest accepted operation key, in bytes.
@@ -195,17 +195,23 @@ fn read_envelope(
 ) -> Result<WebhookEnvelope, String> {
     // BaaS, LaaS and the seeds name the kind `webhook_type`; automatic Pix and QI DTVM,
     // `event_type`.
-    let kind = match text_field(v, "webhook_type")?.or(text_field(v, "event_type")?) {
-        Some(raw) => catalog.resolve_kind(raw),
-        None if present(v, "debt_key") => "debt".to_owned(),
-        None if present(v, "credit_operation_key") && present(v, "reversal") => {
+    let named = text_field(v, "webhook_type")?.or(text_field(v, "event_type")?);
+    let join = join_of(catalog, v)?;
+    let kind = match (named, join) {
+        (_, Some(join)) => join.kind.clone(),
+        (Some(raw), None) => catalog.resolve_kind(raw),
+        (None, None) if present(v, "debt_key") => "debt".to_owned(),
+        (None, None) if present(v, "credit_operation_key") && present(v, "reversal") => {
             return read_reversal(catalog, v, event_id);
         }
-        None => {
-            return Err(
-                "no webhook_type or event_type, and no debt_key to imply a debt".to_owned(),
-            );
-        }
+        (None, None) => match implied_kind(catalog, v) {
+            Some(kind) => kind.to_owned(),
+            None => {
+                return Err(
+                    "no webhook_type or event_type, and no debt_key to imply a debt".to_owned(),
+                );
+            }
+        },
     };
     check_name("webhook_type", &kind)?;
     if !kind
@@ -222,9 +228,13 @@ fn read_envelope(
     // webhooks never need it.
     let pair = std::cell::OnceCell::new();
     let pair = || pair.get_or_init(|| keyed_pair(v)).as_ref();
-    let key_paths = spec
+    let key_paths = join
         .iter()
-        .flat_map(|s| s.operation_key_paths.iter().map(String::as_str))
+        .flat_map(|j| j.key_paths.iter().map(String::as_str))
+        .chain(
+            spec.iter()
+                .flat_map(|s| s.operation_key_paths.iter().map(String::as_str)),
+        )
         .chain(["key", "debt_key", generic_key.as_str()])
         .chain(
             spec.iter()
@@ -250,14 +260,21 @@ fn read_envelope(
                 .flat_map(|s| s.status_paths.iter().map(String::as_str)),
         )
         .chain(std::iter::once_with(|| pair().map(|(_, status)| status.as_str())).flatten());
-    let status = first_text(v, status_paths)?
-        .map(canonical_status)
-        .ok_or_else(|| {
-            format!(
-                "no status: none of status, data.status, {generic_status}, nor an <x>_status \
-                 beside its <x>_key in data or event_data"
-            )
-        })?;
+    let status = match join.and_then(|j| j.status.as_ref()) {
+        Some(fixed) => fixed.clone(),
+        None => first_text(v, status_paths)?
+            .map(canonical_status)
+            .ok_or_else(|| {
+                format!(
+                    "no status: none of status, data.status, {generic_status}, nor an <x>_status \
+                     beside its <x>_key in data or event_data"
+                )
+            })?,
+    };
+    let status = match join.and_then(|j| j.status_prefix.as_deref()) {
+        Some(prefix) => format!("{prefix}{status}"),
+        None => status,
+    };
     check_name("status", &status)?;
     if !status
         .chars()
@@ -278,9 +295,11 @@ fn read_envelope(
         .map(canonical_status)
         .filter(|o| !o.is_empty() && o.len() <= MAX_NAME_LEN);
 
-    let event_time = ["event_datetime", "webhook_datetime"]
-        .into_iter()
-        .filter_map(|f| v.get(f).and_then(Json::as_str))
+    let event_time = spec
+        .iter()
+        .flat_map(|s| s.event_time_paths.iter().map(String::as_str))
+        .chain(["event_datetime", "webhook_datetime"])
+        .filter_map(|path| lookup(v, path).and_then(Json::as_str))
         .find_map(|t| parse_event_time(t, catalog.naive_time_offset_minutes));
 
     Ok(WebhookEnvelope {
@@ -292,6 +311,38 @@ fn read_envelope(
         outcome,
         event_time,
     })
+}
+
+/// The catalog's join ([`crate::domain::catalog::JoinSpec`]) that `v` matches, if any: the
+/// first whose `webhook_type` is the kind `v` names and whose conditions all hold.
+fn join_of<'c>(catalog: &'c Catalog, v: &Json<'_>) -> Result<Option<&'c JoinSpec>, String> {
+    if catalog.joins.is_empty() {
+        return Ok(None);
+    }
+    let Some(named) = text_field(v, "webhook_type")?.or(text_field(v, "event_type")?) else {
+        return Ok(None);
+    };
+    let named = canonical_kind(named);
+    Ok(catalog.joins.iter().find(|join| {
+        join.webhook_type == named
+            && join.when.iter().all(|(path, value)| {
+                lookup(v, path)
+                    .and_then(Json::as_str)
+                    .is_some_and(|found| canonical_status(found) == *value)
+            })
+    }))
+}
+
+/// The kind a webhook without `webhook_type` or `event_type` is, by the fields it has (the
+/// catalog's `implied_by`): the first kind, in name order, whose fields are all present.
+fn implied_kind<'c>(catalog: &'c Catalog, v: &Json<'_>) -> Option<&'c str> {
+    catalog
+        .kinds
+        .iter()
+        .find(|(_, spec)| {
+            !spec.implied_by.is_empty() && spec.implied_by.iter().all(|path| present(v, path))
+        })
+        .map(|(kind, _)| kind.as_str())
 }
 
 /// The generic rule for QI Tech's other families (BaaS Pix, bill payment, automatic Pix, QI
@@ -502,7 +553,12 @@ fn lookup<'a, 'j>(v: &'a Json<'j>, path: &str) -> Option<&'a Json<'j>> {
 /// The catalog's facts of a `kind` webhook, read from its raw body: each declared fact
 /// whose path holds a string, number or boolean. Texts are bounded like details.
 pub fn facts(catalog: &Catalog, kind: &str, raw: &[u8]) -> Facts {
-    if catalog.kind(kind).is_none_or(|s| s.facts.is_empty()) {
+    if catalog.kind(kind).is_none_or(|s| s.facts.is_empty())
+        && !catalog
+            .joins
+            .iter()
+            .any(|j| j.kind == kind && !j.facts.is_empty())
+    {
         return Vec::new();
     }
     match Json::parse(raw) {
@@ -516,7 +572,8 @@ fn facts_in(catalog: &Catalog, kind: &str, v: &Json<'_>) -> Vec<(String, FactVal
     let Some(spec) = catalog.kind(kind) else {
         return Vec::new();
     };
-    spec.facts
+    let mut facts: Vec<(String, FactValue)> = spec
+        .facts
         .iter()
         .filter_map(|(name, path)| {
             let value = match lookup(v, path)? {
@@ -529,7 +586,16 @@ fn facts_in(catalog: &Catalog, kind: &str, v: &Json<'_>) -> Vec<(String, FactVal
             };
             Some((name.clone(), value))
         })
-        .collect()
+        .collect();
+    // A join's facts are the webhook's whatever its body: an escrow account's last webhook
+    // says it is one by its type alone.
+    if let Ok(Some(join)) = join_of(catalog, v) {
+        for (name, value) in &join.facts {
+            facts.retain(|(n, _)| n != name);
+            facts.push((name.clone(), FactValue::Text(value.clone())));
+        }
+    }
+    facts
 }
 
 /// Facts read from a webhook body: (name, value) in the catalog's order ([`facts`]).
@@ -674,8 +740,9 @@ mod tests {
                 "debt",
             ),
             (
+                // An escrow account is an account (a kind family, the catalog's joins).
                 json!({"webhook_type": " Escrow ", "key": "k", "status": "x"}),
-                "escrow",
+                "account",
             ),
             (
                 json!({"webhook_type": "historic-card-settlement", "key": "k", "status": "x"}),
@@ -1111,6 +1178,148 @@ mod tests {
         ));
     }
 
+    /// QI's documented examples of the families added with the truth table (fixtures 009):
+    /// each a known kind, its operation the one QI's documents name, including the kind
+    /// families (joins) and the webhooks that name no kind.
+    #[test]
+    fn documented_families_are_known_kinds_of_the_right_operation() {
+        let catalog = Catalog::builtin();
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+        let cases = [
+            (
+                "009_pix_incoming_received.json",
+                "baas.pix_transfer.incoming_pix",
+                "8cb70dea-9fb0-4a68-9572-99a72849c8d6",
+                "received",
+            ),
+            // A refund is news of the outgoing Pix it names.
+            (
+                "009_pix_refund_of_outgoing.json",
+                "baas.pix_transfer.outgoing_pix",
+                "b56862c4-2b20-4057-8063-b8809866e494",
+                "refunded",
+            ),
+            (
+                "009_automatic_pix_incoming_recurrence_pending.json",
+                "baas.automatic_pix.incoming_recurrence",
+                "12385acf-b0c3-4389-baf3-a58abbe92d58",
+                "pending_confirmation",
+            ),
+            (
+                "009_invoice_payment_waiting.json",
+                "baas.invoice.invoice_payment_status_change",
+                "a1b2c3d4-e5f6-7890-abcd-ef1234567890",
+                "waiting_payment",
+            ),
+            (
+                "009_payment_instrument_entry_concluded.json",
+                "baas.invoice.payment_instrument_entry",
+                "fd86d9b1-2a5e-4e03-9a59-a043c7632c97",
+                "concluded",
+            ),
+            (
+                "009_payroll_card_reservation_pending_onboarding.json",
+                "laas.payroll_card_reservation.status_change",
+                "a1b2c3d4-e5f6-7890-abcd-ef1234567890",
+                "pending_onboarding",
+            ),
+            (
+                "009_receivables_assignment_denied.json",
+                "trade_receivables.assignment_status_change",
+                "1caff47c-bd05-48b0-a6bc-9569f5070f6b",
+                "denied",
+            ),
+            (
+                "009_vehicle_order_status_denied.json",
+                "vehicle_collateral.order_status",
+                "QI-20260310-000123",
+                "denied",
+            ),
+            (
+                "009_card_order_fraud_approved.json",
+                "caas.card_order.fraud_status",
+                "123456",
+                "automatically_approved",
+            ),
+            // The reservation's steps are the debt's, under a prefix.
+            (
+                "009_private_payroll_reservation_pending_authorization.json",
+                "debt",
+                "5d3a9e7c-1b2f-4c8d-9e0a-7f6b5c4d3e21",
+                "reservation_pending_requester_authorization",
+            ),
+            (
+                "009_escrow_account_request_pending_kyc.json",
+                "account",
+                "0b6f8e9a-3c2d-4e1f-8a7b-000000000003",
+                "pending_kyc_analysis",
+            ),
+            (
+                "001_escrow_opened.json",
+                "account",
+                "0b6f8e9a-3c2d-4e1f-8a7b-000000000003",
+                "account_opened",
+            ),
+        ];
+        for (name, kind, key, status) in cases {
+            let raw = std::fs::read(format!("{dir}/{name}")).unwrap();
+            let e = match normalize(&catalog, &raw).unwrap() {
+                Normalized::Event(e) => e,
+                other => panic!("{name}: {other:?}"),
+            };
+            assert_eq!(
+                (e.kind.as_str(), e.key.as_str(), e.status.as_str()),
+                (kind, key, status),
+                "{name}"
+            );
+            assert!(
+                catalog.kind(kind).is_some(),
+                "{name}: {kind} is a known kind"
+            );
+        }
+        // Times the kinds name: the card order's `event_date`, the vehicle order's
+        // `timestamp`.
+        let time_of = |name: &str| match normalize(
+            &catalog,
+            &std::fs::read(format!("{dir}/{name}")).unwrap(),
+        )
+        .unwrap()
+        {
+            Normalized::Event(e) => e.event_time,
+            other => panic!("{name}: {other:?}"),
+        };
+        assert_eq!(
+            time_of("009_card_order_fraud_approved.json"),
+            utc("2019-10-01T13:37:25Z")
+        );
+        assert_eq!(
+            time_of("009_vehicle_order_status_denied.json"),
+            utc("2026-03-10T10:05:00Z")
+        );
+        // The escrow says so as a fact; its steps do not (they say nothing of it).
+        let escrow = std::fs::read(format!("{dir}/001_escrow_opened.json")).unwrap();
+        assert_eq!(
+            facts(&catalog, "account", &escrow),
+            vec![(
+                "account_type".to_owned(),
+                FactValue::Text("escrow".to_owned())
+            )]
+        );
+        let step =
+            std::fs::read(format!("{dir}/009_escrow_account_request_pending_kyc.json")).unwrap();
+        assert!(facts(&catalog, "account", &step).is_empty());
+        // An incoming Pix that is not a refund stays an incoming Pix, whatever else it has.
+        assert_eq!(
+            event(json!({"webhook_type": "baas.pix_transfer.incoming_pix",
+                         "data": {"pix_transfer_key": "i", "pix_transfer_status": "received",
+                                  "pix_transfer_type": "key", "original_outgoing_pix_transfer": "o"}}))
+            .kind,
+            "baas.pix_transfer.incoming_pix"
+        );
+        // Asking for an escrow finds the account.
+        assert_eq!(catalog.resolve_kind("escrow"), "account");
+    }
+
     #[test]
     fn the_data_field_is_read_when_present_and_of_the_type_asked() {
         type Object = serde_json::Map<String, Value>;
@@ -1174,6 +1383,37 @@ mod tests {
             ),
             ("008_dtvm_investor_reproved.json", "48d2c7a713dd0260"),
             ("008_dtvm_issuer_approved.json", "8568d39e3c945efa"),
+            // Added with QI's other documented families (recorded when added).
+            (
+                "009_automatic_pix_incoming_recurrence_pending.json",
+                "ede3f15142aaefa2",
+            ),
+            ("009_card_order_fraud_approved.json", "138f01a1572b8d37"),
+            (
+                "009_escrow_account_request_pending_kyc.json",
+                "f9b342008b6ca8f2",
+            ),
+            ("009_invoice_payment_waiting.json", "b21f9e7256ddad77"),
+            (
+                "009_payment_instrument_entry_concluded.json",
+                "17ffc31a3a450da3",
+            ),
+            (
+                "009_payroll_card_reservation_pending_onboarding.json",
+                "8dc2a7e3bf9cde42",
+            ),
+            ("009_pix_incoming_received.json", "87f32ec97808b2ed"),
+            ("009_pix_refund_of_outgoing.json", "afb74d7dcc06f946"),
+            (
+                "009_private_payroll_reservation_pending_authorization.json",
+                "f8c8c3778e2a852c",
+            ),
+            ("009_receivables_assignment_denied.json", "c81326fe735c080a"),
+            (
+                "009_receivables_assignment_pending_payment.json",
+                "920b57ff611180c6",
+            ),
+            ("009_vehicle_order_status_denied.json", "35540862a239a952"),
         ];
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
         let mut files: Vec<_> = std::fs::read_dir(dir)

@@ -87,8 +87,9 @@ fn cases() -> Vec<Case> {
             status: "account_opened",
             phase: "succeeded",
         },
+        // An escrow account is an account that says so (a kind family, the catalog's joins).
         Case {
-            kind: "escrow",
+            kind: "account",
             key: "escrow-e2e",
             webhooks: vec![
                 webhook(
@@ -460,5 +461,196 @@ async fn vehicle_collateral_webhooks_are_one_reservation_each() {
         .await;
     let op = server.get("res-1", kind).await.unwrap();
     assert_eq!((op.status.as_str(), phase(&op)), ("deleted", "failed"));
+    server.stop().await;
+}
+
+/// QI's other documented families (fixtures 009), each delivered twice and in both orders
+/// where an operation has several: known kinds with their phases, and the kind families
+/// (joins) land in the operation QI's documents say they belong to.
+#[tokio::test]
+async fn documented_families_and_kind_families_land_where_qi_says() {
+    use crate::test_server::fixture;
+    let server = TestServer::start().await;
+    let post_all = |names: &'static [&'static str]| {
+        let server = &server;
+        async move {
+            for name in names.iter().chain(names.iter().rev()) {
+                let (code, answer) = server.post(fixture(name)).await;
+                assert_eq!(code, 200, "{name}: {answer}");
+                assert_ne!(answer["result"], "quarantined", "{name}: {answer}");
+            }
+        }
+    };
+    let text = |op: &qistatus::pb::Operation, name: &str| -> String {
+        match op.facts.get(name).and_then(|v| v.kind.clone()) {
+            Some(prost_types::value::Kind::StringValue(s)) => s,
+            Some(prost_types::value::Kind::NumberValue(n)) => n.to_string(),
+            other => panic!("{name}: {other:?}"),
+        }
+    };
+    let milestones = |op: &qistatus::pb::Operation| -> Vec<String> {
+        op.milestones.iter().map(|m| m.name.clone()).collect()
+    };
+
+    // (fixture, kind, key, status, phase)
+    let singles: [(&'static [&'static str], &str, &str, &str, &str); 8] = [
+        (
+            &["009_pix_incoming_received.json"],
+            "baas.pix_transfer.incoming_pix",
+            "8cb70dea-9fb0-4a68-9572-99a72849c8d6",
+            "received",
+            "succeeded",
+        ),
+        (
+            &["009_automatic_pix_incoming_recurrence_pending.json"],
+            "baas.automatic_pix.incoming_recurrence",
+            "12385acf-b0c3-4389-baf3-a58abbe92d58",
+            "pending_confirmation",
+            "pending",
+        ),
+        (
+            &["009_invoice_payment_waiting.json"],
+            "baas.invoice.invoice_payment_status_change",
+            "a1b2c3d4-e5f6-7890-abcd-ef1234567890",
+            "waiting_payment",
+            "pending",
+        ),
+        (
+            &["009_payment_instrument_entry_concluded.json"],
+            "baas.invoice.payment_instrument_entry",
+            "fd86d9b1-2a5e-4e03-9a59-a043c7632c97",
+            "concluded",
+            "succeeded",
+        ),
+        (
+            &["009_payroll_card_reservation_pending_onboarding.json"],
+            "laas.payroll_card_reservation.status_change",
+            "a1b2c3d4-e5f6-7890-abcd-ef1234567890",
+            "pending_onboarding",
+            "pending",
+        ),
+        (
+            &["009_receivables_assignment_denied.json"],
+            "trade_receivables.assignment_status_change",
+            "1caff47c-bd05-48b0-a6bc-9569f5070f6b",
+            "denied",
+            "failed",
+        ),
+        (
+            &["009_vehicle_order_status_denied.json"],
+            "vehicle_collateral.order_status",
+            "QI-20260310-000123",
+            "denied",
+            "failed",
+        ),
+        (
+            &["009_card_order_fraud_approved.json"],
+            "caas.card_order.fraud_status",
+            "123456",
+            "automatically_approved",
+            "succeeded",
+        ),
+    ];
+    for (files, kind, key, status, expected_phase) in singles {
+        post_all(files).await;
+        let op = server.get(key, kind).await.expect(kind);
+        assert_eq!(
+            (op.status.as_str(), phase(&op)),
+            (status, expected_phase),
+            "{kind}"
+        );
+    }
+    let incoming = server
+        .get(
+            "8cb70dea-9fb0-4a68-9572-99a72849c8d6",
+            "baas.pix_transfer.incoming_pix",
+        )
+        .await
+        .unwrap();
+    assert_eq!(text(&incoming, "transfer_amount"), "126.97");
+    let order = server
+        .get("QI-20260310-000123", "vehicle_collateral.order_status")
+        .await
+        .unwrap();
+    assert_eq!(text(&order, "stage"), "Lien Inclusion");
+
+    // A refund of an outgoing Pix: the outgoing Pix shows it, whichever came first.
+    let outgoing_sent = serde_json::to_vec(&json!({
+        "webhook_type": "baas.pix_transfer.outgoing_pix",
+        "webhook_datetime": "2021-10-22T20:30:23.459Z",
+        "data": {"request_control_key": "b6804f32-101e-4702-8fbc-c2dbc4c2caec",
+                 "pix_transfer_key": "b56862c4-2b20-4057-8063-b8809866e494",
+                 "pix_transfer_status": "sent"}
+    }))
+    .unwrap();
+    server
+        .post_ok(fixture("009_pix_refund_of_outgoing.json"))
+        .await;
+    server.post_ok(outgoing_sent.clone()).await;
+    server.post_ok(outgoing_sent).await;
+    let refunded = server
+        .get(
+            "b56862c4-2b20-4057-8063-b8809866e494",
+            "baas.pix_transfer.outgoing_pix",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (refunded.status.as_str(), phase(&refunded)),
+        ("refunded", "failed")
+    );
+    assert_eq!(milestones(&refunded), ["refunded", "sent"]);
+    assert_eq!(text(&refunded, "refunded_amount"), "126.97");
+    assert!(
+        refunded.conflicting_statuses.is_empty(),
+        "a refund supersedes the sending: no conflict"
+    );
+
+    // An escrow account: its opening steps and its last webhook are one account, which
+    // says it is an escrow; asking for an escrow finds it.
+    post_all(&[
+        "009_escrow_account_request_pending_kyc.json",
+        "001_escrow_opened.json",
+    ])
+    .await;
+    let escrow = server
+        .get("0b6f8e9a-3c2d-4e1f-8a7b-000000000003", "escrow")
+        .await
+        .unwrap();
+    assert_eq!(
+        (escrow.kind.as_str(), escrow.status.as_str(), phase(&escrow)),
+        ("account", "account_opened", "succeeded")
+    );
+    assert_eq!(text(&escrow, "account_type"), "escrow");
+    assert_eq!(
+        escrow.history.len(),
+        2,
+        "the step and the opening, once each"
+    );
+
+    // A private payroll loan's reservation joins its debt without moving it.
+    let key = "5d3a9e7c-1b2f-4c8d-9e0a-7f6b5c4d3e21";
+    post_all(&["009_private_payroll_reservation_pending_authorization.json"]).await;
+    server
+        .post_ok(webhook("debt", key, "disbursed", "2025-04-10T12:00:00Z"))
+        .await;
+    let terminated = serde_json::to_vec(&json!({
+        "status": "terminated", "event_datetime": "2025-06-20T14:47:43Z", "key": key,
+        "webhook_type": "laas.private_payroll.reservation_status_change",
+        "data": {"reservation_status": "terminated"}
+    }))
+    .unwrap();
+    server.post_ok(terminated).await;
+    let debt = server.get(key, "debt").await.unwrap();
+    assert_eq!(
+        (debt.status.as_str(), phase(&debt)),
+        ("disbursed", "active"),
+        "the reservation's statuses never move the debt"
+    );
+    assert_eq!(debt.history.len(), 3);
+    assert_eq!(
+        milestones(&debt),
+        ["disbursed", "payroll_reservation_terminated"]
+    );
     server.stop().await;
 }

@@ -8,12 +8,19 @@ use qistatus::domain::catalog::Catalog;
 use qistatus::domain::reconcile::{EventSummary, Operation, Phase, Reconciler};
 use qistatus::domain::webhook::{EventId, FactValue};
 
-/// Every status a kind can send: its stages, ends, and two the catalog does not know.
+/// Every status a kind can send: its stages, ends, the statuses only its milestones name
+/// (a kind family's, such as a debt's `reservation_terminated`), and two the catalog does
+/// not know.
 fn statuses_of(catalog: &Catalog, kind: &str) -> Vec<(String, Option<String>)> {
     let mut statuses: Vec<(String, Option<String>)> = Vec::new();
     if let Some(spec) = catalog.kind(kind) {
         for s in spec.stages.iter().chain(&spec.success).chain(&spec.failure) {
             statuses.push((s.clone(), None));
+        }
+        for s in spec.milestones.values().flatten() {
+            if !s.contains('*') && !statuses.iter().any(|(named, _)| named == s) {
+                statuses.push((s.clone(), None));
+            }
         }
         for deferring in &spec.outcome_statuses {
             for outcome in spec.success.iter().chain(&spec.failure) {

@@ -69,14 +69,15 @@ const SEED_EXAMPLES: &[(&str, &str, &str, &str, &str)] = &[
     ),
     (
         "001_escrow_opened.json",
-        "escrow",
+        // An escrow account is an account (its opening steps share its key).
+        "account",
         "0b6f8e9a-3c2d-4e1f-8a7b-000000000003",
         "account_opened",
         "succeeded",
     ),
     (
         "001_escrow_rejected.json",
-        "escrow",
+        "account",
         "0b6f8e9a-3c2d-4e1f-8a7b-000000000004",
         "account_rejected",
         "failed",

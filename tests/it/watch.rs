@@ -161,7 +161,7 @@ async fn two_hundred_watchers_each_receive_exactly_their_changes_in_order() {
     let expected = forward_workload(&server, keys).await;
     let last = server
         .post_ok(webhook(
-            "escrow",
+            "account",
             "sentinel",
             "account_opened",
             "2024-02-01 00:00:00",
@@ -180,7 +180,7 @@ async fn two_hundred_watchers_each_receive_exactly_their_changes_in_order() {
             .iter()
             .chain(std::iter::once(&Expected {
                 sequence: last,
-                kind: "escrow".into(),
+                kind: "account".into(),
                 key: "sentinel".into(),
                 status: "account_opened".into(),
             }))

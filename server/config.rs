@@ -195,6 +195,22 @@ pub struct Config {
     #[arg(long, env = "QISTATUS_QITECH_DTVM_WITHOUT_IAT")]
     pub qitech_dtvm_without_iat: bool,
 
+    /// QI CaaS's webhook signature key (hex HMAC-SHA1 `Signature` header on its card-order
+    /// fraud webhooks). Repeat for rotation; prefer the environment variable.
+    #[arg(
+        long = "qitech-caas-key",
+        env = "QISTATUS_QITECH_CAAS_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub qitech_caas_keys: Vec<String>,
+
+    /// The scheme and host QI CaaS was given for this intake, as written there
+    /// (`https://hooks.example.com`): QI CaaS signs that URL with the request's path. Unset:
+    /// `https://` and the request's `Host` header.
+    #[arg(long, env = "QISTATUS_QITECH_CAAS_URL_BASE")]
+    pub qitech_caas_url_base: Option<String>,
+
     /// Standard Webhooks HMAC secret (`whsec_...`), for deployments behind a relay. Repeat
     /// for rotation; prefer the environment variable, which `ps` does not show.
     #[arg(
@@ -412,7 +428,8 @@ impl Config {
             *self.max_clock_skew,
         )?
         .with_dtvm_keys(&self.qitech_dtvm_keys)?
-        .with_dtvm_tokens_without_iat(self.qitech_dtvm_without_iat);
+        .with_dtvm_tokens_without_iat(self.qitech_dtvm_without_iat)
+        .with_caas_keys(&self.qitech_caas_keys, self.qitech_caas_url_base.clone())?;
         let mut token_texts = Vec::new();
         for path in &self.grpc_token_files {
             token_texts

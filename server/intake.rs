@@ -136,9 +136,13 @@ impl Ingest {
 /// The intake's HTTP routes with their limits.
 pub(crate) fn router(state: IntakeState, limits: IntakeLimits) -> Router {
     Router::new()
+        // QI CaaS sends its card-order webhooks with PUT (its webhook document); its URL is
+        // the partner's choice, so it is given this one.
         .route(
             "/webhooks",
-            post(receive_webhook).fallback(|| async { IntakeError::MethodNotAllowed }),
+            post(receive_webhook)
+                .put(receive_webhook)
+                .fallback(|| async { IntakeError::MethodNotAllowed }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { IntakeError::NoRoute })
@@ -396,6 +400,7 @@ async fn store_webhook(
         webhook_timestamp: header("webhook-timestamp"),
         webhook_signature: header("webhook-signature"),
         signature: header("signature"),
+        host: header("host"),
     };
     let now = chrono::Utc::now().timestamp();
     // The body itself, or the webhook decoded from an `encoded_body`: no copy of the body.
@@ -488,8 +493,10 @@ pub(crate) enum IntakeError {
         humantime::format_duration(*.0)
     )]
     NotConfirmed(Duration),
-    /// A method other than POST on /webhooks.
-    #[error("method not allowed: webhooks are received at POST /webhooks")]
+    /// A method other than POST or PUT on /webhooks.
+    #[error(
+        "method not allowed: webhooks are received at POST /webhooks (or PUT, as QI CaaS sends them)"
+    )]
     MethodNotAllowed,
     /// The writer could not take or store the webhook.
     #[error(transparent)]
@@ -498,7 +505,9 @@ pub(crate) enum IntakeError {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
     /// No such route.
-    #[error("no such endpoint: webhooks are received at POST /webhooks")]
+    #[error(
+        "no such endpoint: webhooks are received at POST /webhooks (or PUT, as QI CaaS sends them)"
+    )]
     NoRoute,
 }
 

@@ -22,6 +22,11 @@
 //!   a request may carry only the catalog's `qi_dtvm_kinds` (the intake checks). Its `iat`
 //!   (required unless configured otherwise) and `exp` are checked in any JSON form. A
 //!   replayed request is answered `duplicate`.
+//! - **QI CaaS** (card-order fraud analysis): header `Signature` holds the hex HMAC-SHA1,
+//!   under a key QI CaaS and the partner share, of the URL QI was given, the method and the
+//!   body, concatenated (QI's card order webhook document); QI sends these with `PUT`. It
+//!   binds the body, the method and the URL, and no time: a replay is answered `duplicate`. Told from QI DTVM's `SIGNATURE` (the same
+//!   header name) by its shape: 40 hex digits, not a JWT.
 //! - **Standard Webhooks HMAC** (for deployments behind a relay): headers `webhook-id`,
 //!   `webhook-timestamp` and `webhook-signature` (`v1,<base64 HMAC-SHA256 of
 //!   id.timestamp.body>`, several allowed), compared in constant time against every secret.
@@ -47,7 +52,7 @@ use subtle::ConstantTimeEq;
 pub enum AuthError {
     /// No scheme's headers were present.
     #[error(
-        "missing signature: expected an AUTHORIZATION JWT, an encoded_body, a SIGNATURE JWT (QI DTVM), or webhook-signature headers"
+        "missing signature: expected an AUTHORIZATION JWT, an encoded_body, a SIGNATURE JWT (QI DTVM), a Signature HMAC (QI CaaS), or webhook-signature headers"
     )]
     Missing,
     /// The token or header could not be parsed.
@@ -100,6 +105,8 @@ pub enum Sender {
     /// QI DTVM's HS256 `SIGNATURE`: it binds no body, so only QI DTVM's own kinds may come
     /// with it (the intake checks, once it knows the kind).
     QiDtvm,
+    /// QI CaaS's HMAC-SHA1 `Signature` (URL, method and body).
+    QiCaas,
     /// A relay's Standard Webhooks HMAC.
     Relay,
 }
@@ -111,6 +118,13 @@ pub struct Verified<'b> {
     pub body: Cow<'b, [u8]>,
     /// Who vouched for it.
     pub sender: Sender,
+}
+
+/// Whether a `Signature` header has the shape of QI CaaS's HMAC-SHA1: 40 hex digits (a QI
+/// DTVM JWT has dots and base64url).
+fn is_hex_sha1(signature: &str) -> bool {
+    let s = signature.trim();
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// A key or secret file that could not be loaded.
@@ -138,8 +152,10 @@ pub struct RequestFacts<'a> {
     pub webhook_timestamp: Option<&'a str>,
     /// `webhook-signature` header.
     pub webhook_signature: Option<&'a str>,
-    /// `SIGNATURE` header (QI DTVM).
+    /// `SIGNATURE` header (QI DTVM's JWT, or QI CaaS's hex HMAC).
     pub signature: Option<&'a str>,
+    /// `Host` header: the URL QI CaaS signed, when no base URL is configured.
+    pub host: Option<&'a str>,
 }
 
 /// The largest accepted difference between a signature's timestamp and now, by default.
@@ -154,6 +170,10 @@ pub struct WebhookVerifier {
     dtvm_keys: Vec<Vec<u8>>,
     /// Whether QI DTVM tokens without `iat` are accepted.
     dtvm_without_iat: bool,
+    caas_keys: Vec<Vec<u8>>,
+    /// The scheme and host QI CaaS was given for this intake (`https://hooks.example.com`);
+    /// `None`: `https://` and the request's `Host`.
+    caas_url_base: Option<String>,
     max_clock_skew: Duration,
 }
 
@@ -164,6 +184,8 @@ impl std::fmt::Debug for WebhookVerifier {
             .field("client_keys", &self.client_keys.len())
             .field("hmac_secrets", &self.hmac_secrets.len())
             .field("dtvm_keys", &self.dtvm_keys.len())
+            .field("caas_keys", &self.caas_keys.len())
+            .field("caas_url_base", &self.caas_url_base)
             .field("max_clock_skew", &self.max_clock_skew)
             .finish()
     }
@@ -208,8 +230,38 @@ impl WebhookVerifier {
             hmac_secrets,
             dtvm_keys: Vec::new(),
             dtvm_without_iat: false,
+            caas_keys: Vec::new(),
+            caas_url_base: None,
             max_clock_skew,
         })
+    }
+
+    /// This verifier also accepting QI CaaS's HMAC-SHA1 `Signature` under any of `keys`
+    /// (several during a rotation). `url_base` is the scheme and host QI CaaS was given for
+    /// this intake, as QI writes it (the signed URL is it followed by the request's path);
+    /// without one, `https://` and the request's `Host`.
+    pub fn with_caas_keys(
+        mut self,
+        keys: &[String],
+        url_base: Option<String>,
+    ) -> Result<Self, KeyError> {
+        self.caas_keys = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let k = k.trim();
+                if k.is_empty() {
+                    Err(KeyError {
+                        what: format!("QI CaaS key #{}", i + 1),
+                        reason: "empty".into(),
+                    })
+                } else {
+                    Ok(k.as_bytes().to_vec())
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        self.caas_url_base = url_base.map(|b| b.trim().trim_end_matches('/').to_owned());
+        Ok(self)
     }
 
     /// This verifier accepting QI DTVM tokens that carry no `iat` (for a sender that never
@@ -242,7 +294,10 @@ impl WebhookVerifier {
 
     /// Whether any scheme is configured.
     pub fn is_enabled(&self) -> bool {
-        !self.qitech_keys.is_empty() || !self.hmac_secrets.is_empty() || !self.dtvm_keys.is_empty()
+        !self.qitech_keys.is_empty()
+            || !self.hmac_secrets.is_empty()
+            || !self.dtvm_keys.is_empty()
+            || !self.caas_keys.is_empty()
     }
 
     /// Verifies a request; returns the webhook body (the request body, or the payload of an
@@ -260,6 +315,12 @@ impl WebhookVerifier {
         if let (Some(token), false) = (request.authorization, self.qitech_keys.is_empty()) {
             self.verify_signed_request(request, token, body, now)?;
             return verified(Cow::Borrowed(body), Sender::QiTech);
+        }
+        if let (Some(signature), false) = (request.signature, self.caas_keys.is_empty())
+            && is_hex_sha1(signature)
+        {
+            self.verify_caas(request, signature, body)?;
+            return verified(Cow::Borrowed(body), Sender::QiCaas);
         }
         if let (Some(token), false) = (request.signature, self.dtvm_keys.is_empty()) {
             self.verify_dtvm(token, now)?;
@@ -408,6 +469,40 @@ impl WebhookVerifier {
             }
         }
         Err(AuthError::BadSignature)
+    }
+
+    /// QI CaaS's `Signature`: hex HMAC-SHA1 of URL + method + body under any configured key.
+    fn verify_caas(
+        &self,
+        request: &RequestFacts<'_>,
+        signature: &str,
+        body: &[u8],
+    ) -> Result<(), AuthError> {
+        let given = hex::decode(signature.trim())
+            .map_err(|_| AuthError::Malformed("Signature is not hex".into()))?;
+        let base = match &self.caas_url_base {
+            Some(base) => base.clone(),
+            None => format!(
+                "https://{}",
+                request.host.ok_or_else(|| AuthError::Malformed(
+                    "no Host header to rebuild the signed URL from".into()
+                ))?
+            ),
+        };
+        let known = self.caas_keys.iter().fold(false, |found, key| {
+            let mut mac = <hmac::Hmac<sha1::Sha1> as hmac::Mac>::new_from_slice(key)
+                .expect("HMAC takes keys of any length");
+            hmac::Mac::update(&mut mac, base.as_bytes());
+            hmac::Mac::update(&mut mac, request.path_and_query.as_bytes());
+            hmac::Mac::update(&mut mac, request.method.as_bytes());
+            hmac::Mac::update(&mut mac, body);
+            constant_time_eq(&hmac::Mac::finalize(mac).into_bytes(), &given) | found
+        });
+        if known {
+            Ok(())
+        } else {
+            Err(AuthError::BadSignature)
+        }
     }
 
     /// Verifies an ES512 JWT with any configured key; returns its decoded payload.

@@ -331,7 +331,13 @@ fn hostile_inputs() -> Vec<(&'static str, &'static str, &'static str, Vec<u8>, u
         ),
         ("an empty object", post, path, b"{}".to_vec(), 202),
         ("GET", "GET", path, Vec::new(), 405),
-        ("PUT", "PUT", path, fixture("004_debt_settled.json"), 405),
+        (
+            "PATCH",
+            "PATCH",
+            path,
+            fixture("004_debt_settled.json"),
+            405,
+        ),
         ("DELETE", "DELETE", path, Vec::new(), 405),
         (
             "the root path",

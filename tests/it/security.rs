@@ -948,3 +948,119 @@ async fn the_compact_signature_claim_is_verified_too() {
     );
     server.stop().await;
 }
+
+/// QI CaaS's hex HMAC-SHA1 of URL + method + body under `key`.
+fn caas_signature(key: &[u8], url: &str, method: &str, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(key).unwrap();
+    mac.update(url.as_bytes());
+    mac.update(method.as_bytes());
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// QI CaaS's card-order fraud webhook: sent with PUT, signed with HMAC-SHA1 of the URL QI
+/// was given, the method and the body. Each is bound: another body, method, URL or key is
+/// `401`; a QI DTVM token in the same header is still
+/// read as one; a replay is a duplicate.
+#[tokio::test]
+async fn qi_caas_put_webhooks_are_verified_by_their_hmac_sha1() {
+    let verifier = WebhookVerifier::new(&[], vec![], &[], Duration::from_secs(300))
+        .unwrap()
+        .with_dtvm_keys(&["dtvm-key".into()])
+        .unwrap()
+        .with_caas_keys(
+            &["old-caas-key".into(), "caas-key".into()],
+            Some("https://hooks.example.com/".into()),
+        )
+        .unwrap();
+    let server = start_verified(verifier).await;
+    let body = fixture("009_card_order_fraud_approved.json");
+    let url = server.webhooks_url();
+    let signed_url = "https://hooks.example.com/webhooks";
+    let put = |body: Vec<u8>, url: String, method: reqwest::Method, signature: String| async move {
+        let response = reqwest::Client::new()
+            .request(method, url)
+            .header("Signature", signature)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let code = response.status().as_u16();
+        (code, response.json::<serde_json::Value>().await.unwrap())
+    };
+    let good = caas_signature(b"caas-key", signed_url, "PUT", &body);
+
+    // Another body, method, path or key: refused, and nothing stored.
+    let other_body = br#"{"order_id": "123456", "fraud_status": "automatically_rejected"}"#;
+    let (code, answer) = put(
+        other_body.to_vec(),
+        url.clone(),
+        reqwest::Method::PUT,
+        good.clone(),
+    )
+    .await;
+    assert_eq!(
+        (code, answer["error"].as_str()),
+        (401, Some("bad signature"))
+    );
+    let (code, _) = put(
+        body.clone(),
+        url.clone(),
+        reqwest::Method::POST,
+        good.clone(),
+    )
+    .await;
+    assert_eq!(code, 401, "the method is signed");
+    let elsewhere = caas_signature(
+        b"caas-key",
+        "https://other.example.com/webhooks",
+        "PUT",
+        &body,
+    );
+    let (code, _) = put(body.clone(), url.clone(), reqwest::Method::PUT, elsewhere).await;
+    assert_eq!(code, 401, "the URL is signed");
+    let stranger = caas_signature(b"stranger", signed_url, "PUT", &body);
+    let (code, _) = put(body.clone(), url.clone(), reqwest::Method::PUT, stranger).await;
+    assert_eq!(code, 401);
+    assert!(
+        server
+            .get("123456", "caas.card_order.fraud_status")
+            .await
+            .is_err()
+    );
+
+    // The signed one, under either key of the rotation; then its replay.
+    let (code, answer) = put(body.clone(), url.clone(), reqwest::Method::PUT, good).await;
+    assert_eq!(
+        (code, answer["result"].as_str()),
+        (200, Some("accepted")),
+        "{answer}"
+    );
+    let old = caas_signature(b"old-caas-key", signed_url, "PUT", &body);
+    let (code, answer) = put(body.clone(), url.clone(), reqwest::Method::PUT, old).await;
+    assert_eq!(
+        (code, answer["result"].as_str()),
+        (200, Some("duplicate")),
+        "{answer}"
+    );
+    let op = server
+        .get("123456", "caas.card_order.fraud_status")
+        .await
+        .unwrap();
+    assert_eq!(op.status, "automatically_approved");
+
+    // A QI DTVM token in the same header is still a QI DTVM token.
+    let token = hs256(
+        b"dtvm-key",
+        &serde_json::json!({"iat": chrono::Utc::now().timestamp()}),
+    );
+    let (code, answer) = post_with(
+        &server,
+        fixture("008_dtvm_issuer_approved.json"),
+        &[("signature", token)],
+    )
+    .await;
+    assert_eq!(code, 200, "{answer}");
+    server.stop().await;
+}

@@ -48,7 +48,8 @@ pub(crate) fn layout(title: &str, csrf: Option<&str>, body: Markup) -> Markup {
 
 /// A time in ms since the epoch, as UTC text.
 pub(crate) fn time(ms: Option<i64>) -> String {
-    ms.and_then(chrono::DateTime::from_timestamp_millis)
+    ms.map(crate::domain::webhook::shown_millis)
+        .and_then(chrono::DateTime::from_timestamp_millis)
         .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
         .unwrap_or_else(|| "—".into())
 }

@@ -506,6 +506,19 @@ pub fn check_name(field: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The latest instant a time can be shown as: 9999-12-31T23:59:59.999Z, the end of what RFC
+/// 3339 and a protobuf `Timestamp` can hold. QI writes "never" as `9999-12-31 23:59:59`, at
+/// São Paulo's offset, which is 10000-01-01T02:59:59Z: shown at this bound, it reads as the
+/// date QI gave, instead of `+10000-01-01T02:59:59Z` (which no client can parse).
+pub const LATEST_SHOWN_MILLIS: i64 = 253_402_300_799_999;
+
+/// `millis` as shown to people and clients: within what RFC 3339 and a protobuf `Timestamp`
+/// can hold (year 1 to 9999), the bound when beyond. Ordering uses the exact value.
+pub fn shown_millis(millis: i64) -> i64 {
+    const EARLIEST: i64 = -62_135_596_800_000; // 0001-01-01T00:00:00Z
+    millis.clamp(EARLIEST, LATEST_SHOWN_MILLIS)
+}
+
 /// Parses QI Tech's event times: RFC 3339 (with `T` or a space, optional fraction, `Z` or an
 /// offset), or a naive date-time read at the catalog's offset. `None` when unreadable.
 pub fn parse_event_time(text: &str, naive_offset_minutes: i32) -> Option<i64> {
@@ -1318,6 +1331,21 @@ mod tests {
         );
         // Asking for an escrow finds the account.
         assert_eq!(catalog.resolve_kind("escrow"), "account");
+    }
+
+    #[test]
+    fn qi_s_never_is_shown_as_the_last_day_of_9999() {
+        // `9999-12-31 23:59:59` at São Paulo is past the end of year 9999 in UTC.
+        let never = parse_event_time("9999-12-31 23:59:59", -180).unwrap();
+        assert!(never > LATEST_SHOWN_MILLIS);
+        let shown = chrono::DateTime::from_timestamp_millis(shown_millis(never)).unwrap();
+        assert_eq!(
+            shown.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "9999-12-31T23:59:59Z"
+        );
+        // Ordinary times are shown as they are.
+        let t = utc("2024-06-01T12:00:00Z").unwrap();
+        assert_eq!(shown_millis(t), t);
     }
 
     #[test]

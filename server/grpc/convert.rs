@@ -11,6 +11,9 @@ use crate::store::OperationCount;
 
 /// A protobuf timestamp from milliseconds since the Unix epoch.
 pub(crate) fn timestamp(millis: i64) -> prost_types::Timestamp {
+    // A Timestamp holds years 1 to 9999 only: QI's "never" (9999-12-31 at São Paulo) is
+    // shown at that end, not as an out-of-range value clients reject.
+    let millis = crate::domain::webhook::shown_millis(millis);
     prost_types::Timestamp {
         seconds: millis.div_euclid(1000),
         nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,

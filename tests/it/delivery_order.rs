@@ -250,3 +250,43 @@ async fn a_date_far_in_the_future_cannot_pin_a_status() {
     );
     server.stop().await;
 }
+
+/// QI's "never", `9999-12-31 23:59:59` at São Paulo, is 10000-01-01T02:59:59Z: past what a
+/// protobuf Timestamp or RFC 3339 can hold. It is shown as the last day of 9999, as QI wrote
+/// it, by the API, the CLI (human and `--json`) and the console; it is ordered like any time
+/// far ahead (at its receive time).
+#[tokio::test]
+async fn qi_s_year_9999_is_shown_as_given() {
+    let server = TestServer::start().await;
+    server
+        .post_ok(webhook(
+            "debt",
+            "never-1",
+            "waiting_signature",
+            "9999-12-31 23:59:59",
+        ))
+        .await;
+    let op = server.get("never-1", "debt").await.unwrap();
+    let time = op.history[0].event_time.unwrap();
+    assert_eq!(
+        (time.seconds, time.nanos),
+        (253_402_300_799, 999_000_000),
+        "within a Timestamp's range"
+    );
+    assert_eq!(
+        qistatus::client::rfc3339(op.event_time.as_ref()),
+        "9999-12-31T23:59:59.999Z"
+    );
+    let page = reqwest::get(format!(
+        "http://{}/ui/operations/never-1?kind=debt",
+        server.admin
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(page.contains("9999-12-31 23:59:59 UTC"), "{page}");
+    assert!(!page.contains("10000-"), "{page}");
+    server.stop().await;
+}

@@ -2,7 +2,7 @@
 //! fields) and the text helpers the human output shares with them.
 
 use prost_types::value::Kind;
-use qistatus::client::{phase_name, rfc3339};
+use qistatus::client::{duration_text, phase_name, rfc3339};
 use qistatus::pb;
 use serde_json::Value;
 
@@ -41,6 +41,12 @@ pub fn operation(op: &pb::Operation) -> Value {
             "name": m.name,
             "reached_at": non_empty(rfc3339(m.reached_at.as_ref())),
         })).collect::<Vec<_>>(),
+        "overdue": op.overdue.as_ref().map_or(Value::Null, |late| serde_json::json!({
+            "status": late.status,
+            "since": non_empty(rfc3339(late.since.as_ref())),
+            "expected_within": duration_text(late.expected_within.as_ref()),
+            "due": non_empty(rfc3339(late.due.as_ref())),
+        })),
         "history": history,
     })
 }

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use qistatus::client::{Client, ClientError, ConnectOptions, ListQuery, WatchEvent, WatchQuery};
-use qistatus::client::{phase_name, rfc3339};
+use qistatus::client::{duration_text, phase_name, rfc3339};
 use qistatus::pb;
 use terminal::printable;
 use tokio_stream::StreamExt;
@@ -91,12 +91,16 @@ struct ListArgs {
     #[arg(
         long = "status",
         value_delimiter = ',',
-        required_unless_present = "phase"
+        required_unless_present_any = ["phase", "overdue"]
     )]
     statuses: Vec<String>,
     /// A phase to list instead of statuses.
-    #[arg(long, value_enum, conflicts_with = "statuses")]
+    #[arg(long, value_enum, conflicts_with_all = ["statuses", "overdue"])]
     phase: Option<PhaseArg>,
+    /// Only the operations that should have moved by now (held a status longer than the
+    /// server's catalog expects), most overdue first; `--status` and `--kind` narrow it.
+    #[arg(long)]
+    overdue: bool,
     /// Only operations of this kind.
     #[arg(long)]
     kind: Option<String>,
@@ -298,6 +302,7 @@ async fn list(client: Client, args: ListArgs, json: bool) -> Result<(), ClientEr
     let ListArgs {
         statuses,
         phase,
+        overdue,
         kind,
         limit,
     } = args;
@@ -306,6 +311,7 @@ async fn list(client: Client, args: ListArgs, json: bool) -> Result<(), ClientEr
         statuses,
         phase: phase.map(Into::into),
         page_size: limit.map_or(0, |l| l.clamp(1, 1000) as u32),
+        overdue,
     };
     let operations = client.list(query).take(limit.unwrap_or(usize::MAX));
     tokio::pin!(operations);
@@ -316,18 +322,26 @@ async fn list(client: Client, args: ListArgs, json: bool) -> Result<(), ClientEr
             println!("{}", json::operation(&op));
         } else {
             if count == 0 {
+                let last = if overdue { "overdue since" } else { "updated" };
                 println!(
-                    "{:<26} {:<38} {:<34} {:<10} updated",
+                    "{:<26} {:<38} {:<34} {:<10} {last}",
                     "kind", "key", "status", "phase"
                 );
             }
+            let last = match (&op.overdue, overdue) {
+                (Some(late), true) => format!(
+                    "{} (expected within {})",
+                    rfc3339(late.due.as_ref()),
+                    duration_text(late.expected_within.as_ref())
+                ),
+                _ => rfc3339(op.updated_at.as_ref()),
+            };
             println!(
-                "{:<26} {:<38} {:<34} {:<10} {}",
+                "{:<26} {:<38} {:<34} {:<10} {last}",
                 printable(&op.kind),
                 printable(&op.key),
                 printable(&op.status),
                 phase_name(op.phase),
-                rfc3339(op.updated_at.as_ref())
             );
         }
         count += 1;
@@ -649,6 +663,15 @@ fn print_operation(op: &pb::Operation) {
     );
     if !op.detail.is_empty() {
         println!("  detail      {}", printable(&op.detail));
+    }
+    if let Some(late) = &op.overdue {
+        println!(
+            "  OVERDUE     {} since {}, expected to move within {} (overdue since {})",
+            printable(&late.status),
+            or_dash(rfc3339(late.since.as_ref())),
+            duration_text(late.expected_within.as_ref()),
+            or_dash(rfc3339(late.due.as_ref()))
+        );
     }
     for m in &op.milestones {
         println!(

@@ -29,12 +29,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Progress;
 use crate::console::ConsoleState;
+use crate::domain::catalog::CatalogHandle;
 use crate::feed::ChangeFeed;
 use crate::metrics::{Metrics, Snapshot};
 use crate::net::Admission;
 use crate::reload::{CatalogReloader, ReloadError};
-use crate::store::Store;
 use crate::store::WriterHandle;
+use crate::store::{StatusIndex, Store};
 
 /// How long after an append failed for lack of space `/readyz` still says not ready.
 const OUT_OF_SPACE_NOT_READY_MS: i64 = 10_000;
@@ -77,6 +78,8 @@ pub(crate) struct AdminState {
     pub(crate) reloader: CatalogReloader,
     pub(crate) console: ConsoleState,
     pub(crate) metrics: Arc<Metrics>,
+    /// The catalog in effect: its expectations say which operations are overdue.
+    pub(crate) catalog: CatalogHandle,
     pub(crate) store: Store,
     pub(crate) writer: WriterHandle,
     pub(crate) feed: ChangeFeed,
@@ -286,6 +289,13 @@ async fn metrics(State(state): State<AdminState>) -> Response {
                 .cluster
                 .as_ref()
                 .map(|c| (as_gauge(c.applied_through()), as_gauge(c.lag()))),
+            // One range count per expectation of the catalog: the size of the answer.
+            overdue: StatusIndex::new(store.clone())
+                .overdue_counts(
+                    &state.catalog.current().expectations(),
+                    crate::clock::now_millis(),
+                )
+                .unwrap_or_default(),
         };
         state.metrics.encode(snapshot)
     })

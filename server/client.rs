@@ -340,6 +340,7 @@ impl Client {
                 phase: query.phase.unwrap_or(pb::Phase::Unspecified) as i32,
                 page_size: query.page_size,
                 page_token: String::new(),
+                overdue: query.overdue,
             };
             loop {
                 let page = match inner.list_by_status(request.clone()).await {
@@ -507,6 +508,22 @@ pub fn rfc3339(t: Option<&prost_types::Timestamp>) -> String {
         .unwrap_or_default()
 }
 
+/// A duration as the catalog writes one (`5d`, `4h`, `30m`, `90s`): the largest unit it is a
+/// whole number of.
+pub fn duration_text(d: Option<&prost_types::Duration>) -> String {
+    let Some(d) = d else {
+        return String::new();
+    };
+    let seconds = d.seconds;
+    [(86_400, "d"), (3_600, "h"), (60, "m")]
+        .into_iter()
+        .find(|(unit, _)| seconds != 0 && seconds % unit == 0)
+        .map_or_else(
+            || format!("{seconds}s"),
+            |(unit, name)| format!("{}{name}", seconds / unit),
+        )
+}
+
 /// The lower-case name of a phase value, as the CLI and the JSON shapes print it
 /// (`unspecified` for 0 or a value this build does not know).
 pub fn phase_name(phase: i32) -> &'static str {
@@ -544,6 +561,8 @@ pub struct ListQuery {
     pub phase: Option<pb::Phase>,
     /// Operations per page (0: the server's default).
     pub page_size: u32,
+    /// Only overdue operations, most overdue first (`statuses` and `kind` narrow it).
+    pub overdue: bool,
 }
 
 /// A `WatchOperation` query; see the proto for each field.

@@ -54,6 +54,12 @@ struct WebhookLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OverdueLabels {
+    kind: String,
+    status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ListenerLabels {
     listener: &'static str,
 }
@@ -65,7 +71,7 @@ struct GrpcLabels {
 }
 
 /// The state read at each scrape.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Snapshot {
     /// Webhooks waiting in the writer's queue.
     pub(crate) queue_depth: i64,
@@ -87,6 +93,8 @@ pub(crate) struct Snapshot {
     pub(crate) quarantined: i64,
     /// A cluster node: the last stream message applied, and the messages behind.
     pub(crate) stream: Option<(i64, i64)>,
+    /// Operations overdue now: (kind, status, how many), one per expectation.
+    pub(crate) overdue: Vec<(String, String, u64)>,
 }
 
 /// The server's metrics. Cheap to share (`Arc`), cheap to update (atomics).
@@ -117,6 +125,7 @@ struct Gauges {
     quarantined: Gauge,
     stream_applied: Gauge,
     stream_lag: Gauge,
+    overdue: Family<OverdueLabels, Gauge>,
 }
 
 impl Metrics {
@@ -201,6 +210,12 @@ impl Metrics {
             "stream_applied_sequence",
             "A cluster node: the last stream message its view applied (0 on a single node)",
             gauges.stream_applied.clone(),
+        );
+        registry.register(
+            "overdue_operations",
+            "Operations that have held a status longer than the catalog expects, by kind and \
+             status (one series per expectation)",
+            gauges.overdue.clone(),
         );
         registry.register(
             "stream_lag",
@@ -300,6 +315,13 @@ impl Metrics {
         let (applied, lag) = snapshot.stream.unwrap_or_default();
         g.stream_applied.set(applied);
         g.stream_lag.set(lag);
+        // An expectation a reload removed has no series left.
+        g.overdue.clear();
+        for (kind, status, count) in snapshot.overdue {
+            g.overdue
+                .get_or_create(&OverdueLabels { kind, status })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");

@@ -246,6 +246,7 @@ pub async fn run(
             ),
             reloader,
             metrics: core.metrics.clone(),
+            catalog: core.catalog.clone(),
             store: core.store.clone(),
             writer: core.writer.clone(),
             feed: core.feed.clone(),

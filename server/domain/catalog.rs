@@ -147,6 +147,10 @@ pub struct KindSpec {
     /// table prints it beside the status); where they are silent, the sentence says so.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meanings: BTreeMap<String, String>,
+    /// Stage -> how long an operation is expected to stay in it (`90s`, `30m`, `4h`, `5d`):
+    /// longer, and it is overdue ([`crate::domain::overdue`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub expect: BTreeMap<String, String>,
 }
 
 /// A kind family: a webhook whose operation is another kind's. QI Tech sends the steps of
@@ -232,6 +236,7 @@ struct KindOverlay {
     implied_by: Option<Vec<String>>,
     event_time_paths: Option<Vec<String>>,
     meanings: Option<BTreeMap<String, String>>,
+    expect: Option<BTreeMap<String, String>>,
 }
 
 /// How the catalog classifies a status of a kind.
@@ -397,6 +402,9 @@ impl Catalog {
             }
             set(&mut spec.implied_by, o.implied_by);
             set(&mut spec.event_time_paths, o.event_time_paths);
+            // Added to (or overriding) the built-in ones, status by status: an operator
+            // sets the expectations QI's documents do not state.
+            spec.expect.extend(o.expect.unwrap_or_default());
             match o.meanings {
                 Some(m) => spec.meanings = m,
                 None => {
@@ -451,6 +459,26 @@ impl Catalog {
             Some(join) => join.kind.clone(),
             None => kind,
         }
+    }
+
+    /// How long an operation of `kind` is expected to stay in `status`, in ms (the kind's
+    /// `expect`), if the catalog says.
+    pub fn expectation(&self, kind: &str, status: &str) -> Option<i64> {
+        let text = self.kinds.get(kind)?.expect.get(status)?;
+        crate::domain::overdue::parse_duration(text).ok()
+    }
+
+    /// Every expectation: (kind, status, ms), in (kind, status) order.
+    pub fn expectations(&self) -> Vec<(&str, &str, i64)> {
+        self.kinds
+            .iter()
+            .flat_map(|(kind, spec)| {
+                spec.expect.iter().filter_map(move |(status, text)| {
+                    let ms = crate::domain::overdue::parse_duration(text).ok()?;
+                    Some((kind.as_str(), status.as_str(), ms))
+                })
+            })
+            .collect()
     }
 
     /// Whether a webhook in `status` reaches milestone `milestone` of `kind`.
@@ -538,6 +566,10 @@ impl Catalog {
                 .into_iter()
                 .map(|(status, text)| (canonical_status(&status), text))
                 .collect();
+            spec.expect = std::mem::take(&mut spec.expect)
+                .into_iter()
+                .map(|(status, text)| (canonical_status(&status), text))
+                .collect();
             spec.supersedes = std::mem::take(&mut spec.supersedes)
                 .into_iter()
                 .map(|(k, v)| {
@@ -602,6 +634,17 @@ impl Catalog {
                     "kind {kind}: meanings names {s}, which the kind does not (not a stage, an \
                      end status, an outcome status, nor a milestone's)"
                 ));
+            }
+            for (status, within) in &spec.expect {
+                if !stages.contains(status) {
+                    return bad(format!(
+                        "kind {kind}: expect names {status}, which is not a stage (only an \
+                         operation on its way can be late)"
+                    ));
+                }
+                if let Err(why) = crate::domain::overdue::parse_duration(within) {
+                    return bad(format!("kind {kind}: expect {status}: {why}"));
+                }
             }
             if let Some(s) = spec.end_precedence.iter().find(|s| !is_end(s)) {
                 return bad(format!(

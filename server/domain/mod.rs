@@ -3,11 +3,13 @@
 //! - [`catalog`]: what is known about each kind, as data;
 //! - [`webhook`]: raw bytes -> [`webhook::WebhookEnvelope`] (or a quarantine reason);
 //! - [`reconcile`]: the set of an operation's webhooks -> its [`reconcile::Operation`];
+//! - [`overdue`]: whether an operation has held its status longer than the catalog expects;
 //! - [`personal`]: personal data in a payload, masked for people's eyes;
 //! - [`truth_table`]: the catalog as a table a business person can check.
 
 pub mod catalog;
 pub mod json;
+pub mod overdue;
 pub mod personal;
 pub mod reconcile;
 pub mod truth_table;

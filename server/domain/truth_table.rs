@@ -117,6 +117,15 @@ pub fn markdown(catalog: &Catalog) -> String {
                 ends(spec, &status),
             );
         }
+        if !spec.expect.is_empty() {
+            out.push_str("\nExpected to move within (longer, and the operation is overdue): ");
+            let expect: Vec<String> = spec
+                .expect
+                .iter()
+                .map(|(status, within)| format!("`{status}` {within}"))
+                .collect();
+            let _ = writeln!(out, "{}.", expect.join(", "));
+        }
         if !spec.facts.is_empty() {
             out.push_str("\nFacts: ");
             let facts: Vec<String> = spec

@@ -3,6 +3,7 @@
 
 use prost_types::value::Kind;
 
+use crate::domain::overdue::Overdue;
 use crate::domain::reconcile::{EventSummary, Operation, Phase};
 use crate::domain::webhook::{FactValue, bounded_detail};
 use crate::feed::FeedEvent;
@@ -92,6 +93,22 @@ impl From<&Operation> for pb::Operation {
                     reached_at: m.reached_at.map(timestamp),
                 })
                 .collect(),
+            // It takes the catalog and the time of the answer: the API sets it.
+            overdue: None,
+        }
+    }
+}
+
+impl From<&Overdue> for pb::Overdue {
+    fn from(late: &Overdue) -> Self {
+        pb::Overdue {
+            status: late.status.clone(),
+            since: Some(timestamp(late.since)),
+            expected_within: Some(prost_types::Duration {
+                seconds: late.expected_within.div_euclid(1000),
+                nanos: (late.expected_within.rem_euclid(1000) * 1_000_000) as i32,
+            }),
+            due: Some(timestamp(late.due)),
         }
     }
 }

@@ -15,14 +15,15 @@ use std::time::Duration;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use crate::domain::catalog::{CatalogHandle, canonical_kind, canonical_status};
+use crate::domain::catalog::{Catalog, CatalogHandle, canonical_kind, canonical_status};
+use crate::domain::overdue::{can_be_overdue, overdue};
 use crate::domain::reconcile::{EventSummary, Operation, Phase, Reconciler};
 use crate::domain::webhook::{check_key, check_name};
 use crate::feed::{ChangeFeed, FeedError, FeedFilter};
 use crate::pb;
 use crate::pb::operation_status_service_server::OperationStatusService;
+use crate::store::{Expectation, Selection, StatusIndex};
 use crate::store::{Lookup, Store, StoreError};
-use crate::store::{Selection, StatusIndex};
 pub use maintenance::MaintenanceApi;
 pub(crate) use outcome::OutcomeLayer;
 use page_token::PageTokens;
@@ -198,6 +199,54 @@ impl OperationStatusApi {
         }
     }
 
+    /// A page of the operations overdue at `now`, most overdue first (`ListByStatus` with
+    /// `overdue`).
+    fn list_overdue(
+        &self,
+        query: &ListQuery,
+        fingerprint: &str,
+        page_token: &str,
+        catalog: &Catalog,
+        now: i64,
+    ) -> Result<Response<pb::ListByStatusResponse>, Status> {
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            Some(
+                self.tokens
+                    .open_overdue(fingerprint, page_token)
+                    .map_err(|e| ApiError::InvalidArgument(e.to_string()))?,
+            )
+        };
+        let (hits, more) = self
+            .index
+            .overdue_page(
+                &query.expectations(catalog),
+                now,
+                after.as_ref(),
+                query.page_size,
+            )
+            .map_err(ApiError::from)?;
+        let next_page_token = match hits.last() {
+            Some((op, late)) if more => self
+                .tokens
+                .issue_overdue(fingerprint, &(late.due, op.kind.clone(), op.key.clone())),
+            _ => String::new(),
+        };
+        let operations = hits
+            .iter()
+            .map(|(op, late)| {
+                let mut out = pb::Operation::from(op);
+                out.overdue = Some(pb::Overdue::from(late));
+                out
+            })
+            .collect();
+        Ok(Response::new(pb::ListByStatusResponse {
+            operations,
+            next_page_token,
+        }))
+    }
+
     /// `op` with its history as `view` and `include_raw` ask, within [`MAX_RESPONSE_BYTES`]:
     /// the oldest entries are left out if even bare entries do not fit (their count is
     /// returned), then data and raw payloads are added newest first while they fit (the
@@ -306,6 +355,8 @@ fn canonical_set(
 struct ListQuery {
     kind: Option<String>,
     selection: Selection,
+    /// Only overdue operations (then `selection` holds the statuses asked for, maybe none).
+    overdue: bool,
     page_size: usize,
 }
 
@@ -317,11 +368,18 @@ impl ListQuery {
         let statuses = canonical_set(&req.statuses, "statuses", canonical_status)?;
         let phase = phase_of(req.phase, "phase")?;
         let selection = match (statuses.is_empty(), phase) {
+            (_, Some(_)) if req.overdue => {
+                return Err(ApiError::InvalidArgument(
+                    "an overdue list is narrowed by statuses, not a phase: leave phase unset"
+                        .into(),
+                ));
+            }
+            (_, None) if req.overdue => Selection::Statuses(statuses.into_iter().collect()),
             (false, None) => Selection::Statuses(statuses.into_iter().collect()),
             (true, Some(phase)) => Selection::Phase(phase),
             (true, None) => {
                 return Err(ApiError::InvalidArgument(
-                    "give statuses or a phase to list by".into(),
+                    "give statuses or a phase to list by (or ask for the overdue ones)".into(),
                 ));
             }
             (false, Some(_)) => {
@@ -346,8 +404,25 @@ impl ListQuery {
         Ok(ListQuery {
             kind,
             selection,
+            overdue: req.overdue,
             page_size,
         })
+    }
+
+    /// The catalog's expectations this overdue list covers: its kind's, in its statuses.
+    fn expectations<'c>(&self, catalog: &'c Catalog) -> Vec<Expectation<'c>> {
+        let statuses = match &self.selection {
+            Selection::Statuses(statuses) => statuses.as_slice(),
+            Selection::Phase(_) => &[],
+        };
+        catalog
+            .expectations()
+            .into_iter()
+            .filter(|(kind, status, _)| {
+                self.kind.as_deref().is_none_or(|k| k == *kind)
+                    && (statuses.is_empty() || statuses.iter().any(|s| s == status))
+            })
+            .collect()
     }
 
     /// A description of the query (not the page), which page tokens are bound to.
@@ -356,7 +431,11 @@ impl ListQuery {
             Selection::Statuses(s) => format!("statuses={}", s.join("\u{0}")),
             Selection::Phase(p) => format!("phase={}", p.as_str()),
         };
-        format!("kind={}|{selection}", self.kind.as_deref().unwrap_or(""))
+        let overdue = if self.overdue { "|overdue" } else { "" };
+        format!(
+            "kind={}|{selection}{overdue}",
+            self.kind.as_deref().unwrap_or("")
+        )
     }
 }
 
@@ -401,7 +480,11 @@ impl OperationStatusService for OperationStatusApi {
         let view = pb::OperationView::try_from(req.view)
             .map_err(|_| ApiError::InvalidArgument(format!("view has no value {}", req.view)))?;
         let op = self.find(&req.key, &req.kind)?;
-        let (operation, history_omitted) = self.with_history(&op, view, req.include_raw_payload)?;
+        let (mut operation, history_omitted) =
+            self.with_history(&op, view, req.include_raw_payload)?;
+        let catalog = self.catalog.current();
+        operation.overdue =
+            overdue(&catalog, &op, crate::clock::now_millis()).map(|o| pb::Overdue::from(&o));
         Ok(Response::new(pb::GetOperationResponse {
             operation: Some(operation),
             history_omitted,
@@ -415,6 +498,11 @@ impl OperationStatusService for OperationStatusApi {
         let req = request.into_inner();
         let query = ListQuery::parse(&req, |k| self.kind_named(k))?;
         let fingerprint = query.fingerprint();
+        let catalog = self.catalog.current();
+        let now = crate::clock::now_millis();
+        if query.overdue {
+            return self.list_overdue(&query, &fingerprint, &req.page_token, &catalog, now);
+        }
         let after = if req.page_token.is_empty() {
             None
         } else {
@@ -439,8 +527,23 @@ impl OperationStatusService for OperationStatusApi {
                 .issue(&fingerprint, &(last.kind.clone(), last.key.clone())),
             _ => String::new(),
         };
+        let mut page = Vec::with_capacity(operations.len());
+        for op in &operations {
+            let mut out = pb::Operation::from(op);
+            // Only an operation whose status has an expectation can be overdue: its history
+            // (which the index entry leaves out) says since when.
+            if can_be_overdue(op.phase) && catalog.expectation(&op.kind, &op.status).is_some() {
+                out.overdue = self
+                    .store
+                    .operation(&op.kind, &op.key)
+                    .map_err(ApiError::from)?
+                    .and_then(|full| overdue(&catalog, &full, now))
+                    .map(|o| pb::Overdue::from(&o));
+            }
+            page.push(out);
+        }
         Ok(Response::new(pb::ListByStatusResponse {
-            operations: operations.iter().map(pb::Operation::from).collect(),
+            operations: page,
             next_page_token,
         }))
     }

@@ -10,9 +10,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::store::Cursor;
+use crate::store::{Cursor, OverdueCursor};
 
 const VERSION: u8 = 1;
+/// A token of an overdue list: the due time of the last operation comes first.
+const OVERDUE_VERSION: u8 = 2;
 const MAC_LEN: usize = 16;
 
 /// Why a page token was refused.
@@ -46,9 +48,38 @@ impl PageTokens {
 
     /// A token for the page after `cursor` of the query described by `query`.
     pub fn issue(&self, query: &str, cursor: &Cursor) -> String {
+        self.issue_with(query, VERSION, &[], cursor)
+    }
+
+    /// A token for the page of an overdue list after `cursor` (due time, kind, key).
+    pub fn issue_overdue(&self, query: &str, cursor: &OverdueCursor) -> String {
+        let (due, kind, key) = cursor;
+        self.issue_with(
+            query,
+            OVERDUE_VERSION,
+            &due.to_be_bytes(),
+            &(kind.clone(), key.clone()),
+        )
+    }
+
+    /// The cursor in `token`, if this service issued it for `query`.
+    pub fn open(&self, query: &str, token: &str) -> Result<Cursor, PageTokenError> {
+        self.open_with(query, token, VERSION, 0)
+            .map(|(_, cursor)| cursor)
+    }
+
+    /// The cursor in an overdue list's `token`, if this service issued it for `query`.
+    pub fn open_overdue(&self, query: &str, token: &str) -> Result<OverdueCursor, PageTokenError> {
+        let (head, (kind, key)) = self.open_with(query, token, OVERDUE_VERSION, 8)?;
+        let due = i64::from_be_bytes(head.try_into().map_err(|_| PageTokenError::Malformed)?);
+        Ok((due, kind, key))
+    }
+
+    fn issue_with(&self, query: &str, version: u8, head: &[u8], cursor: &Cursor) -> String {
         let (kind, key) = cursor;
-        let mut bytes = Vec::with_capacity(3 + kind.len() + key.len() + MAC_LEN);
-        bytes.push(VERSION);
+        let mut bytes = Vec::with_capacity(3 + head.len() + kind.len() + key.len() + MAC_LEN);
+        bytes.push(version);
+        bytes.extend_from_slice(head);
         bytes.extend_from_slice(&(kind.len() as u16).to_be_bytes());
         bytes.extend_from_slice(kind.as_bytes());
         bytes.extend_from_slice(key.as_bytes());
@@ -57,12 +88,18 @@ impl PageTokens {
         URL_SAFE_NO_PAD.encode(bytes)
     }
 
-    /// The cursor in `token`, if this service issued it for `query`.
-    pub fn open(&self, query: &str, token: &str) -> Result<Cursor, PageTokenError> {
+    /// The `head_len` bytes after the version, and the cursor, of a token of `version`.
+    fn open_with(
+        &self,
+        query: &str,
+        token: &str,
+        version: u8,
+        head_len: usize,
+    ) -> Result<(Vec<u8>, Cursor), PageTokenError> {
         let bytes = URL_SAFE_NO_PAD
             .decode(token)
             .map_err(|_| PageTokenError::Malformed)?;
-        if bytes.len() < 3 + MAC_LEN || bytes[0] != VERSION {
+        if bytes.len() < 3 + head_len + MAC_LEN || bytes[0] != version {
             return Err(PageTokenError::Malformed);
         }
         let (payload, mac) = bytes.split_at(bytes.len() - MAC_LEN);
@@ -71,14 +108,15 @@ impl PageTokens {
         check
             .verify_truncated_left(mac)
             .map_err(|_| PageTokenError::Forged)?;
-        let kind_len = u16::from_be_bytes([payload[1], payload[2]]) as usize;
-        let rest = &payload[3..];
+        let (head, payload) = payload[1..].split_at(head_len);
+        let kind_len = u16::from_be_bytes([payload[0], payload[1]]) as usize;
+        let rest = &payload[2..];
         if kind_len > rest.len() {
             return Err(PageTokenError::Malformed);
         }
         let (kind, key) = rest.split_at(kind_len);
         let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| PageTokenError::Malformed);
-        Ok((text(kind)?, text(key)?))
+        Ok((head.to_vec(), (text(kind)?, text(key)?)))
     }
 
     fn hmac(&self, query: &str) -> Hmac<Sha256> {

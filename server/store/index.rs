@@ -1,5 +1,6 @@
-//! Index upkeep: the status and phase indexes and the per-(kind, phase, status) counters
-//! that every operation write keeps, and the check that they agree with the operations.
+//! Index upkeep: the status and phase indexes, the index of operations on their way by when
+//! they took their status (for overdue ones), and the per-(kind, phase, status) counters that
+//! every operation write keeps, and the check that they agree with the operations.
 //!
 //! [`put_operation`] is the one place that knows which index entries and counters an
 //! operation has; the writer, rebuild and [`Store::check_indexes`] all go through it, and
@@ -10,6 +11,7 @@ use sled::IVec;
 
 use super::record::{encode, u64_from_be};
 use super::{Key, Meta, OperationCount, SpaceId, Store, StoreError, Writes, keys};
+use crate::domain::overdue::{can_be_overdue, status_since};
 use crate::domain::reconcile::{Operation, Phase};
 
 impl Store {
@@ -24,6 +26,24 @@ impl Store {
             writes.add_count(count_key(&op?), 1);
         }
         writes.put(Key::Meta(Meta::CountsReady), &[1u8][..]);
+        writes.apply(&self.trees.all)?;
+        Ok(())
+    }
+
+    /// Indexes every operation on its way by when it took its status, once, for a store
+    /// written before that index existed (a scan, once); from then on every change keeps it.
+    pub(super) fn ensure_status_since(&self) -> Result<(), StoreError> {
+        if self.get(Key::Meta(Meta::StatusSinceReady))?.is_some() {
+            return Ok(());
+        }
+        let mut writes = Writes::default();
+        for op in self.operations() {
+            let op = op?;
+            if let Some(since) = since_entry(&op) {
+                writes.put(since, &[][..]);
+            }
+        }
+        writes.put(Key::Meta(Meta::StatusSinceReady), &[1u8][..]);
         writes.apply(&self.trees.all)?;
         Ok(())
     }
@@ -73,14 +93,13 @@ impl Store {
             }
         }
         let mut actual = std::collections::BTreeMap::new();
-        for index in [&self.trees.status_index, &self.trees.phase_index] {
+        for (index, id) in [
+            (&self.trees.status_index, SpaceId::StatusIndex),
+            (&self.trees.phase_index, SpaceId::PhaseIndex),
+            (&self.trees.status_since, SpaceId::StatusSince),
+        ] {
             for kv in index.iter() {
                 let (k, v) = kv?;
-                let id = if std::ptr::eq(index, &self.trees.status_index) {
-                    SpaceId::StatusIndex
-                } else {
-                    SpaceId::PhaseIndex
-                };
                 let mut key = vec![id as u8];
                 key.extend_from_slice(&k);
                 actual.insert(key, Some(v));
@@ -138,6 +157,14 @@ pub(crate) fn put_operation(writes: &mut Writes, before: Option<&Operation>, aft
         if before.phase != after.phase {
             delete_phase_entry(writes, before);
         }
+        if let Some(was) = since_entry(before)
+            && since_entry(after) != Some(was)
+        {
+            writes.delete(was);
+        }
+    }
+    if let Some(since) = since_entry(after) {
+        writes.put(since, &[][..]);
     }
     let summary = IVec::from(index_value(after));
     let (kind, key) = (after.kind.as_str(), after.key.as_str());
@@ -165,10 +192,38 @@ pub(crate) fn delete_operation(writes: &mut Writes, before: &Operation) {
     writes.add_count(count_key(before), -1);
     delete_status_entry(writes, before);
     delete_phase_entry(writes, before);
+    if let Some(since) = since_entry(before) {
+        writes.delete(since);
+    }
     writes.delete(Key::Operation {
         kind: &before.kind,
         key: &before.key,
     });
+}
+
+/// `op` as much as its index entries need: without its history, except the webhooks in its
+/// current status, which say since when it holds it ([`status_since`]). What the writer keeps
+/// of an operation's state before a batch.
+pub(crate) fn as_indexed(op: &Operation) -> Operation {
+    let mut indexed = op.without_history();
+    indexed.history = op
+        .history
+        .iter()
+        .filter(|e| e.status == op.status)
+        .cloned()
+        .collect();
+    indexed
+}
+
+/// An operation's entry in the `D` space (by when it took its status), if it is still on its
+/// way: only those can be overdue.
+fn since_entry(op: &Operation) -> Option<Key<'_>> {
+    can_be_overdue(op.phase).then(|| Key::StatusSince {
+        kind: &op.kind,
+        status: &op.status,
+        since: status_since(op),
+        key: &op.key,
+    })
 }
 
 /// The counter an operation is counted in.

@@ -10,6 +10,7 @@
 //! | `P` | `PhaseIndex` | `phase byte, kind \0 key` | the operation without history |
 //! | `Q` | `Quarantine(id)` | id, u64 big-endian | the quarantined webhook |
 //! | `C` | `Count` | `kind \0 phase byte \0 status` | how many operations are there, u64 big-endian (absent: none) |
+//! | `D` | `StatusSince` | `kind \0 status \0 since (8 bytes) key` | empty: an operation on its way, by when it took its status |
 //! | `M` | `Meta(name)` | the name | counters, secrets, format version |
 //!
 //! Kinds, statuses and keys never contain control characters (the normalizer quarantines
@@ -71,6 +72,19 @@ pub(crate) enum Key<'a> {
         /// The status.
         status: &'a str,
     },
+    /// An operation still on its way (pending or active), by when it took its status
+    /// ([`crate::domain::overdue::status_since`]): the overdue ones of a (kind, status) are
+    /// a prefix of its run, whatever the expectation.
+    StatusSince {
+        /// Its kind.
+        kind: &'a str,
+        /// Its status.
+        status: &'a str,
+        /// When it took that status, ms since the epoch.
+        since: i64,
+        /// Its key.
+        key: &'a str,
+    },
     /// A named value of the store itself.
     Meta(Meta),
 }
@@ -100,6 +114,8 @@ pub(crate) enum Meta {
     /// the same batch as the rebuild: a start under another catalog (a reload a crash cut
     /// short, or a changed `--catalog`) rebuilds again.
     CatalogFingerprint,
+    /// Present once the `D` space holds every operation on its way.
+    StatusSinceReady,
 }
 
 impl Meta {
@@ -115,6 +131,7 @@ impl Meta {
             Meta::CountsReady => b"counts_ready",
             Meta::StreamThrough => b"stream_through",
             Meta::CatalogFingerprint => b"catalog_fingerprint",
+            Meta::StatusSinceReady => b"status_since_ready",
         }
     }
 }
@@ -129,6 +146,7 @@ pub(crate) enum SpaceId {
     PhaseIndex = b'P' as isize,
     Quarantine = b'Q' as isize,
     Counts = b'C' as isize,
+    StatusSince = b'D' as isize,
     Meta = b'M' as isize,
 }
 
@@ -140,6 +158,24 @@ pub(crate) fn phase_byte(phase: Phase) -> u8 {
         Phase::Succeeded => b'S',
         Phase::Failed => b'F',
     }
+}
+
+/// The run of the `D` space that holds one (kind, status).
+pub(crate) fn status_since_prefix(kind: &str, status: &str) -> Vec<u8> {
+    let mut k = joined(&[kind.as_bytes(), status.as_bytes()]);
+    k.push(0);
+    k
+}
+
+/// A time as 8 bytes that sort as the times do (big-endian, sign bit flipped: times before
+/// 1970 sort first).
+pub(crate) fn since_bytes(since: i64) -> [u8; 8] {
+    ((since as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// The time [`since_bytes`] wrote.
+pub(crate) fn since_from_bytes(bytes: [u8; 8]) -> i64 {
+    (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
 }
 
 fn joined(parts: &[&[u8]]) -> Vec<u8> {
@@ -164,6 +200,7 @@ impl Key<'_> {
             Key::PhaseIndex { .. } => SpaceId::PhaseIndex,
             Key::Quarantine(_) => SpaceId::Quarantine,
             Key::Count { .. } => SpaceId::Counts,
+            Key::StatusSince { .. } => SpaceId::StatusSince,
             Key::Meta(_) => SpaceId::Meta,
         }
     }
@@ -187,6 +224,17 @@ impl Key<'_> {
                 phase,
                 status,
             } => joined(&[kind.as_bytes(), &[phase_byte(phase)], status.as_bytes()]),
+            Key::StatusSince {
+                kind,
+                status,
+                since,
+                key,
+            } => {
+                let mut k = status_since_prefix(kind, status);
+                k.extend_from_slice(&since_bytes(since));
+                k.extend_from_slice(key.as_bytes());
+                k
+            }
             Key::Meta(name) => name.name().to_vec(),
         }
     }

@@ -76,7 +76,7 @@ pub use open::{CHECKPOINT_INTERVAL_MS, DEFAULT_CACHE_MB, STORE_FORMAT};
 pub use rebuild::{RebuildReport, rebuild, rebuild_if_the_catalog_changed};
 pub(crate) use recent::RecentChanges;
 pub use snapshot::{Restored, restore};
-pub(crate) use status_index::{Cursor, Selection, StatusIndex};
+pub(crate) use status_index::{Cursor, Expectation, OverdueCursor, Selection, StatusIndex};
 pub use writer::WriterLimits;
 pub(crate) use writer::{
     Ack, BatchReport, StreamOrigin, SubmitError, WriterHandle, WriterTask, spawn_writer,
@@ -273,6 +273,7 @@ struct Trees {
     phase_index: Space,
     quarantine: Space,
     counts: Space,
+    status_since: Space,
 }
 
 /// A handle on the data directory, cheap to clone. Reads go straight to sled.

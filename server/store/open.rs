@@ -67,6 +67,7 @@ impl Store {
             phase_index: space(SpaceId::PhaseIndex),
             quarantine: space(SpaceId::Quarantine),
             counts: space(SpaceId::Counts),
+            status_since: space(SpaceId::StatusSince),
             all,
         };
         let store = Store {
@@ -79,6 +80,7 @@ impl Store {
         store.ensure_random_meta(Meta::PageTokenSecret, 32, "the page-token secret")?;
         store.ensure_random_meta(Meta::StoreId, 16, "the store's identity")?;
         store.ensure_counts()?;
+        store.ensure_status_since()?;
         let log_ends = store.log.last_lsn();
         if log_ends < applied {
             return Err(StoreError::LogBehindView { log_ends, applied });

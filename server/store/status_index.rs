@@ -8,8 +8,10 @@
 
 use std::ops::Bound;
 
+use super::keys::{since_bytes, since_from_bytes, status_since_prefix};
 use super::record::decode;
-use super::{Space, Store, StoreError, phase_byte};
+use super::{Key, Space, Store, StoreError, phase_byte};
+use crate::domain::overdue::Overdue;
 use crate::domain::reconcile::{Operation, Phase};
 
 /// What to list.
@@ -23,6 +25,12 @@ pub enum Selection {
 
 /// A position in (kind, key) order: listing continues strictly after it.
 pub type Cursor = (String, String);
+
+/// A position in an overdue list, (due, kind, key): listing continues strictly after it.
+pub type OverdueCursor = (i64, String, String);
+
+/// An expectation: operations of this kind in this status are overdue after this many ms.
+pub type Expectation<'a> = (&'a str, &'a str, i64);
 
 /// Read access to the status and phase indexes.
 #[derive(Debug, Clone)]
@@ -73,6 +81,131 @@ impl StatusIndex {
             .map(|(_, value)| decode(value, "status_index"))
             .collect::<Result<_, _>>()?;
         Ok((operations, more))
+    }
+
+    /// Up to `limit` operations overdue at `now` (ms) under `expectations`, most overdue
+    /// first (by due time, then kind and key), strictly after `after`, and whether more
+    /// follow. Each expectation is one range of the `D` space: the operations of its (kind,
+    /// status) that took it at `now - expected` or before. The cost is the page, not the
+    /// store.
+    pub fn overdue_page(
+        &self,
+        expectations: &[Expectation<'_>],
+        now: i64,
+        after: Option<&OverdueCursor>,
+        limit: usize,
+    ) -> Result<(Vec<(Operation, Overdue)>, bool), StoreError> {
+        let mut hits: Vec<(OverdueCursor, Overdue)> = Vec::new();
+        for &(kind, status, expected) in expectations {
+            let prefix = status_since_prefix(kind, status);
+            let latest = now.saturating_sub(expected);
+            let earliest = after.map_or(i64::MIN, |(due, _, _)| due.saturating_sub(expected));
+            if earliest > latest {
+                continue;
+            }
+            let bound = |since: i64| {
+                let mut k = prefix.clone();
+                k.extend_from_slice(&since_bytes(since));
+                k
+            };
+            let end = match latest.checked_add(1) {
+                Some(next) => Bound::Excluded(bound(next)),
+                None => Bound::Excluded(prefix_end(&prefix).unwrap_or_default()),
+            };
+            let entries = self
+                .store
+                .trees
+                .status_since
+                .range(Bound::Included(bound(earliest)), end);
+            let mut taken = 0;
+            for kv in entries {
+                let (k, _) = kv?;
+                let rest = &k[prefix.len()..];
+                let (since, key) = rest
+                    .split_at_checked(8)
+                    .ok_or_else(|| StoreError::Corrupt {
+                        tree: "status_since",
+                        reason: "an entry shorter than its time".into(),
+                    })?;
+                let since = since_from_bytes(since.try_into().expect("split at 8 bytes"));
+                let due = since.saturating_add(expected);
+                let cursor = (
+                    due,
+                    kind.to_owned(),
+                    String::from_utf8_lossy(key).into_owned(),
+                );
+                if after.is_some_and(|a| cursor <= *a) {
+                    continue;
+                }
+                hits.push((
+                    cursor,
+                    Overdue {
+                        status: status.to_owned(),
+                        since,
+                        expected_within: expected,
+                        due,
+                    },
+                ));
+                taken += 1;
+                if taken > limit {
+                    break;
+                }
+            }
+        }
+        hits.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let more = hits.len() > limit;
+        hits.truncate(limit);
+        let mut out = Vec::with_capacity(hits.len());
+        for ((_, kind, key), overdue) in hits {
+            let entry = Key::StatusIndex {
+                status: &overdue.status,
+                kind: &kind,
+                key: &key,
+            };
+            let value = self.store.get(entry)?.ok_or_else(|| StoreError::Corrupt {
+                tree: "status_since",
+                reason: format!(
+                    "{kind}/{key} is indexed as on its way but not in the status index"
+                ),
+            })?;
+            out.push((decode(&value, "status_index")?, overdue));
+        }
+        Ok((out, more))
+    }
+
+    /// How many operations are overdue at `now` under each expectation: (kind, status,
+    /// count), a count of one range each (what the metric reports).
+    pub fn overdue_counts(
+        &self,
+        expectations: &[Expectation<'_>],
+        now: i64,
+    ) -> Result<Vec<(String, String, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for &(kind, status, expected) in expectations {
+            let prefix = status_since_prefix(kind, status);
+            let mut start = prefix.clone();
+            start.extend_from_slice(&since_bytes(i64::MIN));
+            let end = match now.saturating_sub(expected).checked_add(1) {
+                Some(next) => {
+                    let mut k = prefix.clone();
+                    k.extend_from_slice(&since_bytes(next));
+                    Bound::Excluded(k)
+                }
+                None => Bound::Excluded(prefix_end(&prefix).unwrap_or_default()),
+            };
+            let mut count = 0u64;
+            for kv in self
+                .store
+                .trees
+                .status_since
+                .range(Bound::Included(start), end)
+            {
+                kv?;
+                count += 1;
+            }
+            out.push((kind.to_owned(), status.to_owned(), count));
+        }
+        Ok(out)
     }
 
     /// Appends to `hits` up to `limit` (kind, key) pairs of `tree` under `prefix`, strictly

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::index::put_operation;
+use super::index::{as_indexed, put_operation};
 use super::log::{Entry, PayloadRef, Record};
 use super::record::{StoredEvent, encode};
 use super::{Change, EventEntry, EventRef, Key, Meta, QuarantineEntry, Store, StoreError, Writes};
@@ -117,8 +117,8 @@ struct Batch<'a> {
     reconciler: Reconciler<'a>,
     catalog: &'a Catalog,
     writes: Writes,
-    /// Touched operations by (kind, key): their state before the batch (without history:
-    /// only its index entries matter) and after.
+    /// Touched operations by (kind, key): their state before the batch (as much as its
+    /// index entries need, [`as_indexed`]) and after.
     operations: HashMap<(String, String), (Option<Operation>, Operation)>,
     changes: AppliedChanges,
 }
@@ -138,7 +138,7 @@ impl Batch<'_> {
             Some((before, current)) => (before, Some(current)),
             None => {
                 let stored = self.store.operation(&envelope.kind, &envelope.key)?;
-                (stored.as_ref().map(Operation::without_history), stored)
+                (stored.as_ref().map(as_indexed), stored)
             }
         };
         let previous = current.as_ref().map(|op| (op.status.clone(), op.phase));

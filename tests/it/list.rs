@@ -215,6 +215,7 @@ async fn bad_requests_and_forged_tokens_are_invalid_arguments() {
             phase: phase as i32,
             page_size,
             page_token: token.into(),
+            overdue: false,
         }
     };
     let first = grpc

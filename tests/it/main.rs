@@ -26,6 +26,7 @@ mod integrity;
 mod list;
 mod logs;
 mod memory;
+mod overdue;
 mod rebuild;
 mod reconciliation;
 mod restart;

@@ -1,0 +1,333 @@
+//! Overdue operations (#25): a status held longer than the catalog expects is an answer of
+//! `GetOperation`, `ListByStatus` (`overdue`), the CLI and the metrics. Expectations here
+//! are seconds; the waits poll what a user would see, never sleep a fixed time.
+
+use std::time::Duration;
+
+use crate::test_server::{TestServer, webhook};
+use qistatus::pb;
+
+fn rfc3339_ago(ago: chrono::Duration) -> String {
+    (chrono::Utc::now() - ago).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+async fn start_with_catalog(text: &str) -> (TestServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog_file = dir.path().join("catalog.toml");
+    std::fs::write(&catalog_file, text).unwrap();
+    let mut settings = qistatus::Settings::new(dir.path().join("data"));
+    settings.catalog = qistatus::domain::catalog::Catalog::load(Some(&catalog_file)).unwrap();
+    settings.catalog_file = Some(catalog_file);
+    (TestServer::start_with(settings).await, dir)
+}
+
+async fn list_overdue(
+    server: &TestServer,
+    page_size: u32,
+    token: &str,
+) -> pb::ListByStatusResponse {
+    server
+        .grpc()
+        .await
+        .list_by_status(pb::ListByStatusRequest {
+            overdue: true,
+            page_size,
+            page_token: token.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn keys(response: &pb::ListByStatusResponse) -> Vec<&str> {
+    response.operations.iter().map(|o| o.key.as_str()).collect()
+}
+
+async fn cli(server: &TestServer, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(crate::process::CLI_BIN)
+        .args(["--server", &format!("http://{}", server.grpc)])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn an_operation_that_does_not_move_becomes_overdue_until_it_changes() {
+    let (server, _dir) = start_with_catalog(
+        "[kinds.debt.expect]\nwaiting_signature = \"3s\"\nwaiting_disbursement = \"1h\"\n",
+    )
+    .await;
+    // Reached `waiting_signature` ten days ago by QI's account (the webhook came late): it
+    // has been held that long, so it is overdue at once.
+    let ten_days_ago = rfc3339_ago(chrono::Duration::days(10));
+    server
+        .post_ok(webhook("debt", "old-1", "waiting_signature", &ten_days_ago))
+        .await;
+    let now = rfc3339_ago(chrono::Duration::zero());
+    server
+        .post_ok(webhook("debt", "late-1", "waiting_signature", &now))
+        .await;
+    server
+        .post_ok(webhook("debt", "fresh-1", "waiting_disbursement", &now))
+        .await;
+    // An operation whose status has no expectation, and one that ended, are never overdue.
+    server
+        .post_ok(webhook(
+            "debt",
+            "done-1",
+            "waiting_signature",
+            &ten_days_ago,
+        ))
+        .await;
+    server
+        .post_ok(webhook("debt", "done-1", "canceled", &ten_days_ago))
+        .await;
+
+    let old = server.get("old-1", "debt").await.unwrap();
+    let late = old.overdue.as_ref().expect("overdue at once");
+    assert_eq!(late.status, "waiting_signature");
+    assert_eq!(
+        late.expected_within,
+        Some(prost_types::Duration {
+            seconds: 3,
+            nanos: 0
+        })
+    );
+    let since = late.since.unwrap();
+    let given = chrono::DateTime::parse_from_rfc3339(&ten_days_ago).unwrap();
+    assert_eq!(
+        since.seconds,
+        given.timestamp(),
+        "since QI says it was reached"
+    );
+    assert_eq!(late.due.unwrap().seconds, since.seconds + 3);
+    assert!(
+        server
+            .get("late-1", "debt")
+            .await
+            .unwrap()
+            .overdue
+            .is_none()
+    );
+    assert!(
+        server
+            .get("fresh-1", "debt")
+            .await
+            .unwrap()
+            .overdue
+            .is_none()
+    );
+    assert!(
+        server
+            .get("done-1", "debt")
+            .await
+            .unwrap()
+            .overdue
+            .is_none()
+    );
+    assert_eq!(keys(&list_overdue(&server, 0, "").await), ["old-1"]);
+
+    // Three seconds on, the fresh one is overdue too, after the older one.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if server
+            .get("late-1", "debt")
+            .await
+            .unwrap()
+            .overdue
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "late-1 never became overdue"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        keys(&list_overdue(&server, 0, "").await),
+        ["old-1", "late-1"]
+    );
+    // Page by page, most overdue first.
+    let first = list_overdue(&server, 1, "").await;
+    assert_eq!(keys(&first), ["old-1"]);
+    assert!(!first.next_page_token.is_empty());
+    let second = list_overdue(&server, 1, &first.next_page_token).await;
+    assert_eq!(keys(&second), ["late-1"]);
+    assert!(second.next_page_token.is_empty());
+    // A token of an overdue list is not a token of another list.
+    let other = server
+        .grpc()
+        .await
+        .list_by_status(pb::ListByStatusRequest {
+            statuses: vec!["waiting_signature".into()],
+            page_token: first.next_page_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), tonic::Code::InvalidArgument);
+    // An overdue list narrowed by a phase is refused, by name.
+    let phase = server
+        .grpc()
+        .await
+        .list_by_status(pb::ListByStatusRequest {
+            overdue: true,
+            phase: pb::Phase::Pending as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(phase.code(), tonic::Code::InvalidArgument);
+    assert!(phase.message().contains("phase"), "{}", phase.message());
+    // A plain list by status says which are overdue too.
+    let listed = server
+        .grpc()
+        .await
+        .list_by_status(pb::ListByStatusRequest {
+            statuses: vec!["waiting_signature".into(), "waiting_disbursement".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let marked: Vec<(&str, bool)> = listed
+        .operations
+        .iter()
+        .map(|o| (o.key.as_str(), o.overdue.is_some()))
+        .collect();
+    assert_eq!(
+        marked,
+        [("fresh-1", false), ("late-1", true), ("old-1", true)]
+    );
+
+    // The CLI says it plainly, and as JSON.
+    let human = cli(&server, &["get", "old-1"]).await;
+    assert!(
+        human.contains("OVERDUE     waiting_signature since"),
+        "{human}"
+    );
+    assert!(human.contains("expected to move within 3s"), "{human}");
+    let json: serde_json::Value =
+        serde_json::from_str(&cli(&server, &["--json", "get", "old-1"]).await).unwrap();
+    assert_eq!(json["overdue"]["status"], "waiting_signature");
+    assert_eq!(json["overdue"]["expected_within"], "3s");
+    assert!(
+        json["overdue"]["since"]
+            .as_str()
+            .unwrap()
+            .starts_with(&ten_days_ago[..10])
+    );
+    let listed = cli(&server, &["list", "--overdue", "--kind", "debt"]).await;
+    let rows: Vec<&str> = listed.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{listed}");
+    assert!(
+        rows[0].contains("old-1") && rows[1].contains("late-1"),
+        "{listed}"
+    );
+
+    // The metric counts them by kind and status.
+    let metrics = reqwest::get(format!("http://{}/metrics", server.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .contains(r#"qistatus_overdue_operations{kind="debt",status="waiting_signature"} 2"#),
+        "{metrics}"
+    );
+
+    // A change clears it: the next status has its own clock.
+    server
+        .post_ok(webhook("debt", "late-1", "waiting_balance_block", &now))
+        .await;
+    assert!(
+        server
+            .get("late-1", "debt")
+            .await
+            .unwrap()
+            .overdue
+            .is_none()
+    );
+    assert_eq!(keys(&list_overdue(&server, 0, "").await), ["old-1"]);
+    // A resend of the old status from before does not bring it back either: a stage never
+    // moves an operation back.
+    server
+        .post_ok(webhook(
+            "debt",
+            "late-1",
+            "waiting_signature",
+            &ten_days_ago,
+        ))
+        .await;
+    assert!(
+        server
+            .get("late-1", "debt")
+            .await
+            .unwrap()
+            .overdue
+            .is_none()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_that_shortens_an_expectation_makes_operations_overdue_at_once_and_a_restart_keeps_them()
+ {
+    let (server, dir) =
+        start_with_catalog("[kinds.debt.expect]\nwaiting_disbursement = \"1h\"\n").await;
+    let two_minutes_ago = rfc3339_ago(chrono::Duration::minutes(2));
+    server
+        .post_ok(webhook(
+            "debt",
+            "d-1",
+            "waiting_disbursement",
+            &two_minutes_ago,
+        ))
+        .await;
+    assert!(server.get("d-1", "debt").await.unwrap().overdue.is_none());
+    assert!(keys(&list_overdue(&server, 0, "").await).is_empty());
+
+    std::fs::write(
+        dir.path().join("catalog.toml"),
+        "[kinds.debt.expect]\nwaiting_disbursement = \"1m\"\n",
+    )
+    .unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/catalog/reload", server.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        200,
+        "{:?}",
+        response.text().await
+    );
+    let op = server.get("d-1", "debt").await.unwrap();
+    assert_eq!(
+        op.overdue.map(|o| o.expected_within.unwrap().seconds),
+        Some(60)
+    );
+    assert_eq!(keys(&list_overdue(&server, 0, "").await), ["d-1"]);
+
+    // A restart on the same directory answers the same.
+    let settings = {
+        let mut s = qistatus::Settings::new(dir.path().join("data"));
+        let file = dir.path().join("catalog.toml");
+        s.catalog = qistatus::domain::catalog::Catalog::load(Some(&file)).unwrap();
+        s.catalog_file = Some(file);
+        s
+    };
+    server.stop().await;
+    let server = TestServer::start_with(settings).await;
+    assert_eq!(keys(&list_overdue(&server, 0, "").await), ["d-1"]);
+    server.stop().await;
+}

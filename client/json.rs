@@ -86,6 +86,11 @@ pub fn stats(stats: &pb::GetStatsResponse) -> Value {
         "quarantined": stats.quarantined,
         "head_sequence": stats.head_sequence,
         "store_id": stats.store_id,
+        "overdue": stats.overdue.iter().map(|o| serde_json::json!({
+            "kind": o.kind,
+            "status": o.status,
+            "operations": o.operations,
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -608,6 +608,14 @@ fn print_stats(stats: &pb::GetStatsResponse) {
         "{total} operation(s); {} quarantined webhook(s)",
         stats.quarantined
     );
+    for o in stats.overdue.iter().filter(|o| o.operations > 0) {
+        println!(
+            "{} {} overdue in {} (qistatus list --overdue)",
+            o.operations,
+            printable(&o.kind),
+            printable(&o.status)
+        );
+    }
     println!(
         "head sequence {} of store {}",
         stats.head_sequence, stats.store_id

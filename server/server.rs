@@ -544,10 +544,14 @@ async fn serve_grpc(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let maintenance = pb::maintenance_service_server::MaintenanceServiceServer::new(
-        MaintenanceApi::new(core.store.clone(), core.feed.clone(), core.writer.clone()),
-    )
-    .max_decoding_message_size(crate::grpc::MAX_REQUEST_BYTES);
+    let maintenance =
+        pb::maintenance_service_server::MaintenanceServiceServer::new(MaintenanceApi::new(
+            core.store.clone(),
+            core.feed.clone(),
+            core.writer.clone(),
+            core.catalog.clone(),
+        ))
+        .max_decoding_message_size(crate::grpc::MAX_REQUEST_BYTES);
     let api = pb::operation_status_service_server::OperationStatusServiceServer::new(
         OperationStatusApi::new(core.catalog.clone(), core.store.clone(), core.feed.clone())?,
     )

@@ -89,6 +89,7 @@ pub(crate) fn router(state: ConsoleState) -> Router {
         .route("/operations/{key}/webhooks/{sequence}", get(payload))
         .route("/operations/{key}/webhooks/{sequence}/reveal", post(reveal))
         .route("/list", get(list))
+        .route("/overdue", get(overdue))
         .route("/quarantine", get(quarantine))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
@@ -492,6 +493,72 @@ async fn list(
         &viewer,
         "Lists",
         pages::list(&kinds, &form, &operations, next),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct OverdueQuery {
+    kind: Option<String>,
+    after_due: Option<i64>,
+    after_kind: Option<String>,
+    after_key: Option<String>,
+}
+
+/// `GET /ui/overdue`.
+async fn overdue(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Query(query): Query<OverdueQuery>,
+) -> Result<Markup, ConsoleError> {
+    let viewer = viewer(&state, &headers)?;
+    let catalog = state.catalog.current();
+    let kind = query
+        .kind
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty())
+        .map(|k| catalog.resolve_kind(&k));
+    if let Some(kind) = &kind {
+        check_name("kind", kind).map_err(ConsoleError::BadRequest)?;
+    }
+    let after = match (query.after_due, query.after_kind, query.after_key) {
+        (Some(due), Some(k), Some(key)) => Some((due, k, key)),
+        _ => None,
+    };
+    let expectations: Vec<(String, String, i64)> = catalog
+        .expectations()
+        .into_iter()
+        .filter(|(k, _, _)| kind.as_deref().is_none_or(|want| want == *k))
+        .map(|(k, s, ms)| (k.to_owned(), s.to_owned(), ms))
+        .collect();
+    let count = expectations.len();
+    let now = crate::clock::now_millis();
+    let index = StatusIndex::new(state.store.clone());
+    let (operations, more) = off_the_runtime(move || {
+        let borrowed: Vec<_> = expectations
+            .iter()
+            .map(|(k, s, ms)| (k.as_str(), s.as_str(), *ms))
+            .collect();
+        index.overdue_page(&borrowed, now, after.as_ref(), PAGE)
+    })
+    .await?;
+    let next = more.then(|| operations.last()).flatten().map(|(op, late)| {
+        let mut href = String::from("/ui/overdue?");
+        if let Some(k) = &kind {
+            href.push_str(&format!("kind={}&", pages::encode(k)));
+        }
+        href.push_str(&format!(
+            "after_due={}&after_kind={}&after_key={}",
+            late.due,
+            pages::encode(&op.kind),
+            pages::encode(&op.key)
+        ));
+        href
+    });
+    let kinds: Vec<String> = catalog.kinds.keys().cloned().collect();
+    Ok(page(
+        &viewer,
+        "Overdue",
+        pages::overdue(&kinds, kind.as_deref(), count, &operations, now, next),
     ))
 }
 

@@ -4,6 +4,7 @@
 
 use maud::{DOCTYPE, Markup, html};
 
+use crate::domain::overdue::Overdue;
 use crate::domain::reconcile::{Operation, Phase};
 use crate::domain::webhook::FactValue;
 use crate::store::{OperationCount, QuarantineEntry};
@@ -27,6 +28,7 @@ pub(crate) fn layout(title: &str, csrf: Option<&str>, body: Markup) -> Markup {
                     nav {
                         a href="/ui/" { "Overview" }
                         a href="/ui/list" { "Lists" }
+                        a href="/ui/overdue" { "Overdue" }
                         a href="/ui/quarantine" { "Quarantine" }
                     }
                     form.search method="get" action="/ui/operations" {
@@ -254,6 +256,68 @@ pub(crate) fn list(
             } }
             @if let Some(next) = next { p { a.next href=(next) { "Next page →" } } }
         }
+    }
+}
+
+/// `GET /ui/overdue`: the operations that should have moved by now, most overdue first.
+pub(crate) fn overdue(
+    kinds: &[String],
+    kind: Option<&str>,
+    expectations: usize,
+    operations: &[(Operation, Overdue)],
+    now: i64,
+    next: Option<String>,
+) -> Markup {
+    html! {
+        h1 { "Overdue" }
+        p.hint { "Operations that have held a status longer than the catalog expects (its "
+            code { "expect" } "), most overdue first. A webhook may have been lost: ask QI Tech to resend it, or check the operation with QI Tech." }
+        form.filters method="get" action="/ui/overdue" {
+            label { "Kind " select name="kind" {
+                option value="" { "any" }
+                @for k in kinds { option value=(k) selected[kind == Some(k.as_str())] { (k) } }
+            } }
+            button type="submit" { "List" }
+        }
+        @if expectations == 0 {
+            p { "The catalog expects nothing of any status" @if kind.is_some() { " of this kind" } ": nothing can be overdue. Set "
+                code { "[kinds.K.expect]" } " in the catalog file." }
+        } @else if operations.is_empty() {
+            p { "Nothing is overdue." }
+        } @else {
+            div.scroll { table {
+                thead { tr { th { "Kind" } th { "Key" } th { "Status" } th { "Since" } th { "Expected within" } th { "Overdue for" } } }
+                tbody {
+                    @for (op, late) in operations {
+                        tr {
+                            td { (op.kind) }
+                            td { a href=(operation_href(&op.kind, &op.key)) { code { (op.key) } } }
+                            td { (op.status) }
+                            td { (time(Some(late.since))) }
+                            td { (duration(late.expected_within)) }
+                            td { (duration(now.saturating_sub(late.due))) }
+                        }
+                    }
+                }
+            } }
+            @if let Some(next) = next { p { a.next href=(next) { "Next page →" } } }
+        }
+    }
+}
+
+/// A duration in ms as people read it, to the minute (`3d 4h`, `5m`, `under a minute`).
+fn duration(ms: i64) -> String {
+    let minutes = ms.max(0) / 60_000;
+    let (days, hours, minutes) = (minutes / 1440, minutes / 60 % 24, minutes % 60);
+    let parts: Vec<String> = [(days, "d"), (hours, "h"), (minutes, "m")]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect();
+    if parts.is_empty() {
+        "under a minute".into()
+    } else {
+        parts.join(" ")
     }
 }
 

@@ -7,12 +7,13 @@ use tonic::{Request, Response, Status};
 
 use super::ApiError;
 use super::convert::timestamp;
+use crate::domain::catalog::CatalogHandle;
 use crate::domain::reconcile::Phase;
 use crate::feed::ChangeFeed;
 use crate::pb;
 use crate::pb::maintenance_service_server::MaintenanceService;
-use crate::store::Store;
 use crate::store::WriterHandle;
+use crate::store::{StatusIndex, Store};
 
 /// Quarantine entries read ahead of a slow client.
 const QUARANTINE_BUFFER: usize = 16;
@@ -27,15 +28,23 @@ pub struct MaintenanceApi {
     store: Store,
     feed: ChangeFeed,
     writer: WriterHandle,
+    catalog: CatalogHandle,
 }
 
 impl MaintenanceApi {
-    /// Maintenance of `store`, whose head `feed` knows and which `writer` writes.
-    pub(crate) fn new(store: Store, feed: ChangeFeed, writer: WriterHandle) -> Self {
+    /// Maintenance of `store`, whose head `feed` knows and which `writer` writes; `catalog`
+    /// says which operations are overdue.
+    pub(crate) fn new(
+        store: Store,
+        feed: ChangeFeed,
+        writer: WriterHandle,
+        catalog: CatalogHandle,
+    ) -> Self {
         MaintenanceApi {
             store,
             feed,
             writer,
+            catalog,
         }
     }
 }
@@ -88,12 +97,20 @@ impl MaintenanceService for MaintenanceApi {
     ) -> Result<Response<pb::GetStatsResponse>, Status> {
         let store = self.store.clone();
         let head_sequence = self.feed.head();
+        let catalog = self.catalog.current();
         let read = tokio::task::spawn_blocking(move || {
-            Ok::<_, ApiError>((store.counts()?, store.quarantine_len(), store.id()?))
+            let overdue = StatusIndex::new(store.clone())
+                .overdue_counts(&catalog.expectations(), crate::clock::now_millis())?;
+            Ok::<_, ApiError>((
+                store.counts()?,
+                store.quarantine_len(),
+                store.id()?,
+                overdue,
+            ))
         })
         .await
         .map_err(|e| Status::internal(format!("reading the counters failed: {e}")))?;
-        let (mut counts, quarantined, store_id) = read?;
+        let (mut counts, quarantined, store_id, overdue) = read?;
         // Phases in the order an operation goes through them.
         let step = |p| Phase::ALL.iter().position(|q| *q == p);
         counts.sort_by(|a, b| {
@@ -104,6 +121,14 @@ impl MaintenanceService for MaintenanceApi {
             head_sequence,
             quarantined: quarantined as u64,
             store_id,
+            overdue: overdue
+                .into_iter()
+                .map(|(kind, status, operations)| pb::OverdueCount {
+                    kind,
+                    status,
+                    operations,
+                })
+                .collect(),
         }))
     }
 

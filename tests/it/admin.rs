@@ -226,7 +226,15 @@ async fn the_quarantine_is_listed_from_a_running_server_payloads_only_on_request
 
 #[tokio::test]
 async fn every_metric_the_deploy_examples_use_is_served() {
-    let server = TestServer::start().await;
+    // With an expectation, as the overdue alert assumes (without one, nothing is overdue).
+    let server = TestServer::start_configured(|s| {
+        s.catalog = s
+            .catalog
+            .clone()
+            .extended_with("[kinds.debt.expect]\nwaiting_signature = \"5d\"\n")
+            .unwrap();
+    })
+    .await;
     server
         .post_ok(webhook("debt", "m1", "disbursed", "2024-01-01 10:00:00"))
         .await;

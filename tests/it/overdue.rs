@@ -231,6 +231,34 @@ async fn an_operation_that_does_not_move_becomes_overdue_until_it_changes() {
         "{listed}"
     );
 
+    // `qistatus stats` counts them.
+    let stats: serde_json::Value =
+        serde_json::from_str(&cli(&server, &["--json", "stats"]).await).unwrap();
+    assert_eq!(
+        stats["overdue"],
+        serde_json::json!([
+            {"kind": "debt", "status": "waiting_disbursement", "operations": 0},
+            {"kind": "debt", "status": "waiting_signature", "operations": 2},
+        ])
+    );
+    let human = cli(&server, &["stats"]).await;
+    assert!(
+        human.contains("2 debt overdue in waiting_signature"),
+        "{human}"
+    );
+
+    // The console's Overdue page, most overdue first, each linked to its operation.
+    let page = reqwest::get(format!("http://{}/ui/overdue?kind=debt", server.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (old_at, late_at) = (page.find("old-1").unwrap(), page.find("late-1").unwrap());
+    assert!(old_at < late_at, "{page}");
+    assert!(page.contains("/ui/operations/old-1"), "{page}");
+    assert!(!page.contains("fresh-1"), "{page}");
+
     // The metric counts them by kind and status.
     let metrics = reqwest::get(format!("http://{}/metrics", server.admin))
         .await

@@ -1,5 +1,7 @@
 //! Scale: list-page latency in a small store and a large one, the server's memory and disk
-//! at the large size, and the time a restart takes to serve again.
+//! at the large size, and the time a restart takes to serve again. One operation in a
+//! hundred is overdue (its `waiting_signature` is two days old, the catalog expects one), so
+//! the overdue list and counting the overdue ones are measured at both sizes too.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,11 +21,22 @@ pub async fn run(cx: &Context, report: &mut Report) {
     let s = cx.sizes;
     eprintln!("== scale");
     let dir = cx.dir("q-scale");
-    let (server, _) = cx.qistatus.start(&dir, None).await;
+    let catalog = cx.dir("q-scale-catalog.toml");
+    std::fs::write(
+        &catalog,
+        "[kinds.debt.expect]\nwaiting_signature = \"1d\"\n",
+    )
+    .expect("write the scale catalog");
+    let flags = ["--catalog".to_owned(), catalog.display().to_string()];
+    let (server, _) = cx.qistatus.start_with(&dir, None, &flags).await;
     populate(&server, 0, s.scale_small, s.concurrency).await;
     let small = list_pages(&server, s.list_pages).await;
+    let small_overdue = overdue_pages(&server, s.list_pages).await;
+    let small_count = overdue_counts(&server, 50).await;
     let rate = populate(&server, s.scale_small, s.scale_large, s.concurrency).await;
     let large = list_pages(&server, s.list_pages).await;
+    let large_overdue = overdue_pages(&server, s.list_pages).await;
+    let large_count = overdue_counts(&server, 50).await;
     let rss = server.rss_bytes();
     let ports = server.ports();
     // A last burst, then a crash: the restart replays whatever sled had not checkpointed.
@@ -31,7 +44,7 @@ pub async fn run(cx: &Context, report: &mut Report) {
     populate(&server, s.scale_large, s.scale_large + burst, s.concurrency).await;
     server.kill().await;
     let size = dir_size(&dir);
-    let (server, ready) = cx.qistatus.start(&dir, Some(ports)).await;
+    let (server, ready) = cx.qistatus.start_with(&dir, Some(ports), &flags).await;
     server.stop().await;
     let (s99, l99) = (small.value_at_quantile(0.99), large.value_at_quantile(0.99));
     let page = |n: usize| format!("ListByStatus page of 100, p99, at {n}");
@@ -42,6 +55,41 @@ pub async fn run(cx: &Context, report: &mut Report) {
         ms(l99),
         Some(l99 as f64 / s99 as f64),
         "≤ 1.5× the small store's",
+    );
+    let (so99, lo99) = (
+        small_overdue.value_at_quantile(0.99),
+        large_overdue.value_at_quantile(0.99),
+    );
+    let overdue_page = |n: usize| {
+        format!(
+            "ListByStatus overdue page of 100, p99, at {n} ({} overdue)",
+            n / OVERDUE_EVERY
+        )
+    };
+    report.row("scale", &overdue_page(s.scale_small), ms(so99), None, "");
+    report.row(
+        "scale",
+        &overdue_page(s.scale_large),
+        ms(lo99),
+        Some(lo99 as f64 / so99 as f64),
+        "",
+    );
+    let (sc, lc) = (
+        small_count.value_at_quantile(0.5),
+        large_count.value_at_quantile(0.5),
+    );
+    let counting = |n: usize| {
+        format!(
+            "counting the overdue (GetStats: a range per expectation, as /metrics does), p50, at {n}"
+        )
+    };
+    report.row("scale", &counting(s.scale_small), ms(sc), None, "");
+    report.row(
+        "scale",
+        &counting(s.scale_large),
+        ms(lc),
+        Some(lc as f64 / sc as f64),
+        "",
     );
     report.row(
         "scale",
@@ -65,12 +113,16 @@ pub async fn run(cx: &Context, report: &mut Report) {
         "≤ 3 s",
     );
     report.notes.push(format!(
-        "scale: {} operations posted over HTTP ({rate:.0}/s) in four statuses; {} pages of 100 `disbursed` debts walked at each size; then {burst} more and SIGKILL, so the restart replays the log past sled's last checkpoint.",
+        "scale: {} operations posted over HTTP ({rate:.0}/s) in four statuses, one in {OVERDUE_EVERY} a `waiting_signature` dated two days back under a catalog that expects it to move within a day (overdue); {} pages of 100 `disbursed` debts, and of the overdue list (restarting at its end), walked at each size; then {burst} more and SIGKILL, so the restart replays the log past sled's last checkpoint.",
         s.scale_large, s.list_pages
     ));
 }
 
-/// Posts operations `from..to` (small debts spread over four statuses); returns the rate.
+/// One operation in this many is overdue.
+const OVERDUE_EVERY: usize = 100;
+
+/// Posts operations `from..to` (small debts spread over four statuses, one in
+/// [`OVERDUE_EVERY`] a `waiting_signature` two days old); returns the rate.
 async fn populate(server: &Process, from: usize, to: usize, concurrency: usize) -> f64 {
     let templates: Arc<Vec<serde_json::Value>> = Arc::new(
         SMALL_DEBTS
@@ -80,11 +132,23 @@ async fn populate(server: &Process, from: usize, to: usize, concurrency: usize) 
     );
     let client = http_client();
     let url = format!("{}/webhooks", server.http);
+    let two_days_ago = (chrono::Utc::now() - chrono::Duration::days(2)).to_rfc3339();
     let (elapsed, _, _) = drive(concurrency, to - from, move |i| {
-        let (client, url, templates) = (client.clone(), url.clone(), templates.clone());
+        let (client, url, templates, two_days_ago) = (
+            client.clone(),
+            url.clone(),
+            templates.clone(),
+            two_days_ago.clone(),
+        );
         async move {
             let n = from + i;
-            let mut value = templates[n % templates.len()].clone();
+            let mut value = if n.is_multiple_of(OVERDUE_EVERY) {
+                let mut late = templates[0].clone();
+                late["event_datetime"] = two_days_ago.clone().into();
+                late
+            } else {
+                templates[n % templates.len()].clone()
+            };
             value["key"] = format!("scale-{n:08}").into();
             let body = Bytes::from(serde_json::to_vec(&value).expect("serializes"));
             post(&client, &url, body).await.is_some()
@@ -116,6 +180,54 @@ async fn list_pages(server: &Process, pages: usize) -> Histogram<u64> {
         let _ = h.record(t.elapsed().as_micros().max(1) as u64);
         assert!(!page.operations.is_empty(), "pages are not empty");
         token = page.next_page_token;
+    }
+    h
+}
+
+/// Walks `pages` pages of 100 of the overdue list (restarting at its end); returns latencies.
+async fn overdue_pages(server: &Process, pages: usize) -> Histogram<u64> {
+    let channel = channels(&server.grpc, 1).await.remove(0);
+    let mut client = OperationStatusServiceClient::new(channel);
+    let mut h = histogram();
+    let mut token = String::new();
+    for _ in 0..pages {
+        let t = Instant::now();
+        let page = client
+            .list_by_status(pb::ListByStatusRequest {
+                kind: "debt".into(),
+                overdue: true,
+                page_size: 100,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("list the overdue")
+            .into_inner();
+        let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+        assert!(!page.operations.is_empty(), "some operations are overdue");
+        token = page.next_page_token;
+    }
+    h
+}
+
+/// `calls` GetStats calls, which count the overdue operations; returns latencies.
+async fn overdue_counts(server: &Process, calls: usize) -> Histogram<u64> {
+    use qistatus::pb::maintenance_service_client::MaintenanceServiceClient;
+    let channel = channels(&server.grpc, 1).await.remove(0);
+    let mut client = MaintenanceServiceClient::new(channel);
+    let mut h = histogram();
+    for _ in 0..calls {
+        let t = Instant::now();
+        let stats = client
+            .get_stats(pb::GetStatsRequest {})
+            .await
+            .expect("stats")
+            .into_inner();
+        let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+        assert!(
+            stats.overdue.iter().any(|o| o.operations > 0),
+            "the stats count the overdue"
+        );
     }
     h
 }

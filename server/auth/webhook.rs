@@ -120,6 +120,24 @@ pub struct Verified<'b> {
     pub sender: Sender,
 }
 
+/// Shared secrets as given (trimmed), each refused by its position (`what #n`) when empty.
+fn shared_keys(keys: &[String], what: &str) -> Result<Vec<Vec<u8>>, KeyError> {
+    keys.iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let k = k.trim();
+            if k.is_empty() {
+                Err(KeyError {
+                    what: format!("{what} #{}", i + 1),
+                    reason: "empty".into(),
+                })
+            } else {
+                Ok(k.as_bytes().to_vec())
+            }
+        })
+        .collect()
+}
+
 /// Whether a `Signature` header has the shape of QI CaaS's HMAC-SHA1: 40 hex digits (a QI
 /// DTVM JWT has dots and base64url).
 fn is_hex_sha1(signature: &str) -> bool {
@@ -245,21 +263,7 @@ impl WebhookVerifier {
         keys: &[String],
         url_base: Option<String>,
     ) -> Result<Self, KeyError> {
-        self.caas_keys = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                let k = k.trim();
-                if k.is_empty() {
-                    Err(KeyError {
-                        what: format!("QI CaaS key #{}", i + 1),
-                        reason: "empty".into(),
-                    })
-                } else {
-                    Ok(k.as_bytes().to_vec())
-                }
-            })
-            .collect::<Result<_, _>>()?;
+        self.caas_keys = shared_keys(keys, "QI CaaS key")?;
         self.caas_url_base = url_base.map(|b| b.trim().trim_end_matches('/').to_owned());
         Ok(self)
     }
@@ -274,21 +278,7 @@ impl WebhookVerifier {
     /// This verifier also accepting QI DTVM's HS256 `SIGNATURE` tokens signed with any of
     /// `keys` (as QI DTVM hands them out; several during a rotation).
     pub fn with_dtvm_keys(mut self, keys: &[String]) -> Result<Self, KeyError> {
-        self.dtvm_keys = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                let k = k.trim();
-                if k.is_empty() {
-                    Err(KeyError {
-                        what: format!("QI DTVM key #{}", i + 1),
-                        reason: "empty".into(),
-                    })
-                } else {
-                    Ok(k.as_bytes().to_vec())
-                }
-            })
-            .collect::<Result<_, _>>()?;
+        self.dtvm_keys = shared_keys(keys, "QI DTVM key")?;
         Ok(self)
     }
 

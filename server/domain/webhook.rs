@@ -193,10 +193,8 @@ fn read_envelope(
     v: &Json<'_>,
     event_id: EventId,
 ) -> Result<WebhookEnvelope, String> {
-    // BaaS, LaaS and the seeds name the kind `webhook_type`; automatic Pix and QI DTVM,
-    // `event_type`.
-    let named = text_field(v, "webhook_type")?.or(text_field(v, "event_type")?);
-    let join = join_of(catalog, v)?;
+    let named = named_kind(v)?;
+    let join = join_of(catalog, named, v);
     let kind = match (named, join) {
         (_, Some(join)) => join.kind.clone(),
         (Some(raw), None) => catalog.resolve_kind(raw),
@@ -315,22 +313,23 @@ fn read_envelope(
 
 /// The catalog's join ([`crate::domain::catalog::JoinSpec`]) that `v` matches, if any: the
 /// first whose `webhook_type` is the kind `v` names and whose conditions all hold.
-fn join_of<'c>(catalog: &'c Catalog, v: &Json<'_>) -> Result<Option<&'c JoinSpec>, String> {
-    if catalog.joins.is_empty() {
-        return Ok(None);
-    }
-    let Some(named) = text_field(v, "webhook_type")?.or(text_field(v, "event_type")?) else {
-        return Ok(None);
-    };
-    let named = canonical_kind(named);
-    Ok(catalog.joins.iter().find(|join| {
+/// `named` is the kind `v` names (`webhook_type`, else `event_type`), as read by the caller.
+fn join_of<'c>(catalog: &'c Catalog, named: Option<&str>, v: &Json<'_>) -> Option<&'c JoinSpec> {
+    let named = canonical_kind(named.filter(|_| !catalog.joins.is_empty())?);
+    catalog.joins.iter().find(|join| {
         join.webhook_type == named
             && join.when.iter().all(|(path, value)| {
                 lookup(v, path)
                     .and_then(Json::as_str)
                     .is_some_and(|found| canonical_status(found) == *value)
             })
-    }))
+    })
+}
+
+/// The kind a webhook names: `webhook_type` (BaaS, LaaS, the seeds), else `event_type`
+/// (automatic Pix, QI DTVM); `Err` naming the field when it is not a string.
+fn named_kind<'a>(v: &'a Json<'_>) -> Result<Option<&'a str>, String> {
+    Ok(text_field(v, "webhook_type")?.or(text_field(v, "event_type")?))
 }
 
 /// The kind a webhook without `webhook_type` or `event_type` is, by the fields it has (the
@@ -602,7 +601,7 @@ fn facts_in(catalog: &Catalog, kind: &str, v: &Json<'_>) -> Vec<(String, FactVal
         .collect();
     // A join's facts are the webhook's whatever its body: an escrow account's last webhook
     // says it is one by its type alone.
-    if let Ok(Some(join)) = join_of(catalog, v) {
+    if let Some(join) = join_of(catalog, named_kind(v).ok().flatten(), v) {
         for (name, value) in &join.facts {
             facts.retain(|(n, _)| n != name);
             facts.push((name.clone(), FactValue::Text(value.clone())));

@@ -140,6 +140,8 @@ impl Store {
 /// before this write, if it existed) that no longer apply. The one place that knows which
 /// index entries an operation has.
 pub(crate) fn put_operation(writes: &mut Writes, before: Option<&Operation>, after: &Operation) {
+    // Dated from its history: worked out once.
+    let after_since = since_entry(after);
     let counted_as_before = before.is_some_and(|b| {
         (b.kind.as_str(), b.phase, b.status.as_str())
             == (after.kind.as_str(), after.phase, after.status.as_str())
@@ -158,12 +160,12 @@ pub(crate) fn put_operation(writes: &mut Writes, before: Option<&Operation>, aft
             delete_phase_entry(writes, before);
         }
         if let Some(was) = since_entry(before)
-            && since_entry(after) != Some(was)
+            && after_since != Some(was)
         {
             writes.delete(was);
         }
     }
-    if let Some(since) = since_entry(after) {
+    if let Some(since) = after_since {
         writes.put(since, &[][..]);
     }
     let summary = IVec::from(index_value(after));

@@ -13,12 +13,17 @@ fn rfc3339_ago(ago: chrono::Duration) -> String {
 
 async fn start_with_catalog(text: &str) -> (TestServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let catalog_file = dir.path().join("catalog.toml");
-    std::fs::write(&catalog_file, text).unwrap();
-    let mut settings = qistatus::Settings::new(dir.path().join("data"));
+    std::fs::write(dir.path().join("catalog.toml"), text).unwrap();
+    (TestServer::start_with(settings_in(dir.path())).await, dir)
+}
+
+/// Settings on `dir/data`, with the catalog file `dir/catalog.toml` (loaded, and reloadable).
+fn settings_in(dir: &std::path::Path) -> qistatus::Settings {
+    let catalog_file = dir.join("catalog.toml");
+    let mut settings = qistatus::Settings::new(dir.join("data"));
     settings.catalog = qistatus::domain::catalog::Catalog::load(Some(&catalog_file)).unwrap();
     settings.catalog_file = Some(catalog_file);
-    (TestServer::start_with(settings).await, dir)
+    settings
 }
 
 async fn list_overdue(
@@ -347,15 +352,8 @@ async fn a_reload_that_shortens_an_expectation_makes_operations_overdue_at_once_
     assert_eq!(keys(&list_overdue(&server, 0, "").await), ["d-1"]);
 
     // A restart on the same directory answers the same.
-    let settings = {
-        let mut s = qistatus::Settings::new(dir.path().join("data"));
-        let file = dir.path().join("catalog.toml");
-        s.catalog = qistatus::domain::catalog::Catalog::load(Some(&file)).unwrap();
-        s.catalog_file = Some(file);
-        s
-    };
     server.stop().await;
-    let server = TestServer::start_with(settings).await;
+    let server = TestServer::start_with(settings_in(dir.path())).await;
     assert_eq!(keys(&list_overdue(&server, 0, "").await), ["d-1"]);
     server.stop().await;
 }

@@ -160,52 +160,45 @@ async fn populate(server: &Process, from: usize, to: usize, concurrency: usize) 
 
 /// Walks `pages` pages of 100 `disbursed` debts (restarting at the end); returns latencies.
 async fn list_pages(server: &Process, pages: usize) -> Histogram<u64> {
+    let request = pb::ListByStatusRequest {
+        kind: "debt".into(),
+        statuses: vec!["disbursed".into()],
+        ..Default::default()
+    };
+    walk_pages(server, pages, request).await
+}
+
+/// Walks `pages` pages of 100 of the overdue list (restarting at its end); returns latencies.
+async fn overdue_pages(server: &Process, pages: usize) -> Histogram<u64> {
+    let request = pb::ListByStatusRequest {
+        kind: "debt".into(),
+        overdue: true,
+        ..Default::default()
+    };
+    walk_pages(server, pages, request).await
+}
+
+/// Walks `pages` pages of 100 of the list `request` asks for, following page tokens and
+/// starting over after the last page; returns each page's latency.
+async fn walk_pages(
+    server: &Process,
+    pages: usize,
+    mut request: pb::ListByStatusRequest,
+) -> Histogram<u64> {
     let channel = channels(&server.grpc, 1).await.remove(0);
     let mut client = OperationStatusServiceClient::new(channel);
     let mut h = histogram();
-    let mut token = String::new();
+    request.page_size = 100;
     for _ in 0..pages {
         let t = Instant::now();
         let page = client
-            .list_by_status(pb::ListByStatusRequest {
-                kind: "debt".into(),
-                statuses: vec!["disbursed".into()],
-                page_size: 100,
-                page_token: token.clone(),
-                ..Default::default()
-            })
+            .list_by_status(request.clone())
             .await
             .expect("list")
             .into_inner();
         let _ = h.record(t.elapsed().as_micros().max(1) as u64);
         assert!(!page.operations.is_empty(), "pages are not empty");
-        token = page.next_page_token;
-    }
-    h
-}
-
-/// Walks `pages` pages of 100 of the overdue list (restarting at its end); returns latencies.
-async fn overdue_pages(server: &Process, pages: usize) -> Histogram<u64> {
-    let channel = channels(&server.grpc, 1).await.remove(0);
-    let mut client = OperationStatusServiceClient::new(channel);
-    let mut h = histogram();
-    let mut token = String::new();
-    for _ in 0..pages {
-        let t = Instant::now();
-        let page = client
-            .list_by_status(pb::ListByStatusRequest {
-                kind: "debt".into(),
-                overdue: true,
-                page_size: 100,
-                page_token: token.clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("list the overdue")
-            .into_inner();
-        let _ = h.record(t.elapsed().as_micros().max(1) as u64);
-        assert!(!page.operations.is_empty(), "some operations are overdue");
-        token = page.next_page_token;
+        request.page_token = page.next_page_token;
     }
     h
 }

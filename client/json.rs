@@ -41,12 +41,7 @@ pub fn operation(op: &pb::Operation) -> Value {
             "name": m.name,
             "reached_at": non_empty(rfc3339(m.reached_at.as_ref())),
         })).collect::<Vec<_>>(),
-        "overdue": op.overdue.as_ref().map_or(Value::Null, |late| serde_json::json!({
-            "status": late.status,
-            "since": non_empty(rfc3339(late.since.as_ref())),
-            "expected_within": duration_text(late.expected_within.as_ref()),
-            "due": non_empty(rfc3339(late.due.as_ref())),
-        })),
+        "overdue": overdue(op.overdue.as_ref()),
         "history": history,
     })
 }
@@ -63,6 +58,19 @@ pub fn change(change: &pb::OperationChange, op: &pb::Operation) -> Value {
         "detail": op.detail,
         "initial": change.initial,
         "milestones_reached": change.milestones_reached,
+        "overdue": overdue(change.overdue.as_ref()),
+    })
+}
+
+/// An operation's overdue object (`null` when it is not overdue).
+fn overdue(late: Option<&pb::Overdue>) -> Value {
+    late.map_or(Value::Null, |late| {
+        serde_json::json!({
+            "status": late.status,
+            "since": non_empty(rfc3339(late.since.as_ref())),
+            "expected_within": duration_text(late.expected_within.as_ref()),
+            "due": non_empty(rfc3339(late.due.as_ref())),
+        })
     })
 }
 

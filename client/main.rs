@@ -137,6 +137,10 @@ struct WatchArgs {
     /// the delivery order (e.g. `disbursed,canceled`).
     #[arg(long = "milestone", value_delimiter = ',')]
     milestones: Vec<String>,
+    /// Also print the moment each watched operation becomes overdue (it held a status
+    /// longer than the server's catalog expects), once per operation and status.
+    #[arg(long)]
+    overdue: bool,
     /// With --from-sequence: the store that sequence was seen on (`Progress.store_id` of
     /// the API); refused if the server's store is another one. Reconnects always check it.
     #[arg(long, requires = "from_sequence")]
@@ -363,6 +367,7 @@ async fn watch(client: Client, args: WatchArgs, json: bool) -> Result<(), Client
         initial,
         include_unchanged,
         milestones,
+        overdue,
         store_id,
     } = args;
     // With a key, a single kind names which operation of that key (the key may name
@@ -382,6 +387,7 @@ async fn watch(client: Client, args: WatchArgs, json: bool) -> Result<(), Client
         include_unchanged,
         store_id,
         milestones,
+        overdue,
     };
     let events = client.watch(query);
     tokio::pin!(events);
@@ -634,7 +640,14 @@ fn print_change(change: &pb::OperationChange, json: bool) {
         println!("{}", json::change(change, op));
     } else {
         let status = printable(&op.status);
-        let transition = if change.initial {
+        let transition = if let Some(late) = &change.overdue {
+            format!(
+                "OVERDUE in {} since {}, expected to move within {}",
+                printable(&late.status),
+                or_dash(rfc3339(late.since.as_ref())),
+                duration_text(late.expected_within.as_ref())
+            )
+        } else if change.initial {
             format!("{status} (current state)")
         } else if change.previous_status.is_empty() {
             format!("new -> {status}")

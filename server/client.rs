@@ -590,6 +590,8 @@ pub struct WatchQuery {
     pub store_id: Option<String>,
     /// Only changes that reach one of these milestones (instead of status changes).
     pub milestones: Vec<String>,
+    /// Also the moments operations become overdue (`OperationChange.overdue` set).
+    pub overdue: bool,
 }
 
 impl WatchQuery {
@@ -610,6 +612,7 @@ impl WatchQuery {
             include_unchanged: self.include_unchanged,
             store_id: store_id.unwrap_or_default().to_owned(),
             milestones: self.milestones.clone(),
+            overdue: self.overdue,
         }
     }
 }

@@ -153,6 +153,11 @@ pub struct Config {
     #[arg(long, env = "QISTATUS_COMPACTION_INTERVAL", default_value_t = DEFAULT_COMPACTION_INTERVAL.into())]
     pub compaction_interval: humantime::Duration,
 
+    /// How often the overdue clock looks for operations that fell overdue (the catalog's
+    /// `expect`): the most an overdue event lags behind its due time.
+    #[arg(long, env = "QISTATUS_OVERDUE_TICK", default_value_t = crate::overdue_clock::DEFAULT_TICK.into())]
+    pub overdue_tick: humantime::Duration,
+
     /// How long an idle watch stream waits between progress notifications.
     #[arg(long, env = "QISTATUS_WATCH_PROGRESS_INTERVAL", default_value_t = FeedSettings::DEFAULT.progress_interval.into())]
     pub watch_progress_interval: humantime::Duration,
@@ -515,6 +520,7 @@ impl Config {
             },
             log_retention: days(self.log_retention_days),
             compaction_interval: (*self.compaction_interval).max(Duration::from_secs(1)),
+            overdue_tick: (*self.overdue_tick).max(Duration::from_millis(10)),
             scrub_interval: Some(*self.scrub_interval).filter(|i| !i.is_zero()),
             scrub_bytes_per_second: self.scrub_mb_per_second.max(1) * 1024 * 1024,
         };
@@ -553,13 +559,14 @@ mod tests {
         let library = Settings::new(&config.data_dir);
         let shown = |s: &Settings| {
             format!(
-                "{:?} {:?} {:?} {:?} {:?} {:?} {}",
+                "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {}",
                 s.intake,
                 s.grpc,
                 s.writer,
                 s.feed,
                 s.log_retention,
                 s.compaction_interval,
+                s.overdue_tick,
                 s.cache_bytes
             )
         };

@@ -121,13 +121,17 @@ pub(crate) struct FeedFilter {
     /// Only changes that reached one of these milestones (instead of status changes); empty:
     /// no milestone filter.
     pub(crate) milestones: BTreeSet<String>,
+    /// Also the moments operations became overdue.
+    pub(crate) overdue: bool,
 }
 
 impl FeedFilter {
     /// Whether `change` is delivered to a subscriber with this filter.
     pub(crate) fn matches(&self, change: &Change) -> bool {
         let op = &change.operation;
-        let selected = if self.milestones.is_empty() {
+        let selected = if change.overdue.is_some() {
+            self.overdue
+        } else if self.milestones.is_empty() {
             self.include_unchanged || change.status_changed
         } else {
             change
@@ -430,6 +434,7 @@ mod tests {
                 facts: Vec::new(),
             },
             milestones_reached: Vec::new(),
+            overdue: None,
         }
     }
 
@@ -476,5 +481,57 @@ mod tests {
             ..FeedFilter::default()
         };
         assert!(failed.matches(&canceled) && !failed.matches(&disbursed));
+    }
+
+    #[test]
+    fn overdue_events_only_on_request_and_under_the_other_filters() {
+        let late = Change {
+            overdue: Some(crate::domain::overdue::Overdue {
+                status: "waiting_signature".into(),
+                since: 1,
+                expected_within: 2,
+                due: 3,
+            }),
+            ..change("debt", "a", "waiting_signature", Phase::Pending, false)
+        };
+        let unasked = FeedFilter {
+            include_unchanged: true,
+            ..FeedFilter::default()
+        };
+        assert!(!unasked.matches(&late), "not a webhook left unchanged");
+        let asked = FeedFilter {
+            overdue: true,
+            ..FeedFilter::default()
+        };
+        assert!(asked.matches(&late));
+        let milestones = FeedFilter {
+            overdue: true,
+            milestones: ["disbursed".to_owned()].into(),
+            ..FeedFilter::default()
+        };
+        assert!(
+            milestones.matches(&late),
+            "a milestone filter does not hide it"
+        );
+        for narrowed in [
+            FeedFilter {
+                kinds: ["account".to_owned()].into(),
+                ..asked.clone()
+            },
+            FeedFilter {
+                statuses: ["disbursed".to_owned()].into(),
+                ..asked.clone()
+            },
+            FeedFilter {
+                key: Some("b".into()),
+                ..asked.clone()
+            },
+        ] {
+            assert!(!narrowed.matches(&late), "{narrowed:?}");
+        }
+        assert!(
+            !asked.matches(&change("debt", "a", "disbursed", Phase::Pending, false)),
+            "asking for overdue events does not bring unchanged webhooks"
+        );
     }
 }

@@ -19,7 +19,8 @@
 //!
 //! # Modules, in the one direction their dependencies point
 //!
-//! `domain` ← `store` ← `cluster` ← (`intake`, `feed`) ← `grpc` ← `server` ← `config` ← `main`.
+//! `domain` ← `store` ← `cluster` ← (`intake`, `feed`, `overdue_clock`) ← `grpc` ← `server` ←
+//! `config` ← `main`.
 //! Leaves the others use: `clock` (the one wall clock), `auth` and `tls` (who may post and
 //! call), `metrics` (it implements the store's `BatchReport`; the store never names it).
 //! Wire code (HTTP, gRPC, protobuf) lives only at the edge: `intake`, `grpc`, `admin`,
@@ -36,6 +37,8 @@
 //! - `intake`: `POST /webhooks` (axum); answers once the writer has the webhook on disk (on
 //!   a cluster node: once JetStream acknowledged it and this node's view applied it).
 //! - `feed`: the change feed, a resumable stream of changes per subscriber, in domain terms.
+//! - `overdue_clock`: proposes the operations that fell overdue, so that watchers hear of
+//!   silence too (to the writer, or to a cluster's stream, which then orders and dates them).
 //! - `grpc`: the `qistatus.v1` service over the store and the feed; domain-to-wire
 //!   conversions live beside it.
 //! - `admin`: probes, metrics and maintenance on the admin listener; `console`: web pages
@@ -94,6 +97,8 @@ mod intake;
 mod metrics;
 #[cfg(feature = "server")]
 mod net;
+#[cfg(feature = "server")]
+mod overdue_clock;
 #[cfg(feature = "server")]
 mod reload;
 #[cfg(feature = "server")]

@@ -30,6 +30,7 @@ use crate::grpc::{GrpcLimits, MaintenanceApi, OperationStatusApi, OutcomeLayer};
 use crate::intake::{self, Ingest, IntakeLimits, IntakeState};
 use crate::metrics::Metrics;
 use crate::net::{self, Admission, AtCapacity, HttpTimeouts};
+use crate::overdue_clock::{self, Proposer};
 use crate::pb;
 use crate::reload::CatalogReloader;
 use crate::store::{Store, StoreError};
@@ -78,6 +79,8 @@ pub struct Settings {
     pub log_retention: Duration,
     /// How often expired log entries are dropped (also once at start).
     pub compaction_interval: Duration,
+    /// How often the overdue clock looks for operations that fell overdue.
+    pub overdue_tick: Duration,
     /// How often every sealed log segment is read back and checked; `None`: never.
     pub scrub_interval: Option<Duration>,
     /// How fast the scrub reads, in bytes per second.
@@ -112,6 +115,7 @@ impl Settings {
             feed: FeedSettings::DEFAULT,
             log_retention: days(DEFAULT_LOG_RETENTION_DAYS),
             compaction_interval: DEFAULT_COMPACTION_INTERVAL,
+            overdue_tick: crate::overdue_clock::DEFAULT_TICK,
             scrub_interval: Some(DEFAULT_SCRUB_INTERVAL),
             scrub_bytes_per_second: DEFAULT_SCRUB_MB_PER_SECOND * 1024 * 1024,
             webhook_verifier: WebhookVerifier::default(),
@@ -310,7 +314,8 @@ struct Core {
 impl Core {
     /// Opens the store, binds a cluster node to its stream, starts the writer (which replays
     /// what the view missed), compacts what retention dropped, and starts the change feed.
-    /// Compaction, and a cluster node's follower, run on `tasks` until `stop`.
+    /// Compaction, the overdue clock, and a cluster node's follower, run on `tasks` until
+    /// `stop`.
     async fn start(
         settings: &Settings,
         metrics: Arc<Metrics>,
@@ -386,6 +391,19 @@ impl Core {
                 stop.clone(),
             ));
         }
+        let proposer = match &stream {
+            Some((log, progress)) => Proposer::Stream {
+                log: log.clone(),
+                progress: progress.clone(),
+            },
+            None => Proposer::Writer(Box::new(writer.clone())),
+        };
+        tasks.spawn(overdue_clock::run(
+            store.clone(),
+            proposer,
+            settings.overdue_tick,
+            stop.clone(),
+        ));
         let mut feed = ChangeFeed::new(
             store.clone(),
             writer.recent(),

@@ -17,7 +17,7 @@ use futures_util::stream::FuturesOrdered;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{ClusterError, JetStreamLog};
+use super::{ClusterError, JetStreamLog, OVERDUE_RECORD, OverdueProposal, RECORD_HEADER};
 use crate::domain::catalog::Catalog;
 use crate::domain::webhook::normalize_with_facts;
 use crate::store::{Ack, StreamOrigin, SubmitError, WriterHandle};
@@ -220,14 +220,32 @@ pub(crate) async fn follow(
                 }
                 queued = sequence;
                 let raw = message.payload.clone();
-                let answer: std::pin::Pin<Box<dyn Future<Output = Answer> + Send>> =
+                let origin = StreamOrigin {
+                    stream_sequence: sequence,
+                    received_at: i64::try_from(published.unix_timestamp_nanos() / 1_000_000)
+                        .unwrap_or(i64::MAX),
+                };
+                let is_overdue = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(RECORD_HEADER))
+                    .is_some_and(|v| v.as_str() == OVERDUE_RECORD);
+                let answer: std::pin::Pin<Box<dyn Future<Output = Answer> + Send>> = if is_overdue {
+                    match serde_json::from_slice::<OverdueProposal>(&raw) {
+                        Ok(proposal) => match writer.queue_overdue_from_stream(proposal.marks, origin).await {
+                            Ok(answer) => Box::pin(async move {
+                                (sequence, pending, answer.await.map(|_| None))
+                            }),
+                            Err(e) => Box::pin(async move { (sequence, pending, Err(e)) }),
+                        },
+                        Err(e) => {
+                            tracing::warn!(stream_sequence = sequence, error = %e, "an overdue proposal that does not read: skipped");
+                            writer_skip(sequence, pending)
+                        }
+                    }
+                } else {
                     match normalize_with_facts(&catalog, &raw) {
                         Ok((normalized, facts)) => {
-                            let origin = StreamOrigin {
-                                stream_sequence: sequence,
-                                received_at: i64::try_from(published.unix_timestamp_nanos() / 1_000_000)
-                                    .unwrap_or(i64::MAX),
-                            };
                             match writer.queue_from_stream(normalized, raw, Some(facts), origin).await {
                                 Ok(answer) => Box::pin(async move {
                                     (sequence, pending, answer.await.map(Some))
@@ -239,13 +257,22 @@ pub(crate) async fn follow(
                             // Every node skips it alike: the intake publishes only webhooks,
                             // so this was published by something else.
                             tracing::warn!(stream_sequence = sequence, error = %e, "a stream message that is not a webhook: skipped");
-                            Box::pin(async move { (sequence, pending, Ok(None)) })
+                            writer_skip(sequence, pending)
                         }
-                    };
+                    }
+                };
                 in_flight.push_back(answer);
             }
         }
     }
+}
+
+/// The answer to a stream message every node skips alike.
+fn writer_skip(
+    sequence: u64,
+    pending: u64,
+) -> std::pin::Pin<Box<dyn Future<Output = Answer> + Send>> {
+    Box::pin(async move { (sequence, pending, Ok(None)) })
 }
 
 /// An ordered subscription to the stream from the message after `after`.

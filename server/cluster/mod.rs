@@ -37,6 +37,10 @@
 //! - A node whose resume point left the stream's retention refuses to start and says what to
 //!   do (restore a peer's snapshot, or start on an empty directory).
 //!
+//! The overdue clock's proposals go through the stream too (marked by a header, see
+//! `crate::overdue_clock`): the stream orders them among the webhooks and dates them, so
+//! every node records the same overdue events at the same sequences.
+//!
 //! Trade-off: every node parses every webhook and keeps every payload, which is the price of
 //! reading anything on any node without a network hop.
 
@@ -46,6 +50,7 @@ mod stream;
 pub(crate) use follower::follow;
 pub use follower::{MAX_READY_LAG, Progress};
 pub use stream::{ClusterError, ClusterSettings, JetStreamLog};
+pub(crate) use stream::{OVERDUE_RECORD, OverdueProposal, RECORD_HEADER};
 
 use std::sync::Arc;
 

@@ -6,8 +6,24 @@ use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+use crate::domain::overdue::OverdueMark;
 use crate::domain::webhook::EventId;
 use crate::store::{Store, StoreError};
+
+/// The header that marks a stream message the intake did not publish, and what it is.
+pub(crate) const RECORD_HEADER: &str = "Qistatus-Record";
+/// [`RECORD_HEADER`]'s value on the overdue clock's proposals.
+pub(crate) const OVERDUE_RECORD: &str = "overdue";
+
+/// The body of an overdue proposal in the stream.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct OverdueProposal {
+    /// The proposer's clock, in whole seconds: what tells two proposals of the same marks
+    /// apart once the first was stored.
+    pub(crate) second: i64,
+    /// The operations proposed.
+    pub(crate) marks: Vec<OverdueMark>,
+}
 
 /// Where the cluster's stream is.
 #[derive(Debug, Clone)]
@@ -236,6 +252,37 @@ impl JetStreamLog {
             sequence: ack.sequence,
             duplicate: ack.duplicate,
         })
+    }
+
+    /// Publishes the overdue clock's proposal of `marks`, read at `tick` (ms), marked as
+    /// such by a header (the intake publishes only webhooks, never with it), and returns its
+    /// stream sequence. Its message id is its content's hash: nodes that propose the same
+    /// marks in the same second are stored once; proposals that repeat one already recorded
+    /// change nothing when applied (see `crate::store::due`).
+    pub(crate) async fn publish_overdue(
+        &self,
+        marks: &[OverdueMark],
+        tick: i64,
+    ) -> Result<u64, ClusterError> {
+        let body = serde_json::to_vec(&OverdueProposal {
+            second: tick.div_euclid(1000),
+            marks: marks.to_vec(),
+        })
+        .expect("a proposal serializes: strings and numbers");
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("overdue-{}", hex::encode(Sha256::digest(&body))).as_str(),
+        );
+        headers.insert(RECORD_HEADER, OVERDUE_RECORD);
+        let ack = self
+            .context
+            .publish_with_headers(self.subject.clone(), headers, body.into())
+            .await
+            .map_err(|e| ClusterError::Publish(e.to_string()))?
+            .await
+            .map_err(|e| ClusterError::Publish(e.to_string()))?;
+        Ok(ack.sequence)
     }
 
     /// The largest webhook the stream takes: NATS's `max_payload` less room for headers.

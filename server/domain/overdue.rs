@@ -21,11 +21,13 @@
 //! store can index operations by it once, and a catalog that changes an expectation applies
 //! to every operation at once without rewriting anything.
 
+use serde::{Deserialize, Serialize};
+
 use super::catalog::Catalog;
 use super::reconcile::{Operation, Phase};
 
 /// An operation that has held a status longer than the catalog expects.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Overdue {
     /// The status it has held too long.
     pub status: String,
@@ -35,6 +37,22 @@ pub struct Overdue {
     pub expected_within: i64,
     /// When it became overdue: `since + expected_within`.
     pub due: i64,
+}
+
+/// A proposal that one operation became overdue: which operation, in which status held
+/// since when. The overdue clock proposes it (on a cluster, through the stream); the writer
+/// records it as an event only if the operation still holds that status since then and no
+/// event said so yet, so proposing twice, or late, changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverdueMark {
+    /// The operation's kind.
+    pub kind: String,
+    /// The operation's key.
+    pub key: String,
+    /// The status it holds.
+    pub status: String,
+    /// Since when it holds it ([`status_since`]).
+    pub since: i64,
 }
 
 /// When `op` took its current status: the earliest time among its webhooks in that status,

@@ -226,14 +226,21 @@ impl From<FeedEvent> for pb::WatchOperationResponse {
                 previous_status: String::new(),
                 initial: true,
                 milestones_reached: Vec::new(),
+                overdue: None,
             }),
-            FeedEvent::Change { sequence, change } => Event::Change(pb::OperationChange {
-                sequence,
-                operation: Some((&change.operation).into()),
-                previous_status: change.previous_status.clone().unwrap_or_default(),
-                initial: false,
-                milestones_reached: change.milestones_reached.clone(),
-            }),
+            FeedEvent::Change { sequence, change } => {
+                let late = change.overdue.as_ref().map(pb::Overdue::from);
+                let mut operation = pb::Operation::from(&change.operation);
+                operation.overdue.clone_from(&late);
+                Event::Change(pb::OperationChange {
+                    sequence,
+                    operation: Some(operation),
+                    previous_status: change.previous_status.clone().unwrap_or_default(),
+                    initial: false,
+                    milestones_reached: change.milestones_reached.clone(),
+                    overdue: late,
+                })
+            }
             // The store identity is added by the stream, which knows it.
             FeedEvent::Progress(sequence) => Event::Progress(pb::Progress {
                 sequence,

@@ -467,6 +467,7 @@ fn watch_filter(
         phases,
         include_unchanged: req.include_unchanged,
         milestones: canonical_set(&req.milestones, "milestones", canonical_status)?,
+        overdue: req.overdue,
     })
 }
 

@@ -200,6 +200,9 @@ pub fn salvage(dir: &Path, into: &Path) -> Result<Salvage, StoreError> {
     };
     scan_log(dir, &mut |scanned| {
         match scanned {
+            // An overdue event is no webhook: a new store records it again from the webhooks.
+            ScannedRecord::Record { header, .. }
+                if matches!(header.entry, log::Entry::Overdue { .. }) => {}
             ScannedRecord::Record { header, raw } => {
                 std::fs::write(into.join(format!("{:020}.json", header.lsn)), raw)?;
                 salvaged.records += 1;

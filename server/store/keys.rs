@@ -10,7 +10,8 @@
 //! | `P` | `PhaseIndex` | `phase byte, kind \0 key` | the operation without history |
 //! | `Q` | `Quarantine(id)` | id, u64 big-endian | the quarantined webhook |
 //! | `C` | `Count` | `kind \0 phase byte \0 status` | how many operations are there, u64 big-endian (absent: none) |
-//! | `D` | `StatusSince` | `kind \0 status \0 since (8 bytes) key` | empty: an operation on its way, by when it took its status |
+//! | `D` | `StatusSince` | `kind \0 status \0 since (8 bytes) key` | an operation on its way, by when it took its status: empty, or the sequence (u64 big-endian) of the event that said it became overdue |
+//! | `U` | `Due` | `due (8 bytes) kind \0 key` | an operation not yet said to be overdue, by when it will be under the catalog in effect: its status |
 //! | `M` | `Meta(name)` | the name | counters, secrets, format version |
 //!
 //! Kinds, statuses and keys never contain control characters (the normalizer quarantines
@@ -85,6 +86,17 @@ pub(crate) enum Key<'a> {
         /// Its key.
         key: &'a str,
     },
+    /// An operation in a status the catalog has an expectation for, not yet said to be
+    /// overdue in it, by when it will be ([`crate::domain::overdue::Overdue::due`]): the
+    /// overdue clock reads only the run that fell due, never the store.
+    Due {
+        /// When it falls due, ms since the epoch.
+        due: i64,
+        /// Its kind.
+        kind: &'a str,
+        /// Its key.
+        key: &'a str,
+    },
     /// A named value of the store itself.
     Meta(Meta),
 }
@@ -116,6 +128,9 @@ pub(crate) enum Meta {
     CatalogFingerprint,
     /// Present once the `D` space holds every operation on its way.
     StatusSinceReady,
+    /// The fingerprint of the catalog the `U` space was last written under: a start or a
+    /// reload under another catalog writes it again.
+    DueCatalog,
 }
 
 impl Meta {
@@ -132,6 +147,7 @@ impl Meta {
             Meta::StreamThrough => b"stream_through",
             Meta::CatalogFingerprint => b"catalog_fingerprint",
             Meta::StatusSinceReady => b"status_since_ready",
+            Meta::DueCatalog => b"due_catalog",
         }
     }
 }
@@ -147,6 +163,7 @@ pub(crate) enum SpaceId {
     Quarantine = b'Q' as isize,
     Counts = b'C' as isize,
     StatusSince = b'D' as isize,
+    Due = b'U' as isize,
     Meta = b'M' as isize,
 }
 
@@ -201,6 +218,7 @@ impl Key<'_> {
             Key::Quarantine(_) => SpaceId::Quarantine,
             Key::Count { .. } => SpaceId::Counts,
             Key::StatusSince { .. } => SpaceId::StatusSince,
+            Key::Due { .. } => SpaceId::Due,
             Key::Meta(_) => SpaceId::Meta,
         }
     }
@@ -233,6 +251,11 @@ impl Key<'_> {
                 let mut k = status_since_prefix(kind, status);
                 k.extend_from_slice(&since_bytes(since));
                 k.extend_from_slice(key.as_bytes());
+                k
+            }
+            Key::Due { due, kind, key } => {
+                let mut k = since_bytes(due).to_vec();
+                k.extend(joined(&[kind.as_bytes(), key.as_bytes()]));
                 k
             }
             Key::Meta(name) => name.name().to_vec(),
@@ -305,13 +328,15 @@ impl Space {
         start: Bound<Vec<u8>>,
         end: Bound<Vec<u8>>,
     ) -> impl DoubleEndedIterator<Item = Entry> + use<> {
+        let start = match start {
+            Bound::Unbounded => Bound::Included(vec![self.prefix]),
+            bounded => self.prefixed(bounded),
+        };
         let end = match end {
             Bound::Unbounded => Bound::Excluded(vec![self.prefix + 1]),
             bounded => self.prefixed(bounded),
         };
-        self.tree
-            .range((self.prefixed(start), end))
-            .map(Self::strip)
+        self.tree.range((start, end)).map(Self::strip)
     }
 
     /// How many entries (a scan: for reports, not hot paths).

@@ -74,6 +74,23 @@ pub(crate) enum Entry {
         /// What it says under the new catalog.
         envelope: WebhookEnvelope,
     },
+    /// No webhook: operation (`kind`, `key`) became overdue in `status`, held since `since`,
+    /// due at `due` (ms since the epoch), an event at `sequence` for its watchers. The
+    /// record's receive time is the clock's reading that found it due; its payload is empty.
+    Overdue {
+        /// Its position in the change feed.
+        sequence: u64,
+        /// The operation's kind.
+        kind: String,
+        /// The operation's key.
+        key: String,
+        /// The status it held too long.
+        status: String,
+        /// Since when it held it.
+        since: i64,
+        /// When that became too long, under the catalog then in effect.
+        due: i64,
+    },
 }
 
 /// The part of a record before its payload.

@@ -22,7 +22,8 @@
 //! - [`open`]: opening a directory, its format check and the meta values;
 //! - [`record`]: how every sled value is encoded, and read back from older formats;
 //! - [`index`]: index and counter upkeep, written once in [`index::put_operation`] for the
-//!   writer, rebuild and [`Store::check_indexes`];
+//!   writer, rebuild and [`Store::check_indexes`]; [`due`]: the index of operations by when
+//!   they fall overdue, which the overdue clock reads;
 //! - [`view`]: applying log records to sled; [`rebuild`](mod@rebuild): recomputing it all;
 //!   [`snapshot`]: consistent copies and restores; [`status_index`]: list pages;
 //!   [`recent`]: the window of changes watchers read from memory.
@@ -44,6 +45,7 @@
 //!   corruption, and a field added later does not make old records unreadable (see
 //!   [`record::decode`]).
 
+mod due;
 mod failpoint;
 mod index;
 mod integrity;
@@ -63,6 +65,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::overdue::Overdue;
 use crate::domain::reconcile::{Operation, Phase};
 use crate::domain::webhook::EventId;
 pub(crate) use keys::{Key, Meta, Space, SpaceId, Writes, phase_byte};
@@ -179,6 +182,15 @@ pub struct EventEntry {
     pub payload: PayloadRef,
 }
 
+impl EventEntry {
+    /// Whether a webhook made this entry. The other entries are the moments operations
+    /// became overdue: they have no body (a webhook is never empty, the intake wants a JSON
+    /// object), and their change says which status was held too long.
+    pub fn is_webhook(&self) -> bool {
+        self.payload.len > 0
+    }
+}
+
 /// The effect of one stored webhook on its operation: what watchers read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
@@ -190,6 +202,9 @@ pub struct Change {
     pub operation: Operation,
     /// The milestones this webhook reached first (each is reached once per operation).
     pub milestones_reached: Vec<String>,
+    /// Set when this is no webhook but the moment the operation became overdue (the
+    /// operation itself did not change): which status it held too long.
+    pub overdue: Option<Overdue>,
 }
 
 impl Change {
@@ -274,6 +289,7 @@ struct Trees {
     quarantine: Space,
     counts: Space,
     status_since: Space,
+    due: Space,
 }
 
 /// A handle on the data directory, cheap to clone. Reads go straight to sled.

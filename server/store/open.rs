@@ -68,6 +68,7 @@ impl Store {
             quarantine: space(SpaceId::Quarantine),
             counts: space(SpaceId::Counts),
             status_since: space(SpaceId::StatusSince),
+            due: space(SpaceId::Due),
             all,
         };
         let store = Store {

@@ -129,6 +129,7 @@ mod tests {
             status_changed: true,
             operation,
             milestones_reached: Vec::new(),
+            overdue: None,
         };
         (n, Arc::new(change))
     }

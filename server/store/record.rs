@@ -2,6 +2,7 @@
 //! postcard) and read back, including records of earlier formats ([`format_v1`], frozen).
 
 mod format_v1;
+mod format_v2;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -44,13 +45,19 @@ pub(super) fn decode_entry(bytes: &[u8]) -> Result<EventEntry, StoreError> {
 ///
 /// - 1: the first format;
 /// - 2: `Operation::conflict`, `Operation::milestones` and `Change::milestones_reached`
-///   added ([`format_v1`] reads format 1).
-pub(crate) const RECORD_VERSION: u8 = 2;
+///   added ([`format_v1`] reads format 1);
+/// - 3: `Change::overdue` added ([`format_v2`] reads format 2).
+pub(crate) const RECORD_VERSION: u8 = 3;
 
 /// A value stored as a record: how each format's body is read into it.
 pub(crate) trait Record: DeserializeOwned {
     /// Reads the body of a format-1 record. By default the shape did not change.
     fn from_v1(body: &[u8]) -> postcard::Result<Self> {
+        postcard::from_bytes(body)
+    }
+
+    /// Reads the body of a format-2 record. By default the shape did not change.
+    fn from_v2(body: &[u8]) -> postcard::Result<Self> {
         postcard::from_bytes(body)
     }
 }
@@ -64,6 +71,10 @@ impl Record for Operation {
 impl Record for StoredEvent<Change> {
     fn from_v1(body: &[u8]) -> postcard::Result<Self> {
         postcard::from_bytes::<StoredEvent<format_v1::ChangeV1>>(body).map(StoredEvent::from)
+    }
+
+    fn from_v2(body: &[u8]) -> postcard::Result<Self> {
+        postcard::from_bytes::<StoredEvent<format_v2::ChangeV2>>(body).map(StoredEvent::from)
     }
 }
 
@@ -85,6 +96,7 @@ pub(crate) fn decode<T: Record>(bytes: &[u8], tree: &'static str) -> Result<T, S
     match bytes.split_first() {
         Some((&RECORD_VERSION, body)) => postcard::from_bytes(body).map_err(corrupt),
         Some((1, body)) => T::from_v1(body).map_err(corrupt),
+        Some((2, body)) => T::from_v2(body).map_err(corrupt),
         Some((&version, _)) => Err(StoreError::Corrupt {
             tree,
             reason: format!(
@@ -152,9 +164,9 @@ pub(super) mod tests {
         let bytes = hex::decode(OPERATION_V1).expect("hex");
         let op: Operation = decode(&bytes, "operations").expect("a format 1 record decodes");
         assert_eq!(op, sample_operation());
-        // This build writes format 2, which reads back the same.
+        // This build writes format 3, which reads back the same.
         let written = encode(&sample_operation());
-        assert_eq!(written[0], 2);
+        assert_eq!(written[0], 3);
         assert_eq!(
             decode::<Operation>(&written, "operations").unwrap(),
             sample_operation()
@@ -192,12 +204,44 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn change_records_of_format_2_decode_without_an_overdue_event() {
+        let entry = EventEntry {
+            event_id: EventId([2; 32]),
+            kind: "debt".into(),
+            key: "k".into(),
+            received_at: 7,
+            payload: PayloadRef {
+                segment: 1,
+                offset: 2,
+                len: 3,
+            },
+        };
+        // Format 2's change: previous status, whether it changed, the operation, the
+        // milestones reached; no overdue field after them.
+        let change_v2 = (
+            Some("waiting_signature"),
+            true,
+            sample_operation(),
+            vec!["disbursed"],
+        );
+        let mut record = vec![2u8];
+        record.extend(postcard::to_stdvec(&entry).unwrap());
+        record.extend(postcard::to_stdvec(&change_v2).unwrap());
+        let stored: StoredEvent<Change> = decode(&record, "events").expect("decodes");
+        assert_eq!(stored.entry, entry);
+        assert_eq!(stored.change.operation, sample_operation());
+        assert_eq!(stored.change.milestones_reached, ["disbursed"]);
+        assert_eq!(stored.change.overdue, None);
+        assert_eq!(decode_entry(&record).unwrap(), entry);
+    }
+
+    #[test]
     fn a_newer_record_format_is_refused_by_name() {
         let mut bytes = encode(&sample_operation());
         bytes[0] = RECORD_VERSION + 1;
         let err = decode::<Operation>(&bytes, "operations")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("record format 3"), "{err}");
+        assert!(err.contains("record format 4"), "{err}");
     }
 }

@@ -15,14 +15,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::due::{put_due, said_overdue};
 use super::index::{as_indexed, put_operation};
 use super::log::{Entry, PayloadRef, Record};
 use super::record::{StoredEvent, encode};
 use super::{Change, EventEntry, EventRef, Key, Meta, QuarantineEntry, Store, StoreError, Writes};
 use crate::domain::catalog::Catalog;
+use crate::domain::overdue::{Overdue, OverdueMark};
 use crate::domain::reconcile::{EventSummary, Operation, Reconciler};
 use crate::domain::webhook::Facts;
-use crate::domain::webhook::WebhookEnvelope;
+use crate::domain::webhook::{EventId, WebhookEnvelope};
 
 /// The change records one application produced, for the recent-changes window.
 pub(crate) type AppliedChanges = Vec<(u64, Arc<Change>)>;
@@ -68,6 +70,23 @@ pub(crate) fn apply(
                 )?;
                 next_sequence = Some(sequence + 1);
             }
+            Entry::Overdue {
+                sequence,
+                kind,
+                key,
+                status,
+                since,
+                due,
+            } => {
+                let mark = OverdueMark {
+                    kind: kind.clone(),
+                    key: key.clone(),
+                    status: status.clone(),
+                    since: *since,
+                };
+                batch.overdue(*sequence, mark, *due, *at, received_at)?;
+                next_sequence = Some(sequence + 1);
+            }
             Entry::Quarantine {
                 id,
                 event_id,
@@ -88,15 +107,11 @@ pub(crate) fn apply(
             }
         }
     }
+    batch.settle();
     let Batch {
-        mut writes,
-        operations,
-        changes,
-        ..
+        writes, changes, ..
     } = batch;
-    for (before, after) in operations.values() {
-        put_operation(&mut writes, before.as_ref(), after);
-    }
+    let mut writes = writes;
     if let Some(next) = next_sequence {
         writes.put(Key::Meta(Meta::NextSequence), next.to_be_bytes().to_vec());
     }
@@ -124,6 +139,82 @@ struct Batch<'a> {
 }
 
 impl Batch<'_> {
+    /// Writes every touched operation with its index entries, and takes the state written as
+    /// the state before whatever follows in the batch. Done at the end, and before an overdue
+    /// event, whose own writes to the indexes must come after the operation's.
+    fn settle(&mut self) {
+        for (before, after) in self.operations.values_mut() {
+            put_operation(&mut self.writes, before.as_ref(), after);
+            put_due(&mut self.writes, self.catalog, before.as_ref(), after);
+            *before = Some(as_indexed(after));
+        }
+    }
+
+    /// The moment operation `mark` became overdue, recorded at `sequence`: no webhook, and
+    /// the operation does not change; its watchers hear it (see [`crate::store::due`]).
+    fn overdue(
+        &mut self,
+        sequence: u64,
+        mark: OverdueMark,
+        due: i64,
+        at: PayloadRef,
+        received_at: i64,
+    ) -> Result<(), StoreError> {
+        self.settle();
+        let op_key = (mark.kind.clone(), mark.key.clone());
+        let operation = match self.operations.get(&op_key) {
+            Some((_, current)) => current.without_history(),
+            None => self
+                .store
+                .operation(&mark.kind, &mark.key)?
+                .ok_or_else(|| StoreError::Corrupt {
+                    tree: "events",
+                    reason: format!(
+                        "the overdue event at sequence {sequence} names {}/{}, which is not stored",
+                        mark.kind, mark.key
+                    ),
+                })?
+                .without_history(),
+        };
+        said_overdue(&mut self.writes, &mark, due, sequence);
+        let change = Change {
+            previous_status: Some(operation.status.clone()),
+            status_changed: false,
+            overdue: Some(Overdue {
+                status: mark.status.clone(),
+                since: mark.since,
+                expected_within: due.saturating_sub(mark.since),
+                due,
+            }),
+            operation,
+            milestones_reached: Vec::new(),
+        };
+        let entry = EventEntry {
+            event_id: overdue_event_id(&mark),
+            kind: mark.kind.clone(),
+            key: mark.key.clone(),
+            received_at,
+            payload: at,
+        };
+        self.writes.put(
+            Key::Event(sequence),
+            encode(&StoredEvent {
+                entry,
+                change: &change,
+            }),
+        );
+        self.changes.push((sequence, Arc::new(change)));
+        tracing::info!(
+            sequence,
+            kind = %mark.kind,
+            key = %mark.key,
+            status = %mark.status,
+            due,
+            "operation overdue"
+        );
+        Ok(())
+    }
+
     fn event(
         &mut self,
         sequence: u64,
@@ -166,6 +257,7 @@ impl Batch<'_> {
                 .map(|m| m.name.clone())
                 .filter(|name| !reached_before.contains(name))
                 .collect(),
+            overdue: None,
         };
         let entry = EventEntry {
             event_id: envelope.event_id,
@@ -197,4 +289,17 @@ impl Batch<'_> {
         self.operations.insert(op_key, (before, after));
         Ok(())
     }
+}
+
+/// The identity of an overdue event: a hash of what it says, never a webhook's (those hash
+/// JSON objects), so that its entry names something distinct.
+fn overdue_event_id(mark: &OverdueMark) -> EventId {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for part in [&mark.kind, &mark.key, &mark.status] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    hash.update(mark.since.to_be_bytes());
+    EventId(hash.finalize().into())
 }

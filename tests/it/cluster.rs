@@ -560,3 +560,59 @@ async fn a_node_with_a_damaged_log_sets_it_aside_and_reads_the_stream_again() {
     assert_eq!(std::fs::read(kept).unwrap(), bytes, "set aside as it was");
     drop(node);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_nodes_record_the_same_overdue_events_at_the_same_sequences() {
+    let nats = NatsCluster::start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.toml");
+    std::fs::write(
+        &catalog,
+        "[kinds.debt.expect]\nwaiting_signature = \"2s\"\n",
+    )
+    .unwrap();
+    let catalog = catalog.to_str().unwrap();
+    let urls = nats.urls();
+    let args = [
+        "--nats",
+        urls.as_str(),
+        "--nats-replicas",
+        "1",
+        "--catalog",
+        catalog,
+        "--overdue-tick",
+        "100ms",
+    ];
+    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
+    let a = ServerCommand::new(&dir_a).args(args).start().await;
+    let b = ServerCommand::new(&dir_b).args(args).start().await;
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let old = (chrono::Utc::now() - chrono::Duration::days(3))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    for (node, key, status, time) in [
+        (a.http, "w-1", "waiting_signature", &now),
+        (b.http, "w-2", "waiting_signature", &now),
+        (b.http, "w-3", "waiting_signature", &old),
+        (a.http, "w-2", "canceled", &now),
+    ] {
+        let (code, _) = post(node, &webhook("debt", key, status, time))
+            .await
+            .expect("answered");
+        assert_eq!(code, 200);
+    }
+    // Both nodes propose what falls due; the stream orders and dates the proposals, and each
+    // node's writer records an operation once.
+    let quiet = Duration::from_secs(2);
+    let on_a = crate::overdue::overdue_events(a.grpc, Duration::from_secs(15), quiet).await;
+    let on_b = crate::overdue::overdue_events(b.grpc, Duration::from_secs(15), quiet).await;
+    let keys: Vec<&str> = on_a.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(keys, ["w-3", "w-1"], "{on_a:?}");
+    assert_eq!(on_a, on_b, "the same events at the same sequences");
+
+    // A node restarted resumes the same feed, with nothing repeated.
+    drop(b);
+    let b = ServerCommand::new(&dir_b).args(args).start().await;
+    let again = crate::overdue::overdue_events(b.grpc, Duration::from_secs(15), quiet).await;
+    assert_eq!(again, on_a);
+    drop((a, b));
+}

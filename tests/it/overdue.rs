@@ -314,8 +314,13 @@ async fn an_operation_that_does_not_move_becomes_overdue_until_it_changes() {
 #[tokio::test]
 async fn a_reload_that_shortens_an_expectation_makes_operations_overdue_at_once_and_a_restart_keeps_them()
  {
-    let (server, dir) =
-        start_with_catalog("[kinds.debt.expect]\nwaiting_disbursement = \"1h\"\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("catalog.toml"),
+        "[kinds.debt.expect]\nwaiting_disbursement = \"1h\"\n",
+    )
+    .unwrap();
+    let server = TestServer::start_with(with_tick(dir.path())).await;
     let two_minutes_ago = rfc3339_ago(chrono::Duration::minutes(2));
     server
         .post_ok(webhook(
@@ -350,10 +355,175 @@ async fn a_reload_that_shortens_an_expectation_makes_operations_overdue_at_once_
         Some(60)
     );
     assert_eq!(keys(&list_overdue(&server, 0, "").await), ["d-1"]);
+    // Its watchers hear it at once (the next tick), once.
+    let events = overdue_events(server.grpc, Duration::from_secs(10), Duration::from_secs(1)).await;
+    let heard: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(heard, ["d-1"], "{events:?}");
 
-    // A restart on the same directory answers the same.
+    // A restart on the same directory answers the same, and says it once still.
     server.stop().await;
-    let server = TestServer::start_with(settings_in(dir.path())).await;
+    let server = TestServer::start_with(with_tick(dir.path())).await;
     assert_eq!(keys(&list_overdue(&server, 0, "").await), ["d-1"]);
+    let again = overdue_events(server.grpc, Duration::from_secs(5), Duration::from_secs(1)).await;
+    assert_eq!(again, events);
+    server.stop().await;
+}
+
+/// Every overdue event a watch from the start of `server`'s feed (at `grpc`) delivers until
+/// `quiet` passes without one, as (sequence, key, status, the operation's own overdue
+/// status); fails if none came within `first`.
+pub(crate) async fn overdue_events(
+    grpc: std::net::SocketAddr,
+    first: Duration,
+    quiet: Duration,
+) -> Vec<(u64, String, String, Option<String>)> {
+    use qistatus::client::{WatchEvent, WatchQuery};
+    use tokio_stream::StreamExt;
+    let client = qistatus::client::Client::connect(&format!("http://{grpc}"))
+        .await
+        .expect("connect");
+    let events = client.watch(WatchQuery {
+        start_after_sequence: Some(0),
+        overdue: true,
+        ..Default::default()
+    });
+    tokio::pin!(events);
+    let mut seen = Vec::new();
+    let mut wait = first;
+    while let Ok(Some(event)) = tokio::time::timeout(wait, events.next()).await {
+        if let WatchEvent::Change(change) = event.expect("no error")
+            && let Some(late) = change.overdue
+        {
+            let op = change.operation.expect("operation");
+            assert_eq!(op.status, late.status, "an event names the status held");
+            seen.push((
+                change.sequence,
+                op.key,
+                late.status,
+                op.overdue.map(|o| o.status),
+            ));
+            wait = quiet;
+        }
+    }
+    seen
+}
+
+fn with_tick(dir: &std::path::Path) -> qistatus::Settings {
+    let mut settings = settings_in(dir);
+    settings.overdue_tick = Duration::from_millis(100);
+    settings
+}
+
+#[tokio::test]
+async fn watchers_hear_the_moment_an_operation_becomes_overdue_once_even_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("catalog.toml"),
+        "[kinds.debt.expect]\nwaiting_signature = \"2s\"\n",
+    )
+    .unwrap();
+    let server = TestServer::start_with(with_tick(dir.path())).await;
+    // Watch status changes and overdue events from now: both, in sequence order.
+    let client = server.client().await;
+    let watched = client.watch(qistatus::client::WatchQuery {
+        overdue: true,
+        kinds: vec!["debt".into()],
+        ..Default::default()
+    });
+    let now = rfc3339_ago(chrono::Duration::zero());
+    let created = server
+        .post_ok(webhook("debt", "w-1", "waiting_signature", &now))
+        .await;
+    // One that moves on before its two seconds are up is never overdue.
+    server
+        .post_ok(webhook("debt", "w-2", "waiting_signature", &now))
+        .await;
+    server
+        .post_ok(webhook("debt", "w-2", "canceled", &now))
+        .await;
+    // One from the past is overdue at once, and heard of at the next tick.
+    let old = rfc3339_ago(chrono::Duration::days(3));
+    server
+        .post_ok(webhook("debt", "w-3", "waiting_signature", &old))
+        .await;
+
+    tokio::pin!(watched);
+    let mut live = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), async {
+        use tokio_stream::StreamExt;
+        while let Some(event) = watched.next().await {
+            if let qistatus::client::WatchEvent::Change(change) = event.unwrap() {
+                let op = change.operation.clone().unwrap();
+                live.push((change.sequence, op.key.clone(), change.overdue.is_some()));
+                if change.overdue.is_some() && op.key == "w-1" {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .expect("w-1's overdue event within 15 s");
+    let sequences: Vec<u64> = live.iter().map(|(s, _, _)| *s).collect();
+    assert!(sequences.windows(2).all(|w| w[0] < w[1]), "{live:?}");
+    let overdue_keys: Vec<&str> = live
+        .iter()
+        .filter(|(_, _, late)| *late)
+        .map(|(_, k, _)| k.as_str())
+        .collect();
+    assert_eq!(overdue_keys, ["w-3", "w-1"], "{live:?}");
+    assert!(
+        live[live.len() - 1].0 > created,
+        "after the webhook that started it"
+    );
+
+    // Exactly once each, and the same when read again from the start of the feed.
+    let before = overdue_events(server.grpc, Duration::from_secs(5), Duration::from_secs(1)).await;
+    let keys_before: Vec<&str> = before.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(keys_before, ["w-3", "w-1"], "{before:?}");
+    assert!(
+        before
+            .iter()
+            .all(|e| e.2 == "waiting_signature" && e.3.as_deref() == Some("waiting_signature")),
+        "{before:?}"
+    );
+
+    // The CLI: one JSON line per event, with its overdue object.
+    let mut child = tokio::process::Command::new(crate::process::CLI_BIN)
+        .args(["--server", &format!("http://{}", server.grpc)])
+        .args(["--json", "watch", "--overdue", "--from-sequence", "0"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let mut printed = Vec::new();
+    while printed.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("the CLI prints the events")
+            .unwrap()
+            .expect("a line");
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if !json["overdue"].is_null() {
+            assert_eq!(json["overdue"]["status"], "waiting_signature", "{line}");
+            assert_eq!(json["overdue"]["expected_within"], "2s", "{line}");
+            printed.push(json["key"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(printed, ["w-3", "w-1"]);
+    child.kill().await.unwrap();
+
+    // A restart neither repeats nor loses an event.
+    server.stop().await;
+    let server = TestServer::start_with(with_tick(dir.path())).await;
+    let after = overdue_events(server.grpc, Duration::from_secs(5), Duration::from_secs(1)).await;
+    assert_eq!(after, before);
+
+    // A change clears it, and the next status with an expectation has its own event.
+    server
+        .post_ok(webhook("debt", "w-1", "canceled", &now))
+        .await;
+    assert!(server.get("w-1", "debt").await.unwrap().overdue.is_none());
     server.stop().await;
 }

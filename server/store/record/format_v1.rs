@@ -94,6 +94,7 @@ impl From<StoredEvent<ChangeV1>> for StoredEvent<Change> {
                 status_changed: v1.change.status_changed,
                 operation: v1.change.operation.into(),
                 milestones_reached: Vec::new(),
+                overdue: None,
             },
         }
     }

@@ -36,6 +36,7 @@ use super::snapshot::{self, Pinned};
 use super::{EventRef, Store, StoreError, view};
 use crate::clock::now_millis;
 use crate::domain::catalog::Catalog;
+use crate::domain::overdue::OverdueMark;
 use crate::domain::webhook::Facts;
 use crate::domain::webhook::Normalized;
 pub(crate) use plan::{BatchPlan, Counters};
@@ -110,6 +111,15 @@ enum Command {
         catalog: Arc<Catalog>,
         plan: RebuildPlan,
         reply: oneshot::Sender<Result<RebuildReport, Arc<StoreError>>>,
+    },
+    /// Record, as events, the operations of `marks` that are overdue at `at` and were not
+    /// said to be yet (see [`crate::store::due`]). A command of its own, never mixed into a
+    /// batch of webhooks, so that each mark is checked against the view as it is.
+    Overdue {
+        marks: Vec<OverdueMark>,
+        at: i64,
+        origin: Option<StreamOrigin>,
+        reply: oneshot::Sender<Result<usize, Arc<StoreError>>>,
     },
     /// Drop log entries received before `cutoff` (ms since the epoch), at most `limit`.
     Compact {
@@ -241,6 +251,39 @@ impl WriterHandle {
         Ok(answered(answer))
     }
 
+    /// Records as events which of `marks` are overdue now and were not said to be yet;
+    /// returns how many were. What a single node's overdue clock calls.
+    pub(crate) async fn overdue(&self, marks: Vec<OverdueMark>) -> Result<usize, SubmitError> {
+        self.ask(|reply| Command::Overdue {
+            marks,
+            at: now_millis(),
+            origin: None,
+            reply,
+        })
+        .await
+    }
+
+    /// Queues overdue `marks` the cluster's stream ordered at `origin` (its time is the
+    /// stream's, the same on every node), and returns the future of the answer, as
+    /// [`WriterHandle::queue_from_stream`] does for a webhook.
+    pub(crate) async fn queue_overdue_from_stream(
+        &self,
+        marks: Vec<OverdueMark>,
+        origin: StreamOrigin,
+    ) -> Result<impl Future<Output = Result<usize, SubmitError>> + use<>, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Command::Overdue {
+                marks,
+                at: origin.received_at,
+                origin: Some(origin),
+                reply,
+            })
+            .await
+            .map_err(|_| SubmitError::Closed)?;
+        Ok(answered(answer))
+    }
+
     /// Drops log entries received before `cutoff` (ms since the epoch), at most `limit` of
     /// them, between two batches. Operations and their history summaries are kept.
     pub async fn compact(&self, cutoff: i64, limit: usize) -> Result<Compaction, SubmitError> {
@@ -366,6 +409,7 @@ pub(crate) fn spawn_writer(
 ) -> Result<(WriterHandle, WriterTask), StoreError> {
     let (tx, rx) = mpsc::channel(limits.queue.max(1));
     store.replay(&catalog)?;
+    store.ensure_due(&catalog)?;
     let counters = store.counters()?;
     let (committed_tx, committed) = watch::channel(counters.next_sequence - 1);
     let recent = Arc::new(RecentChanges::new(RECENT_CHANGES, RECENT_CHANGES_BYTES));
@@ -482,6 +526,16 @@ impl Writer {
                     next = rx.blocking_recv();
                     continue;
                 }
+                Command::Overdue {
+                    marks,
+                    at,
+                    origin,
+                    reply,
+                } => {
+                    let _ = reply.send(self.overdue(&marks, at, origin));
+                    next = rx.blocking_recv();
+                    continue;
+                }
                 Command::Reload {
                     catalog,
                     plan,
@@ -545,6 +599,7 @@ impl Writer {
         }
         let started = std::time::Instant::now();
         let report = rebuild::finish(&self.store, &catalog, plan).map_err(Arc::new)?;
+        self.store.ensure_due(&catalog).map_err(Arc::new)?;
         // Promotions took sequences: continue after them, and let watchers see them.
         let counters = self.store.counters().map_err(Arc::new)?;
         let head = self.counters.next_sequence - 1;
@@ -563,6 +618,36 @@ impl Writer {
             "catalog reloaded"
         );
         Ok(report)
+    }
+
+    /// See [`Command::Overdue`]: the marks still due at `at` become records (one sequence
+    /// each), appended with one fsync and applied like a batch of webhooks; the rest change
+    /// nothing. Returns how many were recorded.
+    fn overdue(
+        &mut self,
+        marks: &[OverdueMark],
+        at: i64,
+        origin: Option<StreamOrigin>,
+    ) -> Result<usize, Arc<StoreError>> {
+        if let Some(stopped) = &self.stopped {
+            return Err(stopped.clone());
+        }
+        let mut plan = BatchPlan::new(self.counters);
+        for mark in marks {
+            if let Some(due) = self
+                .store
+                .still_due(&self.catalog, mark, at)
+                .map_err(Arc::new)?
+            {
+                plan.add_overdue(mark, due, at);
+            }
+        }
+        let recorded = plan.records.len();
+        self.commit_plan(plan, origin.map(|o| o.stream_sequence), now_millis())?;
+        if recorded > 0 {
+            self.committed.send_replace(self.counters.next_sequence - 1);
+        }
+        Ok(recorded)
     }
 
     fn commit_and_answer(&mut self, batch: &mut Vec<WriteRequest>) {
@@ -606,7 +691,6 @@ impl Writer {
             return Err(stopped.clone());
         }
         let now = now_millis();
-        let planned_from = std::time::Instant::now();
         let mut plan = BatchPlan::new(self.counters);
         let mut acks = Vec::with_capacity(webhooks.len());
         let mut stream_through = None;
@@ -618,11 +702,25 @@ impl Writer {
                     .map_err(Arc::new)?,
             );
         }
+        self.commit_plan(plan, stream_through, now)?;
+        Ok(acks)
+    }
+
+    /// Appends `plan`'s records to the log (one fsync) and applies them to the view, then
+    /// notes that the view took the stream into account through `stream_through` (a cluster
+    /// node). On error before the log has them, nothing changed; after, the writer stops
+    /// (see the module docs).
+    fn commit_plan(
+        &mut self,
+        plan: BatchPlan,
+        stream_through: Option<u64>,
+        now: i64,
+    ) -> Result<(), Arc<StoreError>> {
         if plan.records.is_empty() {
             if let Some(through) = stream_through {
                 self.store.set_stream_through(through).map_err(Arc::new)?;
             }
-            return Ok(acks);
+            return Ok(());
         }
         let appending = std::time::Instant::now();
         // A failed append leaves nothing in the log, so nothing changed: the batch is refused
@@ -639,7 +737,6 @@ impl Writer {
         let append_time = appending.elapsed();
         self.report.batch_appended(plan.records.len(), append_time);
         tracing::trace!(
-            planned_us = (appending - planned_from).as_micros() as u64,
             append_us = append_time.as_micros() as u64,
             "batch in the log"
         );
@@ -658,7 +755,7 @@ impl Writer {
                 // Durable and applied: visible to watchers (the caller wakes them next).
                 self.recent.extend(changes);
                 self.counters = plan.counters;
-                Ok(acks)
+                Ok(())
             }
             Err(e) => {
                 tracing::error!(

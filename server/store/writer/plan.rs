@@ -4,11 +4,12 @@
 //! sender's answer. Applying the records to the view is [`crate::store::view`]'s job, the
 //! same for a live batch and for replay.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 
 use super::Ack;
+use crate::domain::overdue::OverdueMark;
 use crate::domain::webhook::Facts;
 use crate::domain::webhook::{EventId, Normalized};
 use crate::store::log::{Entry, Record, RecordHeader};
@@ -33,6 +34,8 @@ pub(crate) struct BatchPlan {
     /// What the batch appends to the log.
     pub(crate) records: Vec<Record>,
     seen: HashMap<EventId, Ack>,
+    /// Operations (kind, key) this plan records as overdue: once each.
+    overdue: HashSet<(String, String)>,
 }
 
 impl BatchPlan {
@@ -41,6 +44,7 @@ impl BatchPlan {
             counters,
             records: Vec::new(),
             seen: HashMap::new(),
+            overdue: HashSet::new(),
         }
     }
 
@@ -102,6 +106,37 @@ impl BatchPlan {
         c.next_lsn += 1;
         self.seen.insert(event_id, ack.clone());
         Ok(ack)
+    }
+}
+
+impl BatchPlan {
+    /// Records that operation `mark` became overdue at `at` (ms), due at `due`: a record of
+    /// its own, at the next sequence, with no payload. The caller checked that it is still
+    /// due ([`Store::still_due`]).
+    pub(crate) fn add_overdue(&mut self, mark: &OverdueMark, due: i64, at: i64) {
+        if !self.overdue.insert((mark.kind.clone(), mark.key.clone())) {
+            return;
+        }
+        let c = &mut self.counters;
+        let sequence = c.next_sequence;
+        c.next_sequence += 1;
+        self.records.push(Record {
+            header: RecordHeader {
+                lsn: c.next_lsn,
+                received_at: at,
+                entry: Entry::Overdue {
+                    sequence,
+                    kind: mark.kind.clone(),
+                    key: mark.key.clone(),
+                    status: mark.status.clone(),
+                    since: mark.since,
+                    due,
+                },
+            },
+            raw: Bytes::new(),
+            facts: None,
+        });
+        c.next_lsn += 1;
     }
 }
 

@@ -1,0 +1,102 @@
+//! The overdue clock: the moment an operation becomes overdue, as an event.
+//!
+//! Watchers hear what arrives; nobody hears what did not. Every `tick` the clock reads the
+//! operations that fell due and were not said to be overdue yet (the store's due index, the
+//! cost of what fell due, never a scan) and proposes them. On a single node it hands them to
+//! the writer; on a cluster node it publishes them to the stream, so that the stream orders
+//! them among the webhooks and gives them its time. Either way the writer decides, with
+//! the view as it is at that point of the log: a mark still due becomes an event at a
+//! sequence of its own, anything else (a second node's identical proposal, an operation
+//! that moved meanwhile) changes nothing. So the clock itself holds no state: proposing
+//! twice, or after a restart, is harmless, and nothing it proposes is lost with it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::now_millis;
+use crate::cluster::{JetStreamLog, Progress};
+use crate::domain::overdue::OverdueMark;
+use crate::store::{Store, WriterHandle};
+
+/// How often the clock looks, by default: the most an overdue event lags its due time.
+pub const DEFAULT_TICK: Duration = Duration::from_secs(1);
+
+/// Most operations one tick proposes; more wait for the next tick (earliest due first).
+const MARKS_PER_TICK: usize = 256;
+
+/// Where the clock sends what fell due.
+#[derive(Debug, Clone)]
+pub(crate) enum Proposer {
+    /// A single node: its own writer (boxed: a handle is large beside two `Arc`s).
+    Writer(Box<WriterHandle>),
+    /// A cluster node: the cluster's stream, once this node has caught up with it (a node
+    /// behind would propose what the stream already settled).
+    Stream {
+        /// The stream.
+        log: Arc<JetStreamLog>,
+        /// How far this node follows it.
+        progress: Arc<Progress>,
+    },
+}
+
+/// Proposes, every `tick` until `stop`, the operations of `store` that fell due.
+pub(crate) async fn run(store: Store, proposer: Proposer, tick: Duration, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(tick) => {}
+            () = stop.cancelled() => return,
+        }
+        if let Proposer::Stream { progress, .. } = &proposer
+            && progress.not_ready().is_some()
+        {
+            continue;
+        }
+        let reading = store.clone();
+        let fallen =
+            tokio::task::spawn_blocking(move || reading.fallen_due(now_millis(), MARKS_PER_TICK))
+                .await
+                .expect("reading the due index does not panic: errors are values");
+        let marks: Vec<OverdueMark> = match fallen {
+            Ok(fallen) => fallen.into_iter().map(|(_, mark)| mark).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "the overdue clock cannot read the due index");
+                continue;
+            }
+        };
+        if marks.is_empty() {
+            continue;
+        }
+        let proposed = marks.len();
+        let outcome = match &proposer {
+            Proposer::Writer(writer) => writer.overdue(marks).await.map_err(|e| e.to_string()),
+            Proposer::Stream { log, progress } => propose_to_stream(log, progress, marks).await,
+        };
+        match outcome {
+            Ok(recorded) => tracing::debug!(proposed, recorded, "overdue clock tick"),
+            Err(e) => {
+                tracing::warn!(error = %e, proposed, "the overdue clock could not propose; it tries again next tick")
+            }
+        }
+    }
+}
+
+/// Publishes `marks` and waits until this node applied them, so that the next tick does not
+/// propose them again. Returns how many were proposed (the writer of each node decides).
+async fn propose_to_stream(
+    log: &JetStreamLog,
+    progress: &Progress,
+    marks: Vec<OverdueMark>,
+) -> Result<usize, String> {
+    let proposed = marks.len();
+    let published = log
+        .publish_overdue(&marks, now_millis())
+        .await
+        .map_err(|e| e.to_string())?;
+    progress
+        .applied(published)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(proposed)
+}

@@ -43,11 +43,21 @@ pub(crate) enum Proposer {
 
 /// Proposes, every `tick` until `stop`, the operations of `store` that fell due.
 pub(crate) async fn run(store: Store, proposer: Proposer, tick: Duration, stop: CancellationToken) {
+    // A tick that found a full page looks again at once: a backlog (a reload that shortened
+    // an expectation, a start after a long stop) drains at the writer's pace, not one page
+    // per tick.
+    let mut backlog = false;
+    let mut previous_first: Option<OverdueMark> = None;
     loop {
-        tokio::select! {
-            () = tokio::time::sleep(tick) => {}
-            () = stop.cancelled() => return,
+        if !backlog {
+            tokio::select! {
+                () = tokio::time::sleep(tick) => {}
+                () = stop.cancelled() => return,
+            }
+        } else if stop.is_cancelled() {
+            return;
         }
+        backlog = false;
         if let Proposer::Stream { progress, .. } = &proposer
             && progress.not_ready().is_some()
         {
@@ -69,6 +79,10 @@ pub(crate) async fn run(store: Store, proposer: Proposer, tick: Duration, stop: 
             continue;
         }
         let proposed = marks.len();
+        // Only while it makes progress: a page that starts where the last one did was not
+        // recorded (a cluster's stream time not yet at its due time), and waits for a tick.
+        backlog = proposed == MARKS_PER_TICK && previous_first.as_ref() != marks.first();
+        previous_first = marks.first().cloned();
         let outcome = match &proposer {
             Proposer::Writer(writer) => writer.overdue(marks).await.map_err(|e| e.to_string()),
             Proposer::Stream { log, progress } => propose_to_stream(log, progress, marks).await,
@@ -76,7 +90,8 @@ pub(crate) async fn run(store: Store, proposer: Proposer, tick: Duration, stop: 
         match outcome {
             Ok(recorded) => tracing::debug!(proposed, recorded, "overdue clock tick"),
             Err(e) => {
-                tracing::warn!(error = %e, proposed, "the overdue clock could not propose; it tries again next tick")
+                backlog = false;
+                tracing::warn!(error = %e, proposed, "the overdue clock could not propose; it tries again next tick");
             }
         }
     }

@@ -320,7 +320,12 @@ async fn a_reload_that_shortens_an_expectation_makes_operations_overdue_at_once_
         "[kinds.debt.expect]\nwaiting_disbursement = \"1h\"\n",
     )
     .unwrap();
-    let server = TestServer::start_with(with_tick(dir.path())).await;
+    let slow_tick = |dir: &std::path::Path| {
+        let mut settings = settings_in(dir);
+        settings.overdue_tick = Duration::from_secs(4);
+        settings
+    };
+    let server = TestServer::start_with(slow_tick(dir.path())).await;
     let two_minutes_ago = rfc3339_ago(chrono::Duration::minutes(2));
     server
         .post_ok(webhook(
@@ -332,10 +337,12 @@ async fn a_reload_that_shortens_an_expectation_makes_operations_overdue_at_once_
         .await;
     assert!(server.get("d-1", "debt").await.unwrap().overdue.is_none());
     assert!(keys(&list_overdue(&server, 0, "").await).is_empty());
+    // Six hundred waiting for a signature since 2024, which nothing expects yet.
+    server.post_debts("s-", 0..600, "waiting_signature").await;
 
     std::fs::write(
         dir.path().join("catalog.toml"),
-        "[kinds.debt.expect]\nwaiting_disbursement = \"1m\"\n",
+        "[kinds.debt.expect]\nwaiting_disbursement = \"1m\"\nwaiting_signature = \"1d\"\n",
     )
     .unwrap();
     let response = reqwest::Client::new()
@@ -354,16 +361,34 @@ async fn a_reload_that_shortens_an_expectation_makes_operations_overdue_at_once_
         op.overdue.map(|o| o.expected_within.unwrap().seconds),
         Some(60)
     );
-    assert_eq!(keys(&list_overdue(&server, 0, "").await), ["d-1"]);
-    // Its watchers hear it at once (the next tick), once.
-    let events = overdue_events(server.grpc, Duration::from_secs(10), Duration::from_secs(1)).await;
-    let heard: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
-    assert_eq!(heard, ["d-1"], "{events:?}");
+    let listed = list_overdue(&server, 1000, "").await;
+    assert_eq!(listed.operations.len(), 601);
+    assert_eq!(
+        keys(&listed).last(),
+        Some(&"d-1"),
+        "the most recent is the least overdue"
+    );
+    // Their watchers hear each at once, once: the 601 that fell due together are more than
+    // a tick's page (256), and the clock goes on reading while its pages are full instead of
+    // waiting a tick (4 s here) for each.
+    let reloaded = tokio::time::Instant::now();
+    let quiet = Duration::from_secs(1);
+    let events = overdue_events(server.grpc, Duration::from_secs(10), quiet).await;
+    let heard_within = reloaded.elapsed() - quiet;
+    let mut heard: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
+    heard.sort_unstable();
+    heard.dedup();
+    assert_eq!(heard.len(), 601, "{events:?}");
+    assert_eq!(events.len(), 601, "once each");
+    assert!(
+        heard_within < Duration::from_secs(7),
+        "all within one tick and the drain, not a tick per page: {heard_within:?}"
+    );
 
     // A restart on the same directory answers the same, and says it once still.
     server.stop().await;
-    let server = TestServer::start_with(with_tick(dir.path())).await;
-    assert_eq!(keys(&list_overdue(&server, 0, "").await), ["d-1"]);
+    let server = TestServer::start_with(slow_tick(dir.path())).await;
+    assert_eq!(list_overdue(&server, 1000, "").await.operations.len(), 601);
     let again = overdue_events(server.grpc, Duration::from_secs(5), Duration::from_secs(1)).await;
     assert_eq!(again, events);
     server.stop().await;
@@ -371,7 +396,8 @@ async fn a_reload_that_shortens_an_expectation_makes_operations_overdue_at_once_
 
 /// Every overdue event a watch from the start of `server`'s feed (at `grpc`) delivers until
 /// `quiet` passes without one, as (sequence, key, status, the operation's own overdue
-/// status); fails if none came within `first`.
+/// status), and at most 60 s or 10,000 of them (events that never stop are a failure the
+/// caller sees in what is returned); empty if none came within `first`.
 pub(crate) async fn overdue_events(
     grpc: std::net::SocketAddr,
     first: Duration,
@@ -390,7 +416,11 @@ pub(crate) async fn overdue_events(
     tokio::pin!(events);
     let mut seen = Vec::new();
     let mut wait = first;
-    while let Ok(Some(event)) = tokio::time::timeout(wait, events.next()).await {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen.len() < 10_000
+        && tokio::time::Instant::now() < give_up
+        && let Ok(Some(event)) = tokio::time::timeout(wait, events.next()).await
+    {
         if let WatchEvent::Change(change) = event.expect("no error")
             && let Some(late) = change.overdue
         {
@@ -526,4 +556,62 @@ async fn watchers_hear_the_moment_an_operation_becomes_overdue_once_even_across_
         .await;
     assert!(server.get("w-1", "debt").await.unwrap().overdue.is_none());
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_after_the_overdue_events_reached_the_log_neither_loses_nor_repeats_them() {
+    use crate::process::ServerCommand;
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.toml");
+    std::fs::write(
+        &catalog,
+        "[kinds.debt.expect]\nwaiting_signature = \"2s\"\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let args = [
+        "--catalog",
+        catalog.to_str().unwrap(),
+        "--overdue-tick",
+        "50ms",
+    ];
+    // Twenty webhooks are twenty appends; the clock's first one, two seconds on, is the
+    // twenty-first: the process aborts once it is in the log, before the view has it.
+    let server = ServerCommand::new(&data)
+        .args(args)
+        .env("QISTATUS_FAILPOINT", "abort-after-log-append:21")
+        .start()
+        .await;
+    let now = rfc3339_ago(chrono::Duration::zero());
+    let client = reqwest::Client::new();
+    for i in 0..20 {
+        let response = client
+            .post(format!("http://{}/webhooks", server.http))
+            .body(webhook(
+                "debt",
+                &format!("c-{i}"),
+                "waiting_signature",
+                &now,
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+    }
+    let status = server.exit_within(Duration::from_secs(20)).await;
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "aborted at the failpoint: {status:?}"
+    );
+
+    // The restart replays the logged events; the clock finds nothing left to say.
+    let server = ServerCommand::new(&data).args(args).start().await;
+    let events = overdue_events(server.grpc, Duration::from_secs(10), Duration::from_secs(1)).await;
+    let sequences: Vec<u64> = events.iter().map(|e| e.0).collect();
+    assert_eq!(sequences, (21..=40).collect::<Vec<_>>(), "{events:?}");
+    let mut keys: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), 20, "each operation once");
+    drop(server);
 }

@@ -110,6 +110,7 @@ pub(crate) struct Metrics {
     scrubbed_bytes: Counter,
     log_damage: Counter,
     event_times_ahead: Counter,
+    overdue_events: Counter,
     gauges: Gauges,
 }
 
@@ -241,8 +242,16 @@ impl Metrics {
              believes: ordered at their receive time (a clock gone wrong, or a forged date)",
             event_times_ahead.clone(),
         );
+        let overdue_events = Counter::default();
+        registry.register(
+            "overdue_events",
+            "Overdue events recorded: the moments operations became overdue, each once per \
+             operation and status (the same on every node of a cluster)",
+            overdue_events.clone(),
+        );
         Metrics {
             registry,
+            overdue_events,
             scrubbed_bytes,
             log_damage,
             event_times_ahead,
@@ -357,6 +366,10 @@ impl crate::store::BatchReport for Metrics {
     fn batch_appended(&self, records: usize, append: std::time::Duration) {
         self.batch_size.observe(records as f64);
         self.flush_seconds.observe(append.as_secs_f64());
+    }
+
+    fn overdue_recorded(&self, events: usize) {
+        self.overdue_events.inc_by(events as u64);
     }
 }
 

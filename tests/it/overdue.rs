@@ -544,6 +544,17 @@ async fn watchers_hear_the_moment_an_operation_becomes_overdue_once_even_across_
     assert_eq!(printed, ["w-3", "w-1"]);
     child.kill().await.unwrap();
 
+    let metrics = reqwest::get(format!("http://{}/metrics", server.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("qistatus_overdue_events_total 2\n"),
+        "{metrics}"
+    );
+
     // A restart neither repeats nor loses an event.
     server.stop().await;
     let server = TestServer::start_with(with_tick(dir.path())).await;

@@ -39,12 +39,20 @@ pub async fn run(cx: &Context, report: &mut Report) {
     let large_count = overdue_counts(&server, 50).await;
     let rss = server.rss_bytes();
     let ports = server.ports();
+    // Idle, with the overdue clock looking every second (the default).
+    let clock_on = idle_cpu(&server).await;
     // A last burst, then a crash: the restart replays whatever sled had not checkpointed.
     let burst = s.scale_large / 100;
     populate(&server, s.scale_large, s.scale_large + burst, s.concurrency).await;
     server.kill().await;
     let size = dir_size(&dir);
-    let (server, ready) = cx.qistatus.start_with(&dir, Some(ports), &flags).await;
+    // The restart's server has the clock all but stopped (one look an hour): its idle CPU,
+    // beside the first one's, is what the clock costs.
+    let mut quiet = flags.to_vec();
+    quiet.extend(["--overdue-tick".to_owned(), "1h".to_owned()]);
+    let (server, ready) = cx.qistatus.start_with(&dir, Some(ports), &quiet).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let clock_off = idle_cpu(&server).await;
     server.stop().await;
     let (s99, l99) = (small.value_at_quantile(0.99), large.value_at_quantile(0.99));
     let page = |n: usize| format!("ListByStatus page of 100, p99, at {n}");
@@ -112,11 +120,40 @@ pub async fn run(cx: &Context, report: &mut Report) {
         None,
         "≤ 3 s",
     );
+    report.row(
+        "scale",
+        &format!(
+            "idle server CPU at {} operations ({} overdue, each said once), overdue clock every 1 s",
+            s.scale_large,
+            s.scale_large / OVERDUE_EVERY
+        ),
+        format!("{clock_on:.2} ms/s"),
+        None,
+        "",
+    );
+    report.row(
+        "scale",
+        "the same, overdue clock every hour (the clock's cost is the difference)",
+        format!("{clock_off:.2} ms/s"),
+        None,
+        "",
+    );
     report.notes.push(format!(
         "scale: {} operations posted over HTTP ({rate:.0}/s) in four statuses, one in {OVERDUE_EVERY} a `waiting_signature` dated two days back under a catalog that expects it to move within a day (overdue); {} pages of 100 `disbursed` debts, and of the overdue list (restarting at its end), walked at each size; then {burst} more and SIGKILL, so the restart replays the log past sled's last checkpoint.",
         s.scale_large, s.list_pages
     ));
 }
+
+/// Milliseconds of CPU per second `server` uses over [`IDLE_SECONDS`] with nothing asked of it.
+async fn idle_cpu(server: &Process) -> f64 {
+    let before = server.cpu_time().unwrap_or_default();
+    tokio::time::sleep(std::time::Duration::from_secs(IDLE_SECONDS)).await;
+    let used = server.cpu_time().unwrap_or_default().saturating_sub(before);
+    used.as_secs_f64() * 1000.0 / IDLE_SECONDS as f64
+}
+
+/// How long an idle server is watched for its CPU.
+const IDLE_SECONDS: u64 = 10;
 
 /// One operation in this many is overdue.
 const OVERDUE_EVERY: usize = 100;

@@ -398,6 +398,9 @@ impl WriterTask {
 pub(crate) trait BatchReport: Send + Sync {
     /// A batch of `records` log records was appended (and synced) in `append`.
     fn batch_appended(&self, records: usize, append: std::time::Duration);
+
+    /// `events` overdue events were recorded (applied to the view).
+    fn overdue_recorded(&self, events: usize);
 }
 
 /// Starts the writer on its own thread, telling `report` of every batch.
@@ -646,6 +649,7 @@ impl Writer {
         self.commit_plan(plan, origin.map(|o| o.stream_sequence), now_millis())?;
         if recorded > 0 {
             self.committed.send_replace(self.counters.next_sequence - 1);
+            self.report.overdue_recorded(recorded);
         }
         Ok(recorded)
     }

@@ -127,6 +127,7 @@ impl From<&EventSummary> for pb::HistoryEntry {
             event_id: e.event_id.to_string(),
             raw_payload: Vec::new(),
             data_omitted: false,
+            data_json: Vec::new(),
             event_time_ahead: false,
         }
     }
@@ -142,6 +143,15 @@ pub(crate) fn data_struct(raw: &[u8]) -> Option<prost_types::Struct> {
     {
         Kind::StructValue(object) => Some(object),
         _ => None,
+    }
+}
+
+/// The `data` object of a raw webhook as the JSON text it had (`HistoryEntry.data_json`):
+/// found by one pass of the parser, never rebuilt. Empty when there is no `data` object.
+pub(crate) fn data_json(raw: &[u8]) -> Vec<u8> {
+    match crate::domain::webhook::data_field::<Box<serde_json::value::RawValue>>(raw) {
+        Some(data) if data.get().starts_with('{') => data.get().as_bytes().to_vec(),
+        _ => Vec::new(),
     }
 }
 

@@ -275,7 +275,8 @@ impl OperationStatusApi {
         }
         let omitted = (op.history.len() - entries.len()) as u64;
         let with_data = view == pb::OperationView::Full;
-        if with_data || include_raw {
+        let with_json = view == pb::OperationView::Json;
+        if with_data || with_json || include_raw {
             for (event, entry) in &mut entries {
                 let Some(event_entry) = self.store.event_entry(event.sequence)? else {
                     continue;
@@ -295,15 +296,22 @@ impl OperationStatusApi {
                 if with_data {
                     entry.data = convert::data_struct(&raw);
                 }
+                if with_json {
+                    entry.data_json = convert::data_json(&raw);
+                }
                 if include_raw {
                     entry.raw_payload = raw.to_vec();
                 }
                 let after = framed_len(entry.encoded_len());
                 if size - before + after <= MAX_RESPONSE_BYTES {
                     size = size - before + after;
-                } else if entry.data.is_some() || !entry.raw_payload.is_empty() {
+                } else if entry.data.is_some()
+                    || !entry.data_json.is_empty()
+                    || !entry.raw_payload.is_empty()
+                {
                     // Too large for the response: the entry goes without them, and says so.
                     entry.data = None;
+                    entry.data_json = Vec::new();
                     entry.raw_payload = Vec::new();
                     entry.data_omitted = true;
                 }

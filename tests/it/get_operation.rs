@@ -116,6 +116,33 @@ async fn operation_times_and_counters_are_filled() {
     assert_eq!(full.history_omitted, 0);
     let full = full.operation.unwrap();
     assert!(full.history.iter().all(|h| h.data.is_some()));
+    // The JSON view: the same data, as the bytes each webhook's body had.
+    let json = server
+        .grpc()
+        .await
+        .get_operation(pb::GetOperationRequest {
+            key: op.key.clone(),
+            view: pb::OperationView::Json as i32,
+            include_raw_payload: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    assert_eq!(json.history.len(), full.history.len());
+    for (as_json, as_struct) in json.history.iter().zip(&full.history) {
+        assert!(as_json.data.is_none(), "no Struct in the JSON view");
+        let text = std::str::from_utf8(&as_json.data_json).unwrap();
+        let raw = std::str::from_utf8(&as_json.raw_payload).unwrap();
+        assert!(raw.contains(text), "the body's own bytes: {text} in {raw}");
+        let parsed: serde_json::Value = serde_json::from_str(text).unwrap();
+        let object = parsed.as_object().expect("an object");
+        let fields = &as_struct.data.as_ref().unwrap().fields;
+        assert_eq!(object.len(), fields.len(), "{text}");
+        assert!(object.keys().all(|k| fields.contains_key(k)), "{text}");
+    }
     server.stop().await;
 }
 
@@ -371,6 +398,22 @@ async fn an_operation_with_megabytes_of_history_data_is_answered_within_the_mess
     assert_eq!(full.history_omitted, 0);
     let history = full.operation.unwrap().history;
     let filled: Vec<bool> = history.iter().map(|h| h.data.is_some()).collect();
+    assert_eq!(filled, [false, true, true, true, true], "newest first");
+    assert!(history[0].data_omitted && !history[4].data_omitted);
+    // The JSON view under the same limit, the same way.
+    let json = server
+        .grpc()
+        .await
+        .get_operation(pb::GetOperationRequest {
+            key: "heavy".into(),
+            view: pb::OperationView::Json as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("the JSON view stays under the client's 4 MiB limit")
+        .into_inner();
+    let history = json.operation.unwrap().history;
+    let filled: Vec<bool> = history.iter().map(|h| !h.data_json.is_empty()).collect();
     assert_eq!(filled, [false, true, true, true, true], "newest first");
     assert!(history[0].data_omitted && !history[4].data_omitted);
 

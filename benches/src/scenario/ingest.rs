@@ -107,9 +107,23 @@ pub async fn run(cx: &Context, report: &mut Report, with_ingest: bool, with_read
             e.as_ref().map_or("—".into(), |e| e.failures.to_string()),
             p.as_ref().map_or("—".into(), |p| p.failures.to_string()),
         ));
+        // The same reads with each webhook's data as its JSON text.
+        let json_target = q_target.with_view(qistatus::pb::OperationView::Json);
+        let q_json = reads(&json_target, cx, &q_ingest.written, Some(&q_server)).await;
+        report.compare(
+            "point reads, data as JSON",
+            "GetOperation (OPERATION_VIEW_JSON: each webhook's data as its JSON bytes) vs the same Range and select, per second",
+            &q_json,
+            [e.as_ref(), p.as_ref()],
+            "≥ 1× PostgreSQL",
+        );
         report.notes.extend(cpu_note(
             "reads",
-            &[("qistatus", Some(&q)), ("etcd", e.as_ref())],
+            &[
+                ("qistatus (Struct)", Some(&q)),
+                ("qistatus (JSON)", Some(&q_json)),
+                ("etcd", e.as_ref()),
+            ],
         ));
     }
     if let Some((server, ..)) = etcd {

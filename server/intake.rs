@@ -128,7 +128,7 @@ impl Ingest {
     ) -> Result<Ack, IntakeError> {
         match self {
             Ingest::Local(writer) => Ok(writer.submit(normalized, raw, Some(facts)).await?),
-            Ingest::Cluster(publisher) => Ok(publisher.submit(normalized.event_id(), raw).await?),
+            Ingest::Cluster(publisher) => Ok(publisher.submit(&normalized, raw).await?),
         }
     }
 }

@@ -54,7 +54,7 @@ pub(crate) use stream::{OVERDUE_RECORD, OverdueProposal, RECORD_HEADER};
 
 use std::sync::Arc;
 
-use crate::domain::webhook::EventId;
+use crate::domain::webhook::Normalized;
 use crate::store::Ack;
 use crate::store::Store;
 use bytes::Bytes;
@@ -70,8 +70,12 @@ pub(crate) struct Publisher {
 
 impl Publisher {
     /// Publishes a verified webhook and answers once this node's view has applied it.
-    pub(crate) async fn submit(&self, event_id: EventId, raw: Bytes) -> Result<Ack, ClusterError> {
-        let published = self.log.publish(event_id, raw).await?;
+    pub(crate) async fn submit(
+        &self,
+        normalized: &Normalized,
+        raw: Bytes,
+    ) -> Result<Ack, ClusterError> {
+        let published = self.log.publish(normalized.event_id(), raw).await?;
         self.progress.applied(published.sequence).await?;
         if !published.duplicate
             && let Some(ack) = self.progress.outcome(published.sequence)
@@ -80,7 +84,7 @@ impl Publisher {
         }
         // A repeat within JetStream's window (or an answer already out of the recent
         // outcomes): the view says where the first delivery went.
-        match self.store.event_ref(&event_id)? {
+        match self.store.find_stored(normalized)? {
             Some(existing) => Ok(Ack::for_stored(&self.store, existing)?),
             None => Err(ClusterError::NotApplied(published.sequence)),
         }

@@ -4,7 +4,7 @@
 //! | space | [`Key`] | body | value |
 //! |---|---|---|---|
 //! | `L` | `Event(seq)` | sequence, u64 big-endian | where the webhook at `seq` is, and the change it made (the watch feed) |
-//! | `E` | `EventId(id)` | the 32-byte content hash | where that webhook is (dedupe) |
+//! | `E` | `EventId(id)` | the 32-byte content hash | the quarantine entry of that body (dedupe of the quarantine; an event is found in its operation's history) |
 //! | `O` | `Operation` | `key \0 kind` | the operation with its history summaries |
 //! | `S` | `StatusIndex` | `status \0 kind \0 key` | the operation without history |
 //! | `P` | `PhaseIndex` | `phase byte, kind \0 key` | the operation without history |
@@ -35,7 +35,7 @@ use crate::domain::webhook::EventId;
 pub(crate) enum Key<'a> {
     /// The webhook stored at this sequence: where it is, and the change it made.
     Event(u64),
-    /// Where the webhook with this content hash is.
+    /// The quarantine entry of the body with this content hash.
     EventId(&'a EventId),
     /// An operation.
     Operation {

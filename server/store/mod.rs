@@ -16,7 +16,8 @@
 //! writer decided about it, fsynced once per batch before anyone is answered. sled is a view
 //! materialized from it, in key spaces of one tree whose schema [`keys`] owns: the event
 //! entries (where each sequence's webhook is in the log, and the change it made), the
-//! deduplication index, operations, status and phase indexes, the quarantine, counters and
+//! quarantine's deduplication index, operations (whose history deduplicates events), status and
+//! phase indexes, the quarantine, counters and
 //! `applied_through`. By concern:
 //!
 //! - [`open`]: opening a directory, its format check and the meta values;
@@ -67,7 +68,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::overdue::Overdue;
 use crate::domain::reconcile::{Operation, Phase};
-use crate::domain::webhook::EventId;
+use crate::domain::webhook::{EventId, Normalized};
 pub(crate) use keys::{Key, Meta, Space, SpaceId, Writes, phase_byte};
 use log::{Log, LogError, PayloadRef};
 use record::{StoredEvent, decode, decode_entry, u64_from_be};
@@ -164,6 +165,14 @@ impl StoreError {
             _ => false,
         }
     }
+}
+
+/// Where in `op`'s history the webhook `id` is, if it is there.
+pub(crate) fn stored_in(op: &Operation, id: &EventId) -> Option<EventRef> {
+    op.history
+        .iter()
+        .find(|e| e.event_id == *id)
+        .map(|e| EventRef::Event(e.sequence))
 }
 
 /// A stored webhook's event entry in the view: what it was attributed to and where its body
@@ -442,11 +451,25 @@ impl Store {
         Ok(self.log.payload(&entry.payload)?)
     }
 
-    /// Where the webhook with `id` is stored, if it is.
-    pub fn event_ref(&self, id: &EventId) -> Result<Option<EventRef>, StoreError> {
-        self.get(Key::EventId(id))?
-            .map(|v| decode(&v, "event_ids"))
-            .transpose()
+    /// Where a webhook that normalized to `normalized` is stored already, if it is: an event
+    /// is found in its operation's history (the one place that already knows every webhook
+    /// of the operation, kept forever), a quarantined body by its content hash in the `E`
+    /// space, which holds only the quarantine's.
+    ///
+    /// Trade-off: the history is what the writer reads anyway to reconcile, so deduplicating
+    /// there costs no key per webhook; the price is that a body the catalog now reads
+    /// differently from when it was stored (a reload that made it unreadable) is no longer
+    /// recognized, and is quarantined instead of answered as a duplicate.
+    pub fn find_stored(&self, normalized: &Normalized) -> Result<Option<EventRef>, StoreError> {
+        match normalized {
+            Normalized::Event(envelope) => Ok(self
+                .operation(&envelope.kind, &envelope.key)?
+                .and_then(|op| stored_in(&op, &envelope.event_id))),
+            Normalized::Quarantine { event_id, .. } => self
+                .get(Key::EventId(event_id))?
+                .map(|v| decode(&v, "event_ids"))
+                .transpose(),
+        }
     }
 
     /// The quarantined webhooks, oldest first.

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use super::keys::Space;
 use super::log::SegmentLog;
-use super::record::u64_from_be;
-use super::{Key, Meta, SpaceId, Store, StoreError, Trees, snapshot, writer};
+use super::record::{decode, u64_from_be};
+use super::{EventRef, Key, Meta, SpaceId, Store, StoreError, Trees, snapshot, writer};
 
 /// sled's page cache by default, in MiB. sled undercounts what a cached node costs, and the
 /// allocator (mimalloc) keeps some freed memory per thread: 64 MiB keeps a million operations
@@ -23,8 +23,10 @@ pub const DEFAULT_CACHE_MB: u64 = 64;
 pub const CHECKPOINT_INTERVAL_MS: u64 = 500;
 
 /// The layout of a data directory this version reads and writes: 2 is the log-first
-/// layout (`log/` segments, sled as a view).
-pub const STORE_FORMAT: u64 = 2;
+/// layout (`log/` segments, sled as a view); 3 keeps content hashes (`E`) only for the
+/// quarantine, events being deduplicated in their operation's history. A format 2 directory
+/// is upgraded in place at open ([`Store::upgrade_from_2`]).
+pub const STORE_FORMAT: u64 = 3;
 
 impl Store {
     /// Opens (or creates) the store in `dir` with the default cache size.
@@ -95,6 +97,9 @@ impl Store {
         match self.get(key)? {
             Some(v) => {
                 let found = u64_from_be(&v, "meta")?;
+                if found == 2 {
+                    return self.upgrade_from_2();
+                }
                 if found != STORE_FORMAT {
                     return Err(StoreError::Format {
                         found,
@@ -122,6 +127,37 @@ impl Store {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Format 2 to 3, in place: drops the content hashes of events from the `E` space (the
+    /// quarantine's stay), then says format 3, in one atomic batch, flushed. A crash before
+    /// it leaves format 2, upgraded again at the next open. One scan of `E`, once.
+    fn upgrade_from_2(&self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let events = self.trees.all.scan_prefix([SpaceId::EventIds as u8]);
+        let mut batch = sled::Batch::default();
+        let mut dropped = 0u64;
+        for kv in events {
+            let (key, value) = kv?;
+            if matches!(decode(&value, "event_ids")?, EventRef::Event(_)) {
+                batch.remove(key);
+                dropped += 1;
+            }
+        }
+        batch.insert(
+            Key::Meta(Meta::FormatVersion).encode(),
+            &STORE_FORMAT.to_be_bytes(),
+        );
+        self.trees.all.apply_batch(batch)?;
+        self.db.flush()?;
+        tracing::info!(
+            from = 2,
+            to = STORE_FORMAT,
+            content_hashes_dropped = dropped,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "data directory upgraded in place"
+        );
         Ok(())
     }
 

@@ -317,7 +317,8 @@ fn restore_into(
     }
     let header: Header = postcard::from_bytes(&read_frame(&mut input)?)
         .map_err(|e| invalid(format!("unreadable header: {e}")))?;
-    if header.store_format != STORE_FORMAT {
+    // A snapshot of format 2 is restored as it is and upgraded when the store opens.
+    if !(2..=STORE_FORMAT).contains(&header.store_format) {
         return Err(invalid(format!(
             "taken from a store of format {}, this version reads format {STORE_FORMAT}",
             header.store_format

@@ -37,6 +37,19 @@ pub(crate) fn apply(
     records: &[Record],
     refs: &[PayloadRef],
 ) -> Result<AppliedChanges, StoreError> {
+    apply_read(store, catalog, records, refs, HashMap::new())
+}
+
+/// [`apply`], with operations the caller already read from the view as it is (`None`: not
+/// stored), by (kind, key): the writer's plan read them to deduplicate, and they are not
+/// read again.
+pub(crate) fn apply_read(
+    store: &Store,
+    catalog: &Catalog,
+    records: &[Record],
+    refs: &[PayloadRef],
+    preread: HashMap<(String, String), Option<Operation>>,
+) -> Result<AppliedChanges, StoreError> {
     let Some(last) = records.last() else {
         return Ok(Vec::new());
     };
@@ -46,6 +59,7 @@ pub(crate) fn apply(
         catalog,
         writes: Writes::default(),
         operations: HashMap::new(),
+        preread,
         changes: Vec::new(),
     };
     let mut next_sequence = None;
@@ -58,7 +72,10 @@ pub(crate) fn apply(
                 sequence, envelope, ..
             } => {
                 if let Entry::Promote { id, .. } = &record.header.entry {
+                    // It leaves the quarantine, and the content-hash index that only the
+                    // quarantine keeps: as an event, its operation's history finds it.
                     batch.writes.delete(Key::Quarantine(*id));
+                    batch.writes.delete(Key::EventId(&envelope.event_id));
                 }
                 batch.event(
                     *sequence,
@@ -135,6 +152,8 @@ struct Batch<'a> {
     /// Touched operations by (kind, key): their state before the batch (as much as its
     /// index entries need, [`as_indexed`]) and after.
     operations: HashMap<(String, String), (Option<Operation>, Operation)>,
+    /// Operations read before the batch, not read again ([`apply_read`]).
+    preread: HashMap<(String, String), Option<Operation>>,
     changes: AppliedChanges,
 }
 
@@ -228,7 +247,10 @@ impl Batch<'_> {
         let (before, current) = match self.operations.remove(&op_key) {
             Some((before, current)) => (before, Some(current)),
             None => {
-                let stored = self.store.operation(&envelope.kind, &envelope.key)?;
+                let stored = match self.preread.remove(&op_key) {
+                    Some(read) => read,
+                    None => self.store.operation(&envelope.kind, &envelope.key)?,
+                };
                 (stored.as_ref().map(as_indexed), stored)
             }
         };
@@ -272,10 +294,6 @@ impl Batch<'_> {
                 entry,
                 change: &change,
             }),
-        );
-        self.writes.put(
-            Key::EventId(&envelope.event_id),
-            encode(&EventRef::Event(sequence)),
         );
         self.changes.push((sequence, Arc::new(change)));
         tracing::info!(

@@ -33,4 +33,5 @@ mod restart;
 mod security;
 mod seeds;
 mod snapshot;
+mod upgrade;
 mod watch;

@@ -745,15 +745,21 @@ impl Writer {
             "batch in the log"
         );
         self.failpoint.after_append();
-        let applied =
-            view::apply(&self.store, &self.catalog, &plan.records, &refs).and_then(|changes| {
-                // After the view: a crash between the two replays a few stream messages,
-                // which the view then finds to be duplicates (see `crate::cluster`).
-                if let Some(through) = stream_through {
-                    self.store.set_stream_through(through)?;
-                }
-                Ok(changes)
-            });
+        let applied = view::apply_read(
+            &self.store,
+            &self.catalog,
+            &plan.records,
+            &refs,
+            plan.preread,
+        )
+        .and_then(|changes| {
+            // After the view: a crash between the two replays a few stream messages,
+            // which the view then finds to be duplicates (see `crate::cluster`).
+            if let Some(through) = stream_through {
+                self.store.set_stream_through(through)?;
+            }
+            Ok(changes)
+        });
         match applied {
             Ok(changes) => {
                 // Durable and applied: visible to watchers (the caller wakes them next).

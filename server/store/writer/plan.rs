@@ -4,16 +4,18 @@
 //! sender's answer. Applying the records to the view is [`crate::store::view`]'s job, the
 //! same for a live batch and for replay.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 
 use super::Ack;
 use crate::domain::overdue::OverdueMark;
+use crate::domain::reconcile::Operation;
 use crate::domain::webhook::Facts;
 use crate::domain::webhook::{EventId, Normalized};
-use crate::store::log::{Entry, Record, RecordHeader};
-use crate::store::{Store, StoreError};
+use crate::store::log::{Entry as LogEntry, Record, RecordHeader};
+use crate::store::{Store, StoreError, stored_in};
 
 /// The counters a batch continues from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +38,9 @@ pub(crate) struct BatchPlan {
     seen: HashMap<EventId, Ack>,
     /// Operations (kind, key) this plan records as overdue: once each.
     overdue: HashSet<(String, String)>,
+    /// The operations of the batch's webhooks as the view holds them before it (`None`: not
+    /// stored), read to deduplicate and handed to the view, which reconciles from them.
+    pub(crate) preread: HashMap<(String, String), Option<Operation>>,
 }
 
 impl BatchPlan {
@@ -45,6 +50,7 @@ impl BatchPlan {
             records: Vec::new(),
             seen: HashMap::new(),
             overdue: HashSet::new(),
+            preread: HashMap::new(),
         }
     }
 
@@ -62,7 +68,23 @@ impl BatchPlan {
         if let Some(ack) = self.seen.get(&event_id) {
             return Ok(as_duplicate(ack.clone()));
         }
-        if let Some(existing) = store.event_ref(&event_id)? {
+        let stored = match &normalized {
+            // Its operation, read once per batch: the view reconciles from the same read.
+            Normalized::Event(envelope) => {
+                let op = match self
+                    .preread
+                    .entry((envelope.kind.clone(), envelope.key.clone()))
+                {
+                    Entry::Occupied(read) => read.into_mut(),
+                    Entry::Vacant(unread) => {
+                        unread.insert(store.operation(&envelope.kind, &envelope.key)?)
+                    }
+                };
+                op.as_ref().and_then(|op| stored_in(op, &event_id))
+            }
+            Normalized::Quarantine { .. } => store.find_stored(&normalized)?,
+        };
+        if let Some(existing) = stored {
             let ack = Ack::for_stored(store, existing)?;
             self.seen.insert(event_id, ack.clone());
             return Ok(ack);
@@ -73,7 +95,7 @@ impl BatchPlan {
                 let sequence = c.next_sequence;
                 c.next_sequence += 1;
                 (
-                    Entry::Event { sequence, envelope },
+                    LogEntry::Event { sequence, envelope },
                     Ack::Accepted { sequence },
                 )
             }
@@ -85,7 +107,7 @@ impl BatchPlan {
                     reason: reason.clone(),
                 };
                 (
-                    Entry::Quarantine {
+                    LogEntry::Quarantine {
                         id,
                         event_id,
                         reason,
@@ -124,7 +146,7 @@ impl BatchPlan {
             header: RecordHeader {
                 lsn: c.next_lsn,
                 received_at: at,
-                entry: Entry::Overdue {
+                entry: LogEntry::Overdue {
                     sequence,
                     kind: mark.kind.clone(),
                     key: mark.key.clone(),

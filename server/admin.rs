@@ -296,6 +296,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
                     crate::clock::now_millis(),
                 )
                 .unwrap_or_default(),
+            view_keys_written: store.keys_written(),
         };
         state.metrics.encode(snapshot)
     })

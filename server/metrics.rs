@@ -95,6 +95,8 @@ pub(crate) struct Snapshot {
     pub(crate) stream: Option<(i64, i64)>,
     /// Operations overdue now: (kind, status, how many), one per expectation.
     pub(crate) overdue: Vec<(String, String, u64)>,
+    /// Keys written to sled since the start.
+    pub(crate) view_keys_written: u64,
 }
 
 /// The server's metrics. Cheap to share (`Arc`), cheap to update (atomics).
@@ -111,6 +113,7 @@ pub(crate) struct Metrics {
     log_damage: Counter,
     event_times_ahead: Counter,
     overdue_events: Counter,
+    view_keys_written: Counter,
     gauges: Gauges,
 }
 
@@ -242,6 +245,13 @@ impl Metrics {
              believes: ordered at their receive time (a clock gone wrong, or a forged date)",
             event_times_ahead.clone(),
         );
+        let view_keys_written = Counter::default();
+        registry.register(
+            "view_keys_written",
+            "Keys written to the sled view (inserts and removals): its cost is per key, so over \
+             qistatus_webhooks_total{result=\"accepted\"} this is the view's cost per webhook",
+            view_keys_written.clone(),
+        );
         let overdue_events = Counter::default();
         registry.register(
             "overdue_events",
@@ -251,6 +261,7 @@ impl Metrics {
         );
         Metrics {
             registry,
+            view_keys_written,
             overdue_events,
             scrubbed_bytes,
             log_damage,
@@ -307,6 +318,12 @@ impl Metrics {
     pub(crate) fn encode(&self, snapshot: Snapshot) -> String {
         let g = &self.gauges;
         g.queue_depth.set(snapshot.queue_depth);
+        // A counter the store keeps: brought up to its value (it only grows).
+        self.view_keys_written.inc_by(
+            snapshot
+                .view_keys_written
+                .saturating_sub(self.view_keys_written.get()),
+        );
         for (listener, open) in [
             ("intake", snapshot.intake_connections),
             ("grpc", snapshot.grpc_connections),
@@ -385,8 +402,13 @@ mod tests {
         metrics.webhook("other", WebhookResult::Refused, 0.0001);
         metrics.shed_counter("intake").inc();
         metrics.grpc_call("GetOperation", tonic::Code::NotFound);
+        metrics.encode(Snapshot {
+            view_keys_written: 5,
+            ..Snapshot::default()
+        });
         let text = metrics.encode(Snapshot {
             watchers: 3,
+            view_keys_written: 12,
             ..Snapshot::default()
         });
         for line in [
@@ -396,6 +418,7 @@ mod tests {
             "qistatus_grpc_requests_total{method=\"GetOperation\",code=\"NOT_FOUND\"} 1",
             "qistatus_ack_seconds_count 3",
             "qistatus_watchers 3",
+            "qistatus_view_keys_written_total 12",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }

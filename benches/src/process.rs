@@ -19,6 +19,8 @@ pub struct Process {
     pub http: String,
     /// Base URL of its gRPC listener.
     pub grpc: String,
+    /// `host:port` of its admin listener (qistatus only; empty for the others).
+    pub admin: String,
 }
 
 impl Drop for Process {
@@ -56,6 +58,31 @@ impl Process {
                 .unwrap_or(0)
         };
         (port(&self.http), port(&self.grpc))
+    }
+
+    /// The sum of the Prometheus samples of `metric` whose labels contain `labels` (all of
+    /// them when empty), read from the admin listener; `None` when it has none or none read.
+    pub fn metric(&self, metric: &str, labels: &str) -> Option<f64> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.admin).ok()?;
+        write!(
+            stream,
+            "GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n",
+            self.admin
+        )
+        .ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).ok()?;
+        let values: Vec<f64> = text
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (name, value) = line.rsplit_once(' ')?;
+                let (bare, rest) = name.split_once('{').unwrap_or((name, ""));
+                (bare == metric && rest.contains(labels)).then(|| value.parse().ok())?
+            })
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
     }
 
     /// SIGKILL: a crash, with no chance to flush.
@@ -105,6 +132,7 @@ pub async fn start_null_receiver(bin: &Path) -> Process {
         child,
         http: format!("http://127.0.0.1:{port}"),
         grpc: String::new(),
+        admin: String::new(),
     }
 }
 
@@ -157,14 +185,15 @@ impl Qistatus {
         extra: &[String],
     ) -> (Process, Duration) {
         let (http_port, grpc_port) = ports.unwrap_or_else(|| (free_port(), free_port()));
+        let admin_port = free_port();
         let started = Instant::now();
         let child = Command::new(&self.bin)
             .arg("--data-dir")
             .arg(dir)
             .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
             .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
-            // Any free port: the harness reads no metrics, and runs servers side by side.
-            .args(["--admin-addr", "127.0.0.1:0"])
+            // A free port of its own: the harness reads the server's counters there.
+            .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
             .args(["--log", &self.log])
             .args([
                 "--writer-queue",
@@ -181,6 +210,7 @@ impl Qistatus {
             child,
             http: format!("http://127.0.0.1:{http_port}"),
             grpc: format!("http://127.0.0.1:{grpc_port}"),
+            admin: format!("127.0.0.1:{admin_port}"),
         };
         let grpc = server.grpc.clone();
         wait_until("qistatus", || {
@@ -241,6 +271,7 @@ pub async fn start_nats(bin: &Path, dir: &Path, size: usize) -> (Vec<Process>, S
             child,
             http: String::new(),
             grpc: format!("nats://127.0.0.1:{client}"),
+            admin: String::new(),
         });
     }
     let urls = servers
@@ -275,6 +306,7 @@ pub async fn start_etcd(bin: &Path, dir: &Path) -> Process {
         child,
         http: String::new(),
         grpc: client_url.clone(),
+        admin: String::new(),
     };
     wait_until("etcd", || {
         let url = client_url.clone();

@@ -374,8 +374,12 @@ impl Writes {
         *self.counts.entry(key.encode()).or_default() += delta;
     }
 
-    /// Applies every write at once: after a crash, all of them or none are there.
-    pub(crate) fn apply(self, tree: &sled::Tree) -> sled::Result<()> {
+    /// Applies every write at once: after a crash, all of them or none are there. Returns
+    /// how many key writes the batch held (an operation is written once per batch, so a key
+    /// rarely appears twice; when it does, it counts twice).
+    pub(crate) fn apply(self, tree: &sled::Tree) -> sled::Result<usize> {
+        let written =
+            self.entries.len() + self.counts.values().filter(|delta| **delta != 0).count();
         let mut batch = sled::Batch::default();
         for (key, value) in self.entries {
             match value {
@@ -395,6 +399,7 @@ impl Writes {
                 batch.insert(key, &updated.to_be_bytes());
             }
         }
-        tree.apply_batch(batch)
+        tree.apply_batch(batch)?;
+        Ok(written)
     }
 }

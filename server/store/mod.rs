@@ -308,6 +308,9 @@ pub struct Store {
     trees: Trees,
     log: Arc<dyn Log>,
     dir: PathBuf,
+    /// Keys written to sled (inserted or removed) since the store was opened, counted in
+    /// [`Store::apply`]: sled's cost is per key, so this is what the view costs.
+    keys_written: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
@@ -318,7 +321,15 @@ impl Store {
 
     /// Applies `writes` as one atomic batch (not flushed).
     pub(crate) fn apply(&self, writes: Writes) -> Result<(), StoreError> {
-        Ok(writes.apply(&self.trees.all)?)
+        let keys = writes.apply(&self.trees.all)?;
+        self.keys_written
+            .fetch_add(keys as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Keys written to sled since the store was opened.
+    pub fn keys_written(&self) -> u64 {
+        self.keys_written.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The log.

@@ -78,6 +78,7 @@ impl Store {
             trees,
             log: Arc::new(SegmentLog::open(dir.join("log"), applied)?),
             dir: dir.to_owned(),
+            keys_written: Arc::default(),
         };
         store.check_format(fresh)?;
         store.ensure_random_meta(Meta::PageTokenSecret, 32, "the page-token secret")?;

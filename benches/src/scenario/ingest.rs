@@ -20,6 +20,12 @@ pub async fn run(cx: &Context, report: &mut Report, with_ingest: bool, with_read
     let (q_server, _) = cx.qistatus.start(&cx.dir("q-ingest"), None).await;
     let q_target = QistatusTarget::connect(&q_server).await;
     let q_ingest = ingest(&q_target, cx, Some(&q_server)).await;
+    // What the view cost per stored webhook, in sled keys (sled's cost is per key).
+    let accepted = q_server.metric("qistatus_webhooks_total", r#"result="accepted""#);
+    let keys_per_webhook = q_server
+        .metric("qistatus_view_keys_written_total", "")
+        .zip(accepted)
+        .map(|(keys, accepted)| keys / accepted.max(1.0));
     let ceiling = match null_receiver_bin() {
         Some(bin) => {
             let server = start_null_receiver(&bin).await;
@@ -67,6 +73,15 @@ pub async fn run(cx: &Context, report: &mut Report, with_ingest: bool, with_read
             e.map_or("—".into(), |e| e.failures.to_string()),
             p.map_or("—".into(), |p| p.failures.to_string()),
         ));
+        if let Some(per_webhook) = keys_per_webhook {
+            report.row(
+                "durable ingest",
+                "sled keys written per new webhook (qistatus_view_keys_written_total over the accepted)",
+                format!("{per_webhook:.2}"),
+                None,
+                "≤ 2.5",
+            );
+        }
         if let Some(ceiling) = &ceiling {
             report.notes.push(ceiling_note(ceiling, &q_ingest, e));
         }

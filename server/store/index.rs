@@ -7,8 +7,6 @@
 //! its writes land in the same atomic sled batch as the operation, so the indexes never
 //! disagree with what they index.
 
-use sled::IVec;
-
 use super::record::{encode, u64_from_be};
 use super::{Key, Meta, OperationCount, SpaceId, Store, StoreError, Writes, keys};
 use crate::domain::overdue::{can_be_overdue, status_since};
@@ -95,7 +93,6 @@ impl Store {
         let mut actual = std::collections::BTreeMap::new();
         for (index, id) in [
             (&self.trees.status_index, SpaceId::StatusIndex),
-            (&self.trees.phase_index, SpaceId::PhaseIndex),
             (&self.trees.status_since, SpaceId::StatusSince),
         ] {
             for kv in index.iter() {
@@ -158,13 +155,10 @@ pub(crate) fn put_operation(writes: &mut Writes, before: Option<&Operation>, aft
         writes.add_count(count_key(after), 1);
     }
     let before_since = before.and_then(since_entry);
-    if let Some(before) = before {
-        if before.status != after.status {
-            delete_status_entry(writes, before);
-        }
-        if before.phase != after.phase {
-            delete_phase_entry(writes, before);
-        }
+    if let Some(before) = before
+        && before.status != after.status
+    {
+        delete_status_entry(writes, before);
     }
     // Written only when it moves: an entry that stays keeps its value (the sequence of the
     // event that said it became overdue, see `crate::store::due`).
@@ -176,7 +170,6 @@ pub(crate) fn put_operation(writes: &mut Writes, before: Option<&Operation>, aft
             writes.put(since, &[][..]);
         }
     }
-    let summary = IVec::from(index_value(after));
     let (kind, key) = (after.kind.as_str(), after.key.as_str());
     writes.put(
         Key::StatusIndex {
@@ -184,15 +177,7 @@ pub(crate) fn put_operation(writes: &mut Writes, before: Option<&Operation>, aft
             kind,
             key,
         },
-        summary.clone(),
-    );
-    writes.put(
-        Key::PhaseIndex {
-            phase: after.phase,
-            kind,
-            key,
-        },
-        summary,
+        index_value(after),
     );
     writes.put(Key::Operation { kind, key }, encode(after));
 }
@@ -201,7 +186,6 @@ pub(crate) fn put_operation(writes: &mut Writes, before: Option<&Operation>, aft
 pub(crate) fn delete_operation(writes: &mut Writes, before: &Operation) {
     writes.add_count(count_key(before), -1);
     delete_status_entry(writes, before);
-    delete_phase_entry(writes, before);
     if let Some(since) = since_entry(before) {
         writes.delete(since);
     }
@@ -248,14 +232,6 @@ fn count_key(op: &Operation) -> Key<'_> {
 fn delete_status_entry(writes: &mut Writes, op: &Operation) {
     writes.delete(Key::StatusIndex {
         status: &op.status,
-        kind: &op.kind,
-        key: &op.key,
-    });
-}
-
-fn delete_phase_entry(writes: &mut Writes, op: &Operation) {
-    writes.delete(Key::PhaseIndex {
-        phase: op.phase,
         kind: &op.kind,
         key: &op.key,
     });

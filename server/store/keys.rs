@@ -7,7 +7,7 @@
 //! | `E` | `EventId(id)` | the 32-byte content hash | the quarantine entry of that body (dedupe of the quarantine; an event is found in its operation's history) |
 //! | `O` | `Operation` | `key \0 kind` | the operation with its history summaries |
 //! | `S` | `StatusIndex` | `status \0 kind \0 key` | the operation without history |
-//! | `P` | `PhaseIndex` | `phase byte, kind \0 key` | the operation without history |
+//! | `P` | (none) | | retired in store format 3: phase lists merge the status index's runs; a format 2 directory's entries are removed at open |
 //! | `Q` | `Quarantine(id)` | id, u64 big-endian | the quarantined webhook |
 //! | `C` | `Count` | `kind \0 phase byte \0 status` | how many operations are there, u64 big-endian (absent: none) |
 //! | `D` | `StatusSince` | `kind \0 status \0 since (8 bytes) key` | an operation on its way, by when it took its status: empty, or the sequence (u64 big-endian) of the event that said it became overdue |
@@ -48,15 +48,6 @@ pub(crate) enum Key<'a> {
     StatusIndex {
         /// Its status.
         status: &'a str,
-        /// Its kind.
-        kind: &'a str,
-        /// Its key.
-        key: &'a str,
-    },
-    /// An operation's entry in the phase index.
-    PhaseIndex {
-        /// Its phase.
-        phase: Phase,
         /// Its kind.
         kind: &'a str,
         /// Its key.
@@ -159,7 +150,9 @@ pub(crate) enum SpaceId {
     EventIds = b'E' as isize,
     Operations = b'O' as isize,
     StatusIndex = b'S' as isize,
-    PhaseIndex = b'P' as isize,
+    /// Retired in store format 3 (phase lists merge the status index): what the upgrade
+    /// from format 2 removes.
+    RetiredPhaseIndex = b'P' as isize,
     Quarantine = b'Q' as isize,
     Counts = b'C' as isize,
     StatusSince = b'D' as isize,
@@ -214,7 +207,6 @@ impl Key<'_> {
             Key::EventId(_) => SpaceId::EventIds,
             Key::Operation { .. } => SpaceId::Operations,
             Key::StatusIndex { .. } => SpaceId::StatusIndex,
-            Key::PhaseIndex { .. } => SpaceId::PhaseIndex,
             Key::Quarantine(_) => SpaceId::Quarantine,
             Key::Count { .. } => SpaceId::Counts,
             Key::StatusSince { .. } => SpaceId::StatusSince,
@@ -231,11 +223,6 @@ impl Key<'_> {
             Key::Operation { kind, key } => joined(&[key.as_bytes(), kind.as_bytes()]),
             Key::StatusIndex { status, kind, key } => {
                 joined(&[status.as_bytes(), kind.as_bytes(), key.as_bytes()])
-            }
-            Key::PhaseIndex { phase, kind, key } => {
-                let mut k = vec![phase_byte(phase)];
-                k.extend(joined(&[kind.as_bytes(), key.as_bytes()]));
-                k
             }
             Key::Count {
                 kind,

@@ -16,9 +16,8 @@
 //! writer decided about it, fsynced once per batch before anyone is answered. sled is a view
 //! materialized from it, in key spaces of one tree whose schema [`keys`] owns: the event
 //! entries (where each sequence's webhook is in the log, and the change it made), the
-//! quarantine's deduplication index, operations (whose history deduplicates events), status and
-//! phase indexes, the quarantine, counters and
-//! `applied_through`. By concern:
+//! quarantine's deduplication index, operations (whose history deduplicates events), the
+//! status index (phase lists merge its runs), the quarantine, counters and `applied_through`. By concern:
 //!
 //! - [`open`]: opening a directory, its format check and the meta values;
 //! - [`record`]: how every sled value is encoded, and read back from older formats;
@@ -69,7 +68,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::overdue::Overdue;
 use crate::domain::reconcile::{Operation, Phase};
 use crate::domain::webhook::{EventId, Normalized};
-pub(crate) use keys::{Key, Meta, Space, SpaceId, Writes, phase_byte};
+pub(crate) use keys::{Key, Meta, Space, SpaceId, Writes};
 use log::{Log, LogError, PayloadRef};
 use record::{StoredEvent, decode, decode_entry, u64_from_be};
 
@@ -294,7 +293,6 @@ struct Trees {
     events: Space,
     operations: Space,
     status_index: Space,
-    phase_index: Space,
     quarantine: Space,
     counts: Space,
     status_since: Space,

@@ -24,8 +24,9 @@ pub const CHECKPOINT_INTERVAL_MS: u64 = 500;
 
 /// The layout of a data directory this version reads and writes: 2 is the log-first
 /// layout (`log/` segments, sled as a view); 3 keeps content hashes (`E`) only for the
-/// quarantine, events being deduplicated in their operation's history. A format 2 directory
-/// is upgraded in place at open ([`Store::upgrade_from_2`]).
+/// quarantine, events being deduplicated in their operation's history, and has no phase
+/// index (`P`), phase lists merging the status index's runs. A format 2 directory is
+/// upgraded in place at open ([`Store::upgrade_from_2`]).
 pub const STORE_FORMAT: u64 = 3;
 
 impl Store {
@@ -66,7 +67,6 @@ impl Store {
             events: space(SpaceId::Events),
             operations: space(SpaceId::Operations),
             status_index: space(SpaceId::StatusIndex),
-            phase_index: space(SpaceId::PhaseIndex),
             quarantine: space(SpaceId::Quarantine),
             counts: space(SpaceId::Counts),
             status_since: space(SpaceId::StatusSince),
@@ -132,8 +132,9 @@ impl Store {
     }
 
     /// Format 2 to 3, in place: drops the content hashes of events from the `E` space (the
-    /// quarantine's stay), then says format 3, in one atomic batch, flushed. A crash before
-    /// it leaves format 2, upgraded again at the next open. One scan of `E`, once.
+    /// quarantine's stay) and the whole phase index (`P`), then says format 3, in one atomic
+    /// batch, flushed. A crash before it leaves format 2, upgraded again at the next open.
+    /// One scan of each space, once.
     fn upgrade_from_2(&self) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
         let events = self.trees.all.scan_prefix([SpaceId::EventIds as u8]);
@@ -146,6 +147,14 @@ impl Store {
                 dropped += 1;
             }
         }
+        for kv in self
+            .trees
+            .all
+            .scan_prefix([SpaceId::RetiredPhaseIndex as u8])
+        {
+            batch.remove(kv?.0);
+            dropped += 1;
+        }
         batch.insert(
             Key::Meta(Meta::FormatVersion).encode(),
             &STORE_FORMAT.to_be_bytes(),
@@ -155,7 +164,7 @@ impl Store {
         tracing::info!(
             from = 2,
             to = STORE_FORMAT,
-            content_hashes_dropped = dropped,
+            keys_dropped = dropped,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "data directory upgraded in place"
         );

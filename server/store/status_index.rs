@@ -1,16 +1,18 @@
 //! The status index: which operations are in a status (or phase) now, in (kind, key) order.
 //!
 //! Why an index: "which debts are `disbursed`?" must cost the size of the answer, not the
-//! size of the store. The writer keeps `status_index` (`status \0 kind \0 key`) and
-//! `phase_index` (`phase, kind \0 key`) in the same atomic batch as the operations, so a page
-//! is a range scan of at most `limit + 1` entries per requested status. Each entry's value is
-//! the operation without its history, so no further read is needed.
+//! size of the store. The writer keeps `status_index` (`status \0 kind \0 key`) in the same
+//! atomic batch as the operations, so a page is a lazy merge of range scans, one per status
+//! asked for: about `limit` entries read, plus one per status. A phase is the set of its
+//! (kind, status) pairs, which the counters know, so it needs no index of its own (one sled
+//! key fewer per change). Each entry's value is the operation without its history, so no
+//! further read is needed.
 
 use std::ops::Bound;
 
 use super::keys::{since_bytes, since_from_bytes, status_since_prefix};
 use super::record::decode;
-use super::{Key, Space, Store, StoreError, phase_byte};
+use super::{Key, Store, StoreError};
 use crate::domain::overdue::Overdue;
 use crate::domain::reconcile::{Operation, Phase};
 
@@ -46,6 +48,11 @@ impl StatusIndex {
 
     /// Up to `limit` operations matching `selection` (and `kind`, when given), strictly after
     /// `after` in (kind, key) order, and whether more follow.
+    ///
+    /// Every selection is a set of runs of the status index, merged lazily: one run per
+    /// status asked for, or, for a phase, one per (kind, status) in that phase (which the
+    /// counters know: a status may be of one phase for a kind and of another for another).
+    /// A page reads about `limit` entries plus one per run, whatever the store holds.
     pub fn page(
         &self,
         selection: &Selection,
@@ -53,27 +60,47 @@ impl StatusIndex {
         after: Option<&Cursor>,
         limit: usize,
     ) -> Result<(Vec<Operation>, bool), StoreError> {
-        // One (index, prefix) run per status, or one for the phase.
-        let runs: Vec<(&Space, Vec<u8>)> = match selection {
+        let scopes: Vec<(String, Option<String>)> = match selection {
             Selection::Statuses(statuses) => statuses
                 .iter()
-                .map(|status| {
-                    let mut prefix = status.as_bytes().to_vec();
-                    prefix.push(0);
-                    (&self.store.trees.status_index, prefix)
-                })
+                .map(|status| (status.clone(), kind.map(str::to_owned)))
                 .collect(),
-            Selection::Phase(phase) => {
-                vec![(&self.store.trees.phase_index, vec![phase_byte(*phase)])]
-            }
+            Selection::Phase(phase) => self
+                .store
+                .counts()?
+                .into_iter()
+                .filter(|c| c.phase == *phase && kind.is_none_or(|k| c.kind == k))
+                .map(|c| (c.status, Some(c.kind)))
+                .collect(),
         };
-        let mut hits: Vec<(Cursor, sled::IVec)> = Vec::new();
-        for (index, prefix) in runs {
-            self.scan(index, &prefix, kind, after, limit + 1, &mut hits)?;
+        let mut runs = Vec::with_capacity(scopes.len());
+        for (status, kind) in &scopes {
+            let mut prefix = status.as_bytes().to_vec();
+            prefix.push(0);
+            if let Some(mut run) = self.run(&prefix, kind.as_deref(), after) {
+                let head = run.next().transpose()?;
+                runs.push((run, head));
+            }
         }
-        // Several statuses are several sorted runs: merge them, then cut the page.
-        hits.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        hits.dedup_by(|a, b| a.0 == b.0);
+        // The merge: the least head of all runs, until the page and one more are taken.
+        let mut hits: Vec<(Cursor, sled::IVec)> = Vec::with_capacity(limit + 1);
+        while hits.len() <= limit {
+            let Some(least) = runs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (_, head))| head.as_ref().map(|(cursor, _)| (cursor, i)))
+                .min()
+                .map(|(_, i)| i)
+            else {
+                break;
+            };
+            let (run, head) = &mut runs[least];
+            let next = run.next().transpose()?;
+            let taken = std::mem::replace(head, next).expect("the least run has a head");
+            if hits.last().is_none_or(|(last, _)| *last != taken.0) {
+                hits.push(taken);
+            }
+        }
         let more = hits.len() > limit;
         hits.truncate(limit);
         let operations = hits
@@ -208,17 +235,15 @@ impl StatusIndex {
         Ok(out)
     }
 
-    /// Appends to `hits` up to `limit` (kind, key) pairs of `tree` under `prefix`, strictly
-    /// after `after`.
-    fn scan(
+    /// The status index's entries under `prefix` (a status and its separator), of `kind`
+    /// when given, strictly after `after`, in (kind, key) order, read as they are taken;
+    /// `None` when none can follow `after`.
+    fn run(
         &self,
-        tree: &Space,
         prefix: &[u8],
         kind: Option<&str>,
         after: Option<&Cursor>,
-        limit: usize,
-        hits: &mut Vec<(Cursor, sled::IVec)>,
-    ) -> Result<(), StoreError> {
+    ) -> Option<impl Iterator<Item = Result<(Cursor, sled::IVec), StoreError>> + use<>> {
         let mut scope = prefix.to_vec();
         if let Some(kind) = kind {
             scope.extend_from_slice(kind.as_bytes());
@@ -245,27 +270,33 @@ impl StatusIndex {
                     Bound::Unbounded => false,
                 };
                 if past_the_end {
-                    return Ok(());
+                    return None;
                 }
                 Bound::Excluded(end)
             }
             None => Bound::Unbounded,
         };
-        for kv in tree.range(start, end).take(limit) {
-            let (k, value) = kv?;
-            let rest = &k[prefix.len()..];
-            let split = rest
-                .iter()
-                .position(|b| *b == 0)
-                .ok_or_else(|| StoreError::Corrupt {
-                    tree: "status_index",
-                    reason: "index entry without a kind separator".into(),
-                })?;
-            let kind = String::from_utf8_lossy(&rest[..split]).into_owned();
-            let key = String::from_utf8_lossy(&rest[split + 1..]).into_owned();
-            hits.push(((kind, key), value));
-        }
-        Ok(())
+        let skip = prefix.len();
+        Some(
+            self.store
+                .trees
+                .status_index
+                .range(start, end)
+                .map(move |kv| {
+                    let (k, value) = kv?;
+                    let rest = &k[skip..];
+                    let split =
+                        rest.iter()
+                            .position(|b| *b == 0)
+                            .ok_or_else(|| StoreError::Corrupt {
+                                tree: "status_index",
+                                reason: "index entry without a kind separator".into(),
+                            })?;
+                    let kind = String::from_utf8_lossy(&rest[..split]).into_owned();
+                    let key = String::from_utf8_lossy(&rest[split + 1..]).into_owned();
+                    Ok(((kind, key), value))
+                }),
+        )
     }
 }
 

@@ -104,6 +104,55 @@ async fn pagination_over_thousands_returns_each_operation_once_in_order() {
                 .all(|o| o.status == "disbursed" && o.history.is_empty())
         );
     }
+    // A phase is the merge of its statuses' runs, across kinds: paged at any size, it is
+    // every operation in that phase once, in (kind, key) order.
+    let statuses = [
+        "waiting_signature",
+        "disbursed",
+        "canceled",
+        "settled",
+        "account_opened",
+    ];
+    let mut everything = Vec::new();
+    for status in statuses {
+        everything.extend(
+            list_all(
+                &server,
+                ListQuery {
+                    statuses: vec![status.into()],
+                    page_size: 1000,
+                    ..ListQuery::default()
+                },
+            )
+            .await,
+        );
+    }
+    assert_eq!(everything.len(), 3000 + 1500);
+    for wanted in [
+        pb::Phase::Pending,
+        pb::Phase::Active,
+        pb::Phase::Succeeded,
+        pb::Phase::Failed,
+    ] {
+        let mut expected: Vec<(String, String)> = everything
+            .iter()
+            .filter(|o| o.phase == wanted as i32)
+            .map(|o| (o.kind.clone(), o.key.clone()))
+            .collect();
+        expected.sort();
+        for page_size in [7, 1000] {
+            let listed = list_all(
+                &server,
+                ListQuery {
+                    phase: Some(wanted),
+                    page_size,
+                    ..ListQuery::default()
+                },
+            )
+            .await;
+            assert_eq!(ids(&listed), expected, "{wanted:?}, pages of {page_size}");
+        }
+    }
     let server = Arc::into_inner(server).unwrap();
     server.stop().await;
 }

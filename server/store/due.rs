@@ -20,13 +20,18 @@
 //! Due times depend on the catalog's expectations, so the index is written for one catalog
 //! ([`Meta::DueCatalog`]): at start and after a reload under another one, [`Store::ensure_due`]
 //! writes it again from the `D` space, leaving out the operations an event already said are
-//! overdue in their status. A reload that shortens an expectation makes operations due at
+//! overdue in their status. The `D` space itself dates only the statuses the catalog expects
+//! something of (none are built in), so a catalog without expectations costs no key per
+//! change; `ensure_due` moves it along with the catalog too. A reload that shortens an expectation makes operations due at
 //! once; one that lengthens it does not take back an event already sent.
 
+use std::collections::BTreeSet;
 use std::ops::Bound;
 
+use super::index::since_entry;
 use super::keys::{since_bytes, since_from_bytes, status_since_prefix};
-use super::{Key, Meta, Store, StoreError, Writes};
+use super::record::{Record, decode, encode};
+use super::{Key, Meta, SpaceId, StatusIndex, Store, StoreError, Writes};
 use crate::domain::catalog::Catalog;
 use crate::domain::overdue::{OverdueMark, can_be_overdue, status_since};
 use crate::domain::reconcile::Operation;
@@ -180,14 +185,84 @@ impl Store {
         Ok(held.then_some(due))
     }
 
-    /// Writes the due index again under `catalog`, unless it was written under it already:
-    /// every operation on its way in a status with an expectation, except those an event
-    /// already said are overdue in it. A scan of those statuses' `D` runs, at start and after
-    /// a reload under another catalog.
+    /// The (kind, status) pairs the `D` space dates now; `None` for a store written when it
+    /// dated every operation on its way.
+    pub(crate) fn dated_statuses(&self) -> Result<Option<BTreeSet<(String, String)>>, StoreError> {
+        self.get(Key::Meta(Meta::DatedStatuses))?
+            .map(|v| {
+                decode::<Vec<(String, String)>>(&v, "meta").map(|pairs| pairs.into_iter().collect())
+            })
+            .transpose()
+    }
+
+    /// Puts the `D` and `U` spaces in line with `catalog`, unless they were written for it
+    /// already: at start, and after a reload. Two steps, each one atomic batch:
+    ///
+    /// 1. `D` dates the statuses `catalog` expects something of: the runs of statuses it no
+    ///    longer expects anything of are removed, those of newly expected statuses written
+    ///    from the status index (their operations only), and the pairs dated are recorded.
+    ///    The runs kept keep their values (which operations an event said are overdue).
+    /// 2. `U` is written again from `D`: every dated operation not said to be overdue yet, by
+    ///    when it falls due; then the catalog's fingerprint is recorded.
+    ///
+    /// A crash between the two leaves step 1 done and recorded: the next start does step 2.
     pub(crate) fn ensure_due(&self, catalog: &Catalog) -> Result<(), StoreError> {
         let fingerprint = catalog.fingerprint();
         if self.get(Key::Meta(Meta::DueCatalog))?.as_deref() == Some(&fingerprint[..]) {
             return Ok(());
+        }
+        let expectations = catalog.expectations();
+        let wanted: BTreeSet<(String, String)> = expectations
+            .iter()
+            .map(|(kind, status, _)| ((*kind).to_owned(), (*status).to_owned()))
+            .collect();
+        let before = self.dated_statuses()?;
+        if before.as_ref() != Some(&wanted) {
+            let mut writes = Writes::default();
+            // Runs no longer dated.
+            for kv in self.trees.status_since.iter() {
+                let (k, _) = kv?;
+                let mut parts = k.splitn(3, |b| *b == 0);
+                let (Some(kind), Some(status), Some(_)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(StoreError::Corrupt {
+                        tree: "status_since",
+                        reason: "an entry without its kind and status".into(),
+                    });
+                };
+                let pair = (
+                    String::from_utf8_lossy(kind).into_owned(),
+                    String::from_utf8_lossy(status).into_owned(),
+                );
+                if !wanted.contains(&pair) {
+                    writes.delete_raw(SpaceId::StatusSince, &k);
+                }
+            }
+            // Runs newly dated, from the operations in those statuses.
+            let mut dated = 0usize;
+            // A store that recorded no pairs dated every operation on its way, with no event
+            // yet said (the events came with the record): its wanted runs are written again.
+            let kept = before.unwrap_or_default();
+            for (kind, status) in wanted.difference(&kept) {
+                for op in StatusIndex::new(self.clone()).all_in(kind, status)? {
+                    let Some(op) = self.operation(&op.kind, &op.key)? else {
+                        continue;
+                    };
+                    if let Some(entry) = since_entry(&|_: &str, _: &str| true, &op) {
+                        writes.put(entry, &[][..]);
+                        dated += 1;
+                    }
+                }
+            }
+            let pairs: Vec<(String, String)> = wanted.iter().cloned().collect();
+            writes.put(Key::Meta(Meta::DatedStatuses), encode(&pairs));
+            self.apply(writes)?;
+            tracing::info!(
+                statuses = pairs.len(),
+                newly_dated = dated,
+                "status-since index follows the catalog's expectations"
+            );
         }
         let mut writes = Writes::default();
         for kv in self.trees.due.iter() {
@@ -200,7 +275,7 @@ impl Store {
             });
         }
         let mut due = 0usize;
-        for (kind, status, expected) in catalog.expectations() {
+        for (kind, status, expected) in expectations {
             let prefix = status_since_prefix(kind, status);
             for kv in self.trees.status_since.scan_prefix(&prefix) {
                 let (k, v) = kv?;
@@ -234,6 +309,9 @@ impl Store {
         Ok(())
     }
 }
+
+/// The (kind, status) pairs [`Meta::DatedStatuses`] records.
+impl Record for Vec<(String, String)> {}
 
 #[cfg(test)]
 mod tests {
@@ -288,6 +366,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let store = Store::open(dir.path()).expect("a fresh store");
         let catalog = catalog();
+        // As the writer does at its start.
+        store.ensure_due(&catalog).unwrap();
         let t0 = 1_700_000_000_000;
         store_webhooks(
             &store,

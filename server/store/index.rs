@@ -28,24 +28,6 @@ impl Store {
         Ok(())
     }
 
-    /// Indexes every operation on its way by when it took its status, once, for a store
-    /// written before that index existed (a scan, once); from then on every change keeps it.
-    pub(super) fn ensure_status_since(&self) -> Result<(), StoreError> {
-        if self.get(Key::Meta(Meta::StatusSinceReady))?.is_some() {
-            return Ok(());
-        }
-        let mut writes = Writes::default();
-        for op in self.operations() {
-            let op = op?;
-            if let Some(since) = since_entry(&op) {
-                writes.put(since, &[][..]);
-            }
-        }
-        writes.put(Key::Meta(Meta::StatusSinceReady), &[1u8][..]);
-        writes.apply(&self.trees.all)?;
-        Ok(())
-    }
-
     /// How many operations there are of each kind in each status (with the status's phase),
     /// from the counters every change keeps: no scan of the operations.
     pub fn counts(&self) -> Result<Vec<OperationCount>, StoreError> {
@@ -80,10 +62,16 @@ impl Store {
     /// one its current status and phase call for ([`put_operation`] says which). Returns the
     /// problems found.
     pub fn check_indexes(&self) -> Result<Vec<String>, StoreError> {
+        let dated = self.dated_statuses()?;
+        let watched = |kind: &str, status: &str| {
+            dated
+                .as_ref()
+                .is_none_or(|pairs| pairs.contains(&(kind.to_owned(), status.to_owned())))
+        };
         let mut expected = std::collections::BTreeMap::new();
         for op in self.operations() {
             let mut writes = Writes::default();
-            put_operation(&mut writes, None, &op?);
+            put_operation(&mut writes, &watched, None, &op?);
             for (key, value) in writes.entries() {
                 if matches!(key.first(), Some(&b) if b != SpaceId::Operations as u8) {
                     expected.insert(key.clone(), value.clone());
@@ -141,9 +129,14 @@ impl Store {
 /// Writes `after` and its index entries, and removes the entries of `before` (its state
 /// before this write, if it existed) that no longer apply. The one place that knows which
 /// index entries an operation has.
-pub(crate) fn put_operation(writes: &mut Writes, before: Option<&Operation>, after: &Operation) {
+pub(crate) fn put_operation(
+    writes: &mut Writes,
+    dated: Dated<'_>,
+    before: Option<&Operation>,
+    after: &Operation,
+) {
     // Dated from its history: worked out once.
-    let after_since = since_entry(after);
+    let after_since = since_entry(dated, after);
     let counted_as_before = before.is_some_and(|b| {
         (b.kind.as_str(), b.phase, b.status.as_str())
             == (after.kind.as_str(), after.phase, after.status.as_str())
@@ -154,7 +147,7 @@ pub(crate) fn put_operation(writes: &mut Writes, before: Option<&Operation>, aft
         }
         writes.add_count(count_key(after), 1);
     }
-    let before_since = before.and_then(since_entry);
+    let before_since = before.and_then(|b| since_entry(dated, b));
     if let Some(before) = before
         && before.status != after.status
     {
@@ -183,10 +176,10 @@ pub(crate) fn put_operation(writes: &mut Writes, before: Option<&Operation>, aft
 }
 
 /// Removes an operation and its index entries.
-pub(crate) fn delete_operation(writes: &mut Writes, before: &Operation) {
+pub(crate) fn delete_operation(writes: &mut Writes, dated: Dated<'_>, before: &Operation) {
     writes.add_count(count_key(before), -1);
     delete_status_entry(writes, before);
-    if let Some(since) = since_entry(before) {
+    if let Some(since) = since_entry(dated, before) {
         writes.delete(since);
     }
     writes.delete(Key::Operation {
@@ -209,10 +202,14 @@ pub(crate) fn as_indexed(op: &Operation) -> Operation {
     indexed
 }
 
+/// Which (kind, status) pairs the `D` space dates: those the catalog in effect has an
+/// expectation for (see `crate::store::due`). Every other operation costs the index nothing.
+pub(crate) type Dated<'a> = &'a dyn Fn(&str, &str) -> bool;
+
 /// An operation's entry in the `D` space (by when it took its status), if it is still on its
-/// way: only those can be overdue.
-pub(crate) fn since_entry(op: &Operation) -> Option<Key<'_>> {
-    can_be_overdue(op.phase).then(|| Key::StatusSince {
+/// way (only those can be overdue) in a status `dated` covers.
+pub(crate) fn since_entry<'a>(dated: Dated<'_>, op: &'a Operation) -> Option<Key<'a>> {
+    (can_be_overdue(op.phase) && dated(&op.kind, &op.status)).then(|| Key::StatusSince {
         kind: &op.kind,
         status: &op.status,
         since: status_since(op),

@@ -10,7 +10,7 @@
 //! | `P` | (none) | | retired in store format 3: phase lists merge the status index's runs; a format 2 directory's entries are removed at open |
 //! | `Q` | `Quarantine(id)` | id, u64 big-endian | the quarantined webhook |
 //! | `C` | `Count` | `kind \0 phase byte \0 status` | how many operations are there, u64 big-endian (absent: none) |
-//! | `D` | `StatusSince` | `kind \0 status \0 since (8 bytes) key` | an operation on its way, by when it took its status: empty, or the sequence (u64 big-endian) of the event that said it became overdue |
+//! | `D` | `StatusSince` | `kind \0 status \0 since (8 bytes) key` | an operation on its way in a status the catalog has an expectation for, by when it took that status: empty, or the sequence (u64 big-endian) of the event that said it became overdue |
 //! | `U` | `Due` | `due (8 bytes) kind \0 key` | an operation not yet said to be overdue, by when it will be under the catalog in effect: its status |
 //! | `M` | `Meta(name)` | the name | counters, secrets, format version |
 //!
@@ -64,9 +64,10 @@ pub(crate) enum Key<'a> {
         /// The status.
         status: &'a str,
     },
-    /// An operation still on its way (pending or active), by when it took its status
+    /// An operation still on its way (pending or active) in a status the catalog has an
+    /// expectation for, by when it took that status
     /// ([`crate::domain::overdue::status_since`]): the overdue ones of a (kind, status) are
-    /// a prefix of its run, whatever the expectation.
+    /// a prefix of its run.
     StatusSince {
         /// Its kind.
         kind: &'a str,
@@ -117,8 +118,9 @@ pub(crate) enum Meta {
     /// the same batch as the rebuild: a start under another catalog (a reload a crash cut
     /// short, or a changed `--catalog`) rebuilds again.
     CatalogFingerprint,
-    /// Present once the `D` space holds every operation on its way.
-    StatusSinceReady,
+    /// The (kind, status) pairs the `D` space dates (the expectations of the catalog it was
+    /// last written for); absent in a store whose `D` space dated every operation on its way.
+    DatedStatuses,
     /// The fingerprint of the catalog the `U` space was last written under: a start or a
     /// reload under another catalog writes it again.
     DueCatalog,
@@ -137,7 +139,7 @@ impl Meta {
             Meta::CountsReady => b"counts_ready",
             Meta::StreamThrough => b"stream_through",
             Meta::CatalogFingerprint => b"catalog_fingerprint",
-            Meta::StatusSinceReady => b"status_since_ready",
+            Meta::DatedStatuses => b"dated_statuses",
             Meta::DueCatalog => b"due_catalog",
         }
     }
@@ -349,6 +351,14 @@ impl Writes {
 
     pub(crate) fn delete(&mut self, key: Key<'_>) {
         self.entries.push((key.encode(), None));
+    }
+
+    /// Removes the key `body` of `space`, as a scan of the space returned it.
+    pub(crate) fn delete_raw(&mut self, space: SpaceId, body: &[u8]) {
+        let mut key = Vec::with_capacity(body.len() + 1);
+        key.push(space as u8);
+        key.extend_from_slice(body);
+        self.entries.push((key, None));
     }
 
     /// The writes, in order: whole keys and values (`None`: a removal).

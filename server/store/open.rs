@@ -84,7 +84,6 @@ impl Store {
         store.ensure_random_meta(Meta::PageTokenSecret, 32, "the page-token secret")?;
         store.ensure_random_meta(Meta::StoreId, 16, "the store's identity")?;
         store.ensure_counts()?;
-        store.ensure_status_since()?;
         let log_ends = store.log.last_lsn();
         if log_ends < applied {
             return Err(StoreError::LogBehindView { log_ends, applied });
@@ -117,6 +116,11 @@ impl Store {
                 self.trees
                     .all
                     .insert(key.encode(), &STORE_FORMAT.to_be_bytes())?;
+                // Nothing dated yet: the writer's start dates what its catalog expects.
+                self.trees.all.insert(
+                    Key::Meta(Meta::DatedStatuses).encode(),
+                    super::record::encode(&Vec::<(String, String)>::new()),
+                )?;
                 self.db.flush()?;
             }
             None => {

@@ -219,6 +219,7 @@ pub fn finish(
     }
 
     let mut writes = Writes::default();
+    let dated = |kind: &str, status: &str| catalog.expectation(kind, status).is_some();
     let before = |op_key: &OpKey| match touched.get(op_key) {
         Some(current) => current.as_ref(),
         None => old.get(op_key),
@@ -227,7 +228,7 @@ pub fn finish(
         let was = before(op_key);
         if was != Some(op) {
             report.operations_changed += 1;
-            put_operation(&mut writes, was, op);
+            put_operation(&mut writes, &dated, was, op);
         }
     }
     let gone = old.keys().chain(touched.keys());
@@ -238,7 +239,7 @@ pub fn finish(
             && let Some(was) = before(op_key)
         {
             report.operations_changed += 1;
-            delete_operation(&mut writes, was);
+            delete_operation(&mut writes, &dated, was);
         }
     }
     report.operations = new.len();

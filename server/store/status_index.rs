@@ -110,6 +110,17 @@ impl StatusIndex {
         Ok((operations, more))
     }
 
+    /// Every operation of `kind` in `status` (without history): a scan of one run, for
+    /// maintenance (a catalog's new expectation dates the operations it concerns).
+    pub(crate) fn all_in(&self, kind: &str, status: &str) -> Result<Vec<Operation>, StoreError> {
+        let mut prefix = status.as_bytes().to_vec();
+        prefix.push(0);
+        let Some(run) = self.run(&prefix, Some(kind), None) else {
+            return Ok(Vec::new());
+        };
+        run.map(|hit| decode(&hit?.1, "status_index")).collect()
+    }
+
     /// Up to `limit` operations overdue at `now` (ms) under `expectations`, most overdue
     /// first (by due time, then kind and key), strictly after `after`, and whether more
     /// follow. Each expectation is one range of the `D` space: the operations of its (kind,

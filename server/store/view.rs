@@ -162,8 +162,10 @@ impl Batch<'_> {
     /// the state before whatever follows in the batch. Done at the end, and before an overdue
     /// event, whose own writes to the indexes must come after the operation's.
     fn settle(&mut self) {
+        let catalog = self.catalog;
+        let dated = |kind: &str, status: &str| catalog.expectation(kind, status).is_some();
         for (before, after) in self.operations.values_mut() {
-            put_operation(&mut self.writes, before.as_ref(), after);
+            put_operation(&mut self.writes, &dated, before.as_ref(), after);
             put_due(&mut self.writes, self.catalog, before.as_ref(), after);
             *before = Some(as_indexed(after));
         }

@@ -11,8 +11,25 @@ use qistatus::domain::reconcile::Operation;
 use qistatus::store::Store;
 use qistatus::store::rebuild;
 
+/// Opens the store in `dir` once the last handle on it let go: sled releases the directory's
+/// lock from its own flusher thread, a moment after the handle is dropped.
+fn open_when_free(dir: &Path) -> Store {
+    let mut tries = 0;
+    loop {
+        match Store::open(dir) {
+            Ok(store) => return store,
+            Err(e) if tries < 50 => {
+                tries += 1;
+                eprintln!("opening {} again: {e}", dir.display());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("the store does not open: {e}"),
+        }
+    }
+}
+
 fn operations(dir: &Path) -> Vec<Operation> {
-    let store = Store::open(dir).unwrap();
+    let store = open_when_free(dir);
     let ops = store.operations().collect::<Result<Vec<_>, _>>().unwrap();
     assert_eq!(store.check_indexes().unwrap(), Vec::<String>::new());
     ops
@@ -88,7 +105,7 @@ async fn rebuild_after_a_random_workload_equals_the_live_state_and_is_idempotent
         assert!(live.len() > 20, "the workload makes many operations");
         let catalog = Catalog::builtin();
         for _ in 0..2 {
-            let store = Store::open(dir.path()).unwrap();
+            let store = open_when_free(dir.path());
             let report = rebuild(&store, &catalog).unwrap();
             assert_eq!(report.operations_changed, 0, "seed {seed}: {report:?}");
             assert_eq!(report.promoted, 0);

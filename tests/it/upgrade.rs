@@ -2,7 +2,7 @@
 //! answers as before: its operations, and deduplication of what it already holds.
 //!
 //! `tests/stores/store-format-2.tgz` was written by the release build of main before
-//! format 3 (`fd57b1f`, session 16): two webhooks of debt `fx-1` (`waiting_signature`, then
+//! format 3 (`9e5b699`, session 16): two webhooks of debt `fx-1` (`waiting_signature`, then
 //! `disbursed`), one quarantined body (`{"no":"key"}`), one `canceled` debt `fx-2`, then a
 //! clean stop.
 

@@ -263,6 +263,7 @@ impl Store {
                 newly_dated = dated,
                 "status-since index follows the catalog's expectations"
             );
+            super::failpoint::abort_at("abort-between-due-steps");
         }
         let mut writes = Writes::default();
         for kv in self.trees.due.iter() {

@@ -626,3 +626,70 @@ async fn a_crash_after_the_overdue_events_reached_the_log_neither_loses_nor_repe
     assert_eq!(keys.len(), 20, "each operation once");
     drop(server);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_between_the_due_index_steps_is_finished_at_the_next_start() {
+    use crate::process::ServerCommand;
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.toml");
+    std::fs::write(&catalog, "").unwrap();
+    let data = dir.path().join("data");
+    let args = [
+        "--catalog",
+        catalog.to_str().unwrap(),
+        "--overdue-tick",
+        "100ms",
+    ];
+    // Five debts waiting for a signature for three days, which nothing expects yet.
+    let server = ServerCommand::new(&data).args(args).start().await;
+    let old = rfc3339_ago(chrono::Duration::days(3));
+    let client = reqwest::Client::new();
+    for i in 0..5 {
+        let response = client
+            .post(format!("http://{}/webhooks", server.http))
+            .body(webhook(
+                "debt",
+                &format!("x-{i}"),
+                "waiting_signature",
+                &old,
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+    }
+    assert!(server.terminate().await.success());
+
+    // A catalog that expects a signature within a day: the start dates those debts (step
+    // one, recorded) and dies before it writes the due index (step two).
+    std::fs::write(
+        &catalog,
+        "[kinds.debt.expect]\nwaiting_signature = \"1d\"\n",
+    )
+    .unwrap();
+    let start = tokio::process::Command::new(crate::process::SERVER_BIN)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(args)
+        .args(["--http-addr", "127.0.0.1:0"])
+        .args(["--grpc-addr", "127.0.0.1:0"])
+        .args(["--admin-addr", "127.0.0.1:0"])
+        .env("QISTATUS_FAILPOINT", "abort-between-due-steps")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), start)
+        .await
+        .expect("the start aborts at the failpoint, not serves")
+        .unwrap();
+    assert!(!output.status.success(), "the failpoint aborts the start");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("abort-between-due-steps reached"), "{said}");
+
+    // The next start finishes it: each of the five is said to be overdue, once.
+    let server = ServerCommand::new(&data).args(args).start().await;
+    let events = overdue_events(server.grpc, Duration::from_secs(10), Duration::from_secs(1)).await;
+    let mut keys: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["x-0", "x-1", "x-2", "x-3", "x-4"], "{events:?}");
+    drop(server);
+}

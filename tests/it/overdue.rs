@@ -438,6 +438,31 @@ pub(crate) async fn overdue_events(
     seen
 }
 
+/// Posts `count` debts `{prefix}{i}` in `waiting_signature` since `time` to a server process's
+/// intake at `http`, one at a time (one log append each), each acknowledged.
+async fn post_waiting_signatures(
+    http: std::net::SocketAddr,
+    prefix: &str,
+    count: usize,
+    time: &str,
+) {
+    let client = reqwest::Client::new();
+    for i in 0..count {
+        let response = client
+            .post(format!("http://{http}/webhooks"))
+            .body(webhook(
+                "debt",
+                &format!("{prefix}{i}"),
+                "waiting_signature",
+                time,
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+    }
+}
+
 fn with_tick(dir: &std::path::Path) -> qistatus::Settings {
     let mut settings = settings_in(dir);
     settings.overdue_tick = Duration::from_millis(100);
@@ -594,21 +619,7 @@ async fn a_crash_after_the_overdue_events_reached_the_log_neither_loses_nor_repe
         .start()
         .await;
     let now = rfc3339_ago(chrono::Duration::zero());
-    let client = reqwest::Client::new();
-    for i in 0..20 {
-        let response = client
-            .post(format!("http://{}/webhooks", server.http))
-            .body(webhook(
-                "debt",
-                &format!("c-{i}"),
-                "waiting_signature",
-                &now,
-            ))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 200);
-    }
+    post_waiting_signatures(server.http, "c-", 20, &now).await;
     let status = server.exit_within(Duration::from_secs(20)).await;
     assert!(
         status.is_some_and(|s| !s.success()),
@@ -643,21 +654,7 @@ async fn a_crash_between_the_due_index_steps_is_finished_at_the_next_start() {
     // Five debts waiting for a signature for three days, which nothing expects yet.
     let server = ServerCommand::new(&data).args(args).start().await;
     let old = rfc3339_ago(chrono::Duration::days(3));
-    let client = reqwest::Client::new();
-    for i in 0..5 {
-        let response = client
-            .post(format!("http://{}/webhooks", server.http))
-            .body(webhook(
-                "debt",
-                &format!("x-{i}"),
-                "waiting_signature",
-                &old,
-            ))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 200);
-    }
+    post_waiting_signatures(server.http, "x-", 5, &old).await;
     assert!(server.terminate().await.success());
 
     // A catalog that expects a signature within a day: the start dates those debts (step

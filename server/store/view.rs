@@ -171,6 +171,20 @@ impl Batch<'_> {
         }
     }
 
+    /// Writes the event entry and change record at `sequence` (the `L` space, what lagging
+    /// watchers read) and keeps the change for the recent window: the same for a webhook and
+    /// for an overdue event.
+    fn record(&mut self, sequence: u64, entry: EventEntry, change: Change) {
+        self.writes.put(
+            Key::Event(sequence),
+            encode(&StoredEvent {
+                entry,
+                change: &change,
+            }),
+        );
+        self.changes.push((sequence, Arc::new(change)));
+    }
+
     /// The moment operation `mark` became overdue, recorded at `sequence`: no webhook, and
     /// the operation does not change; its watchers hear it (see [`crate::store::due`]).
     fn overdue(
@@ -217,14 +231,7 @@ impl Batch<'_> {
             received_at,
             payload: at,
         };
-        self.writes.put(
-            Key::Event(sequence),
-            encode(&StoredEvent {
-                entry,
-                change: &change,
-            }),
-        );
-        self.changes.push((sequence, Arc::new(change)));
+        self.record(sequence, entry, change);
         tracing::info!(
             sequence,
             kind = %mark.kind,
@@ -290,14 +297,7 @@ impl Batch<'_> {
             received_at,
             payload: at,
         };
-        self.writes.put(
-            Key::Event(sequence),
-            encode(&StoredEvent {
-                entry,
-                change: &change,
-            }),
-        );
-        self.changes.push((sequence, Arc::new(change)));
+        self.record(sequence, entry, change);
         tracing::info!(
             sequence,
             kind = %after.kind,

@@ -5,16 +5,18 @@
 //! (`grpc::watch`) turns them into wire messages at the last step, the way tonic-health's
 //! `WatchStream` wraps its reporter.
 //!
-//! Every stored webhook has a sequence number and a change record (the operation right after
-//! it) in its event entry, which the store keeps on disk. A subscriber is a task with its own
-//! cursor that reads those entries forward; the writer's commit notification only wakes it.
-//! Hence:
+//! Every stored webhook (and every overdue event) has a sequence number and a change (the
+//! operation right after it), which follows from the log: the store works it out again from
+//! the log and the operations for any sequence it still keeps
+//! ([`Store::changes_after`]). A subscriber is a task with its own cursor that reads those
+//! changes forward; the writer's commit notification only wakes it. Hence:
 //!
 //! - changes arrive in sequence order, with no gaps among those that match and no
 //!   duplicates, because each subscriber reads the store, not a lossy broadcast;
-//! - a resume point (`start_after`) works across restarts: the change records are on disk;
-//! - the records of the latest batches are decoded once and shared by all subscribers
-//!   ([`RecentChanges`]); a subscriber behind that window reads the store itself;
+//! - a resume point (`start_after`) works across restarts: the log is on disk;
+//! - the changes of the latest batches are kept once and shared by all subscribers
+//!   ([`RecentChanges`]); a subscriber behind that window has the store read the log for it,
+//!   off the async threads;
 //! - a slow or stalled subscriber only fills its own bounded channel and waits; the intake
 //!   and the writer never wait for subscribers;
 //! - when retention has dropped the changes a resume point needs, the subscriber gets
@@ -32,6 +34,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::catalog::CatalogHandle;
 use crate::domain::reconcile::{Operation, Phase};
 use crate::store::RecentChanges;
 use crate::store::{Change, Store, StoreError};
@@ -177,6 +180,8 @@ impl Default for FeedSettings {
 #[derive(Debug, Clone)]
 pub(crate) struct ChangeFeed {
     store: Store,
+    /// What changes older than the recent window are worked out under.
+    catalog: CatalogHandle,
     recent: Arc<RecentChanges>,
     committed: watch::Receiver<u64>,
     stop: CancellationToken,
@@ -190,14 +195,16 @@ pub(crate) struct ChangeFeed {
 /// The receiving end of one subscription; dropping it ends the subscription.
 pub(crate) type Subscription = mpsc::Receiver<Result<FeedEvent, FeedError>>;
 
-/// How many change records a subscriber reads from sled at a time.
+/// How many changes a subscriber behind the recent window reads at a time.
 const READ_CHUNK: usize = 256;
 
 impl ChangeFeed {
     /// A feed over `store`, woken by `committed` (the writer's last committed sequence),
-    /// whose subscriptions end when `stop` turns true.
+    /// whose subscriptions end when `stop` turns true; changes older than the `recent`
+    /// window are worked out under `catalog`.
     pub(crate) fn new(
         store: Store,
+        catalog: CatalogHandle,
         recent: Arc<RecentChanges>,
         committed: watch::Receiver<u64>,
         stop: CancellationToken,
@@ -205,6 +212,7 @@ impl ChangeFeed {
     ) -> Self {
         ChangeFeed {
             store,
+            catalog,
             recent,
             committed,
             stop,
@@ -278,6 +286,7 @@ impl ChangeFeed {
         let (tx, rx) = mpsc::channel(self.settings.buffer.max(1));
         let subscriber = Subscriber {
             store: self.store.clone(),
+            catalog: self.catalog.clone(),
             recent: self.recent.clone(),
             filter,
             cursor,
@@ -296,6 +305,7 @@ impl ChangeFeed {
 
 struct Subscriber {
     store: Store,
+    catalog: CatalogHandle,
     recent: Arc<RecentChanges>,
     filter: FeedFilter,
     cursor: u64,
@@ -368,24 +378,13 @@ impl Subscriber {
 
     /// Reads one chunk of change records after the cursor; returns whether it sent any.
     async fn catch_up(&mut self, head: u64) -> Result<bool, End> {
-        let chunk = match self.recent.after(self.cursor, head, READ_CHUNK) {
-            Some(chunk) => chunk,
-            None => self
-                .store
-                .changes_after(self.cursor, head, READ_CHUNK)?
-                .into_iter()
-                .map(|(sequence, change)| (sequence, Arc::new(change)))
-                .collect(),
-        };
-        match chunk.first() {
-            Some((first, _)) if *first == self.cursor + 1 => {}
-            // The records after the cursor are missing: retention dropped them under this
-            // subscriber.
-            _ => {
-                let compacted_through = self.store.compacted_through()?;
-                return Err(End::Error(FeedError::Compacted { compacted_through }));
+        let (chunk, through) = match self.recent.after(self.cursor, head, READ_CHUNK) {
+            Some(chunk) if !chunk.is_empty() => {
+                let through = chunk.last().map_or(self.cursor, |(sequence, _)| *sequence);
+                (chunk, through)
             }
-        }
+            _ => self.read_older(head).await?,
+        };
         let mut sent = false;
         for (sequence, change) in chunk {
             if self.filter.matches(&change) {
@@ -394,7 +393,44 @@ impl Subscriber {
             }
             self.cursor = sequence;
         }
+        self.cursor = through;
         Ok(sent)
+    }
+
+    /// The changes after the cursor that the recent window no longer holds, worked out from
+    /// the log off the async threads (see [`Store::changes_after`]), and the last sequence
+    /// read.
+    async fn read_older(&self, head: u64) -> Result<(Vec<(u64, Arc<Change>)>, u64), End> {
+        // Retention dropped the records after the cursor under this subscriber.
+        let compacted_through = self.store.compacted_through()?;
+        if self.cursor < compacted_through {
+            return Err(End::Error(FeedError::Compacted { compacted_through }));
+        }
+        let (store, catalog, after) = (self.store.clone(), self.catalog.current(), self.cursor);
+        let read = tokio::task::spawn_blocking(move || {
+            store.changes_after(&catalog, after, head, READ_CHUNK)
+        })
+        .await
+        .map_err(|e| {
+            StoreError::Io(std::io::Error::other(format!(
+                "reading changes from the log stopped: {e}"
+            )))
+        })??;
+        if read.through == after {
+            return Err(StoreError::Corrupt {
+                tree: "log",
+                reason: format!(
+                    "the log holds no record after sequence {after}, and {head} are committed"
+                ),
+            }
+            .into());
+        }
+        let changes = read
+            .changes
+            .into_iter()
+            .map(|(sequence, change)| (sequence, Arc::new(change)))
+            .collect();
+        Ok((changes, read.through))
     }
 
     async fn send(&mut self, event: FeedEvent) -> Result<(), End> {

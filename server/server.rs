@@ -406,6 +406,7 @@ impl Core {
         ));
         let mut feed = ChangeFeed::new(
             store.clone(),
+            catalog.clone(),
             writer.recent(),
             writer.committed(),
             stop.clone(),

@@ -335,12 +335,12 @@ fn webhook_page(
             "webhook {sequence} is not one of this operation's"
         )));
     }
-    let entry = state.store.event_entry(sequence)?.ok_or_else(|| {
+    let bodies = state.store.bodies(&op.kind, &op.key)?;
+    let raw = state.store.body(&bodies, sequence)?.ok_or_else(|| {
         ConsoleError::NotFound(format!(
             "webhook {sequence} is no longer kept (log retention); its summary is in the timeline"
         ))
     })?;
-    let raw = state.store.raw_payload(&entry)?;
     let (pretty, masked) = match serde_json::from_slice::<serde_json::Value>(&raw) {
         Ok(mut value) => {
             let masked = (!reveal)

@@ -277,11 +277,9 @@ impl OperationStatusApi {
         let with_data = view == pb::OperationView::Full;
         let with_json = view == pb::OperationView::Json;
         if with_data || with_json || include_raw {
+            let bodies = self.store.bodies(&op.kind, &op.key)?;
             for (event, entry) in &mut entries {
-                let Some(event_entry) = self.store.event_entry(event.sequence)? else {
-                    continue;
-                };
-                let raw = self.store.raw_payload(&event_entry).map_err(|e| {
+                let raw = self.store.body(&bodies, event.sequence).map_err(|e| {
                     if e.is_damage() {
                         ApiError::DataLoss(format!(
                             "the webhook stored at sequence {} is damaged on disk and is not \
@@ -292,6 +290,10 @@ impl OperationStatusApi {
                         ApiError::Store(e)
                     }
                 })?;
+                // Not kept any more (log retention): the summary is all there is.
+                let Some(raw) = raw else {
+                    continue;
+                };
                 let before = framed_len(entry.encoded_len());
                 if with_data {
                     entry.data = convert::data_struct(&raw);

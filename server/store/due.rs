@@ -403,14 +403,15 @@ mod tests {
         // Proposed again (a second node, a restart): nothing more.
         assert_eq!(record(&store, &catalog, &marks, t0 + 5 * HOUR), 0);
         let head = store.last_sequence().unwrap();
-        let (entry, change) = match store.events_after(head - 1).next() {
-            Some(item) => {
-                let (_, entry, change) = item.unwrap();
-                (entry, change)
-            }
-            None => panic!("the event is in the feed"),
+        // Worked out from the log, the event is what the writer announced.
+        let read = store.changes_after(&catalog, head - 1, head, 10).unwrap();
+        assert_eq!(read.through, head);
+        let [(sequence, change)] = &read.changes[..] else {
+            panic!("the event is in the feed: {read:?}");
         };
-        assert!(!entry.is_webhook());
+        assert_eq!(*sequence, head);
+        assert!(!change.status_changed);
+        assert_eq!(change.previous_status.as_deref(), Some("waiting_signature"));
         assert_eq!(change.overdue.as_ref().map(|o| o.due), Some(t0 + HOUR));
         assert_eq!(change.operation.key, "early");
         assert_eq!(store.check_indexes().unwrap(), Vec::<String>::new());

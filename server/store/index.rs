@@ -7,7 +7,8 @@
 //! its writes land in the same atomic sled batch as the operation, so the indexes never
 //! disagree with what they index.
 
-use super::record::{encode, u64_from_be};
+use super::log::PayloadRef;
+use super::record::{encode, encode_operation, u64_from_be};
 use super::{Key, Meta, OperationCount, SpaceId, Store, StoreError, Writes, keys};
 use crate::domain::overdue::{can_be_overdue, status_since};
 use crate::domain::reconcile::{Operation, Phase};
@@ -71,7 +72,8 @@ impl Store {
         let mut expected = std::collections::BTreeMap::new();
         for op in self.operations() {
             let mut writes = Writes::default();
-            put_operation(&mut writes, &watched, None, &op?);
+            // Only the index entries are compared: no bodies needed.
+            put_operation(&mut writes, &watched, None, &op?, &[]);
             for (key, value) in writes.entries() {
                 if matches!(key.first(), Some(&b) if b != SpaceId::Operations as u8) {
                     expected.insert(key.clone(), value.clone());
@@ -126,14 +128,15 @@ impl Store {
     }
 }
 
-/// Writes `after` and its index entries, and removes the entries of `before` (its state
-/// before this write, if it existed) that no longer apply. The one place that knows which
-/// index entries an operation has.
+/// Writes `after` (with where its webhooks' `bodies` are in the log) and its index entries,
+/// and removes the entries of `before` (its state before this write, if it existed) that no
+/// longer apply. The one place that knows which index entries an operation has.
 pub(crate) fn put_operation(
     writes: &mut Writes,
     dated: Dated<'_>,
     before: Option<&Operation>,
     after: &Operation,
+    bodies: &[(u64, PayloadRef)],
 ) {
     // Dated from its history: worked out once.
     let after_since = since_entry(dated, after);
@@ -172,7 +175,10 @@ pub(crate) fn put_operation(
         },
         index_value(after),
     );
-    writes.put(Key::Operation { kind, key }, encode(after));
+    writes.put(
+        Key::Operation { kind, key },
+        encode_operation(after, bodies),
+    );
 }
 
 /// Removes an operation and its index entries.

@@ -3,9 +3,10 @@
 //!
 //! | space | [`Key`] | body | value |
 //! |---|---|---|---|
-//! | `L` | `Event(seq)` | sequence, u64 big-endian | where the webhook at `seq` is, and the change it made (the watch feed) |
+//! | `K` | `SeekPoint(seq)` | sequence, u64 big-endian | every [`SEEK_EVERY`](super::SEEK_EVERY)th sequence: where its record is in the log and when it was received, where reads of the log by sequence start |
+//! | `L` | (none) | | retired in store format 4: a webhook's body is found through its operation, the change it made is worked out from the log; a format 3 directory's entries are moved at open |
 //! | `E` | `EventId(id)` | the 32-byte content hash | the quarantine entry of that body (dedupe of the quarantine; an event is found in its operation's history) |
-//! | `O` | `Operation` | `key \0 kind` | the operation with its history summaries |
+//! | `O` | `Operation` | `key \0 kind` | the operation with its history summaries, then where each of its webhooks' bodies is in the log |
 //! | `S` | `StatusIndex` | `status \0 kind \0 key` | the operation without history |
 //! | `P` | (none) | | retired in store format 3: phase lists merge the status index's runs; a format 2 directory's entries are removed at open |
 //! | `Q` | `Quarantine(id)` | id, u64 big-endian | the quarantined webhook |
@@ -33,8 +34,8 @@ use crate::domain::webhook::EventId;
 /// Every key the store writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Key<'a> {
-    /// The webhook stored at this sequence: where it is, and the change it made.
-    Event(u64),
+    /// A point to start reading the log from: where the record at this sequence is.
+    SeekPoint(u64),
     /// The quarantine entry of the body with this content hash.
     EventId(&'a EventId),
     /// An operation.
@@ -148,7 +149,10 @@ impl Meta {
 /// The one-byte prefix of each space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SpaceId {
-    Events = b'L' as isize,
+    SeekPoints = b'K' as isize,
+    /// Retired in store format 4 (change records are worked out from the log): what the
+    /// upgrade from format 3 moves and removes.
+    RetiredEvents = b'L' as isize,
     EventIds = b'E' as isize,
     Operations = b'O' as isize,
     StatusIndex = b'S' as isize,
@@ -205,7 +209,7 @@ impl Key<'_> {
     /// The space the key lives in.
     pub(crate) fn space(&self) -> SpaceId {
         match self {
-            Key::Event(_) => SpaceId::Events,
+            Key::SeekPoint(_) => SpaceId::SeekPoints,
             Key::EventId(_) => SpaceId::EventIds,
             Key::Operation { .. } => SpaceId::Operations,
             Key::StatusIndex { .. } => SpaceId::StatusIndex,
@@ -220,7 +224,7 @@ impl Key<'_> {
     /// The key within its space (what scans of the space return).
     pub(crate) fn body(&self) -> Vec<u8> {
         match *self {
-            Key::Event(sequence) | Key::Quarantine(sequence) => sequence.to_be_bytes().to_vec(),
+            Key::SeekPoint(sequence) | Key::Quarantine(sequence) => sequence.to_be_bytes().to_vec(),
             Key::EventId(id) => id.0.to_vec(),
             Key::Operation { kind, key } => joined(&[key.as_bytes(), kind.as_bytes()]),
             Key::StatusIndex { status, kind, key } => {

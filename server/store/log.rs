@@ -93,6 +93,18 @@ pub(crate) enum Entry {
     },
 }
 
+impl Entry {
+    /// The record's position in the change feed: every record has one but the quarantine's.
+    pub(crate) fn sequence(&self) -> Option<u64> {
+        match self {
+            Entry::Event { sequence, .. }
+            | Entry::Promote { sequence, .. }
+            | Entry::Overdue { sequence, .. } => Some(*sequence),
+            Entry::Quarantine { .. } => None,
+        }
+    }
+}
+
 /// The part of a record before its payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct RecordHeader {
@@ -222,15 +234,22 @@ pub(crate) trait Log: Send + Sync + std::fmt::Debug {
         each: &mut dyn FnMut(Record, PayloadRef) -> Result<(), crate::store::StoreError>,
     ) -> Result<(), crate::store::StoreError>;
 
+    /// Calls `each` with every record after the one whose payload is `at` (from the log's
+    /// oldest record when `None`), in order, with its payload's place, while `each` returns
+    /// `true`. What lagging readers use: a writer may be appending meanwhile, so a partial
+    /// frame at the newest segment's end is where the read stops.
+    fn read_after(
+        &self,
+        at: Option<&PayloadRef>,
+        each: &mut dyn FnMut(Record, PayloadRef) -> Result<bool, crate::store::StoreError>,
+    ) -> Result<(), crate::store::StoreError>;
+
     /// The payload `at` refers to.
     fn payload(&self, at: &PayloadRef) -> Result<Vec<u8>, LogError>;
 
     /// Lets go of whole segments before the one holding `keep` (never the newest segment).
     /// Returns how many were removed.
     fn release_before(&self, keep: &PayloadRef) -> Result<usize, LogError>;
-
-    /// Lets go of every segment but the newest (nothing older is needed any more).
-    fn release_all_but_newest(&self) -> Result<usize, LogError>;
 
     /// Bytes the log takes where it is kept (for metrics).
     fn size_bytes(&self) -> Result<u64, LogError>;
@@ -320,7 +339,21 @@ struct SegmentReader {
 
 impl SegmentReader {
     fn open(dir: &Path, segment: u64) -> Result<Self, LogError> {
-        let mut reader = BufReader::with_capacity(1 << 20, File::open(segment_path(dir, segment))?);
+        Self::open_with(dir, segment, 1 << 20)
+    }
+
+    /// Reads segment `segment` from `offset`, where a frame starts (the end of the frame
+    /// before), buffering `buffer` bytes at a time.
+    fn open_at(dir: &Path, segment: u64, offset: u64, buffer: usize) -> Result<Self, LogError> {
+        use std::io::{Seek, SeekFrom};
+        let mut reader = Self::open_with(dir, segment, buffer)?;
+        reader.reader.seek(SeekFrom::Start(offset))?;
+        reader.offset = offset;
+        Ok(reader)
+    }
+
+    fn open_with(dir: &Path, segment: u64, buffer: usize) -> Result<Self, LogError> {
+        let mut reader = BufReader::with_capacity(buffer, File::open(segment_path(dir, segment))?);
         let mut magic = [0u8; 8];
         reader
             .read_exact(&mut magic)
@@ -790,6 +823,57 @@ impl Log for SegmentLog {
         Ok(())
     }
 
+    fn read_after(
+        &self,
+        at: Option<&PayloadRef>,
+        each: &mut dyn FnMut(Record, PayloadRef) -> Result<bool, crate::store::StoreError>,
+    ) -> Result<(), crate::store::StoreError> {
+        let all = segments(&self.dir).map_err(LogError::from)?;
+        let newest = all.last().copied();
+        let from = match at {
+            Some(at) => all.iter().position(|&s| s == at.segment).ok_or_else(|| {
+                corrupt(
+                    at.segment,
+                    "the segment a seek point names is not in the log",
+                )
+            })?,
+            None => 0,
+        };
+        for &segment in all.get(from..).unwrap_or_default() {
+            // Lagging readers read a few records at a time: a small buffer.
+            let mut reader = match at {
+                Some(at) if at.segment == segment => SegmentReader::open_at(
+                    &self.dir,
+                    segment,
+                    at.offset + u64::from(at.len),
+                    64 * 1024,
+                )?,
+                _ => SegmentReader::open_with(&self.dir, segment, 64 * 1024)?,
+            };
+            loop {
+                match reader.next()? {
+                    Frame::Record(record, at) => {
+                        if !each(*record, at)? {
+                            return Ok(());
+                        }
+                    }
+                    Frame::End => break,
+                    // A frame being appended right now: nothing past it is applied yet.
+                    Frame::Torn(_) if Some(segment) == newest => return Ok(()),
+                    Frame::Torn(why) => {
+                        let reason = format!(
+                            "the record at byte {} fails its checksum ({why}): \
+                             `qistatus-server verify` lists the damage",
+                            reader.offset
+                        );
+                        return Err(corrupt(segment, &reason).into());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn payload(&self, at: &PayloadRef) -> Result<Vec<u8>, LogError> {
         let file = self.file(at.segment)?;
         // The frame's checksum covers its header and payload: read the payload with the
@@ -847,10 +931,6 @@ impl Log for SegmentLog {
             }
         }
         Ok(total)
-    }
-
-    fn release_all_but_newest(&self) -> Result<usize, LogError> {
-        self.release(u64::MAX)
     }
 }
 
@@ -970,8 +1050,12 @@ mod tests {
         };
         assert_eq!(log.release_before(&keep).unwrap(), 1);
         assert_eq!(segments(&path).unwrap(), [10, 20]);
-        assert_eq!(log.release_all_but_newest().unwrap(), 1);
-        assert_eq!(segments(&path).unwrap(), [20]);
+        let past_the_newest = PayloadRef {
+            segment: u64::MAX,
+            ..keep
+        };
+        assert_eq!(log.release_before(&past_the_newest).unwrap(), 1);
+        assert_eq!(segments(&path).unwrap(), [20], "never the newest");
     }
 
     fn path_created(path: &Path) -> PathBuf {

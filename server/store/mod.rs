@@ -14,10 +14,13 @@
 //!
 //! "Log" means the segment log only: every stored webhook, byte for byte, with what the
 //! writer decided about it, fsynced once per batch before anyone is answered. sled is a view
-//! materialized from it, in key spaces of one tree whose schema [`keys`] owns: the event
-//! entries (where each sequence's webhook is in the log, and the change it made), the
-//! quarantine's deduplication index, operations (whose history deduplicates events), the
-//! status index (phase lists merge its runs), the quarantine, counters and `applied_through`. By concern:
+//! materialized from it, in key spaces of one tree whose schema [`keys`] owns: operations
+//! (whose history deduplicates events, with where each webhook's body is in the log), the
+//! status index (phase lists merge its runs), seek points into the log every
+//! [`SEEK_EVERY`] sequences, the quarantine and its deduplication index, counters and
+//! `applied_through`. The change each webhook made is not kept: the recent window holds
+//! the newest in memory, and [`Store::changes_after`] works older ones out from the log and
+//! the operations, with the function that made them. By concern:
 //!
 //! - [`open`]: opening a directory, its format check and the meta values;
 //! - [`record`]: how every sled value is encoded, and read back from older formats;
@@ -60,6 +63,7 @@ mod status_index;
 mod view;
 mod writer;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -69,8 +73,8 @@ use crate::domain::overdue::Overdue;
 use crate::domain::reconcile::{Operation, Phase};
 use crate::domain::webhook::{EventId, Normalized};
 pub(crate) use keys::{Key, Meta, Space, SpaceId, Writes};
-use log::{Log, LogError, PayloadRef};
-use record::{StoredEvent, decode, decode_entry, u64_from_be};
+use log::{Entry, Log, LogError, PayloadRef, Record};
+use record::{Bodies, decode, decode_operation, u64_from_be};
 
 // The door: what the rest of qistatus uses of the store. Nobody outside `store/` names a
 // submodule; what is not re-exported here is the store's own business.
@@ -174,29 +178,39 @@ pub(crate) fn stored_in(op: &Operation, id: &EventId) -> Option<EventRef> {
         .map(|e| EventRef::Event(e.sequence))
 }
 
-/// A stored webhook's event entry in the view: what it was attributed to and where its body
-/// is in the log (the body itself stays in the log, byte for byte).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EventEntry {
-    /// Content identifier.
-    pub event_id: EventId,
-    /// Canonical kind it was attributed to.
-    pub kind: String,
-    /// Operation key it was attributed to.
-    pub key: String,
-    /// Receive time, ms since the epoch.
-    pub received_at: i64,
-    /// Where the request body, exactly as received, is in the payload log.
-    pub payload: PayloadRef,
+/// A seek point is written at every sequence that is a multiple of this: a read of the log
+/// from a sequence starts at most this many records before it, for 1/64 of a key per
+/// webhook.
+pub(crate) const SEEK_EVERY: u64 = 64;
+
+/// The value of a seek point ([`Key::SeekPoint`]): where the record at its sequence is in
+/// the log, and when it was received (what retention cuts by).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SeekPoint {
+    /// The record's payload: the next record's frame starts right after it.
+    pub(crate) at: PayloadRef,
+    /// Its receive time, ms since the epoch.
+    pub(crate) received_at: i64,
 }
 
-impl EventEntry {
-    /// Whether a webhook made this entry. The other entries are the moments operations
-    /// became overdue: they have no body (a webhook is never empty, the intake wants a JSON
-    /// object), and their change says which status was held too long.
-    pub fn is_webhook(&self) -> bool {
-        self.payload.len > 0
-    }
+impl record::Record for SeekPoint {}
+
+/// Where an operation's webhooks' bodies are ([`Store::bodies`]), to read them with
+/// [`Store::body`].
+#[derive(Debug, Clone, Default)]
+pub struct WebhookBodies {
+    at: Bodies,
+    compacted_through: u64,
+}
+
+/// What [`Store::changes_after`] read: the changes, and the last sequence it looked at (a
+/// record whose operation no longer holds it, after a rebuild moved it, has no change).
+#[derive(Debug, Clone, Default)]
+pub struct ChangesRead {
+    /// The changes, in sequence order.
+    pub changes: Vec<(u64, Change)>,
+    /// Every sequence up to this one was read.
+    pub through: u64,
 }
 
 /// The effect of one stored webhook on its operation: what watchers read.
@@ -216,6 +230,46 @@ pub struct Change {
 }
 
 impl Change {
+    /// The change from the state `prior` (`None`: the operation is new) to `after`, which
+    /// one webhook made.
+    pub(crate) fn between(prior: Option<Prior>, after: &Operation) -> Change {
+        Change {
+            status_changed: prior
+                .as_ref()
+                .is_none_or(|p| p.status != after.status || p.phase != after.phase),
+            milestones_reached: after
+                .milestones
+                .iter()
+                .filter(|m| {
+                    prior
+                        .as_ref()
+                        .is_none_or(|p| !p.milestones.contains(&m.name))
+                })
+                .map(|m| m.name.clone())
+                .collect(),
+            previous_status: prior.map(|p| p.status),
+            operation: after.without_history(),
+            overdue: None,
+        }
+    }
+
+    /// The moment `operation` (unchanged) became overdue in `status`, held since `since`,
+    /// due at `due`.
+    pub(crate) fn overdue(operation: &Operation, status: &str, since: i64, due: i64) -> Change {
+        Change {
+            previous_status: Some(operation.status.clone()),
+            status_changed: false,
+            operation: operation.without_history(),
+            milestones_reached: Vec::new(),
+            overdue: Some(Overdue {
+                status: status.to_owned(),
+                since,
+                expected_within: due.saturating_sub(since),
+                due,
+            }),
+        }
+    }
+
     /// About how many bytes of memory the change holds: its texts plus a fixed overhead.
     /// What the recent-changes window counts its bound in.
     pub fn approx_bytes(&self) -> usize {
@@ -226,6 +280,25 @@ impl Change {
             + op.key.len()
             + op.status.len()
             + op.detail.len()
+    }
+}
+
+/// What a [`Change`] compares of an operation's state before it: taken before the
+/// operation is reconciled further, without copying its history.
+#[derive(Debug)]
+pub(crate) struct Prior {
+    status: String,
+    phase: Phase,
+    milestones: Vec<String>,
+}
+
+impl Prior {
+    pub(crate) fn of(op: &Operation) -> Prior {
+        Prior {
+            status: op.status.clone(),
+            phase: op.phase,
+            milestones: op.milestones.iter().map(|m| m.name.clone()).collect(),
+        }
     }
 }
 
@@ -290,7 +363,7 @@ pub enum EventRef {
 struct Trees {
     /// The one sled tree all spaces live in.
     all: sled::Tree,
-    events: Space,
+    seek_points: Space,
     operations: Space,
     status_index: Space,
     quarantine: Space,
@@ -388,29 +461,103 @@ impl Store {
         Ok(())
     }
 
-    /// The change records with sequences in `(after, up_to]`, at most `limit`, in order.
+    /// The changes of the records with sequences in `(after, up_to]`, at most `limit`, in
+    /// order, worked out under `catalog` from the log and the operations: the state of an
+    /// operation at a sequence is the reconciliation of its webhooks up to it (the same pure
+    /// function the writer applied, see [`crate::domain::reconcile`]), so the change a webhook
+    /// made is the difference between its operation's state before and at it. What readers
+    /// behind the recent window read; each record costs a read of the log (sequential) and of
+    /// its operation (once per operation in a call).
     pub fn changes_after(
         &self,
+        catalog: &crate::domain::catalog::Catalog,
         after: u64,
         up_to: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, Change)>, StoreError> {
-        if after >= up_to {
-            return Ok(Vec::new());
+    ) -> Result<ChangesRead, StoreError> {
+        let mut read = ChangesRead {
+            changes: Vec::new(),
+            through: after,
+        };
+        if after >= up_to || limit == 0 {
+            return Ok(read);
         }
+        let reconciler = crate::domain::reconcile::Reconciler::new(catalog);
+        let mut operations: HashMap<(String, String), Option<Operation>> = HashMap::new();
+        self.logged_after(after, &mut |sequence, record, _at| {
+            if sequence > up_to || read.changes.len() == limit {
+                return Ok(false);
+            }
+            read.through = sequence;
+            let (kind, key) = match &record.header.entry {
+                Entry::Event { envelope, .. } | Entry::Promote { envelope, .. } => {
+                    (&envelope.kind, &envelope.key)
+                }
+                Entry::Overdue { kind, key, .. } => (kind, key),
+                Entry::Quarantine { .. } => return Ok(true),
+            };
+            let op = match operations.entry((kind.clone(), key.clone())) {
+                std::collections::hash_map::Entry::Occupied(read) => read.into_mut(),
+                std::collections::hash_map::Entry::Vacant(unread) => {
+                    unread.insert(self.operation(kind, key)?)
+                }
+            };
+            if let Some(op) = op
+                && let Some(change) = change_at(&reconciler, op, sequence, &record.header.entry)
+            {
+                read.changes.push((sequence, change));
+            }
+            Ok(true)
+        })?;
+        Ok(read)
+    }
+
+    /// The seek points after sequence `after`, in order.
+    pub(crate) fn seek_points_after(
+        &self,
+        after: u64,
+    ) -> impl Iterator<Item = Result<(u64, SeekPoint), StoreError>> + '_ {
         self.trees
-            .events
+            .seek_points
             .range(
-                std::ops::Bound::Included(Key::Event(after + 1).body()),
-                std::ops::Bound::Included(Key::Event(up_to).body()),
+                std::ops::Bound::Excluded(after.to_be_bytes().to_vec()),
+                std::ops::Bound::Unbounded,
             )
-            .take(limit)
             .map(|kv| {
                 let (k, v) = kv?;
-                let stored: StoredEvent<Change> = decode(&v, "events")?;
-                Ok((u64_from_be(&k, "events")?, stored.change))
+                Ok((u64_from_be(&k, "seek_points")?, decode(&v, "seek_points")?))
             })
-            .collect()
+    }
+
+    /// Calls `each` with every record of the log with a sequence after `after` (webhooks and
+    /// overdue events, not the quarantine), in order, while it returns `true`. Starts at the
+    /// last seek point at or before `after`: at most [`SEEK_EVERY`] records are read for
+    /// nothing.
+    pub(crate) fn logged_after(
+        &self,
+        after: u64,
+        each: &mut dyn FnMut(u64, Record, PayloadRef) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let seek = self
+            .trees
+            .seek_points
+            .range(
+                std::ops::Bound::Unbounded,
+                std::ops::Bound::Included(after.to_be_bytes().to_vec()),
+            )
+            .next_back()
+            .transpose()?
+            .map(|(_, v)| decode::<SeekPoint>(&v, "seek_points"))
+            .transpose()?;
+        self.log
+            .read_after(seek.as_ref().map(|s| &s.at), &mut |record, at| match record
+                .header
+                .entry
+                .sequence()
+            {
+                Some(sequence) if sequence > after => each(sequence, record, at),
+                _ => Ok(true),
+            })
     }
 
     /// The operation of `kind` with `key`.
@@ -448,16 +595,44 @@ impl Store {
             .collect()
     }
 
-    /// The stored webhook at `sequence`, unless retention has compacted it away.
-    pub fn event_entry(&self, sequence: u64) -> Result<Option<EventEntry>, StoreError> {
-        self.get(Key::Event(sequence))?
-            .map(|v| decode_entry(&v))
+    /// The operation of `kind` with `key`, with where its webhooks' bodies are.
+    pub(crate) fn stored_operation(
+        &self,
+        kind: &str,
+        key: &str,
+    ) -> Result<Option<(Operation, Bodies)>, StoreError> {
+        self.get(Key::Operation { kind, key })?
+            .map(|v| decode_operation(&v))
             .transpose()
     }
 
-    /// The raw body of a stored webhook, byte for byte.
-    pub fn raw_payload(&self, entry: &EventEntry) -> Result<Vec<u8>, StoreError> {
-        Ok(self.log.payload(&entry.payload)?)
+    /// Where the webhooks of operation (`kind`, `key`) have their bodies, to read with
+    /// [`Store::body`].
+    pub fn bodies(&self, kind: &str, key: &str) -> Result<WebhookBodies, StoreError> {
+        Ok(WebhookBodies {
+            at: self
+                .stored_operation(kind, key)?
+                .map(|(_, bodies)| bodies)
+                .unwrap_or_default(),
+            compacted_through: self.compacted_through()?,
+        })
+    }
+
+    /// The body of the webhook at `sequence` among `bodies`, byte for byte, checked against
+    /// its frame's checksum; `None` when it is not kept (retention compacted it away) or is
+    /// not one of them.
+    pub fn body(
+        &self,
+        bodies: &WebhookBodies,
+        sequence: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        if sequence <= bodies.compacted_through {
+            return Ok(None);
+        }
+        match bodies.at.binary_search_by_key(&sequence, |(s, _)| *s) {
+            Ok(i) => Ok(Some(self.log.payload(&bodies.at[i].1)?)),
+            Err(_) => Ok(None),
+        }
     }
 
     /// Where a webhook that normalized to `normalized` is stored already, if it is: an event
@@ -513,41 +688,9 @@ impl Store {
             .transpose()
     }
 
-    /// The stored webhooks, oldest first: (sequence, where it is).
-    pub(crate) fn event_entries(
-        &self,
-    ) -> impl Iterator<Item = Result<(u64, EventEntry), StoreError>> + '_ {
-        self.trees.events.iter().map(|kv| {
-            let (k, v) = kv?;
-            Ok((u64_from_be(&k, "events")?, decode_entry(&v)?))
-        })
-    }
-
-    /// The sequence of the last stored webhook (0: none).
+    /// The sequence of the last stored webhook or event (0: none).
     pub(crate) fn last_sequence(&self) -> Result<u64, StoreError> {
-        match self.trees.events.iter().next_back().transpose()? {
-            Some((k, _)) => u64_from_be(&k, "events"),
-            None => Ok(0),
-        }
-    }
-
-    /// The stored webhooks after sequence `after`, oldest first: (sequence, where it is, the
-    /// change it made).
-    pub(crate) fn events_after(
-        &self,
-        after: u64,
-    ) -> impl Iterator<Item = Result<(u64, EventEntry, Change), StoreError>> + '_ {
-        self.trees
-            .events
-            .range(
-                std::ops::Bound::Included(Key::Event(after.saturating_add(1)).body()),
-                std::ops::Bound::Unbounded,
-            )
-            .map(|kv| {
-                let (k, v) = kv?;
-                let stored: StoredEvent<Change> = decode(&v, "events")?;
-                Ok((u64_from_be(&k, "events")?, stored.entry, stored.change))
-            })
+        Ok(self.counters()?.next_sequence - 1)
     }
 
     /// How many webhooks are quarantined.
@@ -561,5 +704,36 @@ impl Store {
             .operations
             .iter()
             .map(|kv| decode(&kv?.1, "operations"))
+    }
+}
+
+/// The change the record at `sequence` made to `op` (which holds every webhook of it, and
+/// maybe later ones), worked out under `reconciler`: `None` when the webhook is no longer
+/// the operation's (a rebuild under another catalog attributed it elsewhere).
+fn change_at(
+    reconciler: &crate::domain::reconcile::Reconciler<'_>,
+    op: &Operation,
+    sequence: u64,
+    entry: &Entry,
+) -> Option<Change> {
+    let up_to = |last: u64| -> Vec<_> {
+        op.history
+            .iter()
+            .filter(|e| e.sequence <= last)
+            .cloned()
+            .collect()
+    };
+    let at = reconciler.reconcile(&op.kind, &op.key, up_to(sequence))?;
+    match entry {
+        Entry::Overdue {
+            status, since, due, ..
+        } => Some(Change::overdue(&at, status, *since, *due)),
+        _ => {
+            if !op.history.iter().any(|e| e.sequence == sequence) {
+                return None;
+            }
+            let before = reconciler.reconcile(&op.kind, &op.key, up_to(sequence - 1));
+            Some(Change::between(before.as_ref().map(Prior::of), &at))
+        }
     }
 }

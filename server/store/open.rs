@@ -11,8 +11,10 @@ use std::sync::Arc;
 
 use super::keys::Space;
 use super::log::SegmentLog;
-use super::record::{decode, u64_from_be};
-use super::{EventRef, Key, Meta, SpaceId, Store, StoreError, Trees, snapshot, writer};
+use super::record::{decode, decode_retired_entry, encode, encode_operation, u64_from_be};
+use super::{
+    EventRef, Key, Meta, SEEK_EVERY, SeekPoint, SpaceId, Store, StoreError, Trees, snapshot, writer,
+};
 
 /// sled's page cache by default, in MiB. sled undercounts what a cached node costs, and the
 /// allocator (mimalloc) keeps some freed memory per thread: 64 MiB keeps a million operations
@@ -25,9 +27,17 @@ pub const CHECKPOINT_INTERVAL_MS: u64 = 500;
 /// The layout of a data directory this version reads and writes: 2 is the log-first
 /// layout (`log/` segments, sled as a view); 3 keeps content hashes (`E`) only for the
 /// quarantine, events being deduplicated in their operation's history, and has no phase
-/// index (`P`), phase lists merging the status index's runs. A format 2 directory is
-/// upgraded in place at open ([`Store::upgrade_from_2`]).
-pub const STORE_FORMAT: u64 = 3;
+/// index (`P`), phase lists merging the status index's runs; 4 keeps no change record per
+/// webhook (`L`): an operation's value says where its webhooks' bodies are, seek points
+/// (`K`) lead into the log, and changes are worked out from the log. Directories of formats
+/// 2 and 3 are upgraded in place at open ([`Store::upgrade_from_2`],
+/// [`Store::upgrade_from_3`]).
+pub const STORE_FORMAT: u64 = 4;
+
+/// How many change records one step of the upgrade from format 3 moves (one atomic batch).
+const UPGRADE_STEP: usize = 10_000;
+/// Overrides [`UPGRADE_STEP`]: for the test that cuts an upgrade between two steps.
+const UPGRADE_STEP_VARIABLE: &str = "QISTATUS_UPGRADE_STEP";
 
 impl Store {
     /// Opens (or creates) the store in `dir` with the default cache size.
@@ -64,7 +74,7 @@ impl Store {
         };
         let space = |id: SpaceId| Space::new(all.clone(), id);
         let trees = Trees {
-            events: space(SpaceId::Events),
+            seek_points: space(SpaceId::SeekPoints),
             operations: space(SpaceId::Operations),
             status_index: space(SpaceId::StatusIndex),
             quarantine: space(SpaceId::Quarantine),
@@ -96,9 +106,13 @@ impl Store {
         let key = Key::Meta(Meta::FormatVersion);
         match self.get(key)? {
             Some(v) => {
-                let found = u64_from_be(&v, "meta")?;
+                let mut found = u64_from_be(&v, "meta")?;
                 if found == 2 {
-                    return self.upgrade_from_2();
+                    self.upgrade_from_2()?;
+                    found = 3;
+                }
+                if found == 3 {
+                    return self.upgrade_from_3();
                 }
                 if found != STORE_FORMAT {
                     return Err(StoreError::Format {
@@ -138,7 +152,7 @@ impl Store {
     /// Format 2 to 3, in place: drops the content hashes of events from the `E` space (the
     /// quarantine's stay) and the whole phase index (`P`), then says format 3, in one atomic
     /// batch, flushed. A crash before it leaves format 2, upgraded again at the next open.
-    /// One scan of each space, once.
+    /// One scan of each space, once; [`Store::upgrade_from_3`] follows.
     fn upgrade_from_2(&self) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
         let events = self.trees.all.scan_prefix([SpaceId::EventIds as u8]);
@@ -159,16 +173,110 @@ impl Store {
             batch.remove(kv?.0);
             dropped += 1;
         }
-        batch.insert(
-            Key::Meta(Meta::FormatVersion).encode(),
-            &STORE_FORMAT.to_be_bytes(),
-        );
+        batch.insert(Key::Meta(Meta::FormatVersion).encode(), &3u64.to_be_bytes());
         self.trees.all.apply_batch(batch)?;
         self.db.flush()?;
         tracing::info!(
             from = 2,
-            to = STORE_FORMAT,
+            to = 3,
             keys_dropped = dropped,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "data directory upgraded in place"
+        );
+        Ok(())
+    }
+
+    /// Format 3 to 4, in place, in steps: each moves up to [`UPGRADE_STEP`] change records
+    /// of the `L` space, oldest first, into their operations (where each webhook's body is)
+    /// and a seek point every [`SEEK_EVERY`] sequences, and removes them, in one atomic
+    /// batch, flushed. Once none is left, the format says 4. A crash between steps leaves
+    /// format 3 with fewer records to move: the next open goes on from there, and a record
+    /// moved twice is not added twice. Nothing acknowledged is touched: the log stays as it
+    /// is, and the changes the records held are worked out from it from now on.
+    ///
+    /// A change record whose operation no longer holds its webhook (a rebuild attributed it
+    /// elsewhere) has no body to move: that webhook's data is then not served with its new
+    /// operation's history (its summary is), as after retention.
+    pub(super) fn upgrade_from_3(&self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let step = std::env::var(UPGRADE_STEP_VARIABLE)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(UPGRADE_STEP)
+            .max(1);
+        let (mut moved, mut steps) = (0usize, 0usize);
+        loop {
+            let mut records = Vec::new();
+            for kv in self
+                .trees
+                .all
+                .scan_prefix([SpaceId::RetiredEvents as u8])
+                .take(step)
+            {
+                let (key, value) = kv?;
+                let sequence = u64_from_be(&key[1..], "events")?;
+                records.push((key, sequence, decode_retired_entry(&value)?));
+            }
+            if records.is_empty() {
+                break;
+            }
+            let mut batch = sled::Batch::default();
+            let mut operations = std::collections::BTreeMap::new();
+            for (key, sequence, entry) in &records {
+                batch.remove(key.clone());
+                if sequence.is_multiple_of(SEEK_EVERY) {
+                    let point = SeekPoint {
+                        at: entry.payload,
+                        received_at: entry.received_at,
+                    };
+                    batch.insert(Key::SeekPoint(*sequence).encode(), encode(&point));
+                }
+                let op_key = (entry.kind.clone(), entry.key.clone());
+                let stored = match operations.entry(op_key) {
+                    std::collections::btree_map::Entry::Occupied(read) => read.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(unread) => {
+                        unread.insert(self.stored_operation(&entry.kind, &entry.key)?)
+                    }
+                };
+                // An overdue event has no body; a webhook its operation no longer holds has
+                // none to move there.
+                if let Some((op, bodies)) = stored
+                    && op.history.iter().any(|e| e.sequence == *sequence)
+                    && !bodies.iter().any(|(s, _)| s == sequence)
+                {
+                    bodies.push((*sequence, entry.payload));
+                }
+            }
+            for ((kind, key), stored) in operations {
+                if let Some((op, mut bodies)) = stored {
+                    bodies.sort_unstable_by_key(|(sequence, _)| *sequence);
+                    batch.insert(
+                        Key::Operation {
+                            kind: &kind,
+                            key: &key,
+                        }
+                        .encode(),
+                        encode_operation(&op, &bodies),
+                    );
+                }
+            }
+            self.trees.all.apply_batch(batch)?;
+            // Each step's progress survives a crash (sled flushes on its own only later).
+            self.db.flush()?;
+            moved += records.len();
+            steps += 1;
+            super::failpoint::abort_at("abort-between-upgrade-steps");
+        }
+        self.trees.all.insert(
+            Key::Meta(Meta::FormatVersion).encode(),
+            &STORE_FORMAT.to_be_bytes(),
+        )?;
+        self.db.flush()?;
+        tracing::info!(
+            from = 3,
+            to = STORE_FORMAT,
+            change_records_moved = moved,
+            steps,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "data directory upgraded in place"
         );

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use bytes::Bytes;
 
 use super::index::{delete_operation, put_operation};
-use super::log::{Entry, Record, RecordHeader};
+use super::log::{Entry, PayloadRef, Record, RecordHeader};
 use super::{Key, Meta, Store, StoreError, Writes, failpoint, view};
 use crate::domain::catalog::Catalog;
 use crate::domain::reconcile::{EventSummary, Operation, Reconciler};
@@ -58,8 +58,8 @@ pub fn rebuild(store: &Store, catalog: &Catalog) -> Result<RebuildReport, StoreE
 /// then [`finish`]es it between two batches, redoing only the operations that webhooks
 /// after `through` touched.
 ///
-/// Why this holds: only the writer changes operations, and a webhook's event entry and its
-/// operation are written in one atomic batch. So an operation that no webhook after
+/// Why this holds: only the writer changes operations, and a webhook's log record is
+/// applied to its operation in one atomic batch with `applied_through`. So an operation that no webhook after
 /// `through` touched is, when the plan is finished, exactly what the plan read.
 #[derive(Debug)]
 pub struct RebuildPlan {
@@ -75,6 +75,9 @@ pub struct RebuildPlan {
     new: BTreeMap<OpKey, Operation>,
     /// Summaries that came from the log (the rest were compacted).
     events_from_log: usize,
+    /// Where each webhook still in the log has its body, by sequence: an operation's bodies
+    /// follow its webhooks wherever the catalog now attributes them.
+    bodies: HashMap<u64, PayloadRef>,
 }
 
 /// Computes a [`RebuildPlan`] of `store` under `catalog`. Reads only: safe beside the writer.
@@ -93,17 +96,18 @@ pub fn plan(store: &Store, catalog: &Catalog) -> Result<RebuildPlan, StoreError>
     }
 
     let mut groups: BTreeMap<OpKey, Vec<EventSummary>> = BTreeMap::new();
+    let mut bodies = HashMap::new();
     let mut events_from_log = 0;
-    for item in store.event_entries() {
-        let (sequence, entry) = item?;
+    store.logged_after(store.compacted_through()?, &mut |sequence, record, at| {
         if sequence > through {
-            break;
+            return Ok(false);
         }
-        if !entry.is_webhook() {
-            continue;
+        if !is_webhook(&record) {
+            return Ok(true);
         }
+        bodies.insert(sequence, at);
         let stored = summaries.remove(&sequence);
-        match summarize(store, catalog, sequence, &entry)? {
+        match summarize(catalog, sequence, &record) {
             Some((op_key, summary)) => {
                 events_from_log += 1;
                 groups.entry(op_key).or_default().push(summary);
@@ -115,7 +119,8 @@ pub fn plan(store: &Store, catalog: &Catalog) -> Result<RebuildPlan, StoreError>
                 }
             }
         }
-    }
+        Ok(true)
+    })?;
     // Whatever is left was compacted out of the log: its summary is all there is.
     for (kind, key, summary) in summaries.into_values() {
         groups.entry((kind, key)).or_default().push(summary);
@@ -135,25 +140,29 @@ pub fn plan(store: &Store, catalog: &Catalog) -> Result<RebuildPlan, StoreError>
         old,
         new,
         events_from_log,
+        bodies,
     })
 }
 
-/// The webhook at `sequence` read under `catalog`: its operation and summary, or `None`
-/// when the catalog does not read it.
-fn summarize(
-    store: &Store,
-    catalog: &Catalog,
-    sequence: u64,
-    entry: &super::EventEntry,
-) -> Result<Option<(OpKey, EventSummary)>, StoreError> {
-    let raw = store.raw_payload(entry)?;
-    Ok(match normalize_with_facts(catalog, &raw) {
+/// Whether a log record is a webhook's (an event or a promotion), not an overdue event's or
+/// the quarantine's.
+fn is_webhook(record: &Record) -> bool {
+    matches!(
+        record.header.entry,
+        Entry::Event { .. } | Entry::Promote { .. }
+    )
+}
+
+/// The webhook of `record`, at `sequence`, read under `catalog`: its operation and
+/// summary, or `None` when the catalog does not read it.
+fn summarize(catalog: &Catalog, sequence: u64, record: &Record) -> Option<(OpKey, EventSummary)> {
+    match normalize_with_facts(catalog, &record.raw) {
         Ok((Normalized::Event(envelope), facts)) => {
-            let summary = EventSummary::new(&envelope, sequence, entry.received_at, facts);
+            let summary = EventSummary::new(&envelope, sequence, record.header.received_at, facts);
             Some(((envelope.kind, envelope.key), summary))
         }
         _ => None,
-    })
+    }
 }
 
 /// Finishes `plan` under `catalog` (the one it was computed under), with nothing else
@@ -177,6 +186,7 @@ pub fn finish(
         old,
         mut new,
         events_from_log,
+        mut bodies,
         ..
     } = plan;
     let mut report = promote_quarantined(store, catalog)?;
@@ -185,14 +195,25 @@ pub fn finish(
     // The webhooks after `through` (promotions included): where the old catalog put them,
     // and where the new one does. Both operations are redone.
     let mut touched: BTreeMap<OpKey, Option<Operation>> = BTreeMap::new();
-    for item in store.events_after(through) {
-        let (sequence, entry, change) = item?;
-        if !entry.is_webhook() {
-            continue;
+    let mut after_through = Vec::new();
+    store.logged_after(through, &mut |sequence, record, at| {
+        if is_webhook(&record) {
+            bodies.insert(sequence, at);
+            after_through.push((sequence, record));
         }
-        let was = (change.operation.kind.clone(), change.operation.key.clone());
+        Ok(true)
+    })?;
+    for (sequence, record) in after_through {
+        // Written by the writer (or promoted above) under the catalog in effect then: the
+        // operation its envelope names holds it.
+        let was = match &record.header.entry {
+            Entry::Event { envelope, .. } | Entry::Promote { envelope, .. } => {
+                (envelope.kind.clone(), envelope.key.clone())
+            }
+            _ => continue,
+        };
         report.events_from_log += 1;
-        let summary = match summarize(store, catalog, sequence, &entry)? {
+        let summary = match summarize(catalog, sequence, &record) {
             Some((op_key, summary)) => Some((op_key, summary)),
             // Not read under the new catalog: its summary stays where it was.
             None => store
@@ -228,7 +249,14 @@ pub fn finish(
         let was = before(op_key);
         if was != Some(op) {
             report.operations_changed += 1;
-            put_operation(&mut writes, &dated, was, op);
+            // The history is in event-time order; bodies are kept by sequence.
+            let mut op_bodies: Vec<_> = op
+                .history
+                .iter()
+                .filter_map(|e| Some((e.sequence, *bodies.get(&e.sequence)?)))
+                .collect();
+            op_bodies.sort_unstable_by_key(|(sequence, _)| *sequence);
+            put_operation(&mut writes, &dated, was, op, &op_bodies);
         }
     }
     let gone = old.keys().chain(touched.keys());

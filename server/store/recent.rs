@@ -1,11 +1,14 @@
-//! The most recent change records, decoded once and shared by every watcher.
+//! The most recent changes, made once and shared by every watcher.
 //!
-//! Watchers read the change records of the store's event entries from their own cursors; with hundreds of them,
-//! reading and decoding the same records hundreds of times would cost more than the writes.
-//! The writer therefore also puts each committed record here, after its batch is on disk
-//! and before it wakes the watchers; a watcher whose cursor is inside the window reads from
-//! it, and one that is behind (a slow or resuming watcher) reads the store. Both hold the
-//! same records, so where a watcher reads from never changes what it receives.
+//! Watchers read changes from their own cursors; with hundreds of them, working the same
+//! changes out of the log hundreds of times would cost more than the writes. The writer
+//! therefore puts each committed change here, after its batch is on disk and before it wakes
+//! the watchers; a watcher whose cursor is inside the window reads from it, and one that is
+//! behind (a slow or resuming watcher) has the store work the changes out from the log
+//! ([`Store::changes_after`](super::Store::changes_after)). The reconciliation is a pure
+//! function of an operation's webhooks, so both give the same changes, and where a watcher
+//! reads from never changes what it receives (under the same catalog: a reload re-reads
+//! older changes under the new one, as a rebuild re-reads the operations).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};

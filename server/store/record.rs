@@ -2,37 +2,77 @@
 //! postcard) and read back, including records of earlier formats ([`format_v1`], frozen).
 
 mod format_v1;
-mod format_v2;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{Change, EventEntry, EventRef, QuarantineEntry, StoreError};
+use super::log::PayloadRef;
+use super::{EventRef, QuarantineEntry, StoreError};
 use crate::domain::reconcile::Operation;
 
-/// What the `L` space keeps per sequence: where the webhook is, then the change it made.
-/// One key instead of two per webhook (sled's cost is per key); the entry comes first so
-/// that reading only it ([`decode_entry`]) does not decode the change.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct StoredEvent<C> {
-    pub(crate) entry: EventEntry,
-    pub(crate) change: C,
+/// Where each webhook of an operation has its body in the log, by sequence, ascending. Kept
+/// after the operation in its `O` value: finding a webhook's body costs no key of its own,
+/// and reading the operation alone ([`decode`]) does not decode it (postcard reads a value
+/// from the front and leaves what follows).
+pub(crate) type Bodies = Vec<(u64, PayloadRef)>;
+
+/// An operation's `O` value: the operation, then its [`Bodies`].
+pub(crate) fn encode_operation(operation: &Operation, bodies: &[(u64, PayloadRef)]) -> Vec<u8> {
+    encode(&(operation, bodies))
 }
 
-/// The [`EventEntry`] of a stored [`StoredEvent`], without decoding its change.
-pub(super) fn decode_entry(bytes: &[u8]) -> Result<EventEntry, StoreError> {
+/// An operation's `O` value read whole: the operation and its [`Bodies`] (none in a value
+/// written before store format 4, which the upgrade from format 3 completes).
+pub(crate) fn decode_operation(bytes: &[u8]) -> Result<(Operation, Bodies), StoreError> {
+    let corrupt = |e: postcard::Error| StoreError::Corrupt {
+        tree: "operations",
+        reason: e.to_string(),
+    };
+    match bytes.split_first() {
+        Some((&RECORD_VERSION, body)) => {
+            let (operation, rest) =
+                postcard::take_from_bytes::<Operation>(body).map_err(corrupt)?;
+            let bodies = if rest.is_empty() {
+                Vec::new()
+            } else {
+                postcard::from_bytes(rest).map_err(corrupt)?
+            };
+            Ok((operation, bodies))
+        }
+        _ => Ok((decode(bytes, "operations")?, Vec::new())),
+    }
+}
+
+/// The entry at the front of a change record of the `L` space (store formats 2 and 3), its
+/// change left undecoded: what the upgrade to format 4 moves into the operations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RetiredEventEntry {
+    /// Content identifier.
+    pub(crate) event_id: crate::domain::webhook::EventId,
+    /// The kind it was attributed to.
+    pub(crate) kind: String,
+    /// The key it was attributed to.
+    pub(crate) key: String,
+    /// Receive time, ms since the epoch.
+    pub(crate) received_at: i64,
+    /// Where its body is in the log.
+    pub(crate) payload: PayloadRef,
+}
+
+/// The entry of an `L` space change record, without decoding its change: its shape was
+/// the same in record formats 1 to 3.
+pub(crate) fn decode_retired_entry(bytes: &[u8]) -> Result<RetiredEventEntry, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         tree: "events",
         reason,
     };
     match bytes.split_first() {
-        // The entry's shape is the same in every format so far.
-        Some((&version, body)) if (1..=RECORD_VERSION).contains(&version) => {
-            postcard::take_from_bytes::<EventEntry>(body)
+        Some((&version, body)) if (1..=3).contains(&version) => {
+            postcard::take_from_bytes::<RetiredEventEntry>(body)
                 .map(|(entry, _change)| entry)
                 .map_err(|e| corrupt(e.to_string()))
         }
-        _ => decode::<StoredEvent<Change>>(bytes, "events").map(|stored| stored.entry),
+        _ => Err(corrupt("not a change record of store format 2 or 3".into())),
     }
 }
 
@@ -46,7 +86,8 @@ pub(super) fn decode_entry(bytes: &[u8]) -> Result<EventEntry, StoreError> {
 /// - 1: the first format;
 /// - 2: `Operation::conflict`, `Operation::milestones` and `Change::milestones_reached`
 ///   added ([`format_v1`] reads format 1);
-/// - 3: `Change::overdue` added ([`format_v2`] reads format 2).
+/// - 3: `Change::overdue` added to change records (gone in store format 4, which works
+///   changes out from the log); an operation's value may be followed by its [`Bodies`].
 pub(crate) const RECORD_VERSION: u8 = 3;
 
 /// A value stored as a record: how each format's body is read into it.
@@ -65,16 +106,6 @@ pub(crate) trait Record: DeserializeOwned {
 impl Record for Operation {
     fn from_v1(body: &[u8]) -> postcard::Result<Self> {
         postcard::from_bytes::<format_v1::OperationV1>(body).map(Operation::from)
-    }
-}
-
-impl Record for StoredEvent<Change> {
-    fn from_v1(body: &[u8]) -> postcard::Result<Self> {
-        postcard::from_bytes::<StoredEvent<format_v1::ChangeV1>>(body).map(StoredEvent::from)
-    }
-
-    fn from_v2(body: &[u8]) -> postcard::Result<Self> {
-        postcard::from_bytes::<StoredEvent<format_v2::ChangeV2>>(body).map(StoredEvent::from)
     }
 }
 
@@ -174,10 +205,8 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn change_records_of_format_1_decode_with_their_entry() {
-        // A format 1 L-space record: the sample's entry, then its change.
-        let op_v1 = hex::decode(OPERATION_V1).expect("hex");
-        let entry = EventEntry {
+    fn the_entries_of_retired_change_records_of_formats_1_to_3_decode() {
+        let entry = RetiredEventEntry {
             event_id: EventId([1; 32]),
             kind: "debt".into(),
             key: "k".into(),
@@ -188,51 +217,45 @@ pub(super) mod tests {
                 len: 3,
             },
         };
-        let mut record = vec![1u8];
-        record.extend(postcard::to_stdvec(&entry).unwrap());
-        record.extend(postcard::to_stdvec(&Some("waiting_signature")).unwrap());
-        record.push(1); // status_changed
-        record.extend_from_slice(&op_v1[1..]);
-        let stored: StoredEvent<Change> = decode(&record, "events").expect("decodes");
-        assert_eq!(stored.entry, entry);
-        assert_eq!(stored.change.operation, sample_operation());
-        assert_eq!(
-            stored.change.previous_status.as_deref(),
-            Some("waiting_signature")
-        );
-        assert_eq!(decode_entry(&record).unwrap(), entry);
+        // A format 1 L-space record: the entry, then its change (format 1's operation).
+        let op_v1 = hex::decode(OPERATION_V1).expect("hex");
+        let mut v1 = vec![1u8];
+        v1.extend(postcard::to_stdvec(&entry).unwrap());
+        v1.extend(postcard::to_stdvec(&Some("waiting_signature")).unwrap());
+        v1.push(1); // status_changed
+        v1.extend_from_slice(&op_v1[1..]);
+        assert_eq!(decode_retired_entry(&v1).unwrap(), entry);
+        // Formats 2 and 3: the same entry before a longer change.
+        for version in [2u8, 3] {
+            let mut record = vec![version];
+            record.extend(postcard::to_stdvec(&entry).unwrap());
+            record
+                .extend(postcard::to_stdvec(&(Some("signed"), true, sample_operation())).unwrap());
+            assert_eq!(decode_retired_entry(&record).unwrap(), entry);
+        }
+        let err = decode_retired_entry(&[9, 1, 2]).unwrap_err().to_string();
+        assert!(err.contains("not a change record"), "{err}");
     }
 
     #[test]
-    fn change_records_of_format_2_decode_without_an_overdue_event() {
-        let entry = EventEntry {
-            event_id: EventId([2; 32]),
-            kind: "debt".into(),
-            key: "k".into(),
-            received_at: 7,
-            payload: PayloadRef {
+    fn an_operation_value_carries_its_bodies_and_reads_as_the_operation_alone() {
+        let op = sample_operation();
+        let bodies: Bodies = vec![(
+            7,
+            PayloadRef {
                 segment: 1,
-                offset: 2,
-                len: 3,
+                offset: 100,
+                len: 42,
             },
-        };
-        // Format 2's change: previous status, whether it changed, the operation, the
-        // milestones reached; no overdue field after them.
-        let change_v2 = (
-            Some("waiting_signature"),
-            true,
-            sample_operation(),
-            vec!["disbursed"],
-        );
-        let mut record = vec![2u8];
-        record.extend(postcard::to_stdvec(&entry).unwrap());
-        record.extend(postcard::to_stdvec(&change_v2).unwrap());
-        let stored: StoredEvent<Change> = decode(&record, "events").expect("decodes");
-        assert_eq!(stored.entry, entry);
-        assert_eq!(stored.change.operation, sample_operation());
-        assert_eq!(stored.change.milestones_reached, ["disbursed"]);
-        assert_eq!(stored.change.overdue, None);
-        assert_eq!(decode_entry(&record).unwrap(), entry);
+        )];
+        let value = encode_operation(&op, &bodies);
+        assert_eq!(decode_operation(&value).unwrap(), (op.clone(), bodies));
+        assert_eq!(decode::<Operation>(&value, "operations").unwrap(), op);
+        // A value of store format 3 has no bodies after the operation.
+        let old = encode(&op);
+        assert_eq!(decode_operation(&old).unwrap(), (op.clone(), Vec::new()));
+        let v1 = hex::decode(OPERATION_V1).expect("hex");
+        assert_eq!(decode_operation(&v1).unwrap(), (op, Vec::new()));
     }
 
     #[test]

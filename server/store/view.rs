@@ -1,7 +1,9 @@
 //! The view: sled, materialized from the log. [`apply`] turns a run of log records into one
-//! atomic sled batch: the event index, change records, deduplication, quarantine, every
-//! touched operation with its index entries, the counters, and `applied_through`, the last
-//! LSN applied.
+//! atomic sled batch: the quarantine, every touched operation with its index entries and
+//! where its webhooks' bodies are, a seek point every [`SEEK_EVERY`] sequences, the
+//! counters, and `applied_through`, the last LSN applied. The change each record made goes
+//! to the recent window only: readers further behind work it out from the log
+//! ([`Store::changes_after`]).
 //!
 //! It is the one path from the log to sled: the writer applies each batch right after the
 //! log has it durably, replay applies what the log holds past `applied_through` at start,
@@ -18,13 +20,16 @@ use std::sync::Arc;
 use super::due::{put_due, said_overdue};
 use super::index::{as_indexed, put_operation};
 use super::log::{Entry, PayloadRef, Record};
-use super::record::{StoredEvent, encode};
-use super::{Change, EventEntry, EventRef, Key, Meta, QuarantineEntry, Store, StoreError, Writes};
+use super::record::{Bodies, encode};
+use super::{
+    Change, EventRef, Key, Meta, Prior, QuarantineEntry, SEEK_EVERY, SeekPoint, Store, StoreError,
+    Writes,
+};
 use crate::domain::catalog::Catalog;
-use crate::domain::overdue::{Overdue, OverdueMark};
+use crate::domain::overdue::OverdueMark;
 use crate::domain::reconcile::{EventSummary, Operation, Reconciler};
 use crate::domain::webhook::Facts;
-use crate::domain::webhook::{EventId, WebhookEnvelope};
+use crate::domain::webhook::WebhookEnvelope;
 
 /// The change records one application produced, for the recent-changes window.
 pub(crate) type AppliedChanges = Vec<(u64, Arc<Change>)>;
@@ -48,7 +53,7 @@ pub(crate) fn apply_read(
     catalog: &Catalog,
     records: &[Record],
     refs: &[PayloadRef],
-    preread: HashMap<(String, String), Option<Operation>>,
+    preread: HashMap<(String, String), Option<(Operation, Bodies)>>,
 ) -> Result<AppliedChanges, StoreError> {
     let Some(last) = records.last() else {
         return Ok(Vec::new());
@@ -150,11 +155,21 @@ struct Batch<'a> {
     catalog: &'a Catalog,
     writes: Writes,
     /// Touched operations by (kind, key): their state before the batch (as much as its
-    /// index entries need, [`as_indexed`]) and after.
-    operations: HashMap<(String, String), (Option<Operation>, Operation)>,
+    /// index entries need, [`as_indexed`]), after, and where their webhooks' bodies are.
+    operations: HashMap<(String, String), Touched>,
     /// Operations read before the batch, not read again ([`apply_read`]).
-    preread: HashMap<(String, String), Option<Operation>>,
+    preread: HashMap<(String, String), Option<(Operation, Bodies)>>,
     changes: AppliedChanges,
+}
+
+/// An operation a batch touched.
+struct Touched {
+    /// As its index entries were before (see [`as_indexed`]).
+    before: Option<Operation>,
+    /// As it is now.
+    after: Operation,
+    /// Where its webhooks' bodies are in the log.
+    bodies: Bodies,
 }
 
 impl Batch<'_> {
@@ -164,24 +179,33 @@ impl Batch<'_> {
     fn settle(&mut self) {
         let catalog = self.catalog;
         let dated = |kind: &str, status: &str| catalog.expectation(kind, status).is_some();
-        for (before, after) in self.operations.values_mut() {
-            put_operation(&mut self.writes, &dated, before.as_ref(), after);
-            put_due(&mut self.writes, self.catalog, before.as_ref(), after);
-            *before = Some(as_indexed(after));
+        for op in self.operations.values_mut() {
+            put_operation(
+                &mut self.writes,
+                &dated,
+                op.before.as_ref(),
+                &op.after,
+                &op.bodies,
+            );
+            put_due(
+                &mut self.writes,
+                self.catalog,
+                op.before.as_ref(),
+                &op.after,
+            );
+            op.before = Some(as_indexed(&op.after));
         }
     }
 
-    /// Writes the event entry and change record at `sequence` (the `L` space, what lagging
-    /// watchers read) and keeps the change for the recent window: the same for a webhook and
-    /// for an overdue event.
-    fn record(&mut self, sequence: u64, entry: EventEntry, change: Change) {
-        self.writes.put(
-            Key::Event(sequence),
-            encode(&StoredEvent {
-                entry,
-                change: &change,
-            }),
-        );
+    /// Keeps the change at `sequence` for the recent window, and writes a seek point when
+    /// the sequence is due one: the same for a webhook and for an overdue event.
+    fn record(&mut self, sequence: u64, at: PayloadRef, received_at: i64, change: Change) {
+        if sequence.is_multiple_of(SEEK_EVERY) {
+            self.writes.put(
+                Key::SeekPoint(sequence),
+                encode(&SeekPoint { at, received_at }),
+            );
+        }
         self.changes.push((sequence, Arc::new(change)));
     }
 
@@ -198,7 +222,7 @@ impl Batch<'_> {
         self.settle();
         let op_key = (mark.kind.clone(), mark.key.clone());
         let operation = match self.operations.get(&op_key) {
-            Some((_, current)) => current.without_history(),
+            Some(touched) => touched.after.clone(),
             None => self
                 .store
                 .operation(&mark.kind, &mark.key)?
@@ -208,30 +232,11 @@ impl Batch<'_> {
                         "the overdue event at sequence {sequence} names {}/{}, which is not stored",
                         mark.kind, mark.key
                     ),
-                })?
-                .without_history(),
+                })?,
         };
         said_overdue(&mut self.writes, &mark, due, sequence);
-        let change = Change {
-            previous_status: Some(operation.status.clone()),
-            status_changed: false,
-            overdue: Some(Overdue {
-                status: mark.status.clone(),
-                since: mark.since,
-                expected_within: due.saturating_sub(mark.since),
-                due,
-            }),
-            operation,
-            milestones_reached: Vec::new(),
-        };
-        let entry = EventEntry {
-            event_id: overdue_event_id(&mark),
-            kind: mark.kind.clone(),
-            key: mark.key.clone(),
-            received_at,
-            payload: at,
-        };
-        self.record(sequence, entry, change);
+        let change = Change::overdue(&operation, &mark.status, mark.since, due);
+        self.record(sequence, at, received_at, change);
         tracing::info!(
             sequence,
             kind = %mark.kind,
@@ -253,51 +258,32 @@ impl Batch<'_> {
         known_facts: Option<&Facts>,
     ) -> Result<(), StoreError> {
         let op_key = (envelope.kind.clone(), envelope.key.clone());
-        let (before, current) = match self.operations.remove(&op_key) {
-            Some((before, current)) => (before, Some(current)),
+        let (before, current, mut bodies) = match self.operations.remove(&op_key) {
+            Some(touched) => (touched.before, Some(touched.after), touched.bodies),
             None => {
                 let stored = match self.preread.remove(&op_key) {
                     Some(read) => read,
-                    None => self.store.operation(&envelope.kind, &envelope.key)?,
+                    None => self.store.stored_operation(&envelope.kind, &envelope.key)?,
                 };
-                (stored.as_ref().map(as_indexed), stored)
+                match stored {
+                    Some((op, bodies)) => (Some(as_indexed(&op)), Some(op), bodies),
+                    None => (None, None, Vec::new()),
+                }
             }
         };
-        let previous = current.as_ref().map(|op| (op.status.clone(), op.phase));
-        let reached_before: Vec<String> = current
-            .iter()
-            .flat_map(|op| op.milestones.iter().map(|m| m.name.clone()))
-            .collect();
+        // Sequences grow: the list stays in order.
+        bodies.push((sequence, at));
         let facts = match known_facts {
             Some(facts) => facts.clone(),
             None => crate::domain::webhook::facts(self.catalog, &envelope.kind, raw),
         };
         let summary = EventSummary::new(envelope, sequence, received_at, facts);
+        let prior = current.as_ref().map(Prior::of);
         let after = self
             .reconciler
             .apply(current, &envelope.kind, &envelope.key, summary);
-        let change = Change {
-            status_changed: previous
-                .as_ref()
-                .is_none_or(|(status, phase)| *status != after.status || *phase != after.phase),
-            previous_status: previous.map(|(status, _)| status),
-            operation: after.without_history(),
-            milestones_reached: after
-                .milestones
-                .iter()
-                .map(|m| m.name.clone())
-                .filter(|name| !reached_before.contains(name))
-                .collect(),
-            overdue: None,
-        };
-        let entry = EventEntry {
-            event_id: envelope.event_id,
-            kind: envelope.kind.clone(),
-            key: envelope.key.clone(),
-            received_at,
-            payload: at,
-        };
-        self.record(sequence, entry, change);
+        let change = Change::between(prior, &after);
+        self.record(sequence, at, received_at, change);
         tracing::info!(
             sequence,
             kind = %after.kind,
@@ -306,20 +292,14 @@ impl Batch<'_> {
             webhook_status = %envelope.status,
             "webhook stored"
         );
-        self.operations.insert(op_key, (before, after));
+        self.operations.insert(
+            op_key,
+            Touched {
+                before,
+                after,
+                bodies,
+            },
+        );
         Ok(())
     }
-}
-
-/// The identity of an overdue event: a hash of what it says, never a webhook's (those hash
-/// JSON objects), so that its entry names something distinct.
-fn overdue_event_id(mark: &OverdueMark) -> EventId {
-    use sha2::{Digest, Sha256};
-    let mut hash = Sha256::new();
-    for part in [&mark.kind, &mark.key, &mark.status] {
-        hash.update(part.as_bytes());
-        hash.update([0]);
-    }
-    hash.update(mark.since.to_be_bytes());
-    EventId(hash.finalize().into())
 }

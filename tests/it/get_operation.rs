@@ -341,20 +341,7 @@ async fn megabyte_descriptions_are_cut_in_answers_but_kept_whole_in_the_raw_webh
         );
     }
     // The raw webhook is untouched, byte for byte.
-    let op = server
-        .grpc()
-        .await
-        .get_operation(pb::GetOperationRequest {
-            key: "big0".into(),
-            kind: "debt".into(),
-            include_raw_payload: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .operation
-        .unwrap();
+    let op = server.get_with_raw("big0", "debt").await;
     assert_eq!(op.history[0].raw_payload, raw[0]);
     server.stop().await;
 }

@@ -181,6 +181,19 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
+    /// POSTs a webhook to its intake: the status code and the JSON answer.
+    pub async fn post(&self, body: Vec<u8>) -> (u16, serde_json::Value) {
+        let answer = reqwest::Client::new()
+            .post(format!("http://{}/webhooks", self.http))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("the intake answers");
+        let code = answer.status().as_u16();
+        (code, answer.json().await.expect("a JSON answer"))
+    }
+
     /// Its `/metrics` text now.
     pub async fn metrics_text(&self) -> String {
         reqwest::get(format!("http://{}/metrics", self.admin))

@@ -153,8 +153,8 @@ async fn a_catalog_change_moves_quarantined_webhooks_into_their_operations() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_in(dir.path()).await;
     // A kind the catalog does not know, whose status is in a field it does not read yet.
-    let pix = br#"{"webhook_type": "pix_transfer", "key": "pix-1", "event_datetime": "2024-03-01 10:00:00", "data": {"transfer_state": "SENT"}}"#;
-    let (code, answer) = server.post(pix.to_vec()).await;
+    let pix_body = br#"{"webhook_type": "pix_transfer", "key": "pix-1", "event_datetime": "2024-03-01 10:00:00", "data": {"transfer_state": "SENT"}}"#;
+    let (code, answer) = server.post(pix_body.to_vec()).await;
     assert_eq!(code, 202, "{answer}");
     // A debt that moved to a stage the catalog does not know yet.
     server
@@ -214,6 +214,19 @@ async fn a_catalog_change_moves_quarantined_webhooks_into_their_operations() {
     );
     let debt = server.get("debt-1", "debt").await.unwrap();
     assert_eq!(debt.status, "in_collection");
+    // What the rebuild rewrote still serves its webhooks' bodies, byte for byte.
+    let debt = server.get_with_raw("debt-1", "debt").await;
+    let statuses: Vec<String> = debt
+        .history
+        .iter()
+        .map(|e| {
+            let body: serde_json::Value = serde_json::from_slice(&e.raw_payload).unwrap();
+            body["status"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(statuses, ["disbursed", "in_collection"]);
+    let pix = server.get_with_raw("pix-1", "pix_transfer").await;
+    assert_eq!(pix.history[0].raw_payload, pix_body);
     // The promoted webhook is deduplicated like any other.
     let (code, answer) = server.post(br#"{"webhook_type": "pix_transfer", "key": "pix-1", "event_datetime": "2024-03-01 10:00:00", "data": {"transfer_state": "SENT"}}"#.to_vec()).await;
     assert_eq!((code, answer["result"].as_str()), (200, Some("duplicate")));

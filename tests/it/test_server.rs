@@ -156,18 +156,35 @@ impl TestServer {
 
     /// GetOperation over gRPC.
     pub async fn get(&self, key: &str, kind: &str) -> Result<pb::Operation, tonic::Status> {
-        let response = self
-            .grpc()
-            .await
-            .get_operation(pb::GetOperationRequest {
-                key: key.into(),
-                kind: kind.into(),
-                include_raw_payload: false,
-                ..Default::default()
-            })
-            .await?;
-        Ok(response.into_inner().operation.expect("operation"))
+        get_operation(self.grpc, key, kind, false).await
     }
+
+    /// GetOperation over gRPC, with each webhook's raw body.
+    pub async fn get_with_raw(&self, key: &str, kind: &str) -> pb::Operation {
+        get_operation(self.grpc, key, kind, true)
+            .await
+            .expect("the operation")
+    }
+}
+
+/// GetOperation of the server at `grpc`, with the raw webhooks if `include_raw_payload`.
+pub async fn get_operation(
+    grpc: SocketAddr,
+    key: &str,
+    kind: &str,
+    include_raw_payload: bool,
+) -> Result<pb::Operation, tonic::Status> {
+    let response = OperationStatusServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .expect("connect gRPC")
+        .get_operation(pb::GetOperationRequest {
+            key: key.into(),
+            kind: kind.into(),
+            include_raw_payload,
+            ..Default::default()
+        })
+        .await?;
+    Ok(response.into_inner().operation.expect("operation"))
 }
 
 impl Drop for TestServer {

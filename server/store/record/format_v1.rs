@@ -1,14 +1,12 @@
 //! Record format 1, frozen: the shapes records had before format 2 added
 //! [`Operation::conflict`], [`Operation::milestones`], [`Operation::facts`],
-//! [`EventSummary::facts`] and [`Change::milestones_reached`]. These types are how records written then are read now; they never
+//! [`EventSummary::facts`] (and `Change::milestones_reached`, in change records that format 4 no longer keeps). These types are how records written then are read now; they never
 //! change. (Types whose shape format 2 did not change are read as they are.)
 
 use serde::Deserialize;
 
-use super::StoredEvent;
 use crate::domain::reconcile::{EventSummary, Operation, Phase};
 use crate::domain::webhook::EventId;
-use crate::store::Change;
 
 /// An operation as format 1 stored it.
 #[derive(Debug, Deserialize)]
@@ -73,29 +71,6 @@ impl From<OperationV1> for Operation {
             conflict: Vec::new(),
             milestones: Vec::new(),
             facts: Vec::new(),
-        }
-    }
-}
-
-/// A change record as format 1 stored it.
-#[derive(Debug, Deserialize)]
-pub(super) struct ChangeV1 {
-    previous_status: Option<String>,
-    status_changed: bool,
-    operation: OperationV1,
-}
-
-impl From<StoredEvent<ChangeV1>> for StoredEvent<Change> {
-    fn from(v1: StoredEvent<ChangeV1>) -> Self {
-        StoredEvent {
-            entry: v1.entry,
-            change: Change {
-                previous_status: v1.change.previous_status,
-                status_changed: v1.change.status_changed,
-                operation: v1.change.operation.into(),
-                milestones_reached: Vec::new(),
-                overdue: None,
-            },
         }
     }
 }

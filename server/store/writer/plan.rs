@@ -15,6 +15,7 @@ use crate::domain::reconcile::Operation;
 use crate::domain::webhook::Facts;
 use crate::domain::webhook::{EventId, Normalized};
 use crate::store::log::{Entry as LogEntry, Record, RecordHeader};
+use crate::store::record::Bodies;
 use crate::store::{Store, StoreError, stored_in};
 
 /// The counters a batch continues from.
@@ -40,7 +41,7 @@ pub(crate) struct BatchPlan {
     overdue: HashSet<(String, String)>,
     /// The operations of the batch's webhooks as the view holds them before it (`None`: not
     /// stored), read to deduplicate and handed to the view, which reconciles from them.
-    pub(crate) preread: HashMap<(String, String), Option<Operation>>,
+    pub(crate) preread: HashMap<(String, String), Option<(Operation, Bodies)>>,
 }
 
 impl BatchPlan {
@@ -77,10 +78,10 @@ impl BatchPlan {
                 {
                     Entry::Occupied(read) => read.into_mut(),
                     Entry::Vacant(unread) => {
-                        unread.insert(store.operation(&envelope.kind, &envelope.key)?)
+                        unread.insert(store.stored_operation(&envelope.kind, &envelope.key)?)
                     }
                 };
-                op.as_ref().and_then(|op| stored_in(op, &event_id))
+                op.as_ref().and_then(|(op, _)| stored_in(op, &event_id))
             }
             Normalized::Quarantine { .. } => store.find_stored(&normalized)?,
         };
@@ -170,13 +171,13 @@ fn as_duplicate(ack: Ack) -> Ack {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::domain::catalog::Catalog;
     use crate::domain::webhook::normalize;
     use crate::store::view;
 
-    fn webhook(key: &str, status: &str, time: &str) -> Vec<u8> {
+    pub(in crate::store::writer) fn webhook(key: &str, status: &str, time: &str) -> Vec<u8> {
         format!(
             r#"{{"webhook_type":"debt","key":"{key}","status":"{status}","event_datetime":"{time}"}}"#
         )
@@ -186,14 +187,30 @@ mod tests {
     /// Plans one batch of raw webhooks on `store`, appends it to the log and applies it, as
     /// the writer does; returns the acks.
     fn commit(store: &Store, bodies: &[Vec<u8>]) -> Vec<Ack> {
+        commit_at(store, bodies, 1_000)
+    }
+
+    /// Plans, logs and applies `bodies` as one batch received at `received_at`, as the
+    /// writer does.
+    pub(in crate::store::writer) fn commit_at(
+        store: &Store,
+        bodies: &[Vec<u8>],
+        received_at: i64,
+    ) -> Vec<Ack> {
         let catalog = Catalog::builtin();
         let mut plan = BatchPlan::new(store.counters().expect("counters"));
         let acks = bodies
             .iter()
             .map(|raw| {
                 let normalized = normalize(&catalog, raw).expect("a JSON object");
-                plan.add(store, normalized, Bytes::from(raw.clone()), 1_000, None)
-                    .expect("planned")
+                plan.add(
+                    store,
+                    normalized,
+                    Bytes::from(raw.clone()),
+                    received_at,
+                    None,
+                )
+                .expect("planned")
             })
             .collect();
         let refs = store.log().append(&plan.records).expect("appended");
@@ -255,9 +272,13 @@ mod tests {
         let settled = webhook("a", "settled", "2024-01-03 10:00:00");
         assert_eq!(commit(&store, &[settled]), [Ack::Accepted { sequence: 4 }]);
         assert_eq!(store.check_indexes().unwrap(), Vec::<String>::new());
-        let raw = store
-            .raw_payload(&store.event_entry(1).unwrap().expect("logged"))
-            .unwrap();
+        let bodies = store.bodies("debt", "a").unwrap();
+        let raw = store.body(&bodies, 1).unwrap().expect("kept");
         assert_eq!(raw, disbursed, "the payload byte for byte");
+        assert_eq!(
+            store.body(&bodies, 3).unwrap(),
+            None,
+            "not one of a's webhooks"
+        );
     }
 }

@@ -830,13 +830,13 @@ impl Log for SegmentLog {
     ) -> Result<(), crate::store::StoreError> {
         let all = segments(&self.dir).map_err(LogError::from)?;
         let newest = all.last().copied();
+        // A segment released since `at` was read (retention, racing with this reader) held
+        // only records before it: the read starts at the next segment that is still here.
         let from = match at {
-            Some(at) => all.iter().position(|&s| s == at.segment).ok_or_else(|| {
-                corrupt(
-                    at.segment,
-                    "the segment a seek point names is not in the log",
-                )
-            })?,
+            Some(at) => all
+                .iter()
+                .position(|&s| s >= at.segment)
+                .unwrap_or(all.len()),
             None => 0,
         };
         for &segment in all.get(from..).unwrap_or_default() {
@@ -967,6 +967,40 @@ mod tests {
         })
         .unwrap();
         out
+    }
+
+    /// What `read_after(at)` yields while `each` goes on for `take` records: their LSNs.
+    fn read_lsns(log: &SegmentLog, at: Option<&PayloadRef>, take: usize) -> Vec<u64> {
+        let mut lsns = Vec::new();
+        log.read_after(at, &mut |record, _| {
+            lsns.push(record.header.lsn);
+            Ok(lsns.len() < take)
+        })
+        .unwrap();
+        lsns
+    }
+
+    #[test]
+    fn reads_after_a_record_start_right_behind_it_and_stop_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SegmentLog::open(dir.path().join("log"), 0).unwrap();
+        let refs = log
+            .append(&[record(1, b"one"), record(2, b"two"), record(3, b"three")])
+            .unwrap();
+        log.append(&[record(4, b"four")]).unwrap();
+        assert_eq!(read_lsns(&log, None, 10), [1, 2, 3, 4]);
+        assert_eq!(read_lsns(&log, Some(&refs[1]), 10), [3, 4]);
+        assert_eq!(
+            read_lsns(&log, Some(&refs[0]), 2),
+            [2, 3],
+            "stops when asked"
+        );
+        // A seek point into a segment released meanwhile: what is left, from the start.
+        let released = PayloadRef {
+            segment: 0,
+            ..refs[2]
+        };
+        assert_eq!(read_lsns(&log, Some(&released), 10), [1, 2, 3, 4]);
     }
 
     #[test]

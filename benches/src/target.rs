@@ -453,3 +453,68 @@ impl Target for PostgresTarget {
             .is_ok_and(|rows| !rows.is_empty())
     }
 }
+
+/// Raw JetStream: each webhook's body published to a stream of three replicas with its
+/// content hash as the message id, and the stream's acknowledgement awaited. What a cluster
+/// node's intake does before anything of its own: the floor under the cluster's ingest.
+#[derive(Clone)]
+pub struct JetStreamTarget {
+    contexts: Arc<Vec<async_nats::jetstream::Context>>,
+}
+
+/// The subject (and stream) the raw publishes go to.
+const RAW_SUBJECT: &str = "bench-raw";
+
+impl JetStreamTarget {
+    /// Connects `connections` clients, spread over the servers in `urls` (comma-separated),
+    /// and creates the stream (R3, on file, a two-minute duplicate window: as the cluster's).
+    pub async fn connect(urls: &str, connections: usize) -> Self {
+        use async_nats::jetstream::stream;
+        let servers: Vec<&str> = urls.split(',').collect();
+        let mut contexts = Vec::with_capacity(connections);
+        for i in 0..connections.max(1) {
+            let client = async_nats::connect(servers[i % servers.len()])
+                .await
+                .expect("connect to NATS");
+            contexts.push(async_nats::jetstream::new(client));
+        }
+        contexts[0]
+            .get_or_create_stream(stream::Config {
+                name: RAW_SUBJECT.into(),
+                subjects: vec![RAW_SUBJECT.into()],
+                num_replicas: 3,
+                storage: stream::StorageType::File,
+                duplicate_window: std::time::Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .expect("create the raw stream");
+        JetStreamTarget {
+            contexts: Arc::new(contexts),
+        }
+    }
+}
+
+impl Target for JetStreamTarget {
+    async fn write(&self, i: usize, w: &Webhook) -> Option<u64> {
+        use sha2::{Digest, Sha256};
+        let id: String = Sha256::digest(&w.body)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        let context = &self.contexts[i % self.contexts.len()];
+        let ack = context
+            .publish_with_headers(RAW_SUBJECT, headers, w.body.clone())
+            .await
+            .ok()?
+            .await
+            .ok()?;
+        Some(ack.sequence)
+    }
+
+    async fn read(&self, _: usize, _: &Webhook) -> bool {
+        false
+    }
+}

@@ -1,12 +1,13 @@
-//! A cluster against a single node, in the same run: acknowledged webhooks per second with
-//! two qistatus nodes on a three-server JetStream stream (R3), and point reads spread over
-//! both nodes.
+//! A cluster against a single node and against raw JetStream, in the same run: acknowledged
+//! webhooks per second with two qistatus nodes on a three-server JetStream stream (R3), the
+//! same bodies published straight to an R3 stream of the same servers by the same load, and
+//! point reads spread over both nodes.
 
 use super::Context;
 use super::ingest::{ingest, reads};
 use crate::process::start_nats;
 use crate::report::{Report, ms};
-use crate::target::QistatusTarget;
+use crate::target::{JetStreamTarget, QistatusTarget};
 
 /// Runs the single node, then the cluster, with the same load.
 pub async fn run(cx: &Context, report: &mut Report) {
@@ -26,7 +27,7 @@ pub async fn run(cx: &Context, report: &mut Report) {
     let (nats, urls) = start_nats(nats_bin, &cx.dir("c-nats"), 3).await;
     let flags = [
         "--nats".to_owned(),
-        urls,
+        urls.clone(),
         "--nats-replicas".into(),
         "3".into(),
     ];
@@ -38,6 +39,9 @@ pub async fn run(cx: &Context, report: &mut Report) {
     for node in [a, b] {
         node.stop().await;
     }
+    // The same load straight to JetStream, on the same servers, one client per node.
+    let raw = JetStreamTarget::connect(&urls, 2).await;
+    let raw_ingest = ingest(&raw, cx, None).await;
     for server in nats {
         server.stop().await;
     }
@@ -46,7 +50,10 @@ pub async fn run(cx: &Context, report: &mut Report) {
         "cluster (two nodes, three NATS servers on this machine, R3; senders and readers \
          spread over both nodes), side by side with one node in the same run: ingest {:.0}/s \
          vs {:.0}/s single ({:.2}×), p99 {} vs {}; point reads {:.0}/s vs {:.0}/s ({:.2}×); \
-         failures: cluster {} + {}, single {} + {}.",
+         failures: cluster {} + {}, single {} + {}. Raw JetStream (the same bodies published \
+         to an R3 stream of the same servers with their content hash as the message id, each \
+         acknowledgement awaited, the same senders): {:.0}/s, p99 {}, {} failures; the \
+         cluster's ingest is {:.2}× of it.",
         cluster_ingest.median_rate(),
         single_ingest.median_rate(),
         cluster_ingest.median_rate() / single_ingest.median_rate(),
@@ -59,5 +66,9 @@ pub async fn run(cx: &Context, report: &mut Report) {
         cluster_reads.failures,
         single_ingest.failures,
         single_reads.failures,
+        raw_ingest.median_rate(),
+        ms(raw_ingest.latency.value_at_quantile(0.99)),
+        raw_ingest.failures,
+        cluster_ingest.median_rate() / raw_ingest.median_rate(),
     ));
 }

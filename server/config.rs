@@ -144,8 +144,9 @@ pub struct Config {
     #[arg(long, env = "QISTATUS_MAX_BATCH", default_value_t = WriterLimits::DEFAULT.max_batch)]
     pub max_batch: usize,
 
-    /// Days raw webhooks and change records stay in the event log. Operations and the
-    /// summary of their history are kept forever; watchers cannot resume from older points.
+    /// Days raw webhooks stay in the event log, and with them the change feed they make.
+    /// Operations and the summary of their history are kept forever; watchers cannot resume
+    /// from older points.
     #[arg(long, env = "QISTATUS_LOG_RETENTION_DAYS", default_value_t = DEFAULT_LOG_RETENTION_DAYS)]
     pub log_retention_days: u32,
 

@@ -40,7 +40,7 @@ use crate::store::{
 };
 use crate::tls::TlsIdentity;
 
-/// Days raw webhooks and change records stay in the log, by default.
+/// Days raw webhooks (and the change feed they make) stay in the log, by default.
 pub const DEFAULT_LOG_RETENTION_DAYS: u32 = 90;
 /// How often expired log entries are dropped, by default.
 pub const DEFAULT_COMPACTION_INTERVAL: Duration = Duration::from_secs(3600);
@@ -75,7 +75,7 @@ pub struct Settings {
     pub writer: WriterLimits,
     /// Watch (change feed) limits and timings.
     pub feed: FeedSettings,
-    /// How long raw webhooks and change records stay in the log.
+    /// How long raw webhooks (and the change feed they make) stay in the log.
     pub log_retention: Duration,
     /// How often expired log entries are dropped (also once at start).
     pub compaction_interval: Duration,

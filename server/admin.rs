@@ -297,6 +297,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
                 )
                 .unwrap_or_default(),
             view_keys_written: store.keys_written(),
+            changes_from_log: state.feed.changes_from_log(),
         };
         state.metrics.encode(snapshot)
     })

@@ -28,6 +28,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -190,6 +191,8 @@ pub(crate) struct ChangeFeed {
     /// A cluster node: how long a resume point past the head is waited for (zero: a single
     /// node, where it is an error at once).
     catch_up: Duration,
+    /// Changes worked out from the log for subscribers behind the recent window.
+    from_log: Arc<AtomicU64>,
 }
 
 /// The receiving end of one subscription; dropping it ends the subscription.
@@ -219,6 +222,7 @@ impl ChangeFeed {
             permits: Arc::new(Semaphore::new(settings.max_subscribers)),
             settings,
             catch_up: Duration::ZERO,
+            from_log: Arc::default(),
         }
     }
 
@@ -247,6 +251,12 @@ impl ChangeFeed {
     /// Subscriptions open now.
     pub(crate) fn subscribers(&self) -> usize {
         self.settings.max_subscribers - self.permits.available_permits()
+    }
+
+    /// Changes worked out from the log, since the start, for subscribers behind the recent
+    /// window (what `qistatus_feed_changes_from_log_total` counts).
+    pub(crate) fn changes_from_log(&self) -> u64 {
+        self.from_log.load(Ordering::Relaxed)
     }
 
     /// The last committed sequence.
@@ -287,6 +297,7 @@ impl ChangeFeed {
         let subscriber = Subscriber {
             store: self.store.clone(),
             catalog: self.catalog.clone(),
+            from_log: self.from_log.clone(),
             recent: self.recent.clone(),
             filter,
             cursor,
@@ -306,6 +317,7 @@ impl ChangeFeed {
 struct Subscriber {
     store: Store,
     catalog: CatalogHandle,
+    from_log: Arc<AtomicU64>,
     recent: Arc<RecentChanges>,
     filter: FeedFilter,
     cursor: u64,
@@ -425,6 +437,8 @@ impl Subscriber {
             }
             .into());
         }
+        self.from_log
+            .fetch_add(read.changes.len() as u64, Ordering::Relaxed);
         let changes = read
             .changes
             .into_iter()

@@ -97,6 +97,9 @@ pub(crate) struct Snapshot {
     pub(crate) overdue: Vec<(String, String, u64)>,
     /// Keys written to sled since the start.
     pub(crate) view_keys_written: u64,
+    /// Changes worked out from the log for watchers behind the recent window, since the
+    /// start.
+    pub(crate) changes_from_log: u64,
 }
 
 /// The server's metrics. Cheap to share (`Arc`), cheap to update (atomics).
@@ -114,6 +117,7 @@ pub(crate) struct Metrics {
     event_times_ahead: Counter,
     overdue_events: Counter,
     view_keys_written: Counter,
+    changes_from_log: Counter,
     gauges: Gauges,
 }
 
@@ -252,6 +256,14 @@ impl Metrics {
              qistatus_webhooks_total{result=\"accepted\"} this is the view's cost per webhook",
             view_keys_written.clone(),
         );
+        let changes_from_log = Counter::default();
+        registry.register(
+            "feed_changes_from_log",
+            "Changes worked out from the log for watchers behind the recent window (resuming \
+             or slow): each costs a read of the log and a reconciliation of its operation, \
+             where the window costs nothing",
+            changes_from_log.clone(),
+        );
         let overdue_events = Counter::default();
         registry.register(
             "overdue_events",
@@ -262,6 +274,7 @@ impl Metrics {
         Metrics {
             registry,
             view_keys_written,
+            changes_from_log,
             overdue_events,
             scrubbed_bytes,
             log_damage,
@@ -318,12 +331,13 @@ impl Metrics {
     pub(crate) fn encode(&self, snapshot: Snapshot) -> String {
         let g = &self.gauges;
         g.queue_depth.set(snapshot.queue_depth);
-        // A counter the store keeps: brought up to its value (it only grows).
-        self.view_keys_written.inc_by(
-            snapshot
-                .view_keys_written
-                .saturating_sub(self.view_keys_written.get()),
-        );
+        // Counters the store and the feed keep: brought up to their values (they only grow).
+        for (counter, value) in [
+            (&self.view_keys_written, snapshot.view_keys_written),
+            (&self.changes_from_log, snapshot.changes_from_log),
+        ] {
+            counter.inc_by(value.saturating_sub(counter.get()));
+        }
         for (listener, open) in [
             ("intake", snapshot.intake_connections),
             ("grpc", snapshot.grpc_connections),
@@ -409,6 +423,7 @@ mod tests {
         let text = metrics.encode(Snapshot {
             watchers: 3,
             view_keys_written: 12,
+            changes_from_log: 7,
             ..Snapshot::default()
         });
         for line in [
@@ -419,6 +434,7 @@ mod tests {
             "qistatus_ack_seconds_count 3",
             "qistatus_watchers 3",
             "qistatus_view_keys_written_total 12",
+            "qistatus_feed_changes_from_log_total 7",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }

@@ -194,6 +194,15 @@ async fn a_format_3_directory_cut_mid_upgrade_is_finished_by_the_next_start_and_
     assert_eq!(at(3), ("fx-2", "canceled", ""));
     assert_eq!(at(100), ("bulk-96", "waiting_signature", ""));
     assert_eq!(at(154), ("bulk-7", "signed", "waiting_signature"));
+    // A new process holds none of them in its recent window: all came from the log.
+    assert!(
+        server
+            .metrics_text()
+            .await
+            .contains("\nqistatus_feed_changes_from_log_total 154\n"),
+        "{}",
+        server.metrics_text().await
+    );
 
     // It goes on from where it was, and a new webhook's body is served too.
     let (code, answer) = server

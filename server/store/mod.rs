@@ -723,15 +723,16 @@ fn change_at(
             .cloned()
             .collect()
     };
+    let is_overdue = matches!(entry, Entry::Overdue { .. });
+    if !is_overdue && !op.history.iter().any(|e| e.sequence == sequence) {
+        return None;
+    }
     let at = reconciler.reconcile(&op.kind, &op.key, up_to(sequence))?;
     match entry {
         Entry::Overdue {
             status, since, due, ..
         } => Some(Change::overdue(&at, status, *since, *due)),
         _ => {
-            if !op.history.iter().any(|e| e.sequence == sequence) {
-                return None;
-            }
             let before = reconciler.reconcile(&op.kind, &op.key, up_to(sequence - 1));
             Some(Change::between(before.as_ref().map(Prior::of), &at))
         }

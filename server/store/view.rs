@@ -221,21 +221,20 @@ impl Batch<'_> {
     ) -> Result<(), StoreError> {
         self.settle();
         let op_key = (mark.kind.clone(), mark.key.clone());
-        let operation = match self.operations.get(&op_key) {
-            Some(touched) => touched.after.clone(),
-            None => self
-                .store
-                .operation(&mark.kind, &mark.key)?
-                .ok_or_else(|| StoreError::Corrupt {
+        let overdue = |op: &Operation| Change::overdue(op, &mark.status, mark.since, due);
+        let change = match self.operations.get(&op_key) {
+            Some(touched) => overdue(&touched.after),
+            None => overdue(&self.store.operation(&mark.kind, &mark.key)?.ok_or_else(|| {
+                StoreError::Corrupt {
                     tree: "events",
                     reason: format!(
                         "the overdue event at sequence {sequence} names {}/{}, which is not stored",
                         mark.kind, mark.key
                     ),
-                })?,
+                }
+            })?),
         };
         said_overdue(&mut self.writes, &mark, due, sequence);
-        let change = Change::overdue(&operation, &mark.status, mark.since, due);
         self.record(sequence, at, received_at, change);
         tracing::info!(
             sequence,

@@ -34,7 +34,7 @@ pub const CHECKPOINT_INTERVAL_MS: u64 = 500;
 /// [`Store::upgrade_from_3`]).
 pub const STORE_FORMAT: u64 = 4;
 
-/// How many change records one step of the upgrade from format 3 moves (one atomic batch).
+/// How many records one step of an upgrade rewrites (one atomic batch, flushed).
 const UPGRADE_STEP: usize = 10_000;
 /// Overrides [`UPGRADE_STEP`]: for the test that cuts an upgrade between two steps.
 const UPGRADE_STEP_VARIABLE: &str = "QISTATUS_UPGRADE_STEP";
@@ -199,13 +199,7 @@ impl Store {
     /// operation's history (its summary is), as after retention.
     pub(super) fn upgrade_from_3(&self) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
-        let step = std::env::var(UPGRADE_STEP_VARIABLE)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(UPGRADE_STEP)
-            .max(1);
-        let (mut moved, mut steps) = (0usize, 0usize);
-        loop {
+        let (moved, steps) = self.in_steps(|step| {
             let mut records = Vec::new();
             for kv in self
                 .trees
@@ -216,9 +210,6 @@ impl Store {
                 let (key, value) = kv?;
                 let sequence = u64_from_be(&key[1..], "events")?;
                 records.push((key, sequence, decode_retired_entry(&value)?));
-            }
-            if records.is_empty() {
-                break;
             }
             let mut batch = sled::Batch::default();
             let mut operations = std::collections::BTreeMap::new();
@@ -261,21 +252,64 @@ impl Store {
                 }
             }
             self.trees.all.apply_batch(batch)?;
-            // Each step's progress survives a crash (sled flushes on its own only later).
+            Ok(records.len())
+        })?;
+        self.upgraded(
+            3,
+            started,
+            moved,
+            steps,
+            "change records moved into their operations",
+        )
+    }
+
+    /// Runs an upgrade's steps until one finds nothing left to do: `step(limit)` rewrites up
+    /// to `limit` records in one atomic batch and says how many. Each step is flushed before
+    /// the next (sled would flush it on its own only later), so a crash between two keeps
+    /// what the steps before did; the failpoint `abort-between-upgrade-steps` is that crash.
+    /// Returns the records rewritten and the steps taken.
+    fn in_steps(
+        &self,
+        mut step: impl FnMut(usize) -> Result<usize, StoreError>,
+    ) -> Result<(usize, usize), StoreError> {
+        let limit = std::env::var(UPGRADE_STEP_VARIABLE)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(UPGRADE_STEP)
+            .max(1);
+        let (mut records, mut steps) = (0, 0);
+        loop {
+            let done = step(limit)?;
+            if done == 0 {
+                return Ok((records, steps));
+            }
             self.db.flush()?;
-            moved += records.len();
+            records += done;
             steps += 1;
             super::failpoint::abort_at("abort-between-upgrade-steps");
         }
+    }
+
+    /// Says format `from + 1` once an upgrade from `from` is done, flushed, and logs what
+    /// it did: `records` rewritten (`what` they were) in `steps`.
+    fn upgraded(
+        &self,
+        from: u64,
+        started: std::time::Instant,
+        records: usize,
+        steps: usize,
+        what: &str,
+    ) -> Result<(), StoreError> {
         self.trees.all.insert(
             Key::Meta(Meta::FormatVersion).encode(),
-            &STORE_FORMAT.to_be_bytes(),
+            &(from + 1).to_be_bytes(),
         )?;
         self.db.flush()?;
         tracing::info!(
-            from = 3,
-            to = STORE_FORMAT,
-            change_records_moved = moved,
+            from,
+            to = from + 1,
+            records,
+            what,
             steps,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "data directory upgraded in place"

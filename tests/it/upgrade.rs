@@ -11,6 +11,13 @@
 //! format 4 (`070f32f`, session 17): the same four webhooks, then 150 debts `bulk-0` to
 //! `bulk-149` in `waiting_signature` (sequences 4 to 153, dated 2024-01-03), then `bulk-7`
 //! `signed` (sequence 154, 2024-01-04), then a clean stop.
+//!
+//! `tests/stores/store-format-4.tgz` was written by the release build of main before
+//! format 5 (`157a600`, session 17; written in session 18) under a catalog that expects a debt to leave
+//! `waiting_signature` within a day: the same four webhooks, 150 debts `bulk-0` to `bulk-149`
+//! in `waiting_signature` (dated 2024-01-03, so overdue at once: the overdue events take
+//! sequences between theirs), then `bulk-7` `signed` and `bulk-8` `disbursed` (2024-01-04),
+//! then a clean stop: 152 operations, 260 sequences.
 
 use std::time::Duration;
 
@@ -233,4 +240,136 @@ async fn a_format_3_directory_cut_mid_upgrade_is_finished_by_the_next_start_and_
         (155, "fx-1".into(), "settled".into(), "disbursed".into())
     );
     assert!(server.terminate().await.success());
+}
+
+/// Every operation `ListByStatus` lists for `request`, page after page of `page_size`.
+async fn list_all(
+    grpc: std::net::SocketAddr,
+    request: pb::ListByStatusRequest,
+    page_size: u32,
+) -> Vec<pb::Operation> {
+    let mut client = OperationStatusServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let (mut listed, mut token) = (Vec::new(), String::new());
+    loop {
+        let page = client
+            .list_by_status(pb::ListByStatusRequest {
+                page_size,
+                page_token: token,
+                ..request.clone()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        listed.extend(page.operations);
+        if page.next_page_token.is_empty() {
+            return listed;
+        }
+        token = page.next_page_token;
+    }
+}
+
+#[tokio::test]
+async fn a_format_4_directory_cut_mid_upgrade_lists_its_operations_as_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = unpack("store-format-4.tgz", dir.path());
+    let catalog = dir.path().join("catalog.toml");
+    std::fs::write(
+        &catalog,
+        "[kinds.debt.expect]\nwaiting_signature = \"1d\"\n",
+    )
+    .unwrap();
+    let catalog_args = ["--catalog", catalog.to_str().unwrap()];
+
+    // The upgrade empties 50 status index entries per step; a kill after the first step.
+    cut_after_the_first_upgrade_step(&data, &catalog_args);
+
+    // The next start goes on with the 102 entries left of the 152.
+    let log = dir.path().join("server.log");
+    let server = ServerCommand::new(&data)
+        .args(catalog_args)
+        .env("QISTATUS_UPGRADE_STEP", "50")
+        .log("info")
+        .stderr_to(&log)
+        .start()
+        .await;
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(upgrade_said(&said, 4).contains(" records=102 "), "{said}");
+
+    // Each status lists exactly its operations, in key order, each as GetOperation has it
+    // (without its history), read from the operations now.
+    let mut bulk: Vec<String> = (0..150)
+        .filter(|n| ![7, 8].contains(n))
+        .map(|n| format!("bulk-{n}"))
+        .collect();
+    bulk.sort();
+    let waiting: Vec<String> = bulk;
+    for (status, keys) in [
+        ("waiting_signature", waiting),
+        ("disbursed", vec!["bulk-8".to_owned(), "fx-1".to_owned()]),
+        ("signed", vec!["bulk-7".to_owned()]),
+        ("canceled", vec!["fx-2".to_owned()]),
+    ] {
+        let request = pb::ListByStatusRequest {
+            statuses: vec![status.to_owned()],
+            ..Default::default()
+        };
+        let listed = list_all(server.grpc, request, 40).await;
+        let listed_keys: Vec<&str> = listed.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(listed_keys, keys, "{status}");
+        for op in listed.iter().step_by(25) {
+            let mut got = get_operation(server.grpc, &op.key, "debt", false)
+                .await
+                .unwrap();
+            assert!(!got.history.is_empty());
+            got.history.clear();
+            assert_eq!(*op, got, "{status}: {}", op.key);
+        }
+    }
+    // The overdue list (the `D` space) also reads its operations from there: the 148 still
+    // waiting, all due the same moment, in key order.
+    let overdue = list_all(
+        server.grpc,
+        pb::ListByStatusRequest {
+            overdue: true,
+            ..Default::default()
+        },
+        100,
+    )
+    .await;
+    assert_eq!(overdue.len(), 148);
+    assert!(
+        overdue.iter().all(|o| o.status == "waiting_signature"
+            && o.overdue.is_some()
+            && o.history.is_empty())
+    );
+
+    // A move after the upgrade moves the operation between lists.
+    let (code, answer) = server
+        .post(webhook("debt", "bulk-9", "signed", "2024-01-05 10:00:00"))
+        .await;
+    assert_eq!(
+        (code, answer["sequence"].as_u64()),
+        (200, Some(261)),
+        "{answer}"
+    );
+    let signed = list_all(
+        server.grpc,
+        pb::ListByStatusRequest {
+            statuses: vec!["signed".into()],
+            ..Default::default()
+        },
+        100,
+    )
+    .await;
+    let signed: Vec<&str> = signed.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(signed, ["bulk-7", "bulk-9"]);
+    assert!(server.terminate().await.success());
+
+    // The view agrees with its operations: every index entry is there, none holds a copy.
+    let out = crate::process::server_offline(["--log", "warn", "verify"], &data);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    assert!(!report.contains("problem:"), "{report}");
 }

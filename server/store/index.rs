@@ -8,7 +8,7 @@
 //! disagree with what they index.
 
 use super::log::PayloadRef;
-use super::record::{encode_operation, u64_from_be};
+use super::record::{encode, encode_operation, u64_from_be};
 use super::{Key, Meta, OperationCount, SpaceId, Store, StoreError, Writes, keys};
 use crate::domain::overdue::{can_be_overdue, status_since};
 use crate::domain::reconcile::{Operation, Phase};
@@ -167,18 +167,14 @@ pub(crate) fn put_operation(
         }
     }
     let (kind, key) = (after.kind.as_str(), after.key.as_str());
-    // A status index entry is a key alone (see `crate::store::status_index`): written when
-    // the operation enters its status, and left alone while it stays there.
-    if before.is_none_or(|b| b.status != after.status) {
-        writes.put(
-            Key::StatusIndex {
-                status: &after.status,
-                kind,
-                key,
-            },
-            &[][..],
-        );
-    }
+    writes.put(
+        Key::StatusIndex {
+            status: &after.status,
+            kind,
+            key,
+        },
+        index_value(after),
+    );
     writes.put(
         Key::Operation { kind, key },
         encode_operation(after, bodies),
@@ -244,73 +240,29 @@ fn delete_status_entry(writes: &mut Writes, op: &Operation) {
     });
 }
 
+/// The value of an index entry: the operation without its history, so that a page of a
+/// list is one range scan, with no lookup per operation.
+pub(crate) fn index_value(op: &Operation) -> Vec<u8> {
+    encode(&op.without_history())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::record::decode;
     use crate::store::record::tests::sample_operation;
 
-    /// The spaces `writes` touches, by their space letter: (space, written or removed, value
-    /// length), the counters aside.
-    fn touched(writes: &Writes) -> Vec<(char, bool, usize)> {
-        writes
-            .entries()
-            .iter()
-            .map(|(key, value)| {
-                (
-                    char::from(key[0]),
-                    value.is_some(),
-                    value.as_ref().map_or(0, |v| v.len()),
-                )
-            })
-            .collect()
-    }
-
-    const UNDATED: Dated<'static> = &|_, _| false;
-
     #[test]
-    fn a_new_operation_is_its_value_and_a_status_index_key_with_no_value() {
+    fn an_index_value_decodes_as_the_operation_without_history() {
         let op = sample_operation();
-        let mut writes = Writes::default();
-        put_operation(&mut writes, UNDATED, None, &op, &[]);
-        let status = SpaceId::StatusIndex as u8 as char;
-        let operation = SpaceId::Operations as u8 as char;
-        let touched = touched(&writes);
-        assert_eq!(touched.len(), 2, "{touched:?}");
-        assert_eq!(touched[0], (status, true, 0));
-        assert_eq!((touched[1].0, touched[1].1), (operation, true));
-        assert!(touched[1].2 > 0);
-    }
-
-    #[test]
-    fn an_operation_that_stays_in_its_status_writes_its_value_alone() {
-        let before = sample_operation();
-        let mut after = before.clone();
-        after.version += 1;
-        after.detail = "still disbursed".into();
-        let mut writes = Writes::default();
-        put_operation(&mut writes, UNDATED, Some(&before), &after, &[]);
-        let touched: Vec<char> = touched(&writes).into_iter().map(|t| t.0).collect();
-        assert_eq!(touched, [SpaceId::Operations as u8 as char]);
-    }
-
-    #[test]
-    fn an_operation_that_moves_leaves_its_old_status_entry_for_the_new_one() {
-        let before = sample_operation();
-        let mut after = before.clone();
-        after.status = "settled".into();
-        let mut writes = Writes::default();
-        put_operation(&mut writes, UNDATED, Some(&before), &after, &[]);
-        let entry = |status: &str| {
-            Key::StatusIndex {
-                status,
-                kind: "debt",
-                key: "k",
+        assert!(!op.history.is_empty());
+        let decoded: Operation = decode(&index_value(&op), "test").unwrap();
+        assert_eq!(
+            decoded,
+            Operation {
+                history: Vec::new(),
+                ..op
             }
-            .encode()
-        };
-        let entries = writes.entries();
-        assert!(entries.contains(&(entry("disbursed"), None)));
-        assert!(entries.contains(&(entry("settled"), Some(sled::IVec::default()))));
-        assert_eq!(entries.len(), 3, "the two entries and the operation");
+        );
     }
 }

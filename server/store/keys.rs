@@ -7,7 +7,7 @@
 //! | `L` | (none) | | retired in store format 4: a webhook's body is found through its operation, the change it made is worked out from the log; a format 3 directory's entries are moved at open |
 //! | `E` | `EventId(id)` | the 32-byte content hash | the quarantine entry of that body (dedupe of the quarantine; an event is found in its operation's history) |
 //! | `O` | `Operation` | `key \0 kind` | the operation with its history summaries, then where each of its webhooks' bodies is in the log |
-//! | `S` | `StatusIndex` | `status \0 kind \0 key` | empty: a page reads its operations from `O` (until store format 5, a copy of the operation without history, emptied at open) |
+//! | `S` | `StatusIndex` | `status \0 kind \0 key` | the operation without history |
 //! | `P` | (none) | | retired in store format 3: phase lists merge the status index's runs; a format 2 directory's entries are removed at open |
 //! | `Q` | `Quarantine(id)` | id, u64 big-endian | the quarantined webhook |
 //! | `C` | `Count` | `kind \0 phase byte \0 status` | how many operations are there, u64 big-endian (absent: none) |

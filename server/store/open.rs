@@ -29,11 +29,10 @@ pub const CHECKPOINT_INTERVAL_MS: u64 = 500;
 /// quarantine, events being deduplicated in their operation's history, and has no phase
 /// index (`P`), phase lists merging the status index's runs; 4 keeps no change record per
 /// webhook (`L`): an operation's value says where its webhooks' bodies are, seek points
-/// (`K`) lead into the log, and changes are worked out from the log; 5 keeps the status
-/// index as keys alone, without a copy of each operation. Directories of formats 2 to 4 are
-/// upgraded in place at open ([`Store::upgrade_from_2`], [`Store::upgrade_from_3`],
-/// [`Store::upgrade_from_4`]).
-pub const STORE_FORMAT: u64 = 5;
+/// (`K`) lead into the log, and changes are worked out from the log. Directories of formats
+/// 2 and 3 are upgraded in place at open ([`Store::upgrade_from_2`],
+/// [`Store::upgrade_from_3`]).
+pub const STORE_FORMAT: u64 = 4;
 
 /// How many records one step of an upgrade rewrites (one atomic batch, flushed).
 const UPGRADE_STEP: usize = 10_000;
@@ -113,11 +112,7 @@ impl Store {
                     found = 3;
                 }
                 if found == 3 {
-                    self.upgrade_from_3()?;
-                    found = 4;
-                }
-                if found == 4 {
-                    return self.upgrade_from_4();
+                    return self.upgrade_from_3();
                 }
                 if found != STORE_FORMAT {
                     return Err(StoreError::Format {
@@ -266,40 +261,6 @@ impl Store {
             steps,
             "change records moved into their operations",
         )
-    }
-
-    /// Format 4 to 5, in place, in steps: each empties up to [`UPGRADE_STEP`] status index
-    /// entries of the copy of their operation they held (pages read the operations from `O`
-    /// now), in one atomic batch, flushed; then the format says 5. A crash between steps
-    /// leaves format 4 with fewer copies, which this version never reads: the next open
-    /// empties the rest. Nothing else is touched.
-    pub(super) fn upgrade_from_4(&self) -> Result<(), StoreError> {
-        use std::ops::Bound;
-        let started = std::time::Instant::now();
-        let space = SpaceId::StatusIndex as u8;
-        let mut from = Bound::Included(vec![space]);
-        let (emptied, steps) = self.in_steps(|step| {
-            let mut batch = sled::Batch::default();
-            let mut copies = 0;
-            for kv in self
-                .trees
-                .all
-                .range((from.clone(), Bound::Excluded(vec![space + 1])))
-            {
-                let (key, value) = kv?;
-                from = Bound::Excluded(key.to_vec());
-                if !value.is_empty() {
-                    batch.insert(key, &[][..]);
-                    copies += 1;
-                    if copies == step {
-                        break;
-                    }
-                }
-            }
-            self.trees.all.apply_batch(batch)?;
-            Ok(copies)
-        })?;
-        self.upgraded(4, started, emptied, steps, "status index copies emptied")
     }
 
     /// Runs an upgrade's steps until one finds nothing left to do: `step(limit)` rewrites up

@@ -5,20 +5,14 @@
 //! atomic batch as the operations, so a page is a lazy merge of range scans, one per status
 //! asked for: about `limit` entries read, plus one per status. A phase is the set of its
 //! (kind, status) pairs, which the counters know, so it needs no index of its own (one sled
-//! key fewer per change).
-//!
-//! An entry is a key alone; a page reads each operation it lists from the operations (`O`),
-//! without its history. The trade-off, measured (`BENCHMARKS.md`, issue 24): a copy of the
-//! operation in each entry saved those reads, but cost every status move a value as large as
-//! the operation written twice, and a tenth of the data directory. The reads are cheap where
-//! it matters: operations are keyed by key then kind, so a page of one kind in key order reads
-//! neighbouring operations, and pages at 1M operations came out faster without the copies
-//! (the index they scan is smaller).
+//! key fewer per change). Each entry's value is the operation without its history, so no
+//! further read is needed.
 
 use std::ops::Bound;
 
 use super::keys::{since_bytes, since_from_bytes, status_since_prefix};
-use super::{Store, StoreError};
+use super::record::decode;
+use super::{Key, Store, StoreError};
 use crate::domain::overdue::Overdue;
 use crate::domain::reconcile::{Operation, Phase};
 
@@ -111,7 +105,7 @@ impl StatusIndex {
         hits.truncate(limit);
         let operations = hits
             .iter()
-            .map(|((kind, key), _)| self.listed(kind, key))
+            .map(|(_, value)| decode(value, "status_index"))
             .collect::<Result<_, _>>()?;
         Ok((operations, more))
     }
@@ -124,25 +118,7 @@ impl StatusIndex {
         let Some(run) = self.run(&prefix, Some(kind), None) else {
             return Ok(Vec::new());
         };
-        run.map(|hit| {
-            let ((kind, key), _) = hit?;
-            self.listed(&kind, &key)
-        })
-        .collect()
-    }
-
-    /// The operation an index entry names, without its history (what lists carry). An entry
-    /// whose operation is missing is damage: the writer changes both in one atomic batch.
-    fn listed(&self, kind: &str, key: &str) -> Result<Operation, StoreError> {
-        let mut op = self
-            .store
-            .operation(kind, key)?
-            .ok_or_else(|| StoreError::Corrupt {
-                tree: "status_index",
-                reason: format!("{kind}/{key} is indexed but not stored"),
-            })?;
-        op.history = Vec::new();
-        Ok(op)
+        run.map(|hit| decode(&hit?.1, "status_index")).collect()
     }
 
     /// Up to `limit` operations overdue at `now` (ms) under `expectations`, most overdue
@@ -217,22 +193,21 @@ impl StatusIndex {
         hits.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let more = hits.len() > limit;
         hits.truncate(limit);
-        let out = hits
-            .into_iter()
-            .map(|((_, kind, key), overdue)| {
-                let op = self.listed(&kind, &key)?;
-                if op.status != overdue.status {
-                    return Err(StoreError::Corrupt {
-                        tree: "status_since",
-                        reason: format!(
-                            "{kind}/{key} is dated in {:?} but is {:?}",
-                            overdue.status, op.status
-                        ),
-                    });
-                }
-                Ok((op, overdue))
-            })
-            .collect::<Result<_, StoreError>>()?;
+        let mut out = Vec::with_capacity(hits.len());
+        for ((_, kind, key), overdue) in hits {
+            let entry = Key::StatusIndex {
+                status: &overdue.status,
+                kind: &kind,
+                key: &key,
+            };
+            let value = self.store.get(entry)?.ok_or_else(|| StoreError::Corrupt {
+                tree: "status_since",
+                reason: format!(
+                    "{kind}/{key} is indexed as on its way but not in the status index"
+                ),
+            })?;
+            out.push((decode(&value, "status_index")?, overdue));
+        }
         Ok((out, more))
     }
 

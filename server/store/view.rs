@@ -220,20 +220,26 @@ impl Batch<'_> {
         received_at: i64,
     ) -> Result<(), StoreError> {
         self.settle();
+        // The operation as this batch left it, else as stored: an overdue event never changes it.
         let op_key = (mark.kind.clone(), mark.key.clone());
-        let overdue = |op: &Operation| Change::overdue(op, &mark.status, mark.since, due);
-        let change = match self.operations.get(&op_key) {
-            Some(touched) => overdue(&touched.after),
-            None => overdue(&self.store.operation(&mark.kind, &mark.key)?.ok_or_else(|| {
-                StoreError::Corrupt {
-                    tree: "events",
-                    reason: format!(
-                        "the overdue event at sequence {sequence} names {}/{}, which is not stored",
-                        mark.kind, mark.key
-                    ),
-                }
-            })?),
+        let stored;
+        let operation = match self.operations.get(&op_key) {
+            Some(touched) => &touched.after,
+            None => {
+                stored = self
+                    .store
+                    .operation(&mark.kind, &mark.key)?
+                    .ok_or_else(|| StoreError::Corrupt {
+                        tree: "events",
+                        reason: format!(
+                            "the overdue event at sequence {sequence} names {}/{}, which is not stored",
+                            mark.kind, mark.key
+                        ),
+                    })?;
+                &stored
+            }
         };
+        let change = Change::overdue(operation, &mark.status, mark.since, due);
         said_overdue(&mut self.writes, &mark, due, sequence);
         self.record(sequence, at, received_at, change);
         tracing::info!(

@@ -27,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::cluster::Progress;
 use crate::console::ConsoleState;
 use crate::domain::catalog::CatalogHandle;
@@ -90,6 +91,8 @@ pub(crate) struct AdminState {
     pub(crate) cluster: Option<Arc<Progress>>,
     /// When the last catalog reload began: [`MIN_RELOAD_INTERVAL`] apart.
     pub(crate) last_reload: Arc<Mutex<Option<Instant>>>,
+    /// The time of day: how long ago the disk was full, what is overdue now.
+    pub(crate) clock: Clock,
 }
 
 /// Shortest time between two catalog reloads through the admin listener: a reload
@@ -158,7 +161,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     } else if !state.writer.is_alive() {
         Some("the writer has stopped: see the log, then restart to replay".to_owned())
     } else if let Some(since) = state.writer.out_of_space_since()
-        && crate::clock::now_millis() - since < OUT_OF_SPACE_NOT_READY_MS
+        && state.clock.now_millis() - since < OUT_OF_SPACE_NOT_READY_MS
     {
         // Not ready while appends keep failing; ready again a little after the last failure
         // if no webhook comes to try (a probe must not keep traffic away for ever).
@@ -293,7 +296,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
             overdue: StatusIndex::new(store.clone())
                 .overdue_counts(
                     &state.catalog.current().expectations(),
-                    crate::clock::now_millis(),
+                    state.clock.now_millis(),
                 )
                 .unwrap_or_default(),
             view_keys_written: store.keys_written(),

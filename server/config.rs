@@ -524,6 +524,7 @@ impl Config {
             overdue_tick: (*self.overdue_tick).max(Duration::from_millis(10)),
             scrub_interval: Some(*self.scrub_interval).filter(|i| !i.is_zero()),
             scrub_bytes_per_second: self.scrub_mb_per_second.max(1) * 1024 * 1024,
+            clock: crate::clock::Clock::system(),
         };
         Ok((settings, warnings))
     }

@@ -32,6 +32,7 @@ use tokio::sync::Semaphore;
 
 use crate::auth::response_signing::ResponseSigner;
 use crate::auth::webhook::{AuthError, RequestFacts, Sender, WebhookVerifier};
+use crate::clock::Clock;
 use crate::cluster::{ClusterError, Publisher};
 use crate::domain::catalog::CatalogHandle;
 use crate::domain::webhook::Facts;
@@ -108,6 +109,8 @@ pub(crate) struct IntakeState {
     pub(crate) signer: Option<Arc<ResponseSigner>>,
     /// Where webhooks are counted.
     pub(crate) metrics: Arc<Metrics>,
+    /// The time signatures are checked against and acknowledgements signed at.
+    pub(crate) clock: Clock,
 }
 
 /// Where the intake hands a verified webhook, and waits until it is stored.
@@ -278,7 +281,7 @@ async fn receive_webhook(
     request: Request,
 ) -> Result<Response, IntakeError> {
     let started = std::time::Instant::now();
-    let metrics = state.metrics.clone();
+    let (metrics, clock) = (state.metrics.clone(), state.clock.clone());
     // What a signed acknowledgement binds, kept only when acknowledgements are signed.
     let signing = state.signer.clone().map(|signer| {
         let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -327,7 +330,7 @@ async fn receive_webhook(
         return Ok((status, Json(reply)).into_response());
     };
     let reply = serde_json::to_vec(&reply).expect("the reply is a JSON object of plain fields");
-    let signed = signer.sign(&reply, &method, &path, chrono::Utc::now().timestamp());
+    let signed = signer.sign(&reply, &method, &path, clock.now_seconds());
     let mut response = (
         status,
         [(
@@ -402,7 +405,7 @@ async fn store_webhook(
         signature: header("signature"),
         host: header("host"),
     };
-    let now = chrono::Utc::now().timestamp();
+    let now = state.clock.now_seconds();
     // The body itself, or the webhook decoded from an `encoded_body`: no copy of the body.
     let verified = state.verifier.verify(&facts, &body, now)?;
     let sender = verified.sender;
@@ -614,6 +617,7 @@ mod tests {
             catalog.clone(),
             WriterLimits::DEFAULT,
             metrics.clone(),
+            Clock::system(),
         )
         .expect("the writer starts");
         let state = IntakeState {
@@ -622,6 +626,7 @@ mod tests {
             verifier: Arc::new(WebhookVerifier::default()),
             signer: None,
             metrics,
+            clock: Clock::system(),
         };
         Intake {
             app: router(state, limits),

@@ -21,7 +21,7 @@
 //!
 //! `domain` ← `store` ← `cluster` ← (`intake`, `feed`, `overdue_clock`) ← `grpc` ← `server` ←
 //! `config` ← `main`.
-//! Leaves the others use: `clock` (the one wall clock), `auth` and `tls` (who may post and
+//! Leaves the others use: `clock` (the one clock, passed in: the system's, or a test's), `auth` and `tls` (who may post and
 //! call), `metrics` (it implements the store's `BatchReport`; the store never names it).
 //! Wire code (HTTP, gRPC, protobuf) lives only at the edge: `intake`, `grpc`, `admin`,
 //! `console`, `net`, `auth` and `server`.
@@ -119,6 +119,9 @@ pub use auth::grpc::BearerTokens;
 pub use auth::response_signing::ResponseSigner;
 #[cfg(feature = "server")]
 pub use auth::webhook::{KeyError, WebhookVerifier};
+/// The clock the server reads the time of day from, and the manual one tests drive it with.
+#[cfg(feature = "server")]
+pub use clock::{Clock, ManualClock};
 #[cfg(feature = "server")]
 pub use feed::FeedSettings;
 #[cfg(feature = "server")]

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::now_millis;
+use crate::clock::Clock;
 use crate::cluster::{JetStreamLog, Progress};
 use crate::domain::overdue::OverdueMark;
 use crate::store::{Store, WriterHandle};
@@ -41,8 +41,15 @@ pub(crate) enum Proposer {
     },
 }
 
-/// Proposes, every `tick` until `stop`, the operations of `store` that fell due.
-pub(crate) async fn run(store: Store, proposer: Proposer, tick: Duration, stop: CancellationToken) {
+/// Proposes, every `tick` of `clock` until `stop`, the operations of `store` that fell due by
+/// `clock`.
+pub(crate) async fn run(
+    store: Store,
+    proposer: Proposer,
+    tick: Duration,
+    clock: Clock,
+    stop: CancellationToken,
+) {
     // A tick that found a full page looks again at once: a backlog (a reload that shortened
     // an expectation, a start after a long stop) drains at the writer's pace, not one page
     // per tick.
@@ -51,7 +58,7 @@ pub(crate) async fn run(store: Store, proposer: Proposer, tick: Duration, stop: 
     loop {
         if !backlog {
             tokio::select! {
-                () = tokio::time::sleep(tick) => {}
+                () = clock.sleep(tick) => {}
                 () = stop.cancelled() => return,
             }
         } else if stop.is_cancelled() {
@@ -63,11 +70,10 @@ pub(crate) async fn run(store: Store, proposer: Proposer, tick: Duration, stop: 
         {
             continue;
         }
-        let reading = store.clone();
-        let fallen =
-            tokio::task::spawn_blocking(move || reading.fallen_due(now_millis(), MARKS_PER_TICK))
-                .await
-                .expect("reading the due index does not panic: errors are values");
+        let (reading, now) = (store.clone(), clock.now_millis());
+        let fallen = tokio::task::spawn_blocking(move || reading.fallen_due(now, MARKS_PER_TICK))
+            .await
+            .expect("reading the due index does not panic: errors are values");
         let marks: Vec<OverdueMark> = match fallen {
             Ok(fallen) => fallen.into_iter().map(|(_, mark)| mark).collect(),
             Err(e) => {
@@ -85,7 +91,9 @@ pub(crate) async fn run(store: Store, proposer: Proposer, tick: Duration, stop: 
         previous_first = marks.first().cloned();
         let outcome = match &proposer {
             Proposer::Writer(writer) => writer.overdue(marks).await.map_err(|e| e.to_string()),
-            Proposer::Stream { log, progress } => propose_to_stream(log, progress, marks).await,
+            Proposer::Stream { log, progress } => {
+                propose_to_stream(log, progress, marks, now).await
+            }
         };
         match outcome {
             Ok(recorded) => tracing::debug!(proposed, recorded, "overdue clock tick"),
@@ -103,10 +111,11 @@ async fn propose_to_stream(
     log: &JetStreamLog,
     progress: &Progress,
     marks: Vec<OverdueMark>,
+    now: i64,
 ) -> Result<usize, String> {
     let proposed = marks.len();
     let published = log
-        .publish_overdue(&marks, now_millis())
+        .publish_overdue(&marks, now)
         .await
         .map_err(|e| e.to_string())?;
     progress

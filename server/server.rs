@@ -22,6 +22,7 @@ use crate::admin::{self, AdminLimits, AdminState};
 use crate::auth::grpc::{BearerAuthLayer, BearerTokens};
 use crate::auth::response_signing::ResponseSigner;
 use crate::auth::webhook::WebhookVerifier;
+use crate::clock::Clock;
 use crate::cluster::{self, ClusterError, ClusterSettings, JetStreamLog, Progress, Publisher};
 use crate::console::ConsoleState;
 use crate::domain::catalog::{Catalog, CatalogHandle};
@@ -97,6 +98,9 @@ pub struct Settings {
     pub cache_bytes: u64,
     /// The cluster's stream, for a cluster node; `None` for a single node.
     pub cluster: Option<ClusterSettings>,
+    /// The clock every part reads the time of day from: the system's, or a test's
+    /// [`crate::ManualClock`].
+    pub clock: Clock,
 }
 
 impl Settings {
@@ -124,6 +128,7 @@ impl Settings {
             tls: None,
             cache_bytes: crate::store::DEFAULT_CACHE_MB * 1024 * 1024,
             cluster: None,
+            clock: Clock::system(),
         }
     }
 }
@@ -247,6 +252,7 @@ pub async fn run(
                 core.catalog.clone(),
                 settings.grpc_tokens.clone(),
                 tls.is_some(),
+                core.clock.clone(),
             ),
             reloader,
             metrics: core.metrics.clone(),
@@ -259,6 +265,7 @@ pub async fn run(
             stopping: stop.clone(),
             last_reload: Default::default(),
             cluster: core.stream.as_ref().map(|(_, progress)| progress.clone()),
+            clock: core.clock.clone(),
         },
         listeners.admin,
         tls.clone(),
@@ -309,6 +316,7 @@ struct Core {
     /// The intake's limits, lowered to what the cluster's stream takes.
     intake: IntakeLimits,
     metrics: Arc<Metrics>,
+    clock: Clock,
 }
 
 impl Core {
@@ -322,11 +330,12 @@ impl Core {
         stop: &CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<Core, ServerError> {
+        let clock = settings.clock.clone();
         let store = match Store::open_with_cache(&settings.data_dir, settings.cache_bytes) {
             // A cluster node's copy is not the record: the stream is. A damaged copy is set
             // aside whole (nothing deleted) and the node reads the stream again from its start.
             Err(e) if settings.cluster.is_some() && e.is_damage() => {
-                let aside = set_aside(&settings.data_dir)?;
+                let aside = set_aside(&settings.data_dir, &clock)?;
                 tracing::error!(
                     error = %e,
                     set_aside = %aside.display(),
@@ -365,12 +374,14 @@ impl Core {
             catalog.current(),
             settings.writer,
             metrics.clone(),
+            clock.clone(),
         )?;
-        compact_expired(&writer, settings.log_retention).await?;
+        compact_expired(&writer, settings.log_retention, &clock).await?;
         tasks.spawn(compact_periodically(
             writer.clone(),
             settings.log_retention,
             settings.compaction_interval,
+            clock.clone(),
             stop.clone(),
         ));
         if let Some(interval) = settings.scrub_interval {
@@ -402,6 +413,7 @@ impl Core {
             store.clone(),
             proposer,
             settings.overdue_tick,
+            clock.clone(),
             stop.clone(),
         ));
         let mut feed = ChangeFeed::new(
@@ -424,6 +436,7 @@ impl Core {
             stream,
             intake,
             metrics,
+            clock,
         })
     }
 
@@ -466,9 +479,9 @@ impl Core {
 }
 
 /// Moves `data_dir` to a new `<data_dir>.damaged-<ms since the epoch>` beside it.
-fn set_aside(data_dir: &std::path::Path) -> Result<PathBuf, ServerError> {
+fn set_aside(data_dir: &std::path::Path, clock: &Clock) -> Result<PathBuf, ServerError> {
     let mut name = data_dir.as_os_str().to_owned();
-    name.push(format!(".damaged-{}", crate::clock::now_millis()));
+    name.push(format!(".damaged-{}", clock.now_millis()));
     let aside = PathBuf::from(name);
     std::fs::rename(data_dir, &aside).map_err(StoreError::from)?;
     Ok(aside)
@@ -517,6 +530,7 @@ fn serve_intake(
             verifier: Arc::new(settings.webhook_verifier.clone()),
             signer: settings.response_signer.clone().map(Arc::new),
             metrics: core.metrics.clone(),
+            clock: core.clock.clone(),
         },
         core.intake,
     );
@@ -569,10 +583,16 @@ async fn serve_grpc(
             core.feed.clone(),
             core.writer.clone(),
             core.catalog.clone(),
+            core.clock.clone(),
         ))
         .max_decoding_message_size(crate::grpc::MAX_REQUEST_BYTES);
     let api = pb::operation_status_service_server::OperationStatusServiceServer::new(
-        OperationStatusApi::new(core.catalog.clone(), core.store.clone(), core.feed.clone())?,
+        OperationStatusApi::new(
+            core.catalog.clone(),
+            core.store.clone(),
+            core.feed.clone(),
+            core.clock.clone(),
+        )?,
     )
     .max_decoding_message_size(crate::grpc::MAX_REQUEST_BYTES);
     let incoming = ReceiverStream::new(net::accept_connections(
@@ -633,10 +653,14 @@ async fn serve_admin(
 /// Most log entries one compaction step drops, so that ingest is never held up for long.
 const COMPACTION_STEP: usize = 10_000;
 
-/// Drops every log entry older than `retention`, in steps between writer batches.
-async fn compact_expired(writer: &WriterHandle, retention: Duration) -> Result<(), SubmitError> {
+/// Drops every log entry older than `retention` on `clock`, in steps between writer batches.
+async fn compact_expired(
+    writer: &WriterHandle,
+    retention: Duration,
+    clock: &Clock,
+) -> Result<(), SubmitError> {
     let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-    let cutoff = crate::clock::now_millis().saturating_sub(retention_ms);
+    let cutoff = clock.now_millis().saturating_sub(retention_ms);
     while writer.compact(cutoff, COMPACTION_STEP).await?.more {}
     Ok(())
 }
@@ -645,14 +669,15 @@ async fn compact_periodically(
     writer: WriterHandle,
     retention: Duration,
     interval: Duration,
+    clock: Clock,
     stop: CancellationToken,
 ) {
     loop {
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
+            () = clock.sleep(interval) => {}
             () = stop.cancelled() => return,
         }
-        if let Err(e) = compact_expired(&writer, retention).await {
+        if let Err(e) = compact_expired(&writer, retention, &clock).await {
             tracing::error!(error = %e, "log compaction failed");
         }
     }

@@ -37,6 +37,7 @@ use maud::Markup;
 use serde::Deserialize;
 
 use crate::auth::grpc::BearerTokens;
+use crate::clock::Clock;
 use crate::domain::catalog::{CatalogHandle, canonical_status};
 use crate::domain::personal;
 use crate::domain::reconcile::{Operation, Phase};
@@ -59,6 +60,8 @@ pub(crate) struct ConsoleState {
     pub(crate) sessions: Arc<Sessions>,
     /// Whether the admin listener serves TLS: cookies are then `Secure`.
     pub(crate) secure_cookies: bool,
+    /// What "overdue now" is measured against.
+    pub(crate) clock: Clock,
 }
 
 impl ConsoleState {
@@ -68,8 +71,10 @@ impl ConsoleState {
         catalog: CatalogHandle,
         tokens: BearerTokens,
         secure_cookies: bool,
+        clock: Clock,
     ) -> Self {
         ConsoleState {
+            clock,
             store,
             feed,
             catalog,
@@ -531,7 +536,7 @@ async fn overdue(
         .map(|(k, s, ms)| (k.to_owned(), s.to_owned(), ms))
         .collect();
     let count = expectations.len();
-    let now = crate::clock::now_millis();
+    let now = state.clock.now_millis();
     let index = StatusIndex::new(state.store.clone());
     let (operations, more) = off_the_runtime(move || {
         let borrowed: Vec<_> = expectations

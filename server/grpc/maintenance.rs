@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::ApiError;
 use super::convert::timestamp;
+use crate::clock::Clock;
 use crate::domain::catalog::CatalogHandle;
 use crate::domain::reconcile::Phase;
 use crate::feed::ChangeFeed;
@@ -29,22 +30,25 @@ pub struct MaintenanceApi {
     feed: ChangeFeed,
     writer: WriterHandle,
     catalog: CatalogHandle,
+    clock: Clock,
 }
 
 impl MaintenanceApi {
     /// Maintenance of `store`, whose head `feed` knows and which `writer` writes; `catalog`
-    /// says which operations are overdue.
+    /// says which operations are overdue by `clock`.
     pub(crate) fn new(
         store: Store,
         feed: ChangeFeed,
         writer: WriterHandle,
         catalog: CatalogHandle,
+        clock: Clock,
     ) -> Self {
         MaintenanceApi {
             store,
             feed,
             writer,
             catalog,
+            clock,
         }
     }
 }
@@ -98,9 +102,10 @@ impl MaintenanceService for MaintenanceApi {
         let store = self.store.clone();
         let head_sequence = self.feed.head();
         let catalog = self.catalog.current();
+        let now = self.clock.now_millis();
         let read = tokio::task::spawn_blocking(move || {
-            let overdue = StatusIndex::new(store.clone())
-                .overdue_counts(&catalog.expectations(), crate::clock::now_millis())?;
+            let overdue =
+                StatusIndex::new(store.clone()).overdue_counts(&catalog.expectations(), now)?;
             Ok::<_, ApiError>((
                 store.counts()?,
                 store.quarantine_len(),

@@ -15,6 +15,7 @@ use std::time::Duration;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use crate::clock::Clock;
 use crate::domain::catalog::{Catalog, CatalogHandle, canonical_kind, canonical_status};
 use crate::domain::overdue::{can_be_overdue, overdue};
 use crate::domain::reconcile::{EventSummary, Operation, Phase, Reconciler};
@@ -152,17 +153,20 @@ pub struct OperationStatusApi {
     index: StatusIndex,
     tokens: PageTokens,
     feed: ChangeFeed,
+    clock: Clock,
 }
 
 impl OperationStatusApi {
     /// An API over `store`, whose watchers `feed` serves; `catalog` resolves kind aliases in
-    /// requests, as the intake does in webhooks.
+    /// requests, as the intake does in webhooks; `clock` says which operations are overdue.
     pub(crate) fn new(
         catalog: CatalogHandle,
         store: Store,
         feed: ChangeFeed,
+        clock: Clock,
     ) -> Result<Self, StoreError> {
         Ok(OperationStatusApi {
+            clock,
             catalog,
             index: StatusIndex::new(store.clone()),
             tokens: PageTokens::new(store.page_token_secret()?),
@@ -495,7 +499,7 @@ impl OperationStatusService for OperationStatusApi {
             self.with_history(&op, view, req.include_raw_payload)?;
         let catalog = self.catalog.current();
         operation.overdue =
-            overdue(&catalog, &op, crate::clock::now_millis()).map(|o| pb::Overdue::from(&o));
+            overdue(&catalog, &op, self.clock.now_millis()).map(|o| pb::Overdue::from(&o));
         Ok(Response::new(pb::GetOperationResponse {
             operation: Some(operation),
             history_omitted,
@@ -510,7 +514,7 @@ impl OperationStatusService for OperationStatusApi {
         let query = ListQuery::parse(&req, |k| self.kind_named(k))?;
         let fingerprint = query.fingerprint();
         let catalog = self.catalog.current();
-        let now = crate::clock::now_millis();
+        let now = self.clock.now_millis();
         if query.overdue {
             return self.list_overdue(&query, &fingerprint, &req.page_token, &catalog, now);
         }

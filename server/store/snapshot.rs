@@ -63,11 +63,17 @@ pub(crate) struct Pinned {
     pub(crate) head_sequence: u64,
     /// The identity of the store it was taken from.
     pub(crate) store_id: String,
+    /// When it was pinned (ms since the epoch, on the writer's clock).
+    created_at: i64,
 }
 
 /// Pins the store as it is now: call it where nothing writes (the writer's thread, between
-/// batches). `head_sequence` is the last committed sequence.
-pub(crate) fn pin(store: &Store, head_sequence: u64) -> Result<Pinned, StoreError> {
+/// batches). `head_sequence` is the last committed sequence; `created_at` is now.
+pub(crate) fn pin(
+    store: &Store,
+    head_sequence: u64,
+    created_at: i64,
+) -> Result<Pinned, StoreError> {
     let mut nonce = [0u8; 8];
     getrandom::fill(&mut nonce).map_err(|e| StoreError::NoRandomness {
         what: "a snapshot's directory name",
@@ -80,6 +86,7 @@ pub(crate) fn pin(store: &Store, head_sequence: u64) -> Result<Pinned, StoreErro
         segments: Vec::new(),
         head_sequence,
         store_id: store.id()?,
+        created_at,
         dir,
     };
     let mut out = BufWriter::new(File::create(&pinned.view)?);
@@ -107,7 +114,7 @@ impl Pinned {
             store_format: STORE_FORMAT,
             store_id: self.store_id.clone(),
             head_sequence: self.head_sequence,
-            created_at: crate::clock::now_millis(),
+            created_at: self.created_at,
         })
         .expect("the header serializes: strings and integers");
         frame(&mut out, &header)?;

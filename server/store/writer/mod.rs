@@ -34,7 +34,7 @@ use super::rebuild::{self, RebuildPlan, RebuildReport};
 use super::recent::RecentChanges;
 use super::snapshot::{self, Pinned};
 use super::{EventRef, Store, StoreError, view};
-use crate::clock::now_millis;
+use crate::clock::Clock;
 use crate::domain::catalog::Catalog;
 use crate::domain::overdue::OverdueMark;
 use crate::domain::webhook::Facts;
@@ -196,6 +196,8 @@ pub struct WriterHandle {
     recent: Arc<RecentChanges>,
     failed: Arc<std::sync::atomic::AtomicBool>,
     out_of_space: Arc<std::sync::atomic::AtomicI64>,
+    /// The writer's clock, which dates a single node's overdue events.
+    clock: Clock,
 }
 
 impl WriterHandle {
@@ -256,7 +258,7 @@ impl WriterHandle {
     pub(crate) async fn overdue(&self, marks: Vec<OverdueMark>) -> Result<usize, SubmitError> {
         self.ask(|reply| Command::Overdue {
             marks,
-            at: now_millis(),
+            at: self.clock.now_millis(),
             origin: None,
             reply,
         })
@@ -403,12 +405,14 @@ pub(crate) trait BatchReport: Send + Sync {
     fn overdue_recorded(&self, events: usize);
 }
 
-/// Starts the writer on its own thread, telling `report` of every batch.
+/// Starts the writer on its own thread, telling `report` of every batch. `clock` gives the
+/// receive time of every webhook it stores and the time of every overdue event.
 pub(crate) fn spawn_writer(
     store: Store,
     catalog: Arc<Catalog>,
     limits: WriterLimits,
     report: Arc<dyn BatchReport>,
+    clock: Clock,
 ) -> Result<(WriterHandle, WriterTask), StoreError> {
     let (tx, rx) = mpsc::channel(limits.queue.max(1));
     store.replay(&catalog)?;
@@ -430,6 +434,7 @@ pub(crate) fn spawn_writer(
         failed: failed.clone(),
         failpoint: Failpoint::from_env(),
         report,
+        clock: clock.clone(),
     };
     let max_batch = limits.max_batch.max(1);
     let thread = std::thread::Builder::new()
@@ -444,6 +449,7 @@ pub(crate) fn spawn_writer(
             recent,
             failed,
             out_of_space,
+            clock,
         },
         WriterTask { thread },
     ))
@@ -463,6 +469,8 @@ struct Writer {
     out_of_space: Arc<std::sync::atomic::AtomicI64>,
     failpoint: Failpoint,
     report: Arc<dyn BatchReport>,
+    /// Where receive times come from.
+    clock: Clock,
 }
 
 /// A crash on purpose, for the crash test: `QISTATUS_FAILPOINT=abort-after-log-append:N`
@@ -551,7 +559,8 @@ impl Writer {
                 Command::Snapshot { reply } => {
                     let started = std::time::Instant::now();
                     let head = self.counters.next_sequence - 1;
-                    let pinned = snapshot::pin(&self.store, head).map_err(Arc::new);
+                    let pinned =
+                        snapshot::pin(&self.store, head, self.clock.now_millis()).map_err(Arc::new);
                     tracing::info!(
                         head_sequence = head,
                         paused_ms = started.elapsed().as_millis() as u64,
@@ -646,7 +655,11 @@ impl Writer {
             }
         }
         let recorded = plan.records.len();
-        self.commit_plan(plan, origin.map(|o| o.stream_sequence), now_millis())?;
+        self.commit_plan(
+            plan,
+            origin.map(|o| o.stream_sequence),
+            self.clock.now_millis(),
+        )?;
         if recorded > 0 {
             self.committed.send_replace(self.counters.next_sequence - 1);
             self.report.overdue_recorded(recorded);
@@ -694,7 +707,7 @@ impl Writer {
         if let Some(stopped) = &self.stopped {
             return Err(stopped.clone());
         }
-        let now = now_millis();
+        let now = self.clock.now_millis();
         let mut plan = BatchPlan::new(self.counters);
         let mut acks = Vec::with_capacity(webhooks.len());
         let mut stream_through = None;

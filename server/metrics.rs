@@ -116,6 +116,7 @@ pub(crate) struct Metrics {
     log_damage: Counter,
     event_times_ahead: Counter,
     overdue_events: Counter,
+    overdue_ticks: Counter,
     view_keys_written: Counter,
     changes_from_log: Counter,
     gauges: Gauges,
@@ -271,7 +272,15 @@ impl Metrics {
              operation and status (the same on every node of a cluster)",
             overdue_events.clone(),
         );
+        let overdue_ticks = Counter::default();
+        registry.register(
+            "overdue_ticks",
+            "Times the overdue clock looked for operations that fell overdue (each tick, and \
+             each further page of a backlog): flat means nobody is told of silence any more",
+            overdue_ticks.clone(),
+        );
         Metrics {
+            overdue_ticks,
             registry,
             view_keys_written,
             changes_from_log,
@@ -293,6 +302,11 @@ impl Metrics {
     pub(crate) fn scrubbed(&self, bytes: u64, damage: usize) {
         self.scrubbed_bytes.inc_by(bytes);
         self.log_damage.inc_by(damage as u64);
+    }
+
+    /// Counts a look of the overdue clock, once it is over (what it found proposed).
+    pub(crate) fn overdue_looked(&self) {
+        self.overdue_ticks.inc();
     }
 
     /// Counts a webhook whose event time is ahead of its receipt (see

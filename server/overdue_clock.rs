@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::cluster::{JetStreamLog, Progress};
 use crate::domain::overdue::OverdueMark;
+use crate::metrics::Metrics;
 use crate::store::{Store, WriterHandle};
 
 /// How often the clock looks, by default: the most an overdue event lags its due time.
@@ -42,12 +43,13 @@ pub(crate) enum Proposer {
 }
 
 /// Proposes, every `tick` of `clock` until `stop`, the operations of `store` that fell due by
-/// `clock`.
+/// `clock`; counts each look in `metrics` once it is over.
 pub(crate) async fn run(
     store: Store,
     proposer: Proposer,
     tick: Duration,
     clock: Clock,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
     // A tick that found a full page looks again at once: a backlog (a reload that shortened
@@ -64,43 +66,55 @@ pub(crate) async fn run(
         } else if stop.is_cancelled() {
             return;
         }
-        backlog = false;
-        if let Proposer::Stream { progress, .. } = &proposer
-            && progress.not_ready().is_some()
-        {
-            continue;
+        backlog = look(&store, &proposer, &clock, &mut previous_first).await;
+        metrics.overdue_looked();
+    }
+}
+
+/// One look: reads what fell due by `clock` and proposes it. Returns whether a backlog is
+/// left to read at once (a full page that made progress since `previous_first`).
+async fn look(
+    store: &Store,
+    proposer: &Proposer,
+    clock: &Clock,
+    previous_first: &mut Option<OverdueMark>,
+) -> bool {
+    if let Proposer::Stream { progress, .. } = proposer
+        && progress.not_ready().is_some()
+    {
+        return false;
+    }
+    let (reading, now) = (store.clone(), clock.now_millis());
+    let fallen = tokio::task::spawn_blocking(move || reading.fallen_due(now, MARKS_PER_TICK))
+        .await
+        .expect("reading the due index does not panic: errors are values");
+    let marks: Vec<OverdueMark> = match fallen {
+        Ok(fallen) => fallen.into_iter().map(|(_, mark)| mark).collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "the overdue clock cannot read the due index");
+            return false;
         }
-        let (reading, now) = (store.clone(), clock.now_millis());
-        let fallen = tokio::task::spawn_blocking(move || reading.fallen_due(now, MARKS_PER_TICK))
-            .await
-            .expect("reading the due index does not panic: errors are values");
-        let marks: Vec<OverdueMark> = match fallen {
-            Ok(fallen) => fallen.into_iter().map(|(_, mark)| mark).collect(),
-            Err(e) => {
-                tracing::error!(error = %e, "the overdue clock cannot read the due index");
-                continue;
-            }
-        };
-        if marks.is_empty() {
-            continue;
+    };
+    if marks.is_empty() {
+        return false;
+    }
+    let proposed = marks.len();
+    // Only while it makes progress: a page that starts where the last one did was not
+    // recorded (a cluster's stream time not yet at its due time), and waits for a tick.
+    let backlog = proposed == MARKS_PER_TICK && previous_first.as_ref() != marks.first();
+    *previous_first = marks.first().cloned();
+    let outcome = match proposer {
+        Proposer::Writer(writer) => writer.overdue(marks).await.map_err(|e| e.to_string()),
+        Proposer::Stream { log, progress } => propose_to_stream(log, progress, marks, now).await,
+    };
+    match outcome {
+        Ok(recorded) => {
+            tracing::debug!(proposed, recorded, "overdue clock tick");
+            backlog
         }
-        let proposed = marks.len();
-        // Only while it makes progress: a page that starts where the last one did was not
-        // recorded (a cluster's stream time not yet at its due time), and waits for a tick.
-        backlog = proposed == MARKS_PER_TICK && previous_first.as_ref() != marks.first();
-        previous_first = marks.first().cloned();
-        let outcome = match &proposer {
-            Proposer::Writer(writer) => writer.overdue(marks).await.map_err(|e| e.to_string()),
-            Proposer::Stream { log, progress } => {
-                propose_to_stream(log, progress, marks, now).await
-            }
-        };
-        match outcome {
-            Ok(recorded) => tracing::debug!(proposed, recorded, "overdue clock tick"),
-            Err(e) => {
-                backlog = false;
-                tracing::warn!(error = %e, proposed, "the overdue clock could not propose; it tries again next tick");
-            }
+        Err(e) => {
+            tracing::warn!(error = %e, proposed, "the overdue clock could not propose; it tries again next tick");
+            false
         }
     }
 }

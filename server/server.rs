@@ -414,6 +414,7 @@ impl Core {
             proposer,
             settings.overdue_tick,
             clock.clone(),
+            metrics.clone(),
             stop.clone(),
         ));
         let mut feed = ChangeFeed::new(

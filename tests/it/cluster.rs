@@ -601,10 +601,17 @@ async fn two_nodes_record_the_same_overdue_events_at_the_same_sequences() {
         assert_eq!(code, 200);
     }
     // Both nodes propose what falls due; the stream orders and dates the proposals, and each
-    // node's writer records an operation once.
-    let quiet = Duration::from_secs(2);
-    let on_a = crate::overdue::overdue_events(a.grpc, Duration::from_secs(15), quiet).await;
-    let on_b = crate::overdue::overdue_events(b.grpc, Duration::from_secs(15), quiet).await;
+    // node's writer records an operation once, however often both look after.
+    use crate::overdue::{
+        feed_head, overdue_events_heard, overdue_events_through, overdue_ticks, ticks_passed,
+    };
+    overdue_events_heard(a.grpc, 2).await;
+    let looked = (overdue_ticks(a.admin).await, overdue_ticks(b.admin).await);
+    ticks_passed(a.admin, looked.0, 3).await;
+    ticks_passed(b.admin, looked.1, 3).await;
+    let head = feed_head(a.grpc).await;
+    let on_a = overdue_events_through(a.grpc, head).await;
+    let on_b = overdue_events_through(b.grpc, head).await;
     let keys: Vec<&str> = on_a.iter().map(|e| e.1.as_str()).collect();
     assert_eq!(keys, ["w-3", "w-1"], "{on_a:?}");
     assert_eq!(on_a, on_b, "the same events at the same sequences");
@@ -612,7 +619,8 @@ async fn two_nodes_record_the_same_overdue_events_at_the_same_sequences() {
     // A node restarted resumes the same feed, with nothing repeated.
     drop(b);
     let b = ServerCommand::new(&dir_b).args(args).start().await;
-    let again = crate::overdue::overdue_events(b.grpc, Duration::from_secs(15), quiet).await;
+    ticks_passed(b.admin, overdue_ticks(b.admin).await, 3).await;
+    let again = overdue_events_through(b.grpc, feed_head(a.grpc).await).await;
     assert_eq!(again, on_a);
     drop((a, b));
 }

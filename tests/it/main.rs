@@ -6,10 +6,12 @@
 //! - [`process`]: the real binaries as processes, for what needs one (crashes, signals, log
 //!   capture, the CLI, offline commands).
 //! - [`peers`]: the programs of the real peers (nats-server, Chromium), found or installed.
+//! - [`wait`]: waiting for what a user would see (`wait_until`), never a fixed sleep.
 
 mod peers;
 mod process;
 mod test_server;
+mod wait;
 
 mod admin;
 mod backpressure;

@@ -1,28 +1,43 @@
 //! Overdue operations (#25): a status held longer than the catalog expects is an answer of
-//! `GetOperation`, `ListByStatus` (`overdue`), the CLI and the metrics. Expectations here
-//! are seconds; the waits poll what a user would see, never sleep a fixed time.
+//! `GetOperation`, `ListByStatus` (`overdue`), the CLI and the metrics. The in-process
+//! servers run on a [`ManualClock`]: "three seconds later" is the clock advanced three
+//! seconds, and what the overdue clock records then is read up to the feed's head, never
+//! waited for with a quiet period. The crash tests run the real binary, on the system's
+//! clock.
 
 use std::time::Duration;
 
 use crate::test_server::{TestServer, webhook};
-use qistatus::pb;
+use qistatus::{ManualClock, pb};
 
-fn rfc3339_ago(ago: chrono::Duration) -> String {
-    (chrono::Utc::now() - ago).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+/// `ago` before `now` (ms since the epoch), as QI writes a time.
+fn rfc3339_before(now: i64, ago: chrono::Duration) -> String {
+    let now = chrono::DateTime::from_timestamp_millis(now).expect("a time within chrono's range");
+    (now - ago).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-async fn start_with_catalog(text: &str) -> (TestServer, tempfile::TempDir) {
+/// `ago` before the system's time: for the server processes, which run on it.
+fn rfc3339_ago(ago: chrono::Duration) -> String {
+    rfc3339_before(chrono::Utc::now().timestamp_millis(), ago)
+}
+
+/// A server on a manual clock, with `text` as its catalog file.
+async fn start_with_catalog(text: &str) -> (TestServer, ManualClock, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("catalog.toml"), text).unwrap();
-    (TestServer::start_with(settings_in(dir.path())).await, dir)
+    let clock = ManualClock::starting_now();
+    let server = TestServer::start_with(settings_in(dir.path(), &clock)).await;
+    (server, clock, dir)
 }
 
-/// Settings on `dir/data`, with the catalog file `dir/catalog.toml` (loaded, and reloadable).
-fn settings_in(dir: &std::path::Path) -> qistatus::Settings {
+/// Settings on `dir/data`, with the catalog file `dir/catalog.toml` (loaded, and
+/// reloadable), on `clock`.
+fn settings_in(dir: &std::path::Path, clock: &ManualClock) -> qistatus::Settings {
     let catalog_file = dir.join("catalog.toml");
     let mut settings = qistatus::Settings::new(dir.join("data"));
     settings.catalog = qistatus::domain::catalog::Catalog::load(Some(&catalog_file)).unwrap();
     settings.catalog_file = Some(catalog_file);
+    settings.clock = clock.clock();
     settings
 }
 
@@ -62,10 +77,11 @@ async fn cli(server: &TestServer, args: &[&str]) -> String {
 
 #[tokio::test]
 async fn an_operation_that_does_not_move_becomes_overdue_until_it_changes() {
-    let (server, _dir) = start_with_catalog(
+    let (server, clock, _dir) = start_with_catalog(
         "[kinds.debt.expect]\nwaiting_signature = \"3s\"\nwaiting_disbursement = \"1h\"\n",
     )
     .await;
+    let rfc3339_ago = |ago| rfc3339_before(clock.now_millis(), ago);
     // Reached `waiting_signature` ten days ago by QI's account (the webhook came late): it
     // has been held that long, so it is overdue at once.
     let ten_days_ago = rfc3339_ago(chrono::Duration::days(10));
@@ -136,24 +152,27 @@ async fn an_operation_that_does_not_move_becomes_overdue_until_it_changes() {
     );
     assert_eq!(keys(&list_overdue(&server, 0, "").await), ["old-1"]);
 
-    // Three seconds on, the fresh one is overdue too, after the older one.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if server
+    // Not a millisecond early: 2.999 s on, the fresh one is not overdue yet...
+    clock.advance(Duration::from_millis(2_999));
+    assert!(
+        server
+            .get("late-1", "debt")
+            .await
+            .unwrap()
+            .overdue
+            .is_none()
+    );
+    assert_eq!(keys(&list_overdue(&server, 0, "").await), ["old-1"]);
+    // ...three seconds on, it is, after the older one.
+    clock.advance(Duration::from_millis(1));
+    assert!(
+        server
             .get("late-1", "debt")
             .await
             .unwrap()
             .overdue
             .is_some()
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "late-1 never became overdue"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    );
     assert_eq!(
         keys(&list_overdue(&server, 0, "").await),
         ["old-1", "late-1"]
@@ -320,13 +339,14 @@ async fn a_reload_that_shortens_an_expectation_makes_operations_overdue_at_once_
         "[kinds.debt.expect]\nwaiting_disbursement = \"1h\"\n",
     )
     .unwrap();
+    let clock = ManualClock::starting_now();
     let slow_tick = |dir: &std::path::Path| {
-        let mut settings = settings_in(dir);
+        let mut settings = settings_in(dir, &clock);
         settings.overdue_tick = Duration::from_secs(4);
         settings
     };
     let server = TestServer::start_with(slow_tick(dir.path())).await;
-    let two_minutes_ago = rfc3339_ago(chrono::Duration::minutes(2));
+    let two_minutes_ago = rfc3339_before(clock.now_millis(), chrono::Duration::minutes(2));
     server
         .post_ok(webhook(
             "debt",
@@ -370,39 +390,72 @@ async fn a_reload_that_shortens_an_expectation_makes_operations_overdue_at_once_
     );
     // Their watchers hear each at once, once: the 601 that fell due together are more than
     // a tick's page (256), and the clock goes on reading while its pages are full instead of
-    // waiting a tick (4 s here) for each.
-    let reloaded = tokio::time::Instant::now();
-    let quiet = Duration::from_secs(1);
-    let events = overdue_events(server.grpc, Duration::from_secs(10), quiet).await;
-    let heard_within = reloaded.elapsed() - quiet;
+    // waiting a tick (4 s here) for each. One tick of the clock, and no more, hears them all.
+    clock.advance(Duration::from_secs(4));
+    let events = overdue_events_heard(server.grpc, 601).await;
     let mut heard: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
     heard.sort_unstable();
     heard.dedup();
     assert_eq!(heard.len(), 601, "{events:?}");
-    assert_eq!(events.len(), 601, "once each");
-    assert!(
-        heard_within < Duration::from_secs(7),
-        "all within one tick and the drain, not a tick per page: {heard_within:?}"
-    );
+    assert_eq!(overdue_events(server.grpc).await, events, "once each");
 
-    // A restart on the same directory answers the same, and says it once still.
+    // A restart on the same directory answers the same, and says it once still, however
+    // many ticks go by.
     server.stop().await;
     let server = TestServer::start_with(slow_tick(dir.path())).await;
     assert_eq!(list_overdue(&server, 1000, "").await.operations.len(), 601);
-    let again = overdue_events(server.grpc, Duration::from_secs(5), Duration::from_secs(1)).await;
-    assert_eq!(again, events);
+    for _ in 0..3 {
+        advance_a_tick(&clock, Duration::from_secs(4), server.admin).await;
+    }
+    assert_eq!(overdue_events(server.grpc).await, events);
     server.stop().await;
 }
 
-/// Every overdue event a watch from the start of `server`'s feed (at `grpc`) delivers until
-/// `quiet` passes without one, as (sequence, key, status, the operation's own overdue
-/// status), and at most 60 s or 10,000 of them (events that never stop are a failure the
-/// caller sees in what is returned); empty if none came within `first`.
-pub(crate) async fn overdue_events(
+/// An overdue event as a watcher sees it: (sequence, key, status, the operation's own
+/// overdue status).
+pub(crate) type OverdueEvent = (u64, String, String, Option<String>);
+
+/// Every overdue event of the feed of the server at `grpc`, read from its start up to its
+/// head as `GetStats` says it now.
+pub(crate) async fn overdue_events(grpc: std::net::SocketAddr) -> Vec<OverdueEvent> {
+    overdue_events_through(grpc, feed_head(grpc).await).await
+}
+
+/// The last sequence of the feed of the server at `grpc` (`GetStats`).
+pub(crate) async fn feed_head(grpc: std::net::SocketAddr) -> u64 {
+    qistatus::client::Client::connect(&format!("http://{grpc}"))
+        .await
+        .expect("connect")
+        .stats()
+        .await
+        .expect("GetStats")
+        .head_sequence
+}
+
+/// Every overdue event of the feed of the server at `grpc` from its start through sequence
+/// `head` (waiting, within 60 s, for the server to get there).
+pub(crate) async fn overdue_events_through(
     grpc: std::net::SocketAddr,
-    first: Duration,
-    quiet: Duration,
-) -> Vec<(u64, String, String, Option<String>)> {
+    head: u64,
+) -> Vec<OverdueEvent> {
+    read_overdue_events(grpc, |_, sequence| sequence >= head).await
+}
+
+/// The overdue events of the feed of the server at `grpc`, from its start, once `count` of
+/// them were heard (within 60 s): what a watcher from sequence 0 hears.
+pub(crate) async fn overdue_events_heard(
+    grpc: std::net::SocketAddr,
+    count: usize,
+) -> Vec<OverdueEvent> {
+    read_overdue_events(grpc, |heard, _| heard >= count).await
+}
+
+/// Reads the feed from its start, watching every change, until `enough(overdue events heard,
+/// the sequence reached)`, at most 60 s; returns the overdue events.
+async fn read_overdue_events(
+    grpc: std::net::SocketAddr,
+    enough: impl Fn(usize, u64) -> bool,
+) -> Vec<OverdueEvent> {
     use qistatus::client::{WatchEvent, WatchQuery};
     use tokio_stream::StreamExt;
     let client = qistatus::client::Client::connect(&format!("http://{grpc}"))
@@ -415,27 +468,71 @@ pub(crate) async fn overdue_events(
     });
     tokio::pin!(events);
     let mut seen = Vec::new();
-    let mut wait = first;
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
-    while seen.len() < 10_000
-        && tokio::time::Instant::now() < give_up
-        && let Ok(Some(event)) = tokio::time::timeout(wait, events.next()).await
-    {
-        if let WatchEvent::Change(change) = event.expect("no error")
-            && let Some(late) = change.overdue
-        {
-            let op = change.operation.expect("operation");
-            assert_eq!(op.status, late.status, "an event names the status held");
-            seen.push((
-                change.sequence,
-                op.key,
-                late.status,
-                op.overdue.map(|o| o.status),
-            ));
-            wait = quiet;
+    let mut sequence = 0;
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        while !enough(seen.len(), sequence) {
+            let event = events.next().await.expect("the watch goes on");
+            if let WatchEvent::Change(change) = event.expect("no error") {
+                sequence = change.sequence;
+                if let Some(late) = change.overdue {
+                    let op = change.operation.expect("operation");
+                    assert_eq!(op.status, late.status, "an event names the status held");
+                    seen.push((
+                        change.sequence,
+                        op.key,
+                        late.status,
+                        op.overdue.map(|o| o.status),
+                    ));
+                }
+            }
         }
-    }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the feed did not get there within 60 s: {} overdue events up to sequence {sequence}: {seen:?}",
+        seen.len()
+    );
     seen
+}
+
+/// Advances `clock` by `tick` and waits until the overdue clock of the server whose admin
+/// listener is `admin` has looked since.
+async fn advance_a_tick(clock: &ManualClock, tick: Duration, admin: std::net::SocketAddr) {
+    let before = overdue_ticks(admin).await;
+    clock.advance(tick);
+    ticks_passed(admin, before, 1).await;
+}
+
+/// How many times the overdue clock of the server whose admin listener is `admin` looked
+/// (`qistatus_overdue_ticks_total`; 0 before its first look).
+pub(crate) async fn overdue_ticks(admin: std::net::SocketAddr) -> u64 {
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("the metrics' text");
+    metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("qistatus_overdue_ticks_total ")?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until the overdue clock of the server whose admin listener is `admin` has looked
+/// `more` times after `before`.
+pub(crate) async fn ticks_passed(admin: std::net::SocketAddr, before: u64, more: u64) {
+    crate::wait::wait_until(
+        "the overdue clock looks",
+        Duration::from_secs(10),
+        || async { (overdue_ticks(admin).await >= before + more).then_some(()) },
+    )
+    .await;
 }
 
 /// Posts `count` debts `{prefix}{i}` in `waiting_signature` since `time` to a server process's
@@ -463,8 +560,8 @@ async fn post_waiting_signatures(
     }
 }
 
-fn with_tick(dir: &std::path::Path) -> qistatus::Settings {
-    let mut settings = settings_in(dir);
+fn with_tick(dir: &std::path::Path, clock: &ManualClock) -> qistatus::Settings {
+    let mut settings = settings_in(dir, clock);
     settings.overdue_tick = Duration::from_millis(100);
     settings
 }
@@ -477,7 +574,9 @@ async fn watchers_hear_the_moment_an_operation_becomes_overdue_once_even_across_
         "[kinds.debt.expect]\nwaiting_signature = \"2s\"\n",
     )
     .unwrap();
-    let server = TestServer::start_with(with_tick(dir.path())).await;
+    let clock = ManualClock::starting_now();
+    let server = TestServer::start_with(with_tick(dir.path(), &clock)).await;
+    let rfc3339_ago = |ago| rfc3339_before(clock.now_millis(), ago);
     // Watch status changes and overdue events from now: both, in sequence order.
     let client = server.client().await;
     let watched = client.watch(qistatus::client::WatchQuery {
@@ -502,6 +601,8 @@ async fn watchers_hear_the_moment_an_operation_becomes_overdue_once_even_across_
         .post_ok(webhook("debt", "w-3", "waiting_signature", &old))
         .await;
 
+    // Two seconds on, w-1 has been waiting too long.
+    clock.advance(Duration::from_secs(2));
     tokio::pin!(watched);
     let mut live = Vec::new();
     tokio::time::timeout(Duration::from_secs(15), async {
@@ -532,7 +633,7 @@ async fn watchers_hear_the_moment_an_operation_becomes_overdue_once_even_across_
     );
 
     // Exactly once each, and the same when read again from the start of the feed.
-    let before = overdue_events(server.grpc, Duration::from_secs(5), Duration::from_secs(1)).await;
+    let before = overdue_events(server.grpc).await;
     let keys_before: Vec<&str> = before.iter().map(|e| e.1.as_str()).collect();
     assert_eq!(keys_before, ["w-3", "w-1"], "{before:?}");
     assert!(
@@ -580,11 +681,13 @@ async fn watchers_hear_the_moment_an_operation_becomes_overdue_once_even_across_
         "{metrics}"
     );
 
-    // A restart neither repeats nor loses an event.
+    // A restart neither repeats nor loses an event, however many ticks go by.
     server.stop().await;
-    let server = TestServer::start_with(with_tick(dir.path())).await;
-    let after = overdue_events(server.grpc, Duration::from_secs(5), Duration::from_secs(1)).await;
-    assert_eq!(after, before);
+    let server = TestServer::start_with(with_tick(dir.path(), &clock)).await;
+    for _ in 0..3 {
+        advance_a_tick(&clock, Duration::from_millis(100), server.admin).await;
+    }
+    assert_eq!(overdue_events(server.grpc).await, before);
 
     // A change clears it, and the next status with an expectation has its own event.
     server
@@ -626,9 +729,11 @@ async fn a_crash_after_the_overdue_events_reached_the_log_neither_loses_nor_repe
         "aborted at the failpoint: {status:?}"
     );
 
-    // The restart replays the logged events; the clock finds nothing left to say.
+    // The restart replays the logged events; the clock finds nothing left to say, however
+    // often it looks.
     let server = ServerCommand::new(&data).args(args).start().await;
-    let events = overdue_events(server.grpc, Duration::from_secs(10), Duration::from_secs(1)).await;
+    ticks_passed(server.admin, overdue_ticks(server.admin).await, 3).await;
+    let events = overdue_events(server.grpc).await;
     let sequences: Vec<u64> = events.iter().map(|e| e.0).collect();
     assert_eq!(sequences, (21..=40).collect::<Vec<_>>(), "{events:?}");
     let mut keys: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
@@ -682,9 +787,12 @@ async fn a_crash_between_the_due_index_steps_is_finished_at_the_next_start() {
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(said.contains("abort-between-due-steps reached"), "{said}");
 
-    // The next start finishes it: each of the five is said to be overdue, once.
+    // The next start finishes it: each of the five is said to be overdue, once, however
+    // often the clock looks after.
     let server = ServerCommand::new(&data).args(args).start().await;
-    let events = overdue_events(server.grpc, Duration::from_secs(10), Duration::from_secs(1)).await;
+    overdue_events_heard(server.grpc, 5).await;
+    ticks_passed(server.admin, overdue_ticks(server.admin).await, 3).await;
+    let events = overdue_events(server.grpc).await;
     let mut keys: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
     keys.sort_unstable();
     assert_eq!(keys, ["x-0", "x-1", "x-2", "x-3", "x-4"], "{events:?}");

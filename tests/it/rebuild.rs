@@ -14,18 +14,11 @@ use qistatus::store::rebuild;
 /// Opens the store in `dir` once the last handle on it let go: sled releases the directory's
 /// lock from its own flusher thread, a moment after the handle is dropped.
 fn open_when_free(dir: &Path) -> Store {
-    let mut tries = 0;
-    loop {
-        match Store::open(dir) {
-            Ok(store) => return store,
-            Err(e) if tries < 50 => {
-                tries += 1;
-                eprintln!("opening {} again: {e}", dir.display());
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(e) => panic!("the store does not open: {e}"),
-        }
-    }
+    crate::wait::wait_until_blocking("the store opens", Duration::from_secs(5), || {
+        Store::open(dir)
+            .inspect_err(|e| eprintln!("opening {} again: {e}", dir.display()))
+            .ok()
+    })
 }
 
 fn operations(dir: &Path) -> Vec<Operation> {

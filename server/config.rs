@@ -409,7 +409,7 @@ pub enum LogFormat {
 impl Config {
     /// The effective catalog.
     pub fn load_catalog(&self) -> Result<Catalog, CatalogError> {
-        Catalog::load(self.catalog.as_deref())
+        crate::reload::load_catalog(self.catalog.as_deref())
     }
 
     /// The settings `server::run` takes, after the safe-by-default check of the addresses.

@@ -35,8 +35,8 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::catalog::CatalogHandle;
 use crate::domain::reconcile::{Operation, Phase};
+use crate::reload::CatalogHandle;
 use crate::store::RecentChanges;
 use crate::store::{Change, Store, StoreError};
 

@@ -34,10 +34,10 @@ use crate::auth::response_signing::ResponseSigner;
 use crate::auth::webhook::{AuthError, RequestFacts, Sender, WebhookVerifier};
 use crate::clock::Clock;
 use crate::cluster::{ClusterError, Publisher};
-use crate::domain::catalog::CatalogHandle;
 use crate::domain::webhook::Facts;
 use crate::domain::webhook::{MalformedWebhook, Normalized, normalize_with_facts};
 use crate::metrics::{Metrics, WebhookResult};
+use crate::reload::CatalogHandle;
 use crate::store::{Ack, SubmitError, WriterHandle};
 
 /// Limits of the intake.

@@ -131,6 +131,9 @@ pub use intake::IntakeLimits;
 /// Binds a listener with the backlog the server wants (see its docs).
 #[cfg(feature = "server")]
 pub use net::listen;
+/// The built-in catalog extended by a catalog file, as the server loads it at start.
+#[cfg(feature = "server")]
+pub use reload::load_catalog;
 #[cfg(feature = "server")]
 pub use server::{Listeners, ServerError, Settings, run, shutdown_signal};
 #[cfg(feature = "server")]

@@ -1,6 +1,8 @@
-//! Reloading the catalog on a running server (SIGHUP, or `POST /catalog/reload` on the admin
-//! listener): the catalog is data, and teaching qistatus a new status or kind should not
-//! need a stop.
+//! The catalog in effect: read from its file ([`load_catalog`]: the built-in catalog, extended
+//! by `--catalog`), held in one [`CatalogHandle`] that every part of a running server reads,
+//! and reloaded (SIGHUP, or `POST /catalog/reload` on the admin listener): the catalog is
+//! data, and teaching qistatus a new status or kind should not need a stop. The domain's
+//! catalog is pure; its file and the lock that swaps it live here.
 //!
 //! A reload reads `--catalog` again (over the built-in catalog, as at start), checks it, and
 //! puts it in effect: the intake and the API take it for every request from then on; every
@@ -18,12 +20,50 @@
 //! A cluster node refuses: every node must decide alike, so a new catalog is rolled out by
 //! restarting every node with it.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
-use crate::domain::catalog::{Catalog, CatalogError, CatalogHandle};
+use crate::domain::catalog::{Catalog, CatalogError};
 use crate::store::RebuildReport;
 use crate::store::{SubmitError, WriterHandle};
+
+/// The catalog in effect, shared by the parts of a server that read webhooks (the intake,
+/// the API, the writer) and swapped whole by a reload: readers take the current one per
+/// request and keep it for that request, so no request sees two catalogs.
+#[derive(Debug, Clone)]
+pub(crate) struct CatalogHandle(Arc<RwLock<Arc<Catalog>>>);
+
+impl CatalogHandle {
+    /// A handle on `catalog`.
+    pub(crate) fn new(catalog: Catalog) -> CatalogHandle {
+        CatalogHandle(Arc::new(RwLock::new(Arc::new(catalog))))
+    }
+
+    /// The catalog in effect now.
+    pub(crate) fn current(&self) -> Arc<Catalog> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts `catalog` in effect for every request that starts from now on.
+    pub(crate) fn replace(&self, catalog: Arc<Catalog>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = catalog;
+    }
+}
+
+/// The built-in catalog, extended by the catalog file at `path` when one is given.
+pub fn load_catalog(path: Option<&Path>) -> Result<Catalog, CatalogError> {
+    let catalog = Catalog::builtin();
+    match path {
+        None => Ok(catalog),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            catalog.extended_with(&text)
+        }
+    }
+}
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +98,7 @@ impl CatalogReloader {
             return Err(ReloadError::Cluster);
         }
         let path = self.path.clone();
-        let catalog = tokio::task::spawn_blocking(move || Catalog::load(path.as_deref()))
+        let catalog = tokio::task::spawn_blocking(move || load_catalog(path.as_deref()))
             .await
             .expect("loading a catalog does not panic: errors are values")?;
         let catalog = Arc::new(catalog);

@@ -25,7 +25,7 @@ use crate::auth::webhook::WebhookVerifier;
 use crate::clock::Clock;
 use crate::cluster::{self, ClusterError, ClusterSettings, JetStreamLog, Progress, Publisher};
 use crate::console::ConsoleState;
-use crate::domain::catalog::{Catalog, CatalogHandle};
+use crate::domain::catalog::Catalog;
 use crate::feed::{ChangeFeed, FeedSettings};
 use crate::grpc::{GrpcLimits, MaintenanceApi, OperationStatusApi, OutcomeLayer};
 use crate::intake::{self, Ingest, IntakeLimits, IntakeState};
@@ -33,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::net::{self, Admission, AtCapacity, HttpTimeouts};
 use crate::overdue_clock::{self, Proposer};
 use crate::pb;
+use crate::reload::CatalogHandle;
 use crate::reload::CatalogReloader;
 use crate::store::{Store, StoreError};
 use crate::store::{

@@ -38,11 +38,12 @@ use serde::Deserialize;
 
 use crate::auth::grpc::BearerTokens;
 use crate::clock::Clock;
-use crate::domain::catalog::{CatalogHandle, canonical_status};
+use crate::domain::catalog::canonical_status;
 use crate::domain::personal;
 use crate::domain::reconcile::{Operation, Phase};
 use crate::domain::webhook::{check_key, check_name};
 use crate::feed::{ChangeFeed, FeedEvent, FeedFilter};
+use crate::reload::CatalogHandle;
 use crate::store::{Lookup, Store, StoreError};
 use crate::store::{Selection, StatusIndex};
 pub(crate) use session::Sessions;

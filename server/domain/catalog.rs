@@ -9,8 +9,6 @@
 //! no cycles. Kinds are stored under their canonical name (see [`canonical_kind`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -278,29 +276,6 @@ pub fn canonical_status(raw: &str) -> String {
     raw.trim().to_lowercase()
 }
 
-/// The catalog in effect, shared by the parts of a server that read webhooks (the intake,
-/// the API, the writer) and swapped whole by a reload: readers take the current one per
-/// request and keep it for that request, so no request sees two catalogs.
-#[derive(Debug, Clone)]
-pub struct CatalogHandle(Arc<RwLock<Arc<Catalog>>>);
-
-impl CatalogHandle {
-    /// A handle on `catalog`.
-    pub fn new(catalog: Catalog) -> CatalogHandle {
-        CatalogHandle(Arc::new(RwLock::new(Arc::new(catalog))))
-    }
-
-    /// The catalog in effect now.
-    pub fn current(&self) -> Arc<Catalog> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Puts `catalog` in effect for every request that starts from now on.
-    pub fn replace(&self, catalog: Arc<Catalog>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = catalog;
-    }
-}
-
 impl Catalog {
     /// The catalog built into this release (`server/domain/catalog.toml`).
     pub fn builtin() -> Catalog {
@@ -309,21 +284,6 @@ impl Catalog {
         catalog
             .validated()
             .expect("the built-in catalog is consistent: checked by a unit test")
-    }
-
-    /// The built-in catalog, extended by `path` when one is given.
-    pub fn load(path: Option<&Path>) -> Result<Catalog, CatalogError> {
-        let catalog = Catalog::builtin();
-        match path {
-            None => Ok(catalog),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                catalog.extended_with(&text)
-            }
-        }
     }
 
     /// This catalog extended or overridden by the TOML text of a catalog file.
@@ -465,7 +425,7 @@ impl Catalog {
     /// `expect`), if the catalog says.
     pub fn expectation(&self, kind: &str, status: &str) -> Option<i64> {
         let text = self.kinds.get(kind)?.expect.get(status)?;
-        crate::domain::overdue::parse_duration(text).ok()
+        parse_duration(text).ok()
     }
 
     /// Every expectation: (kind, status, ms), in (kind, status) order.
@@ -474,7 +434,7 @@ impl Catalog {
             .iter()
             .flat_map(|(kind, spec)| {
                 spec.expect.iter().filter_map(move |(status, text)| {
-                    let ms = crate::domain::overdue::parse_duration(text).ok()?;
+                    let ms = parse_duration(text).ok()?;
                     Some((kind.as_str(), status.as_str(), ms))
                 })
             })
@@ -642,7 +602,7 @@ impl Catalog {
                          operation on its way can be late)"
                     ));
                 }
-                if let Err(why) = crate::domain::overdue::parse_duration(within) {
+                if let Err(why) = parse_duration(within) {
                     return bad(format!("kind {kind}: expect {status}: {why}"));
                 }
             }
@@ -739,9 +699,49 @@ fn supersedes_transitively(spec: &KindSpec, from: &str, target: &str, depth: u32
     })
 }
 
+/// A duration as the catalog writes it: a whole number and a unit, `s`, `m`, `h` or `d`
+/// (`90s`, `30m`, `4h`, `5d`), in ms. Zero and anything else are refused, naming the text.
+fn parse_duration(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    let unit_at = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit (s, m, h or d)"))?;
+    let (number, unit) = text.split_at(unit_at);
+    let number: i64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+    let unit_ms: i64 = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => return Err(format!("{text:?} has unit {other:?}; use s, m, h or d")),
+    };
+    if number == 0 {
+        return Err(format!(
+            "{text:?} is zero: an operation would be overdue at once"
+        ));
+    }
+    number
+        .checked_mul(unit_ms)
+        .filter(|ms| *ms <= 3_650 * 86_400_000)
+        .ok_or_else(|| format!("{text:?} is longer than ten years"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_whole_numbers_of_a_unit() {
+        assert_eq!(parse_duration("90s"), Ok(90_000));
+        assert_eq!(parse_duration(" 30m "), Ok(1_800_000));
+        assert_eq!(parse_duration("4h"), Ok(4 * 3_600_000));
+        assert_eq!(parse_duration("5d"), Ok(5 * 86_400_000));
+        for bad in ["5", "d", "5w", "1.5h", "-1d", "0s", "99999999d", ""] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn builtin_catalog_parses_and_is_consistent() {

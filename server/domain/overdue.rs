@@ -94,35 +94,6 @@ pub fn overdue(catalog: &Catalog, op: &Operation, now: i64) -> Option<Overdue> {
     })
 }
 
-/// A duration as the catalog writes it: a whole number and a unit, `s`, `m`, `h` or `d`
-/// (`90s`, `30m`, `4h`, `5d`), in ms. Zero and anything else are refused, naming the text.
-pub fn parse_duration(text: &str) -> Result<i64, String> {
-    let text = text.trim();
-    let unit_at = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{text:?} has no unit (s, m, h or d)"))?;
-    let (number, unit) = text.split_at(unit_at);
-    let number: i64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
-    let unit_ms: i64 = match unit {
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        other => return Err(format!("{text:?} has unit {other:?}; use s, m, h or d")),
-    };
-    if number == 0 {
-        return Err(format!(
-            "{text:?} is zero: an operation would be overdue at once"
-        ));
-    }
-    number
-        .checked_mul(unit_ms)
-        .filter(|ms| *ms <= 3_650 * 86_400_000)
-        .ok_or_else(|| format!("{text:?} is longer than ten years"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,17 +120,6 @@ mod tests {
     }
 
     const DAY: i64 = 86_400_000;
-
-    #[test]
-    fn durations_are_whole_numbers_of_a_unit() {
-        assert_eq!(parse_duration("90s"), Ok(90_000));
-        assert_eq!(parse_duration(" 30m "), Ok(1_800_000));
-        assert_eq!(parse_duration("4h"), Ok(4 * 3_600_000));
-        assert_eq!(parse_duration("5d"), Ok(5 * DAY));
-        for bad in ["5", "d", "5w", "1.5h", "-1d", "0s", "99999999d", ""] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn the_clock_starts_when_the_status_was_first_taken_never_after_its_receipt() {

@@ -8,11 +8,11 @@ use tonic::{Request, Response, Status};
 use super::ApiError;
 use super::convert::timestamp;
 use crate::clock::Clock;
-use crate::domain::catalog::CatalogHandle;
 use crate::domain::reconcile::Phase;
 use crate::feed::ChangeFeed;
 use crate::pb;
 use crate::pb::maintenance_service_server::MaintenanceService;
+use crate::reload::CatalogHandle;
 use crate::store::WriterHandle;
 use crate::store::{StatusIndex, Store};
 

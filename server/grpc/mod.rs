@@ -16,13 +16,14 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::clock::Clock;
-use crate::domain::catalog::{Catalog, CatalogHandle, canonical_kind, canonical_status};
+use crate::domain::catalog::{Catalog, canonical_kind, canonical_status};
 use crate::domain::overdue::{can_be_overdue, overdue};
 use crate::domain::reconcile::{EventSummary, Operation, Phase, Reconciler};
 use crate::domain::webhook::{check_key, check_name};
 use crate::feed::{ChangeFeed, FeedError, FeedFilter};
 use crate::pb;
 use crate::pb::operation_status_service_server::OperationStatusService;
+use crate::reload::CatalogHandle;
 use crate::store::{Expectation, Selection, StatusIndex};
 use crate::store::{Lookup, Store, StoreError};
 pub use maintenance::MaintenanceApi;

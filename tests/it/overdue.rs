@@ -35,7 +35,7 @@ async fn start_with_catalog(text: &str) -> (TestServer, ManualClock, tempfile::T
 fn settings_in(dir: &std::path::Path, clock: &ManualClock) -> qistatus::Settings {
     let catalog_file = dir.join("catalog.toml");
     let mut settings = qistatus::Settings::new(dir.join("data"));
-    settings.catalog = qistatus::domain::catalog::Catalog::load(Some(&catalog_file)).unwrap();
+    settings.catalog = qistatus::load_catalog(Some(&catalog_file)).unwrap();
     settings.catalog_file = Some(catalog_file);
     settings.clock = clock.clock();
     settings

@@ -197,7 +197,7 @@ async fn a_catalog_change_moves_quarantined_webhooks_into_their_operations() {
     );
 
     let mut settings = qistatus::Settings::new(dir.path());
-    settings.catalog = Catalog::load(Some(&catalog_file)).unwrap();
+    settings.catalog = qistatus::load_catalog(Some(&catalog_file)).unwrap();
     let server = TestServer::start_with(settings).await;
     let pix = server.get("pix-1", "pix_transfer").await.unwrap();
     assert_eq!((pix.status.as_str(), phase(&pix)), ("sent", "succeeded"));
@@ -525,7 +525,7 @@ async fn a_reload_does_not_hold_ingest_back_and_redoes_what_arrived_meanwhile() 
     let status = server.terminate().await;
     assert!(status.success(), "{status}");
     // What the reload left is what a rebuild from scratch makes: it changes nothing.
-    let catalog = Catalog::load(Some(&catalog_file)).unwrap();
+    let catalog = qistatus::load_catalog(Some(&catalog_file)).unwrap();
     let store = Store::open(&data).unwrap();
     let report = rebuild(&store, &catalog).unwrap();
     assert_eq!(report.operations_changed, 0, "{report:?}");

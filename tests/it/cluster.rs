@@ -91,13 +91,14 @@ impl NatsCluster {
             .spawn()
             .expect("start nats-server");
         server.child = Some(child);
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(server.client).await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("nats-server {} did not listen within 10 s", server.name);
+        let (address, what) = (
+            server.client,
+            format!("nats-server {} listens", server.name),
+        );
+        crate::wait::wait_until(&what, Duration::from_secs(10), || async move {
+            tokio::net::TcpStream::connect(address).await.ok().map(drop)
+        })
+        .await;
     }
 
     /// Sends `signal` (`STOP`, `CONT`) to server `i`: a stopped server keeps its connections
@@ -203,15 +204,11 @@ async fn store_id(grpc: SocketAddr) -> String {
 /// Waits until a node's view has applied the stream as far as `sequence` shows (its copy of
 /// the operation reached `version`).
 async fn wait_for_version(grpc: SocketAddr, key: &str, version: u64) -> pb::Operation {
-    for _ in 0..300 {
-        if let Some(op) = get(grpc, key).await
-            && op.version >= version
-        {
-            return op;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{key} did not reach version {version} on {grpc} within 30 s");
+    let what = format!("{key} reaches version {version} on {grpc}");
+    crate::wait::wait_until(&what, Duration::from_secs(30), || async {
+        get(grpc, key).await.filter(|op| op.version >= version)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -286,7 +283,20 @@ async fn two_nodes_on_a_replicated_stream_agree_and_lose_nothing_when_killed() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The kills come in the middle of it: once both nodes acknowledged a good part.
+    let acked_by_now = |count: usize| {
+        let acked = acked.clone();
+        move || {
+            let enough = acked.lock().unwrap().len() >= count;
+            std::future::ready(enough.then_some(()))
+        }
+    };
+    crate::wait::wait_until(
+        "200 acknowledged",
+        Duration::from_secs(30),
+        acked_by_now(200),
+    )
+    .await;
     nats.kill(2).await;
     let (b_http, b_grpc) = (b.http, b.grpc);
     b.kill().await;
@@ -294,24 +304,22 @@ async fn two_nodes_on_a_replicated_stream_agree_and_lose_nothing_when_killed() {
     // killed server led it; a new subscription, if a's was there).
     let acked_at_kill = acked.lock().unwrap().len();
     let killed = std::time::Instant::now();
-    while acked.lock().unwrap().len() < acked_at_kill + 50 {
-        if killed.elapsed() > Duration::from_secs(30) {
-            eprintln!("{}", std::fs::read_to_string(&a_log).unwrap_or_default());
-            for s in &nats.servers {
-                eprintln!(
-                    "=== {}\n{}",
-                    s.name,
-                    std::fs::read_to_string(s.store.with_extension("log")).unwrap_or_default()
-                );
-            }
+    let again =
+        crate::wait::until_or_none(Duration::from_secs(30), acked_by_now(acked_at_kill + 50));
+    if again.await.is_none() {
+        eprintln!("{}", std::fs::read_to_string(&a_log).unwrap_or_default());
+        for s in &nats.servers {
+            eprintln!(
+                "=== {}\n{}",
+                s.name,
+                std::fs::read_to_string(s.store.with_extension("log")).unwrap_or_default()
+            );
         }
-        assert!(
-            killed.elapsed() < Duration::from_secs(30),
+        panic!(
             "node a acknowledges again within 30 s of the kills ({} before, {} now)",
             acked_at_kill,
             acked.lock().unwrap().len()
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!(
         "50 more acknowledged {} ms after the kills",
@@ -495,15 +503,17 @@ async fn storing_past_the_request_timeout_is_a_503_and_a_retry_is_safe() {
     );
 
     // The sender's retry, once NATS answers again.
-    let mut retried = None;
-    for _ in 0..60 {
-        if let Ok((200, answer)) = post(node.http, &second).await {
-            retried = Some(answer);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let retried = retried.expect("the retry was acknowledged within 15 s");
+    let retried = crate::wait::wait_until(
+        "the sender's retry acknowledged",
+        Duration::from_secs(15),
+        || async {
+            match post(node.http, &second).await {
+                Ok((200, answer)) => Some(answer),
+                _ => None,
+            }
+        },
+    )
+    .await;
     assert!(
         matches!(retried["result"].as_str(), Some("accepted" | "duplicate")),
         "{retried}"

@@ -51,21 +51,26 @@ impl Browser {
             }),
         );
         let url = format!("http://127.0.0.1:{port}");
-        for _ in 0..100 {
-            let connected = ClientBuilder::rustls()
-                .expect("a rustls connector")
-                .capabilities(capabilities.clone())
-                .connect(&url)
-                .await;
-            if let Ok(client) = connected {
-                return Browser {
-                    client,
-                    _driver: driver,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let client = crate::wait::wait_until(
+            "chromedriver accepts a session",
+            Duration::from_secs(10),
+            || {
+                let (capabilities, url) = (capabilities.clone(), url.clone());
+                async move {
+                    ClientBuilder::rustls()
+                        .expect("a rustls connector")
+                        .capabilities(capabilities)
+                        .connect(&url)
+                        .await
+                        .ok()
+                }
+            },
+        )
+        .await;
+        Browser {
+            client,
+            _driver: driver,
         }
-        panic!("chromedriver did not accept a session within 10 s");
     }
 
     /// The visible text of the page, once `xpath` is on it (a form's answer loads after

@@ -200,8 +200,14 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_webhook() {
     for cycle in 0..cycles {
         let senders = if cycle % 2 == 0 {
             let server = start(dir.path()).await;
+            // Killed once a random number more were acknowledged: mid-load, whatever the
+            // machine's pace.
             let senders = load(server.http, cycle, 16, acked.clone());
-            tokio::time::sleep(Duration::from_millis(20 + rng.next(400))).await;
+            let kill_at = acked.lock().unwrap().len() + 1 + rng.next(300) as usize;
+            crate::wait::wait_until("the load acknowledged", Duration::from_secs(60), || {
+                std::future::ready((acked.lock().unwrap().len() >= kill_at).then_some(()))
+            })
+            .await;
             server.kill().await;
             senders
         } else {
@@ -250,14 +256,12 @@ async fn sigterm_drains_in_flight_webhooks() {
     let server = start(dir.path()).await;
     let senders = load(server.http, 0, 16, acked.clone());
     // SIGTERM while webhooks are in flight: once some were acknowledged.
-    let some_acked = async {
-        while acked.lock().unwrap().len() < 50 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), some_acked)
-        .await
-        .expect("the server acknowledges webhooks");
+    crate::wait::wait_until(
+        "the server acknowledges webhooks",
+        Duration::from_secs(30),
+        || std::future::ready((acked.lock().unwrap().len() >= 50).then_some(())),
+    )
+    .await;
     let status = server.terminate().await;
     assert!(status.success(), "SIGTERM exits 0: {status}");
     for s in senders {

@@ -48,16 +48,21 @@ async fn long_descriptions_and_stalled_watchers_do_not_grow_memory_without_bound
     while let Some(status) = posts.join_next().await {
         assert_eq!(status.unwrap(), 200);
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = server.rss_bytes();
+    // 225 MB of descriptions went through; what stays is the page cache (64 MB by default),
+    // the bounded windows and the allocator's free lists: under 200 MB, once what was in
+    // flight is given back (within seconds; at once, on most runs).
+    let after = crate::wait::until_or_none(Duration::from_secs(10), || {
+        let now = server.rss_bytes();
+        std::future::ready((now < 200 * MB).then_some(now))
+    })
+    .await;
+    let after = after.unwrap_or_else(|| server.rss_bytes());
     eprintln!(
         "RSS {} MB before, {} MB after 250 webhooks of 900 KB descriptions with 10 stalled watchers",
         before / MB,
         after / MB
     );
-    // 225 MB of descriptions went through; what stays is the page cache (64 MB by default),
-    // the bounded windows and the allocator's free lists.
-    assert!(after < 200 * MB, "RSS grew to {} MB", after / MB);
+    assert!(after < 200 * MB, "RSS stayed at {} MB", after / MB);
     drop(stalled);
     server.terminate().await;
 }

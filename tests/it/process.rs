@@ -129,35 +129,35 @@ impl ServerCommand {
             .spawn()
             .expect("start qistatus-server");
         let client = reqwest::Client::new();
-        let mut bound: Option<BoundPorts> = None;
-        for _ in 0..600 {
-            if let Some(status) = child.try_wait().expect("poll the child") {
-                panic!("qistatus-server exited at start: {status}");
-            }
-            if bound.is_none() {
-                bound = std::fs::read(&ports_file)
+        let ports = crate::wait::wait_until(
+            "qistatus-server listens on both ports",
+            Duration::from_secs(30),
+            || {
+                if let Some(status) = child.try_wait().expect("poll the child") {
+                    panic!("qistatus-server exited at start: {status}");
+                }
+                let bound: Option<BoundPorts> = std::fs::read(&ports_file)
                     .ok()
                     .map(|json| serde_json::from_slice(&json).expect("the ports file is JSON"));
-            }
-            if let Some(ports) = &bound {
-                let ready = client
-                    .get(format!("http://{}/healthz", ports.http))
-                    .send()
-                    .await
-                    .is_ok()
-                    && tokio::net::TcpStream::connect(ports.grpc).await.is_ok();
-                if ready {
-                    return ServerProcess {
-                        child,
-                        http: ports.http,
-                        grpc: ports.grpc,
-                        admin: ports.admin,
-                    };
+                let client = client.clone();
+                async move {
+                    let ports = bound?;
+                    let http = client
+                        .get(format!("http://{}/healthz", ports.http))
+                        .send()
+                        .await;
+                    let grpc = tokio::net::TcpStream::connect(ports.grpc).await;
+                    (http.is_ok() && grpc.is_ok()).then_some(ports)
                 }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            },
+        )
+        .await;
+        ServerProcess {
+            child,
+            http: ports.http,
+            grpc: ports.grpc,
+            admin: ports.admin,
         }
-        panic!("qistatus-server did not start within 30 s");
     }
 }
 
@@ -207,28 +207,16 @@ impl ServerProcess {
     /// Waits (at most `limit`) until its `/metrics` shows `metric` at `value` or more: a
     /// state the server reports, instead of a sleep that guesses how long it takes.
     pub async fn metric_reaches(&self, metric: &str, value: f64, limit: Duration) {
-        let client = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + limit;
-        let mut last = None;
-        while tokio::time::Instant::now() < deadline {
-            let text = match client
-                .get(format!("http://{}/metrics", self.admin))
-                .send()
-                .await
-            {
-                Ok(answer) => answer.text().await.unwrap_or_default(),
-                Err(_) => String::new(),
-            };
-            last = text.lines().find_map(|line| {
+        let what = format!("{metric} reaches {value}");
+        crate::wait::wait_until(&what, limit, || async {
+            let text = self.metrics_text().await;
+            let now = text.lines().find_map(|line| {
                 let (name, number) = line.split_once(' ')?;
                 (name == metric).then(|| number.trim().parse::<f64>().ok())?
             });
-            if last.is_some_and(|v| v >= value) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("{metric} did not reach {value} within {limit:?} (last seen: {last:?})");
+            now.filter(|now| *now >= value).map(|_| ())
+        })
+        .await;
     }
 
     /// Its resident memory now, in bytes (Linux: `VmRSS` of `/proc/PID/status`).

@@ -52,20 +52,26 @@ async fn a_snapshot_taken_under_writes_restores_exactly_its_point_and_sequences_
         acked.insert(key.clone(), post(&client, original.http, &key).await);
     }
 
-    // Writes go on, from another task, while the snapshot is taken.
+    // Writes go on, from another task, while the snapshot is taken: it starts once they do.
+    let during = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writes = {
-        let (client, http) = (client.clone(), original.http);
+        let (client, http, during) = (client.clone(), original.http, during.clone());
         tokio::spawn(async move {
             let mut acked = BTreeMap::new();
             for i in 0..300 {
                 let key = format!("during-{i}");
                 let sequence = post(&client, http, &key).await;
                 acked.insert(key, sequence);
+                during.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             acked
         })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    crate::wait::wait_until("writes under way", Duration::from_secs(30), || {
+        let written = during.load(std::sync::atomic::Ordering::Relaxed);
+        std::future::ready((written >= 5).then_some(()))
+    })
+    .await;
     let file = dir.path().join("qistatus.snapshot");
     let out = cli(
         &original,

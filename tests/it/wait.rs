@@ -16,7 +16,19 @@ const POLL: Duration = Duration::from_millis(25);
 
 /// Asks `check` until it answers `Some`, and returns that; panics, naming `what`, if it has
 /// not within `within`.
-pub async fn wait_until<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+pub async fn wait_until<T, F, Fut>(what: &str, within: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    until_or_none(within, check)
+        .await
+        .unwrap_or_else(|| panic!("{what}: not within {within:?}"))
+}
+
+/// Asks `check` until it answers `Some`, and returns that; `None` if it has not within
+/// `within` (for a test that says more than [`wait_until`] would before it fails).
+pub async fn until_or_none<T, F, Fut>(within: Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -27,12 +39,11 @@ where
     loop {
         poll.tick().await;
         if let Some(found) = check().await {
-            return found;
+            return Some(found);
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {within:?}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
     }
 }
 

@@ -699,31 +699,21 @@ fn supersedes_transitively(spec: &KindSpec, from: &str, target: &str, depth: u32
     })
 }
 
-/// A duration as the catalog writes it: a whole number and a unit, `s`, `m`, `h` or `d`
-/// (`90s`, `30m`, `4h`, `5d`), in ms. Zero and anything else are refused, naming the text.
+/// A duration as the catalog writes it, spelled as the server's flags spell theirs
+/// (`humantime`: `90s`, `30m`, `4h`, `5d`, `1h 30m`, `2weeks`), in ms. Zero, more than ten
+/// years and anything else are refused, naming the text.
 fn parse_duration(text: &str) -> Result<i64, String> {
     let text = text.trim();
-    let unit_at = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{text:?} has no unit (s, m, h or d)"))?;
-    let (number, unit) = text.split_at(unit_at);
-    let number: i64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
-    let unit_ms: i64 = match unit {
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        other => return Err(format!("{text:?} has unit {other:?}; use s, m, h or d")),
-    };
-    if number == 0 {
+    let duration = humantime::parse_duration(text).map_err(|e| {
+        format!("{text:?} is not a duration ({e}): write a number and a unit, as 90s, 4h or 5d")
+    })?;
+    if duration.is_zero() {
         return Err(format!(
             "{text:?} is zero: an operation would be overdue at once"
         ));
     }
-    number
-        .checked_mul(unit_ms)
+    i64::try_from(duration.as_millis())
+        .ok()
         .filter(|ms| *ms <= 3_650 * 86_400_000)
         .ok_or_else(|| format!("{text:?} is longer than ten years"))
 }
@@ -733,13 +723,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_are_whole_numbers_of_a_unit() {
+    fn durations_are_spelled_as_the_flags_spell_theirs() {
         assert_eq!(parse_duration("90s"), Ok(90_000));
         assert_eq!(parse_duration(" 30m "), Ok(1_800_000));
         assert_eq!(parse_duration("4h"), Ok(4 * 3_600_000));
         assert_eq!(parse_duration("5d"), Ok(5 * 86_400_000));
-        for bad in ["5", "d", "5w", "1.5h", "-1d", "0s", "99999999d", ""] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
+        assert_eq!(parse_duration("1h 30m"), Ok(5_400_000));
+        assert_eq!(parse_duration("2weeks"), Ok(14 * 86_400_000));
+        assert_eq!(parse_duration("1.5h"), Ok(5_400_000));
+        for bad in ["5", "d", "5x", "-1d", "0s", "99999999d", ""] {
+            let refused = parse_duration(bad).expect_err(bad);
+            assert!(refused.contains(&format!("{:?}", bad.trim())), "{refused}");
         }
     }
 

@@ -213,8 +213,8 @@ mod tests {
         for (file, says) in [
             ("[kinds.debt.expect]\nsettled = \"1d\"\n", "settled"),
             (
-                "[kinds.debt.expect]\nwaiting_signature = \"5 days\"\n",
-                "5 days",
+                "[kinds.debt.expect]\nwaiting_signature = \"soon\"\n",
+                "soon",
             ),
             (
                 "[kinds.debt.expect]\nno_such_status = \"1d\"\n",

@@ -11,8 +11,9 @@
 //! streams); the call is counted when it is found, once. A stream the client drops before its
 //! end is counted as CANCELLED.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 
 use http::HeaderMap;
@@ -65,7 +66,6 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        // The method's name, bounded: the last path segment of a known service, else "other".
         let method = method_label(request.uri().path());
         let metrics = self.metrics.clone();
         let response = self.inner.call(request);
@@ -89,20 +89,42 @@ where
     }
 }
 
+/// The encoded descriptors of every service the gRPC listener serves (see
+/// `crate::server`): the API, maintenance, health and reflection in both versions. A method
+/// is labelled by its name when its path is one of theirs, so a new RPC is counted under its
+/// own name the day it is added to `proto/`, with nothing else to update.
+const SERVED: [&[u8]; 4] = [
+    crate::pb::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+];
+
+/// Every served method's path (`/package.Service/Method`) and its label (`Method`).
+static METHODS: LazyLock<HashMap<String, String>> = LazyLock::new(|| {
+    use prost::Message as _;
+    let mut methods = HashMap::new();
+    for encoded in SERVED {
+        let set = prost_types::FileDescriptorSet::decode(encoded)
+            .expect("a descriptor set compiled into the binary decodes: build.rs wrote it");
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    methods.insert(
+                        format!("/{}.{}/{}", file.package(), service.name(), method.name()),
+                        method.name().to_owned(),
+                    );
+                }
+            }
+        }
+    }
+    methods
+});
+
+/// The method's name, bounded: a served method's name, else "other".
 fn method_label(path: &str) -> &'static str {
-    const METHODS: [&str; 9] = [
-        "SaveSnapshot",
-        "GetOperation",
-        "ListByStatus",
-        "WatchOperation",
-        "GetStats",
-        "ListQuarantine",
-        "Check",
-        "Watch",
-        "ServerReflectionInfo",
-    ];
-    let name = path.rsplit('/').next().unwrap_or_default();
-    METHODS.into_iter().find(|m| *m == name).unwrap_or("other")
+    let methods: &'static HashMap<String, String> = &METHODS;
+    methods.get(path).map_or("other", String::as_str)
 }
 
 /// Counts one call, once.
@@ -187,5 +209,67 @@ impl Body for Counted {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_served_method_is_counted_under_its_own_name_and_nothing_else_is() {
+        for (path, label) in [
+            (
+                "/qistatus.v1.OperationStatusService/GetOperation",
+                "GetOperation",
+            ),
+            (
+                "/qistatus.v1.OperationStatusService/ListByStatus",
+                "ListByStatus",
+            ),
+            (
+                "/qistatus.v1.OperationStatusService/WatchOperation",
+                "WatchOperation",
+            ),
+            (
+                "/qistatus.v1.MaintenanceService/SaveSnapshot",
+                "SaveSnapshot",
+            ),
+            ("/qistatus.v1.MaintenanceService/GetStats", "GetStats"),
+            ("/grpc.health.v1.Health/Check", "Check"),
+            ("/grpc.health.v1.Health/Watch", "Watch"),
+            (
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                "ServerReflectionInfo",
+            ),
+            (
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                "ServerReflectionInfo",
+            ),
+            // A known method's name under another service, and no service at all.
+            ("/evil.Service/GetOperation", "other"),
+            ("/GetOperation", "other"),
+            (
+                "/qistatus.v1.OperationStatusService/DeleteEverything",
+                "other",
+            ),
+        ] {
+            assert_eq!(method_label(path), label, "{path}");
+        }
+        // Each of the contract's methods has a label of its own: a new RPC needs no list.
+        use prost::Message as _;
+        let contract = prost_types::FileDescriptorSet::decode(crate::pb::FILE_DESCRIPTOR_SET)
+            .expect("the contract's descriptors decode");
+        let mut counted = 0;
+        for file in &contract.file {
+            for service in &file.service {
+                for method in &service.method {
+                    let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                    assert_eq!(method_label(&path), method.name(), "{path}");
+                    counted += 1;
+                }
+            }
+        }
+        assert!(counted >= 6, "{counted} methods in the contract");
     }
 }

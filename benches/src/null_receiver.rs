@@ -8,6 +8,8 @@
 //! acknowledge more per second on this machine with this load generator.
 //!
 //!     qistatus-null-receiver --http-addr 127.0.0.1:PORT
+//!
+//! It prints `listening on ADDRESS` once bound (port 0 picks a free one).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -40,6 +42,13 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    match listener.local_addr() {
+        Ok(bound) => println!("listening on {bound}"),
+        Err(e) => {
+            eprintln!("qistatus-null-receiver: cannot read its own address: {e}");
+            std::process::exit(1);
+        }
+    }
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;

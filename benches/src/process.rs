@@ -113,35 +113,53 @@ pub fn cpu_time_of(pid: &str) -> Option<Duration> {
     Some(Duration::from_millis((user + system) * 10))
 }
 
-/// Starts `qistatus-null-receiver` (the ceiling: see its source) and waits until it accepts.
+/// Starts `qistatus-null-receiver` (the ceiling: see its source) on a port it picks, and
+/// waits until it says which.
 pub async fn start_null_receiver(bin: &Path) -> Process {
-    let port = free_port();
-    let child = Command::new(bin)
-        .args(["--http-addr", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
+    use tokio::io::AsyncBufReadExt;
+    let mut child = Command::new(bin)
+        .args(["--http-addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("start qistatus-null-receiver");
-    wait_until("qistatus-null-receiver", || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-    })
-    .await;
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("qistatus-null-receiver says where it listens")
+        .expect("its output")
+        .expect("a line");
+    let address = line
+        .strip_prefix("listening on ")
+        .expect("`listening on ADDRESS`");
     Process {
         child,
-        http: format!("http://127.0.0.1:{port}"),
+        http: format!("http://{address}"),
         grpc: String::new(),
         admin: String::new(),
     }
 }
 
-/// A free loopback port (free when asked; the server binds it right after).
-pub fn free_port() -> u16 {
+/// A loopback port for a peer that cannot bind port 0 and say what it got (etcd's and
+/// PostgreSQL's listeners, a NATS server's cluster routes, which JetStream needs configured
+/// before any server starts): free when asked, and it may be taken by the time the peer binds
+/// it. qistatus and a NATS server's client port are never picked this way: they bind port 0
+/// and report the port in a file.
+pub fn peer_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
+}
+
+/// The first JSON file in `dir` whose name ends in `suffix`, parsed, once one is whole.
+fn read_ports_file<T: serde::de::DeserializeOwned>(dir: &Path, suffix: &str) -> Option<T> {
+    let file = std::fs::read_dir(dir).ok()?.find_map(|entry| {
+        let path = entry.ok()?.path();
+        path.to_str()?.ends_with(suffix).then_some(path)
+    })?;
+    serde_json::from_slice(&std::fs::read(file).ok()?).ok()
 }
 
 /// Polls `ready` every 5 ms until it says yes; panics after two minutes.
@@ -184,16 +202,21 @@ impl Qistatus {
         ports: Option<(u16, u16)>,
         extra: &[String],
     ) -> (Process, Duration) {
-        let (http_port, grpc_port) = ports.unwrap_or_else(|| (free_port(), free_port()));
-        let admin_port = free_port();
+        // Port 0 unless it restarts where clients expect it; the ports it got are read back
+        // from its ports file. Its admin listener is where the harness reads its counters.
+        let (http_port, grpc_port) = ports.unwrap_or((0, 0));
+        let ports_dir = dir.with_extension("ports");
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir).expect("a directory for the ports file");
         let started = Instant::now();
         let child = Command::new(&self.bin)
             .arg("--data-dir")
             .arg(dir)
             .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
             .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
-            // A free port of its own: the harness reads the server's counters there.
-            .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
+            .args(["--admin-addr", "127.0.0.1:0"])
+            .arg("--ports-file")
+            .arg(ports_dir.join("qistatus.json"))
             .args(["--log", &self.log])
             .args([
                 "--writer-queue",
@@ -206,11 +229,24 @@ impl Qistatus {
             .kill_on_drop(true)
             .spawn()
             .expect("start qistatus-server");
+        #[derive(serde::Deserialize)]
+        struct Bound {
+            http: std::net::SocketAddr,
+            grpc: std::net::SocketAddr,
+            admin: std::net::SocketAddr,
+        }
+        let mut bound: Option<Bound> = None;
+        wait_until("qistatus's ports file", || {
+            bound = read_ports_file(&ports_dir, "qistatus.json");
+            std::future::ready(bound.is_some())
+        })
+        .await;
+        let bound = bound.expect("read once wait_until returned");
         let server = Process {
             child,
-            http: format!("http://127.0.0.1:{http_port}"),
-            grpc: format!("http://127.0.0.1:{grpc_port}"),
-            admin: format!("127.0.0.1:{admin_port}"),
+            http: format!("http://{}", bound.http),
+            grpc: format!("http://{}", bound.grpc),
+            admin: bound.admin.to_string(),
         };
         let grpc = server.grpc.clone();
         wait_until("qistatus", || {
@@ -236,17 +272,22 @@ impl Qistatus {
 /// Starts `size` nats-servers with JetStream, clustered on loopback (one, unclustered, when
 /// `size` is 1); returns them and the client URLs, comma-separated, as `--nats` takes them.
 pub async fn start_nats(bin: &Path, dir: &Path, size: usize) -> (Vec<Process>, String) {
-    let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
-    let routes = ports
+    let route_ports: Vec<u16> = (0..size).map(|_| peer_port()).collect();
+    let routes = route_ports
         .iter()
-        .map(|(_, route)| format!("nats://127.0.0.1:{route}"))
+        .map(|route| format!("nats://127.0.0.1:{route}"))
         .collect::<Vec<_>>()
         .join(",");
     let mut servers = Vec::new();
-    for (i, (client, route)) in ports.iter().enumerate() {
+    for (i, route) in route_ports.iter().enumerate() {
+        // Its client port is its own pick (`-p -1`), read from its ports file.
+        let ports_dir = dir.join(format!("n{i}.ports"));
+        std::fs::create_dir_all(&ports_dir).expect("a directory for the ports file");
         let mut command = Command::new(bin);
         command
-            .args(["-a", "127.0.0.1", "-p", &client.to_string()])
+            .args(["-a", "127.0.0.1", "-p", "-1"])
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
             .args(["-n", &format!("n{i}"), "-js", "-sd"])
             .arg(dir.join(format!("n{i}")));
         if size > 1 {
@@ -261,16 +302,29 @@ pub async fn start_nats(bin: &Path, dir: &Path, size: usize) -> (Vec<Process>, S
             .kill_on_drop(true)
             .spawn()
             .expect("start nats-server");
-        let url = format!("127.0.0.1:{client}");
+        #[derive(serde::Deserialize)]
+        struct Ports {
+            nats: Vec<String>,
+        }
+        let mut url: Option<String> = None;
         wait_until("nats-server", || {
-            let url = url.clone();
-            async move { tokio::net::TcpStream::connect(url).await.is_ok() }
+            url = read_ports_file::<Ports>(&ports_dir, ".ports")
+                .and_then(|ports| ports.nats.into_iter().next());
+            let address = url
+                .clone()
+                .and_then(|u| u.strip_prefix("nats://").map(str::to_owned));
+            async move {
+                match address {
+                    Some(address) => tokio::net::TcpStream::connect(address).await.is_ok(),
+                    None => false,
+                }
+            }
         })
         .await;
         servers.push(Process {
             child,
             http: String::new(),
-            grpc: format!("nats://127.0.0.1:{client}"),
+            grpc: url.expect("read once wait_until returned"),
             admin: String::new(),
         });
     }
@@ -284,7 +338,7 @@ pub async fn start_nats(bin: &Path, dir: &Path, size: usize) -> (Vec<Process>, S
 
 /// Starts a single-member etcd on `dir` and waits until it answers a range.
 pub async fn start_etcd(bin: &Path, dir: &Path) -> Process {
-    let (client_port, peer_port) = (free_port(), free_port());
+    let (client_port, peer_port) = (peer_port(), peer_port());
     let client_url = format!("http://127.0.0.1:{client_port}");
     let peer_url = format!("http://127.0.0.1:{peer_port}");
     let child = Command::new(bin)
@@ -391,7 +445,7 @@ impl Postgres {
             .status()
             .expect("run initdb");
         assert!(status.success(), "initdb failed");
-        let port = free_port();
+        let port = peer_port();
         let options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c synchronous_commit=on \
              -c fsync=on -c max_connections=300 -c shared_buffers=512MB",

@@ -194,8 +194,11 @@ async fn connection_problems_are_named_with_the_fix_and_bounded_in_time() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("did you mean http://127.0.0.1:50051"), "{err}");
 
-    // A refused port says so.
-    let port = crate::process::free_addr();
+    // A refused port says so: one this test holds bound without listening on it, so that
+    // nothing else can listen there meanwhile.
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = held.local_addr().unwrap();
     let out = cli(&["--server", &format!("http://{port}"), "get", "k"]).await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
@@ -231,8 +234,11 @@ async fn connection_problems_are_named_with_the_fix_and_bounded_in_time() {
 #[tokio::test]
 async fn watch_waits_for_a_server_that_is_not_up_yet() {
     let dir = tempfile::tempdir().unwrap();
-    // The watcher starts first, so its server's address must be known before it exists.
-    let grpc = crate::process::free_addr();
+    // The watcher starts while its server is down: the server is started once to learn its
+    // address, stopped, and started again there once the watcher waits for it.
+    let server = crate::process::ServerCommand::new(dir.path()).start().await;
+    let grpc = server.grpc;
+    assert!(server.terminate().await.success());
     let mut watch = tokio::process::Command::new(crate::process::CLI_BIN)
         .args([
             "--server",

@@ -16,16 +16,46 @@ use qistatus::pb;
 use tokio::process::{Child, Command};
 use tokio_stream::StreamExt;
 
-use crate::process::{ServerCommand, free_addr, refused_start, send_signal};
+use crate::process::{ServerCommand, refused_start, send_signal};
 use crate::test_server::webhook;
 
 /// A NATS server of the test cluster.
 struct NatsServer {
     name: String,
-    client: SocketAddr,
+    /// Where clients connect: the port it got at its first start (`-p -1`, read from its
+    /// ports file), and keeps when restarted.
+    client: Option<SocketAddr>,
+    /// Where the other servers route to it.
     route: SocketAddr,
     store: PathBuf,
     child: Option<Child>,
+}
+
+/// A loopback port for a NATS server's cluster routes, free when asked (it may be taken by
+/// the time the server binds it). The one port the tests pick themselves: JetStream
+/// clustering needs every server's routes configured when it starts ("JetStream cluster
+/// requires configured routes"), so they must be known before any server runs; every other
+/// port (the servers', nats-server's client port, chromedriver's) is chosen by the one who
+/// binds it and read back.
+fn route_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
+/// The client address a nats-server wrote in its ports file (`<name>_<pid>.ports`, JSON with
+/// a `nats` list of URLs) in `dir`, once it has.
+fn nats_client_port(dir: &Path) -> Option<SocketAddr> {
+    #[derive(serde::Deserialize)]
+    struct Ports {
+        nats: Vec<String>,
+    }
+    let file = std::fs::read_dir(dir).ok()?.find_map(|entry| {
+        let path = entry.ok()?.path();
+        (path.extension()? == "ports").then_some(path)
+    })?;
+    let ports: Ports = serde_json::from_slice(&std::fs::read(file).ok()?).ok()?;
+    ports.nats.first()?.strip_prefix("nats://")?.parse().ok()
 }
 
 /// Three NATS servers, clustered with JetStream.
@@ -40,8 +70,8 @@ impl NatsCluster {
         let servers = (0..size)
             .map(|i| NatsServer {
                 name: format!("n{i}"),
-                client: free_addr(),
-                route: free_addr(),
+                client: None,
+                route: route_port(),
                 store: dir.path().join(format!("n{i}")),
                 child: None,
             })
@@ -57,7 +87,7 @@ impl NatsCluster {
     fn urls(&self) -> String {
         self.servers
             .iter()
-            .map(|s| format!("nats://{}", s.client))
+            .map(|s| format!("nats://{}", s.client.expect("started")))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -71,9 +101,15 @@ impl NatsCluster {
             .join(",");
         let clustered = self.servers.len() > 1;
         let server = &mut self.servers[i];
+        let ports_dir = server.store.with_extension("ports");
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir).expect("a directory for the ports file");
+        let port = server.client.map_or(-1, |a| i32::from(a.port()));
         let mut command = Command::new(crate::peers::nats_server());
         command
-            .args(["-a", "127.0.0.1", "-p", &server.client.port().to_string()])
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
             .args(["-n", &server.name, "-js", "-sd"])
             .arg(&server.store)
             .arg("--log")
@@ -91,14 +127,17 @@ impl NatsCluster {
             .spawn()
             .expect("start nats-server");
         server.child = Some(child);
-        let (address, what) = (
-            server.client,
-            format!("nats-server {} listens", server.name),
-        );
-        crate::wait::wait_until(&what, Duration::from_secs(10), || async move {
-            tokio::net::TcpStream::connect(address).await.ok().map(drop)
+        let what = format!("nats-server {} listens", server.name);
+        let client = crate::wait::wait_until(&what, Duration::from_secs(10), || {
+            let address = nats_client_port(&ports_dir);
+            async move {
+                let address = address?;
+                tokio::net::TcpStream::connect(address).await.ok()?;
+                Some(address)
+            }
         })
         .await;
+        server.client = Some(client);
     }
 
     /// Sends `signal` (`STOP`, `CONT`) to server `i`: a stopped server keeps its connections

@@ -13,7 +13,7 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use qistatus::BearerTokens;
 
-use crate::process::{ServerCommand, free_addr};
+use crate::process::ServerCommand;
 use crate::test_server::{TestServer, fixture, webhook};
 
 const TOKEN: &str = "console-test-token";
@@ -33,14 +33,37 @@ impl Browser {
         // another test already did; the WebDriver connection is plain HTTP anyway).
         let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
         let chromium = crate::peers::chromium();
-        let port = free_addr().port();
-        let driver = tokio::process::Command::new(&chromium.driver)
-            .arg(format!("--port={port}"))
-            .stdout(std::process::Stdio::null())
+        // On a port it picks, which it says: "ChromeDriver was started successfully on port
+        // N."
+        let mut driver = tokio::process::Command::new(&chromium.driver)
+            .arg("--port=0")
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .expect("start chromedriver");
+        let port = {
+            use tokio::io::AsyncBufReadExt;
+            let stdout = driver.stdout.take().expect("piped");
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            let said = async {
+                while let Some(line) = lines.next_line().await.expect("chromedriver's output") {
+                    if let Some(port) = line
+                        .split_once("started successfully on port ")
+                        .and_then(|(_, rest)| rest.trim_end_matches('.').parse::<u16>().ok())
+                    {
+                        return port;
+                    }
+                }
+                panic!("chromedriver exited without saying its port");
+            };
+            let port = tokio::time::timeout(Duration::from_secs(10), said)
+                .await
+                .expect("chromedriver says its port within 10 s");
+            // The rest of what it says is not read: dropped, not left to fill the pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            port
+        };
         let mut capabilities = serde_json::Map::new();
         capabilities.insert(
             "goog:chromeOptions".into(),

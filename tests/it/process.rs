@@ -3,8 +3,8 @@
 //! needs a process rather than the in-process server of [`crate::test_server`].
 //!
 //! A server binds port 0 and reports the ports it got (`--ports-file`), so no test races
-//! another for a port; [`free_addr`] is only for an address that must be known before the
-//! server exists (a client started first, a port where nothing listens).
+//! another for a port; one restarted where its clients expect it ([`ServerCommand::at`])
+//! binds the ports it had.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,14 +17,6 @@ use tokio::process::{Child, Command};
 pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_qistatus-server");
 /// The `qistatus` CLI binary cargo built for these tests.
 pub const CLI_BIN: &str = env!("CARGO_BIN_EXE_qistatus");
-
-/// A loopback address that was free when asked, and may be taken by the time it is used:
-/// only for an address a test must know before anything listens on it.
-pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-}
 
 /// How to start a server process.
 pub struct ServerCommand {

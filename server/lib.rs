@@ -19,8 +19,8 @@
 //!
 //! # Modules, in the one direction their dependencies point
 //!
-//! `domain` ← `store` ← `cluster` ← (`intake`, `feed`, `overdue_clock`) ← `grpc` ← `server` ←
-//! `config` ← `main`.
+//! `domain` ← `store` ← `cluster` ← (`intake`, `feed`, `listing`, `overdue_clock`) ← `grpc` ←
+//! `server` ← `config` ← `main`.
 //! Leaves the others use: `clock` (the one clock, passed in: the system's, or a test's), `auth` and `tls` (who may post and
 //! call), `metrics` (it implements the store's `BatchReport`; the store never names it).
 //! Wire code (HTTP, gRPC, protobuf) lives only at the edge: `intake`, `grpc`, `admin`,
@@ -37,6 +37,8 @@
 //! - `intake`: `POST /webhooks` (axum); answers once the writer has the webhook on disk (on
 //!   a cluster node: once JetStream acknowledged it and this node's view applied it).
 //! - `feed`: the change feed, a resumable stream of changes per subscriber, in domain terms.
+//! - `listing`: the one list query (statuses, a phase, the overdue ones) the API and the
+//!   console ask, checked once, paged with one tamper-evident page token.
 //! - `overdue_clock`: proposes the operations that fell overdue, so that watchers hear of
 //!   silence too (to the writer, or to a cluster's stream, which then orders and dates them).
 //! - `grpc`: the `qistatus.v1` service over the store and the feed; domain-to-wire
@@ -93,6 +95,8 @@ mod feed;
 mod grpc;
 #[cfg(feature = "server")]
 mod intake;
+#[cfg(feature = "server")]
+mod listing;
 #[cfg(feature = "server")]
 mod metrics;
 #[cfg(feature = "server")]

@@ -29,6 +29,7 @@ use crate::domain::catalog::Catalog;
 use crate::feed::{ChangeFeed, FeedSettings};
 use crate::grpc::{GrpcLimits, MaintenanceApi, OperationStatusApi, OutcomeLayer};
 use crate::intake::{self, Ingest, IntakeLimits, IntakeState};
+use crate::listing::Lists;
 use crate::metrics::Metrics;
 use crate::net::{self, Admission, AtCapacity, HttpTimeouts};
 use crate::overdue_clock::{self, Proposer};
@@ -251,6 +252,7 @@ pub async fn run(
                 core.store.clone(),
                 core.feed.clone(),
                 core.catalog.clone(),
+                core.lists.clone(),
                 settings.grpc_tokens.clone(),
                 tls.is_some(),
                 core.clock.clone(),
@@ -318,6 +320,8 @@ struct Core {
     intake: IntakeLimits,
     metrics: Arc<Metrics>,
     clock: Clock,
+    /// The lists the API and the console read.
+    lists: Lists,
 }
 
 impl Core {
@@ -430,6 +434,7 @@ impl Core {
             feed = feed.waiting_for_the_cluster(CLUSTER_CATCH_UP);
         }
         Ok(Core {
+            lists: Lists::new(store.clone())?,
             store,
             writer,
             writer_task,
@@ -592,9 +597,10 @@ async fn serve_grpc(
         OperationStatusApi::new(
             core.catalog.clone(),
             core.store.clone(),
+            core.lists.clone(),
             core.feed.clone(),
             core.clock.clone(),
-        )?,
+        ),
     )
     .max_decoding_message_size(crate::grpc::MAX_REQUEST_BYTES);
     let incoming = ReceiverStream::new(net::accept_connections(

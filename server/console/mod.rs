@@ -38,14 +38,15 @@ use serde::Deserialize;
 
 use crate::auth::grpc::BearerTokens;
 use crate::clock::Clock;
+use crate::domain::catalog::Catalog;
 use crate::domain::catalog::canonical_status;
 use crate::domain::personal;
 use crate::domain::reconcile::{Operation, Phase};
 use crate::domain::webhook::{check_key, check_name};
 use crate::feed::{ChangeFeed, FeedEvent, FeedFilter};
+use crate::listing::{ListAsk, ListError, ListPage, ListQuery, Lists};
 use crate::reload::CatalogHandle;
 use crate::store::{Lookup, Store, StoreError};
-use crate::store::{Selection, StatusIndex};
 pub(crate) use session::Sessions;
 use session::{COOKIE, SESSION_LIFETIME, SignInRefused, Viewer};
 
@@ -59,6 +60,8 @@ pub(crate) struct ConsoleState {
     pub(crate) feed: ChangeFeed,
     pub(crate) catalog: CatalogHandle,
     pub(crate) sessions: Arc<Sessions>,
+    /// The lists (`/ui/list`, `/ui/overdue`), as the API reads them.
+    pub(crate) lists: Lists,
     /// Whether the admin listener serves TLS: cookies are then `Secure`.
     pub(crate) secure_cookies: bool,
     /// What "overdue now" is measured against.
@@ -70,11 +73,13 @@ impl ConsoleState {
         store: Store,
         feed: ChangeFeed,
         catalog: CatalogHandle,
+        lists: Lists,
         tokens: BearerTokens,
         secure_cookies: bool,
         clock: Clock,
     ) -> Self {
         ConsoleState {
+            lists,
             clock,
             store,
             feed,
@@ -130,6 +135,9 @@ pub(crate) enum ConsoleError {
     /// The live list cannot start now (too many watchers, or shutting down).
     #[error("{0}")]
     Unavailable(String),
+    /// A list as asked cannot be read: a field is wrong (400), or the store failed.
+    #[error(transparent)]
+    List(#[from] ListError),
     /// The store failed (logged here, once).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -152,13 +160,16 @@ impl IntoResponse for ConsoleError {
             ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
             ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ConsoleError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ConsoleError::Store(e) => {
+            ConsoleError::List(ListError::Store(e)) | ConsoleError::Store(e) => {
                 tracing::error!(error = %e, "console: the store failed");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            ConsoleError::List(_) => StatusCode::BAD_REQUEST,
         };
         let message = match &self {
-            ConsoleError::Store(_) => "the store could not be read; see the server's log".into(),
+            ConsoleError::List(ListError::Store(_)) | ConsoleError::Store(_) => {
+                "the store could not be read; see the server's log".into()
+            }
             other => other.to_string(),
         };
         let page = pages::layout(
@@ -407,164 +418,145 @@ async fn reveal(
     Ok(page(&viewer, &format!("Webhook {sequence}"), body))
 }
 
+/// What `/ui/list` and `/ui/overdue` take: the form's fields, and the page token of a
+/// "next page" link (the API's: one cursor for both edges).
 #[derive(Debug, Deserialize)]
-struct ListQuery {
+struct ListForm {
     kind: Option<String>,
     status: Option<String>,
     phase: Option<String>,
-    after_kind: Option<String>,
-    after_key: Option<String>,
+    page: Option<String>,
+}
+
+impl ListForm {
+    /// The form's fields, trimmed, empty ones left out.
+    fn field(value: &Option<String>) -> Option<String> {
+        value
+            .as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    }
+
+    /// The phase named, if one is.
+    fn phase(&self) -> Result<Option<Phase>, ConsoleError> {
+        Self::field(&self.phase)
+            .map(|p| {
+                Phase::ALL
+                    .into_iter()
+                    .find(|phase| phase.as_str() == p.to_ascii_lowercase())
+                    .ok_or_else(|| {
+                        ConsoleError::BadRequest(format!(
+                            "unknown phase {p:?}: one of pending, active, succeeded, failed"
+                        ))
+                    })
+            })
+            .transpose()
+    }
+}
+
+/// A page of the list `ask` describes (after `form.page`, when given), and the link to the
+/// next one, whose address keeps the form's fields.
+async fn list_page(
+    state: &ConsoleState,
+    catalog: Arc<Catalog>,
+    ask: ListAsk<'_>,
+    form: &ListForm,
+    path: &str,
+) -> Result<(ListQuery, ListPage, Option<String>), ConsoleError> {
+    let query = ListQuery::new(&catalog, ask)?;
+    let token = ListForm::field(&form.page).unwrap_or_default();
+    let page = state
+        .lists
+        .page(&query, catalog, &token, state.clock.now_millis())
+        .await?;
+    let next = page.next_page_token.as_ref().map(|token| {
+        let mut href = format!("{path}?");
+        for (name, value) in [
+            ("kind", &form.kind),
+            ("status", &form.status),
+            ("phase", &form.phase),
+        ] {
+            if let Some(value) = ListForm::field(value) {
+                href.push_str(&format!("{name}={}&", pages::encode(&value)));
+            }
+        }
+        href.push_str(&format!("page={}", pages::encode(token)));
+        href
+    });
+    Ok((query, page, next))
 }
 
 /// `GET /ui/list`.
 async fn list(
     State(state): State<ConsoleState>,
     headers: HeaderMap,
-    Query(query): Query<ListQuery>,
+    Query(form): Query<ListForm>,
 ) -> Result<Markup, ConsoleError> {
     let viewer = viewer(&state, &headers)?;
     let catalog = state.catalog.current();
-    let non_empty = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
-    let kind = non_empty(query.kind).map(|k| catalog.resolve_kind(&k));
-    if let Some(kind) = &kind {
-        check_name("kind", kind).map_err(ConsoleError::BadRequest)?;
-    }
-    let status = non_empty(query.status).map(|s| canonical_status(&s));
-    if let Some(status) = &status {
-        check_name("status", status).map_err(ConsoleError::BadRequest)?;
-    }
-    let phase = match non_empty(query.phase) {
-        None => None,
-        Some(p) => Some(
-            Phase::ALL
-                .into_iter()
-                .find(|phase| phase.as_str() == p.to_ascii_lowercase())
-                .ok_or_else(|| {
-                    ConsoleError::BadRequest(format!(
-                        "unknown phase {p:?}: one of pending, active, succeeded, failed"
-                    ))
-                })?,
-        ),
+    let statuses: Vec<String> = ListForm::field(&form.status).into_iter().collect();
+    let kind = ListForm::field(&form.kind).unwrap_or_default();
+    let ask = ListAsk {
+        kind: &kind,
+        statuses: &statuses,
+        phase: form.phase()?,
+        page_size: PAGE,
+        ..ListAsk::default()
     };
-    if status.is_some() && phase.is_some() {
-        return Err(ConsoleError::BadRequest(
-            "choose a status or a phase, not both".into(),
-        ));
-    }
-    let form = pages::ListForm {
-        kind: kind.clone(),
-        status: status.clone(),
-        phase,
-    };
-    let selection = match (&status, phase) {
-        (Some(s), _) => Some(Selection::Statuses(vec![s.clone()])),
-        (None, Some(p)) => Some(Selection::Phase(p)),
-        (None, None) => None,
-    };
-    let after = match (non_empty(query.after_kind), non_empty(query.after_key)) {
-        (Some(k), Some(key)) => Some((k, key)),
-        _ => None,
-    };
-    let (operations, next) = match selection {
-        None => (Vec::new(), None),
-        Some(selection) => {
-            let index = StatusIndex::new(state.store.clone());
-            let kind_filter = kind.clone();
-            let (operations, more) = off_the_runtime(move || {
-                index.page(&selection, kind_filter.as_deref(), after.as_ref(), PAGE)
-            })
-            .await?;
-            let next = more.then(|| operations.last()).flatten().map(|last| {
-                let mut href = String::from("/ui/list?");
-                if let Some(k) = &kind {
-                    href.push_str(&format!("kind={}&", pages::encode(k)));
-                }
-                match (&status, phase) {
-                    (Some(s), _) => href.push_str(&format!("status={}&", pages::encode(s))),
-                    (None, Some(p)) => href.push_str(&format!("phase={}&", p.as_str())),
-                    _ => {}
-                }
-                href.push_str(&format!(
-                    "after_kind={}&after_key={}",
-                    pages::encode(&last.kind),
-                    pages::encode(&last.key)
-                ));
-                href
-            });
-            (operations, next)
-        }
+    let shown = pages::ListForm {
+        kind: Some(kind.trim())
+            .filter(|k| !k.is_empty())
+            .map(|k| catalog.resolve_kind(k)),
+        status: statuses.first().map(|s| canonical_status(s)),
+        phase: ask.phase,
     };
     let kinds: Vec<String> = catalog.kinds.keys().cloned().collect();
+    // The form alone, until it says what to list.
+    let (operations, next) = match list_page(&state, catalog, ask, &form, "/ui/list").await {
+        Ok((_, page, next)) => (
+            page.operations.into_iter().map(|(op, _)| op).collect(),
+            next,
+        ),
+        Err(ConsoleError::List(ListError::NothingToList)) => (Vec::new(), None),
+        Err(e) => return Err(e),
+    };
     Ok(page(
         &viewer,
         "Lists",
-        pages::list(&kinds, &form, &operations, next),
+        pages::list(&kinds, &shown, &operations, next),
     ))
-}
-
-#[derive(Debug, Deserialize)]
-struct OverdueQuery {
-    kind: Option<String>,
-    after_due: Option<i64>,
-    after_kind: Option<String>,
-    after_key: Option<String>,
 }
 
 /// `GET /ui/overdue`.
 async fn overdue(
     State(state): State<ConsoleState>,
     headers: HeaderMap,
-    Query(query): Query<OverdueQuery>,
+    Query(form): Query<ListForm>,
 ) -> Result<Markup, ConsoleError> {
     let viewer = viewer(&state, &headers)?;
     let catalog = state.catalog.current();
-    let kind = query
-        .kind
-        .map(|k| k.trim().to_owned())
-        .filter(|k| !k.is_empty())
-        .map(|k| catalog.resolve_kind(&k));
-    if let Some(kind) = &kind {
-        check_name("kind", kind).map_err(ConsoleError::BadRequest)?;
-    }
-    let after = match (query.after_due, query.after_kind, query.after_key) {
-        (Some(due), Some(k), Some(key)) => Some((due, k, key)),
-        _ => None,
+    let kind = ListForm::field(&form.kind).unwrap_or_default();
+    let ask = ListAsk {
+        kind: &kind,
+        overdue: true,
+        page_size: PAGE,
+        ..ListAsk::default()
     };
-    let expectations: Vec<(String, String, i64)> = catalog
-        .expectations()
-        .into_iter()
-        .filter(|(k, _, _)| kind.as_deref().is_none_or(|want| want == *k))
-        .map(|(k, s, ms)| (k.to_owned(), s.to_owned(), ms))
-        .collect();
-    let count = expectations.len();
-    let now = state.clock.now_millis();
-    let index = StatusIndex::new(state.store.clone());
-    let (operations, more) = off_the_runtime(move || {
-        let borrowed: Vec<_> = expectations
-            .iter()
-            .map(|(k, s, ms)| (k.as_str(), s.as_str(), *ms))
-            .collect();
-        index.overdue_page(&borrowed, now, after.as_ref(), PAGE)
-    })
-    .await?;
-    let next = more.then(|| operations.last()).flatten().map(|(op, late)| {
-        let mut href = String::from("/ui/overdue?");
-        if let Some(k) = &kind {
-            href.push_str(&format!("kind={}&", pages::encode(k)));
-        }
-        href.push_str(&format!(
-            "after_due={}&after_kind={}&after_key={}",
-            late.due,
-            pages::encode(&op.kind),
-            pages::encode(&op.key)
-        ));
-        href
-    });
     let kinds: Vec<String> = catalog.kinds.keys().cloned().collect();
+    let now = state.clock.now_millis();
+    let (query, listed, next) =
+        list_page(&state, catalog.clone(), ask, &form, "/ui/overdue").await?;
+    let count = query.expectations(&catalog).len();
+    let operations: Vec<_> = listed
+        .operations
+        .into_iter()
+        .filter_map(|(op, late)| Some((op, late?)))
+        .collect();
     Ok(page(
         &viewer,
         "Overdue",
-        pages::overdue(&kinds, kind.as_deref(), count, &operations, now, next),
+        pages::overdue(&kinds, query.kind.as_deref(), count, &operations, now, next),
     ))
 }
 

@@ -6,7 +6,6 @@
 mod convert;
 mod maintenance;
 mod outcome;
-mod page_token;
 mod watch;
 
 use std::collections::BTreeSet;
@@ -16,27 +15,19 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::clock::Clock;
-use crate::domain::catalog::{Catalog, canonical_kind, canonical_status};
-use crate::domain::overdue::{can_be_overdue, overdue};
+use crate::domain::catalog::{canonical_kind, canonical_status};
+use crate::domain::overdue::overdue;
 use crate::domain::reconcile::{EventSummary, Operation, Phase, Reconciler};
 use crate::domain::webhook::{check_key, check_name};
 use crate::feed::{ChangeFeed, FeedError, FeedFilter};
+use crate::listing::{ListAsk, ListError, ListQuery, Lists, canonical_names};
 use crate::pb;
 use crate::pb::operation_status_service_server::OperationStatusService;
 use crate::reload::CatalogHandle;
-use crate::store::{Expectation, Selection, StatusIndex};
 use crate::store::{Lookup, Store, StoreError};
 pub use maintenance::MaintenanceApi;
 pub(crate) use outcome::OutcomeLayer;
-use page_token::PageTokens;
 pub use watch::WatchStream;
-
-/// Page size of `ListByStatus` when the request gives none.
-pub const DEFAULT_PAGE_SIZE: usize = 100;
-/// Largest page size of `ListByStatus`.
-pub const MAX_PAGE_SIZE: usize = 1000;
-/// Most statuses or kinds in one filter.
-pub const MAX_FILTER_VALUES: usize = 64;
 
 /// Limits of the gRPC listener's connections and requests.
 #[derive(Debug, Clone, Copy)]
@@ -110,6 +101,17 @@ pub(crate) enum ApiError {
     Store(#[from] StoreError),
 }
 
+impl From<ListError> for ApiError {
+    fn from(e: ListError) -> Self {
+        match e {
+            ListError::NothingToList | ListError::Invalid(_) | ListError::PageToken(_) => {
+                ApiError::InvalidArgument(e.to_string())
+            }
+            ListError::Store(e) => ApiError::Store(e),
+        }
+    }
+}
+
 impl From<FeedError> for ApiError {
     fn from(e: FeedError) -> Self {
         match e {
@@ -151,29 +153,29 @@ impl From<ApiError> for Status {
 pub struct OperationStatusApi {
     catalog: CatalogHandle,
     store: Store,
-    index: StatusIndex,
-    tokens: PageTokens,
+    lists: Lists,
     feed: ChangeFeed,
     clock: Clock,
 }
 
 impl OperationStatusApi {
-    /// An API over `store`, whose watchers `feed` serves; `catalog` resolves kind aliases in
-    /// requests, as the intake does in webhooks; `clock` says which operations are overdue.
+    /// An API over `store`, whose lists `lists` reads and whose watchers `feed` serves;
+    /// `catalog` resolves kind aliases in requests, as the intake does in webhooks; `clock`
+    /// says which operations are overdue.
     pub(crate) fn new(
         catalog: CatalogHandle,
         store: Store,
+        lists: Lists,
         feed: ChangeFeed,
         clock: Clock,
-    ) -> Result<Self, StoreError> {
-        Ok(OperationStatusApi {
+    ) -> Self {
+        OperationStatusApi {
             clock,
             catalog,
-            index: StatusIndex::new(store.clone()),
-            tokens: PageTokens::new(store.page_token_secret()?),
+            lists,
             store,
             feed,
-        })
+        }
     }
 
     /// The kind a request names: canonical, and resolved if it is an alias.
@@ -202,54 +204,6 @@ impl OperationStatusApi {
                 Err(ApiError::InvalidArgument(Lookup::ambiguous(key, &kinds)))
             }
         }
-    }
-
-    /// A page of the operations overdue at `now`, most overdue first (`ListByStatus` with
-    /// `overdue`).
-    fn list_overdue(
-        &self,
-        query: &ListQuery,
-        fingerprint: &str,
-        page_token: &str,
-        catalog: &Catalog,
-        now: i64,
-    ) -> Result<Response<pb::ListByStatusResponse>, Status> {
-        let after = if page_token.is_empty() {
-            None
-        } else {
-            Some(
-                self.tokens
-                    .open_overdue(fingerprint, page_token)
-                    .map_err(|e| ApiError::InvalidArgument(e.to_string()))?,
-            )
-        };
-        let (hits, more) = self
-            .index
-            .overdue_page(
-                &query.expectations(catalog),
-                now,
-                after.as_ref(),
-                query.page_size,
-            )
-            .map_err(ApiError::from)?;
-        let next_page_token = match hits.last() {
-            Some((op, late)) if more => self
-                .tokens
-                .issue_overdue(fingerprint, &(late.due, op.kind.clone(), op.key.clone())),
-            _ => String::new(),
-        };
-        let operations = hits
-            .iter()
-            .map(|(op, late)| {
-                let mut out = pb::Operation::from(op);
-                out.overdue = Some(pb::Overdue::from(late));
-                out
-            })
-            .collect();
-        Ok(Response::new(pb::ListByStatusResponse {
-            operations,
-            next_page_token,
-        }))
     }
 
     /// `op` with its history as `view` and `include_raw` ask, within [`MAX_RESPONSE_BYTES`]:
@@ -349,109 +303,7 @@ fn canonical_set(
     field: &str,
     canonical: impl Fn(&str) -> String,
 ) -> Result<BTreeSet<String>, ApiError> {
-    if values.len() > MAX_FILTER_VALUES {
-        return Err(ApiError::InvalidArgument(format!(
-            "{field} has {} values; at most {MAX_FILTER_VALUES}",
-            values.len()
-        )));
-    }
-    values
-        .iter()
-        .map(|v| {
-            let c = canonical(v);
-            check_name("a value", &c)
-                .map_err(|e| ApiError::InvalidArgument(format!("{field}: {e}")))?;
-            Ok(c)
-        })
-        .collect()
-}
-
-/// The validated form of a `ListByStatusRequest`.
-struct ListQuery {
-    kind: Option<String>,
-    selection: Selection,
-    /// Only overdue operations (then `selection` holds the statuses asked for, maybe none).
-    overdue: bool,
-    page_size: usize,
-}
-
-impl ListQuery {
-    fn parse(
-        req: &pb::ListByStatusRequest,
-        kind_named: impl Fn(&str) -> String,
-    ) -> Result<ListQuery, ApiError> {
-        let statuses = canonical_set(&req.statuses, "statuses", canonical_status)?;
-        let phase = phase_of(req.phase, "phase")?;
-        let selection = match (statuses.is_empty(), phase) {
-            (_, Some(_)) if req.overdue => {
-                return Err(ApiError::InvalidArgument(
-                    "an overdue list is narrowed by statuses, not a phase: leave phase unset"
-                        .into(),
-                ));
-            }
-            (_, None) if req.overdue => Selection::Statuses(statuses.into_iter().collect()),
-            (false, None) => Selection::Statuses(statuses.into_iter().collect()),
-            (true, Some(phase)) => Selection::Phase(phase),
-            (true, None) => {
-                return Err(ApiError::InvalidArgument(
-                    "give statuses or a phase to list by (or ask for the overdue ones)".into(),
-                ));
-            }
-            (false, Some(_)) => {
-                return Err(ApiError::InvalidArgument(
-                    "give statuses or a phase, not both".into(),
-                ));
-            }
-        };
-        let page_size = match req.page_size as usize {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n > MAX_PAGE_SIZE => {
-                return Err(ApiError::InvalidArgument(format!(
-                    "page_size {n} is larger than the maximum, {MAX_PAGE_SIZE}"
-                )));
-            }
-            n => n,
-        };
-        let kind = Some(kind_named(&req.kind)).filter(|k| !k.is_empty());
-        if let Some(kind) = &kind {
-            check_name("kind", kind).map_err(ApiError::InvalidArgument)?;
-        }
-        Ok(ListQuery {
-            kind,
-            selection,
-            overdue: req.overdue,
-            page_size,
-        })
-    }
-
-    /// The catalog's expectations this overdue list covers: its kind's, in its statuses.
-    fn expectations<'c>(&self, catalog: &'c Catalog) -> Vec<Expectation<'c>> {
-        let statuses = match &self.selection {
-            Selection::Statuses(statuses) => statuses.as_slice(),
-            Selection::Phase(_) => &[],
-        };
-        catalog
-            .expectations()
-            .into_iter()
-            .filter(|(kind, status, _)| {
-                self.kind.as_deref().is_none_or(|k| k == *kind)
-                    && (statuses.is_empty() || statuses.iter().any(|s| s == status))
-            })
-            .collect()
-    }
-
-    /// A description of the query (not the page), which page tokens are bound to.
-    fn fingerprint(&self) -> String {
-        let selection = match &self.selection {
-            Selection::Statuses(s) => format!("statuses={}", s.join("\u{0}")),
-            Selection::Phase(p) => format!("phase={}", p.as_str()),
-        };
-        let overdue = if self.overdue { "|overdue" } else { "" };
-        format!(
-            "kind={}|{selection}{overdue}",
-            self.kind.as_deref().unwrap_or("")
-        )
-    }
+    canonical_names(values, field, canonical).map_err(ApiError::InvalidArgument)
 }
 
 fn watch_filter(
@@ -512,55 +364,33 @@ impl OperationStatusService for OperationStatusApi {
         request: Request<pb::ListByStatusRequest>,
     ) -> Result<Response<pb::ListByStatusResponse>, Status> {
         let req = request.into_inner();
-        let query = ListQuery::parse(&req, |k| self.kind_named(k))?;
-        let fingerprint = query.fingerprint();
         let catalog = self.catalog.current();
-        let now = self.clock.now_millis();
-        if query.overdue {
-            return self.list_overdue(&query, &fingerprint, &req.page_token, &catalog, now);
-        }
-        let after = if req.page_token.is_empty() {
-            None
-        } else {
-            let cursor = self
-                .tokens
-                .open(&fingerprint, &req.page_token)
-                .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-            Some(cursor)
+        let phase = phase_of(req.phase, "phase")?;
+        let ask = ListAsk {
+            kind: &req.kind,
+            statuses: &req.statuses,
+            phase,
+            overdue: req.overdue,
+            page_size: req.page_size as usize,
         };
-        let (operations, more) = self
-            .index
-            .page(
-                &query.selection,
-                query.kind.as_deref(),
-                after.as_ref(),
-                query.page_size,
-            )
+        let query = ListQuery::new(&catalog, ask).map_err(ApiError::from)?;
+        let page = self
+            .lists
+            .page(&query, catalog, &req.page_token, self.clock.now_millis())
+            .await
             .map_err(ApiError::from)?;
-        let next_page_token = match operations.last() {
-            Some(last) if more => self
-                .tokens
-                .issue(&fingerprint, &(last.kind.clone(), last.key.clone())),
-            _ => String::new(),
-        };
-        let mut page = Vec::with_capacity(operations.len());
-        for op in &operations {
-            let mut out = pb::Operation::from(op);
-            // Only an operation whose status has an expectation can be overdue: its history
-            // (which the index entry leaves out) says since when.
-            if can_be_overdue(op.phase) && catalog.expectation(&op.kind, &op.status).is_some() {
-                out.overdue = self
-                    .store
-                    .operation(&op.kind, &op.key)
-                    .map_err(ApiError::from)?
-                    .and_then(|full| overdue(&catalog, &full, now))
-                    .map(|o| pb::Overdue::from(&o));
-            }
-            page.push(out);
-        }
+        let operations = page
+            .operations
+            .iter()
+            .map(|(op, late)| {
+                let mut out = pb::Operation::from(op);
+                out.overdue = late.as_ref().map(pb::Overdue::from);
+                out
+            })
+            .collect();
         Ok(Response::new(pb::ListByStatusResponse {
-            operations: page,
-            next_page_token,
+            operations,
+            next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
 

@@ -405,3 +405,62 @@ async fn portuguese_fields_and_documents_inside_text_are_masked() {
     );
     server.stop().await;
 }
+
+/// The "next page" link of a console page, unescaped, if it has one.
+fn next_link(page: &str) -> Option<String> {
+    let at = page.find(r#"class="next" href=""#)? + r#"class="next" href=""#.len();
+    let href = &page[at..at + page[at..].find('"')?];
+    Some(href.replace("&amp;", "&"))
+}
+
+#[tokio::test]
+async fn the_console_pages_a_list_with_the_apis_page_tokens() {
+    let server = TestServer::start().await;
+    server
+        .post_debts("page-", 0..120, "waiting_signature")
+        .await;
+    let base = format!("http://{}", server.admin);
+    // Kind by its alias, status in another spelling: the API's rules, and its pages.
+    let mut href =
+        "/ui/list?kind=laas.credit_operation.status_change&status=Waiting_Signature".to_owned();
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let response = reqwest::get(format!("{base}{href}")).await.unwrap();
+        assert_eq!(response.status(), 200, "{href}");
+        let page = response.text().await.unwrap();
+        pages += 1;
+        seen.extend(
+            (0..120)
+                .map(|i| format!("page-{i}"))
+                .filter(|key| page.contains(&format!("/ui/operations/{key}?"))),
+        );
+        match next_link(&page) {
+            Some(next) => {
+                assert!(next.contains("&page="), "{next}");
+                href = next;
+            }
+            None => break,
+        }
+        assert!(pages <= 3, "more pages than 120 operations make");
+    }
+    assert_eq!(pages, 3, "50, 50 and 20");
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 120, "each operation once");
+    // A token is bound to its list: edited, or used with another status, it is refused.
+    let token = href
+        .rsplit_once("&page=")
+        .map(|(_, t)| t.to_owned())
+        .unwrap();
+    for bad in [
+        format!("/ui/list?kind=debt&status=waiting_signature&page={token}x"),
+        format!("/ui/list?kind=debt&status=canceled&page={token}"),
+    ] {
+        let response = reqwest::get(format!("{base}{bad}")).await.unwrap();
+        assert_eq!(response.status(), 400, "{bad}");
+        let page = response.text().await.unwrap();
+        assert!(page.contains("page_token"), "{page}");
+    }
+    server.stop().await;
+}

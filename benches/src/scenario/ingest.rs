@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::Context;
 use crate::load::{CpuPerOp, Rounds, TEMPLATES, Webhook, drive, webhooks};
 use crate::process::{Postgres, Process, cpu_time_of, start_etcd, start_null_receiver};
-use crate::report::Report;
+use crate::report::{Report, ms};
 use crate::target::{EtcdTarget, NullTarget, PostgresTarget, QistatusTarget, Target};
 
 /// Runs ingest and/or reads (reads need the ingested keys, so ingest always runs).
@@ -96,6 +96,32 @@ pub async fn run(cx: &Context, report: &mut Report, with_ingest: bool, with_read
     }
     if with_reads {
         let q = reads(&q_target, cx, &q_ingest.written, Some(&q_server)).await;
+        // Reads while webhooks keep coming: what a read costs the intake, and the other way.
+        let (read, written) = reads_under_ingest(&q_target, cx, &q_ingest.written).await;
+        for (what, rounds) in [
+            ("GetOperation while ingesting", &read),
+            ("webhook acknowledged while reading", &written),
+        ] {
+            for (name, quantile) in [("p50", 0.5), ("p99", 0.99)] {
+                report.row(
+                    "reads under ingest",
+                    &format!("{what}, {name} latency"),
+                    ms(rounds.latency.value_at_quantile(quantile)),
+                    None,
+                    "",
+                );
+            }
+        }
+        report.notes.push(format!(
+            "reads under ingest: {} GetOperation reads of the ingested keys by {} readers while {} senders post {} new webhooks, {} rounds; failures: reads {}, webhooks {}.",
+            s.reads_per_round,
+            s.concurrency / 2,
+            s.concurrency / 2,
+            s.ingest_per_round,
+            s.rounds,
+            read.failures,
+            written.failures,
+        ));
         let e = match &etcd {
             Some((server, target, rounds)) => {
                 Some(reads(target, cx, &rounds.written, Some(server)).await)
@@ -258,6 +284,52 @@ fn cpu_note(what: &str, servers: &[(&str, Option<&Rounds>)]) -> Option<String> {
             cpu.join("; ")
         )
     })
+}
+
+/// `rounds` rounds of point reads of the written operations (by half the concurrency) while
+/// new webhooks are posted (by the other half), both at once: the reads' and the writes'.
+async fn reads_under_ingest<T: Target>(
+    target: &T,
+    cx: &Context,
+    written: &[Webhook],
+) -> (Rounds, Rounds) {
+    let s = cx.sizes;
+    let half = (s.concurrency / 2).max(1);
+    let keys = Arc::new(written.to_vec());
+    let (mut reads, mut writes) = (Rounds::new(), Rounds::new());
+    for round in 0..s.rounds {
+        let batch = Arc::new(webhooks(
+            &format!("mixed{round}"),
+            s.ingest_per_round,
+            TEMPLATES,
+        ));
+        let (reader, keys) = (target.clone(), keys.clone());
+        let read = drive(half, s.reads_per_round, move |i| {
+            let (target, keys) = (reader.clone(), keys.clone());
+            async move {
+                let w = &keys[(i * 7919 + round * 104_729) % keys.len()];
+                target.read(i, w).await
+            }
+        });
+        let writer = target.clone();
+        let write = drive(half, batch.len(), move |i| {
+            let (target, batch) = (writer.clone(), batch.clone());
+            async move { target.write(i, &batch[i]).await.is_some() }
+        });
+        let ((read_time, read_h, read_failed), (write_time, write_h, write_failed)) =
+            tokio::join!(read, write);
+        reads.failures += read_failed;
+        reads
+            .rates
+            .push(s.reads_per_round as f64 / read_time.as_secs_f64());
+        reads.latency.add(read_h).expect("same bounds");
+        writes.failures += write_failed;
+        writes
+            .rates
+            .push(s.ingest_per_round as f64 / write_time.as_secs_f64());
+        writes.latency.add(write_h).expect("same bounds");
+    }
+    (reads, writes)
 }
 
 /// `rounds` rounds of point reads of the written operations, in a scattered order.

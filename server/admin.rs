@@ -272,8 +272,8 @@ impl IntoResponse for AdminError {
 
 async fn metrics(State(state): State<AdminState>) -> Response {
     // Reading the log's size touches the file system: off the async workers.
-    let encoded = tokio::task::spawn_blocking(move || {
-        let store = &state.store;
+    let reading = state.store.clone();
+    let encoded = reading.read_async(move |store| {
         let log_bytes = store.log_size_bytes().unwrap_or(0);
         let head = state.feed.head();
         let compacted = store.compacted_through().unwrap_or(0);
@@ -302,23 +302,17 @@ async fn metrics(State(state): State<AdminState>) -> Response {
             view_keys_written: store.keys_written(),
             changes_from_log: state.feed.changes_from_log(),
         };
-        state.metrics.encode(snapshot)
-    })
-    .await;
-    match encoded {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "encoding metrics failed");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }
-    }
+        Ok::<_, std::convert::Infallible>(state.metrics.encode(snapshot))
+    });
+    let Ok(text) = encoded.await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 fn as_gauge(value: u64) -> i64 {

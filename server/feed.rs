@@ -418,16 +418,11 @@ impl Subscriber {
         if self.cursor < compacted_through {
             return Err(End::Error(FeedError::Compacted { compacted_through }));
         }
-        let (store, catalog, after) = (self.store.clone(), self.catalog.current(), self.cursor);
-        let read = tokio::task::spawn_blocking(move || {
-            store.changes_after(&catalog, after, head, READ_CHUNK)
-        })
-        .await
-        .map_err(|e| {
-            StoreError::Io(std::io::Error::other(format!(
-                "reading changes from the log stopped: {e}"
-            )))
-        })??;
+        let (catalog, after) = (self.catalog.current(), self.cursor);
+        let read = self
+            .store
+            .read_async(move |store| store.changes_after(&catalog, after, head, READ_CHUNK))
+            .await?;
         if read.through == after {
             return Err(StoreError::Corrupt {
                 tree: "log",

@@ -84,10 +84,10 @@ async fn look(
     {
         return false;
     }
-    let (reading, now) = (store.clone(), clock.now_millis());
-    let fallen = tokio::task::spawn_blocking(move || reading.fallen_due(now, MARKS_PER_TICK))
-        .await
-        .expect("reading the due index does not panic: errors are values");
+    let now = clock.now_millis();
+    let fallen = store
+        .read_async(move |store| store.fallen_due(now, MARKS_PER_TICK))
+        .await;
     let marks: Vec<OverdueMark> = match fallen {
         Ok(fallen) => fallen.into_iter().map(|(_, mark)| mark).collect(),
         Err(e) => {

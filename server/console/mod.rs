@@ -212,15 +212,6 @@ fn check_form(viewer: &Viewer, form: &[u8]) -> Result<(), ConsoleError> {
     }
 }
 
-/// Runs a scan of the store (counts, a list page, the quarantine) off the async workers.
-async fn off_the_runtime<T: Send + 'static>(
-    read: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, ConsoleError> {
-    Ok(tokio::task::spawn_blocking(read)
-        .await
-        .expect("store reads do not panic: their failures are errors")?)
-}
-
 /// Headers on every console answer: no caching of pages with personal data, no framing, and
 /// scripts and styles only from the console's own assets.
 async fn secure_headers(mut response: Response) -> Response {
@@ -264,9 +255,10 @@ async fn overview(
     headers: HeaderMap,
 ) -> Result<Markup, ConsoleError> {
     let viewer = viewer(&state, &headers)?;
-    let store = state.store.clone();
-    let (counts, quarantined) =
-        off_the_runtime(move || Ok((store.counts()?, store.quarantine_len()))).await?;
+    let (counts, quarantined) = state
+        .store
+        .read_async(|store| Ok::<_, StoreError>((store.counts()?, store.quarantine_len())))
+        .await?;
     let counts: Vec<_> = counts.into_iter().filter(|c| c.operations > 0).collect();
     Ok(page(
         &viewer,
@@ -323,6 +315,7 @@ async fn operation(
     Query(query): Query<KeyQuery>,
 ) -> Result<Markup, ConsoleError> {
     let viewer = viewer(&state, &headers)?;
+    // A point read, in place (see `Store::read_async`).
     let body = match find(&state, &key, query.kind.as_deref())? {
         Lookup::Several(kinds) => pages::choose_kind(&key, &kinds),
         Lookup::Found(op) => pages::operation(&op),
@@ -331,7 +324,8 @@ async fn operation(
     Ok(page(&viewer, &key, body))
 }
 
-/// The operation's webhook at `sequence`, pretty-printed, masked unless `reveal`.
+/// The operation's webhook at `sequence`, pretty-printed, masked unless `reveal`: a point
+/// read, in place (see `Store::read_async`).
 fn webhook_page(
     state: &ConsoleState,
     viewer: &Viewer,
@@ -572,15 +566,16 @@ async fn quarantine(
     Query(query): Query<AfterQuery>,
 ) -> Result<Markup, ConsoleError> {
     let viewer = viewer(&state, &headers)?;
-    let store = state.store.clone();
     let after = query.after.unwrap_or(0);
-    let mut entries = off_the_runtime(move || {
-        store
-            .quarantined_after(after)
-            .take(PAGE + 1)
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await?;
+    let mut entries = state
+        .store
+        .read_async(move |store| {
+            store
+                .quarantined_after(after)
+                .take(PAGE + 1)
+                .collect::<Result<Vec<_>, StoreError>>()
+        })
+        .await?;
     let next = (entries.len() > PAGE).then(|| {
         entries.truncate(PAGE);
         format!("/ui/quarantine?after={}", entries[PAGE - 1].0)

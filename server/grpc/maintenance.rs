@@ -99,23 +99,22 @@ impl MaintenanceService for MaintenanceApi {
         &self,
         _request: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::GetStatsResponse>, Status> {
-        let store = self.store.clone();
         let head_sequence = self.feed.head();
         let catalog = self.catalog.current();
         let now = self.clock.now_millis();
-        let read = tokio::task::spawn_blocking(move || {
-            let overdue =
-                StatusIndex::new(store.clone()).overdue_counts(&catalog.expectations(), now)?;
-            Ok::<_, ApiError>((
-                store.counts()?,
-                store.quarantine_len(),
-                store.id()?,
-                overdue,
-            ))
-        })
-        .await
-        .map_err(|e| Status::internal(format!("reading the counters failed: {e}")))?;
-        let (mut counts, quarantined, store_id, overdue) = read?;
+        let (mut counts, quarantined, store_id, overdue) = self
+            .store
+            .read_async(move |store| {
+                let overdue =
+                    StatusIndex::new(store.clone()).overdue_counts(&catalog.expectations(), now)?;
+                Ok::<_, ApiError>((
+                    store.counts()?,
+                    store.quarantine_len(),
+                    store.id()?,
+                    overdue,
+                ))
+            })
+            .await?;
         // Phases in the order an operation goes through them.
         let step = |p| Phase::ALL.iter().position(|q| *q == p);
         counts.sort_by(|a, b| {

@@ -347,6 +347,7 @@ impl OperationStatusService for OperationStatusApi {
         let req = request.into_inner();
         let view = pb::OperationView::try_from(req.view)
             .map_err(|_| ApiError::InvalidArgument(format!("view has no value {}", req.view)))?;
+        // A point read, in place (see `Store::read_async`).
         let op = self.find(&req.key, &req.kind)?;
         let (mut operation, history_omitted) =
             self.with_history(&op, view, req.include_raw_payload)?;

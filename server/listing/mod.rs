@@ -214,15 +214,15 @@ impl Lists {
         let fingerprint = query.fingerprint();
         let (lists, query) = (self.clone(), query.clone());
         let page_token = page_token.to_owned();
-        tokio::task::spawn_blocking(move || {
-            if query.overdue {
-                lists.overdue_page(&query, &fingerprint, &page_token, &catalog, now)
-            } else {
-                lists.status_page(&query, &fingerprint, &page_token, &catalog, now)
-            }
-        })
-        .await
-        .expect("a list page does not panic: its failures are errors")
+        self.store
+            .read_async(move |_| {
+                if query.overdue {
+                    lists.overdue_page(&query, &fingerprint, &page_token, &catalog, now)
+                } else {
+                    lists.status_page(&query, &fingerprint, &page_token, &catalog, now)
+                }
+            })
+            .await
     }
 
     fn status_page(

@@ -188,8 +188,9 @@ pub(crate) struct ChangeFeed {
     stop: CancellationToken,
     permits: Arc<Semaphore>,
     settings: FeedSettings,
-    /// A cluster node: how long a resume point past the head is waited for (zero: a single
-    /// node, where it is an error at once).
+    /// How long a resume point past the head is waited for (the sequencer's: zero on a single
+    /// node, where it is an error at once; a while on a cluster node, where another node may
+    /// have reached it first).
     catch_up: Duration,
     /// Changes worked out from the log for subscribers behind the recent window.
     from_log: Arc<AtomicU64>,
@@ -226,10 +227,10 @@ impl ChangeFeed {
         }
     }
 
-    /// On a cluster node, a watcher may resume with a sequence another node reached first:
-    /// such a resume point is waited for up to `wait`, then refused as [`FeedError::Behind`]
-    /// (retryable) rather than [`FeedError::PastHead`].
-    pub(crate) fn waiting_for_the_cluster(mut self, wait: Duration) -> Self {
+    /// A resume point past the head is waited for up to `wait` (non-zero on a cluster node,
+    /// where a watcher may resume with a sequence another node reached first), then refused
+    /// as [`FeedError::Behind`] (retryable) rather than [`FeedError::PastHead`].
+    pub(crate) fn waiting_for_resume_points(mut self, wait: Duration) -> Self {
         self.catch_up = wait;
         self
     }

@@ -33,12 +33,12 @@ use tokio::sync::Semaphore;
 use crate::auth::response_signing::ResponseSigner;
 use crate::auth::webhook::{AuthError, RequestFacts, Sender, WebhookVerifier};
 use crate::clock::Clock;
-use crate::cluster::{ClusterError, Publisher};
-use crate::domain::webhook::Facts;
+use crate::cluster::ClusterError;
 use crate::domain::webhook::{MalformedWebhook, Normalized, normalize_with_facts};
 use crate::metrics::{Metrics, WebhookResult};
 use crate::reload::CatalogHandle;
-use crate::store::{Ack, SubmitError, WriterHandle};
+use crate::sequencer::{Sequencer, SequencerError};
+use crate::store::{Ack, SubmitError};
 
 /// Limits of the intake.
 #[derive(Debug, Clone, Copy)]
@@ -101,8 +101,8 @@ impl Default for IntakeLimits {
 pub(crate) struct IntakeState {
     /// The catalog in effect (a reload swaps it).
     pub(crate) catalog: CatalogHandle,
-    /// Where webhooks go to be stored.
-    pub(crate) ingest: Ingest,
+    /// Where webhooks go to be stored: this node's writer, or the cluster's stream.
+    pub(crate) sequencer: Sequencer,
     /// Who may post webhooks.
     pub(crate) verifier: Arc<WebhookVerifier>,
     /// Signs acknowledgements, when configured.
@@ -111,29 +111,6 @@ pub(crate) struct IntakeState {
     pub(crate) metrics: Arc<Metrics>,
     /// The time signatures are checked against and acknowledgements signed at.
     pub(crate) clock: Clock,
-}
-
-/// Where the intake hands a verified webhook, and waits until it is stored.
-#[derive(Debug, Clone)]
-pub(crate) enum Ingest {
-    /// A single node: straight to the writer.
-    Local(WriterHandle),
-    /// A cluster node: to the cluster's stream, then this node's view.
-    Cluster(Publisher),
-}
-
-impl Ingest {
-    async fn submit(
-        &self,
-        normalized: Normalized,
-        raw: Bytes,
-        facts: Facts,
-    ) -> Result<Ack, IntakeError> {
-        match self {
-            Ingest::Local(writer) => Ok(writer.submit(normalized, raw, Some(facts)).await?),
-            Ingest::Cluster(publisher) => Ok(publisher.submit(&normalized, raw).await?),
-        }
-    }
 }
 
 /// The intake's HTTP routes with their limits.
@@ -449,7 +426,7 @@ async fn store_webhook(
             "a webhook's event time is ahead of its receipt: ordered at its receive time"
         );
     }
-    state.ingest.submit(normalized, webhook, facts).await
+    Ok(state.sequencer.submit(normalized, webhook, facts).await?)
 }
 
 /// Everything that can go wrong at the intake, turned into an HTTP answer in one place.
@@ -512,6 +489,17 @@ pub(crate) enum IntakeError {
         "no such endpoint: webhooks are received at POST /webhooks (or PUT, as QI CaaS sends them)"
     )]
     NoRoute,
+}
+
+impl From<SequencerError> for IntakeError {
+    fn from(e: SequencerError) -> Self {
+        match e {
+            SequencerError::Writer(e) => IntakeError::Submit(e),
+            SequencerError::Stream(e) => IntakeError::Cluster(e),
+            // The intake never asks for a reload.
+            SequencerError::NotAlone => IntakeError::Busy("the sequencer refused"),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -622,7 +610,7 @@ mod tests {
         .expect("the writer starts");
         let state = IntakeState {
             catalog: CatalogHandle::new(Catalog::builtin()),
-            ingest: Ingest::Local(writer),
+            sequencer: Sequencer::writer(writer),
             verifier: Arc::new(WebhookVerifier::default()),
             signer: None,
             metrics,

@@ -19,10 +19,11 @@
 //!
 //! # Modules, in the one direction their dependencies point
 //!
-//! `domain` ← `store` ← `cluster` ← (`intake`, `feed`, `listing`, `overdue_clock`) ← `grpc` ←
-//! `server` ← `config` ← `main`.
-//! Leaves the others use: `clock` (the one clock, passed in: the system's, or a test's), `auth` and `tls` (who may post and
-//! call), `metrics` (it implements the store's `BatchReport`; the store never names it).
+//! `domain` ← `store` ← `cluster` ← `sequencer` ← `reload` ← (`intake`, `feed`, `listing`,
+//! `overdue_clock`) ← `grpc` ← `server` ← `config` ← `main`.
+//! Leaves the others use: `clock` (the one clock, passed in: the system's, or a test's),
+//! `auth` and `tls` (who may post and call), `metrics` (it implements the store's
+//! `BatchReport`; the store never names it).
 //! Wire code (HTTP, gRPC, protobuf) lives only at the edge: `intake`, `grpc`, `admin`,
 //! `console`, `net`, `auth` and `server`.
 //!
@@ -34,6 +35,9 @@
 //!   One door: its submodules are private, what others use is re-exported from it.
 //! - [`cluster`]: several nodes on one NATS JetStream stream: the stream orders webhooks,
 //!   every node's writer decides the same about each (no wire types beyond NATS's own).
+//! - `sequencer`: where webhooks and overdue proposals are put in order, this node's writer
+//!   or the cluster's stream; the one place that knows which (the others ask it).
+//! - `reload`: the catalog in effect (its file, the handle every part reads) and reloads.
 //! - `intake`: `POST /webhooks` (axum); answers once the writer has the webhook on disk (on
 //!   a cluster node: once JetStream acknowledged it and this node's view applied it).
 //! - `feed`: the change feed, a resumable stream of changes per subscriber, in domain terms.
@@ -45,7 +49,7 @@
 //!   conversions live beside it.
 //! - `admin`: probes, metrics and maintenance on the admin listener; `console`: web pages
 //!   for people on it (`/ui/`), server-rendered, with personal data masked
-//!   ([`domain::personal`]) until revealed on the record; `reload`: catalog reloads.
+//!   ([`domain::personal`]) until revealed on the record.
 //! - `net`: accepting connections under a bound (admission), HTTP serving with timeouts.
 //! - `metrics`: the Prometheus registry every edge reports to.
 //! - [`run`] wires it all on bound listeners and drains on shutdown; [`config`] is the
@@ -105,6 +109,8 @@ mod net;
 mod overdue_clock;
 #[cfg(feature = "server")]
 mod reload;
+#[cfg(feature = "server")]
+mod sequencer;
 #[cfg(feature = "server")]
 mod server;
 #[cfg(feature = "cli")]

@@ -16,10 +16,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::cluster::{JetStreamLog, Progress};
 use crate::domain::overdue::OverdueMark;
 use crate::metrics::Metrics;
-use crate::store::{Store, WriterHandle};
+use crate::sequencer::Sequencer;
+use crate::store::Store;
 
 /// How often the clock looks, by default: the most an overdue event lags its due time.
 pub const DEFAULT_TICK: Duration = Duration::from_secs(1);
@@ -27,26 +27,11 @@ pub const DEFAULT_TICK: Duration = Duration::from_secs(1);
 /// Most operations one tick proposes; more wait for the next tick (earliest due first).
 const MARKS_PER_TICK: usize = 256;
 
-/// Where the clock sends what fell due.
-#[derive(Debug, Clone)]
-pub(crate) enum Proposer {
-    /// A single node: its own writer (boxed: a handle is large beside two `Arc`s).
-    Writer(Box<WriterHandle>),
-    /// A cluster node: the cluster's stream, once this node has caught up with it (a node
-    /// behind would propose what the stream already settled).
-    Stream {
-        /// The stream.
-        log: Arc<JetStreamLog>,
-        /// How far this node follows it.
-        progress: Arc<Progress>,
-    },
-}
-
 /// Proposes, every `tick` of `clock` until `stop`, the operations of `store` that fell due by
 /// `clock`; counts each look in `metrics` once it is over.
 pub(crate) async fn run(
     store: Store,
-    proposer: Proposer,
+    sequencer: Sequencer,
     tick: Duration,
     clock: Clock,
     metrics: Arc<Metrics>,
@@ -66,7 +51,7 @@ pub(crate) async fn run(
         } else if stop.is_cancelled() {
             return;
         }
-        backlog = look(&store, &proposer, &clock, &mut previous_first).await;
+        backlog = look(&store, &sequencer, &clock, &mut previous_first).await;
         metrics.overdue_looked();
     }
 }
@@ -75,13 +60,12 @@ pub(crate) async fn run(
 /// left to read at once (a full page that made progress since `previous_first`).
 async fn look(
     store: &Store,
-    proposer: &Proposer,
+    sequencer: &Sequencer,
     clock: &Clock,
     previous_first: &mut Option<OverdueMark>,
 ) -> bool {
-    if let Proposer::Stream { progress, .. } = proposer
-        && progress.not_ready().is_some()
-    {
+    // A cluster node behind the stream would propose what the stream already settled.
+    if sequencer.not_ready().is_some() {
         return false;
     }
     let now = clock.now_millis();
@@ -103,10 +87,7 @@ async fn look(
     // recorded (a cluster's stream time not yet at its due time), and waits for a tick.
     let backlog = proposed == MARKS_PER_TICK && previous_first.as_ref() != marks.first();
     *previous_first = marks.first().cloned();
-    let outcome = match proposer {
-        Proposer::Writer(writer) => writer.overdue(marks).await.map_err(|e| e.to_string()),
-        Proposer::Stream { log, progress } => propose_to_stream(log, progress, marks, now).await,
-    };
+    let outcome = sequencer.propose_overdue(marks, now).await;
     match outcome {
         Ok(recorded) => {
             tracing::debug!(proposed, recorded, "overdue clock tick");
@@ -117,24 +98,4 @@ async fn look(
             false
         }
     }
-}
-
-/// Publishes `marks` and waits until this node applied them, so that the next tick does not
-/// propose them again. Returns how many were proposed (the writer of each node decides).
-async fn propose_to_stream(
-    log: &JetStreamLog,
-    progress: &Progress,
-    marks: Vec<OverdueMark>,
-    now: i64,
-) -> Result<usize, String> {
-    let proposed = marks.len();
-    let published = log
-        .publish_overdue(&marks, now)
-        .await
-        .map_err(|e| e.to_string())?;
-    progress
-        .applied(published)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(proposed)
 }

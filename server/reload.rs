@@ -7,10 +7,10 @@
 //! A reload reads `--catalog` again (over the built-in catalog, as at start), checks it, and
 //! puts it in effect: the intake and the API take it for every request from then on; every
 //! operation is recomputed under it beside the writer, which goes on storing webhooks; then
-//! the writer, between two batches ([`WriterHandle::reload`]), promotes the quarantined
-//! webhooks it can now read (new sequences: watchers see them), redoes the operations that
-//! webhooks stored meanwhile touched, and writes the changes: the same pure function as
-//! `qistatus-server rebuild`. The intake switches first, so no webhook arriving during the
+//! the writer, between two batches ([`crate::store::WriterHandle::reload`]), promotes the
+//! quarantined webhooks it can now read (new sequences: watchers see them), redoes the
+//! operations that webhooks stored meanwhile touched, and writes the changes: the same pure
+//! function as `qistatus-server rebuild`. The intake switches first, so no webhook arriving during the
 //! reload is quarantined for want of the new catalog; those the writer applied under the
 //! old one meanwhile are redone by the last step.
 //!
@@ -24,8 +24,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use crate::domain::catalog::{Catalog, CatalogError};
+use crate::sequencer::{Sequencer, SequencerError};
 use crate::store::RebuildReport;
-use crate::store::{SubmitError, WriterHandle};
+use crate::store::SubmitError;
 
 /// The catalog in effect, shared by the parts of a server that read webhooks (the intake,
 /// the API, the writer) and swapped whole by a reload: readers take the current one per
@@ -87,14 +88,14 @@ pub enum ReloadError {
 pub(crate) struct CatalogReloader {
     pub(crate) path: Option<PathBuf>,
     pub(crate) catalog: CatalogHandle,
-    pub(crate) writer: WriterHandle,
-    pub(crate) cluster: bool,
+    /// Where the rebuild under the new catalog is written, if this node may reload alone.
+    pub(crate) sequencer: Sequencer,
 }
 
 impl CatalogReloader {
     /// Reads the catalog again and puts it in effect. See the module docs.
     pub(crate) async fn reload(&self) -> Result<RebuildReport, ReloadError> {
-        if self.cluster {
+        if !self.sequencer.reloads() {
             return Err(ReloadError::Cluster);
         }
         let path = self.path.clone();
@@ -104,11 +105,14 @@ impl CatalogReloader {
         let catalog = Arc::new(catalog);
         let before = self.catalog.current();
         self.catalog.replace(catalog.clone());
-        match self.writer.reload(catalog).await {
+        match self.sequencer.reload(catalog).await {
             Ok(report) => Ok(report),
             Err(e) => {
                 self.catalog.replace(before);
-                Err(e.into())
+                Err(match e {
+                    SequencerError::Writer(e) => ReloadError::Writer(e),
+                    SequencerError::Stream(_) | SequencerError::NotAlone => ReloadError::Cluster,
+                })
             }
         }
     }

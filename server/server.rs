@@ -23,19 +23,20 @@ use crate::auth::grpc::{BearerAuthLayer, BearerTokens};
 use crate::auth::response_signing::ResponseSigner;
 use crate::auth::webhook::WebhookVerifier;
 use crate::clock::Clock;
-use crate::cluster::{self, ClusterError, ClusterSettings, JetStreamLog, Progress, Publisher};
+use crate::cluster::{self, ClusterError, ClusterSettings, JetStreamLog, Progress};
 use crate::console::ConsoleState;
 use crate::domain::catalog::Catalog;
 use crate::feed::{ChangeFeed, FeedSettings};
 use crate::grpc::{GrpcLimits, MaintenanceApi, OperationStatusApi, OutcomeLayer};
-use crate::intake::{self, Ingest, IntakeLimits, IntakeState};
+use crate::intake::{self, IntakeLimits, IntakeState};
 use crate::listing::Lists;
 use crate::metrics::Metrics;
 use crate::net::{self, Admission, AtCapacity, HttpTimeouts};
-use crate::overdue_clock::{self, Proposer};
+use crate::overdue_clock;
 use crate::pb;
 use crate::reload::CatalogHandle;
 use crate::reload::CatalogReloader;
+use crate::sequencer::Sequencer;
 use crate::store::{Store, StoreError};
 use crate::store::{
     SubmitError, WriterHandle, WriterLimits, WriterTask, rebuild_if_the_catalog_changed,
@@ -169,9 +170,6 @@ pub struct Listeners {
     pub admin: Option<TcpListener>,
 }
 
-/// How long a cluster node's watch waits for a resume point another node reached first.
-const CLUSTER_CATCH_UP: Duration = Duration::from_secs(10);
-
 /// Serves webhooks, the gRPC API and the admin endpoints on `listeners` until `shutdown`
 /// completes, then drains and returns.
 ///
@@ -239,8 +237,7 @@ pub async fn run(
     let reloader = CatalogReloader {
         path: settings.catalog_file.clone(),
         catalog: core.catalog.clone(),
-        writer: core.writer.clone(),
-        cluster: core.stream.is_some(),
+        sequencer: core.sequencer.clone(),
     };
     if settings.reload_on_sighup {
         reload_on_sighup(reloader.clone(), &stop, &tasks);
@@ -267,7 +264,7 @@ pub async fn run(
             grpc: grpc_admission.clone(),
             stopping: stop.clone(),
             last_reload: Default::default(),
-            cluster: core.stream.as_ref().map(|(_, progress)| progress.clone()),
+            cluster: core.sequencer.stream_progress(),
             clock: core.clock.clone(),
         },
         listeners.admin,
@@ -314,8 +311,8 @@ struct Core {
     writer_task: WriterTask,
     feed: ChangeFeed,
     catalog: CatalogHandle,
-    /// A cluster node's stream and its progress along it.
-    stream: Option<(Arc<JetStreamLog>, Arc<Progress>)>,
+    /// Where webhooks are put in order: the writer, or a cluster's stream.
+    sequencer: Sequencer,
     /// The intake's limits, lowered to what the cluster's stream takes.
     intake: IntakeLimits,
     metrics: Arc<Metrics>,
@@ -398,41 +395,37 @@ impl Core {
                 stop.clone(),
             ));
         }
-        if let Some((log, progress)) = &stream {
-            tasks.spawn(cluster::follow(
-                log.clone(),
-                writer.clone(),
-                catalog.current(),
-                progress.clone(),
-                stop.clone(),
-            ));
-        }
-        let proposer = match &stream {
-            Some((log, progress)) => Proposer::Stream {
-                log: log.clone(),
-                progress: progress.clone(),
-            },
-            None => Proposer::Writer(Box::new(writer.clone())),
+        // The one place that says which this node is: everything else asks the sequencer.
+        let sequencer = match stream {
+            Some((log, progress)) => {
+                tasks.spawn(cluster::follow(
+                    log.clone(),
+                    writer.clone(),
+                    catalog.current(),
+                    progress.clone(),
+                    stop.clone(),
+                ));
+                Sequencer::stream(log, progress, store.clone())
+            }
+            None => Sequencer::writer(writer.clone()),
         };
         tasks.spawn(overdue_clock::run(
             store.clone(),
-            proposer,
+            sequencer.clone(),
             settings.overdue_tick,
             clock.clone(),
             metrics.clone(),
             stop.clone(),
         ));
-        let mut feed = ChangeFeed::new(
+        let feed = ChangeFeed::new(
             store.clone(),
             catalog.clone(),
             writer.recent(),
             writer.committed(),
             stop.clone(),
             settings.feed,
-        );
-        if stream.is_some() {
-            feed = feed.waiting_for_the_cluster(CLUSTER_CATCH_UP);
-        }
+        )
+        .waiting_for_resume_points(sequencer.resume_wait());
         Ok(Core {
             lists: Lists::new(store.clone())?,
             store,
@@ -440,23 +433,11 @@ impl Core {
             writer_task,
             feed,
             catalog,
-            stream,
+            sequencer,
             intake,
             metrics,
             clock,
         })
-    }
-
-    /// How the intake stores a webhook: through this node's writer, or a cluster's stream.
-    fn ingest(&self) -> Ingest {
-        match &self.stream {
-            Some((log, progress)) => Ingest::Cluster(Publisher {
-                log: log.clone(),
-                progress: progress.clone(),
-                store: self.store.clone(),
-            }),
-            None => Ingest::Local(self.writer.clone()),
-        }
     }
 
     /// Stops the writer once every other handle on it is gone (the listeners' and the
@@ -466,8 +447,11 @@ impl Core {
             store,
             writer,
             writer_task,
+            sequencer,
             ..
         } = self;
+        // The sequencer of a single node is a handle on the writer too.
+        drop(sequencer);
         drop(writer);
         tokio::task::spawn_blocking(move || writer_task.join())
             .await
@@ -533,7 +517,7 @@ fn serve_intake(
     let app = intake::router(
         IntakeState {
             catalog: core.catalog.clone(),
-            ingest: core.ingest(),
+            sequencer: core.sequencer.clone(),
             verifier: Arc::new(settings.webhook_verifier.clone()),
             signer: settings.response_signer.clone().map(Arc::new),
             metrics: core.metrics.clone(),

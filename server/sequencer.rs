@@ -1,0 +1,157 @@
+//! The sequencer: where webhooks and overdue proposals are put in order, the one place that
+//! knows whether this is a single node or a node of a cluster.
+//!
+//! On a single node the order is its writer's: a webhook is decided about and stored in the
+//! order the writer takes it. On a cluster node the order is the stream's: a webhook is
+//! published to JetStream, every node's writer applies the stream in its order, and the
+//! receiving node answers once its own view has applied it ([`crate::cluster`]). Everything
+//! else (the intake, the overdue clock, catalog reloads, watchers resuming, readiness) asks
+//! the sequencer and does not know which it is.
+//!
+//! What differs, and is decided here only:
+//! - storing a webhook, and proposing overdue operations (the writer, or the stream);
+//! - whether the catalog may be reloaded in place (a single node: yes; a cluster node: no,
+//!   every node must decide alike);
+//! - how long a watcher's resume point ahead of this node is waited for (a single node: not
+//!   at all, it is past the head; a cluster node: a while, another node may have reached it
+//!   first);
+//! - what readiness waits for (a cluster node: the stream, caught up).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::cluster::{ClusterError, JetStreamLog, Progress, Publisher};
+use crate::domain::catalog::Catalog;
+use crate::domain::overdue::OverdueMark;
+use crate::domain::webhook::{Facts, Normalized};
+use crate::store::{Ack, RebuildReport, SubmitError, WriterHandle};
+
+/// How long a cluster node's watch waits for a resume point another node reached first.
+const CLUSTER_CATCH_UP: Duration = Duration::from_secs(10);
+
+/// Where this node's webhooks are put in order. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) enum Sequencer {
+    /// A single node: its own writer.
+    Writer(Box<WriterHandle>),
+    /// A cluster node: the cluster's stream, then this node's view.
+    Stream(Box<Publisher>),
+}
+
+/// Why the sequencer did not take something.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SequencerError {
+    /// The writer refused or failed.
+    #[error(transparent)]
+    Writer(#[from] SubmitError),
+    /// The stream refused or failed, or this node did not apply it.
+    #[error(transparent)]
+    Stream(#[from] ClusterError),
+    /// A cluster node does not reload its catalog alone.
+    #[error(
+        "a cluster node does not reload its catalog alone (every node must decide alike): \
+         restart every node with the new --catalog"
+    )]
+    NotAlone,
+}
+
+impl Sequencer {
+    /// A single node's sequencer: its writer.
+    pub(crate) fn writer(writer: WriterHandle) -> Sequencer {
+        Sequencer::Writer(Box::new(writer))
+    }
+
+    /// A cluster node's sequencer: the stream `log`, this node's `progress` along it, and its
+    /// store (which says where a repeat went).
+    pub(crate) fn stream(
+        log: Arc<JetStreamLog>,
+        progress: Arc<Progress>,
+        store: crate::store::Store,
+    ) -> Sequencer {
+        Sequencer::Stream(Box::new(Publisher {
+            log,
+            progress,
+            store,
+        }))
+    }
+
+    /// Stores a verified webhook, and answers once it is durable and this node's view has it.
+    /// `facts` are the catalog's facts of `raw`, read by the caller (the writer of a single
+    /// node takes them; every cluster node reads them again as it applies the stream).
+    pub(crate) async fn submit(
+        &self,
+        normalized: Normalized,
+        raw: Bytes,
+        facts: Facts,
+    ) -> Result<Ack, SequencerError> {
+        match self {
+            Sequencer::Writer(writer) => Ok(writer.submit(normalized, raw, Some(facts)).await?),
+            Sequencer::Stream(publisher) => Ok(publisher.submit(&normalized, raw).await?),
+        }
+    }
+
+    /// Proposes `marks`, which fell due by `now`: the writer records those still due at its
+    /// own time; the stream orders and dates them first, and this waits until this node
+    /// applied them (so that the next tick does not propose them again). Returns how many
+    /// were proposed on a cluster node, how many recorded on a single one.
+    pub(crate) async fn propose_overdue(
+        &self,
+        marks: Vec<OverdueMark>,
+        now: i64,
+    ) -> Result<usize, SequencerError> {
+        match self {
+            Sequencer::Writer(writer) => Ok(writer.overdue(marks).await?),
+            Sequencer::Stream(publisher) => {
+                let proposed = marks.len();
+                let published = publisher.log.publish_overdue(&marks, now).await?;
+                publisher.progress.applied(published).await?;
+                Ok(proposed)
+            }
+        }
+    }
+
+    /// Why this node should not be proposing or serving yet, if it should not: a cluster node
+    /// not connected to the stream or too far behind it.
+    pub(crate) fn not_ready(&self) -> Option<String> {
+        match self {
+            Sequencer::Writer(_) => None,
+            Sequencer::Stream(publisher) => publisher.progress.not_ready(),
+        }
+    }
+
+    /// Puts `catalog` in effect by rebuilding every operation under it (see
+    /// [`WriterHandle::reload`]): a single node only.
+    pub(crate) async fn reload(
+        &self,
+        catalog: Arc<Catalog>,
+    ) -> Result<RebuildReport, SequencerError> {
+        match self {
+            Sequencer::Writer(writer) => Ok(writer.reload(catalog).await?),
+            Sequencer::Stream(_) => Err(SequencerError::NotAlone),
+        }
+    }
+
+    /// Whether the catalog may be reloaded in place.
+    pub(crate) fn reloads(&self) -> bool {
+        matches!(self, Sequencer::Writer(_))
+    }
+
+    /// How long a watcher's resume point past this node's head is waited for before it is
+    /// refused.
+    pub(crate) fn resume_wait(&self) -> Duration {
+        match self {
+            Sequencer::Writer(_) => Duration::ZERO,
+            Sequencer::Stream(_) => CLUSTER_CATCH_UP,
+        }
+    }
+
+    /// A cluster node's progress along the stream, for readiness and metrics.
+    pub(crate) fn stream_progress(&self) -> Option<Arc<Progress>> {
+        match self {
+            Sequencer::Writer(_) => None,
+            Sequencer::Stream(publisher) => Some(publisher.progress.clone()),
+        }
+    }
+}

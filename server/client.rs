@@ -450,56 +450,8 @@ impl Client {
     }
 }
 
-/// How long to wait before each retry of something that failed for a passing reason: 100 ms
-/// doubling to 5 s, each wait drawn at random from its upper half ("equal jitter"), so that
-/// clients dropped together (a server restart) do not come back together. The one backoff of
-/// every client here: the watch's reconnects and the CLI's replay retries.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    ceiling: Duration,
-}
-
-impl Backoff {
-    /// The first wait's ceiling.
-    pub const MIN: Duration = Duration::from_millis(100);
-    /// The largest ceiling.
-    pub const MAX: Duration = Duration::from_secs(5);
-
-    /// A backoff at its start.
-    pub fn new() -> Self {
-        Backoff { ceiling: Self::MIN }
-    }
-
-    /// The next wait: between half the current ceiling and the ceiling, which then doubles.
-    pub fn next_delay(&mut self) -> Duration {
-        let half = self.ceiling / 2;
-        let delay = half + half.mul_f64(jitter());
-        self.ceiling = (self.ceiling * 2).min(Self::MAX);
-        delay
-    }
-
-    /// Back to the start, after something succeeded.
-    pub fn reset(&mut self) {
-        self.ceiling = Self::MIN;
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::new()
-    }
-}
-
-/// A number in `[0, 1)`, different on every call: std's randomly keyed hasher, which is seeded
-/// once per process and advanced on every `RandomState::new()`. Good enough for spreading
-/// retries, and no random-number crate in the client's build.
-fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let bits = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    (bits >> 11) as f64 / (1u64 << 53) as f64
-}
+/// The retry policy of the watch's reconnects, and of the CLI's replay.
+pub use crate::backoff::Backoff;
 
 /// RFC 3339 text of a protobuf timestamp, in UTC; empty for an unset or invalid one.
 pub fn rfc3339(t: Option<&prost_types::Timestamp>) -> String {
@@ -665,31 +617,5 @@ mod tests {
         assert_eq!(phase_name(pb::Phase::Failed as i32), "failed");
         assert_eq!(phase_name(pb::Phase::Pending as i32), "pending");
         assert_eq!(phase_name(99), "unspecified");
-    }
-
-    #[test]
-    fn backoff_doubles_to_its_ceiling_with_jitter_and_resets() {
-        let mut backoff = Backoff::new();
-        let mut ceiling = Backoff::MIN;
-        let mut delays = Vec::new();
-        for _ in 0..10 {
-            let delay = backoff.next_delay();
-            assert!(
-                delay >= ceiling / 2 && delay <= ceiling,
-                "{delay:?} outside [{:?}, {ceiling:?}]",
-                ceiling / 2
-            );
-            delays.push(delay);
-            ceiling = (ceiling * 2).min(Backoff::MAX);
-        }
-        assert!(delays[9] >= Backoff::MAX / 2, "the ceiling is reached");
-        let distinct: std::collections::BTreeSet<_> =
-            (0..20).map(|_| Backoff::new().next_delay()).collect();
-        assert!(
-            distinct.len() > 1,
-            "every first delay was the same: no jitter"
-        );
-        backoff.reset();
-        assert!(backoff.next_delay() <= Backoff::MIN);
     }
 }

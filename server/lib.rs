@@ -76,6 +76,7 @@
 // `cargo doc --document-private-items`, which CI builds with warnings as errors.
 #![allow(rustdoc::private_intra_doc_links)]
 
+pub mod backoff;
 pub mod client;
 pub mod pb;
 

@@ -398,7 +398,8 @@ impl WebhookVerifier {
                 actual: request.method.to_owned(),
             });
         }
-        if uri_path(&claims.uri) != uri_path(request.path_and_query) {
+        let signed = uri_path(&claims.uri);
+        if signed.is_none() || signed != uri_path(request.path_and_query) {
             return Err(AuthError::RequestMismatch {
                 claim: "uri",
                 signed: claims.uri.clone(),
@@ -666,16 +667,11 @@ impl Timestamp {
     }
 }
 
-/// The path (and query) of a URI that may be absolute (`https://host/webhooks`) or not.
-fn uri_path(uri: &str) -> &str {
-    let uri = uri.trim();
-    match uri.find("://") {
-        Some(scheme_end) => {
-            let rest = &uri[scheme_end + 3..];
-            rest.find('/').map_or("/", |i| &rest[i..])
-        }
-        None => uri,
-    }
+/// The path and query of a URI that may be absolute (`https://host/webhooks`) or not, as
+/// `http::Uri` reads them; `None` for what is no URI.
+fn uri_path(uri: &str) -> Option<(String, Option<String>)> {
+    let uri: http::Uri = uri.trim().parse().ok()?;
+    Some((uri.path().to_owned(), uri.query().map(str::to_owned)))
 }
 
 /// Constant-time equality (lengths may leak, contents do not).

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{ClusterError, JetStreamLog, OVERDUE_RECORD, OverdueProposal, RECORD_HEADER};
+use crate::backoff::Backoff;
 use crate::domain::catalog::Catalog;
 use crate::domain::webhook::normalize_with_facts;
 use crate::store::{Ack, StreamOrigin, SubmitError, WriterHandle};
@@ -146,14 +147,18 @@ pub(crate) async fn follow(
     let mut in_flight = FuturesOrdered::new();
     let mut last_message = tokio::time::Instant::now();
     let mut watchdog = tokio::time::interval(STALL_CHECK);
+    let mut backoff = Backoff::new();
     loop {
         if messages.is_none() {
             match subscribe(&log, queued).await {
-                Ok(stream) => messages = Some(stream),
+                Ok(stream) => {
+                    backoff.reset();
+                    messages = Some(stream);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot follow the stream yet; retrying");
                     tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        () = tokio::time::sleep(backoff.next_delay()) => continue,
                         () = stop.cancelled() => return,
                     }
                 }

@@ -6,6 +6,7 @@ use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+use crate::backoff::Backoff;
 use crate::domain::overdue::OverdueMark;
 use crate::domain::webhook::EventId;
 use crate::store::{Store, StoreError};
@@ -104,6 +105,8 @@ pub(crate) struct Published {
 /// How long a publish waits for JetStream's acknowledgement. A leader election takes a few
 /// seconds; the intake's request timeout bounds the whole request anyway.
 const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a node waits at its start for the NATS cluster to form (a JetStream leader).
+const FORMING: Duration = Duration::from_secs(30);
 /// Room for a message's subject and headers within NATS's `max_payload`.
 const MESSAGE_OVERHEAD: usize = 4096;
 
@@ -127,7 +130,10 @@ impl JetStreamLog {
         let mut context = jetstream::new(client.clone());
         context.set_timeout(PUBLISH_ACK_TIMEOUT);
         let subject = format!("{}.webhooks", settings.stream);
-        // Retried while the NATS cluster forms (no JetStream leader yet).
+        // Retried while the NATS cluster forms (no JetStream leader yet), for at most
+        // `FORMING`.
+        let forming = tokio::time::Instant::now();
+        let mut backoff = Backoff::new();
         let mut attempt = 0;
         let stream = loop {
             let config = stream::Config {
@@ -145,10 +151,10 @@ impl JetStreamLog {
             };
             match context.get_or_create_stream(config).await {
                 Ok(stream) => break stream,
-                Err(e) if attempt < 30 => {
+                Err(e) if forming.elapsed() < FORMING => {
                     attempt += 1;
                     tracing::info!(error = %e, attempt, "waiting for JetStream");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Err(e) => {
                     return Err(ClusterError::Stream {

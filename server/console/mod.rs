@@ -48,7 +48,7 @@ use crate::listing::{ListAsk, ListError, ListPage, ListQuery, Lists};
 use crate::reload::CatalogHandle;
 use crate::store::{Lookup, Store, StoreError};
 pub(crate) use session::Sessions;
-use session::{COOKIE, SESSION_LIFETIME, SignInRefused, Viewer};
+use session::{SignInRefused, Viewer};
 
 /// Operations per list page, quarantined webhooks per quarantine page.
 const PAGE: usize = 50;
@@ -193,19 +193,20 @@ fn page(viewer: &Viewer, title: &str, body: Markup) -> Markup {
 }
 
 /// Refuses a form body without the signed-in viewer's token (from another site, or a
-/// stale page). The token is hex, so it is read from the urlencoded body as it is; an open
-/// console (no session) has no token to check, and takes a body of any type.
+/// stale page): its `csrf` field, read as axum's `Form` reads a body (`serde_urlencoded`);
+/// an open console (no session) has no token to check, and takes a body of any type.
 fn check_form(viewer: &Viewer, form: &[u8]) -> Result<(), ConsoleError> {
     let Some(expected) = &viewer.csrf else {
         return Ok(());
     };
-    let sent = std::str::from_utf8(form)
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(name, _)| *name == "csrf")
-        .map(|(_, value)| value);
-    if sent == Some(expected.as_str()) {
+    #[derive(Deserialize)]
+    struct Csrf {
+        csrf: Option<String>,
+    }
+    let sent = serde_urlencoded::from_bytes::<Csrf>(form)
+        .ok()
+        .and_then(|f| f.csrf);
+    if sent.as_deref() == Some(expected.as_str()) {
         Ok(())
     } else {
         Err(ConsoleError::Forbidden)
@@ -650,11 +651,7 @@ async fn login(
             SignInRefused::BadToken => ConsoleError::BadToken,
             SignInRefused::Throttled(wait) => ConsoleError::Throttled(wait),
         })?;
-    let cookie = format!(
-        "{COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{}",
-        SESSION_LIFETIME.as_secs(),
-        if state.secure_cookies { "; Secure" } else { "" },
-    );
+    let cookie = session::session_cookie(&id, state.secure_cookies);
     let mut response = Redirect::to("/ui/").into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
@@ -677,9 +674,8 @@ async fn logout(
     let mut response = Redirect::to("/ui/login").into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_static(
-            "qistatus_console=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0",
-        ),
+        HeaderValue::try_from(session::cleared_cookie())
+            .expect("a cookie of fixed text is a valid header"),
     );
     Ok(response)
 }

@@ -206,11 +206,37 @@ fn csrf_token(id: &str) -> String {
 
 /// The session id in a `Cookie` header, if it carries one.
 fn session_id(cookie_header: Option<&str>) -> Option<&str> {
-    cookie_header?
-        .split(';')
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, id)| id)
+    cookie::Cookie::split_parse(cookie_header?)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == COOKIE)
+        .and_then(|c| c.value_raw())
+}
+
+/// The `Set-Cookie` value of session `id`: only for the console's pages, never to scripts,
+/// never sent from another site, for the session's lifetime; `Secure` over TLS.
+pub(crate) fn session_cookie(id: &str, secure: bool) -> String {
+    base_cookie(id.to_owned())
+        .max_age(cookie::time::Duration::seconds(
+            i64::try_from(SESSION_LIFETIME.as_secs()).unwrap_or(i64::MAX),
+        ))
+        .secure(secure)
+        .build()
+        .to_string()
+}
+
+/// The `Set-Cookie` value that ends the session in the browser.
+pub(crate) fn cleared_cookie() -> String {
+    base_cookie(String::new())
+        .max_age(cookie::time::Duration::ZERO)
+        .build()
+        .to_string()
+}
+
+fn base_cookie(value: String) -> cookie::CookieBuilder<'static> {
+    cookie::Cookie::build((COOKIE, value))
+        .path("/ui")
+        .http_only(true)
+        .same_site(cookie::SameSite::Strict)
 }
 
 #[cfg(test)]

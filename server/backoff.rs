@@ -15,6 +15,8 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 #[derive(Debug)]
 pub struct Backoff {
     schedule: backon::ExponentialBackoff,
+    /// The largest ceiling of this schedule.
+    max: Duration,
 }
 
 impl Backoff {
@@ -25,15 +27,24 @@ impl Backoff {
 
     /// A backoff at its start.
     pub fn new() -> Self {
+        Backoff::up_to(Self::MAX)
+    }
+
+    /// A backoff whose waits stop growing at `max` (at least [`Backoff::MIN`]): for a retry
+    /// that has a deadline, and must not sleep through the moment it would succeed (a
+    /// publish waiting for a stream leader's election).
+    pub fn up_to(max: Duration) -> Self {
+        let max = max.max(Self::MIN);
         Backoff {
-            schedule: Self::schedule(),
+            schedule: Self::schedule(max),
+            max,
         }
     }
 
-    fn schedule() -> backon::ExponentialBackoff {
+    fn schedule(max: Duration) -> backon::ExponentialBackoff {
         ExponentialBuilder::default()
             .with_min_delay(Self::MIN / 2)
-            .with_max_delay(Self::MAX / 2)
+            .with_max_delay(max / 2)
             .with_factor(2.0)
             .with_jitter()
             .without_max_times()
@@ -49,7 +60,7 @@ impl Backoff {
 
     /// Back to the start, after something succeeded.
     pub fn reset(&mut self) {
-        self.schedule = Self::schedule();
+        self.schedule = Self::schedule(self.max);
     }
 }
 
@@ -87,5 +98,16 @@ mod tests {
         );
         backoff.reset();
         assert!(backoff.next_delay() <= Backoff::MIN);
+        // A lower ceiling holds, through a reset too.
+        let mut short = Backoff::up_to(Duration::from_millis(400));
+        for _ in 0..2 {
+            let waits: Vec<_> = (0..10).map(|_| short.next_delay()).collect();
+            assert!(
+                waits.iter().all(|w| *w <= Duration::from_millis(400)),
+                "{waits:?}"
+            );
+            assert!(waits[9] >= Duration::from_millis(200), "{waits:?}");
+            short.reset();
+        }
     }
 }

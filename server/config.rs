@@ -68,9 +68,11 @@ pub struct Config {
     pub max_body: usize,
 
     /// Longest a webhook request may take (e.g. `4s`, `500ms`): then it is answered 408 if its
-    /// body had not arrived, 503 (retry) if storing it had not been confirmed.
-    #[arg(long, env = "QISTATUS_REQUEST_TIMEOUT", default_value_t = IntakeLimits::DEFAULT.request_timeout.into())]
-    pub request_timeout: humantime::Duration,
+    /// body had not arrived, 503 (retry) if storing it had not been confirmed. By default 4s
+    /// on a single node, and 9s on a cluster node (`--nats`), which waits out a stream
+    /// leader's election within QI Tech's 10 s.
+    #[arg(long, env = "QISTATUS_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<humantime::Duration>,
 
     /// Most webhook requests processed at once, counted from when a body has arrived whole;
     /// more wait their turn for up to a second, then are answered 503 with Retry-After.
@@ -490,7 +492,11 @@ impl Config {
             reload_on_sighup: true,
             intake: IntakeLimits {
                 max_body: self.max_body,
-                request_timeout: *self.request_timeout,
+                request_timeout: match (self.request_timeout, self.nats.is_empty()) {
+                    (Some(timeout), _) => *timeout,
+                    (None, true) => IntakeLimits::DEFAULT.request_timeout,
+                    (None, false) => IntakeLimits::CLUSTER_REQUEST_TIMEOUT,
+                },
                 max_concurrent: self.max_concurrent_requests.max(1),
                 max_connections: self.max_connections.max(1),
                 header_read_timeout: *self.header_read_timeout,

@@ -26,8 +26,10 @@ use crate::store::{Ack, StreamOrigin, SubmitError, WriterHandle};
 /// Most messages queued to the writer and not yet answered: twice a batch, so that the
 /// writer always has the next batch waiting.
 const MAX_IN_FLIGHT: usize = 1024;
-/// A subscription quiet this long is checked against the stream's bounds.
-const STALL_CHECK: Duration = Duration::from_secs(2);
+/// A subscription quiet this long is checked against the stream's bounds (a JetStream API
+/// request): a subscription that went silent when its server died is noticed within about
+/// twice this, which an acknowledgement waiting for this node's view waits on.
+const STALL_CHECK: Duration = Duration::from_millis(500);
 /// How many recent answers are kept for the intake that published them (a few seconds of
 /// traffic; an answer no longer here is read from the view instead).
 const RECENT_OUTCOMES: usize = 65_536;
@@ -152,6 +154,7 @@ pub(crate) async fn follow(
         if messages.is_none() {
             match subscribe(&log, queued).await {
                 Ok(stream) => {
+                    tracing::debug!(after = queued, "following the stream");
                     backoff.reset();
                     messages = Some(stream);
                 }

@@ -102,9 +102,16 @@ pub(crate) struct Published {
     pub(crate) duplicate: bool,
 }
 
-/// How long a publish waits for JetStream's acknowledgement. A leader election takes a few
-/// seconds; the intake's request timeout bounds the whole request anyway.
-const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one try of a publish waits for JetStream's acknowledgement before it is tried
+/// again: a leader that died with the message in flight never answers, and its successor is
+/// elected within a few seconds; trying again is safe (the message id makes a repeat a
+/// duplicate).
+const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a publish goes on trying, through a leader election or a reconnect to another
+/// NATS server; the intake's request timeout bounds a webhook's before.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
+/// The longest wait between two tries of a publish.
+const PUBLISH_RETRY_CEILING: Duration = Duration::from_millis(400);
 /// Longest a node waits at its start for the NATS cluster to form (a JetStream leader).
 const FORMING: Duration = Duration::from_secs(30);
 /// Room for a message's subject and headers within NATS's `max_payload`.
@@ -247,17 +254,59 @@ impl JetStreamLog {
             async_nats::header::NATS_MESSAGE_ID,
             event_id.to_string().as_str(),
         );
-        let ack = self
-            .context
-            .publish_with_headers(self.subject.clone(), headers, raw)
-            .await
-            .map_err(|e| ClusterError::Publish(e.to_string()))?
-            .await
-            .map_err(|e| ClusterError::Publish(e.to_string()))?;
+        let ack = self.publish_until_acknowledged(headers, raw).await?;
         Ok(Published {
             sequence: ack.sequence,
             duplicate: ack.duplicate,
         })
+    }
+
+    /// Publishes `body` with `headers` (its message id among them) and waits for JetStream's
+    /// acknowledgement, trying again (with the one retry schedule, [`Backoff`]) while the
+    /// stream cannot take it for a passing reason: no leader yet ("no stream found"), an
+    /// acknowledgement that never came from a leader that died, a connection being remade to
+    /// another server. Safe to repeat: within the duplicate window the message id makes a
+    /// second copy a duplicate, acknowledged with the first one's sequence. Only a message
+    /// larger than NATS takes fails at once; anything else after [`PUBLISH_PATIENCE`].
+    async fn publish_until_acknowledged(
+        &self,
+        headers: async_nats::HeaderMap,
+        body: Bytes,
+    ) -> Result<jetstream::publish::PublishAck, ClusterError> {
+        let started = tokio::time::Instant::now();
+        // Short waits: the new leader is there at a moment nobody announces, and a sender
+        // waits for the answer.
+        let mut backoff = Backoff::up_to(PUBLISH_RETRY_CEILING);
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let tried = async {
+                self.context
+                    .publish_with_headers(self.subject.clone(), headers.clone(), body.clone())
+                    .await?
+                    .await
+            };
+            match tried.await {
+                Ok(ack) => {
+                    if tries > 1 {
+                        tracing::info!(
+                            tries,
+                            waited_ms = started.elapsed().as_millis() as u64,
+                            "the stream took a message after retries"
+                        );
+                    }
+                    return Ok(ack);
+                }
+                Err(e)
+                    if e.kind() != jetstream::context::PublishErrorKind::MaxPayloadExceeded
+                        && started.elapsed() < PUBLISH_PATIENCE =>
+                {
+                    tracing::debug!(error = %e, tries, "the stream did not take a message yet; trying again");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(e) => return Err(ClusterError::Publish(e.to_string())),
+            }
+        }
     }
 
     /// Publishes the overdue clock's proposal of `marks`, read at `tick` (ms), marked as
@@ -282,12 +331,8 @@ impl JetStreamLog {
         );
         headers.insert(RECORD_HEADER, OVERDUE_RECORD);
         let ack = self
-            .context
-            .publish_with_headers(self.subject.clone(), headers, body.into())
-            .await
-            .map_err(|e| ClusterError::Publish(e.to_string()))?
-            .await
-            .map_err(|e| ClusterError::Publish(e.to_string()))?;
+            .publish_until_acknowledged(headers, body.into())
+            .await?;
         Ok(ack.sequence)
     }
 

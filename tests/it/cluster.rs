@@ -673,3 +673,77 @@ async fn two_nodes_record_the_same_overdue_events_at_the_same_sequences() {
     assert_eq!(again, on_a);
     drop((a, b));
 }
+
+/// The index of the NATS server that leads stream `stream` now, from JetStream's stream info.
+async fn stream_leader(nats: &NatsCluster, stream: &str) -> usize {
+    let urls = nats.urls();
+    let first = urls.split(',').next().expect("a server");
+    let client = async_nats::connect(first).await.expect("connect");
+    let jetstream = async_nats::jetstream::new(client);
+    let name = crate::wait::wait_until("the stream has a leader", Duration::from_secs(30), || {
+        let jetstream = jetstream.clone();
+        async move {
+            let mut stream = jetstream.get_stream(stream).await.ok()?;
+            let info = stream.info().await.ok()?;
+            info.cluster.as_ref()?.leader.clone()
+        }
+    })
+    .await;
+    nats.servers
+        .iter()
+        .position(|s| s.name == name)
+        .unwrap_or_else(|| panic!("leader {name} is none of the test's servers"))
+}
+
+/// Issue 38's first row. On this machine the first webhook after the kill is acknowledged
+/// 4.9 to 7.9 s after it in most runs (the election, about 5 s, then this node following the
+/// new leader), but about one run in six still misses 10 s: re-following the stream after
+/// its leader died can take over 2 s. Ignored until that is fixed; run it with
+/// `cargo test --test it -- --ignored with_the_stream_leader`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "issue 38: re-following the stream after its leader's death can take over 2 s, about one run in six"]
+async fn with_the_stream_leader_killed_every_webhook_is_acknowledged_within_qis_ten_seconds() {
+    let mut nats = NatsCluster::start(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("node.log");
+    let a = node(&dir.path().join("a"), &nats)
+        .log("info,qistatus::cluster=debug")
+        .stderr_to(&log)
+        .start()
+        .await;
+    // The stream exists and takes webhooks.
+    for i in 0..20 {
+        let body = webhook(
+            "debt",
+            &format!("before-{i}"),
+            "disbursed",
+            "2024-01-01 10:00:00",
+        );
+        assert_eq!(post(a.http, &body).await.unwrap().0, 200);
+    }
+    let leader = stream_leader(&nats, "qistatus").await;
+    nats.kill(leader).await;
+    // A sender like QI Tech: one try each, answered within 10 s, one after another.
+    let mut waits = Vec::new();
+    for i in 0..40 {
+        let body = webhook(
+            "debt",
+            &format!("after-{i}"),
+            "disbursed",
+            "2024-01-01 10:00:00",
+        );
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(10), post(a.http, &body)).await;
+        let waited = started.elapsed();
+        match answer {
+            Ok(Ok((200, _))) => waits.push(waited),
+            other => panic!(
+                "after-{i}, {waited:?} after the kill of the stream's leader n{leader}: {other:?} \
+                 (acknowledged before it: {waits:?})\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ),
+        }
+    }
+    eprintln!("acknowledged across the kill of the stream's leader: {waits:?}");
+    drop(a);
+}

@@ -26,7 +26,6 @@ use std::sync::{Arc, RwLock};
 use crate::domain::catalog::{Catalog, CatalogError};
 use crate::sequencer::{Sequencer, SequencerError};
 use crate::store::RebuildReport;
-use crate::store::SubmitError;
 
 /// The catalog in effect, shared by the parts of a server that read webhooks (the intake,
 /// the API, the writer) and swapped whole by a reload: readers take the current one per
@@ -72,15 +71,9 @@ pub enum ReloadError {
     /// The catalog file is unreadable or inconsistent.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
-    /// A cluster node cannot change its catalog alone.
-    #[error(
-        "a cluster node does not reload its catalog alone (every node must decide alike): \
-         restart every node with the new --catalog"
-    )]
-    Cluster,
-    /// The writer could not apply it.
-    #[error("the writer could not apply the catalog: {0}")]
-    Writer(#[from] SubmitError),
+    /// This node may not reload alone (a cluster node), or its writer could not apply it.
+    #[error(transparent)]
+    Sequencer(#[from] SequencerError),
 }
 
 /// What reloads the catalog; cheap to clone.
@@ -96,7 +89,7 @@ impl CatalogReloader {
     /// Reads the catalog again and puts it in effect. See the module docs.
     pub(crate) async fn reload(&self) -> Result<RebuildReport, ReloadError> {
         if !self.sequencer.reloads() {
-            return Err(ReloadError::Cluster);
+            return Err(SequencerError::NotAlone.into());
         }
         let path = self.path.clone();
         let catalog = tokio::task::spawn_blocking(move || load_catalog(path.as_deref()))
@@ -109,10 +102,7 @@ impl CatalogReloader {
             Ok(report) => Ok(report),
             Err(e) => {
                 self.catalog.replace(before);
-                Err(match e {
-                    SequencerError::Writer(e) => ReloadError::Writer(e),
-                    SequencerError::Stream(_) | SequencerError::NotAlone => ReloadError::Cluster,
-                })
+                Err(e.into())
             }
         }
     }

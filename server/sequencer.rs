@@ -44,7 +44,7 @@ pub(crate) enum Sequencer {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SequencerError {
     /// The writer refused or failed.
-    #[error(transparent)]
+    #[error("the writer could not take it: {0}")]
     Writer(#[from] SubmitError),
     /// The stream refused or failed, or this node did not apply it.
     #[error(transparent)]

@@ -185,6 +185,30 @@ pub(crate) struct ListPage {
     pub(crate) next_page_token: Option<String>,
 }
 
+/// A page to read: the query, its fingerprint, the page token, and the catalog and time it
+/// is read under.
+struct PageRead {
+    query: ListQuery,
+    fingerprint: String,
+    page_token: String,
+    catalog: Arc<Catalog>,
+    now: i64,
+}
+
+impl PageRead {
+    /// Where the page starts: after the cursor `open` reads from the page token, if one was
+    /// given.
+    fn after<T>(
+        &self,
+        open: impl FnOnce(&str) -> Result<T, PageTokenError>,
+    ) -> Result<Option<T>, ListError> {
+        if self.page_token.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(open(&self.page_token)?))
+    }
+}
+
 /// Reads lists; cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct Lists {
@@ -211,33 +235,29 @@ impl Lists {
         page_token: &str,
         now: i64,
     ) -> Result<ListPage, ListError> {
-        let fingerprint = query.fingerprint();
-        let (lists, query) = (self.clone(), query.clone());
-        let page_token = page_token.to_owned();
+        let read = PageRead {
+            fingerprint: query.fingerprint(),
+            query: query.clone(),
+            page_token: page_token.to_owned(),
+            catalog,
+            now,
+        };
+        let lists = self.clone();
         self.store
             .read_async(move |_| {
-                if query.overdue {
-                    lists.overdue_page(&query, &fingerprint, &page_token, &catalog, now)
+                if read.query.overdue {
+                    lists.overdue_page(&read)
                 } else {
-                    lists.status_page(&query, &fingerprint, &page_token, &catalog, now)
+                    lists.status_page(&read)
                 }
             })
             .await
     }
 
-    fn status_page(
-        &self,
-        query: &ListQuery,
-        fingerprint: &str,
-        page_token: &str,
-        catalog: &Catalog,
-        now: i64,
-    ) -> Result<ListPage, ListError> {
-        let after = if page_token.is_empty() {
-            None
-        } else {
-            Some(self.tokens.open(fingerprint, page_token)?)
-        };
+    fn status_page(&self, read: &PageRead) -> Result<ListPage, ListError> {
+        let (query, fingerprint, catalog, now) =
+            (&read.query, &read.fingerprint, &read.catalog, read.now);
+        let after = read.after(|token| self.tokens.open(fingerprint, token))?;
         let index = StatusIndex::new(self.store.clone());
         let (found, more) = index.page(
             &query.selection,
@@ -273,19 +293,10 @@ impl Lists {
         })
     }
 
-    fn overdue_page(
-        &self,
-        query: &ListQuery,
-        fingerprint: &str,
-        page_token: &str,
-        catalog: &Catalog,
-        now: i64,
-    ) -> Result<ListPage, ListError> {
-        let after = if page_token.is_empty() {
-            None
-        } else {
-            Some(self.tokens.open_overdue(fingerprint, page_token)?)
-        };
+    fn overdue_page(&self, read: &PageRead) -> Result<ListPage, ListError> {
+        let (query, fingerprint, catalog, now) =
+            (&read.query, &read.fingerprint, &read.catalog, read.now);
+        let after = read.after(|token| self.tokens.open_overdue(fingerprint, token))?;
         let index = StatusIndex::new(self.store.clone());
         let (hits, more) = index.overdue_page(
             &query.expectations(catalog),

@@ -60,6 +60,11 @@ async fn list_overdue(
         .into_inner()
 }
 
+/// Whether `GetOperation` says debt `key` of `server` is overdue.
+async fn is_overdue(server: &TestServer, key: &str) -> bool {
+    server.get(key, "debt").await.unwrap().overdue.is_some()
+}
+
 fn keys(response: &pb::ListByStatusResponse) -> Vec<&str> {
     response.operations.iter().map(|o| o.key.as_str()).collect()
 }
@@ -126,53 +131,18 @@ async fn an_operation_that_does_not_move_becomes_overdue_until_it_changes() {
         "since QI says it was reached"
     );
     assert_eq!(late.due.unwrap().seconds, since.seconds + 3);
-    assert!(
-        server
-            .get("late-1", "debt")
-            .await
-            .unwrap()
-            .overdue
-            .is_none()
-    );
-    assert!(
-        server
-            .get("fresh-1", "debt")
-            .await
-            .unwrap()
-            .overdue
-            .is_none()
-    );
-    assert!(
-        server
-            .get("done-1", "debt")
-            .await
-            .unwrap()
-            .overdue
-            .is_none()
-    );
+    assert!(!is_overdue(&server, "late-1").await);
+    assert!(!is_overdue(&server, "fresh-1").await);
+    assert!(!is_overdue(&server, "done-1").await);
     assert_eq!(keys(&list_overdue(&server, 0, "").await), ["old-1"]);
 
     // Not a millisecond early: 2.999 s on, the fresh one is not overdue yet...
     clock.advance(Duration::from_millis(2_999));
-    assert!(
-        server
-            .get("late-1", "debt")
-            .await
-            .unwrap()
-            .overdue
-            .is_none()
-    );
+    assert!(!is_overdue(&server, "late-1").await);
     assert_eq!(keys(&list_overdue(&server, 0, "").await), ["old-1"]);
     // ...three seconds on, it is, after the older one.
     clock.advance(Duration::from_millis(1));
-    assert!(
-        server
-            .get("late-1", "debt")
-            .await
-            .unwrap()
-            .overdue
-            .is_some()
-    );
+    assert!(is_overdue(&server, "late-1").await);
     assert_eq!(
         keys(&list_overdue(&server, 0, "").await),
         ["old-1", "late-1"]
@@ -300,14 +270,7 @@ async fn an_operation_that_does_not_move_becomes_overdue_until_it_changes() {
     server
         .post_ok(webhook("debt", "late-1", "waiting_balance_block", &now))
         .await;
-    assert!(
-        server
-            .get("late-1", "debt")
-            .await
-            .unwrap()
-            .overdue
-            .is_none()
-    );
+    assert!(!is_overdue(&server, "late-1").await);
     assert_eq!(keys(&list_overdue(&server, 0, "").await), ["old-1"]);
     // A resend of the old status from before does not bring it back either: a stage never
     // moves an operation back.
@@ -319,14 +282,7 @@ async fn an_operation_that_does_not_move_becomes_overdue_until_it_changes() {
             &ten_days_ago,
         ))
         .await;
-    assert!(
-        server
-            .get("late-1", "debt")
-            .await
-            .unwrap()
-            .overdue
-            .is_none()
-    );
+    assert!(!is_overdue(&server, "late-1").await);
     server.stop().await;
 }
 

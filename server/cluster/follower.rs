@@ -30,6 +30,8 @@ const MAX_IN_FLIGHT: usize = 1024;
 /// request): a subscription that went silent when its server died is noticed within about
 /// twice this, which an acknowledgement waiting for this node's view waits on.
 const STALL_CHECK: Duration = Duration::from_millis(500);
+/// Longest a new subscription to the stream may take before it is tried again.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How many recent answers are kept for the intake that published them (a few seconds of
 /// traffic; an answer no longer here is read from the view instead).
 const RECENT_OUTCOMES: usize = 65_536;
@@ -44,6 +46,9 @@ pub struct Progress {
     state: watch::Sender<State>,
     outcomes: Mutex<VecDeque<(u64, Ack)>>,
     lag: AtomicU64,
+    /// The last stream message this node knows is in the stream without asking it: the
+    /// highest one its publishes were acknowledged at (and someone waits for).
+    known_end: AtomicU64,
     log: Arc<JetStreamLog>,
 }
 
@@ -64,6 +69,7 @@ impl Progress {
             }),
             outcomes: Mutex::new(VecDeque::new()),
             lag: AtomicU64::new(last.saturating_sub(through)),
+            known_end: AtomicU64::new(last),
             log,
         }
     }
@@ -90,8 +96,10 @@ impl Progress {
         (lag > MAX_READY_LAG).then(|| format!("catching up with the stream: {lag} messages behind"))
     }
 
-    /// Waits until the view has applied stream message `sequence`.
+    /// Waits until the view has applied stream message `sequence`, which the stream
+    /// acknowledged.
     pub(crate) async fn applied(&self, sequence: u64) -> Result<(), ClusterError> {
+        self.known_end.fetch_max(sequence, Ordering::Relaxed);
         let mut state = self.state.subscribe();
         let state = state
             .wait_for(|s| s.applied >= sequence || s.failed.is_some())
@@ -152,7 +160,16 @@ pub(crate) async fn follow(
     let mut backoff = Backoff::new();
     loop {
         if messages.is_none() {
-            match subscribe(&log, queued).await {
+            // Bounded: right after a leader's death, creating the consumer can hang on a
+            // request nobody answers; another try goes to whoever leads by then.
+            let subscribed = tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe(&log, queued))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ClusterError::Follower(format!(
+                        "no consumer within {SUBSCRIBE_TIMEOUT:?}"
+                    )))
+                });
+            match subscribed {
                 Ok(stream) => {
                     tracing::debug!(after = queued, "following the stream");
                     backoff.reset();
@@ -184,6 +201,16 @@ pub(crate) async fn follow(
             }
             _ = watchdog.tick() => {
                 if last_message.elapsed() < STALL_CHECK {
+                    continue;
+                }
+                // Quiet while this node's own publish waits past what it applied: silent,
+                // whatever the stream's bounds would say (asking the stream for them takes
+                // a leader, which an election has not given it yet).
+                let known = progress.known_end.load(Ordering::Relaxed);
+                if known > queued {
+                    tracing::warn!(after = queued, published = known, "the stream subscription went silent under a publish; following again");
+                    messages = None;
+                    last_message = tokio::time::Instant::now();
                     continue;
                 }
                 // Quiet: either nothing new, or a subscription that went silent (its server

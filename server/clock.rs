@@ -10,9 +10,11 @@
 //!
 //! What the clock does not cover, on purpose: timeouts and rates that protect the process
 //! from its peers (a sender's header read timeout, the scrub's pace, a watch's progress
-//! interval) are durations of real time, measured with tokio's clock, which a test pauses
-//! with `tokio::time::pause` where it needs to. A cluster node does not use this clock to
-//! decide anything the nodes must agree on: those times come from the stream.
+//! interval) are durations of real time, measured with tokio's clock; the tests whose subject
+//! they are (slow senders) wait for them in real time. tokio's paused clock is not used for
+//! the servers under test: with real sockets open, a paused runtime jumps ahead whenever it
+//! idles and fires every timeout at once. A cluster node does not use this clock to decide
+//! anything the nodes must agree on: those times come from the stream.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -96,6 +96,14 @@ pub(crate) struct AdminState {
     pub(crate) clock: Clock,
 }
 
+impl AdminLimits {
+    /// The console's live lists open at once: a quarter of the connections, so that probes,
+    /// pages and the metrics scrape always find one.
+    pub fn max_live_streams(&self) -> usize {
+        (self.max_connections / 4).max(1)
+    }
+}
+
 /// Shortest time between two catalog reloads through the admin listener: a reload
 /// re-reconciles every operation, so a loop of them would hold ingest back.
 pub(crate) const MIN_RELOAD_INTERVAL: Duration = Duration::from_secs(5);

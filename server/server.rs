@@ -24,7 +24,7 @@ use crate::auth::response_signing::ResponseSigner;
 use crate::auth::webhook::WebhookVerifier;
 use crate::clock::Clock;
 use crate::cluster::{self, ClusterError, ClusterSettings, JetStreamLog, Progress};
-use crate::console::ConsoleState;
+use crate::console::{ConsoleAccess, ConsoleState};
 use crate::domain::catalog::Catalog;
 use crate::feed::{ChangeFeed, FeedSettings};
 use crate::grpc::{GrpcLimits, MaintenanceApi, OperationStatusApi, OutcomeLayer};
@@ -250,9 +250,12 @@ pub async fn run(
                 core.feed.clone(),
                 core.catalog.clone(),
                 core.lists.clone(),
-                settings.grpc_tokens.clone(),
-                tls.is_some(),
                 core.clock.clone(),
+                ConsoleAccess {
+                    tokens: settings.grpc_tokens.clone(),
+                    secure_cookies: tls.is_some(),
+                    max_live_streams: settings.admin.max_live_streams(),
+                },
             ),
             reloader,
             metrics: core.metrics.clone(),

@@ -62,10 +62,25 @@ pub(crate) struct ConsoleState {
     pub(crate) sessions: Arc<Sessions>,
     /// The lists (`/ui/list`, `/ui/overdue`), as the API reads them.
     pub(crate) lists: Lists,
+    /// The live lists (`/ui/live`) open at once: each holds a connection for as long as a
+    /// page is open, so they have a bound of their own, below the listener's, and probes and
+    /// pages always find a connection.
+    pub(crate) live_streams: Arc<tokio::sync::Semaphore>,
     /// Whether the admin listener serves TLS: cookies are then `Secure`.
     pub(crate) secure_cookies: bool,
     /// What "overdue now" is measured against.
     pub(crate) clock: Clock,
+}
+
+/// Who may use the console, and how much of the admin listener it may hold.
+#[derive(Debug, Clone)]
+pub(crate) struct ConsoleAccess {
+    /// The tokens people sign in with (the API's); open when empty.
+    pub(crate) tokens: BearerTokens,
+    /// Whether the admin listener serves TLS: cookies are then `Secure`.
+    pub(crate) secure_cookies: bool,
+    /// Most live lists open at once.
+    pub(crate) max_live_streams: usize,
 }
 
 impl ConsoleState {
@@ -74,18 +89,18 @@ impl ConsoleState {
         feed: ChangeFeed,
         catalog: CatalogHandle,
         lists: Lists,
-        tokens: BearerTokens,
-        secure_cookies: bool,
         clock: Clock,
+        access: ConsoleAccess,
     ) -> Self {
         ConsoleState {
             lists,
+            live_streams: Arc::new(tokio::sync::Semaphore::new(access.max_live_streams.max(1))),
             clock,
             store,
             feed,
             catalog,
-            sessions: Arc::new(Sessions::new(tokens)),
-            secure_cookies,
+            sessions: Arc::new(Sessions::new(access.tokens)),
+            secure_cookies: access.secure_cookies,
         }
     }
 }
@@ -177,7 +192,15 @@ impl IntoResponse for ConsoleError {
             None,
             pages::error(status.as_u16(), &message),
         );
-        (status, page).into_response()
+        let mut response = (status, page).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // A browser refused a live list tries again: on a new connection, later, so that
+            // this one does not sit idle on the listener's bound meanwhile.
+            let headers = response.headers_mut();
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
 }
 
@@ -595,33 +618,46 @@ async fn live(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ConsoleError> {
     viewer(&state, &headers)?;
+    let open = state
+        .live_streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ConsoleError::Unavailable(
+                "too many live lists are open on this server: close one, or reload later".into(),
+            )
+        })?;
     let subscription = state
         .feed
         .subscribe(FeedFilter::default(), None, None)
         .map_err(|e| ConsoleError::Unavailable(e.to_string()))?;
-    let stream = futures_util::stream::unfold(subscription, |mut subscription| async move {
-        loop {
-            match subscription.recv().await {
-                Some(Ok(FeedEvent::Change { sequence, change })) => {
-                    let op = &change.operation;
-                    let data = serde_json::json!({
-                        "sequence": sequence,
-                        "kind": op.kind,
-                        "key": op.key,
-                        "status": op.status,
-                        "phase": op.phase.as_str(),
-                        "href": pages::operation_href(&op.kind, &op.key),
-                    });
-                    let event = Event::default().event("change").data(data.to_string());
-                    return Some((Ok(event), subscription));
+    // The permit goes with the stream: given back when the page closes it.
+    let stream = futures_util::stream::unfold(
+        (subscription, open),
+        |(mut subscription, open)| async move {
+            loop {
+                match subscription.recv().await {
+                    Some(Ok(FeedEvent::Change { sequence, change })) => {
+                        let op = &change.operation;
+                        let data = serde_json::json!({
+                            "sequence": sequence,
+                            "kind": op.kind,
+                            "key": op.key,
+                            "status": op.status,
+                            "phase": op.phase.as_str(),
+                            "href": pages::operation_href(&op.kind, &op.key),
+                        });
+                        let event = Event::default().event("change").data(data.to_string());
+                        return Some((Ok(event), (subscription, open)));
+                    }
+                    // Progress: the keep-alive already tells the browser the stream is alive.
+                    Some(Ok(_)) => {}
+                    // Shutting down, or the store failed: the browser reconnects.
+                    Some(Err(_)) | None => return None,
                 }
-                // Progress: the keep-alive already tells the browser the stream is alive.
-                Some(Ok(_)) => {}
-                // Shutting down, or the store failed: the browser reconnects.
-                Some(Err(_)) | None => return None,
             }
-        }
-    });
+        },
+    );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 

@@ -464,3 +464,71 @@ async fn the_console_pages_a_list_with_the_apis_page_tokens() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_are_answered_while_a_fleet_of_live_lists_is_held_open() {
+    // The admin listener's defaults: 64 connections, of which live lists may hold 16.
+    let server = TestServer::start().await;
+    let live = format!("http://{}/ui/live", server.admin);
+    // 64 pages open the live list at once, each on a connection of its own, and keep it.
+    let opened: Vec<_> = (0..64)
+        .map(|_| {
+            let live = live.clone();
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder()
+                    .pool_max_idle_per_host(0)
+                    .build()
+                    .expect("a client");
+                let response = client.get(live).send().await.expect("an answer");
+                (response.status().as_u16(), response)
+            })
+        })
+        .collect();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for open in opened {
+        let (status, response) = open.await.unwrap();
+        match status {
+            200 => held.push(response),
+            503 => {
+                assert!(
+                    response.headers().contains_key("retry-after"),
+                    "a refused live list says when to come back"
+                );
+                refused += 1;
+            }
+            other => panic!("a live list answered {other}"),
+        }
+    }
+    assert_eq!(held.len(), 16, "a quarter of the listener's connections");
+    assert_eq!(refused, 48);
+    // While they are held, probes are answered, each on a new connection, as a kubelet's.
+    for _ in 0..10 {
+        for path in ["livez", "readyz"] {
+            let answer = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("a client")
+                .get(format!("http://{}/{path}", server.admin))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("/{path} unanswered with live lists open: {e}"));
+            assert_eq!(answer.status(), 200, "/{path}");
+        }
+    }
+    // A closed live list makes room for another (once the server notices, at the latest at
+    // the stream's next keep-alive, 15 s).
+    drop(held.pop());
+    let again = crate::wait::wait_until("a live list opens again", Duration::from_secs(30), || {
+        let live = live.clone();
+        async move {
+            let response = reqwest::get(live).await.ok()?;
+            (response.status() == 200).then_some(response)
+        }
+    })
+    .await;
+    drop(again);
+    drop(held);
+    server.stop().await;
+}

@@ -203,7 +203,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_webhook() {
             // Killed once a random number more were acknowledged: mid-load, whatever the
             // machine's pace.
             let senders = load(server.http, cycle, 16, acked.clone());
-            let kill_at = acked.lock().unwrap().len() + 1 + rng.next(300) as usize;
+            let kill_at = acked.lock().unwrap().len() + 1 + rng.next(3_000) as usize;
             crate::wait::wait_until("the load acknowledged", Duration::from_secs(60), || {
                 std::future::ready((acked.lock().unwrap().len() >= kill_at).then_some(()))
             })

@@ -35,7 +35,6 @@ use crate::metrics::{Metrics, Snapshot};
 use crate::net::Admission;
 use crate::reload::CatalogHandle;
 use crate::reload::{CatalogReloader, ReloadError};
-use crate::sequencer::SequencerError;
 use crate::store::WriterHandle;
 use crate::store::{StatusIndex, Store};
 
@@ -260,10 +259,8 @@ impl IntoResponse for AdminError {
             AdminError::Unauthenticated => StatusCode::UNAUTHORIZED,
             AdminError::TooSoon(_) => StatusCode::TOO_MANY_REQUESTS,
             AdminError::Reload(ReloadError::Catalog(_)) => StatusCode::UNPROCESSABLE_ENTITY,
-            AdminError::Reload(ReloadError::Sequencer(SequencerError::NotAlone)) => {
-                StatusCode::CONFLICT
-            }
-            AdminError::Reload(ReloadError::Sequencer(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            AdminError::Reload(ReloadError::Cluster) => StatusCode::CONFLICT,
+            AdminError::Reload(ReloadError::Writer(_)) => StatusCode::SERVICE_UNAVAILABLE,
         };
         tracing::warn!(error = %self, "catalog reload refused; the previous catalog stays in effect");
         let mut response = (

@@ -502,8 +502,6 @@ impl From<SequencerError> for IntakeError {
         match e {
             SequencerError::Writer(e) => IntakeError::Submit(e),
             SequencerError::Stream(e) => IntakeError::Cluster(e),
-            // The intake never asks for a reload.
-            SequencerError::NotAlone => IntakeError::Busy("the sequencer refused"),
         }
     }
 }

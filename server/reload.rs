@@ -24,8 +24,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use crate::domain::catalog::{Catalog, CatalogError};
-use crate::sequencer::{Sequencer, SequencerError};
+use crate::sequencer::Sequencer;
 use crate::store::RebuildReport;
+use crate::store::SubmitError;
 
 /// The catalog in effect, shared by the parts of a server that read webhooks (the intake,
 /// the API, the writer) and swapped whole by a reload: readers take the current one per
@@ -71,9 +72,15 @@ pub enum ReloadError {
     /// The catalog file is unreadable or inconsistent.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
-    /// This node may not reload alone (a cluster node), or its writer could not apply it.
-    #[error(transparent)]
-    Sequencer(#[from] SequencerError),
+    /// A cluster node cannot change its catalog alone.
+    #[error(
+        "a cluster node does not reload its catalog alone (every node must decide alike): \
+         restart every node with the new --catalog"
+    )]
+    Cluster,
+    /// The writer could not apply it.
+    #[error("the writer could not apply the catalog: {0}")]
+    Writer(#[from] SubmitError),
 }
 
 /// What reloads the catalog; cheap to clone.
@@ -88,9 +95,9 @@ pub(crate) struct CatalogReloader {
 impl CatalogReloader {
     /// Reads the catalog again and puts it in effect. See the module docs.
     pub(crate) async fn reload(&self) -> Result<RebuildReport, ReloadError> {
-        if !self.sequencer.reloads() {
-            return Err(SequencerError::NotAlone.into());
-        }
+        let Some(writer) = self.sequencer.writer_alone() else {
+            return Err(ReloadError::Cluster);
+        };
         let path = self.path.clone();
         let catalog = tokio::task::spawn_blocking(move || load_catalog(path.as_deref()))
             .await
@@ -98,7 +105,7 @@ impl CatalogReloader {
         let catalog = Arc::new(catalog);
         let before = self.catalog.current();
         self.catalog.replace(catalog.clone());
-        match self.sequencer.reload(catalog).await {
+        match writer.reload(catalog).await {
             Ok(report) => Ok(report),
             Err(e) => {
                 self.catalog.replace(before);

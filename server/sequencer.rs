@@ -23,10 +23,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::cluster::{ClusterError, JetStreamLog, Progress, Publisher};
-use crate::domain::catalog::Catalog;
 use crate::domain::overdue::OverdueMark;
 use crate::domain::webhook::{Facts, Normalized};
-use crate::store::{Ack, RebuildReport, SubmitError, WriterHandle};
+use crate::store::{Ack, SubmitError, WriterHandle};
 
 /// How long a cluster node's watch waits for a resume point another node reached first.
 const CLUSTER_CATCH_UP: Duration = Duration::from_secs(10);
@@ -44,17 +43,11 @@ pub(crate) enum Sequencer {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SequencerError {
     /// The writer refused or failed.
-    #[error("the writer could not take it: {0}")]
+    #[error(transparent)]
     Writer(#[from] SubmitError),
     /// The stream refused or failed, or this node did not apply it.
     #[error(transparent)]
     Stream(#[from] ClusterError),
-    /// A cluster node does not reload its catalog alone.
-    #[error(
-        "a cluster node does not reload its catalog alone (every node must decide alike): \
-         restart every node with the new --catalog"
-    )]
-    NotAlone,
 }
 
 impl Sequencer {
@@ -121,21 +114,14 @@ impl Sequencer {
         }
     }
 
-    /// Puts `catalog` in effect by rebuilding every operation under it (see
-    /// [`WriterHandle::reload`]): a single node only.
-    pub(crate) async fn reload(
-        &self,
-        catalog: Arc<Catalog>,
-    ) -> Result<RebuildReport, SequencerError> {
+    /// The writer of a node that decides alone, which may put a new catalog in effect in
+    /// place ([`WriterHandle::reload`]): a single node's. A cluster node has none: every node
+    /// must decide alike, so its catalog changes by restarting every node with it.
+    pub(crate) fn writer_alone(&self) -> Option<&WriterHandle> {
         match self {
-            Sequencer::Writer(writer) => Ok(writer.reload(catalog).await?),
-            Sequencer::Stream(_) => Err(SequencerError::NotAlone),
+            Sequencer::Writer(writer) => Some(writer),
+            Sequencer::Stream(_) => None,
         }
-    }
-
-    /// Whether the catalog may be reloaded in place.
-    pub(crate) fn reloads(&self) -> bool {
-        matches!(self, Sequencer::Writer(_))
     }
 
     /// How long a watcher's resume point past this node's head is waited for before it is

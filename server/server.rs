@@ -34,8 +34,7 @@ use crate::metrics::Metrics;
 use crate::net::{self, Admission, AtCapacity, HttpTimeouts};
 use crate::overdue_clock;
 use crate::pb;
-use crate::reload::CatalogHandle;
-use crate::reload::CatalogReloader;
+use crate::reload::{CatalogHandle, CatalogReloader};
 use crate::sequencer::Sequencer;
 use crate::store::{Store, StoreError};
 use crate::store::{

@@ -209,6 +209,7 @@ pub(crate) async fn follow(
                 let known = progress.known_end.load(Ordering::Relaxed);
                 if known > queued {
                     tracing::warn!(after = queued, published = known, "the stream subscription went silent under a publish; following again");
+                    progress.lag.store(known.saturating_sub(progress.applied_through()), Ordering::Relaxed);
                     messages = None;
                     last_message = tokio::time::Instant::now();
                     continue;

@@ -17,18 +17,13 @@
 //! answer can be checked with the public key by the same code that checks QI Tech's
 //! requests; the tests do exactly that.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use md5::{Digest, Md5};
-use p521::ecdsa::SigningKey;
-use p521::ecdsa::signature::Signer;
-
+use super::es512::Es512Signer;
 use super::webhook::KeyError;
 
 /// Signs the intake's acknowledgements.
 #[derive(Clone)]
 pub struct ResponseSigner {
-    key: SigningKey,
+    signer: Es512Signer,
     api_client_key: Option<String>,
 }
 
@@ -56,19 +51,8 @@ impl ResponseSigner {
     /// A signer with a P-521 private key in PEM (PKCS#8 `PRIVATE KEY` or SEC1 `EC PRIVATE
     /// KEY`).
     pub fn from_pem(pem: &str, api_client_key: Option<String>) -> Result<Self, KeyError> {
-        use p521::pkcs8::DecodePrivateKey;
-        let secret = p521::SecretKey::from_pkcs8_pem(pem)
-            .or_else(|_| p521::SecretKey::from_sec1_pem(pem))
-            .map_err(|e| KeyError {
-                what: "--response-signing-key".into(),
-                reason: format!("not a P-521 private key in PEM: {e}"),
-            })?;
-        let key = SigningKey::from_slice(&secret.to_bytes()).map_err(|e| KeyError {
-            what: "--response-signing-key".into(),
-            reason: format!("not a usable P-521 signing key: {e}"),
-        })?;
         Ok(ResponseSigner {
-            key,
+            signer: Es512Signer::from_pem(pem, "--response-signing-key")?,
             api_client_key,
         })
     }
@@ -76,32 +60,17 @@ impl ResponseSigner {
     /// Signs `reply` (the JSON answer) for a request of `method` on `uri`, at `now` (seconds
     /// since the epoch).
     pub fn sign(&self, reply: &[u8], method: &str, uri: &str, now: i64) -> SignedResponse {
-        let encoded = self.jwt(reply);
+        let encoded = self.signer.jwt(reply);
         let body = serde_json::to_vec(&serde_json::json!({ "encoded_body": encoded }))
             .expect("a JSON object of one string serializes");
         let timestamp = chrono::DateTime::from_timestamp(now, 0)
             .unwrap_or_default()
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let claims = serde_json::json!({
-            "payload_md5": hex::encode(Md5::digest(&body)),
-            "timestamp": timestamp,
-            "method": method,
-            "uri": uri,
-        });
-        let authorization =
-            self.jwt(&serde_json::to_vec(&claims).expect("a JSON object of strings serializes"));
+        let authorization = self.signer.authorization(&body, method, uri, &timestamp);
         SignedResponse {
             body,
             authorization,
             api_client_key: self.api_client_key.clone(),
         }
-    }
-
-    /// A compact ES512 JWT of `payload`.
-    fn jwt(&self, payload: &[u8]) -> String {
-        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"ES512","typ":"JWT"}"#);
-        let signed = format!("{header}.{}", URL_SAFE_NO_PAD.encode(payload));
-        let signature: p521::ecdsa::Signature = self.key.sign(signed.as_bytes());
-        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
     }
 }

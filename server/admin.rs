@@ -33,6 +33,7 @@ use crate::console::ConsoleState;
 use crate::feed::ChangeFeed;
 use crate::metrics::{Metrics, Snapshot};
 use crate::net::Admission;
+use crate::recovery::RecoveryFigures;
 use crate::reload::CatalogHandle;
 use crate::reload::{CatalogReloader, ReloadError};
 use crate::store::WriterHandle;
@@ -93,6 +94,8 @@ pub(crate) struct AdminState {
     pub(crate) last_reload: Arc<Mutex<Option<Instant>>>,
     /// The time of day: how long ago the disk was full, what is overdue now.
     pub(crate) clock: Clock,
+    /// Recovery's figures, when QI's API is configured.
+    pub(crate) recovery: Option<Arc<RecoveryFigures>>,
 }
 
 impl AdminLimits {
@@ -309,6 +312,10 @@ async fn metrics(State(state): State<AdminState>) -> Response {
                 .unwrap_or_default(),
             view_keys_written: store.keys_written(),
             changes_from_log: state.feed.changes_from_log(),
+            recovery: state
+                .recovery
+                .as_ref()
+                .map(|figures| figures.gauges(state.clock.now_millis())),
         };
         Ok::<_, std::convert::Infallible>(state.metrics.encode(snapshot))
     });

@@ -17,6 +17,8 @@ use crate::domain::catalog::{Catalog, CatalogError};
 use crate::feed::FeedSettings;
 use crate::grpc::GrpcLimits;
 use crate::intake::IntakeLimits;
+use crate::qitech_api::QiApiSettings;
+use crate::recovery::RecoverySettings;
 use crate::server::{DEFAULT_COMPACTION_INTERVAL, DEFAULT_LOG_RETENTION_DAYS, Settings, days};
 use crate::store::DEFAULT_CACHE_MB;
 use crate::store::WriterLimits;
@@ -178,13 +180,15 @@ pub struct Config {
     )]
     pub qitech_public_keys: Vec<PathBuf>,
 
-    /// Accepted values of QI Tech's API-CLIENT-KEY header. Repeat for several; when none is
-    /// given, the header is not checked.
+    /// The integration's key (QI's API-CLIENT-KEY): the values webhooks may carry in that
+    /// header (repeat for several; when none is given, the header is not checked), and the
+    /// first is sent with every request to QI's API (--qitech-api-url).
     #[arg(
         long = "qitech-api-client-key",
         env = "QISTATUS_QITECH_API_CLIENT_KEYS",
         value_delimiter = ',',
-        hide_env_values = true
+        hide_env_values = true,
+        global = true
     )]
     pub qitech_api_client_keys: Vec<String>,
 
@@ -218,6 +222,40 @@ pub struct Config {
     /// `https://` and the request's `Host` header.
     #[arg(long, env = "QISTATUS_QITECH_CAAS_URL_BASE")]
     pub qitech_caas_url_base: Option<String>,
+
+    /// QI Tech's API (`https://api-auth.sandbox.qitech.app`, or production's): with it,
+    /// qistatus asks QI to resend what it failed to deliver (README, "Missed webhooks").
+    /// Needs --qitech-api-private-key and --qitech-api-client-key.
+    #[arg(long, env = "QISTATUS_QITECH_API_URL", global = true)]
+    pub qitech_api_url: Option<String>,
+
+    /// qistatus's ECDSA P-521 private key (PEM) that signs requests to QI's API; QI holds its
+    /// public half (QI's "Key exchange").
+    #[arg(long, env = "QISTATUS_QITECH_API_PRIVATE_KEY", global = true)]
+    pub qitech_api_private_key: Option<PathBuf>,
+
+    /// QI's public key (PEM) that signs QI API's answers; without it answers are read
+    /// unchecked (a warning at start).
+    #[arg(long, env = "QISTATUS_QITECH_API_PUBLIC_KEY", global = true)]
+    pub qitech_api_public_key: Option<PathBuf>,
+
+    /// How often recovery lists QI's failed callbacks and asks for them again; 0 turns the
+    /// periodic pass off (overdue operations are still asked about).
+    #[arg(long, env = "QISTATUS_RECOVER_EVERY", default_value_t = RecoverySettings::DEFAULT_EVERY.into())]
+    pub recover_every: humantime::Duration,
+
+    /// How far back recovery's first pass reaches (later passes go on from where the last
+    /// ended).
+    #[arg(long, env = "QISTATUS_RECOVER_LOOKBACK", default_value_t = RecoverySettings::DEFAULT_LOOKBACK.into())]
+    pub recover_lookback: humantime::Duration,
+
+    /// Most requests a second to QI's API.
+    #[arg(long, env = "QISTATUS_RECOVER_MAX_RPS", default_value_t = QiApiSettings::DEFAULT_MAX_RPS, global = true)]
+    pub recover_max_rps: f64,
+
+    /// Resends of one failed callback before recovery gives up on it (counted and shown).
+    #[arg(long, env = "QISTATUS_RECOVER_MAX_RESENDS", default_value_t = RecoverySettings::DEFAULT_MAX_RESENDS)]
+    pub recover_max_resends: u32,
 
     /// Standard Webhooks HMAC secret (`whsec_...`), for deployments behind a relay. Repeat
     /// for rotation; prefer the environment variable, which `ps` does not show.
@@ -355,6 +393,15 @@ pub fn exposure_warnings(
     )))
 }
 
+/// The content of the file `path` given with the flag `what`.
+fn read_file(path: &PathBuf, what: &str) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| ConfigError::Read {
+        what: what.to_owned(),
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
 /// The server's commands.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
@@ -390,6 +437,22 @@ pub enum Command {
     /// Check --data-dir with the server stopped: every log record's checksum and order, then
     /// the view's indexes and counters. Lists every problem; exits non-zero if there is any.
     Verify,
+    /// Ask QI's API (--qitech-api-url) to resend what it failed to deliver in a window: every
+    /// callback QI lists as failed, or with --key every callback of that operation. Prints
+    /// each request and QI's answer; exits non-zero when QI refused or could not be reached.
+    /// The server need not be stopped.
+    Recover {
+        /// Where the window starts: an RFC 3339 time (2026-11-20T00:00:00Z) or how long ago
+        /// (3d, 12h).
+        #[arg(long)]
+        since: String,
+        /// Where it ends (the same forms); now by default.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only this operation's events (QI's origin_key).
+        #[arg(long)]
+        key: Option<String>,
+    },
     /// Copy every readable webhook of a damaged --data-dir's log, before and after the
     /// damage, into INTO (new or empty), one file each, and name what could not be read.
     /// Changes nothing in --data-dir. Post them to a fresh server with `qistatus replay INTO`.
@@ -417,13 +480,7 @@ impl Config {
     /// The settings `server::run` takes, after the safe-by-default check of the addresses.
     /// Returns warnings to log at start.
     pub fn settings(&self) -> Result<(Settings, Vec<String>), ConfigError> {
-        let read = |path: &PathBuf, what: &str| {
-            std::fs::read(path).map_err(|e| ConfigError::Read {
-                what: what.to_owned(),
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })
-        };
+        let read = read_file;
         let mut public_keys = Vec::new();
         for path in &self.qitech_public_keys {
             let pem = read(path, "--qitech-public-key")?;
@@ -456,7 +513,7 @@ impl Config {
             }),
             _ => None,
         };
-        let warnings = exposure_warnings(
+        let mut warnings = exposure_warnings(
             self.http_addr,
             self.grpc_addr,
             webhook_verifier.is_enabled(),
@@ -473,6 +530,16 @@ impl Config {
             }
             None => None,
         };
+        let qitech_api = self.qitech_api_settings()?;
+        if let Some(api) = &qitech_api
+            && api.public_key_pem.is_none()
+        {
+            warnings.push(
+                "--qitech-api-public-key is not set: QI API's answers are read without checking \
+                 QI's signature"
+                    .into(),
+            );
+        }
         let cluster = (!self.nats.is_empty()).then(|| ClusterSettings {
             urls: self.nats.clone(),
             stream: self.nats_stream.clone(),
@@ -531,8 +598,68 @@ impl Config {
             scrub_interval: Some(*self.scrub_interval).filter(|i| !i.is_zero()),
             scrub_bytes_per_second: self.scrub_mb_per_second.max(1) * 1024 * 1024,
             clock: crate::clock::Clock::system(),
+            qitech_api,
+            recovery: self.recovery_settings(),
         };
         Ok((settings, warnings))
+    }
+
+    /// Recovery's settings, from the `--recover-*` flags.
+    pub fn recovery_settings(&self) -> RecoverySettings {
+        RecoverySettings {
+            every: Some(*self.recover_every).filter(|every| !every.is_zero()),
+            lookback: *self.recover_lookback,
+            max_resends: self.recover_max_resends.max(1),
+        }
+    }
+
+    /// How to reach QI's API, as `recover` needs it: --qitech-api-url and its keys, required.
+    pub fn qitech_api(&self) -> Result<QiApiSettings, ConfigError> {
+        self.qitech_api_settings()?.ok_or_else(|| {
+            ConfigError::Key(KeyError {
+                what: "recover".into(),
+                reason: "needs --qitech-api-url (and its keys)".into(),
+            })
+        })
+    }
+
+    /// How to reach QI's API, when --qitech-api-url is given (and then its key and client
+    /// key must be too).
+    fn qitech_api_settings(&self) -> Result<Option<QiApiSettings>, ConfigError> {
+        let read = read_file;
+        let Some(url) = &self.qitech_api_url else {
+            return Ok(None);
+        };
+        let missing = |flag: &str| {
+            ConfigError::Key(KeyError {
+                what: "--qitech-api-url".into(),
+                reason: format!("needs {flag} too"),
+            })
+        };
+        let private_key = self
+            .qitech_api_private_key
+            .as_ref()
+            .ok_or_else(|| missing("--qitech-api-private-key"))?;
+        let client_key = self
+            .qitech_api_client_keys
+            .first()
+            .ok_or_else(|| missing("--qitech-api-client-key"))?;
+        let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+        Ok(Some(QiApiSettings {
+            url: url.clone(),
+            client_key: client_key.clone(),
+            private_key_pem: text(read(private_key, "--qitech-api-private-key")?),
+            public_key_pem: match &self.qitech_api_public_key {
+                Some(path) => Some(text(read(path, "--qitech-api-public-key")?)),
+                None => None,
+            },
+            max_rps: if self.recover_max_rps > 0.0 {
+                self.recover_max_rps
+            } else {
+                QiApiSettings::DEFAULT_MAX_RPS
+            },
+            request_timeout: QiApiSettings::DEFAULT_REQUEST_TIMEOUT,
+        }))
     }
 
     /// Installs the global `tracing` subscriber.
@@ -567,7 +694,7 @@ mod tests {
         let library = Settings::new(&config.data_dir);
         let shown = |s: &Settings| {
             format!(
-                "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {}",
+                "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {} {:?}",
                 s.intake,
                 s.grpc,
                 s.writer,
@@ -575,7 +702,8 @@ mod tests {
                 s.log_retention,
                 s.compaction_interval,
                 s.overdue_tick,
-                s.cache_bytes
+                s.cache_bytes,
+                s.recovery
             )
         };
         assert_eq!(shown(&flags), shown(&library));

@@ -127,6 +127,8 @@ pub(crate) struct FeedFilter {
     pub(crate) milestones: BTreeSet<String>,
     /// Also the moments operations became overdue.
     pub(crate) overdue: bool,
+    /// Only the moments operations became overdue (with `overdue`), no webhook's change.
+    pub(crate) overdue_only: bool,
 }
 
 impl FeedFilter {
@@ -135,6 +137,8 @@ impl FeedFilter {
         let op = &change.operation;
         let selected = if change.overdue.is_some() {
             self.overdue
+        } else if self.overdue_only {
+            false
         } else if self.milestones.is_empty() {
             self.include_unchanged || change.status_changed
         } else {
@@ -578,6 +582,16 @@ mod tests {
         assert!(
             !asked.matches(&change("debt", "a", "disbursed", Phase::Pending, false)),
             "asking for overdue events does not bring unchanged webhooks"
+        );
+        let only = FeedFilter {
+            overdue: true,
+            overdue_only: true,
+            ..FeedFilter::default()
+        };
+        assert!(only.matches(&late));
+        assert!(
+            !only.matches(&change("debt", "a", "disbursed", Phase::Pending, true)),
+            "only overdue events: no status change"
         );
     }
 }

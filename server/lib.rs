@@ -109,6 +109,10 @@ mod net;
 #[cfg(feature = "server")]
 mod overdue_clock;
 #[cfg(feature = "server")]
+mod qitech_api;
+#[cfg(feature = "server")]
+mod recovery;
+#[cfg(feature = "server")]
 mod reload;
 #[cfg(feature = "server")]
 mod sequencer;
@@ -142,6 +146,12 @@ pub use intake::IntakeLimits;
 /// Binds a listener with the backlog the server wants (see its docs).
 #[cfg(feature = "server")]
 pub use net::listen;
+#[cfg(feature = "server")]
+pub use qitech_api::{QiApiError, QiApiSettings};
+#[cfg(feature = "server")]
+pub use recovery::RecoverySettings;
+#[cfg(feature = "server")]
+pub use recovery::by_hand::{ByHandReport, recover_by_hand};
 /// The built-in catalog extended by a catalog file, as the server loads it at start.
 #[cfg(feature = "server")]
 pub use reload::load_catalog;

@@ -119,6 +119,24 @@ async fn main() -> anyhow::Result<()> {
                 restored.store_id
             );
         }
+        Command::Recover { since, until, key } => {
+            let api = config.qitech_api()?;
+            let now = chrono::Utc::now().timestamp_millis();
+            let since = time_given(&since, now).context("--since")?;
+            let until = match until {
+                Some(until) => time_given(&until, now).context("--until")?,
+                None => now,
+            };
+            anyhow::ensure!(since < until, "--since must be before --until");
+            let report = qistatus::recover_by_hand(&api, since, until, key.as_deref(), |line| {
+                println!("{line}")
+            })
+            .await?;
+            println!(
+                "{} window(s), {} event(s) listed, {} callback(s) QI accepted to resend",
+                report.windows, report.events, report.resent
+            );
+        }
         Command::Verify => {
             let found = qistatus::store::verify(&config.data_dir)
                 .with_context(|| format!("cannot verify {}", config.data_dir.display()))?;
@@ -220,4 +238,16 @@ fn open_store(config: &Config) -> anyhow::Result<qistatus::store::Store> {
         .replay(&config.load_catalog()?)
         .with_context(context)?;
     Ok(store)
+}
+
+/// A time given on the command line: RFC 3339, or how long before `now` (`3d`, `12h`), in ms
+/// since the epoch.
+fn time_given(text: &str, now: i64) -> anyhow::Result<i64> {
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(at.timestamp_millis());
+    }
+    let ago = humantime::parse_duration(text).with_context(|| {
+        format!("{text:?} is neither an RFC 3339 time nor a duration ago (3d, 12h)")
+    })?;
+    Ok(now.saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX)))
 }

@@ -60,6 +60,17 @@ struct OverdueLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct QiApiLabels {
+    call: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResendLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ListenerLabels {
     listener: &'static str,
 }
@@ -100,6 +111,10 @@ pub(crate) struct Snapshot {
     /// Changes worked out from the log for watchers behind the recent window, since the
     /// start.
     pub(crate) changes_from_log: u64,
+    /// Recovery, when QI's API is configured: (the cursor's age, seconds since the last
+    /// completed pass, callbacks followed, callbacks given up); an age is `-1` before the
+    /// first.
+    pub(crate) recovery: Option<(i64, i64, i64, i64)>,
 }
 
 /// The server's metrics. Cheap to share (`Arc`), cheap to update (atomics).
@@ -117,6 +132,9 @@ pub(crate) struct Metrics {
     event_times_ahead: Counter,
     overdue_events: Counter,
     overdue_ticks: Counter,
+    qitech_api: Family<QiApiLabels, Counter>,
+    resends: Family<ResendLabels, Counter>,
+    given_up: Counter,
     view_keys_written: Counter,
     changes_from_log: Counter,
     gauges: Gauges,
@@ -135,6 +153,10 @@ struct Gauges {
     stream_applied: Gauge,
     stream_lag: Gauge,
     overdue: Family<OverdueLabels, Gauge>,
+    recovery_cursor_age: Gauge,
+    recovery_pass_age: Gauge,
+    recovery_pending: Gauge,
+    recovery_given_up: Gauge,
 }
 
 impl Metrics {
@@ -279,7 +301,51 @@ impl Metrics {
              each further page of a backlog): flat means nobody is told of silence any more",
             overdue_ticks.clone(),
         );
+        let qitech_api = Family::<QiApiLabels, Counter>::default();
+        registry.register(
+            "qitech_api_requests",
+            "Calls to QI's API (recovery), by call (list_events, resend) and outcome (ok, \
+             retried, refused, unavailable, bad_answer)",
+            qitech_api.clone(),
+        );
+        let resends = Family::<ResendLabels, Counter>::default();
+        registry.register(
+            "recovery_resends",
+            "Callbacks QI was asked to resend, by reason (failed_callback, overdue, by_hand)",
+            resends.clone(),
+        );
+        let given_up = Counter::default();
+        registry.register(
+            "recovery_given_up",
+            "Callbacks QI still listed as failed after every resend, given up on since the \
+             start (the console's overview lists the latest)",
+            given_up.clone(),
+        );
+        registry.register(
+            "recovery_cursor_age_seconds",
+            "How far behind now recovery's cursor is: every failed callback before it was \
+             asked for (-1 before the first pass; 0 when QI's API is not configured)",
+            gauges.recovery_cursor_age.clone(),
+        );
+        registry.register(
+            "recovery_last_pass_age_seconds",
+            "Seconds since recovery last completed a pass (-1 before the first)",
+            gauges.recovery_pass_age.clone(),
+        );
+        registry.register(
+            "recovery_pending_callbacks",
+            "Callbacks asked to be resent and not yet seen delivered",
+            gauges.recovery_pending.clone(),
+        );
+        registry.register(
+            "recovery_given_up_callbacks",
+            "Callbacks given up on since the store began (kept with recovery's state)",
+            gauges.recovery_given_up.clone(),
+        );
         Metrics {
+            qitech_api,
+            resends,
+            given_up,
             overdue_ticks,
             registry,
             view_keys_written,
@@ -302,6 +368,23 @@ impl Metrics {
     pub(crate) fn scrubbed(&self, bytes: u64, damage: usize) {
         self.scrubbed_bytes.inc_by(bytes);
         self.log_damage.inc_by(damage as u64);
+    }
+
+    /// Counts a call to QI's API that ended with `outcome` (or one try that was retried).
+    pub(crate) fn qitech_api_call(&self, call: &'static str, outcome: &'static str) {
+        self.qitech_api
+            .get_or_create(&QiApiLabels { call, outcome })
+            .inc();
+    }
+
+    /// Counts a callback QI was asked to resend, for `reason`.
+    pub(crate) fn recovery_resend(&self, reason: &'static str) {
+        self.resends.get_or_create(&ResendLabels { reason }).inc();
+    }
+
+    /// Counts a callback given up on.
+    pub(crate) fn recovery_given_up(&self) {
+        self.given_up.inc();
     }
 
     /// Counts a look of the overdue clock, once it is over (what it found proposed).
@@ -369,6 +452,11 @@ impl Metrics {
         let (applied, lag) = snapshot.stream.unwrap_or_default();
         g.stream_applied.set(applied);
         g.stream_lag.set(lag);
+        let (cursor_age, pass_age, pending, given_up) = snapshot.recovery.unwrap_or_default();
+        g.recovery_cursor_age.set(cursor_age);
+        g.recovery_pass_age.set(pass_age);
+        g.recovery_pending.set(pending);
+        g.recovery_given_up.set(given_up);
         // An expectation a reload removed has no series left.
         g.overdue.clear();
         for (kind, status, count) in snapshot.overdue {

@@ -34,6 +34,9 @@ use crate::metrics::Metrics;
 use crate::net::{self, Admission, AtCapacity, HttpTimeouts};
 use crate::overdue_clock;
 use crate::pb;
+use crate::qitech_api::{QiApi, QiApiError, QiApiSettings};
+use crate::recovery::ledger::Ledger;
+use crate::recovery::{Recovery, RecoveryError, RecoveryHandle, RecoverySettings};
 use crate::reload::{CatalogHandle, CatalogReloader};
 use crate::sequencer::Sequencer;
 use crate::store::{Store, StoreError};
@@ -103,6 +106,10 @@ pub struct Settings {
     /// The clock every part reads the time of day from: the system's, or a test's
     /// [`crate::ManualClock`].
     pub clock: Clock,
+    /// QI's API, when configured: recovery asks it to resend what it failed to deliver.
+    pub qitech_api: Option<QiApiSettings>,
+    /// How recovery goes about it.
+    pub recovery: RecoverySettings,
 }
 
 impl Settings {
@@ -131,6 +138,8 @@ impl Settings {
             cache_bytes: crate::store::DEFAULT_CACHE_MB * 1024 * 1024,
             cluster: None,
             clock: Clock::system(),
+            qitech_api: None,
+            recovery: RecoverySettings::DEFAULT,
         }
     }
 }
@@ -153,9 +162,24 @@ pub enum ServerError {
     /// The cluster's stream could not be joined.
     #[error("cluster: {0}")]
     Cluster(#[from] ClusterError),
+    /// Recovery could not start (QI API's settings, or its state).
+    #[error("recovery: {0}")]
+    Recovery(String),
     /// The reflection service could not be built.
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+}
+
+impl From<QiApiError> for ServerError {
+    fn from(e: QiApiError) -> Self {
+        ServerError::Recovery(e.to_string())
+    }
+}
+
+impl From<RecoveryError> for ServerError {
+    fn from(e: RecoveryError) -> Self {
+        ServerError::Recovery(e.to_string())
+    }
 }
 
 /// The sockets `run` serves, bound by the caller (port 0 in tests).
@@ -255,7 +279,8 @@ pub async fn run(
                     secure_cookies: tls.is_some(),
                     max_live_streams: settings.admin.max_live_streams(),
                 },
-            ),
+            )
+            .with_recovery(core.recovery.clone()),
             reloader,
             metrics: core.metrics.clone(),
             catalog: core.catalog.clone(),
@@ -268,6 +293,7 @@ pub async fn run(
             last_reload: Default::default(),
             cluster: core.sequencer.stream_progress(),
             clock: core.clock.clone(),
+            recovery: core.recovery.as_ref().map(|r| r.figures.clone()),
         },
         listeners.admin,
         tls.clone(),
@@ -321,6 +347,8 @@ struct Core {
     clock: Clock,
     /// The lists the API and the console read.
     lists: Lists,
+    /// Recovery, when QI's API is configured.
+    recovery: Option<RecoveryHandle>,
 }
 
 impl Core {
@@ -428,7 +456,24 @@ impl Core {
             settings.feed,
         )
         .waiting_for_resume_points(sequencer.resume_wait());
+        let recovery = match &settings.qitech_api {
+            Some(api) => {
+                let api = QiApi::new(api, clock.clone(), metrics.clone())?;
+                let (recovery, handle) = Recovery::new(
+                    api,
+                    Ledger::in_dir(&settings.data_dir),
+                    store.clone(),
+                    clock.clone(),
+                    metrics.clone(),
+                    settings.recovery,
+                )?;
+                tasks.spawn(recovery.run(feed.clone(), stop.clone()));
+                Some(handle)
+            }
+            None => None,
+        };
         Ok(Core {
+            recovery,
             lists: Lists::new(store.clone())?,
             store,
             writer,

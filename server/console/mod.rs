@@ -7,6 +7,7 @@
 //! | `GET /ui/operations/{key}[?kind=]` | status, phase, milestones, facts, the timeline of its webhooks |
 //! | `GET /ui/operations/{key}/webhooks/{seq}` | one raw webhook, personal data masked |
 //! | `POST /ui/operations/{key}/webhooks/{seq}/reveal` | the same, unmasked; logged (who, which operation and webhook; never the values) |
+//! | `POST /ui/operations/{key}/resend` | asks QI to resend what qistatus does not hold of it (when QI's API is configured; `crate::recovery`) |
 //! | `GET /ui/list?kind=&status=&phase=` | operations by status or phase, paged |
 //! | `GET /ui/quarantine` | quarantined webhooks with their reasons, paged |
 //! | `GET /ui/live` | server-sent events: status changes as they commit (the dashboard's live list) |
@@ -15,7 +16,8 @@
 //! Guarantees: pages are server-rendered and escape every value from a webhook (maud); a
 //! Content-Security-Policy allows scripts only from `/ui/assets/`, so even a value that
 //! slipped through could not run; bad input gets a page with the reason (404 for an unknown
-//! key, 400 for a bad filter), never a 5xx; nothing here writes to the store. Assets are
+//! key, 400 for a bad filter), never a 5xx for the person's mistake; nothing here writes to
+//! the store (a resend asked of QI arrives at the intake like any webhook). Assets are
 //! embedded in the binary.
 
 mod pages;
@@ -45,6 +47,7 @@ use crate::domain::reconcile::{Operation, Phase};
 use crate::domain::webhook::{check_key, check_name};
 use crate::feed::{ChangeFeed, FeedEvent, FeedFilter};
 use crate::listing::{ListAsk, ListError, ListPage, ListQuery, Lists};
+use crate::recovery::{RecoveryError, RecoveryHandle};
 use crate::reload::CatalogHandle;
 use crate::store::{Lookup, Store, StoreError};
 pub(crate) use session::Sessions;
@@ -70,6 +73,8 @@ pub(crate) struct ConsoleState {
     pub(crate) secure_cookies: bool,
     /// What "overdue now" is measured against.
     pub(crate) clock: Clock,
+    /// Recovery, when QI's API is configured: "ask QI to resend".
+    pub(crate) recovery: Option<RecoveryHandle>,
 }
 
 /// Who may use the console, and how much of the admin listener it may hold.
@@ -101,7 +106,14 @@ impl ConsoleState {
             catalog,
             sessions: Arc::new(Sessions::new(access.tokens)),
             secure_cookies: access.secure_cookies,
+            recovery: None,
         }
+    }
+
+    /// This console offering "ask QI to resend" through `recovery`.
+    pub(crate) fn with_recovery(mut self, recovery: Option<RecoveryHandle>) -> Self {
+        self.recovery = recovery;
+        self
     }
 }
 
@@ -112,6 +124,7 @@ pub(crate) fn router(state: ConsoleState) -> Router {
         .route("/live", get(live))
         .route("/operations", get(search))
         .route("/operations/{key}", get(operation))
+        .route("/operations/{key}/resend", post(resend))
         .route("/operations/{key}/webhooks/{sequence}", get(payload))
         .route("/operations/{key}/webhooks/{sequence}/reveal", post(reveal))
         .route("/list", get(list))
@@ -150,6 +163,10 @@ pub(crate) enum ConsoleError {
     /// The live list cannot start now (too many watchers, or shutting down).
     #[error("{0}")]
     Unavailable(String),
+    /// QI's API refused or could not be reached (its message, which names no personal
+    /// data: QI's codes and statuses).
+    #[error("QI's API: {0}")]
+    Upstream(String),
     /// A list as asked cannot be read: a field is wrong (400), or the store failed.
     #[error(transparent)]
     List(#[from] ListError),
@@ -175,6 +192,7 @@ impl IntoResponse for ConsoleError {
             ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
             ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ConsoleError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ConsoleError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ConsoleError::List(ListError::Store(e)) | ConsoleError::Store(e) => {
                 tracing::error!(error = %e, "console: the store failed");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -342,10 +360,60 @@ async fn operation(
     // A point read, in place (see `Store::read_async`).
     let body = match find(&state, &key, query.kind.as_deref())? {
         Lookup::Several(kinds) => pages::choose_kind(&key, &kinds),
-        Lookup::Found(op) => pages::operation(&op),
+        Lookup::Found(op) => pages::operation(
+            &op,
+            state
+                .recovery
+                .as_ref()
+                .map(|_| viewer.csrf.as_deref().unwrap_or("")),
+        ),
         Lookup::Missing(what) => return Err(ConsoleError::NotFound(what)),
     };
     Ok(page(&viewer, &key, body))
+}
+
+/// `POST /ui/operations/{key}/resend`: asks QI at once (no backoff) for the operation's
+/// events and to resend those qistatus does not hold. A POST with the form token, so that no
+/// link, prefetch or other site asks QI anything.
+async fn resend(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    Query(query): Query<KeyQuery>,
+    form: axum::body::Bytes,
+) -> Result<Markup, ConsoleError> {
+    let viewer = viewer(&state, &headers)?;
+    check_form(&viewer, &form)?;
+    let Some(recovery) = &state.recovery else {
+        return Err(ConsoleError::NotFound(
+            "QI's API is not configured on this server (--qitech-api-url)".into(),
+        ));
+    };
+    let op = match find(&state, &key, query.kind.as_deref())? {
+        Lookup::Found(op) => *op,
+        Lookup::Several(kinds) => {
+            return Err(ConsoleError::BadRequest(Lookup::ambiguous(&key, &kinds)));
+        }
+        Lookup::Missing(what) => return Err(ConsoleError::NotFound(what)),
+    };
+    let report = recovery.ask(&op.kind, &op.key).await.map_err(|e| match e {
+        RecoveryError::Busy(_) => ConsoleError::Unavailable(e.to_string()),
+        RecoveryError::Store(e) => ConsoleError::Store(e),
+        other => ConsoleError::Upstream(other.to_string()),
+    })?;
+    tracing::info!(
+        target: "qistatus::audit",
+        who = %viewer.who,
+        kind = %op.kind,
+        key = %op.key,
+        resent = report.resent,
+        "console: QI asked to resend"
+    );
+    Ok(page(
+        &viewer,
+        "Asked QI to resend",
+        pages::resent(&op, report.events, report.held, report.resent),
+    ))
 }
 
 /// The operation's webhook at `sequence`, pretty-printed, masked unless `reveal`: a point

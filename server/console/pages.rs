@@ -119,9 +119,19 @@ pub(crate) fn overview(counts: &[OperationCount], head: u64, quarantined: usize)
 }
 
 /// `GET /ui/operations/{key}`.
-pub(crate) fn operation(op: &Operation) -> Markup {
+/// `resend`: `Some(csrf)` when QI's API is configured (the form token, empty on an open
+/// console), which offers "ask QI to resend".
+pub(crate) fn operation(op: &Operation, resend: Option<&str>) -> Markup {
     html! {
         h1 { (op.kind) " " code { (op.key) } }
+        @if let Some(csrf) = resend {
+            form.resend method="post" action={"/ui/operations/" (encode(&op.key)) "/resend?kind=" (encode(&op.kind))} {
+                @if !csrf.is_empty() {
+                    input type="hidden" name="csrf" value=(csrf);
+                }
+                button type="submit" { "Ask QI to resend what qistatus does not hold" }
+            }
+        }
         dl.facts {
             dt { "Status" } dd { strong { (op.status) } " " (phase_badge(op.phase)) }
             @if !op.detail.is_empty() { dt { "Detail" } dd { (op.detail) } }
@@ -173,6 +183,24 @@ pub(crate) fn operation(op: &Operation) -> Markup {
                     }
                 }
             } }
+        }
+    }
+}
+
+/// `POST /ui/operations/{key}/resend`: what QI was asked.
+pub(crate) fn resent(op: &Operation, events: usize, held: usize, resent: usize) -> Markup {
+    let back = operation_href(&op.kind, &op.key);
+    html! {
+        p { a href=(back) { "← " (op.kind) " " (op.key) } }
+        h1 { "Asked QI to resend" }
+        p.summary {
+            "QI listed " (events) " event(s) of this operation; qistatus holds " (held)
+            "; QI accepted to resend " (resent) " callback(s)."
+        }
+        @if resent > 0 {
+            p.hint { "They arrive as webhooks, like any other: the operation's page shows them once they have." }
+        } @else {
+            p.hint { "QI has nothing more for this operation." }
         }
     }
 }

@@ -335,6 +335,7 @@ fn watch_filter(
         include_unchanged: req.include_unchanged,
         milestones: canonical_set(&req.milestones, "milestones", canonical_status)?,
         overdue: req.overdue,
+        overdue_only: false,
     })
 }
 

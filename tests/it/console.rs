@@ -22,13 +22,13 @@ const CPF: &str = "08141163701";
 const SCRIPT: &str = "<script>document.body.innerHTML='PWNED'</script>";
 
 /// A headless Chromium session through a chromedriver this test starts.
-struct Browser {
-    client: Client,
+pub(crate) struct Browser {
+    pub(crate) client: Client,
     _driver: tokio::process::Child,
 }
 
 impl Browser {
-    async fn start() -> Browser {
+    pub(crate) async fn start() -> Browser {
         // fantoccini's TLS stack has two crypto providers compiled in: pick one (ignored if
         // another test already did; the WebDriver connection is plain HTTP anyway).
         let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
@@ -98,7 +98,7 @@ impl Browser {
 
     /// The visible text of the page, once `xpath` is on it (a form's answer loads after
     /// `submit` returns).
-    async fn text_once(&self, xpath: &str) -> String {
+    pub(crate) async fn text_once(&self, xpath: &str) -> String {
         self.client
             .wait()
             .at_most(Duration::from_secs(10))
@@ -115,7 +115,7 @@ impl Browser {
     }
 
     /// Clicks the element `locator` finds.
-    async fn click(&self, locator: Locator<'_>) {
+    pub(crate) async fn click(&self, locator: Locator<'_>) {
         self.client
             .find(locator)
             .await

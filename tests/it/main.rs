@@ -7,9 +7,11 @@
 //!   capture, the CLI, offline commands).
 //! - [`peers`]: the programs of the real peers (nats-server, Chromium), found or installed.
 //! - [`wait`]: waiting for what a user would see (`wait_until`), never a fixed sleep.
+//! - [`qi_api`]: a stand-in for QI Tech's API, written from its pages.
 
 mod peers;
 mod process;
+mod qi_api;
 mod test_server;
 mod wait;
 
@@ -31,6 +33,7 @@ mod memory;
 mod overdue;
 mod rebuild;
 mod reconciliation;
+mod recovery;
 mod restart;
 mod security;
 mod seeds;

@@ -257,6 +257,11 @@ pub struct Config {
     #[arg(long, env = "QISTATUS_RECOVER_MAX_RESENDS", default_value_t = RecoverySettings::DEFAULT_MAX_RESENDS)]
     pub recover_max_resends: u32,
 
+    /// On a cluster, how long a node's claim to be the one that recovers lasts unrenewed (it
+    /// renews it every half): how long recovery pauses when that node dies.
+    #[arg(long, env = "QISTATUS_RECOVER_LEASE", default_value_t = RecoverySettings::DEFAULT_LEASE.into())]
+    pub recover_lease: humantime::Duration,
+
     /// Standard Webhooks HMAC secret (`whsec_...`), for deployments behind a relay. Repeat
     /// for rotation; prefer the environment variable, which `ps` does not show.
     #[arg(
@@ -610,6 +615,7 @@ impl Config {
             every: Some(*self.recover_every).filter(|every| !every.is_zero()),
             lookback: *self.recover_lookback,
             max_resends: self.recover_max_resends.max(1),
+            lease: (*self.recover_lease).max(Duration::from_secs(1)),
         }
     }
 

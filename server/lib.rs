@@ -20,12 +20,13 @@
 //! # Modules, in the one direction their dependencies point
 //!
 //! `domain` ← `store` ← `cluster` ← `sequencer` ← `reload` ← (`intake`, `feed`, `listing`,
-//! `overdue_clock`) ← `grpc` ← `server` ← `config` ← `main`.
+//! `overdue_clock`) ← `recovery` (over `qitech_api`) ← (`grpc`, `console`) ← `server` ←
+//! `config` ← `main`.
 //! Leaves the others use: `clock` (the one clock, passed in: the system's, or a test's),
 //! `auth` and `tls` (who may post and call), `metrics` (it implements the store's
 //! `BatchReport`; the store never names it).
 //! Wire code (HTTP, gRPC, protobuf) lives only at the edge: `intake`, `grpc`, `admin`,
-//! `console`, `net`, `auth` and `server`.
+//! `console`, `net`, `auth`, `qitech_api` (the one outbound call, to QI) and `server`.
 //!
 //! - [`domain`]: pure functions, no I/O. [`domain::webhook`] reads every webhook shape;
 //!   [`domain::reconcile`] derives an operation from the set of its webhooks, whatever their
@@ -45,6 +46,10 @@
 //!   console ask, checked once, paged with one tamper-evident page token.
 //! - `overdue_clock`: proposes the operations that fell overdue, so that watchers hear of
 //!   silence too (to the writer, or to a cluster's stream, which then orders and dates them).
+//! - `qitech_api`: QI Tech's own API (its events listing and resend), signed as QI's pages
+//!   say; `recovery`: fetches back what QI failed to deliver through it (periodic passes
+//!   from a durable cursor, overdue operations at once, asks by hand), one node of a cluster
+//!   at a time.
 //! - `grpc`: the `qistatus.v1` service over the store and the feed; domain-to-wire
 //!   conversions live beside it.
 //! - `admin`: probes, metrics and maintenance on the admin listener; `console`: web pages

@@ -112,9 +112,9 @@ pub(crate) struct Snapshot {
     /// start.
     pub(crate) changes_from_log: u64,
     /// Recovery, when QI's API is configured: (the cursor's age, seconds since the last
-    /// completed pass, callbacks followed, callbacks given up); an age is `-1` before the
-    /// first.
-    pub(crate) recovery: Option<(i64, i64, i64, i64)>,
+    /// completed pass, callbacks followed, callbacks given up, whether this node recovers);
+    /// an age is `-1` before the first.
+    pub(crate) recovery: Option<(i64, i64, i64, i64, i64)>,
 }
 
 /// The server's metrics. Cheap to share (`Arc`), cheap to update (atomics).
@@ -157,6 +157,7 @@ struct Gauges {
     recovery_pass_age: Gauge,
     recovery_pending: Gauge,
     recovery_given_up: Gauge,
+    recovery_leading: Gauge,
 }
 
 impl Metrics {
@@ -342,6 +343,11 @@ impl Metrics {
             "Callbacks given up on since the store began (kept with recovery's state)",
             gauges.recovery_given_up.clone(),
         );
+        registry.register(
+            "recovery_leading",
+            "1 on the node that recovers (a single node, or a cluster's lease holder), else 0",
+            gauges.recovery_leading.clone(),
+        );
         Metrics {
             qitech_api,
             resends,
@@ -452,7 +458,9 @@ impl Metrics {
         let (applied, lag) = snapshot.stream.unwrap_or_default();
         g.stream_applied.set(applied);
         g.stream_lag.set(lag);
-        let (cursor_age, pass_age, pending, given_up) = snapshot.recovery.unwrap_or_default();
+        let (cursor_age, pass_age, pending, given_up, leading) =
+            snapshot.recovery.unwrap_or_default();
+        g.recovery_leading.set(leading);
         g.recovery_cursor_age.set(cursor_age);
         g.recovery_pass_age.set(pass_age);
         g.recovery_pending.set(pending);

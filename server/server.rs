@@ -425,6 +425,10 @@ impl Core {
                 stop.clone(),
             ));
         }
+        let recovery_bucket = match (&stream, &settings.qitech_api) {
+            (Some((log, _)), Some(_)) => Some(log.bucket("recovery").await?),
+            _ => None,
+        };
         // The one place that says which this node is: everything else asks the sequencer.
         let sequencer = match stream {
             Some((log, progress)) => {
@@ -459,14 +463,20 @@ impl Core {
         let recovery = match &settings.qitech_api {
             Some(api) => {
                 let api = QiApi::new(api, clock.clone(), metrics.clone())?;
+                // A cluster recovers once, from the state its nodes share (see the ledger).
+                let ledger = match &recovery_bucket {
+                    Some(kv) => Ledger::in_bucket(kv.clone(), node_name(), settings.recovery.lease),
+                    None => Ledger::in_dir(&settings.data_dir),
+                };
                 let (recovery, handle) = Recovery::new(
                     api,
-                    Ledger::in_dir(&settings.data_dir),
+                    ledger,
                     store.clone(),
                     clock.clone(),
                     metrics.clone(),
                     settings.recovery,
-                )?;
+                )
+                .await?;
                 tasks.spawn(recovery.run(feed.clone(), stop.clone()));
                 Some(handle)
             }
@@ -514,6 +524,17 @@ impl Core {
         }
         Ok(())
     }
+}
+
+/// This process, as a cluster's recovery lease names it: random, so that a restarted node
+/// claims anew rather than inheriting its former self's claim.
+fn node_name() -> String {
+    let mut bytes = [0u8; 8];
+    // A name only: if the system has no randomness, the time of day tells nodes apart.
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes = Clock::system().now_millis().to_le_bytes();
+    }
+    hex::encode(bytes)
 }
 
 /// Moves `data_dir` to a new `<data_dir>.damaged-<ms since the epoch>` beside it.

@@ -346,6 +346,38 @@ impl JetStreamLog {
         &self.stream
     }
 
+    /// The cluster's key-value bucket for `what` (`recovery`: its state and who recovers),
+    /// beside the stream and replicated as it is: created if missing. Its values are kept
+    /// one revision deep, and updated with compare-and-set by revision, which is how nodes
+    /// agree through JetStream rather than among themselves.
+    pub(crate) async fn bucket(
+        &self,
+        what: &str,
+    ) -> Result<async_nats::jetstream::kv::Store, ClusterError> {
+        let bucket = format!("{}-{what}", self.name);
+        let replicas = self.stream.cached_info().config.num_replicas;
+        let config = async_nats::jetstream::kv::Config {
+            bucket: bucket.clone(),
+            history: 1,
+            num_replicas: replicas,
+            storage: stream::StorageType::File,
+            description: format!("qistatus: {what}"),
+            ..Default::default()
+        };
+        let failed = |reason: String| ClusterError::Stream {
+            stream: bucket.clone(),
+            reason,
+        };
+        match self.context.get_key_value(&bucket).await {
+            Ok(store) => Ok(store),
+            Err(_) => self
+                .context
+                .create_key_value(config)
+                .await
+                .map_err(|e| failed(e.to_string())),
+        }
+    }
+
     /// Whether the client is connected to a NATS server now.
     pub(crate) fn connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected

@@ -1,4 +1,5 @@
-//! What recovery remembers between passes and restarts, and where it keeps it.
+//! What recovery remembers between passes and restarts, where it keeps it, and (on a
+//! cluster) which node recovers.
 //!
 //! The state is small and bounded: a cursor (a time), the callbacks asked to be resent and
 //! not yet seen delivered (at most [`MAX_PENDING`]), the operations asked about because they
@@ -6,11 +7,18 @@
 //! and counters. Its decisions ([`RecoveryState::failed_callback`],
 //! [`RecoveryState::overdue`]) are pure functions of the state and the time, tested here.
 //!
-//! # Durability
+//! # Durability, and one recoverer per cluster
 //!
-//! [`Ledger::save`] returns only once the state is on disk: written beside the file, synced,
-//! renamed over it, and the directory synced, so a crash leaves the old state or the new one,
-//! never a mix. Losing the latest save costs a repeat, never a skip: a pass that ends
+//! A single node keeps the state in a file of its data directory ([`Ledger::in_dir`]):
+//! [`Ledger::save`] returns only once it is on disk (written beside the file, synced, renamed
+//! over it, the directory synced), so a crash leaves the old state or the new one, never a
+//! mix. A cluster keeps one state for all its nodes, in a key-value bucket of the cluster's
+//! JetStream ([`Ledger::in_bucket`]), replicated as the stream is; a node recovers only while
+//! it holds the bucket's lease, claimed and renewed by compare-and-set on the lease's
+//! revision, and saves the state the same way, so a node that lost the lease (paused past
+//! it, cut off) cannot overwrite its successor's work: its save fails, and it stops. The
+//! lease lasts `--recover-lease`; a dead recoverer's successor takes over once it lapses,
+//! reloading the state where the dead one last saved it. Losing the latest save costs a repeat, never a skip: a pass that ends
 //! unsaved is done again from the cursor before it, and asking QI to resend a callback twice
 //! delivers one webhook (the intake stores the same content once). A state file that cannot
 //! be read is set aside whole (renamed, nothing deleted) and recovery starts as new, reaching
@@ -25,10 +33,12 @@ use serde::{Deserialize, Serialize};
 
 /// Most callbacks followed after a resend; more are resent but not followed (a later pass
 /// that still lists them failed resends them again).
-pub(crate) const MAX_PENDING: usize = 10_000;
+/// (The whole state is one value of a JetStream bucket on a cluster, which NATS bounds at a
+/// megabyte by default: 2,000 of each stays under it.)
+pub(crate) const MAX_PENDING: usize = 2_000;
 
 /// Most overdue operations remembered (the oldest asked are forgotten first).
-pub(crate) const MAX_ASKED: usize = 10_000;
+pub(crate) const MAX_ASKED: usize = 2_000;
 
 /// Given-up callbacks kept to be shown (the count is kept whole).
 const RECENT_GIVEN_UP: usize = 100;
@@ -245,45 +255,150 @@ pub(crate) struct LedgerError {
     reason: String,
 }
 
-/// Where a single node keeps its recovery state: one file in its data directory.
-#[derive(Debug, Clone)]
-pub(crate) struct Ledger {
-    path: PathBuf,
+/// Where recovery keeps its state, and whether this node recovers.
+pub(crate) enum Ledger {
+    /// A single node: one file in its data directory; it always recovers.
+    File(PathBuf),
+    /// A cluster node: the cluster's bucket; it recovers while it holds the lease.
+    Bucket(Box<BucketLedger>),
 }
 
+/// A cluster's recovery state and lease, in a JetStream key-value bucket.
+pub(crate) struct BucketLedger {
+    kv: async_nats::jetstream::kv::Store,
+    /// This node, as the lease names it.
+    node: String,
+    /// How long a claim lasts.
+    lease: Duration,
+    /// The state's revision this node last read or wrote.
+    state_revision: Option<u64>,
+    /// Until when this node holds the lease, by its clock (ms since the epoch; 0: it does
+    /// not).
+    leading_until: i64,
+}
+
+/// The lease: who recovers, until when (by that node's clock).
+#[derive(Debug, Serialize, Deserialize)]
+struct Lease {
+    node: String,
+    until: i64,
+}
+
+const STATE_KEY: &str = "state";
+const LEASE_KEY: &str = "lease";
+
 impl Ledger {
-    /// The ledger of the store in `data_dir`.
+    /// The ledger of the single node whose store is in `data_dir`.
     pub(crate) fn in_dir(data_dir: &Path) -> Ledger {
-        Ledger {
-            path: data_dir.join("recovery.json"),
-        }
+        Ledger::File(data_dir.join("recovery.json"))
+    }
+
+    /// The ledger of a cluster node, in the cluster's bucket `kv`, as `node`, with claims
+    /// that last `lease`.
+    pub(crate) fn in_bucket(
+        kv: async_nats::jetstream::kv::Store,
+        node: String,
+        lease: Duration,
+    ) -> Ledger {
+        Ledger::Bucket(Box::new(BucketLedger {
+            kv,
+            node,
+            lease,
+            state_revision: None,
+            leading_until: 0,
+        }))
     }
 
     fn error(&self, reason: impl ToString) -> LedgerError {
         LedgerError {
-            path: self.path.display().to_string(),
+            path: match self {
+                Ledger::File(path) => path.display().to_string(),
+                Ledger::Bucket(b) => format!("bucket {}", b.kv.name),
+            },
             reason: reason.to_string(),
         }
     }
 
-    /// The last saved state; a new one when there is none. A file that cannot be read as a
-    /// state is set aside (renamed beside itself) and a new state begins.
-    pub(crate) fn load(&self, now: i64) -> Result<RecoveryState, LedgerError> {
-        let bytes = match std::fs::read(&self.path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(RecoveryState::default());
+    /// How long a claim lasts on a cluster; `None` for a single node (which always leads).
+    pub(crate) fn lease(&self) -> Option<Duration> {
+        match self {
+            Ledger::File(_) => None,
+            Ledger::Bucket(b) => Some(b.lease),
+        }
+    }
+
+    /// Whether this node recovers at `now`: a single node always; a cluster node once it
+    /// claimed or renewed the lease (a claim with more than half its time left is not
+    /// renewed yet). A bucket out of reach is "not now".
+    pub(crate) async fn lead(&mut self, now: i64) -> bool {
+        let Ledger::Bucket(b) = self else {
+            return true;
+        };
+        let half = millis(b.lease) / 2;
+        if b.leading_until - now > half {
+            return true;
+        }
+        let claim = serde_json::to_vec(&Lease {
+            node: b.node.clone(),
+            until: now.saturating_add(millis(b.lease)),
+        })
+        .expect("a lease serializes")
+        .into();
+        let claimed = match b.kv.entry(LEASE_KEY).await {
+            Ok(None) => b.kv.create(LEASE_KEY, claim).await.is_ok(),
+            Ok(Some(entry)) => {
+                let held = serde_json::from_slice::<Lease>(&entry.value).ok();
+                let free = held
+                    .as_ref()
+                    .is_none_or(|lease| lease.node == b.node || lease.until <= now);
+                free && b.kv.update(LEASE_KEY, claim, entry.revision).await.is_ok()
             }
-            Err(e) => return Err(self.error(e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "recovery cannot read the cluster's lease");
+                false
+            }
+        };
+        b.leading_until = if claimed {
+            now.saturating_add(millis(b.lease))
+        } else {
+            0
+        };
+        claimed
+    }
+
+    /// The last saved state; a new one when there is none. A state that cannot be read as
+    /// one is set aside (a file renamed beside itself; a bucket's value is overwritten by
+    /// the next save, JetStream keeping nothing older) and a new state begins.
+    pub(crate) async fn load(&mut self, now: i64) -> Result<RecoveryState, LedgerError> {
+        let bytes = match self {
+            Ledger::File(path) => match std::fs::read(&*path) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok(RecoveryState::default());
+                }
+                Err(e) => return Err(self.error(e)),
+            },
+            Ledger::Bucket(b) => match b.kv.entry(STATE_KEY).await {
+                Ok(Some(entry)) => {
+                    b.state_revision = Some(entry.revision);
+                    entry.value.to_vec()
+                }
+                Ok(None) => {
+                    b.state_revision = None;
+                    return Ok(RecoveryState::default());
+                }
+                Err(e) => return Err(self.error(e)),
+            },
         };
         match serde_json::from_slice(&bytes) {
             Ok(state) => Ok(state),
             Err(e) => {
-                let aside = self.path.with_extension(format!("json.unreadable-{now}"));
-                std::fs::rename(&self.path, &aside).map_err(|e| self.error(e))?;
+                if let Ledger::File(path) = self {
+                    let aside = path.with_extension(format!("json.unreadable-{now}"));
+                    std::fs::rename(&*path, &aside).map_err(|e| self.error(e))?;
+                }
                 tracing::error!(
                     error = %e,
-                    set_aside = %aside.display(),
                     "recovery's state is unreadable: set aside, and recovery starts as new \
                      (it reaches back --recover-lookback; resends are deduplicated)"
                 );
@@ -292,22 +407,60 @@ impl Ledger {
         }
     }
 
-    /// Keeps `state`; returns once it is durable (see the module docs).
-    pub(crate) fn save(&self, state: &RecoveryState) -> Result<(), LedgerError> {
+    /// Keeps `state`; returns once it is durable (see the module docs). On a cluster, fails
+    /// if another node saved since this one read: it recovers now, and this one stops.
+    pub(crate) async fn save(&mut self, state: &RecoveryState) -> Result<(), LedgerError> {
         let bytes = serde_json::to_vec(state).map_err(|e| self.error(e))?;
-        let partial = self.path.with_extension("json.partial");
-        let write = || -> std::io::Result<()> {
-            let mut file = std::fs::File::create(&partial)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&partial, &self.path)?;
-            if let Some(dir) = self.path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
+        match self {
+            Ledger::File(path) => {
+                let path = path.clone();
+                let written = tokio::task::spawn_blocking(move || write_replacing(&path, &bytes))
+                    .await
+                    .map_err(|e| self.error(e))?;
+                written.map_err(|e| self.error(e))
             }
-            Ok(())
-        };
-        write().map_err(|e| self.error(e))
+            Ledger::Bucket(b) => {
+                let saved = match b.state_revision {
+                    Some(revision) => {
+                        b.kv.update(STATE_KEY, bytes.into(), revision)
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                    None => {
+                        b.kv.create(STATE_KEY, bytes.into())
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                };
+                match saved {
+                    Ok(revision) => {
+                        b.state_revision = Some(revision);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        b.leading_until = 0;
+                        Err(self.error(format!(
+                            "{e}: another node recovers now (this one stops until it holds \
+                             the lease again)"
+                        )))
+                    }
+                }
+            }
+        }
     }
+}
+
+/// Writes `bytes` to `path` durably, replacing it whole (see the module docs).
+fn write_replacing(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let partial = path.with_extension("json.partial");
+    let mut file = std::fs::File::create(&partial)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&partial, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -379,20 +532,20 @@ mod tests {
         assert!(!state.overdue("k", "signed", now + 10 * millis(MAX_ASK_INTERVAL)));
     }
 
-    #[test]
-    fn the_ledger_survives_a_restart_and_sets_aside_what_it_cannot_read() {
+    #[tokio::test]
+    async fn the_ledger_survives_a_restart_and_sets_aside_what_it_cannot_read() {
         let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::in_dir(dir.path());
-        assert_eq!(ledger.load(0).unwrap(), RecoveryState::default());
+        let mut ledger = Ledger::in_dir(dir.path());
+        assert_eq!(ledger.load(0).await.unwrap(), RecoveryState::default());
         let mut state = RecoveryState {
             cursor: Some(42),
             ..RecoveryState::default()
         };
         state.resent("c", "e", None, (1, 2), 3, Duration::from_secs(1));
-        ledger.save(&state).unwrap();
-        assert_eq!(Ledger::in_dir(dir.path()).load(0).unwrap(), state);
+        ledger.save(&state).await.unwrap();
+        assert_eq!(Ledger::in_dir(dir.path()).load(0).await.unwrap(), state);
         std::fs::write(dir.path().join("recovery.json"), b"{not json").unwrap();
-        assert_eq!(ledger.load(7).unwrap(), RecoveryState::default());
+        assert_eq!(ledger.load(7).await.unwrap(), RecoveryState::default());
         let aside = dir.path().join("recovery.json.unreadable-7");
         assert_eq!(std::fs::read(aside).unwrap(), b"{not json");
     }

@@ -70,6 +70,9 @@ pub struct RecoverySettings {
     pub lookback: Duration,
     /// Resends of one callback before it is given up.
     pub max_resends: u32,
+    /// On a cluster, how long a node's claim to be the one that recovers lasts unrenewed:
+    /// how long recovery pauses when that node dies.
+    pub lease: Duration,
 }
 
 impl RecoverySettings {
@@ -79,11 +82,14 @@ impl RecoverySettings {
     pub const DEFAULT_LOOKBACK: Duration = Duration::from_secs(14 * 24 * 3600);
     /// `--recover-max-resends`'s default.
     pub const DEFAULT_MAX_RESENDS: u32 = 5;
+    /// `--recover-lease`'s default.
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
     /// The defaults.
     pub const DEFAULT: RecoverySettings = RecoverySettings {
         every: Some(Self::DEFAULT_EVERY),
         lookback: Self::DEFAULT_LOOKBACK,
         max_resends: Self::DEFAULT_MAX_RESENDS,
+        lease: Self::DEFAULT_LEASE,
     };
 
     /// The first wait before a resent callback still failed is asked for again.
@@ -155,12 +161,15 @@ pub(crate) struct RecoveryFigures {
     pub(crate) pending: AtomicU64,
     /// Callbacks given up on.
     pub(crate) given_up: AtomicU64,
+    /// Whether this node recovers (a single node always; one node of a cluster).
+    pub(crate) leading: std::sync::atomic::AtomicBool,
 }
 
 impl RecoveryFigures {
     /// The gauges of `/metrics` at `now`: the cursor's age and the last pass's, in seconds
-    /// (`-1` before the first), callbacks followed and given up on.
-    pub(crate) fn gauges(&self, now: i64) -> (i64, i64, i64, i64) {
+    /// (`-1` before the first), callbacks followed and given up on, and whether this node
+    /// recovers (1) or another node of its cluster does (0).
+    pub(crate) fn gauges(&self, now: i64) -> (i64, i64, i64, i64, i64) {
         let age = |at: &AtomicI64| match at.load(Ordering::Relaxed) {
             0 => -1,
             at => now.saturating_sub(at).max(0) / 1000,
@@ -171,6 +180,7 @@ impl RecoveryFigures {
             age(&self.last_pass_completed),
             count(&self.pending),
             count(&self.given_up),
+            i64::from(self.leading.load(Ordering::Relaxed)),
         )
     }
 }
@@ -220,20 +230,23 @@ pub(crate) struct Recovery {
     metrics: Arc<Metrics>,
     settings: RecoverySettings,
     figures: Arc<RecoveryFigures>,
+    /// Whether this node recovers now (see [`ledger`]).
+    leading: bool,
 }
 
 impl Recovery {
     /// Recovery over `store`, its state in `ledger`, talking to `api`. Returns it and the
     /// handle the console asks through.
-    pub(crate) fn new(
+    pub(crate) async fn new(
         api: QiApi,
-        ledger: Ledger,
+        mut ledger: Ledger,
         store: Store,
         clock: Clock,
         metrics: Arc<Metrics>,
         settings: RecoverySettings,
     ) -> Result<(Recovery, RecoveryHandle), RecoveryError> {
-        let state = ledger.load(clock.now_millis())?;
+        let state = ledger.load(clock.now_millis()).await?;
+        let leading = ledger.lease().is_none();
         let figures = Arc::new(RecoveryFigures::default());
         let (asks, received) = mpsc::channel(ASKS_QUEUED);
         let recovery = Recovery {
@@ -246,6 +259,7 @@ impl Recovery {
             metrics,
             settings,
             figures: figures.clone(),
+            leading,
         };
         recovery.publish_figures();
         Ok((recovery, RecoveryHandle { asks, figures }))
@@ -262,11 +276,41 @@ impl Recovery {
         f.pending
             .store(self.state.pending.len() as u64, Ordering::Relaxed);
         f.given_up.store(self.state.given_up, Ordering::Relaxed);
+        f.leading.store(self.leading, Ordering::Relaxed);
     }
 
-    fn save(&self) -> Result<(), RecoveryError> {
+    async fn save(&mut self) -> Result<(), RecoveryError> {
         self.publish_figures();
-        Ok(self.ledger.save(&self.state)?)
+        let saved = self.ledger.save(&self.state).await;
+        if saved.is_err() {
+            self.leading = false;
+            self.figures.leading.store(false, Ordering::Relaxed);
+        }
+        Ok(saved?)
+    }
+
+    /// Whether this node recovers now; when it just became the one (a cluster's recoverer
+    /// died or stepped aside), it takes the state where the last one saved it and hears the
+    /// overdue events from where that one had.
+    async fn lead(&mut self, feed: &ChangeFeed, overdue: &mut Option<Subscription>) -> bool {
+        let now = self.clock.now_millis();
+        let leads = self.ledger.lead(now).await;
+        if leads && !self.leading {
+            match self.ledger.load(now).await {
+                Ok(state) => {
+                    tracing::info!("this node recovers for the cluster now");
+                    self.state = state;
+                    *overdue = self.subscribe(feed);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "recovery cannot read the cluster's state");
+                    return false;
+                }
+            }
+        }
+        self.leading = leads;
+        self.publish_figures();
+        leads
     }
 
     /// Runs passes every `settings.every`, asks about operations the feed says fell overdue,
@@ -281,7 +325,9 @@ impl Recovery {
             let now = self.clock.now_millis();
             // Work is given up at `stop` wherever it is: the state saved so far is a point
             // to go on from (a repeat at worst).
-            if let (Some(at), Some(every)) = (next_pass, self.settings.every)
+            // On a cluster, a node that does not recover tries again every half lease.
+            let leads = self.lead(&feed, &mut overdue).await;
+            if let (Some(at), Some(every), true) = (next_pass, self.settings.every, leads)
                 && now >= at
             {
                 tokio::select! {
@@ -292,13 +338,17 @@ impl Recovery {
                 }
                 next_pass = Some(self.clock.now_millis().saturating_add(millis(every)));
             }
-            if self.state.next_ask().is_some_and(|at| at <= now) {
+            if leads && self.state.next_ask().is_some_and(|at| at <= now) {
                 tokio::select! {
                     () = self.ask_again_about_overdue() => {}
                     () = stop.cancelled() => return,
                 }
             }
-            let wake = [next_pass, self.state.next_ask()]
+            let standby = self
+                .ledger
+                .lease()
+                .map(|lease| self.clock.now_millis().saturating_add(millis(lease) / 2));
+            let wake = [next_pass, self.state.next_ask(), standby]
                 .into_iter()
                 .flatten()
                 .min()
@@ -320,6 +370,11 @@ impl Recovery {
                 }
                 event = recv(&mut overdue) => match event {
                     Some(Ok(FeedEvent::Change { sequence, change })) => {
+                        // Only the node that recovers asks; the others heard it too, and
+                        // whichever recovers next goes on from the saved feed cursor.
+                        if !self.leading {
+                            continue;
+                        }
                         if let Some(o) = &change.overdue {
                             let op = &change.operation;
                             tokio::select! {
@@ -329,7 +384,11 @@ impl Recovery {
                         }
                         self.state.feed_cursor = Some(sequence);
                     }
-                    Some(Ok(FeedEvent::Progress(sequence))) => self.state.feed_cursor = Some(sequence),
+                    Some(Ok(FeedEvent::Progress(sequence))) => {
+                        if self.leading {
+                            self.state.feed_cursor = Some(sequence);
+                        }
+                    }
                     Some(Ok(FeedEvent::Initial(_))) => {}
                     Some(Err(FeedError::ShuttingDown { .. })) => return,
                     Some(Err(e)) => {
@@ -385,7 +444,7 @@ impl Recovery {
             }
         }
         self.state.asked(kind, key, status, now);
-        if let Err(e) = self.save() {
+        if let Err(e) = self.save().await {
             tracing::warn!(error = %e, "recovery could not keep its state");
         }
     }
@@ -416,7 +475,7 @@ impl Recovery {
                 }
             }
         }
-        self.save()
+        self.save().await
     }
 
     async fn operation(&self, kind: &str, key: &str) -> Result<Option<Operation>, StoreError> {
@@ -499,15 +558,15 @@ impl Recovery {
             }
             if !whole {
                 // Read in part: its end is not passed, the next pass reads it again.
-                self.save()?;
+                self.save().await?;
                 return Ok(());
             }
             self.state.cursor = Some(window.1);
-            self.save()?;
+            self.save().await?;
         }
         self.follow_pending((start, now), &seen_failed).await?;
         self.state.last_pass_completed = Some(self.clock.now_millis());
-        self.save()
+        self.save().await
     }
 
     /// A callback QI lists as failed, found in `window`.

@@ -749,3 +749,125 @@ async fn with_the_stream_leader_killed_every_webhook_is_acknowledged_within_qis_
     eprintln!("acknowledged across the kill of the stream's leader: {waits:?}");
     drop(a);
 }
+
+/// The value of `series` in a node's metrics.
+async fn metric_of(node: &crate::process::ServerProcess, series: &str) -> Option<f64> {
+    node.metrics_text()
+        .await
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_recovers_once_and_a_dead_recoverers_work_is_taken_over() {
+    use crate::qi_api::{QiStandIn, StandInCallback, StandInEvent};
+    let nats = NatsCluster::start(1).await;
+    let qi = QiStandIn::start(qistatus::Clock::system()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("qistatus.pem");
+    let public = dir.path().join("qi.pub.pem");
+    std::fs::write(&private, &qi.client.private_pem).unwrap();
+    std::fs::write(&public, &qi.qi.public_pem).unwrap();
+    let (urls, url) = (nats.urls(), qi.url());
+    let (private, public) = (private.to_str().unwrap(), public.to_str().unwrap());
+    let args = [
+        "--nats",
+        &urls,
+        "--nats-replicas",
+        "1",
+        "--qitech-api-url",
+        &url,
+        "--qitech-api-private-key",
+        private,
+        "--qitech-api-public-key",
+        public,
+        "--qitech-api-client-key",
+        &qi.client_key,
+        "--recover-every",
+        "1s",
+        "--recover-lease",
+        "2s",
+        "--recover-max-rps",
+        "1000",
+    ];
+    let now = chrono::Utc::now().timestamp();
+    let failed = |key: &str, at: i64| StandInEvent {
+        event_key: format!("event-{key}"),
+        event_type: "debt_disbursed".into(),
+        origin_key: key.to_owned(),
+        at,
+        callbacks: vec![StandInCallback {
+            callback_key: format!("callback-{key}"),
+            status: "failed".into(),
+            body: webhook(
+                "debt",
+                key,
+                "disbursed",
+                &chrono::DateTime::from_timestamp(at, 0)
+                    .unwrap()
+                    .to_rfc3339(),
+            ),
+        }],
+    };
+    let a = ServerCommand::new(&dir.path().join("a"))
+        .args(args)
+        .start()
+        .await;
+    let b = ServerCommand::new(&dir.path().join("b"))
+        .args(args)
+        .start()
+        .await;
+    qi.deliver_to(&format!("http://{}/webhooks", a.http));
+    // What QI failed to deliver in the last 50 minutes (a failover in front of the cluster).
+    let first: Vec<String> = (0..30).map(|i| format!("missed-{i:02}")).collect();
+    for (i, key) in first.iter().enumerate() {
+        qi.add(failed(key, now - 3000 + i as i64 * 60));
+    }
+    for key in &first {
+        wait_for_version(b.grpc, key, 1).await;
+    }
+    let resends = qi.resends();
+    assert_eq!(
+        resends.len(),
+        first.len(),
+        "each asked once, by one node: {resends:?}"
+    );
+    let leading = (
+        metric_of(&a, "qistatus_recovery_leading ").await,
+        metric_of(&b, "qistatus_recovery_leading ").await,
+    );
+    assert!(
+        leading == (Some(1.0), Some(0.0)) || leading == (Some(0.0), Some(1.0)),
+        "one recoverer: {leading:?}"
+    );
+
+    // The recoverer dies; the other node takes its work over once the lease lapses, from
+    // where it was: what QI failed to deliver since is fetched, nothing is asked twice.
+    let survivor = if leading.0 == Some(1.0) {
+        a.kill().await;
+        b
+    } else {
+        b.kill().await;
+        a
+    };
+    qi.deliver_to(&format!("http://{}/webhooks", survivor.http));
+    let later: Vec<String> = (0..10).map(|i| format!("later-{i:02}")).collect();
+    let now = chrono::Utc::now().timestamp();
+    for key in &later {
+        qi.add(failed(key, now - 60));
+    }
+    for key in &later {
+        wait_for_version(survivor.grpc, key, 1).await;
+    }
+    assert_eq!(
+        metric_of(&survivor, "qistatus_recovery_leading ").await,
+        Some(1.0)
+    );
+    let resends = qi.resends();
+    let distinct: std::collections::BTreeSet<_> = resends.iter().collect();
+    assert_eq!(resends.len(), first.len() + later.len(), "{resends:?}");
+    assert_eq!(distinct.len(), resends.len(), "nothing asked twice");
+    drop(survivor);
+}

@@ -302,10 +302,11 @@ async fn overview(
         .read_async(|store| Ok::<_, StoreError>((store.counts()?, store.quarantine_len())))
         .await?;
     let counts: Vec<_> = counts.into_iter().filter(|c| c.operations > 0).collect();
+    let recovery = state.recovery.as_ref().map(|r| r.figures.shown());
     Ok(page(
         &viewer,
         "Overview",
-        pages::overview(&counts, state.feed.head(), quarantined),
+        pages::overview(&counts, state.feed.head(), quarantined, recovery.as_ref()),
     ))
 }
 

@@ -7,6 +7,7 @@ use maud::{DOCTYPE, Markup, html};
 use crate::domain::overdue::Overdue;
 use crate::domain::reconcile::{Operation, Phase};
 use crate::domain::webhook::FactValue;
+use crate::recovery::ledger::GivenUp;
 use crate::store::{OperationCount, QuarantineEntry};
 
 /// A page: title, the viewer's sign-out button when signed in, and `body`.
@@ -77,8 +78,14 @@ pub(crate) fn operation_href(kind: &str, key: &str) -> String {
     format!("/ui/operations/{}?kind={}", encode(key), encode(kind))
 }
 
-/// `GET /ui/`.
-pub(crate) fn overview(counts: &[OperationCount], head: u64, quarantined: usize) -> Markup {
+/// `GET /ui/`: `recovery` is what recovery follows and gave up on, when QI's API is
+/// configured.
+pub(crate) fn overview(
+    counts: &[OperationCount],
+    head: u64,
+    quarantined: usize,
+    recovery: Option<&(u64, u64, Vec<GivenUp>)>,
+) -> Markup {
     let total: u64 = counts.iter().map(|c| c.operations).sum();
     html! {
         h1 { "Overview" }
@@ -104,6 +111,33 @@ pub(crate) fn overview(counts: &[OperationCount], head: u64, quarantined: usize)
                         }
                     }
                 } }
+            }
+        }
+        @if let Some((pending, given_up, recent)) = recovery {
+            section.recovery {
+                h2 { "Missed webhooks" }
+                p.summary {
+                    (pending) " asked of QI again and awaited · " (given_up) " given up on"
+                }
+                @if !recent.is_empty() {
+                    p.hint { "QI still lists these as failed after every resend: ask QI Tech about them." }
+                    div.scroll { table {
+                        thead { tr { th { "Given up" } th { "Operation" } th { "Event" } th { "Callback" } } }
+                        tbody {
+                            @for g in recent {
+                                tr {
+                                    td { (time(Some(g.at))) }
+                                    td { @match &g.origin_key {
+                                        Some(key) => a href={"/ui/operations/" (encode(key))} { (key) },
+                                        None => "unknown",
+                                    } }
+                                    td { code { (g.event_key) } }
+                                    td { code { (g.callback_key) } }
+                                }
+                            }
+                        }
+                    } }
+                }
             }
         }
         section {

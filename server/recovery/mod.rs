@@ -163,9 +163,26 @@ pub(crate) struct RecoveryFigures {
     pub(crate) given_up: AtomicU64,
     /// Whether this node recovers (a single node always; one node of a cluster).
     pub(crate) leading: std::sync::atomic::AtomicBool,
+    /// The latest callbacks given up on, newest last (what the console shows).
+    pub(crate) recent_given_up: std::sync::Mutex<Vec<ledger::GivenUp>>,
 }
 
 impl RecoveryFigures {
+    /// What the console's overview shows: callbacks followed, given up on, and the latest
+    /// given up (newest first).
+    pub(crate) fn shown(&self) -> (u64, u64, Vec<ledger::GivenUp>) {
+        let recent = self
+            .recent_given_up
+            .lock()
+            .map(|r| r.iter().rev().cloned().collect())
+            .unwrap_or_default();
+        (
+            self.pending.load(Ordering::Relaxed),
+            self.given_up.load(Ordering::Relaxed),
+            recent,
+        )
+    }
+
     /// The gauges of `/metrics` at `now`: the cursor's age and the last pass's, in seconds
     /// (`-1` before the first), callbacks followed and given up on, and whether this node
     /// recovers (1) or another node of its cluster does (0).
@@ -277,6 +294,10 @@ impl Recovery {
             .store(self.state.pending.len() as u64, Ordering::Relaxed);
         f.given_up.store(self.state.given_up, Ordering::Relaxed);
         f.leading.store(self.leading, Ordering::Relaxed);
+        if let Ok(mut recent) = f.recent_given_up.lock() {
+            recent.clear();
+            recent.extend(self.state.recent_given_up.iter().cloned());
+        }
     }
 
     async fn save(&mut self) -> Result<(), RecoveryError> {
@@ -287,6 +308,20 @@ impl Recovery {
             self.figures.leading.store(false, Ordering::Relaxed);
         }
         Ok(saved?)
+    }
+
+    /// Fails when this node no longer holds the cluster's lease (renewing it on the way when
+    /// half of it is gone): work in progress stops before it asks QI anything more, and the
+    /// successor goes on from the state last saved (a repeat, at worst, of what was asked
+    /// since).
+    async fn still_leading(&mut self) -> Result<(), RecoveryError> {
+        if self.ledger.lead(self.clock.now_millis()).await {
+            Ok(())
+        } else {
+            self.leading = false;
+            self.publish_figures();
+            Err(RecoveryError::Busy("no longer this cluster's recoverer"))
+        }
     }
 
     /// Whether this node recovers now; when it just became the one (a cluster's recoverer
@@ -544,6 +579,7 @@ impl Recovery {
                 end: window.1,
                 ..EventQuery::default()
             };
+            self.still_leading().await?;
             let (events, whole) = list_window(&self.api, &query).await?;
             for event in &events {
                 for callback in event
@@ -593,6 +629,7 @@ impl Recovery {
                 Ok(())
             }
             CallbackDecision::Resend => {
+                self.still_leading().await?;
                 self.api.resend(&event.event_key, callback_key).await?;
                 self.metrics
                     .recovery_resend(Reason::FailedCallback.as_str());

@@ -788,7 +788,7 @@ async fn a_cluster_recovers_once_and_a_dead_recoverers_work_is_taken_over() {
         "--recover-every",
         "1s",
         "--recover-lease",
-        "2s",
+        "5s",
         "--recover-max-rps",
         "1000",
     ];

@@ -487,3 +487,50 @@ async fn recover_by_hand_prints_what_it_asked_and_fails_when_qi_refuses() {
     assert!(said.contains("404") && said.contains("GDF000018"), "{said}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_callback_qi_never_delivers_is_given_up_after_its_resends_counted_and_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_now();
+    let qi = QiStandIn::start(clock.clock()).await;
+    let twice = RecoverySettings {
+        max_resends: 2,
+        ..RecoverySettings::DEFAULT
+    };
+    // QI's resends go nowhere (the receiver it was given is gone): the callback stays failed.
+    let now = clock.now_millis() / 1000;
+    qi.add(debt_event("nowhere", "disbursed", now - 300, "failed"));
+    let server = TestServer::start_with(settings(dir.path(), &clock, &qi, twice, None)).await;
+    a_pass_completed(&server, &clock, clock.now_millis()).await;
+    assert_eq!(qi.resends().len(), 1);
+    // Asked again after 10 minutes, then (the wait doubled) after 20 more: given up.
+    for (minutes, resends) in [(10, 2), (20, 2)] {
+        clock.advance(Duration::from_secs(minutes * 60));
+        a_pass_completed(&server, &clock, clock.now_millis()).await;
+        assert_eq!(qi.resends().len(), resends, "after {minutes} more minutes");
+    }
+    assert_eq!(
+        metric(&server, "qistatus_recovery_given_up_callbacks ").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&server, "qistatus_recovery_given_up_total ").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&server, "qistatus_recovery_pending_callbacks ").await,
+        Some(0.0)
+    );
+    let overview = reqwest::get(format!("http://{}/ui/", server.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(overview.contains("1 given up on"), "{overview}");
+    assert!(
+        overview.contains("callback-nowhere-disbursed"),
+        "{overview}"
+    );
+    server.stop().await;
+}

@@ -96,6 +96,8 @@ pub(crate) struct AdminState {
     pub(crate) clock: Clock,
     /// Recovery's figures, when QI's API is configured.
     pub(crate) recovery: Option<Arc<RecoveryFigures>>,
+    /// Host names answered for besides `localhost` and IP addresses (`--admin-host`).
+    pub(crate) hosts: Arc<Vec<String>>,
 }
 
 impl AdminLimits {
@@ -120,7 +122,62 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/catalog/reload", post(reload_catalog))
         .layer(axum::middleware::from_fn(same_origin_only))
+        .layer(axum::middleware::from_fn_with_state(
+            state.hosts.clone(),
+            known_hosts_only,
+        ))
         .with_state(state)
+}
+
+/// Every request must name this listener by a host it answers for: an IP address (no DNS
+/// was asked, so no rebinding), `localhost`, or a name given with `--admin-host`. A web page
+/// of another site can point its own DNS name at this address (DNS rebinding) and have a
+/// browser call it as its own origin, with `Host: rebind.attacker.example`: refused, `421`,
+/// before the console, the probes or a reload see it. HTTP/2 names the host in
+/// `:authority`; a request naming none (HTTP/1.0) comes from no browser and passes.
+async fn known_hosts_only(
+    State(hosts): State<Arc<Vec<String>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let named = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or(request.uri().authority().map(|a| a.as_str()));
+    match named {
+        Some(host) if !answers_for(host, &hosts) => {
+            tracing::warn!("admin: a request naming an unknown host was refused");
+            (
+                StatusCode::MISDIRECTED_REQUEST,
+                "refused: this listener answers only for localhost, its IP addresses and the \
+                 names given with --admin-host\n",
+            )
+                .into_response()
+        }
+        _ => next.run(request).await,
+    }
+}
+
+/// Whether `host` (a `Host` header: a name or address, with or without a port) is one the
+/// admin listener answers for.
+fn answers_for(host: &str, names: &[String]) -> bool {
+    let host = host.trim();
+    // `[v6]:port`, `[v6]`, `v4:port`, `name:port`, `name`.
+    let bare = if let Some(rest) = host.strip_prefix('[') {
+        return rest
+            .split_once(']')
+            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    let bare = bare.trim_end_matches('.').to_ascii_lowercase();
+    bare.parse::<std::net::Ipv4Addr>().is_ok()
+        || bare == "localhost"
+        || bare.ends_with(".localhost")
+        || names
+            .iter()
+            .any(|n| n.trim().trim_end_matches('.').eq_ignore_ascii_case(&bare))
 }
 
 /// Every request that changes something (any method but `GET`, `HEAD` and `OPTIONS`) must

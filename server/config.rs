@@ -325,6 +325,17 @@ pub struct Config {
           value_parser = clap::value_parser!(u8).range(1..=5))]
     pub nats_replicas: u8,
 
+    /// A host name the admin listener (console, metrics, probes) answers for, besides
+    /// `localhost` and IP addresses; repeat for several (e.g. the name a proxy forwards
+    /// with). Any other `Host` is refused, so that a web page of another site, by pointing
+    /// its own DNS name at this address, cannot drive the console from a browser.
+    #[arg(
+        long = "admin-host",
+        env = "QISTATUS_ADMIN_HOSTS",
+        value_delimiter = ','
+    )]
+    pub admin_hosts: Vec<String>,
+
     /// Size of the store's page cache, in MiB. The server's memory is a small multiple.
     #[arg(long, env = "QISTATUS_CACHE_MB", default_value_t = DEFAULT_CACHE_MB)]
     pub cache_mb: u64,
@@ -367,6 +378,7 @@ pub enum ConfigError {
 pub fn exposure_warnings(
     http: SocketAddr,
     grpc: SocketAddr,
+    admin: SocketAddr,
     webhooks_verified: bool,
     grpc_tokens: bool,
     allow_unauthenticated: bool,
@@ -381,6 +393,14 @@ pub fn exposure_warnings(
     if !grpc.ip().is_loopback() && !grpc_tokens {
         problems.push(format!(
             "the gRPC API on {grpc} would answer anyone: configure --grpc-token-file"
+        ));
+    }
+    // The console shows operations and reveals personal data: the same rule as the API's
+    // (it signs people in with the API's tokens).
+    if !admin.ip().is_loopback() && !grpc_tokens {
+        problems.push(format!(
+            "the console on {admin} (operations, personal data) would answer anyone: \
+             configure --grpc-token-file (people sign in with those tokens)"
         ));
     }
     if problems.is_empty() {
@@ -521,6 +541,7 @@ impl Config {
         let mut warnings = exposure_warnings(
             self.http_addr,
             self.grpc_addr,
+            self.admin_addr,
             webhook_verifier.is_enabled(),
             grpc_tokens.is_enabled(),
             self.allow_unauthenticated,
@@ -582,6 +603,7 @@ impl Config {
                 first_call_grace: *self.grpc_first_call_grace,
                 request_timeout: *self.grpc_request_timeout,
             },
+            admin_hosts: self.admin_hosts.clone(),
             admin: AdminLimits {
                 max_connections: self.admin_max_connections.max(1),
                 header_read_timeout: *self.admin_header_read_timeout,
@@ -720,27 +742,31 @@ mod tests {
         let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let public: SocketAddr = "0.0.0.0:8080".parse().unwrap();
         assert!(
-            exposure_warnings(local, local, false, false, false)
+            exposure_warnings(local, local, local, false, false, false)
                 .unwrap()
                 .is_empty()
         );
-        let err = exposure_warnings(public, local, false, false, false)
+        let err = exposure_warnings(public, local, local, false, false, false)
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("unsigned webhooks") && err.contains("--allow-unauthenticated"),
             "{err}"
         );
-        let err = exposure_warnings(local, public, true, false, false)
+        let err = exposure_warnings(local, public, local, true, false, false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("--grpc-token-file"), "{err}");
         assert!(
-            exposure_warnings(public, public, true, true, false)
+            exposure_warnings(public, public, public, true, true, false)
                 .unwrap()
                 .is_empty()
         );
-        let warnings = exposure_warnings(public, public, false, false, true).unwrap();
-        assert_eq!(warnings.len(), 2);
+        let err = exposure_warnings(local, local, public, true, false, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the console on 0.0.0.0:8080"), "{err}");
+        let warnings = exposure_warnings(public, public, public, false, false, true).unwrap();
+        assert_eq!(warnings.len(), 3);
     }
 }

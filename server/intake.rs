@@ -386,7 +386,8 @@ async fn store_webhook(
         webhook_timestamp: header("webhook-timestamp"),
         webhook_signature: header("webhook-signature"),
         signature: header("signature"),
-        host: header("host"),
+        // HTTP/2 carries the host in `:authority` (the URI's), HTTP/1.1 in `Host`.
+        host: header("host").or(uri.authority().map(|a| a.as_str())),
     };
     let now = state.clock.now_seconds();
     // The body itself, or the webhook decoded from an `encoded_body`: no copy of the body.
@@ -400,18 +401,30 @@ async fn store_webhook(
     // on the single writer's thread.
     let catalog = state.catalog.current();
     let (normalized, facts) = normalize_with_facts(&catalog, &webhook)?;
-    if sender == Sender::QiDtvm {
+    // A key that vouches for one sender's kinds only (QI DTVM's binds no body; QI CaaS's is
+    // QI CaaS's): anything else it signs is refused.
+    let senders_kinds = match sender {
+        Sender::QiDtvm => Some(("QI DTVM", "qi_dtvm_kinds", &catalog.qi_dtvm_kinds)),
+        Sender::QiCaas => Some(("QI CaaS", "qi_caas_kinds", &catalog.qi_caas_kinds)),
+        Sender::Unverified | Sender::QiTech | Sender::Relay => None,
+    };
+    if let Some((who, list, kinds)) = senders_kinds {
         let kind = match &normalized {
             Normalized::Event(envelope) => envelope.kind.as_str(),
             Normalized::Quarantine { .. } => "",
         };
-        if !catalog.qi_dtvm_kinds.iter().any(|k| k == kind) {
+        if !kinds.iter().any(|k| k == kind) {
             let what = if kind.is_empty() {
                 "a webhook of no known kind".to_owned()
             } else {
                 format!("a `{kind}` webhook")
             };
-            return Err(AuthError::NotTheSendersKind(what).into());
+            return Err(AuthError::NotTheSendersKind {
+                sender: who,
+                list,
+                what,
+            }
+            .into());
         }
     }
     if let Normalized::Event(envelope) = &normalized

@@ -77,6 +77,8 @@ pub struct Settings {
     pub grpc: GrpcLimits,
     /// The admin listener's connection limits.
     pub admin: AdminLimits,
+    /// Host names the admin listener answers for besides `localhost` and IP addresses.
+    pub admin_hosts: Vec<String>,
     /// Writer limits.
     pub writer: WriterLimits,
     /// Watch (change feed) limits and timings.
@@ -124,6 +126,7 @@ impl Settings {
             intake: IntakeLimits::DEFAULT,
             grpc: GrpcLimits::DEFAULT,
             admin: AdminLimits::DEFAULT,
+            admin_hosts: Vec::new(),
             writer: WriterLimits::DEFAULT,
             feed: FeedSettings::DEFAULT,
             log_retention: days(DEFAULT_LOG_RETENTION_DAYS),
@@ -294,6 +297,7 @@ pub async fn run(
             cluster: core.sequencer.stream_progress(),
             clock: core.clock.clone(),
             recovery: core.recovery.as_ref().map(|r| r.figures.clone()),
+            hosts: Arc::new(settings.admin_hosts.clone()),
         },
         listeners.admin,
         tls.clone(),

@@ -87,12 +87,19 @@ pub enum AuthError {
     /// The API-CLIENT-KEY header is absent or not a configured key.
     #[error("unknown client key in API-CLIENT-KEY")]
     UnknownClientKey,
-    /// A QI DTVM signature on a webhook that is not one of QI DTVM's kinds.
+    /// A QI DTVM or QI CaaS signature on a webhook that is not one of that sender's kinds.
     #[error(
-        "a QI DTVM signature vouches only for QI DTVM's webhooks (the catalog's qi_dtvm_kinds), \
-         not for {0}"
+        "a {sender} signature vouches only for {sender}'s webhooks (the catalog's {list}), not \
+         for {what}"
     )]
-    NotTheSendersKind(String),
+    NotTheSendersKind {
+        /// Who signed: `QI DTVM` or `QI CaaS`.
+        sender: &'static str,
+        /// The catalog's list of that sender's kinds.
+        list: &'static str,
+        /// What the webhook was.
+        what: String,
+    },
 }
 
 /// Who vouched for a verified request.
@@ -172,7 +179,8 @@ pub struct RequestFacts<'a> {
     pub webhook_signature: Option<&'a str>,
     /// `SIGNATURE` header (QI DTVM's JWT, or QI CaaS's hex HMAC).
     pub signature: Option<&'a str>,
-    /// `Host` header: the URL QI CaaS signed, when no base URL is configured.
+    /// `Host` header (HTTP/2's `:authority`): the URL QI CaaS signed, when no base URL is
+    /// configured.
     pub host: Option<&'a str>,
 }
 

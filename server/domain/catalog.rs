@@ -62,6 +62,10 @@ pub struct Catalog {
     /// (that signature binds no body, so it must not vouch for a debt's `settled`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub qi_dtvm_kinds: Vec<String>,
+    /// The kinds QI CaaS sends: a request signed with a QI CaaS key may carry only these
+    /// (the key is QI CaaS's: it vouches for a card order's fraud status, not for a debt).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qi_caas_kinds: Vec<String>,
     /// Kind families: webhooks whose operation is another kind's (see [`JoinSpec`]), tried
     /// in order, the first that matches wins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -208,6 +212,8 @@ struct CatalogOverlay {
     #[serde(default)]
     qi_dtvm_kinds: Vec<String>,
     #[serde(default)]
+    qi_caas_kinds: Vec<String>,
+    #[serde(default)]
     joins: Vec<JoinSpec>,
     #[serde(default)]
     kinds: BTreeMap<String, KindOverlay>,
@@ -303,10 +309,15 @@ impl Catalog {
                 self.personal_fields.push(field);
             }
         }
-        for kind in overlay.qi_dtvm_kinds {
-            let kind = canonical_kind(&kind);
-            if !self.qi_dtvm_kinds.contains(&kind) {
-                self.qi_dtvm_kinds.push(kind);
+        for (kinds, more) in [
+            (&mut self.qi_dtvm_kinds, overlay.qi_dtvm_kinds),
+            (&mut self.qi_caas_kinds, overlay.qi_caas_kinds),
+        ] {
+            for kind in more {
+                let kind = canonical_kind(&kind);
+                if !kinds.contains(&kind) {
+                    kinds.push(kind);
+                }
             }
         }
         self.aliases.extend(

@@ -626,7 +626,11 @@ async fn qi_dtvm_signatures_are_verified_with_any_of_several_shared_keys() {
             "not a time",
         ),
         // QI DTVM's signature binds no body: it cannot vouch for a debt's `settled`.
-        (hs256(key, &claims), &debt, "vouches only for QI DTVM"),
+        (
+            hs256(key, &claims),
+            &debt,
+            "vouches only for QI DTVM's webhooks",
+        ),
     ] {
         let (code, answer) = post_with(&server, body.clone(), &[("signature", token)]).await;
         assert_eq!(code, 401, "{reason}: {answer}");
@@ -1063,4 +1067,124 @@ async fn qi_caas_put_webhooks_are_verified_by_their_hmac_sha1() {
     .await;
     assert_eq!(code, 200, "{answer}");
     server.stop().await;
+}
+
+#[tokio::test]
+async fn a_qi_caas_signature_vouches_only_for_qi_caas_kinds_and_works_over_http2() {
+    // No base URL: the signed URL is `https://` and the request's host, which HTTP/2 carries
+    // in `:authority`.
+    let verifier = WebhookVerifier::new(&[], vec![], &[], Duration::from_secs(300))
+        .unwrap()
+        .with_caas_keys(&["caas-key".into()], None)
+        .unwrap();
+    let server = start_verified(verifier).await;
+    let signed_url = format!("https://{}/webhooks", server.http);
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let put = |body: Vec<u8>| {
+        let signature = caas_signature(b"caas-key", &signed_url, "PUT", &body);
+        h2.put(server.webhooks_url())
+            .header("Signature", signature)
+            .body(body)
+            .send()
+    };
+    let response = put(fixture("009_card_order_fraud_approved.json"))
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    let (code, answer) = (
+        response.status().as_u16(),
+        response.json::<serde_json::Value>().await.unwrap(),
+    );
+    assert_eq!(
+        (code, answer["result"].as_str()),
+        (200, Some("accepted")),
+        "{answer}"
+    );
+
+    // The same key on a debt: refused, and nothing stored.
+    let debt = br#"{"webhook_type": "debt", "key": "caas-debt", "status": "disbursed"}"#;
+    let response = put(debt.to_vec()).await.unwrap();
+    let (code, answer) = (
+        response.status().as_u16(),
+        response.json::<serde_json::Value>().await.unwrap(),
+    );
+    assert_eq!(code, 401, "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(
+        error.contains("QI CaaS signature vouches only for QI CaaS's webhooks"),
+        "{error}"
+    );
+    assert!(error.contains("`debt`"), "{error}");
+    assert!(server.get("caas-debt", "debt").await.is_err());
+}
+
+#[tokio::test]
+async fn the_console_is_not_exposed_without_tokens_like_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = tokio::process::Command::new(env!("CARGO_BIN_EXE_qistatus-server"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
+        .args(["--admin-addr", "0.0.0.0:0"])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), start)
+        .await
+        .expect("it refuses at once, rather than serving")
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to start")
+            && err.contains("the console on 0.0.0.0:0")
+            && err.contains("--grpc-token-file"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_page_of_another_site_rebinding_its_name_to_the_admin_listener_gets_nothing() {
+    let server =
+        TestServer::start_configured(|s| s.admin_hosts = vec!["qistatus.internal".into()]).await;
+    server.post_ok(fixture("004_debt_disbursed.json")).await;
+    let port = server.admin.port();
+    let client = reqwest::Client::new();
+    let ask = |method: reqwest::Method, path: &str, host: String| {
+        client
+            .request(method, format!("http://{}{path}", server.admin))
+            .header("host", host)
+            .send()
+    };
+    let page = "/ui/operations/871059bd-4014-41ad-82b4-28275ff0e67b";
+    // What a browser sends once attacker.example resolves to this address.
+    for (method, path) in [
+        (reqwest::Method::GET, page),
+        (reqwest::Method::GET, "/metrics"),
+        (reqwest::Method::POST, "/catalog/reload"),
+    ] {
+        let response = ask(
+            method.clone(),
+            path,
+            format!("rebind.attacker.example:{port}"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status(), 421, "{method} {path}");
+        let text = response.text().await.unwrap();
+        assert!(text.contains("--admin-host"), "{text}");
+    }
+    // Its own names: loopback, IP addresses, and the configured one.
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+        "10.1.2.3".to_owned(),
+        format!("QISTATUS.internal:{port}"),
+    ] {
+        let response = ask(reqwest::Method::GET, page, host.clone()).await.unwrap();
+        assert_eq!(response.status(), 200, "{host}");
+    }
 }

@@ -57,6 +57,21 @@ impl Clock {
         self.now_millis().div_euclid(1000)
     }
 
+    /// Waits until this clock reads `millis` (ms since the epoch) or later: for a wait whose
+    /// end was worked out from an earlier reading, which a manual clock advanced meanwhile
+    /// must not push back (as `sleep(end - then)`, started after the advance, would).
+    pub async fn sleep_until(&self, millis: i64) {
+        let Some(manual) = &self.manual else {
+            // At most a day at a time: far ends are not worth an overflow check of tokio's.
+            let left = millis
+                .saturating_sub(self.now_millis())
+                .clamp(0, 86_400_000);
+            return tokio::time::sleep(Duration::from_millis(left.unsigned_abs())).await;
+        };
+        let mut moved = manual.moved.subscribe();
+        let _ = moved.wait_for(|now| *now >= millis).await;
+    }
+
     /// Waits until `duration` has passed on this clock: tokio's sleep on the system's clock;
     /// on a manual clock, until it was advanced that far (at once for a zero duration).
     pub async fn sleep(&self, duration: Duration) {

@@ -388,11 +388,8 @@ impl Recovery {
                 .flatten()
                 .min()
                 .unwrap_or(i64::MAX);
-            let wait = Duration::from_millis(
-                u64::try_from(wake.saturating_sub(self.clock.now_millis())).unwrap_or(0),
-            );
             tokio::select! {
-                () = self.clock.sleep(wait) => {}
+                () = self.clock.sleep_until(wake) => {}
                 () = stop.cancelled() => return,
                 ask = asks.recv() => {
                     let Some(AskByHand { kind, key, reply }) = ask else { continue };

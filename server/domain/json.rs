@@ -207,6 +207,95 @@ pub fn write_canonical_number(n: &Number, out: &mut Vec<u8>) {
     }
 }
 
+/// The numbers of a JSON text that a double cannot hold exactly (an integer beyond 64 bits,
+/// a decimal with more digits than a double keeps), each as its exact value in one spelling
+/// (`[-]DIGITSeEXP`, equal numbers alike), sorted: what [`super::webhook::EventId`] adds to
+/// the canonical form, which writes such numbers as the doubles they round to. Empty for a
+/// text whose numbers are all exact (nearly every webhook), whose identifier is then what
+/// it always was.
+pub fn inexact_numbers(raw: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut i = 0;
+    let mut in_string = false;
+    while i < raw.len() {
+        let b = raw[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        if b == b'-' || b.is_ascii_digit() {
+            let start = i;
+            while i < raw.len() && matches!(raw[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+            {
+                i += 1;
+            }
+            if let Ok(token) = std::str::from_utf8(&raw[start..i])
+                && let Some(exact) = inexact(token)
+            {
+                found.push(exact);
+            }
+            continue;
+        }
+        i += 1;
+    }
+    found.sort_unstable();
+    found
+}
+
+/// `token`'s exact value (see [`inexact_numbers`]) when a double does not hold it; `None`
+/// when it is held exactly (or is not a number).
+fn inexact(token: &str) -> Option<String> {
+    let integral = !token.contains(['.', 'e', 'E']);
+    if integral && (token.parse::<i64>().is_ok() || token.parse::<u64>().is_ok()) {
+        return None;
+    }
+    let double: f64 = token.parse().ok()?;
+    let exact = decimal(token)?;
+    (decimal(&format!("{double:e}"))? != exact).then(|| {
+        let (negative, digits, exponent) = exact;
+        format!("{}{digits}e{exponent}", if negative { "-" } else { "" })
+    })
+}
+
+/// A decimal number's value as (negative, significant digits, exponent of ten): `1.50`,
+/// `15e-1` and `0.15e1` are all `(false, "15", -1)`; zero is `(false, "0", 0)`.
+fn decimal(text: &str) -> Option<(bool, String, i64)> {
+    let (negative, text) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.strip_prefix('+').unwrap_or(e).parse::<i64>().ok()?),
+        None => (text, 0),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let mut digits: String = format!("{whole}{fraction}");
+    let mut exponent = exponent.checked_sub(i64::try_from(fraction.len()).ok()?)?;
+    if !digits.bytes().all(|d| d.is_ascii_digit()) {
+        return None;
+    }
+    let trimmed = digits.trim_start_matches('0');
+    digits = trimmed.to_owned();
+    while digits.ends_with('0') {
+        digits.pop();
+        exponent += 1;
+    }
+    if digits.is_empty() {
+        return Some((false, "0".into(), 0));
+    }
+    Some((negative, digits, exponent))
+}
+
 impl<'de> Deserialize<'de> for Json<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_any(JsonVisitor)

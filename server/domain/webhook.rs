@@ -60,6 +60,28 @@ impl EventId {
         canonical_json(value, &mut canonical);
         EventId(Sha256::digest(&canonical).into())
     }
+
+    /// The identifier of the webhook `raw`, read as `value`: [`EventId::of`], and, when the
+    /// body has numbers a double cannot hold (which the canonical form writes as the doubles
+    /// they round to), their exact values too ([`super::json::inexact_numbers`]), so that two
+    /// bodies differing only in the 23rd digit of an integer are two webhooks. Bodies without
+    /// such numbers (nearly all) keep the identifier they always had.
+    pub fn of_body(value: &Json<'_>, raw: &[u8]) -> EventId {
+        let inexact = super::json::inexact_numbers(raw);
+        if inexact.is_empty() {
+            return EventId::of(value);
+        }
+        let mut canonical = Vec::with_capacity(1024);
+        canonical_json(value, &mut canonical);
+        // A canonical form never holds a raw NUL (strings escape it), so nothing written
+        // after one can make it look like another webhook's.
+        canonical.push(0);
+        for number in inexact {
+            canonical.extend_from_slice(number.as_bytes());
+            canonical.push(b',');
+        }
+        EventId(Sha256::digest(&canonical).into())
+    }
 }
 
 /// Writes `value` in a canonical form: no whitespace, object keys sorted, strings escaped as
@@ -143,7 +165,7 @@ pub enum MalformedWebhook {
 /// Normalizes raw webhook bytes under `catalog`.
 pub fn normalize(catalog: &Catalog, raw: &[u8]) -> Result<Normalized, MalformedWebhook> {
     let value = parse_object(raw)?;
-    Ok(read(catalog, &value))
+    Ok(read(catalog, &value, raw))
 }
 
 /// [`normalize`], and the catalog's [`facts`] of an event, read from the one parse of the
@@ -153,7 +175,7 @@ pub fn normalize_with_facts(
     raw: &[u8],
 ) -> Result<(Normalized, Vec<(String, FactValue)>), MalformedWebhook> {
     let value = parse_object(raw)?;
-    let normalized = read(catalog, &value);
+    let normalized = read(catalog, &value, raw);
     let facts = match &normalized {
         Normalized::Event(envelope) => facts_in(catalog, &envelope.kind, &value),
         Normalized::Quarantine { .. } => Vec::new(),
@@ -169,8 +191,8 @@ fn parse_object(raw: &[u8]) -> Result<Json<'_>, MalformedWebhook> {
     Ok(value)
 }
 
-fn read(catalog: &Catalog, value: &Json<'_>) -> Normalized {
-    let event_id = EventId::of(value);
+fn read(catalog: &Catalog, value: &Json<'_>, raw: &[u8]) -> Normalized {
+    let event_id = EventId::of_body(value, raw);
     match read_envelope(catalog, value, event_id) {
         Ok(envelope) => Normalized::Event(envelope),
         Err(reason) => Normalized::Quarantine { event_id, reason },
@@ -1122,6 +1144,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("recursion limit"), "{err}");
+    }
+
+    #[test]
+    fn numbers_a_double_cannot_hold_are_told_apart_and_the_rest_keep_their_identifier() {
+        let body_id =
+            |json: &str| EventId::of_body(&Json::parse(json.as_bytes()).unwrap(), json.as_bytes());
+        // Identical but for one 23-digit integer (or a decimal's 20th digit): two webhooks.
+        let a = body_id(r#"{"key": "k", "n": 12345678901234567890123}"#);
+        let b = body_id(r#"{"key": "k", "n": 12345678901234567890124}"#);
+        assert_ne!(a, b);
+        assert_ne!(
+            body_id(r#"{"x": 0.10000000000000000001}"#),
+            body_id(r#"{"x": 0.10000000000000000002}"#)
+        );
+        // The same webhook whatever its spelling: whitespace, key order, an equal number.
+        assert_eq!(a, body_id(r#"{ "n":12345678901234567890123 , "key":"k" }"#));
+        assert_eq!(
+            a,
+            body_id(r#"{"key": "k", "n": 1.2345678901234567890123e22}"#)
+        );
+        // A number inside a string is text, not a number.
+        let quoted = r#"{"key": "k", "s": "12345678901234567890123 \" 9"}"#;
+        assert_eq!(body_id(quoted), id(quoted));
+        // Numbers a double holds: the identifier stored webhooks always had.
+        for json in [
+            r#"{"a": 1, "b": -2.5, "c": 1e3, "d": 18446744073709551615, "e": -9223372036854775808}"#,
+            r#"{"amount": 8.9496686, "rate": 0.62, "big": 9007199254740992.0}"#,
+        ] {
+            assert_eq!(body_id(json), id(json), "{json}");
+        }
     }
 
     #[test]

@@ -647,3 +647,33 @@ async fn the_same_webhook_with_numbers_spelled_differently_is_a_duplicate() {
     assert_eq!(server.get("n1", "debt").await.unwrap().event_count, 2);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn two_bodies_differing_only_past_a_doubles_precision_are_two_webhooks() {
+    let server = TestServer::start().await;
+    let body = |n: &str| {
+        format!(
+            r#"{{"webhook_type": "debt", "key": "big-n", "status": "signed", "data": {{"contract_number": {n}}}}}"#
+        )
+    };
+    let (code, first) = server.post(body("12345678901234567890123")).await;
+    assert_eq!(
+        (code, first["result"].as_str()),
+        (200, Some("accepted")),
+        "{first}"
+    );
+    let (code, second) = server.post(body("12345678901234567890124")).await;
+    assert_eq!(
+        (code, second["result"].as_str()),
+        (200, Some("accepted")),
+        "{second}"
+    );
+    // The same content again is still the same webhook.
+    let (code, again) = server.post(body("12345678901234567890124")).await;
+    assert_eq!(
+        (code, again["result"].as_str()),
+        (200, Some("duplicate")),
+        "{again}"
+    );
+    assert_eq!(server.get("big-n", "debt").await.unwrap().version, 2);
+}

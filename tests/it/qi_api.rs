@@ -177,7 +177,7 @@ impl QiStandIn {
             private_key_pem: self.client.private_pem.clone(),
             public_key_pem: Some(self.qi.public_pem.clone()),
             max_rps: 1000.0,
-            request_timeout: Duration::from_secs(2),
+            request_timeout: qistatus::QiApiSettings::DEFAULT_REQUEST_TIMEOUT,
         }
     }
 

@@ -361,13 +361,23 @@ async fn operation(
     // A point read, in place (see `Store::read_async`).
     let body = match find(&state, &key, query.kind.as_deref())? {
         Lookup::Several(kinds) => pages::choose_kind(&key, &kinds),
-        Lookup::Found(op) => pages::operation(
-            &op,
-            state
-                .recovery
-                .as_ref()
-                .map(|_| viewer.csrf.as_deref().unwrap_or("")),
-        ),
+        Lookup::Found(mut op) => {
+            // What the page shows outside the payloads is masked as the payloads are.
+            let catalog = state.catalog.current();
+            let masked = personal::mask_operation(
+                &mut op,
+                &catalog.personal_fields,
+                &catalog.personal_facts,
+            );
+            pages::operation(
+                &op,
+                masked,
+                state
+                    .recovery
+                    .as_ref()
+                    .map(|_| viewer.csrf.as_deref().unwrap_or("")),
+            )
+        }
         Lookup::Missing(what) => return Err(ConsoleError::NotFound(what)),
     };
     Ok(page(&viewer, &key, body))

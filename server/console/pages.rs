@@ -155,9 +155,13 @@ pub(crate) fn overview(
 /// `GET /ui/operations/{key}`.
 /// `resend`: `Some(csrf)` when QI's API is configured (the form token, empty on an open
 /// console), which offers "ask QI to resend".
-pub(crate) fn operation(op: &Operation, resend: Option<&str>) -> Markup {
+/// `masked`: how many of its values were masked ([`crate::domain::personal::mask_operation`]).
+pub(crate) fn operation(op: &Operation, masked: usize, resend: Option<&str>) -> Markup {
     html! {
         h1 { (op.kind) " " code { (op.key) } }
+        @if masked > 0 {
+            p.hint { (masked) " personal values are masked; a webhook's page can reveal them (logged)." }
+        }
         @if let Some(csrf) = resend {
             form.resend method="post" action={"/ui/operations/" (encode(&op.key)) "/resend?kind=" (encode(&op.kind))} {
                 @if !csrf.is_empty() {

@@ -58,6 +58,10 @@ pub struct Catalog {
     /// masked in the console until a person reveals them ([`crate::domain::personal`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub personal_fields: Vec<String>,
+    /// Facts that are free texts QI may fill with a person's data (names included, which no
+    /// shape finds): masked whole in the console until a person reveals the payload.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub personal_facts: Vec<String>,
     /// The kinds QI DTVM sends: a request signed with a QI DTVM key may carry only these
     /// (that signature binds no body, so it must not vouch for a debt's `settled`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -210,6 +214,8 @@ struct CatalogOverlay {
     #[serde(default)]
     personal_fields: Vec<String>,
     #[serde(default)]
+    personal_facts: Vec<String>,
+    #[serde(default)]
     qi_dtvm_kinds: Vec<String>,
     #[serde(default)]
     qi_caas_kinds: Vec<String>,
@@ -303,10 +309,15 @@ impl Catalog {
         }
         self.cancel_reasons.extend(overlay.cancel_reasons);
         // Added to the built-in ones: a file can hide more, never show what they hide.
-        for field in overlay.personal_fields {
-            let field = field.to_ascii_lowercase();
-            if !self.personal_fields.contains(&field) {
-                self.personal_fields.push(field);
+        for (list, more) in [
+            (&mut self.personal_fields, overlay.personal_fields),
+            (&mut self.personal_facts, overlay.personal_facts),
+        ] {
+            for field in more {
+                let field = field.to_ascii_lowercase();
+                if !list.contains(&field) {
+                    list.push(field);
+                }
             }
         }
         for (kinds, more) in [

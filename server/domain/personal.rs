@@ -15,12 +15,26 @@
 //!   check digits hold): a CPF stored as a number has lost its leading zeros and its
 //!   formatting, not its check digits.
 //!
+//! Field names are matched as written and in snake case (`nomeComprador` is also
+//! `nome_comprador`, `birthDate` is `birth_date`): QI's families spell them both ways. A
+//! vehicle's chassis number (a VIN: 17 letters and digits) is masked by shape too.
+//!
+//! What a person sees of an operation outside its payloads (its detail, its facts, each
+//! timeline entry's detail) goes through the same nets ([`mask_operation`]): a fact whose
+//! name is personal is masked whole, and so is every fact the catalog lists in
+//! `personal_facts` (free texts QI fills with a buyer's data, names included, which no shape
+//! can find), and a detail that is such a fact's text; the others by shape. A name inside
+//! any other free text (a debt's rejection reason) is not found: no shape tells a name from
+//! the words around it.
+//!
 //! What is masked becomes [`MASK`]; everything else (statuses, keys, amounts, dates) is
 //! kept, so a person can still read what happened.
 
 use serde_json::Value;
 
 use super::catalog::glob_matches;
+use super::reconcile::Operation;
+use super::webhook::FactValue;
 
 /// What a masked value shows.
 pub const MASK: &str = "••••••";
@@ -46,8 +60,7 @@ pub fn mask(value: &mut Value, personal_fields: &[String]) -> usize {
                 + fields
                     .iter_mut()
                     .map(|(name, v)| {
-                        let name = name.to_ascii_lowercase();
-                        if personal_fields.iter().any(|p| glob_matches(p, &name)) && !is_empty(v) {
+                        if is_personal_field(name, personal_fields) && !is_empty(v) {
                             *v = Value::String(MASK.to_owned());
                             1
                         } else {
@@ -72,6 +85,96 @@ pub fn mask(value: &mut Value, personal_fields: &[String]) -> usize {
     }
 }
 
+/// Whether a field called `name` holds personal data: `name` lower-cased, or in snake case
+/// (`fullName` is `full_name`), matches one of the catalog's patterns.
+pub fn is_personal_field(name: &str, personal_fields: &[String]) -> bool {
+    let lower = name.to_ascii_lowercase();
+    let mut snake = String::with_capacity(name.len() + 4);
+    let mut previous_lower = false;
+    for c in name.chars() {
+        if c.is_ascii_uppercase() && previous_lower {
+            snake.push('_');
+        }
+        previous_lower = c.is_ascii_lowercase() || c.is_ascii_digit();
+        snake.push(c.to_ascii_lowercase());
+    }
+    personal_fields
+        .iter()
+        .any(|p| glob_matches(p, &lower) || glob_matches(p, &snake))
+}
+
+/// Masks what a person sees of `op` outside its payloads (see the module docs): its detail,
+/// its facts, its timeline's details. Returns how many values were masked.
+pub fn mask_operation(
+    op: &mut Operation,
+    personal_fields: &[String],
+    personal_facts: &[String],
+) -> usize {
+    let mut masked = 0;
+    // A detail read from a personal fact (a Pix transfer's detail is its
+    // `error_description`) is masked as that fact is: whole.
+    let personal_texts: Vec<String> = op
+        .facts
+        .iter()
+        .chain(op.history.iter().flat_map(|e| e.facts.iter()))
+        .filter(|(name, _)| {
+            is_personal_field(name, personal_fields)
+                || personal_facts.iter().any(|p| glob_matches(p, name))
+        })
+        .filter_map(|(_, value)| match value {
+            FactValue::Text(t) if !t.trim().is_empty() => Some(t.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut text = |t: &mut String| {
+        if personal_texts.iter().any(|p| p == t) {
+            *t = MASK.to_owned();
+            masked += 1;
+        } else if let Some(m) = mask_text(t) {
+            *t = m;
+            masked += 1;
+        }
+    };
+    text(&mut op.detail);
+    for entry in &mut op.history {
+        text(&mut entry.detail);
+        if let Some(outcome) = &mut entry.outcome {
+            text(outcome);
+        }
+    }
+    let mut facts = |facts: &mut Vec<(String, FactValue)>| {
+        for (name, value) in facts.iter_mut() {
+            let whole = is_personal_field(name, personal_fields)
+                || personal_facts.iter().any(|p| glob_matches(p, name));
+            match value {
+                FactValue::Text(t) if whole && !t.trim().is_empty() => {
+                    *t = MASK.to_owned();
+                    masked += 1;
+                }
+                FactValue::Text(t) => {
+                    if let Some(m) = mask_text(t) {
+                        *t = m;
+                        masked += 1;
+                    }
+                }
+                FactValue::Number(n)
+                    if whole
+                        || (n.fract() == 0.0 && *n >= 0.0 && is_document_number(*n as u64)) =>
+                {
+                    *value = FactValue::Text(MASK.to_owned());
+                    masked += 1;
+                }
+                _ => {}
+            }
+        }
+    };
+    facts(&mut op.facts);
+    for entry in &mut op.history {
+        facts(&mut entry.facts);
+    }
+    masked
+}
+
 fn is_empty(v: &Value) -> bool {
     match v {
         Value::Null => true,
@@ -88,7 +191,7 @@ fn mask_text(text: &str) -> Option<String> {
         if i > 0 {
             out.push(' ');
         }
-        if is_email(word) {
+        if is_email(word) || is_vin(word) {
             out.push_str(MASK);
             changed = true;
         } else {
@@ -105,6 +208,18 @@ fn is_email(word: &str) -> bool {
     word.split_once('@').is_some_and(|(user, domain)| {
         !user.is_empty() && domain.contains('.') && !domain.starts_with('.')
     })
+}
+
+/// Whether `word` (punctuation around it aside) is a vehicle identification number, as a
+/// chassis (`chassi`) is written: 17 letters and digits, no I, O or Q, with both.
+fn is_vin(word: &str) -> bool {
+    let word = word.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    word.len() == 17
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b.is_ascii_uppercase() && !b"IOQ".contains(&b)))
+        && word.bytes().any(|b| b.is_ascii_digit())
+        && word.bytes().any(|b| b.is_ascii_uppercase())
 }
 
 /// Masks every run of digits and separators holding 10 to 14 digits.
@@ -296,5 +411,99 @@ mod tests {
             "not a valid CPF/CNPJ: kept"
         );
         assert_eq!(v["barcode"], "00193967000009910000000003615574000000002417");
+    }
+
+    #[test]
+    fn camel_case_names_vehicles_and_birth_dates_are_masked() {
+        let fields: Vec<String> = [
+            "name",
+            "*_name",
+            "nome_*",
+            "birth_date",
+            "data_nascimento",
+            "chassi*",
+            "placa*",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut v = json!({
+            "nomeComprador": "Maria da Silva",
+            "fullName": "João Souza",
+            "birthDate": "1990-01-01",
+            "dataNascimento": "1990-01-01",
+            "chassi": "9BWZZZ377VT004251",
+            "placa": "ABC1D23",
+            "status": "Denied",
+            "note": "vehicle 9BWZZZ377VT004251 not found",
+        });
+        assert_eq!(mask(&mut v, &fields), 7);
+        for field in [
+            "nomeComprador",
+            "fullName",
+            "birthDate",
+            "dataNascimento",
+            "chassi",
+            "placa",
+        ] {
+            assert_eq!(v[field], MASK, "{field}");
+        }
+        assert_eq!(v["note"], format!("vehicle {MASK} not found"));
+        assert_eq!(v["status"], "Denied");
+        // A word of 17 letters alone, or of 17 digits alone, is no chassis number.
+        assert_eq!(mask_text("ABCDEFGHJKLMNPRST"), None);
+    }
+
+    #[test]
+    fn an_operations_facts_details_and_timeline_are_masked_as_its_payloads() {
+        use crate::domain::reconcile::{EventSummary, Phase};
+        use crate::domain::webhook::EventId;
+        let secret = "Comprador Maria da Silva, CPF 081.411.637-01, maria@example.com".to_owned();
+        let entry = |detail: &str| EventSummary {
+            sequence: 1,
+            event_id: EventId([0; 32]),
+            status: "rejected".into(),
+            outcome: None,
+            detail: detail.into(),
+            event_time: None,
+            received_at: 0,
+            facts: vec![("error_description".into(), FactValue::Text(secret.clone()))],
+        };
+        let mut op = Operation {
+            kind: "pix".into(),
+            key: "k".into(),
+            status: "rejected".into(),
+            phase: Phase::Failed,
+            detail: secret.clone(),
+            event_time: None,
+            first_received_at: 0,
+            updated_at: 0,
+            version: 2,
+            last_sequence: 2,
+            history: vec![entry(&secret), entry("call (11) 98765-4321 back")],
+            conflict: Vec::new(),
+            milestones: Vec::new(),
+            facts: vec![
+                ("error_description".into(), FactValue::Text(secret.clone())),
+                ("error_code".into(), FactValue::Text("PXT000132".into())),
+                ("payer_document".into(), FactValue::Number(8141163701.0)),
+            ],
+        };
+        let masked = mask_operation(&mut op, &["*_name".into()], &["error_description".into()]);
+        assert_eq!(op.detail, MASK, "the detail read from a personal fact");
+        assert_eq!(op.history[0].detail, MASK);
+        assert_eq!(op.history[1].detail, format!("call {MASK} back"));
+        assert_eq!(op.facts[0].1, FactValue::Text(MASK.into()));
+        assert_eq!(
+            op.facts[1].1,
+            FactValue::Text("PXT000132".into()),
+            "codes are kept"
+        );
+        assert_eq!(
+            op.facts[2].1,
+            FactValue::Text(MASK.into()),
+            "a CPF as a number"
+        );
+        assert_eq!(op.history[0].facts[0].1, FactValue::Text(MASK.into()));
+        assert_eq!(masked, 7);
     }
 }

@@ -532,3 +532,67 @@ async fn probes_are_answered_while_a_fleet_of_live_lists_is_held_open() {
     drop(held);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn personal_data_in_facts_details_and_camel_case_fields_is_masked_until_revealed() {
+    let server = TestServer::start().await;
+    let order = serde_json::json!({
+        "transactionId": "3f1c9a52-8d4e-4b7a-9c21-6e5d8f0a1b2c",
+        "status": "Denied",
+        "msgRetornoPlataforma": format!("Comprador Maria da Silva CPF {CPF} chassi 9BWZZZ377VT004251 divergente"),
+        "codigoQiTech": "QI-MASK-1",
+        "etapaAtual": "Lien Inclusion",
+        "timestamp": "2026-03-10T10:05:00Z",
+        "chassi": "9BWZZZ377VT004251",
+        "placa": "ABC1D23",
+        "nomeComprador": "Maria da Silva",
+        "birthDate": "1990-01-01",
+    });
+    server.post_ok(serde_json::to_vec(&order).unwrap()).await;
+    let pix = serde_json::json!({
+        "webhook_type": "baas.pix_transfer.outgoing_pix",
+        "data": {
+            "pix_transfer_key": "pix-mask-1",
+            "pix_transfer_status": "rejected",
+            "error_code": "PXT000132",
+            "error_description": "Recebedor Joao Souza (joao@example.com, 11 98765-4321) recusou",
+        },
+    });
+    server.post_ok(serde_json::to_vec(&pix).unwrap()).await;
+    let page = |path: String| async move {
+        reqwest::get(format!("http://{}{path}", server.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    for (key, kind) in [
+        ("QI-MASK-1", "vehicle_collateral.order_status"),
+        ("pix-mask-1", "baas.pix_transfer.outgoing_pix"),
+    ] {
+        let html = page(format!("/ui/operations/{key}?kind={kind}")).await;
+        for secret in [
+            CPF,
+            "081.411",
+            "Maria",
+            "9BWZZZ377VT004251",
+            "Joao",
+            "joao@example.com",
+            "98765",
+        ] {
+            assert!(!html.contains(secret), "{secret} on {key}'s page");
+        }
+        assert!(html.contains("personal values are masked"), "{html}");
+    }
+    let payload =
+        page("/ui/operations/QI-MASK-1/webhooks/1?kind=vehicle_collateral.order_status".into())
+            .await;
+    for secret in ["Maria", "9BWZZZ377VT004251", "ABC1D23", "1990-01-01", CPF] {
+        assert!(!payload.contains(secret), "{secret} in the payload view");
+    }
+    assert!(
+        payload.contains("Lien Inclusion"),
+        "what happened stays readable"
+    );
+}

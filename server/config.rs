@@ -336,6 +336,16 @@ pub struct Config {
     )]
     pub admin_hosts: Vec<String>,
 
+    /// A proxy in front of the admin listener (an IP address): a console sign-in through it
+    /// is counted against the client `X-Forwarded-For` names, not against the proxy.
+    /// Repeat for several. From anyone else, `X-Forwarded-For` is ignored.
+    #[arg(
+        long = "trusted-proxy",
+        env = "QISTATUS_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+
     /// Size of the store's page cache, in MiB. The server's memory is a small multiple.
     #[arg(long, env = "QISTATUS_CACHE_MB", default_value_t = DEFAULT_CACHE_MB)]
     pub cache_mb: u64,
@@ -604,6 +614,7 @@ impl Config {
                 request_timeout: *self.grpc_request_timeout,
             },
             admin_hosts: self.admin_hosts.clone(),
+            trusted_proxies: self.trusted_proxies.clone(),
             admin: AdminLimits {
                 max_connections: self.admin_max_connections.max(1),
                 header_read_timeout: *self.admin_header_read_timeout,

@@ -79,6 +79,9 @@ pub struct Settings {
     pub admin: AdminLimits,
     /// Host names the admin listener answers for besides `localhost` and IP addresses.
     pub admin_hosts: Vec<String>,
+    /// Proxies in front of the admin listener whose `X-Forwarded-For` names a sign-in's
+    /// client.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Writer limits.
     pub writer: WriterLimits,
     /// Watch (change feed) limits and timings.
@@ -127,6 +130,7 @@ impl Settings {
             grpc: GrpcLimits::DEFAULT,
             admin: AdminLimits::DEFAULT,
             admin_hosts: Vec::new(),
+            trusted_proxies: Vec::new(),
             writer: WriterLimits::DEFAULT,
             feed: FeedSettings::DEFAULT,
             log_retention: days(DEFAULT_LOG_RETENTION_DAYS),
@@ -281,6 +285,7 @@ pub async fn run(
                     tokens: settings.grpc_tokens.clone(),
                     secure_cookies: tls.is_some(),
                     max_live_streams: settings.admin.max_live_streams(),
+                    trusted_proxies: settings.trusted_proxies.clone(),
                 },
             )
             .with_recovery(core.recovery.clone()),

@@ -24,7 +24,7 @@ mod pages;
 mod session;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,6 +75,8 @@ pub(crate) struct ConsoleState {
     pub(crate) clock: Clock,
     /// Recovery, when QI's API is configured: "ask QI to resend".
     pub(crate) recovery: Option<RecoveryHandle>,
+    /// Proxies whose `X-Forwarded-For` names the client of a sign-in.
+    pub(crate) trusted_proxies: Arc<Vec<IpAddr>>,
 }
 
 /// Who may use the console, and how much of the admin listener it may hold.
@@ -86,6 +88,8 @@ pub(crate) struct ConsoleAccess {
     pub(crate) secure_cookies: bool,
     /// Most live lists open at once.
     pub(crate) max_live_streams: usize,
+    /// Proxies whose `X-Forwarded-For` names the client of a sign-in.
+    pub(crate) trusted_proxies: Vec<IpAddr>,
 }
 
 impl ConsoleState {
@@ -107,6 +111,7 @@ impl ConsoleState {
             sessions: Arc::new(Sessions::new(access.tokens)),
             secure_cookies: access.secure_cookies,
             recovery: None,
+            trusted_proxies: Arc::new(access.trusted_proxies),
         }
     }
 
@@ -756,23 +761,50 @@ struct LoginForm {
 /// `POST /ui/login`.
 async fn login(
     State(state): State<ConsoleState>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, ConsoleError> {
-    let id = state
+    let client = client_address(peer.ip(), &headers, &state.trusted_proxies);
+    let cookies = headers.get(header::COOKIE).and_then(|v| v.to_str().ok());
+    let signed = state
         .sessions
-        .sign_in(&form.token, client.ip())
+        .sign_in(&form.token, client, session::device_id(cookies))
         .map_err(|refused| match refused {
             SignInRefused::BadToken => ConsoleError::BadToken,
             SignInRefused::Throttled(wait) => ConsoleError::Throttled(wait),
         })?;
-    let cookie = session::session_cookie(&id, state.secure_cookies);
     let mut response = Redirect::to("/ui/").into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::try_from(cookie).expect("a hex id and fixed text are a valid header"),
-    );
+    for cookie in [
+        session::session_cookie(&signed.session, state.secure_cookies),
+        session::device_cookie(&signed.device, state.secure_cookies),
+    ] {
+        response.headers_mut().append(
+            header::SET_COOKIE,
+            HeaderValue::try_from(cookie).expect("a hex id and fixed text are a valid header"),
+        );
+    }
     Ok(response)
+}
+
+/// The address a sign-in comes from: the peer's, or, when the peer is one of the configured
+/// proxies (`--trusted-proxy`), the last address in `X-Forwarded-For` that is not one of
+/// them. From anyone else, `X-Forwarded-For` is whatever they chose to write, and ignored.
+fn client_address(peer: IpAddr, headers: &HeaderMap, proxies: &[IpAddr]) -> IpAddr {
+    if !proxies.contains(&peer) {
+        return peer;
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
+        .find(|hop| !proxies.contains(hop))
+        .unwrap_or(peer)
 }
 
 /// `POST /ui/logout`.
@@ -793,4 +825,33 @@ async fn logout(
             .expect("a cookie of fixed text is a valid header"),
     );
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_forwarded_address_is_read_only_from_configured_proxies() {
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let inner: IpAddr = "10.0.0.2".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 203.0.113.7, 10.0.0.2"),
+        );
+        // Not from a proxy: the header is the sender's own writing.
+        let stranger: IpAddr = "198.51.100.9".parse().unwrap();
+        assert_eq!(
+            client_address(stranger, &headers, &[proxy, inner]),
+            stranger
+        );
+        // From the proxies: the last hop that is not one of them (what the client wrote
+        // before it, 6.6.6.6, is not believed).
+        assert_eq!(
+            client_address(proxy, &headers, &[proxy, inner]),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_address(proxy, &HeaderMap::new(), &[proxy]), proxy);
+    }
 }

@@ -12,6 +12,15 @@
 //! may try again only once per [`RETRY_EVERY`] (answered `429` meanwhile, the token not even
 //! checked), until [`FAILURE_MEMORY`] passes without a failure. Every failure is logged with
 //! the client's address, never the token.
+//!
+//! A guesser must not lock out a colleague behind the same address (an office's NAT, a
+//! proxy): a browser that once signed in with a right token keeps a device cookie (a random
+//! id, [`DEVICE_COOKIE`], for [`DEVICE_LIFETIME`]), and a sign-in from a trusted device is
+//! throttled on that device's own failures, never on its address's (OWASP's "device
+//! cookies"). A guesser who never signed in has no trusted device and stays throttled by
+//! address. Left: a person signing in for the first time from a browser with no device
+//! cookie, at an address a guesser is hammering, waits as the guesser does. Devices are kept
+//! in memory ([`MAX_DEVICES`] at most), as failures are: a restart forgets both.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -38,6 +47,12 @@ const FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
 const MAX_REMEMBERED_ADDRESSES: usize = 4096;
 /// The session cookie's name.
 pub(crate) const COOKIE: &str = "qistatus_console";
+/// The device cookie's name.
+pub(crate) const DEVICE_COOKIE: &str = "qistatus_device";
+/// How long a device that signed in stays trusted.
+pub(crate) const DEVICE_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Trusted devices remembered at once (the stalest forgotten first).
+pub(crate) const MAX_DEVICES: usize = 4096;
 
 /// Who is looking: what the audit log says of a person.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +71,17 @@ pub(crate) struct Sessions {
     tokens: BearerTokens,
     live: Mutex<HashMap<String, (Viewer, Instant)>>,
     failures: Mutex<HashMap<IpAddr, Failures>>,
+    /// Devices that signed in with a right token: their own failures, until when trusted.
+    devices: Mutex<HashMap<String, (Failures, Instant)>>,
+}
+
+/// A sign-in that opened a session: its id, and the device id to keep in the browser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SignedIn {
+    /// The session id (the session cookie).
+    pub(crate) session: String,
+    /// The device id (the device cookie).
+    pub(crate) device: String,
 }
 
 /// One client address's wrong tokens.
@@ -80,6 +106,7 @@ impl Sessions {
             tokens,
             live: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            devices: Mutex::new(HashMap::new()),
         }
     }
 
@@ -116,27 +143,44 @@ impl Sessions {
         }
     }
 
-    /// Signs in with `token` from `client`: a new session id, or why not.
-    pub(crate) fn sign_in(&self, token: &str, client: IpAddr) -> Result<String, SignInRefused> {
+    /// Signs in with `token` from `client`, whose browser presented `device` (its device
+    /// cookie, if any): a new session, or why not.
+    pub(crate) fn sign_in(
+        &self,
+        token: &str,
+        client: IpAddr,
+        device: Option<&str>,
+    ) -> Result<SignedIn, SignInRefused> {
         let now = Instant::now();
-        if let Some(wait) = self.throttled(client, now) {
-            tracing::warn!(%client, "console sign-in refused: too many wrong tokens from this address");
+        let trusted = device.filter(|d| self.trusted(d, now));
+        let throttled = match trusted {
+            Some(device) => self.device_throttled(device, now),
+            None => self.throttled(client, now),
+        };
+        if let Some(wait) = throttled {
+            tracing::warn!(%client, trusted_device = trusted.is_some(), "console sign-in refused: too many wrong tokens");
             return Err(SignInRefused::Throttled(wait));
         }
         let token = token.trim();
         if token.is_empty() || !self.tokens.accepts(Some(&format!("Bearer {token}"))) {
-            let count = self.note_failure(client, now);
-            tracing::warn!(%client, failures = count, "console sign-in with a wrong token");
+            let count = match trusted {
+                Some(device) => self.note_device_failure(device, now),
+                None => self.note_failure(client, now),
+            };
+            tracing::warn!(%client, failures = count, trusted_device = trusted.is_some(), "console sign-in with a wrong token");
             return Err(SignInRefused::BadToken);
         }
+        let device = match trusted {
+            Some(device) => device.to_owned(),
+            None => random_id().ok_or(SignInRefused::BadToken)?,
+        };
+        self.trust(&device, now);
         let digest = Sha256::digest(token.as_bytes());
         let viewer = Viewer {
             who: format!("token:{}", hex::encode(&digest[..4])),
             csrf: None,
         };
-        let mut id = [0u8; 32];
-        getrandom::fill(&mut id).map_err(|_| SignInRefused::BadToken)?;
-        let id = hex::encode(id);
+        let id = random_id().ok_or(SignInRefused::BadToken)?;
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         live.retain(|_, (_, expires)| *expires > now);
         let oldest = |live: &HashMap<String, (Viewer, Instant)>, same: Option<&Viewer>| {
@@ -156,7 +200,65 @@ impl Sessions {
             live.remove(&oldest);
         }
         live.insert(id.clone(), (viewer, now + SESSION_LIFETIME));
-        Ok(id)
+        Ok(SignedIn {
+            session: id,
+            device,
+        })
+    }
+
+    /// Whether `device` signed in with a right token within [`DEVICE_LIFETIME`].
+    fn trusted(&self, device: &str, now: Instant) -> bool {
+        let devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        devices.get(device).is_some_and(|(_, until)| *until > now)
+    }
+
+    /// Trusts `device` for [`DEVICE_LIFETIME`] from `now`, its failures forgotten.
+    fn trust(&self, device: &str, now: Instant) {
+        let mut devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        devices.retain(|_, (_, until)| *until > now);
+        if devices.len() >= MAX_DEVICES
+            && !devices.contains_key(device)
+            && let Some(stalest) = devices
+                .iter()
+                .min_by_key(|(_, (_, until))| *until)
+                .map(|(d, _)| d.clone())
+        {
+            devices.remove(&stalest);
+        }
+        devices.insert(
+            device.to_owned(),
+            (
+                Failures {
+                    count: 0,
+                    last: now,
+                },
+                now + DEVICE_LIFETIME,
+            ),
+        );
+    }
+
+    /// How long a trusted `device` must wait before its next try, if it must.
+    fn device_throttled(&self, device: &str, now: Instant) -> Option<Duration> {
+        let devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        let (f, _) = devices.get(device)?;
+        let since = now.duration_since(f.last);
+        (f.count >= FREE_FAILURES && since < RETRY_EVERY).then(|| RETRY_EVERY - since)
+    }
+
+    /// Counts a wrong token from a trusted `device`; how many it has sent.
+    fn note_device_failure(&self, device: &str, now: Instant) -> u32 {
+        let mut devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        match devices.get_mut(device) {
+            Some((f, _)) => {
+                if now.duration_since(f.last) >= FAILURE_MEMORY {
+                    f.count = 0;
+                }
+                f.count += 1;
+                f.last = now;
+                f.count
+            }
+            None => 0,
+        }
     }
 
     /// How long `client` must wait before its next try, if it must.
@@ -206,10 +308,40 @@ fn csrf_token(id: &str) -> String {
 
 /// The session id in a `Cookie` header, if it carries one.
 fn session_id(cookie_header: Option<&str>) -> Option<&str> {
+    cookie_value(cookie_header, COOKIE)
+}
+
+/// The device cookie a browser presented, if any.
+pub(crate) fn device_id(cookie_header: Option<&str>) -> Option<&str> {
+    cookie_value(cookie_header, DEVICE_COOKIE)
+}
+
+fn cookie_value<'h>(cookie_header: Option<&'h str>, name: &str) -> Option<&'h str> {
     cookie::Cookie::split_parse(cookie_header?)
         .filter_map(Result::ok)
-        .find(|c| c.name() == COOKIE)
+        .find(|c| c.name() == name)
         .and_then(|c| c.value_raw())
+}
+
+/// 32 random bytes in hex; `None` if the system has no randomness to give.
+fn random_id() -> Option<String> {
+    let mut id = [0u8; 32];
+    getrandom::fill(&mut id).ok()?;
+    Some(hex::encode(id))
+}
+
+/// The `Set-Cookie` value of device `id`: as the session's, for [`DEVICE_LIFETIME`].
+pub(crate) fn device_cookie(id: &str, secure: bool) -> String {
+    cookie::Cookie::build((DEVICE_COOKIE, id.to_owned()))
+        .path("/ui")
+        .http_only(true)
+        .same_site(cookie::SameSite::Strict)
+        .max_age(cookie::time::Duration::seconds(
+            i64::try_from(DEVICE_LIFETIME.as_secs()).unwrap_or(i64::MAX),
+        ))
+        .secure(secure)
+        .build()
+        .to_string()
 }
 
 /// The `Set-Cookie` value of session `id`: only for the console's pages, never to scripts,
@@ -250,11 +382,17 @@ mod tests {
         assert_eq!(sessions.viewer(None), None);
         let client = IpAddr::from([127, 0, 0, 1]);
         assert_eq!(
-            sessions.sign_in("wrong", client),
+            sessions.sign_in("wrong", client, None),
             Err(SignInRefused::BadToken)
         );
-        assert_eq!(sessions.sign_in("", client), Err(SignInRefused::BadToken));
-        let id = sessions.sign_in("s3cret", client).expect("a session");
+        assert_eq!(
+            sessions.sign_in("", client, None),
+            Err(SignInRefused::BadToken)
+        );
+        let id = sessions
+            .sign_in("s3cret", client, None)
+            .expect("a session")
+            .session;
         let cookie = format!("other=1; {COOKIE}={id}");
         let viewer = sessions.viewer(Some(&cookie)).expect("signed in");
         assert!(viewer.who.starts_with("token:"), "{viewer:?}");
@@ -272,28 +410,61 @@ mod tests {
     fn wrong_tokens_slow_their_address_down_and_not_others() {
         let sessions = Sessions::new(BearerTokens::from_files_text(["s3cret\n"]));
         let (guesser, other) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        // A colleague behind the guesser's address signed in before: a trusted device.
+        let colleague = sessions.sign_in("s3cret", guesser, None).unwrap().device;
         for _ in 0..FREE_FAILURES {
             assert_eq!(
-                sessions.sign_in("guess", guesser),
+                sessions.sign_in("guess", guesser, None),
                 Err(SignInRefused::BadToken)
             );
         }
         // Even the right token waits now: a guesser learns nothing from a throttled try.
         assert!(matches!(
-            sessions.sign_in("s3cret", guesser),
+            sessions.sign_in("s3cret", guesser, None),
             Err(SignInRefused::Throttled(wait)) if wait <= RETRY_EVERY
         ));
-        assert!(sessions.sign_in("s3cret", other).is_ok());
+        // A forged device id is no trusted device.
+        assert!(matches!(
+            sessions.sign_in("s3cret", guesser, Some("forged")),
+            Err(SignInRefused::Throttled(_))
+        ));
+        assert!(sessions.sign_in("s3cret", other, None).is_ok());
+        // The colleague's browser is not locked out by the guesser, every time.
+        for _ in 0..3 {
+            let again = sessions
+                .sign_in("s3cret", guesser, Some(&colleague))
+                .unwrap();
+            assert_eq!(again.device, colleague);
+        }
+        // A trusted device that guesses is throttled on its own failures.
+        for _ in 0..FREE_FAILURES {
+            assert_eq!(
+                sessions.sign_in("guess", guesser, Some(&colleague)),
+                Err(SignInRefused::BadToken)
+            );
+        }
+        assert!(matches!(
+            sessions.sign_in("s3cret", guesser, Some(&colleague)),
+            Err(SignInRefused::Throttled(_))
+        ));
     }
 
     #[test]
     fn one_holder_signing_in_again_and_again_signs_nobody_else_out() {
         let sessions = Sessions::new(BearerTokens::from_files_text(["alpha\nbeta\n"]));
         let client = IpAddr::from([127, 0, 0, 1]);
-        let beta = sessions.sign_in("beta", client).expect("a session");
+        let beta = sessions
+            .sign_in("beta", client, None)
+            .expect("a session")
+            .session;
         let mut alpha = Vec::new();
         for _ in 0..MAX_SESSIONS + 10 {
-            alpha.push(sessions.sign_in("alpha", client).expect("a session"));
+            alpha.push(
+                sessions
+                    .sign_in("alpha", client, None)
+                    .expect("a session")
+                    .session,
+            );
         }
         let cookie = |id: &str| format!("{COOKIE}={id}");
         assert!(

@@ -596,3 +596,59 @@ async fn personal_data_in_facts_details_and_camel_case_fields_is_masked_until_re
         "what happened stays readable"
     );
 }
+
+#[tokio::test]
+async fn a_guesser_next_door_never_locks_a_colleague_out() {
+    let server = TestServer::start_configured(|s| {
+        s.grpc_tokens = BearerTokens::from_files_text([TOKEN]);
+    })
+    .await;
+    let login = format!("http://{}/ui/login", server.admin);
+    let no_redirects = || {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    };
+    let sign_in = |client: reqwest::Client, token: &'static str, cookie: Option<String>| {
+        let login = login.clone();
+        async move {
+            let mut request = client.post(login).form(&[("token", token)]);
+            if let Some(cookie) = cookie {
+                request = request.header("cookie", cookie);
+            }
+            request.send().await.unwrap()
+        }
+    };
+    // The colleague signed in yesterday, from this browser: it keeps a device cookie.
+    let first = sign_in(no_redirects(), TOKEN, None).await;
+    assert_eq!(first.status(), 303);
+    let device = first
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("qistatus_device="))
+        .expect("a device cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    // Someone at the same address guesses, again and again.
+    let mut throttled = 0;
+    for _ in 0..20 {
+        let status = sign_in(no_redirects(), "guess", None).await.status();
+        throttled += usize::from(status == 429);
+    }
+    assert!(
+        throttled >= 10,
+        "the guesser is throttled ({throttled} of 20)"
+    );
+    // The colleague signs in every time; a browser that never signed in waits, as the
+    // guesser does.
+    for _ in 0..5 {
+        let again = sign_in(no_redirects(), TOKEN, Some(device.clone())).await;
+        assert_eq!(again.status(), 303, "the colleague is let in");
+    }
+    assert_eq!(sign_in(no_redirects(), TOKEN, None).await.status(), 429);
+}

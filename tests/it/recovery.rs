@@ -76,16 +76,21 @@ async fn metric(server: &TestServer, series: &str) -> Option<f64> {
 
 /// Waits until a pass completed at or after `at` (ms since the epoch) by `clock`.
 async fn a_pass_completed(server: &TestServer, clock: &ManualClock, since: i64) {
-    wait_until(
-        "a recovery pass completes",
-        Duration::from_secs(30),
-        || async {
-            let age = metric(server, "qistatus_recovery_last_pass_age_seconds ").await?;
-            let completed = clock.now_millis() - (age as i64) * 1000;
-            (age >= 0.0 && completed >= since - 1000).then_some(())
-        },
-    )
-    .await
+    let completed = crate::wait::until_or_none(Duration::from_secs(30), || async {
+        let age = metric(server, "qistatus_recovery_last_pass_age_seconds ").await?;
+        let completed = clock.now_millis() - (age as i64) * 1000;
+        (age >= 0.0 && completed >= since - 1000).then_some(())
+    })
+    .await;
+    if completed.is_none() {
+        let shown: Vec<String> = metrics(server)
+            .await
+            .lines()
+            .filter(|l| !l.starts_with('#') && (l.contains("recovery") || l.contains("qitech")))
+            .map(str::to_owned)
+            .collect();
+        panic!("no recovery pass completed since {since} within 30 s: {shown:?}");
+    }
 }
 
 #[tokio::test]

@@ -98,6 +98,8 @@ pub(crate) struct AdminState {
     pub(crate) recovery: Option<Arc<RecoveryFigures>>,
     /// Host names answered for besides `localhost` and IP addresses (`--admin-host`).
     pub(crate) hosts: Arc<Vec<String>>,
+    /// Damage the background scrub found in the log.
+    pub(crate) log_damage: Arc<Mutex<Vec<String>>>,
 }
 
 impl AdminLimits {
@@ -237,7 +239,22 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     } else {
         state.cluster.as_ref().and_then(|c| c.not_ready())
     };
+    // Damage does not stop a node serving (what it can read is served, what it cannot is
+    // refused by name), but the probe says it, where an operator looks first.
+    let damage = state
+        .log_damage
+        .lock()
+        .map(|d| d.clone())
+        .unwrap_or_default();
     match not_ready {
+        None if !damage.is_empty() => (
+            StatusCode::OK,
+            format!(
+                "ready\nthe scrub found damage in the log (run qistatus-server verify; see the runbook):\n{}\n",
+                damage.join("\n")
+            ),
+        )
+            .into_response(),
         None => (StatusCode::OK, "ready\n").into_response(),
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -19,7 +19,10 @@ use crate::grpc::GrpcLimits;
 use crate::intake::IntakeLimits;
 use crate::qitech_api::QiApiSettings;
 use crate::recovery::RecoverySettings;
-use crate::server::{DEFAULT_COMPACTION_INTERVAL, DEFAULT_LOG_RETENTION_DAYS, Settings, days};
+use crate::server::{
+    DEFAULT_COMPACTION_INTERVAL, DEFAULT_LOG_RETENTION_DAYS, DEFAULT_SCRUB_FIRST_DELAY, Settings,
+    days,
+};
 use crate::store::DEFAULT_CACHE_MB;
 use crate::store::WriterLimits;
 use crate::tls::TlsIdentity;
@@ -122,6 +125,11 @@ pub struct Config {
     /// serving (`0s`: never).
     #[arg(long, env = "QISTATUS_SCRUB_INTERVAL", default_value_t = crate::server::DEFAULT_SCRUB_INTERVAL.into())]
     pub scrub_interval: humantime::Duration,
+
+    /// How soon after a start the first scrub pass begins (later passes follow the last
+    /// completed one by --scrub-interval, across restarts).
+    #[arg(long, env = "QISTATUS_SCRUB_FIRST_DELAY", default_value_t = DEFAULT_SCRUB_FIRST_DELAY.into())]
+    pub scrub_first_delay: humantime::Duration,
 
     /// How fast the scrub reads the log, in MiB per second.
     #[arg(long, env = "QISTATUS_SCRUB_MB_PER_SECOND", default_value_t = crate::server::DEFAULT_SCRUB_MB_PER_SECOND)]
@@ -635,6 +643,7 @@ impl Config {
             overdue_tick: (*self.overdue_tick).max(Duration::from_millis(10)),
             scrub_interval: Some(*self.scrub_interval).filter(|i| !i.is_zero()),
             scrub_bytes_per_second: self.scrub_mb_per_second.max(1) * 1024 * 1024,
+            scrub_first_delay: *self.scrub_first_delay,
             clock: crate::clock::Clock::system(),
             qitech_api,
             recovery: self.recovery_settings(),

@@ -39,7 +39,7 @@ use crate::recovery::ledger::Ledger;
 use crate::recovery::{Recovery, RecoveryError, RecoveryHandle, RecoverySettings};
 use crate::reload::{CatalogHandle, CatalogReloader};
 use crate::sequencer::Sequencer;
-use crate::store::{Store, StoreError};
+use crate::store::{ScrubProgress, Store, StoreError};
 use crate::store::{
     SubmitError, WriterHandle, WriterLimits, WriterTask, rebuild_if_the_catalog_changed,
     spawn_writer,
@@ -52,6 +52,9 @@ pub const DEFAULT_LOG_RETENTION_DAYS: u32 = 90;
 pub const DEFAULT_COMPACTION_INTERVAL: Duration = Duration::from_secs(3600);
 /// How often the log is scrubbed, by default: daily.
 pub const DEFAULT_SCRUB_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// How soon after a start the first scrub pass begins, by default: damage a stopped server's
+/// disk took is reported within minutes.
+pub const DEFAULT_SCRUB_FIRST_DELAY: Duration = Duration::from_secs(60);
 /// How fast the scrub reads, by default, in MiB per second: a small share of a disk.
 pub const DEFAULT_SCRUB_MB_PER_SECOND: u64 = 16;
 
@@ -96,6 +99,8 @@ pub struct Settings {
     pub scrub_interval: Option<Duration>,
     /// How fast the scrub reads, in bytes per second.
     pub scrub_bytes_per_second: u64,
+    /// How soon after the start the first scrub pass begins (at most `scrub_interval`).
+    pub scrub_first_delay: Duration,
     /// Who may post webhooks (no verification when empty).
     pub webhook_verifier: WebhookVerifier,
     /// Signs the intake's acknowledgements, when set.
@@ -138,6 +143,7 @@ impl Settings {
             overdue_tick: crate::overdue_clock::DEFAULT_TICK,
             scrub_interval: Some(DEFAULT_SCRUB_INTERVAL),
             scrub_bytes_per_second: DEFAULT_SCRUB_MB_PER_SECOND * 1024 * 1024,
+            scrub_first_delay: DEFAULT_SCRUB_FIRST_DELAY,
             webhook_verifier: WebhookVerifier::default(),
             response_signer: None,
             grpc_tokens: BearerTokens::default(),
@@ -303,6 +309,7 @@ pub async fn run(
             clock: core.clock.clone(),
             recovery: core.recovery.as_ref().map(|r| r.figures.clone()),
             hosts: Arc::new(settings.admin_hosts.clone()),
+            log_damage: core.log_damage.clone(),
         },
         listeners.admin,
         tls.clone(),
@@ -358,6 +365,8 @@ struct Core {
     lists: Lists,
     /// Recovery, when QI's API is configured.
     recovery: Option<RecoveryHandle>,
+    /// The damage the scrub found, for `/readyz` to say.
+    log_damage: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Core {
@@ -425,12 +434,16 @@ impl Core {
             clock.clone(),
             stop.clone(),
         ));
+        let log_damage = Arc::new(std::sync::Mutex::new(Vec::new()));
         if let Some(interval) = settings.scrub_interval {
             tasks.spawn(scrub_periodically(
                 store.clone(),
                 interval,
+                settings.scrub_first_delay.min(interval),
                 settings.scrub_bytes_per_second,
                 metrics.clone(),
+                clock.clone(),
+                log_damage.clone(),
                 stop.clone(),
             ));
         }
@@ -492,6 +505,7 @@ impl Core {
             None => None,
         };
         Ok(Core {
+            log_damage,
             recovery,
             lists: Lists::new(store.clone())?,
             store,
@@ -752,35 +766,63 @@ async fn compact_periodically(
     }
 }
 
-/// Reads every sealed log segment back every `interval`, at most `bytes_per_second`, until
-/// `stop`: damage no read has met yet is logged and counted (`qistatus_log_damage`) the day
-/// it appears, not the day someone needs that webhook.
+/// Scrubs the log: a pass `first_delay` after every start (so that damage a stopped
+/// server's disk took is reported within minutes, not a whole interval later), then one
+/// every `interval`. A pass cut by a stop goes on from where it was at the next start (the
+/// progress is kept, [`crate::store::ScrubProgress`]), so a node restarted more often than a
+/// pass takes still completes passes. Damage is logged, counted, and listed in `damage` for
+/// `/readyz` to say.
+#[allow(clippy::too_many_arguments)]
 async fn scrub_periodically(
     store: Store,
     interval: Duration,
+    first_delay: Duration,
     bytes_per_second: u64,
     metrics: Arc<Metrics>,
+    clock: Clock,
+    damage: Arc<std::sync::Mutex<Vec<String>>>,
     stop: CancellationToken,
 ) {
+    let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    // Every start scrubs soon: what a stopped server's disk took is found within minutes.
+    let mut due = clock.now_millis().saturating_add(millis(first_delay));
     loop {
+        let progress = store.scrub_progress();
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
+            () = clock.sleep_until(due) => {}
             () = stop.cancelled() => return,
         }
-        let (store, counted, stop) = (store.clone(), metrics.clone(), stop.clone());
+        let mut progress = ScrubProgress {
+            pass_started_at: Some(progress.pass_started_at.unwrap_or(clock.now_millis())),
+            ..progress
+        };
+        if let Err(e) = store.save_scrub_progress(&progress) {
+            tracing::warn!(error = %e, "the scrub cannot keep its progress");
+        }
+        let (reading, counted, stopping) = (store.clone(), metrics.clone(), stop.clone());
         let scrubbed = tokio::task::spawn_blocking(move || {
-            store.scrub(&mut |bytes| {
+            let mut cut = false;
+            let found = reading.scrub_from(progress.next_segment, &mut |segment, bytes| {
                 counted.scrubbed(bytes, 0);
+                progress.next_segment = segment + 1;
+                let _ = reading.save_scrub_progress(&progress);
                 let rest = Duration::from_secs_f64(bytes as f64 / bytes_per_second.max(1) as f64);
                 std::thread::sleep(rest);
-                !stop.is_cancelled()
-            })
+                cut = stopping.is_cancelled();
+                !cut
+            });
+            (found, cut, progress)
         })
         .await;
         match scrubbed {
-            Ok(Ok(scrub)) => {
-                for damage in &scrub.damage {
-                    tracing::error!(%damage, "the scrub found damage in the log: run `qistatus-server verify` and see the runbook");
+            Ok((Ok(scrub), cut, _)) => {
+                for found in &scrub.damage {
+                    tracing::error!(damage = %found, "the scrub found damage in the log: run `qistatus-server verify` and see the runbook");
+                    let mut listed = damage.lock().unwrap_or_else(|e| e.into_inner());
+                    let text = found.to_string();
+                    if !listed.contains(&text) && listed.len() < 16 {
+                        listed.push(text);
+                    }
                 }
                 metrics.scrubbed(0, scrub.damage.len());
                 tracing::debug!(
@@ -788,9 +830,30 @@ async fn scrub_periodically(
                     bytes = scrub.bytes,
                     "log scrubbed"
                 );
+                if cut {
+                    return;
+                }
+                let progress = ScrubProgress {
+                    next_segment: 0,
+                    pass_started_at: None,
+                    last_completed_at: Some(clock.now_millis()),
+                };
+                if let Err(e) = store.save_scrub_progress(&progress) {
+                    tracing::warn!(error = %e, "the scrub cannot keep its progress");
+                }
+                due = clock.now_millis().saturating_add(millis(interval));
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "the log scrub failed"),
-            Err(e) => tracing::error!(error = %e, "the log scrub task failed"),
+            Ok((Err(e), _, _)) => {
+                tracing::error!(error = %e, "the log scrub failed");
+                tokio::select! {
+                    () = clock.sleep(interval.min(Duration::from_secs(600))) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the log scrub task failed");
+                return;
+            }
         }
     }
 }

@@ -125,15 +125,60 @@ pub struct Scrub {
     pub damage: Vec<Damage>,
 }
 
+/// Where the background scrub is, kept in the data directory (`scrub.json`) so that a
+/// restart neither starts the pass over nor pushes the next one back a whole interval: a
+/// node restarted daily under a daily scrub interval still scrubs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ScrubProgress {
+    /// The segment the pass under way goes on from (0: from the start).
+    pub next_segment: u64,
+    /// When the pass under way began (ms since the epoch); `None`: none is under way.
+    pub pass_started_at: Option<i64>,
+    /// When the last pass completed (ms since the epoch).
+    pub last_completed_at: Option<i64>,
+}
+
 impl Store {
+    /// The scrub's progress as last saved; from the start when there is none (or it cannot
+    /// be read: scrubbing again costs reads, nothing else).
+    pub fn scrub_progress(&self) -> ScrubProgress {
+        std::fs::read(self.dir.join("scrub.json"))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    /// Keeps the scrub's progress (written beside, then renamed: whole or not at all).
+    pub fn save_scrub_progress(&self, progress: &ScrubProgress) -> Result<(), StoreError> {
+        let path = self.dir.join("scrub.json");
+        let partial = self.dir.join("scrub.json.partial");
+        let bytes = serde_json::to_vec(progress).map_err(std::io::Error::other)?;
+        std::fs::write(&partial, bytes)?;
+        std::fs::rename(&partial, &path)?;
+        Ok(())
+    }
+
     /// Reads every sealed log segment (all but the newest, which is being appended to) and
     /// checks every record's checksum, while the server runs: damage that no read has met yet
     /// (a webhook nobody asked for since) is found and reported. After each segment `pace`
     /// is told how many bytes were read (it sleeps to keep the scrub's rate) and says whether
     /// to go on. A segment compaction removed meanwhile is skipped.
     pub fn scrub(&self, pace: &mut dyn FnMut(u64) -> bool) -> Result<Scrub, StoreError> {
+        self.scrub_from(0, &mut |_, bytes| pace(bytes))
+    }
+
+    /// [`Store::scrub`] from segment `from` on; `pace` is told each segment's number too, once
+    /// it is read (where a pass cut short goes on from is the next).
+    pub fn scrub_from(
+        &self,
+        from: u64,
+        pace: &mut dyn FnMut(u64, u64) -> bool,
+    ) -> Result<Scrub, StoreError> {
         let mut found = Scrub::default();
         for (segment, path) in log::sealed_segments(&self.dir.join("log"))? {
+            if segment < from {
+                continue;
+            }
             let bytes = match std::fs::read(&path) {
                 Ok(bytes) => bytes,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -161,7 +206,7 @@ impl Store {
             })?;
             found.segments += 1;
             found.bytes += bytes.len() as u64;
-            if !pace(bytes.len() as u64) {
+            if !pace(segment, bytes.len() as u64) {
                 break;
             }
         }

@@ -78,7 +78,7 @@ use record::{Bodies, decode, decode_operation, u64_from_be};
 
 // The door: what the rest of qistatus uses of the store. Nobody outside `store/` names a
 // submodule; what is not re-exported here is the store's own business.
-pub use integrity::{Damage, Salvage, Scrub, Verification, salvage, verify};
+pub use integrity::{Damage, Salvage, Scrub, ScrubProgress, Verification, salvage, verify};
 pub use open::{CHECKPOINT_INTERVAL_MS, DEFAULT_CACHE_MB, STORE_FORMAT};
 pub use rebuild::{RebuildReport, rebuild, rebuild_if_the_catalog_changed};
 pub(crate) use recent::RecentChanges;

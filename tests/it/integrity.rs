@@ -570,3 +570,64 @@ async fn a_damaged_segment_header_is_refused_and_cut_nowhere() {
     );
     assert!(report.contains("damage: segment"), "{report}");
 }
+
+#[tokio::test]
+async fn damage_a_stopped_servers_disk_took_is_reported_soon_after_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let start = |data: &std::path::Path| {
+        ServerCommand::new(data)
+            .env("QISTATUS_LOG_SEGMENT_BYTES", "4096")
+            .args(["--scrub-first-delay", "100ms"])
+            .start()
+    };
+    let server = start(&data).await;
+    let mut n = 0;
+    while segments(&data).len() < 5 {
+        assert_eq!(post(server.http, body(n)).await.0, 200);
+        n += 1;
+    }
+    assert!(server.terminate().await.success());
+    let sealed = segments(&data).len() as u64 - 1;
+
+    // A pass cut by a stop goes on from where it was: here, its last sealed segment.
+    let cut = serde_json::json!({"next_segment": sealed, "pass_started_at": 0, "last_completed_at": null});
+    std::fs::write(data.join("scrub.json"), cut.to_string()).unwrap();
+    let oldest = segments(&data).remove(0);
+    let mut bytes = std::fs::read(&oldest).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&oldest, &bytes).unwrap();
+    let server = start(&data).await;
+    crate::wait::wait_until(
+        "the cut pass completes",
+        Duration::from_secs(10),
+        || async {
+            let progress: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(data.join("scrub.json")).ok()?).ok()?;
+            progress["last_completed_at"].is_i64().then_some(())
+        },
+    )
+    .await;
+    let metrics = server.metrics_text().await;
+    assert!(
+        metrics.contains("\nqistatus_log_damage_total 0\n"),
+        "the oldest was not read again: {metrics}"
+    );
+    assert!(server.terminate().await.success());
+
+    // The next start scrubs soon (the interval is a day): the segment damaged while the
+    // server was stopped is reported, in the metrics and in /readyz, within seconds (before,
+    // a whole interval after the start, which every restart pushed back).
+    let server = start(&data).await;
+    server
+        .metric_reaches("qistatus_log_damage_total", 1.0, Duration::from_secs(10))
+        .await;
+    let ready = reqwest::get(format!("http://{}/readyz", server.admin))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let said = ready.text().await.unwrap();
+    assert!(said.contains("the scrub found damage in the log"), "{said}");
+    assert!(server.terminate().await.success());
+}

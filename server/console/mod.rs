@@ -455,7 +455,13 @@ fn webhook_page(
         )));
     }
     let bodies = state.store.bodies(&op.kind, &op.key)?;
-    let raw = state.store.body(&bodies, sequence)?.ok_or_else(|| {
+    let id = op
+        .history
+        .iter()
+        .find(|e| e.sequence == sequence)
+        .map(|e| e.event_id)
+        .expect("checked above: the sequence is one of the operation's");
+    let raw = state.store.body_checked(&bodies, sequence, &id)?.ok_or_else(|| {
         ConsoleError::NotFound(format!(
             "webhook {sequence} is no longer kept (log retention); its summary is in the timeline"
         ))

@@ -96,6 +96,13 @@ pub fn canonical_json(value: &Json<'_>, out: &mut Vec<u8>) {
     value.write_canonical(out);
 }
 
+/// Whether `raw` is still the body whose identifier is `id`: what every read of a stored body
+/// checks, beyond its frame's checksum (which whoever edits the bytes can recompute; this
+/// they cannot, without changing what the operation keeps).
+pub fn body_matches(raw: &[u8], id: &EventId) -> bool {
+    Json::parse(raw).is_ok_and(|value| EventId::of_body(&value, raw) == *id)
+}
+
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&hex::encode(self.0))

@@ -238,17 +238,20 @@ impl OperationStatusApi {
         if with_data || with_json || include_raw {
             let bodies = self.store.bodies(&op.kind, &op.key)?;
             for (event, entry) in &mut entries {
-                let raw = self.store.body(&bodies, event.sequence).map_err(|e| {
-                    if e.is_damage() {
-                        ApiError::DataLoss(format!(
-                            "the webhook stored at sequence {} is damaged on disk and is not \
+                let raw = self
+                    .store
+                    .body_checked(&bodies, event.sequence, &event.event_id)
+                    .map_err(|e| {
+                        if e.is_damage() {
+                            ApiError::DataLoss(format!(
+                                "the webhook stored at sequence {} is damaged on disk and is not \
                              served: {e}",
-                            event.sequence
-                        ))
-                    } else {
-                        ApiError::Store(e)
-                    }
-                })?;
+                                event.sequence
+                            ))
+                        } else {
+                            ApiError::Store(e)
+                        }
+                    })?;
                 // Not kept any more (log retention): the summary is all there is.
                 let Some(raw) = raw else {
                     continue;

@@ -87,7 +87,17 @@ pub fn verify(dir: &Path) -> Result<Verification, StoreError> {
     let mut previous: Option<u64> = None;
     scan_log(dir, &mut |scanned| {
         match scanned {
-            ScannedRecord::Record { header, .. } => {
+            ScannedRecord::Record { header, raw } => {
+                if let Some(id) = header.entry.event_id()
+                    && !crate::domain::webhook::body_matches(raw, id)
+                {
+                    found.problems.push(format!(
+                        "record {}: its body does not match its content identifier (SHA-256): \
+                         altered on disk with its checksum recomputed; it is neither served \
+                         nor reconciled",
+                        header.lsn
+                    ));
+                }
                 if let Some(previous) = previous
                     && header.lsn != previous + 1
                     && found.damage.last().is_none_or(|d| d.after != previous)

@@ -103,6 +103,18 @@ impl Entry {
             Entry::Quarantine { .. } => None,
         }
     }
+
+    /// The content identifier of the record's body, as the writer worked it out when the body
+    /// arrived (an overdue event has no body).
+    pub(crate) fn event_id(&self) -> Option<&EventId> {
+        match self {
+            Entry::Event { envelope, .. } | Entry::Promote { envelope, .. } => {
+                Some(&envelope.event_id)
+            }
+            Entry::Quarantine { event_id, .. } => Some(event_id),
+            Entry::Overdue { .. } => None,
+        }
+    }
 }
 
 /// The part of a record before its payload.
@@ -188,6 +200,17 @@ pub enum LogError {
         /// Where the payload starts.
         offset: u64,
     },
+    /// A stored webhook whose bytes pass their frame's checksum but no longer match the
+    /// content identifier (SHA-256) kept for it: altered, its checksum recomputed. Never
+    /// served or reconciled.
+    #[error(
+        "the stored body of webhook {sequence} does not match its content identifier (SHA-256): \
+         it was altered on disk with its checksum recomputed; `qistatus-server verify` lists it"
+    )]
+    PayloadAltered {
+        /// The webhook's sequence (or log record, for the quarantine's).
+        sequence: u64,
+    },
 }
 
 impl LogError {
@@ -195,7 +218,10 @@ impl LogError {
     pub(crate) fn is_damage(&self) -> bool {
         matches!(
             self,
-            LogError::Corrupt { .. } | LogError::Damaged { .. } | LogError::PayloadDamaged { .. }
+            LogError::Corrupt { .. }
+                | LogError::Damaged { .. }
+                | LogError::PayloadDamaged { .. }
+                | LogError::PayloadAltered { .. }
         )
     }
 

@@ -650,6 +650,25 @@ impl Store {
     /// The body of the webhook at `sequence` among `bodies`, byte for byte, checked against
     /// its frame's checksum; `None` when it is not kept (retention compacted it away) or is
     /// not one of them.
+    /// [`Store::body`], checked against `id`, the content identifier the operation keeps for
+    /// it: a body altered on disk (its frame's checksum recomputed) is refused as damage
+    /// ([`LogError::PayloadAltered`]), never served.
+    pub fn body_checked(
+        &self,
+        bodies: &WebhookBodies,
+        sequence: u64,
+        id: &crate::domain::webhook::EventId,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.body(bodies, sequence)? {
+            Some(raw) if !crate::domain::webhook::body_matches(&raw, id) => {
+                Err(LogError::PayloadAltered { sequence }.into())
+            }
+            kept => Ok(kept),
+        }
+    }
+
+    /// The stored body of webhook `sequence` (checked against its frame's checksum only:
+    /// what is served goes through [`Store::body_checked`]).
     pub fn body(
         &self,
         bodies: &WebhookBodies,

@@ -105,6 +105,7 @@ pub fn plan(store: &Store, catalog: &Catalog) -> Result<RebuildPlan, StoreError>
         if !is_webhook(&record) {
             return Ok(true);
         }
+        intact(&record, sequence)?;
         bodies.insert(sequence, at);
         let stored = summaries.remove(&sequence);
         match summarize(catalog, sequence, &record) {
@@ -142,6 +143,17 @@ pub fn plan(store: &Store, catalog: &Catalog) -> Result<RebuildPlan, StoreError>
         events_from_log,
         bodies,
     })
+}
+
+/// Refuses a record whose body no longer matches the content identifier kept for it (altered
+/// on disk, its checksum recomputed): a rebuild never adopts what it says.
+fn intact(record: &Record, sequence: u64) -> Result<(), StoreError> {
+    match record.header.entry.event_id() {
+        Some(id) if !crate::domain::webhook::body_matches(&record.raw, id) => {
+            Err(crate::store::log::LogError::PayloadAltered { sequence }.into())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Whether a log record is a webhook's (an event or a promotion), not an overdue event's or
@@ -213,6 +225,7 @@ pub fn finish(
             _ => continue,
         };
         report.events_from_log += 1;
+        intact(&record, sequence)?;
         let summary = match summarize(catalog, sequence, &record) {
             Some((op_key, summary)) => Some((op_key, summary)),
             // Not read under the new catalog: its summary stays where it was.

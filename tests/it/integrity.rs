@@ -631,3 +631,81 @@ async fn damage_a_stopped_servers_disk_took_is_reported_soon_after_the_start() {
     assert!(said.contains("the scrub found damage in the log"), "{said}");
     assert!(server.terminate().await.success());
 }
+
+/// Rewrites the frame of `segment` (a whole segment's bytes) that holds byte `at` with its
+/// checksum recomputed: damage a checksum cannot see, as a hand that knows the format makes.
+fn recompute_checksum_around(segment: &mut [u8], at: usize) {
+    let mut frame = 8; // past the segment's magic
+    while frame + 8 <= segment.len() {
+        let len = u32::from_le_bytes(segment[frame..frame + 4].try_into().unwrap()) as usize;
+        let body = frame + 8..frame + 8 + len;
+        if body.contains(&at) {
+            let crc = crc32fast::hash(&segment[body]);
+            segment[frame + 4..frame + 8].copy_from_slice(&crc.to_le_bytes());
+            return;
+        }
+        frame = body.end;
+    }
+    panic!("no frame holds byte {at}");
+}
+
+#[tokio::test]
+async fn a_body_edited_with_its_checksum_recomputed_is_never_served_or_reconciled() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerCommand::new(dir.path())
+        .env("QISTATUS_LOG_SEGMENT_BYTES", "4096")
+        .start()
+        .await;
+    for n in 0..60 {
+        assert_eq!(post(server.http, body(n)).await.0, 200);
+    }
+    assert!(server.terminate().await.success());
+    // Webhook 0's status `disbursed` becomes `canceled `, and the frame's CRC32 is made to
+    // agree: the frame reads as sound.
+    let oldest = segments(dir.path()).remove(0);
+    let mut bytes = std::fs::read(&oldest).unwrap();
+    let at = bytes
+        .windows(11)
+        .position(|w| w == b"\"disbursed\"")
+        .expect("webhook 0's status in the oldest segment");
+    bytes[at..at + 11].copy_from_slice(b"\"canceled \"");
+    recompute_checksum_around(&mut bytes, at);
+    std::fs::write(&oldest, &bytes).unwrap();
+
+    let out = server_offline(["--log", "warn", "verify"], dir.path());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "verify passed an edited body: {said}"
+    );
+    assert!(
+        said.contains("does not match its content identifier"),
+        "{said}"
+    );
+    let out = server_offline(["--log", "warn", "rebuild"], dir.path());
+    assert!(!out.status.success(), "rebuild adopted an edited body");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not match its content identifier"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = ServerCommand::new(dir.path()).start().await;
+    let mut client = OperationStatusServiceClient::connect(format!("http://{}", server.grpc))
+        .await
+        .unwrap();
+    let status = client
+        .get_operation(pb::GetOperationRequest {
+            key: "integrity-0".into(),
+            kind: "debt".into(),
+            view: pb::OperationView::Full as i32,
+            ..Default::default()
+        })
+        .await
+        .expect_err("an edited body is served");
+    assert_eq!(status.code(), tonic::Code::DataLoss, "{status:?}");
+    assert!(
+        holds(server.grpc, 0).await,
+        "still disbursed, never canceled"
+    );
+    assert!(server.terminate().await.success());
+}

@@ -193,6 +193,11 @@ enum SnapshotCommand {
     Save {
         /// Where to write it.
         file: std::path::PathBuf,
+        /// A file holding the snapshot key (a secret the operator keeps, off the server's
+        /// host): the snapshot's SHA-256 is signed with it (HMAC-SHA256) into FILE.sig, and
+        /// `qistatus-server restore --snapshot-key-file` refuses a snapshot it did not sign.
+        #[arg(long, env = "QISTATUS_SNAPSHOT_KEY_FILE")]
+        key_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -275,8 +280,8 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         Command::List(args) => list(client, args, json).await,
         Command::Watch(args) => watch(client, args, json).await,
         Command::Snapshot(SnapshotArgs {
-            command: SnapshotCommand::Save { file },
-        }) => save_snapshot(client, file, json).await,
+            command: SnapshotCommand::Save { file, key_file },
+        }) => save_snapshot(client, file, key_file, json).await,
         Command::Stats => stats(client, json).await,
         Command::Quarantine(args) => quarantine(client, args, json).await,
         Command::Replay(_) => unreachable!("replay returned above, before connecting"),
@@ -412,8 +417,17 @@ async fn watch(client: Client, args: WatchArgs, json: bool) -> Result<(), Client
 async fn save_snapshot(
     mut client: Client,
     file: std::path::PathBuf,
+    key_file: Option<std::path::PathBuf>,
     json: bool,
 ) -> Result<(), ClientError> {
+    // Read first: a key that cannot be read takes no snapshot.
+    let key = match &key_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| ClientError::Output(format!("--key-file {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
     let partial = file.with_extension("partial");
     let out = std::fs::File::create(&partial)
         .map_err(|e| ClientError::Output(format!("{}: {e}", partial.display())))?;
@@ -430,6 +444,12 @@ async fn save_snapshot(
         .and_then(|()| std::fs::rename(&partial, &file))
         .and_then(|()| std::fs::write(&digest_file, format!("{sha256}  {name}\n")))
         .map_err(|e| ClientError::Output(format!("{}: {e}", file.display())))?;
+    if let Some(key) = &key {
+        let signature = qistatus::snapshot_signature(key, &sha256);
+        let signature_file = beside(&file, ".sig");
+        std::fs::write(&signature_file, format!("{signature}\n"))
+            .map_err(|e| ClientError::Output(format!("{}: {e}", signature_file.display())))?;
+    }
     if json {
         println!(
             "{}",
@@ -456,8 +476,13 @@ async fn save_snapshot(
 
 /// Where a snapshot's SHA-256 is kept: `FILE.sha256`.
 fn sha256_file(file: &std::path::Path) -> std::path::PathBuf {
+    beside(file, ".sha256")
+}
+
+/// `FILE` with `suffix` added to its name.
+fn beside(file: &std::path::Path, suffix: &str) -> std::path::PathBuf {
     let mut name = file.as_os_str().to_owned();
-    name.push(".sha256");
+    name.push(suffix);
     name.into()
 }
 

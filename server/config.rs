@@ -476,6 +476,10 @@ pub enum Command {
         /// snapshot save` recorded beside it in FILE.sha256, when that exists.
         #[arg(long)]
         sha256: Option<String>,
+        /// A file holding the snapshot key `qistatus snapshot save --key-file` signed with:
+        /// a snapshot without FILE.sig, or whose signature is not that key's, is refused.
+        #[arg(long, env = "QISTATUS_SNAPSHOT_KEY_FILE")]
+        snapshot_key_file: Option<PathBuf>,
     },
     /// Check --data-dir with the server stopped: every log record's checksum and order, then
     /// the view's indexes and counters. Lists every problem; exits non-zero if there is any.

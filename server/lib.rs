@@ -124,6 +124,8 @@ mod sequencer;
 #[cfg(feature = "server")]
 mod server;
 #[cfg(feature = "cli")]
+mod snapshot_signature;
+#[cfg(feature = "cli")]
 pub mod standard_webhooks;
 #[cfg(feature = "server")]
 pub mod store;
@@ -162,6 +164,10 @@ pub use recovery::by_hand::{ByHandReport, recover_by_hand};
 pub use reload::load_catalog;
 #[cfg(feature = "server")]
 pub use server::{Listeners, ServerError, Settings, run, shutdown_signal};
+/// Signed snapshots: what the CLI's `snapshot save --key-file` writes and `restore
+/// --snapshot-key-file` checks.
+#[cfg(feature = "cli")]
+pub use snapshot_signature::{snapshot_signature, snapshot_signed};
 #[cfg(feature = "server")]
 pub use store::WriterLimits;
 #[cfg(feature = "server")]

@@ -96,10 +96,17 @@ async fn main() -> anyhow::Result<()> {
             }
             println!("{count} quarantined webhook(s)");
         }
-        Command::Restore { file, sha256 } => {
+        Command::Restore {
+            file,
+            sha256,
+            snapshot_key_file,
+        } => {
             let input = std::fs::File::open(&file)
                 .with_context(|| format!("cannot read the snapshot {}", file.display()))?;
             let sha256 = recorded_sha256(&file, sha256.as_deref())?;
+            if let Some(key_file) = &snapshot_key_file {
+                check_signature(&file, key_file, sha256.as_ref())?;
+            }
             if sha256.is_none() {
                 eprintln!(
                     "qistatus-server: no SHA-256 recorded for {} (no --sha256, no .sha256 \
@@ -223,6 +230,41 @@ fn recorded_sha256(
         .and_then(|b| <[u8; 32]>::try_from(b).ok())
         .with_context(|| format!("{text:?} is not a SHA-256 (64 hex digits)"))?;
     Ok(Some(bytes))
+}
+
+/// Refuses a snapshot that the key in `key_file` did not sign: its `FILE.sig` must be the
+/// key's signature of the SHA-256 the restore then checks the file against.
+fn check_signature(
+    file: &std::path::Path,
+    key_file: &std::path::Path,
+    sha256: Option<&[u8; 32]>,
+) -> anyhow::Result<()> {
+    let key = std::fs::read(key_file)
+        .with_context(|| format!("cannot read --snapshot-key-file {}", key_file.display()))?;
+    let sha256 = sha256.with_context(|| {
+        format!(
+            "{} has no SHA-256 recorded (no FILE.sha256, no --sha256): with a snapshot key, only \
+             a signed snapshot is restored",
+            file.display()
+        )
+    })?;
+    let mut signature_file = file.as_os_str().to_owned();
+    signature_file.push(".sig");
+    let signature = std::fs::read_to_string(&signature_file).with_context(|| {
+        format!(
+            "{} is not signed (no {}): with a snapshot key, only a snapshot `qistatus snapshot \
+             save --key-file` signed is restored",
+            file.display(),
+            std::path::Path::new(&signature_file).display()
+        )
+    })?;
+    anyhow::ensure!(
+        qistatus::snapshot_signed(&key, &hex::encode(sha256), &signature),
+        "{} is not signed by the snapshot key (its signature, or its SHA-256, was made by \
+         someone else): refused, nothing restored",
+        file.display()
+    );
+    Ok(())
 }
 
 /// Opens the store for an offline command, with the view caught up with the log.

@@ -286,3 +286,86 @@ async fn an_edited_snapshot_is_refused_and_staging_touches_nothing_it_did_not_ma
     );
     restored.terminate().await;
 }
+
+#[tokio::test]
+async fn with_a_snapshot_key_only_a_snapshot_it_signed_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerCommand::new(&dir.path().join("original"))
+        .start()
+        .await;
+    let client = reqwest::Client::new();
+    post(&client, server.http, "signed-1").await;
+    let key = dir.path().join("snapshot.key");
+    std::fs::write(&key, "operator's secret\n").unwrap();
+    let file = dir.path().join("signed.snapshot");
+    let out = cli(
+        &server,
+        &[
+            "snapshot",
+            "save",
+            file.to_str().unwrap(),
+            "--key-file",
+            key.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let signature = dir.path().join("signed.snapshot.sig");
+    assert!(signature.exists());
+    let unsigned = dir.path().join("unsigned.snapshot");
+    let out = cli(&server, &["snapshot", "save", unsigned.to_str().unwrap()]).await;
+    assert!(out.status.success());
+    server.terminate().await;
+    let restore = |file: &std::path::Path, target: &str, key: &std::path::Path| {
+        server_offline(
+            [
+                "restore",
+                file.to_str().unwrap(),
+                "--snapshot-key-file",
+                key.to_str().unwrap(),
+            ],
+            &dir.path().join(target),
+        )
+    };
+
+    // Replaced by one an attacker took, its .sha256 recomputed and the old .sig kept: refused.
+    let forged = dir.path().join("forged.snapshot");
+    std::fs::copy(&unsigned, &forged).unwrap();
+    std::fs::copy(
+        dir.path().join("unsigned.snapshot.sha256"),
+        dir.path().join("forged.snapshot.sha256"),
+    )
+    .unwrap();
+    std::fs::copy(&signature, dir.path().join("forged.snapshot.sig")).unwrap();
+    let out = restore(&forged, "a", &key);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a forged snapshot restored");
+    assert!(said.contains("not signed by the snapshot key"), "{said}");
+    // Unsigned: refused with a key, restored without one (as before).
+    let out = restore(&unsigned, "b", &key);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("is not signed"),
+        "{said}"
+    );
+    // Another key: refused.
+    let other = dir.path().join("other.key");
+    std::fs::write(&other, "someone else's").unwrap();
+    assert!(!restore(&file, "c", &other).status.success());
+    assert!(
+        !dir.path().join("a").exists()
+            && !dir.path().join("b").exists()
+            && !dir.path().join("c").exists()
+    );
+    // Its own: restored.
+    let out = restore(&file, "d", &key);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

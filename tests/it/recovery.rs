@@ -32,6 +32,30 @@ fn settings(
     settings
 }
 
+/// Recovery without periodic passes: only overdue operations and asks by hand.
+const NO_PASSES: RecoverySettings = RecoverySettings {
+    every: None,
+    ..RecoverySettings::DEFAULT
+};
+
+/// A server on a manual clock with `catalog` and recovery as `recovery` says, talking to a
+/// fresh stand-in for QI's API that delivers to it; with `configure`'s last word on the
+/// settings.
+async fn start_recovering(
+    recovery: RecoverySettings,
+    catalog: Option<&str>,
+    configure: impl FnOnce(&mut qistatus::Settings),
+) -> (TestServer, ManualClock, QiStandIn, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_now();
+    let qi = QiStandIn::start(clock.clock()).await;
+    let mut settings = settings(dir.path(), &clock, &qi, recovery, catalog);
+    configure(&mut settings);
+    let server = TestServer::start_with(settings).await;
+    qi.deliver_to(&server.webhooks_url());
+    (server, clock, qi, dir)
+}
+
 /// A debt webhook as QI sends it, at `at` (seconds since the epoch).
 fn debt(key: &str, status: &str, at: i64) -> Vec<u8> {
     let when = chrono::DateTime::from_timestamp(at, 0)
@@ -190,17 +214,8 @@ async fn a_qistatus_down_for_three_weeks_ends_with_everything_qi_failed_to_deliv
 
 #[tokio::test]
 async fn an_overdue_debt_whose_disbursement_was_lost_is_disbursed_with_nobody_acting() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::starting_now();
-    let qi = QiStandIn::start(clock.clock()).await;
-    let no_passes = RecoverySettings {
-        every: None,
-        ..RecoverySettings::DEFAULT
-    };
     let catalog = "[kinds.debt.expect]\nwaiting_signature = \"1h\"\nsigned = \"1h\"\n";
-    let server =
-        TestServer::start_with(settings(dir.path(), &clock, &qi, no_passes, Some(catalog))).await;
-    qi.deliver_to(&server.webhooks_url());
+    let (server, clock, qi, _dir) = start_recovering(NO_PASSES, Some(catalog), |_| {}).await;
     let now = clock.now_millis() / 1000;
     // QI delivered the first two webhooks; the disbursement's callback failed (qistatus
     // was answering 503 through a failover, say).
@@ -244,17 +259,8 @@ async fn an_overdue_debt_whose_disbursement_was_lost_is_disbursed_with_nobody_ac
 
 #[tokio::test]
 async fn a_stuck_debt_is_asked_about_once_per_backoff_never_in_a_loop() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::starting_now();
-    let qi = QiStandIn::start(clock.clock()).await;
-    let no_passes = RecoverySettings {
-        every: None,
-        ..RecoverySettings::DEFAULT
-    };
     let catalog = "[kinds.debt.expect]\nsigned = \"10m\"\n";
-    let server =
-        TestServer::start_with(settings(dir.path(), &clock, &qi, no_passes, Some(catalog))).await;
-    qi.deliver_to(&server.webhooks_url());
+    let (server, clock, qi, _dir) = start_recovering(NO_PASSES, Some(catalog), |_| {}).await;
     let now = clock.now_millis() / 1000;
     qi.add(debt_event("stuck", "signed", now - 60, "sent"));
     assert_eq!(
@@ -368,17 +374,10 @@ async fn qi_refusing_or_out_of_reach_changes_nothing_else() {
 async fn a_signed_in_person_asks_qi_to_resend_from_the_operations_page() {
     use fantoccini::Locator;
     const TOKEN: &str = "recovery-console-token";
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::starting_now();
-    let qi = QiStandIn::start(clock.clock()).await;
-    let no_passes = RecoverySettings {
-        every: None,
-        ..RecoverySettings::DEFAULT
-    };
-    let mut settings = settings(dir.path(), &clock, &qi, no_passes, None);
-    settings.grpc_tokens = qistatus::BearerTokens::from_files_text([TOKEN]);
-    let server = TestServer::start_with(settings).await;
-    qi.deliver_to(&server.webhooks_url());
+    let (server, clock, qi, _dir) = start_recovering(NO_PASSES, None, |s| {
+        s.grpc_tokens = qistatus::BearerTokens::from_files_text([TOKEN]);
+    })
+    .await;
     let now = clock.now_millis() / 1000;
     qi.add(debt_event("asked", "signed", now - 120, "sent"));
     assert_eq!(

@@ -397,11 +397,11 @@ async fn a_full_disk_is_a_503_until_space_is_freed_then_acknowledged_again_witho
     );
 }
 
-#[tokio::test]
-async fn an_altered_payload_in_an_older_segment_is_never_served_or_reconciled() {
-    let dir = tempfile::tempdir().unwrap();
-    // Small segments, so the first webhooks end up in an older one.
-    let server = ServerCommand::new(dir.path())
+/// Stores 60 webhooks in small segments (so the first end up in an older one), stops, and
+/// turns webhook 0's `"disbursed"` into `"canceled "` on disk, as a bad disk or a hand might:
+/// with its frame's checksum made to agree when `recompute` (a hand that knows the format).
+async fn store_and_alter_webhook_zero(dir: &Path, recompute: bool) {
+    let server = ServerCommand::new(dir)
         .env("QISTATUS_LOG_SEGMENT_BYTES", "4096")
         .start()
         .await;
@@ -409,16 +409,24 @@ async fn an_altered_payload_in_an_older_segment_is_never_served_or_reconciled() 
         assert_eq!(post(server.http, body(n)).await.0, 200);
     }
     assert!(server.terminate().await.success());
-    let oldest = segments(dir.path()).remove(0);
-    assert!(segments(dir.path()).len() > 2, "the log rolled over");
-    // `"disbursed"` becomes `"canceled "` in webhook 0's body, as a bad disk or a hand might.
+    let oldest = segments(dir).remove(0);
+    assert!(segments(dir).len() > 2, "the log rolled over");
     let mut bytes = std::fs::read(&oldest).unwrap();
     let at = bytes
         .windows(11)
         .position(|w| w == b"\"disbursed\"")
         .expect("webhook 0's status in the oldest segment");
     bytes[at..at + 11].copy_from_slice(b"\"canceled \"");
+    if recompute {
+        recompute_checksum_around(&mut bytes, at);
+    }
     std::fs::write(&oldest, &bytes).unwrap();
+}
+
+#[tokio::test]
+async fn an_altered_payload_in_an_older_segment_is_never_served_or_reconciled() {
+    let dir = tempfile::tempdir().unwrap();
+    store_and_alter_webhook_zero(dir.path(), false).await;
 
     let server = ServerCommand::new(dir.path()).start().await;
     let mut client = OperationStatusServiceClient::connect(format!("http://{}", server.grpc))
@@ -652,25 +660,8 @@ fn recompute_checksum_around(segment: &mut [u8], at: usize) {
 #[tokio::test]
 async fn a_body_edited_with_its_checksum_recomputed_is_never_served_or_reconciled() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerCommand::new(dir.path())
-        .env("QISTATUS_LOG_SEGMENT_BYTES", "4096")
-        .start()
-        .await;
-    for n in 0..60 {
-        assert_eq!(post(server.http, body(n)).await.0, 200);
-    }
-    assert!(server.terminate().await.success());
-    // Webhook 0's status `disbursed` becomes `canceled `, and the frame's CRC32 is made to
-    // agree: the frame reads as sound.
-    let oldest = segments(dir.path()).remove(0);
-    let mut bytes = std::fs::read(&oldest).unwrap();
-    let at = bytes
-        .windows(11)
-        .position(|w| w == b"\"disbursed\"")
-        .expect("webhook 0's status in the oldest segment");
-    bytes[at..at + 11].copy_from_slice(b"\"canceled \"");
-    recompute_checksum_around(&mut bytes, at);
-    std::fs::write(&oldest, &bytes).unwrap();
+    // The frame reads as sound: its CRC32 agrees with the edit.
+    store_and_alter_webhook_zero(dir.path(), true).await;
 
     let out = server_offline(["--log", "warn", "verify"], dir.path());
     let said = String::from_utf8_lossy(&out.stdout);

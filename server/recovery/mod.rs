@@ -371,7 +371,9 @@ impl Recovery {
                     },
                     () = stop.cancelled() => return,
                 }
-                next_pass = Some(self.clock.now_millis().saturating_add(millis(every)));
+                // From when this pass began: a fixed cadence, and no later than a reader of
+                // the completed pass (a test advancing a manual clock) expects the next.
+                next_pass = Some(now.saturating_add(millis(every)));
             }
             if leads && self.state.next_ask().is_some_and(|at| at <= now) {
                 tokio::select! {

@@ -1474,6 +1474,12 @@ mod tests {
                 "009_automatic_pix_incoming_recurrence_pending.json",
                 "ede3f15142aaefa2",
             ),
+            ("009_bank_slip_occurrence_paid.json", "de941972157a8516"),
+            (
+                "009_bank_slip_occurrence_payment_notice.json",
+                "9c79733f6ecce751",
+            ),
+            ("009_bank_slip_registered.json", "3622f5fc6db5bf89"),
             ("009_card_order_fraud_approved.json", "138f01a1572b8d37"),
             (
                 "009_escrow_account_request_pending_kyc.json",

@@ -493,7 +493,25 @@ async fn documented_families_and_kind_families_land_where_qi_says() {
     };
 
     // (fixture, kind, key, status, phase)
-    let singles: [(&'static [&'static str], &str, &str, &str, &str); 8] = [
+    let singles: [(&'static [&'static str], &str, &str, &str, &str); 10] = [
+        // A payment notice is not a payment: `paid` wins, in either order.
+        (
+            &[
+                "009_bank_slip_occurrence_payment_notice.json",
+                "009_bank_slip_occurrence_paid.json",
+            ],
+            "baas.bank_slip.occurrence",
+            "03c38d18-d12f-4b5f-841c-afab52fe33c5",
+            "paid",
+            "succeeded",
+        ),
+        (
+            &["009_bank_slip_registered.json"],
+            "bank_slip.status_change",
+            "11b13b2c-4204-41b3-8596-2ee7ecbde38c",
+            "registered",
+            "pending",
+        ),
         (
             &["009_pix_incoming_received.json"],
             "baas.pix_transfer.incoming_pix",

@@ -226,20 +226,46 @@ async fn the_quarantine_is_listed_from_a_running_server_payloads_only_on_request
 
 #[tokio::test]
 async fn every_metric_the_deploy_examples_use_is_served() {
-    // With an expectation, as the overdue alert assumes (without one, nothing is overdue).
+    // With an expectation, as the overdue alert assumes (without one, nothing is overdue),
+    // and QI's API (its stand-in) with one callback to fetch back, as the recovery panels do.
+    let qi = crate::qi_api::QiStandIn::start(qistatus::Clock::system()).await;
+    let now = chrono::Utc::now().timestamp();
+    qi.add(crate::qi_api::StandInEvent {
+        event_key: "e".into(),
+        event_type: "debt_disbursed".into(),
+        origin_key: "m2".into(),
+        at: now - 60,
+        callbacks: vec![crate::qi_api::StandInCallback {
+            callback_key: "c".into(),
+            status: "failed".into(),
+            body: webhook("debt", "m2", "disbursed", "2024-01-01 10:00:00"),
+        }],
+    });
     let server = TestServer::start_configured(|s| {
         s.catalog = s
             .catalog
             .clone()
             .extended_with("[kinds.debt.expect]\nwaiting_signature = \"5d\"\n")
             .unwrap();
+        s.qitech_api = Some(qi.settings());
     })
     .await;
+    qi.deliver_to(&server.webhooks_url());
     server
         .post_ok(webhook("debt", "m1", "disbursed", "2024-01-01 10:00:00"))
         .await;
     let _ = server.get("m1", "").await;
-    let (_, metrics) = get(&server, "/metrics").await;
+    let metrics = crate::wait::wait_until(
+        "recovery fetches m2 back",
+        std::time::Duration::from_secs(30),
+        || async {
+            let (_, metrics) = get(&server, "/metrics").await;
+            metrics
+                .contains("qistatus_recovery_resends_total{")
+                .then_some(metrics)
+        },
+    )
+    .await;
     let root = env!("CARGO_MANIFEST_DIR");
     for file in [
         "deploy/grafana-dashboard.json",

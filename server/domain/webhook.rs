@@ -341,7 +341,11 @@ fn read_envelope(
 }
 
 /// The catalog's join ([`crate::domain::catalog::JoinSpec`]) that `v` matches, if any: the
-/// first whose `webhook_type` is the kind `v` names and whose conditions all hold.
+/// first whose `webhook_type` is the kind `v` names, whose conditions all hold, and, when it
+/// names where the other operation's key is, that has one there. A webhook that names no
+/// such operation stays what it says it is: a Pix refund without
+/// `original_outgoing_pix_transfer` is an incoming Pix, never an outgoing one under its own
+/// key (an outgoing transfer that never existed).
 /// `named` is the kind `v` names (`webhook_type`, else `event_type`), as read by the caller.
 fn join_of<'c>(catalog: &'c Catalog, named: Option<&str>, v: &Json<'_>) -> Option<&'c JoinSpec> {
     let named = canonical_kind(named.filter(|_| !catalog.joins.is_empty())?);
@@ -352,6 +356,12 @@ fn join_of<'c>(catalog: &'c Catalog, named: Option<&str>, v: &Json<'_>) -> Optio
                     .and_then(Json::as_str)
                     .is_some_and(|found| canonical_status(found) == *value)
             })
+            && (join.key_paths.is_empty()
+                || join.key_paths.iter().any(|path| {
+                    lookup(v, path)
+                        .and_then(Json::as_str)
+                        .is_some_and(|key| !key.trim().is_empty())
+                }))
     })
 }
 
@@ -1181,6 +1191,65 @@ mod tests {
         ] {
             assert_eq!(body_id(json), id(json), "{json}");
         }
+    }
+
+    #[test]
+    fn a_pix_refund_naming_no_outgoing_transfer_stays_an_incoming_pix() {
+        let catalog = Catalog::builtin();
+        let raw = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/009_pix_refund_of_outgoing.json"
+        ))
+        .unwrap();
+        let mut refund: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        let envelope = |value: &serde_json::Value| match normalize(
+            &catalog,
+            &serde_json::to_vec(value).unwrap(),
+        )
+        .unwrap()
+        {
+            Normalized::Event(envelope) => envelope,
+            other => panic!("{other:?}"),
+        };
+        let joined = envelope(&refund);
+        assert_eq!(
+            (
+                joined.kind.as_str(),
+                joined.key.as_str(),
+                joined.status.as_str()
+            ),
+            (
+                "baas.pix_transfer.outgoing_pix",
+                "b56862c4-2b20-4057-8063-b8809866e494",
+                "refunded"
+            )
+        );
+        for missing in [
+            serde_json::Value::Null,
+            serde_json::json!(""),
+            serde_json::json!(" "),
+        ] {
+            refund["data"]["original_outgoing_pix_transfer"] = missing;
+            let alone = envelope(&refund);
+            assert_eq!(
+                (
+                    alone.kind.as_str(),
+                    alone.key.as_str(),
+                    alone.status.as_str()
+                ),
+                (
+                    "baas.pix_transfer.incoming_pix",
+                    "8cb70dea-9fb0-4a68-9572-99a72849c8d6",
+                    "received"
+                ),
+                "{refund}"
+            );
+        }
+        refund["data"]
+            .as_object_mut()
+            .unwrap()
+            .remove("original_outgoing_pix_transfer");
+        assert_eq!(envelope(&refund).kind, "baas.pix_transfer.incoming_pix");
     }
 
     #[test]

@@ -102,7 +102,10 @@ def main():
         server = start_server()
         post(http_port, debt("d3", "disbursed", "2024-01-04 10:00:00"))
 
-        out, err = watcher.communicate(timeout=60)
+        # Through the same buffered reader as `first`: `communicate` reads the pipe itself
+        # and would miss a line that reader already took in with the first one.
+        watcher.wait(timeout=60)
+        out, err = watcher.stdout.read(), watcher.stderr.read()
     finally:
         if watcher.poll() is None:
             watcher.kill()

@@ -413,7 +413,9 @@ async fn resend(
         Lookup::Missing(what) => return Err(ConsoleError::NotFound(what)),
     };
     let report = recovery.ask(&op.kind, &op.key).await.map_err(|e| match e {
-        RecoveryError::Busy(_) => ConsoleError::Unavailable(e.to_string()),
+        RecoveryError::Busy(_) | RecoveryError::LostLease => {
+            ConsoleError::Unavailable(e.to_string())
+        }
         RecoveryError::Store(e) => ConsoleError::Store(e),
         other => ConsoleError::Upstream(other.to_string()),
     })?;

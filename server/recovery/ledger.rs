@@ -243,7 +243,8 @@ fn doubled(first: Duration, times: u32, max: Duration) -> Duration {
         .min(max)
 }
 
-fn millis(d: Duration) -> i64 {
+/// `d` in milliseconds, as recovery's times are kept (saturating).
+pub(crate) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 

@@ -45,7 +45,7 @@ use crate::feed::{ChangeFeed, FeedError, FeedEvent, FeedFilter, Subscription};
 use crate::metrics::Metrics;
 use crate::qitech_api::{EventQuery, MAX_WINDOW_MILLIS, NotificationEvent, QiApi, QiApiError};
 use crate::store::{Store, StoreError};
-use ledger::{CallbackDecision, Ledger, LedgerError, RecoveryState};
+use ledger::{CallbackDecision, Ledger, LedgerError, RecoveryState, millis};
 
 /// How far before its cursor a pass starts: QI marks a callback failed only after its own
 /// retries (3, five minutes apart), so an event a pass saw while QI was still retrying is
@@ -136,6 +136,9 @@ pub(crate) enum RecoveryError {
     /// The recovery task is busy or stopped.
     #[error("recovery is {0}: try again shortly")]
     Busy(&'static str),
+    /// Another node of the cluster holds the lease now: this one stops what it was doing.
+    #[error("another node of the cluster recovers now")]
+    LostLease,
 }
 
 /// What one ask about an operation did: the events QI listed and the callbacks asked to be
@@ -320,7 +323,7 @@ impl Recovery {
         } else {
             self.leading = false;
             self.publish_figures();
-            Err(RecoveryError::Busy("no longer this cluster's recoverer"))
+            Err(RecoveryError::LostLease)
         }
     }
 
@@ -749,10 +752,6 @@ pub(crate) async fn list_window(
         }
     }
     Ok((events, false))
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -284,8 +284,8 @@ impl Metrics {
         registry.register(
             "feed_changes_from_log",
             "Changes worked out from the log for watchers behind the recent window (resuming \
-             or slow): each costs a read of the log and a reconciliation of its operation, \
-             where the window costs nothing",
+             or slow), once for all that need them while cached: each costs a read of the log \
+             and a reconciliation of its operation, where the window costs nothing",
             changes_from_log.clone(),
         );
         let overdue_events = Counter::default();

@@ -15,10 +15,13 @@
 //!   duplicates, because each subscriber reads the store, not a lossy broadcast;
 //! - a resume point (`start_after`) works across restarts: the log is on disk;
 //! - the changes of the latest batches are kept once and shared by all subscribers
-//!   ([`RecentChanges`]); a subscriber behind that window has the store read the log for it,
-//!   off the async threads;
-//! - a slow or stalled subscriber only fills its own bounded channel and waits; the intake
-//!   and the writer never wait for subscribers;
+//!   ([`RecentChanges`]); older ones are worked out from the log once for every subscriber
+//!   that needs them, by one reader at a time and kept in a bounded cache ([`catch_up`]), so
+//!   any number of watchers resuming from far back cost about one reading of the log and at
+//!   most one core;
+//! - a slow or stalled subscriber only fills its own queue, bounded in events and in bytes
+//!   ([`queue`]), and waits holding nothing else; the intake and the writer never wait for
+//!   subscribers;
 //! - when retention has dropped the changes a resume point needs, the subscriber gets
 //!   [`FeedError::Compacted`] naming the oldest sequence still available, never a silent gap;
 //! - an idle subscriber gets a progress event every `progress_interval`, and one right at the
@@ -27,10 +30,9 @@
 //!   reconnect.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -39,9 +41,14 @@ use crate::reload::CatalogHandle;
 use crate::store::RecentChanges;
 use crate::store::{Change, Store, StoreError};
 
+mod catch_up;
 mod filter;
+mod queue;
 
+use catch_up::CatchUp;
 pub(crate) use filter::FeedFilter;
+pub(crate) use queue::Subscription;
+use queue::{NotNow, QueueSender};
 
 /// What a subscriber receives.
 #[derive(Debug, Clone)]
@@ -119,16 +126,26 @@ pub struct FeedSettings {
     pub progress_interval: Duration,
     /// Most subscribers at once; more get [`FeedError::TooManySubscribers`].
     pub max_subscribers: usize,
-    /// Events buffered per subscriber before its reader stops reading the log.
+    /// Events queued per subscriber at most.
     pub buffer: usize,
+    /// Bytes of events queued per subscriber at most (as [`Change::approx_bytes`] counts):
+    /// what a watcher that stops reading costs beyond its connection's buffers.
+    pub queue_bytes: usize,
+    /// Chunks of older changes worked out from the log at once, for all subscribers.
+    pub catch_up_readers: usize,
+    /// Bytes of worked-out older changes kept for the subscribers that need them next.
+    pub catch_up_cache_bytes: usize,
 }
 
 impl FeedSettings {
     /// The defaults, which the server's flags also show.
     pub const DEFAULT: FeedSettings = FeedSettings {
         progress_interval: Duration::from_secs(15),
-        max_subscribers: 10_000,
+        max_subscribers: 4_096,
         buffer: 64,
+        queue_bytes: 64 * 1024,
+        catch_up_readers: 1,
+        catch_up_cache_bytes: 16 * 1024 * 1024,
     };
 }
 
@@ -142,8 +159,6 @@ impl Default for FeedSettings {
 #[derive(Debug, Clone)]
 pub(crate) struct ChangeFeed {
     store: Store,
-    /// What changes older than the recent window are worked out under.
-    catalog: CatalogHandle,
     recent: Arc<RecentChanges>,
     committed: watch::Receiver<u64>,
     stop: CancellationToken,
@@ -153,15 +168,12 @@ pub(crate) struct ChangeFeed {
     /// node, where it is an error at once; a while on a cluster node, where another node may
     /// have reached it first).
     catch_up: Duration,
-    /// Changes worked out from the log for subscribers behind the recent window.
-    from_log: Arc<AtomicU64>,
+    /// Changes older than the recent window, for every subscriber.
+    older: Arc<CatchUp>,
 }
 
-/// The receiving end of one subscription; dropping it ends the subscription.
-pub(crate) type Subscription = mpsc::Receiver<Result<FeedEvent, FeedError>>;
-
-/// How many changes a subscriber behind the recent window reads at a time.
-const READ_CHUNK: usize = 256;
+/// How many changes a subscriber takes from the recent window at a time.
+const RECENT_CHUNK: usize = 256;
 
 impl ChangeFeed {
     /// A feed over `store`, woken by `committed` (the writer's last committed sequence),
@@ -176,15 +188,19 @@ impl ChangeFeed {
         settings: FeedSettings,
     ) -> Self {
         ChangeFeed {
+            older: Arc::new(CatchUp::new(
+                store.clone(),
+                catalog,
+                settings.catch_up_readers,
+                settings.catch_up_cache_bytes,
+            )),
             store,
-            catalog,
             recent,
             committed,
             stop,
             permits: Arc::new(Semaphore::new(settings.max_subscribers)),
             settings,
             catch_up: Duration::ZERO,
-            from_log: Arc::default(),
         }
     }
 
@@ -218,7 +234,7 @@ impl ChangeFeed {
     /// Changes worked out from the log, since the start, for subscribers behind the recent
     /// window (what `qistatus_feed_changes_from_log_total` counts).
     pub(crate) fn changes_from_log(&self) -> u64 {
-        self.from_log.load(Ordering::Relaxed)
+        self.older.worked_out()
     }
 
     /// The last committed sequence.
@@ -255,11 +271,10 @@ impl ChangeFeed {
         if cursor < compacted_through {
             return Err(FeedError::Compacted { compacted_through });
         }
-        let (tx, rx) = mpsc::channel(self.settings.buffer.max(1));
+        let (tx, rx) = queue::queue(self.settings.buffer, self.settings.queue_bytes);
         let subscriber = Subscriber {
             store: self.store.clone(),
-            catalog: self.catalog.clone(),
-            from_log: self.from_log.clone(),
+            older: self.older.clone(),
             recent: self.recent.clone(),
             filter,
             cursor,
@@ -278,14 +293,13 @@ impl ChangeFeed {
 
 struct Subscriber {
     store: Store,
-    catalog: CatalogHandle,
-    from_log: Arc<AtomicU64>,
+    older: Arc<CatchUp>,
     recent: Arc<RecentChanges>,
     filter: FeedFilter,
     cursor: u64,
     committed: watch::Receiver<u64>,
     stop: CancellationToken,
-    tx: mpsc::Sender<Result<FeedEvent, FeedError>>,
+    tx: QueueSender,
     progress_interval: Duration,
 }
 
@@ -350,58 +364,74 @@ impl Subscriber {
         }
     }
 
-    /// Reads one chunk of change records after the cursor; returns whether it sent any.
+    /// Queues the matching changes after the cursor that fit in the queue now (from the
+    /// recent window, or the older changes worked out from the log); returns whether it
+    /// queued any. It waits for room first, holding nothing: a watcher that stopped reading
+    /// keeps no changes but those queued.
     async fn catch_up(&mut self, head: u64) -> Result<bool, End> {
-        let (chunk, through) = match self.recent.after(self.cursor, head, READ_CHUNK) {
-            Some(chunk) if !chunk.is_empty() => {
-                let through = chunk.last().map_or(self.cursor, |(sequence, _)| *sequence);
-                (chunk, through)
+        tokio::select! {
+            room = self.tx.room() => room.map_err(|_| End::Gone)?,
+            () = self.stop.cancelled() => return Err(self.shutting_down()),
+        }
+        let after = self.cursor;
+        let recent = self
+            .recent
+            .after(after, head, RECENT_CHUNK)
+            .filter(|chunk| !chunk.is_empty());
+        let older;
+        let (changes, through) = match &recent {
+            Some(chunk) => (
+                chunk.as_slice(),
+                chunk.last().map_or(after, |(sequence, _)| *sequence),
+            ),
+            None => {
+                older = tokio::select! {
+                    chunk = self.read_older(head) => chunk?,
+                    () = self.stop.cancelled() => return Err(self.shutting_down()),
+                    () = self.tx.closed() => return Err(End::Gone),
+                };
+                (older.changes.as_slice(), older.through)
             }
-            _ => self.read_older(head).await?,
         };
         let mut sent = false;
-        for (sequence, change) in chunk {
-            if self.filter.matches(&change) {
-                self.send(FeedEvent::Change { sequence, change }).await?;
-                sent = true;
+        for (sequence, change) in changes.iter().filter(|(sequence, _)| *sequence > after) {
+            if self.filter.matches(change) {
+                let event = FeedEvent::Change {
+                    sequence: *sequence,
+                    change: change.clone(),
+                };
+                match self.tx.try_send(Ok(event)) {
+                    Ok(()) => sent = true,
+                    Err(NotNow::Full) => return Ok(sent),
+                    Err(NotNow::Gone) => return Err(End::Gone),
+                }
             }
-            self.cursor = sequence;
+            self.cursor = *sequence;
         }
-        self.cursor = through;
+        self.cursor = self.cursor.max(through);
         Ok(sent)
     }
 
-    /// The changes after the cursor that the recent window no longer holds, worked out from
-    /// the log off the async threads (see [`Store::changes_after`]), and the last sequence
-    /// read.
-    async fn read_older(&self, head: u64) -> Result<(Vec<(u64, Arc<Change>)>, u64), End> {
+    /// The chunk of older changes (the recent window no longer holds them) that follows the
+    /// cursor, worked out from the log for every subscriber that needs it ([`CatchUp`]).
+    async fn read_older(&self, head: u64) -> Result<Arc<catch_up::Chunk>, End> {
         // Retention dropped the records after the cursor under this subscriber.
         let compacted_through = self.store.compacted_through()?;
         if self.cursor < compacted_through {
             return Err(End::Error(FeedError::Compacted { compacted_through }));
         }
-        let (catalog, after) = (self.catalog.current(), self.cursor);
-        let read = self
-            .store
-            .read_async(move |store| store.changes_after(&catalog, after, head, READ_CHUNK))
-            .await?;
-        if read.through == after {
+        let chunk = self.older.chunk_after(self.cursor, head).await?;
+        if chunk.through <= self.cursor {
             return Err(StoreError::Corrupt {
                 tree: "log",
                 reason: format!(
-                    "the log holds no record after sequence {after}, and {head} are committed"
+                    "the log holds no record after sequence {}, and {head} are committed",
+                    self.cursor
                 ),
             }
             .into());
         }
-        self.from_log
-            .fetch_add(read.changes.len() as u64, Ordering::Relaxed);
-        let changes = read
-            .changes
-            .into_iter()
-            .map(|(sequence, change)| (sequence, Arc::new(change)))
-            .collect();
-        Ok((changes, read.through))
+        Ok(chunk)
     }
 
     async fn send(&mut self, event: FeedEvent) -> Result<(), End> {

@@ -270,16 +270,45 @@ impl Change {
         }
     }
 
-    /// About how many bytes of memory the change holds: its texts plus a fixed overhead.
-    /// What the recent-changes window counts its bound in.
+    /// About how many bytes of memory the change holds: its texts, milestones and facts
+    /// plus a fixed overhead. What the recent-changes window and each watcher's queue count
+    /// their bounds in.
     pub fn approx_bytes(&self) -> usize {
-        let op = &self.operation;
-        std::mem::size_of::<Change>()
+        std::mem::size_of::<Change>() - std::mem::size_of::<Operation>()
             + self.previous_status.as_ref().map_or(0, String::len)
+            + self
+                .milestones_reached
+                .iter()
+                .map(|m| std::mem::size_of::<String>() + m.len())
+                .sum::<usize>()
+            + Self::operation_bytes(&self.operation)
+    }
+
+    /// About how many bytes `op` holds, not counting its history.
+    pub fn operation_bytes(op: &Operation) -> usize {
+        use crate::domain::webhook::FactValue;
+        let text = |s: &String| std::mem::size_of::<String>() + s.len();
+        std::mem::size_of::<Operation>()
             + op.kind.len()
             + op.key.len()
             + op.status.len()
             + op.detail.len()
+            + op.conflict.iter().map(text).sum::<usize>()
+            + op.milestones
+                .iter()
+                .map(|m| std::mem::size_of_val(m) + m.name.len())
+                .sum::<usize>()
+            + op.facts
+                .iter()
+                .map(|(name, value)| {
+                    std::mem::size_of::<(String, FactValue)>()
+                        + name.len()
+                        + match value {
+                            FactValue::Text(t) => t.len(),
+                            FactValue::Number(_) | FactValue::Bool(_) => 0,
+                        }
+                })
+                .sum::<usize>()
     }
 }
 

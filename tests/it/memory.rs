@@ -66,3 +66,164 @@ async fn long_descriptions_and_stalled_watchers_do_not_grow_memory_without_bound
     drop(stalled);
     server.terminate().await;
 }
+
+/// A server restarted on a store of `operations` debts of `steps` webhooks each (descriptions
+/// of `description` bytes), so that watchers resuming from sequence 0 find none of it in the
+/// recent window and have it worked out from the log.
+async fn restarted_on_histories(
+    dir: &std::path::Path,
+    operations: usize,
+    steps: usize,
+    description: usize,
+) -> crate::process::ServerProcess {
+    let server = ServerCommand::new(dir).start().await;
+    let client = reqwest::Client::new();
+    let description = "d".repeat(description);
+    let mut posts = tokio::task::JoinSet::new();
+    for step in 0..steps {
+        for k in 0..operations {
+            let body = serde_json::to_vec(&serde_json::json!({
+                "webhook_type": "debt", "key": format!("history{k}"),
+                "status": "waiting_signature",
+                "event_datetime": format!("2024-01-01 {:02}:{:02}:00", step / 60, step % 60),
+                "description": description,
+            }))
+            .unwrap();
+            let (client, url) = (client.clone(), format!("http://{}/webhooks", server.http));
+            posts.spawn(async move { client.post(url).body(body).send().await.unwrap().status() });
+            if posts.len() >= 32 {
+                assert_eq!(posts.join_next().await.unwrap().unwrap(), 200);
+            }
+        }
+    }
+    while let Some(status) = posts.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    server.terminate().await;
+    ServerCommand::new(dir).start().await
+}
+
+/// The value of a metric without labels in `/metrics`.
+async fn metric(server: &crate::process::ServerProcess, name: &str) -> f64 {
+    let text = server.metrics_text().await;
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{name} in /metrics"))
+}
+
+#[tokio::test]
+async fn a_thousand_stalled_watchers_on_one_connection_cost_a_bounded_queue_each() {
+    const WATCHERS: usize = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    // 200 debts of 30 webhooks, each with a description at the 1 KiB that derived text is
+    // cut at: the largest changes there are.
+    let server = restarted_on_histories(dir.path(), 200, 30, 2000).await;
+    let before = server.rss_bytes();
+    // One HTTP/2 connection whose windows are never granted again: nothing is read.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
+        .unwrap()
+        .initial_stream_window_size(Some(65_535))
+        .initial_connection_window_size(Some(65_535))
+        .connect()
+        .await
+        .unwrap();
+    let mut stalled = Vec::new();
+    for _ in 0..WATCHERS {
+        let mut grpc = OperationStatusServiceClient::new(channel.clone());
+        let stream = grpc
+            .watch_operation(pb::WatchOperationRequest {
+                start_after_sequence: Some(0),
+                include_unchanged: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        stalled.push(stream);
+    }
+    assert_eq!(metric(&server, "qistatus_watchers").await, WATCHERS as f64);
+    // Every watcher has filled its queue by the time the work done for them stops growing.
+    let mut last = -1.0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = metric(&server, "qistatus_feed_changes_from_log_total").await;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let after = server.rss_bytes();
+    let each = after.saturating_sub(before) / WATCHERS as u64;
+    eprintln!(
+        "RSS {} MB before, {} MB with {WATCHERS} stalled watchers: {} KB each; {last} changes \
+         worked out from the log for them",
+        before / MB,
+        after / MB,
+        each / 1024
+    );
+    // Each: its queue (64 KiB as counted, about 100 KB in memory) and its stream's state.
+    assert!(each < 160 * 1024, "{} KB per stalled watcher", each / 1024);
+    assert!(
+        last <= 2.0 * 6000.0,
+        "the changes they need are worked out once for all, not per watcher: {last}"
+    );
+    drop(stalled);
+    server.terminate().await;
+}
+
+#[tokio::test]
+async fn watchers_resuming_from_zero_share_one_reading_of_the_log() {
+    const WATCHERS: usize = 100;
+    const OPERATIONS: usize = 100;
+    const STEPS: usize = 30;
+    let dir = tempfile::tempdir().unwrap();
+    let server = restarted_on_histories(dir.path(), OPERATIONS, STEPS, 0).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watchers = tokio::task::JoinSet::new();
+    for _ in 0..WATCHERS {
+        let mut grpc = OperationStatusServiceClient::new(channel.clone());
+        watchers.spawn(async move {
+            let mut stream = grpc
+                .watch_operation(pb::WatchOperationRequest {
+                    start_after_sequence: Some(0),
+                    include_unchanged: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut sequences = Vec::new();
+            while sequences.len() < OPERATIONS * STEPS {
+                let response = stream.message().await.unwrap().expect("the stream goes on");
+                if let Some(pb::watch_operation_response::Event::Change(change)) = response.event {
+                    sequences.push(change.sequence);
+                }
+            }
+            sequences
+        });
+    }
+    let all: Vec<u64> = (1..=(OPERATIONS * STEPS) as u64).collect();
+    while let Some(sequences) = watchers.join_next().await {
+        assert_eq!(sequences.unwrap(), all, "every change, in order, once");
+    }
+    let worked_out = metric(&server, "qistatus_feed_changes_from_log_total").await;
+    eprintln!(
+        "{WATCHERS} watchers caught up on {} changes; {worked_out} worked out from the log",
+        all.len()
+    );
+    assert!(
+        worked_out <= 2.0 * all.len() as f64,
+        "{WATCHERS} watchers cost about one reading of the log, not one each: {worked_out}"
+    );
+    server.terminate().await;
+}

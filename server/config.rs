@@ -84,6 +84,13 @@ pub struct Config {
     #[arg(long, env = "QISTATUS_MAX_CONCURRENT_REQUESTS", default_value_t = IntakeLimits::DEFAULT.max_concurrent)]
     pub max_concurrent_requests: usize,
 
+    /// Most bytes of webhook bodies over 64 KiB held in memory at once; past it such a body
+    /// is answered 503 with Retry-After. QI's webhooks are a few KiB and have a budget of
+    /// their own (--max-concurrent-requests × 64 KiB), so a flood of large bodies cannot
+    /// crowd them out.
+    #[arg(long, env = "QISTATUS_LARGE_BODY_MEMORY", default_value_t = IntakeLimits::DEFAULT.large_body_memory)]
+    pub large_body_memory: usize,
+
     /// Most webhook connections open at once. At the bound, the connection that has waited
     /// longest without a request being processed (idle, or still sending headers or body)
     /// is closed to admit a new one. Lowered at start if the process may not open that many files.
@@ -619,6 +626,7 @@ impl Config {
                     (None, false) => IntakeLimits::CLUSTER_REQUEST_TIMEOUT,
                 },
                 max_concurrent: self.max_concurrent_requests.max(1),
+                large_body_memory: self.large_body_memory,
                 max_connections: self.max_connections.max(1),
                 header_read_timeout: *self.header_read_timeout,
                 idle_timeout: *self.idle_timeout,

@@ -50,8 +50,12 @@ pub struct IntakeLimits {
     /// Most requests processed at once (verified, read and stored), counted from when a
     /// request's body has arrived whole; more wait their turn, for at most
     /// [`SLOT_WAIT`]. Bodies still arriving take no slot: they are bounded by the
-    /// connections and by [`IntakeLimits::body_budget`].
+    /// connections and by [`IntakeLimits::body_budgets`].
     pub max_concurrent: usize,
+    /// Most bytes of bodies larger than [`SMALL_BODY`] held in memory at once (a body that
+    /// would go past it is answered `503` with `Retry-After`): QI's webhooks are a few KiB,
+    /// so near-megabyte bodies are the flood this bounds, never a real sender.
+    pub large_body_memory: usize,
     /// Most connections open at once; at the bound, the connection idle longest is closed
     /// to make room (or the new one refused when every connection is busy).
     pub max_connections: usize,
@@ -71,6 +75,7 @@ impl IntakeLimits {
         max_body: 1024 * 1024,
         request_timeout: Duration::from_secs(4),
         max_concurrent: 512,
+        large_body_memory: 32 * 1024 * 1024,
         max_connections: 4096,
         header_read_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
@@ -85,11 +90,31 @@ impl IntakeLimits {
     /// timeout (seed 004), instead of answered `503` at 4 s.
     pub const CLUSTER_REQUEST_TIMEOUT: Duration = Duration::from_secs(9);
 
-    /// Most bytes of bodies held in memory at once, counted as they arrive: as many as the
-    /// request slots could hold. A body that would go past it is answered `503`.
-    pub fn body_budget(&self) -> usize {
-        self.max_concurrent.saturating_mul(self.max_body)
+    /// Most bytes of bodies held in memory at once, counted as they arrive (a body that
+    /// would go past its budget is answered `503`): small bodies (up to [`SMALL_BODY`]) as
+    /// many as the request slots could hold, and larger ones `large_body_memory`. Apart, so
+    /// that a flood of near-megabyte bodies leaves room for QI's few-KiB webhooks.
+    pub fn body_budgets(&self) -> BodyBudgets {
+        BodyBudgets {
+            small: self
+                .max_concurrent
+                .saturating_mul(SMALL_BODY.min(self.max_body)),
+            large: self.large_body_memory,
+        }
     }
+}
+
+/// A body up to this size is small: QI's webhooks are a few KiB (the seeds' largest is under
+/// 4 KiB).
+pub const SMALL_BODY: usize = 64 * 1024;
+
+/// See [`IntakeLimits::body_budgets`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyBudgets {
+    /// Bytes of bodies up to [`SMALL_BODY`].
+    pub small: usize,
+    /// Bytes of bodies over [`SMALL_BODY`].
+    pub large: usize,
 }
 
 /// Longest a request whose body has arrived waits for a slot before it is answered `503`
@@ -136,7 +161,7 @@ pub(crate) fn router(state: IntakeState, limits: IntakeLimits) -> Router {
             state,
             limits,
             slots: Arc::new(Semaphore::new(limits.max_concurrent)),
-            bodies: Arc::new(BodyBudget::new(limits.body_budget())),
+            bodies: Arc::new(BodyBudget::new(limits.body_budgets())),
         })
 }
 
@@ -156,49 +181,101 @@ struct WithLimits {
     bodies: Arc<BodyBudget>,
 }
 
-/// Bytes of request bodies held in memory, and their bound.
+/// Bytes of request bodies held in memory, and their bounds (see
+/// [`IntakeLimits::body_budgets`]).
 #[derive(Debug)]
 struct BodyBudget {
+    small: Pool,
+    large: Pool,
+}
+
+/// Bytes held of one bound.
+#[derive(Debug)]
+struct Pool {
     held: AtomicUsize,
     max: usize,
 }
 
-impl BodyBudget {
-    fn new(max: usize) -> BodyBudget {
-        BodyBudget {
+impl Pool {
+    fn new(max: usize) -> Pool {
+        Pool {
             held: AtomicUsize::new(0),
             max,
         }
     }
+
+    /// Takes `bytes`, unless that would go past the bound.
+    fn take(&self, bytes: usize) -> bool {
+        let before = self.held.fetch_add(bytes, Ordering::AcqRel);
+        if before.saturating_add(bytes) > self.max {
+            self.held.fetch_sub(bytes, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, Ordering::AcqRel);
+    }
 }
 
-/// Bytes one request holds of the [`BodyBudget`], given back when dropped.
+impl BodyBudget {
+    fn new(budgets: BodyBudgets) -> BodyBudget {
+        BodyBudget {
+            small: Pool::new(budgets.small),
+            large: Pool::new(budgets.large),
+        }
+    }
+}
+
+/// Bytes one request holds of the [`BodyBudget`], given back when dropped: of the small
+/// bodies' pool while it holds up to [`SMALL_BODY`], of the large ones' from then on.
 struct BodyHold {
     budget: Arc<BodyBudget>,
     bytes: usize,
 }
 
 impl BodyHold {
-    /// Takes `bytes` more, unless that would go past the bound.
-    fn take(&mut self, bytes: usize) -> Result<(), IntakeError> {
-        let budget = &self.budget;
-        let before = budget.held.fetch_add(bytes, Ordering::AcqRel);
-        if before.saturating_add(bytes) > budget.max {
-            budget.held.fetch_sub(bytes, Ordering::AcqRel);
-            return Err(IntakeError::Busy("too many request bodies held in memory"));
+    /// Takes `more` bytes, unless that would go past the bound.
+    fn take(&mut self, more: usize) -> Result<(), IntakeError> {
+        let (budget, total) = (&self.budget, self.bytes.saturating_add(more));
+        let taken = if total <= SMALL_BODY {
+            budget.small.take(more)
+        } else if self.bytes <= SMALL_BODY {
+            // Grown large: what it held moves to the large bodies' pool.
+            let moved = budget.large.take(total);
+            if moved {
+                budget.small.give_back(self.bytes);
+            }
+            moved
+        } else {
+            budget.large.take(more)
+        };
+        if !taken {
+            return Err(IntakeError::Busy(if total <= SMALL_BODY {
+                "too many request bodies held in memory"
+            } else {
+                "too many large request bodies held in memory (QI's webhooks are small)"
+            }));
         }
-        self.bytes += bytes;
+        self.bytes = total;
         Ok(())
     }
 }
 
 impl Drop for BodyHold {
     fn drop(&mut self) {
-        self.budget.held.fetch_sub(self.bytes, Ordering::AcqRel);
+        if self.bytes <= SMALL_BODY {
+            self.budget.small.give_back(self.bytes);
+        } else {
+            self.budget.large.give_back(self.bytes);
+        }
     }
 }
 
-/// Reads a body whole: at most `max` bytes, held in `hold` as they arrive.
+/// Reads a body whole: at most `max` bytes, held in `hold` as they arrive (what is allocated
+/// for them, exactly: a body in several frames is copied into one buffer sized from its
+/// declared length, or grown by doubling, and its growth is held before it happens).
 async fn read_body(
     body: axum::body::Body,
     max: usize,
@@ -207,33 +284,46 @@ async fn read_body(
     use http_body::Body as _;
     use http_body_util::BodyExt as _;
     // A declared length over the limit is refused before a byte of it is read.
-    if body.size_hint().lower() > max as u64 {
+    let declared = body.size_hint().lower();
+    if declared > max as u64 {
         return Err(IntakeError::BodyTooLarge(max));
     }
+    let declared = declared as usize;
     let mut body = body;
     let mut first: Option<Bytes> = None;
-    let mut rest = bytes::BytesMut::new();
+    let mut rest: Vec<u8> = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| IntakeError::Body(e.to_string()))?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
         let so_far = first.as_ref().map_or(0, Bytes::len) + rest.len();
-        if so_far + data.len() > max {
+        let needed = so_far + data.len();
+        if needed > max {
             return Err(IntakeError::BodyTooLarge(max));
         }
-        hold.take(data.len())?;
         // Most bodies come in one frame: kept as it came, without a copy.
-        match first.take() {
-            None if rest.is_empty() => first = Some(data),
-            Some(f) => {
-                rest.extend_from_slice(&f);
-                rest.extend_from_slice(&data);
-            }
-            None => rest.extend_from_slice(&data),
+        if so_far == 0 {
+            hold.take(data.len())?;
+            first = Some(data);
+            continue;
         }
+        if needed > rest.capacity() {
+            let target = needed
+                .max(declared)
+                .max(rest.capacity().saturating_mul(2))
+                .min(max);
+            // The first frame's bytes were held as they came; the buffer replaces them.
+            let held_already = first.as_ref().map_or(rest.capacity(), Bytes::len);
+            hold.take(target.saturating_sub(held_already))?;
+            rest.reserve_exact(target - rest.len());
+        }
+        if let Some(f) = first.take() {
+            rest.extend_from_slice(&f);
+        }
+        rest.extend_from_slice(&data);
     }
-    Ok(first.unwrap_or_else(|| rest.freeze()))
+    Ok(first.unwrap_or_else(|| Bytes::from(rest)))
 }
 
 /// The body of a successful answer.
@@ -606,6 +696,46 @@ mod tests {
     use super::*;
     use crate::domain::catalog::Catalog;
     use crate::store::{Store, WriterLimits, spawn_writer};
+
+    #[test]
+    fn small_and_large_bodies_have_budgets_of_their_own() {
+        let budget = Arc::new(BodyBudget::new(BodyBudgets {
+            small: 2 * SMALL_BODY,
+            large: 3 * SMALL_BODY,
+        }));
+        let hold = |bytes| BodyHold {
+            budget: budget.clone(),
+            bytes,
+        };
+        let mut large = hold(0);
+        large.take(SMALL_BODY).unwrap();
+        assert_eq!(budget.small.held.load(Ordering::Acquire), SMALL_BODY);
+        large.take(SMALL_BODY).unwrap();
+        assert_eq!(
+            (
+                budget.small.held.load(Ordering::Acquire),
+                budget.large.held.load(Ordering::Acquire)
+            ),
+            (0, 2 * SMALL_BODY),
+            "grown large, it moved to the large bodies' pool"
+        );
+        let mut another = hold(0);
+        another.take(SMALL_BODY).unwrap();
+        assert!(
+            matches!(another.take(1), Err(IntakeError::Busy(m)) if m.contains("large")),
+            "the large pool is full"
+        );
+        assert_eq!(budget.small.held.load(Ordering::Acquire), SMALL_BODY);
+        let mut small = hold(0);
+        small.take(SMALL_BODY).unwrap();
+        assert!(
+            matches!(hold(0).take(1), Err(IntakeError::Busy(_))),
+            "the small pool is full too"
+        );
+        drop((large, another, small));
+        assert_eq!(budget.small.held.load(Ordering::Acquire), 0);
+        assert_eq!(budget.large.held.load(Ordering::Acquire), 0);
+    }
 
     struct Intake {
         app: Router,

@@ -10,8 +10,33 @@ use qistatus::config::{Command, Config};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `purge_delay` option (its `mi_option_e` enum, v3), and the default it has in
+/// the version linked (1,000 ms).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+const MI_PURGE_DELAY_DEFAULT: std::ffi::c_long = 1000;
+
+/// Memory freed is given back to the system at once, not after mimalloc's delay: that delay
+/// runs out only when the thread that freed the memory allocates again, so after a burst
+/// (waves of near-megabyte bodies, issue 38) idle threads kept hundreds of MB for good.
+/// `MIMALLOC_PURGE_DELAY` in the environment still decides, when set (how the cost is
+/// measured: BENCHMARKS.md).
+fn return_freed_memory_at_once() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
+    // SAFETY: reading and setting an option are plain loads and stores of a value mimalloc
+    // reads at each purge; no memory is handed over. The option's number is checked against
+    // its known default first, so another mimalloc version is left as it is.
+    unsafe {
+        if libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) == MI_PURGE_DELAY_DEFAULT {
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    return_freed_memory_at_once();
     let config = Config::parse();
     config.init_logging();
     match config.command.clone().unwrap_or(Command::Serve) {

@@ -227,3 +227,130 @@ async fn watchers_resuming_from_zero_share_one_reading_of_the_log() {
     );
     server.terminate().await;
 }
+
+/// The most resident memory `pid` had while `work` ran, sampled every 50 ms, and `work`'s
+/// result.
+async fn peak_rss_during<T>(
+    server: &crate::process::ServerProcess,
+    work: impl std::future::Future<Output = T>,
+) -> (u64, T) {
+    let mut peak = server.rss_bytes();
+    let mut work = std::pin::pin!(work);
+    let mut sampling = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            done = &mut work => return (peak.max(server.rss_bytes()), done),
+            _ = sampling.tick() => peak = peak.max(server.rss_bytes()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn waves_of_near_megabyte_bodies_stay_within_the_bound_and_memory_comes_back() {
+    const WAVE: usize = 560;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerCommand::new(dir.path()).start().await;
+    let before = server.rss_bytes();
+    let url = format!("http://{}/webhooks", server.http);
+    // A real webhook (the same one each time: stored once, then answered `duplicate`) with a
+    // description that brings it just under the 1 MiB limit.
+    let big = bytes::Bytes::from(
+        serde_json::to_vec(&serde_json::json!({
+            "webhook_type": "debt", "key": "big", "status": "canceled",
+            "event_datetime": "2024-01-01 10:00:00", "description": "d".repeat(1024 * 1024 - 200),
+        }))
+        .unwrap(),
+    );
+    assert!(big.len() < 1024 * 1024);
+    // QI, meanwhile: a webhook every 20 ms.
+    let waves_done = tokio_util::sync::CancellationToken::new();
+    let sender = tokio::spawn({
+        let (url, waves_done) = (url.clone(), waves_done.clone());
+        async move {
+            let client = reqwest::Client::new();
+            let mut answers = Vec::new();
+            for i in 0.. {
+                let body = serde_json::to_vec(&serde_json::json!({
+                    "webhook_type": "debt", "key": format!("real{i}"), "status": "signed",
+                    "event_datetime": "2024-01-01 10:00:00",
+                }))
+                .unwrap();
+                let answer = client.post(&url).body(body).send().await;
+                answers.push(answer.map(|a| a.status().as_u16()).unwrap_or(0));
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    () = waves_done.cancelled() => break,
+                }
+            }
+            answers
+        }
+    });
+    let client = reqwest::Client::new();
+    let (peak, answered) = peak_rss_during(&server, async {
+        let mut answered = std::collections::BTreeMap::<u16, usize>::new();
+        for _ in 0..3 {
+            let mut posts = tokio::task::JoinSet::new();
+            for _ in 0..WAVE {
+                let (client, url, body) = (client.clone(), url.clone(), big.clone());
+                posts.spawn(async move {
+                    let answer = client.post(url).body(body).send().await;
+                    answer.map(|a| a.status().as_u16()).unwrap_or(0)
+                });
+            }
+            while let Some(code) = posts.join_next().await {
+                *answered.entry(code.unwrap()).or_default() += 1;
+            }
+        }
+        answered
+    })
+    .await;
+    waves_done.cancel();
+    let real = sender.await.unwrap();
+    let after = crate::wait::until_or_none(Duration::from_secs(10), || {
+        let now = server.rss_bytes();
+        std::future::ready((now < before + 64 * MB).then_some(now))
+    })
+    .await
+    .unwrap_or_else(|| server.rss_bytes());
+    eprintln!(
+        "RSS {} MB before, {} MB at the peak of 3 waves of {WAVE} near-1 MiB bodies ({:?}), \
+         {} MB after; the real sender's {} webhooks: {:?}",
+        before / MB,
+        peak / MB,
+        answered,
+        after / MB,
+        real.len(),
+        real.iter().fold(
+            std::collections::BTreeMap::<u16, usize>::new(),
+            |mut m, c| {
+                *m.entry(*c).or_default() += 1;
+                m
+            }
+        )
+    );
+    assert!(
+        real.len() >= 10 && real.iter().all(|code| *code == 200),
+        "{real:?}"
+    );
+    assert!(
+        answered.keys().all(|code| [200, 503].contains(code)),
+        "each large body stored (a duplicate) or turned away with 503: {answered:?}"
+    );
+    assert!(answered.get(&200).is_some_and(|n| *n > 0), "{answered:?}");
+    // Bodies over 64 KiB held at most 32 MiB at once, with what parsing them costs and the
+    // connections' buffers: well under the 512 MiB the old budget allowed (peaks of 800 MB
+    // and more here).
+    assert!(
+        peak < before + 256 * MB,
+        "peak RSS {} MB, {} MB before",
+        peak / MB,
+        before / MB
+    );
+    assert!(
+        after < before + 64 * MB,
+        "RSS stayed at {} MB after the waves ({} MB before)",
+        after / MB,
+        before / MB
+    );
+    server.terminate().await;
+}

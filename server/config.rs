@@ -192,6 +192,12 @@ pub struct Config {
     #[arg(long, env = "QISTATUS_WATCH_CATCH_UP_READERS", default_value_t = FeedSettings::DEFAULT.catch_up_readers)]
     pub watch_catch_up_readers: usize,
 
+    /// Changes older than the recent window delivered a second, for all watchers catching up
+    /// together (0: as fast as they read): delivering costs CPU the intake needs. Live changes
+    /// are never paced.
+    #[arg(long, env = "QISTATUS_WATCH_CATCH_UP_RATE", default_value_t = FeedSettings::DEFAULT.catch_up_rate)]
+    pub watch_catch_up_rate: u32,
+
     /// QI Tech's public key (PEM, ECDSA P-521) that signs webhooks. Repeat for rotation.
     /// With a key, every webhook must carry QI Tech's signature.
     #[arg(
@@ -655,6 +661,7 @@ impl Config {
                 progress_interval: (*self.watch_progress_interval).max(Duration::from_millis(10)),
                 max_subscribers: self.max_watchers.max(1),
                 catch_up_readers: self.watch_catch_up_readers.max(1),
+                catch_up_rate: self.watch_catch_up_rate,
                 ..FeedSettings::DEFAULT
             },
             log_retention: days(self.log_retention_days),

@@ -17,7 +17,12 @@
 //!   out first), so the next watcher needing the same chunk finds it there: 300 watchers
 //!   resuming from 0 cost about one reading of the log, not 300;
 //! - a chunk ending past the head is worked out as far as the head and served; the next
-//!   watcher needing more reads it again, complete.
+//!   watcher needing more reads it again, complete;
+//! - what watchers receive of older changes is paced, `rate` a second for all of them
+//!   ([`CatchUp::pace`]): each change delivered costs CPU on the threads the intake runs on
+//!   (converting, encoding, HTTP/2), and 1,000 watchers catching up at a million changes a
+//!   second made a fresh webhook's `200` p99 97 times its idle p99 (BENCHMARKS.md). Changes
+//!   of the recent window (live ones) are never paced.
 //!
 //! Trade-off: one reader makes a single watcher's catch-up no faster than one core can work
 //! out changes (hundreds of thousands a second here); a machine with cores to spare raises
@@ -31,6 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
+use tokio::time::{Duration, Instant};
 
 use crate::domain::catalog::Catalog;
 use crate::reload::CatalogHandle;
@@ -60,7 +66,15 @@ pub(crate) struct CatchUp {
     cache: Mutex<Cache>,
     /// Changes worked out from the log since the start.
     worked_out: AtomicU64,
+    /// When the pace next lets a change through; `None`: not paced.
+    next_turn: Option<Mutex<Instant>>,
+    /// What one change delivered costs of the pace.
+    per_change: Duration,
 }
+
+/// How much of the pace an idle moment lets build up: a watcher resuming alone gets this
+/// much at once.
+const BURST: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Default)]
 struct Cache {
@@ -125,12 +139,14 @@ impl Cache {
 
 impl CatchUp {
     /// Older changes of `store`, worked out under `catalog`'s current catalog by at most
-    /// `readers` at once and kept in at most `cache_bytes`.
+    /// `readers` at once and kept in at most `cache_bytes`, delivered `rate` a second for all
+    /// subscribers (0: as fast as they go).
     pub(crate) fn new(
         store: Store,
         catalog: CatalogHandle,
         readers: usize,
         cache_bytes: usize,
+        rate: u32,
     ) -> Self {
         CatchUp {
             store,
@@ -141,7 +157,28 @@ impl CatchUp {
                 ..Cache::default()
             }),
             worked_out: AtomicU64::new(0),
+            next_turn: (rate > 0).then(|| Mutex::new(Instant::now())),
+            per_change: Duration::from_secs(1) / rate.max(1),
         }
+    }
+
+    /// Waits until the pace has room for `delivered` more older changes: called after a
+    /// subscriber queued them, holding nothing, so the pace spaces its next chunk.
+    pub(crate) async fn pace(&self, delivered: usize) {
+        let Some(next_turn) = &self.next_turn else {
+            return;
+        };
+        if delivered == 0 {
+            return;
+        }
+        let until = {
+            let mut next = next_turn.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let from = (*next).max(now.checked_sub(BURST).unwrap_or(now));
+            *next = from + self.per_change * u32::try_from(delivered).unwrap_or(u32::MAX);
+            *next
+        };
+        tokio::time::sleep_until(until).await;
     }
 
     /// Changes worked out from the log since the start (cache hits not counted).

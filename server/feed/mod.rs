@@ -135,6 +135,8 @@ pub struct FeedSettings {
     pub catch_up_readers: usize,
     /// Bytes of worked-out older changes kept for the subscribers that need them next.
     pub catch_up_cache_bytes: usize,
+    /// Older changes delivered a second, for all subscribers together (0: unpaced).
+    pub catch_up_rate: u32,
 }
 
 impl FeedSettings {
@@ -146,6 +148,7 @@ impl FeedSettings {
         queue_bytes: 64 * 1024,
         catch_up_readers: 1,
         catch_up_cache_bytes: 16 * 1024 * 1024,
+        catch_up_rate: 50_000,
     };
 }
 
@@ -193,6 +196,7 @@ impl ChangeFeed {
                 catalog,
                 settings.catch_up_readers,
                 settings.catch_up_cache_bytes,
+                settings.catch_up_rate,
             )),
             store,
             recent,
@@ -378,22 +382,24 @@ impl Subscriber {
             .recent
             .after(after, head, RECENT_CHUNK)
             .filter(|chunk| !chunk.is_empty());
-        let older;
-        let (changes, through) = match &recent {
-            Some(chunk) => (
+        let older = match recent {
+            Some(_) => None,
+            None => Some(tokio::select! {
+                chunk = self.read_older(head) => chunk?,
+                () = self.stop.cancelled() => return Err(self.shutting_down()),
+                () = self.tx.closed() => return Err(End::Gone),
+            }),
+        };
+        let (changes, through) = match (&recent, &older) {
+            (_, Some(chunk)) => (chunk.changes.as_slice(), chunk.through),
+            (Some(chunk), None) => (
                 chunk.as_slice(),
                 chunk.last().map_or(after, |(sequence, _)| *sequence),
             ),
-            None => {
-                older = tokio::select! {
-                    chunk = self.read_older(head) => chunk?,
-                    () = self.stop.cancelled() => return Err(self.shutting_down()),
-                    () = self.tx.closed() => return Err(End::Gone),
-                };
-                (older.changes.as_slice(), older.through)
-            }
+            (None, None) => (&[][..], after),
         };
-        let mut sent = false;
+        let mut sent = 0;
+        let mut full = false;
         for (sequence, change) in changes.iter().filter(|(sequence, _)| *sequence > after) {
             if self.filter.matches(change) {
                 let event = FeedEvent::Change {
@@ -401,15 +407,28 @@ impl Subscriber {
                     change: change.clone(),
                 };
                 match self.tx.try_send(Ok(event)) {
-                    Ok(()) => sent = true,
-                    Err(NotNow::Full) => return Ok(sent),
+                    Ok(()) => sent += 1,
+                    Err(NotNow::Full) => {
+                        full = true;
+                        break;
+                    }
                     Err(NotNow::Gone) => return Err(End::Gone),
                 }
             }
             self.cursor = *sequence;
         }
-        self.cursor = self.cursor.max(through);
-        Ok(sent)
+        if !full {
+            self.cursor = self.cursor.max(through);
+        }
+        if older.is_some() {
+            // Older changes take their turn in the pace, the chunk let go first.
+            drop(older);
+            tokio::select! {
+                () = self.older.pace(sent) => {}
+                () = self.stop.cancelled() => return Err(self.shutting_down()),
+            }
+        }
+        Ok(sent > 0)
     }
 
     /// The chunk of older changes (the recent window no longer holds them) that follows the

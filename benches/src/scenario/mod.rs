@@ -70,6 +70,10 @@ pub struct Sizes {
     pub scale_large: usize,
     /// List pages timed at each size.
     pub list_pages: usize,
+    /// Watchers that resume from sequence 0 on the large store while the intake is timed.
+    pub catch_up_watchers: usize,
+    /// Webhooks timed (one at a time, paced) idle and again while they catch up.
+    pub catch_up_posts: usize,
 }
 
 impl Sizes {
@@ -90,6 +94,8 @@ impl Sizes {
                 scale_small: 1_000,
                 scale_large: 5_000,
                 list_pages: 50,
+                catch_up_watchers: 50,
+                catch_up_posts: 100,
             }
         } else {
             Sizes {
@@ -106,6 +112,8 @@ impl Sizes {
                 scale_small: 1_000,
                 scale_large: 1_000_000,
                 list_pages: 1_000,
+                catch_up_watchers: 1_000,
+                catch_up_posts: 1_000,
             }
         }
     }

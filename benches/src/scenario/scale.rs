@@ -45,6 +45,7 @@ pub async fn run(cx: &Context, report: &mut Report) {
     let ports = server.ports();
     // Idle, with the overdue clock looking every second (the default).
     let clock_on = idle_cpu(&server).await;
+    let catch_up = intake_while_catching_up(&server, s.catch_up_watchers, s.catch_up_posts).await;
     // A last burst, then a crash: the restart replays whatever sled had not checkpointed.
     let burst = s.scale_large / 100;
     populate(&server, s.scale_large, s.scale_large + burst, s.concurrency).await;
@@ -58,6 +59,7 @@ pub async fn run(cx: &Context, report: &mut Report) {
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let clock_off = idle_cpu(&server).await;
     server.stop().await;
+    catch_up.report(report, s.scale_large);
     let (s99, l99) = (small.value_at_quantile(0.99), large.value_at_quantile(0.99));
     let page = |n: usize| format!("ListByStatus page of 100, p99, at {n}");
     report.row("scale", &page(s.scale_small), ms(s99), None, "");
@@ -172,6 +174,118 @@ const OVERDUE_EVERY: usize = 100;
 
 /// Posts operations `from..to` (small debts spread over four statuses, one in
 /// [`OVERDUE_EVERY`] a `waiting_signature` two days old); returns the rate.
+/// The intake's latency idle and while watchers resume from sequence 0.
+struct CatchUp {
+    watchers: usize,
+    idle: Histogram<u64>,
+    busy: Histogram<u64>,
+    /// Changes the watchers received while the intake was timed.
+    delivered: u64,
+    seconds: f64,
+}
+
+impl CatchUp {
+    fn report(&self, report: &mut Report, size: usize) {
+        let (idle, busy) = (
+            self.idle.value_at_quantile(0.99),
+            self.busy.value_at_quantile(0.99),
+        );
+        let what = |when: &str| format!("a fresh webhook's 200, p99, at {size}, {when}");
+        report.row("scale", &what("idle"), ms(idle), None, "");
+        report.row(
+            "scale",
+            &what(&format!(
+                "while {} watchers catch up from sequence 0",
+                self.watchers
+            )),
+            ms(busy),
+            Some(busy as f64 / idle as f64),
+            "≤ 2× idle",
+        );
+        report.notes.push(format!(
+            "catch-up: {} webhooks posted one at a time every 10 ms, idle and then while {} \
+             watchers of everything resumed from sequence 0 on the {size}-operation store \
+             (their changes worked out from the log, one reader at a time); they received \
+             {} changes ({:.0}/s) while the intake was timed; p50 idle {}, while catching up {}.",
+            self.idle.len(),
+            self.watchers,
+            self.delivered,
+            self.delivered as f64 / self.seconds,
+            ms(self.idle.value_at_quantile(0.5)),
+            ms(self.busy.value_at_quantile(0.5)),
+        ));
+    }
+}
+
+/// Times `posts` fresh webhooks, one every 10 ms, idle and then while `watchers` watchers
+/// of everything resume from sequence 0 and read as fast as they can.
+async fn intake_while_catching_up(server: &Process, watchers: usize, posts: usize) -> CatchUp {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let template: serde_json::Value = serde_json::from_str(SMALL_DEBTS[1]).expect("fixture");
+    let client = http_client();
+    let url = format!("{}/webhooks", server.http);
+    let timed = |round: &'static str| {
+        let (client, url, template) = (client.clone(), url.clone(), template.clone());
+        async move {
+            let mut latencies = histogram();
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
+            for i in 0..posts {
+                tick.tick().await;
+                let mut value = template.clone();
+                value["key"] = format!("catch-up-{round}-{i:06}").into();
+                let body = Bytes::from(serde_json::to_vec(&value).expect("serializes"));
+                let started = Instant::now();
+                if post(&client, &url, body).await.is_some() {
+                    let _ = latencies.record(started.elapsed().as_micros() as u64);
+                }
+            }
+            latencies
+        }
+    };
+    let idle = timed("idle").await;
+    let delivered = Arc::new(AtomicU64::new(0));
+    let mut readers = tokio::task::JoinSet::new();
+    for (w, channel) in channels(&server.grpc, 16)
+        .await
+        .into_iter()
+        .cycle()
+        .take(watchers)
+        .enumerate()
+    {
+        let delivered = delivered.clone();
+        readers.spawn(async move {
+            let mut grpc = OperationStatusServiceClient::new(channel);
+            let request = pb::WatchOperationRequest {
+                start_after_sequence: Some(0),
+                ..Default::default()
+            };
+            let Ok(answer) = grpc.watch_operation(request).await else {
+                eprintln!("watcher {w} refused");
+                return;
+            };
+            let mut stream = answer.into_inner();
+            while let Ok(Some(_)) = stream.message().await {
+                delivered.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    // Let every watcher start before the intake is timed again.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let (started, before) = (Instant::now(), delivered.load(Ordering::Relaxed));
+    let busy = timed("busy").await;
+    let seconds = started.elapsed().as_secs_f64();
+    let delivered = delivered.load(Ordering::Relaxed) - before;
+    readers.abort_all();
+    while readers.join_next().await.is_some() {}
+    CatchUp {
+        watchers,
+        idle,
+        busy,
+        delivered,
+        seconds,
+    }
+}
+
 async fn populate(server: &Process, from: usize, to: usize, concurrency: usize) -> f64 {
     let templates: Arc<Vec<serde_json::Value>> = Arc::new(
         SMALL_DEBTS

@@ -112,11 +112,7 @@ async fn verify(server: &ServerProcess, acked: &[Acked]) -> u64 {
     };
     // Every sequence from 1 to the head, each once, in order.
     let mut all = grpc
-        .watch_operation(pb::WatchOperationRequest {
-            start_after_sequence: Some(0),
-            include_unchanged: true,
-            ..Default::default()
-        })
+        .watch_operation(crate::memory::everything_from_zero())
         .await
         .unwrap()
         .into_inner();

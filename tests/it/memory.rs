@@ -10,6 +10,31 @@ use crate::process::ServerCommand;
 
 const MB: u64 = 1024 * 1024;
 
+/// Posts `body` to the intake at `http` beside the posts in flight in `posts`, keeping at most
+/// `in_flight` of them: each must be answered `200`.
+async fn post_accepted(
+    posts: &mut tokio::task::JoinSet<reqwest::StatusCode>,
+    client: &reqwest::Client,
+    http: &std::net::SocketAddr,
+    body: Vec<u8>,
+    in_flight: usize,
+) {
+    let (client, url) = (client.clone(), format!("http://{http}/webhooks"));
+    posts.spawn(async move { client.post(url).body(body).send().await.unwrap().status() });
+    if posts.len() >= in_flight {
+        assert_eq!(posts.join_next().await.unwrap().unwrap(), 200);
+    }
+}
+
+/// Every change from the first sequence on, unchanged webhooks included.
+pub fn everything_from_zero() -> pb::WatchOperationRequest {
+    pb::WatchOperationRequest {
+        start_after_sequence: Some(0),
+        include_unchanged: true,
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
 async fn long_descriptions_and_stalled_watchers_do_not_grow_memory_without_bound() {
     let dir = tempfile::tempdir().unwrap();
@@ -39,11 +64,7 @@ async fn long_descriptions_and_stalled_watchers_do_not_grow_memory_without_bound
             "event_datetime": "2024-01-01 10:00:00", "description": description,
         }))
         .unwrap();
-        let (client, url) = (client.clone(), format!("http://{}/webhooks", server.http));
-        posts.spawn(async move { client.post(url).body(body).send().await.unwrap().status() });
-        if posts.len() >= 8 {
-            assert_eq!(posts.join_next().await.unwrap().unwrap(), 200);
-        }
+        post_accepted(&mut posts, &client, &server.http, body, 8).await;
     }
     while let Some(status) = posts.join_next().await {
         assert_eq!(status.unwrap(), 200);
@@ -89,11 +110,7 @@ async fn restarted_on_histories(
                 "description": description,
             }))
             .unwrap();
-            let (client, url) = (client.clone(), format!("http://{}/webhooks", server.http));
-            posts.spawn(async move { client.post(url).body(body).send().await.unwrap().status() });
-            if posts.len() >= 32 {
-                assert_eq!(posts.join_next().await.unwrap().unwrap(), 200);
-            }
+            post_accepted(&mut posts, &client, &server.http, body, 32).await;
         }
     }
     while let Some(status) = posts.join_next().await {
@@ -137,11 +154,7 @@ async fn a_thousand_stalled_watchers_on_one_connection_cost_a_bounded_queue_each
     for _ in 0..WATCHERS {
         let mut grpc = OperationStatusServiceClient::new(channel.clone());
         let stream = grpc
-            .watch_operation(pb::WatchOperationRequest {
-                start_after_sequence: Some(0),
-                include_unchanged: true,
-                ..Default::default()
-            })
+            .watch_operation(everything_from_zero())
             .await
             .unwrap()
             .into_inner();
@@ -194,11 +207,7 @@ async fn watchers_resuming_from_zero_share_one_reading_of_the_log() {
         let mut grpc = OperationStatusServiceClient::new(channel.clone());
         watchers.spawn(async move {
             let mut stream = grpc
-                .watch_operation(pb::WatchOperationRequest {
-                    start_after_sequence: Some(0),
-                    include_unchanged: true,
-                    ..Default::default()
-                })
+                .watch_operation(everything_from_zero())
                 .await
                 .unwrap()
                 .into_inner();

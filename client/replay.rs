@@ -165,7 +165,7 @@ async fn post(http: &reqwest::Client, replay: &Replay, body: &[u8]) -> Outcome {
                     .headers()
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok());
+                    .and_then(qistatus::backoff::retry_after);
                 let answer = match response.bytes().await {
                     Ok(bytes) => acknowledgement(&bytes),
                     Err(_) => serde_json::Value::Null,
@@ -177,7 +177,7 @@ async fn post(http: &reqwest::Client, replay: &Replay, body: &[u8]) -> Outcome {
                     (503, _) => {
                         last_error = format!("the intake is busy ({status})");
                         let wait = backoff.next_delay();
-                        tokio::time::sleep(retry_after.map_or(wait, Duration::from_secs)).await;
+                        tokio::time::sleep(retry_after.unwrap_or(wait)).await;
                     }
                     _ => {
                         let reason = answer["error"].as_str().unwrap_or("no reason given");

@@ -70,9 +70,25 @@ impl Default for Backoff {
     }
 }
 
+/// The wait a `Retry-After` header's value asks for, in its delta-seconds form (what
+/// qistatus's intake and QI's API send); `None` for an HTTP date or anything else, which
+/// leaves the wait to the schedule.
+pub fn retry_after(value: &str) -> Option<Duration> {
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_only() {
+        assert_eq!(retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(retry_after(" 120 "), Some(Duration::from_secs(120)));
+        for other in ["", "-1", "1.5", "Wed, 21 Oct 2015 07:28:00 GMT"] {
+            assert_eq!(retry_after(other), None, "{other:?}");
+        }
+    }
 
     #[test]
     fn backoff_doubles_to_its_ceiling_with_jitter_and_resets() {

@@ -489,8 +489,7 @@ impl QiApi {
                         .headers()
                         .get("retry-after")
                         .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
+                        .and_then(crate::backoff::retry_after);
                     let headers = response.headers().clone();
                     match read_bounded(response).await {
                         Err(reason) => reason,

@@ -378,25 +378,28 @@ impl Subscriber {
             () = self.stop.cancelled() => return Err(self.shutting_down()),
         }
         let after = self.cursor;
-        let recent = self
+        // From the recent window, or else the older changes' chunk that follows the cursor.
+        let (recent, older) = match self
             .recent
             .after(after, head, RECENT_CHUNK)
-            .filter(|chunk| !chunk.is_empty());
-        let older = match recent {
-            Some(_) => None,
-            None => Some(tokio::select! {
-                chunk = self.read_older(head) => chunk?,
-                () = self.stop.cancelled() => return Err(self.shutting_down()),
-                () = self.tx.closed() => return Err(End::Gone),
-            }),
-        };
-        let (changes, through) = match (&recent, &older) {
-            (_, Some(chunk)) => (chunk.changes.as_slice(), chunk.through),
-            (Some(chunk), None) => (
-                chunk.as_slice(),
-                chunk.last().map_or(after, |(sequence, _)| *sequence),
+            .filter(|chunk| !chunk.is_empty())
+        {
+            Some(recent) => (recent, None),
+            None => (
+                Vec::new(),
+                Some(tokio::select! {
+                    chunk = self.read_older(head) => chunk?,
+                    () = self.stop.cancelled() => return Err(self.shutting_down()),
+                    () = self.tx.closed() => return Err(End::Gone),
+                }),
             ),
-            (None, None) => (&[][..], after),
+        };
+        let (changes, through) = match &older {
+            Some(chunk) => (chunk.changes.as_slice(), chunk.through),
+            None => (
+                recent.as_slice(),
+                recent.last().map_or(after, |(sequence, _)| *sequence),
+            ),
         };
         let mut sent = 0;
         let mut full = false;

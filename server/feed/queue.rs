@@ -19,6 +19,7 @@ use crate::store::Change;
 pub(crate) type Item = Result<FeedEvent, FeedError>;
 
 /// An item and the bytes it holds of the queue's budget.
+#[derive(Debug)]
 struct Queued {
     item: Item,
     bytes: u32,
@@ -36,14 +37,6 @@ pub(crate) struct QueueSender {
 pub(crate) struct Subscription {
     rx: mpsc::Receiver<Queued>,
     room: Arc<Semaphore>,
-}
-
-impl std::fmt::Debug for Queued {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queued")
-            .field("bytes", &self.bytes)
-            .finish()
-    }
 }
 
 /// The receiver went away.

@@ -30,6 +30,10 @@ pub(crate) struct QueueSender {
     tx: mpsc::Sender<Queued>,
     room: Arc<Semaphore>,
     budget: u32,
+    /// The bytes the last item refused for want of room needs: what [`QueueSender::room`]
+    /// waits for, so an item larger than a quarter of the budget is not offered again and
+    /// again while the room it needs is not there.
+    wanted: u32,
 }
 
 /// The receiving end of one subscription; dropping it ends the subscription.
@@ -63,6 +67,7 @@ pub(crate) fn queue(events: usize, bytes: usize) -> (QueueSender, Subscription) 
             tx,
             room: room.clone(),
             budget,
+            wanted: 0,
         },
         Subscription { rx, room },
     )
@@ -91,11 +96,14 @@ impl QueueSender {
     }
 
     /// Queues `item` if it fits now.
-    pub(crate) fn try_send(&self, item: Item) -> Result<(), NotNow> {
+    pub(crate) fn try_send(&mut self, item: Item) -> Result<(), NotNow> {
         let bytes = self.share_of(&item);
         let permit = match self.room.try_acquire_many(bytes) {
             Ok(permit) => permit,
-            Err(TryAcquireError::NoPermits) => return Err(NotNow::Full),
+            Err(TryAcquireError::NoPermits) => {
+                self.wanted = bytes;
+                return Err(NotNow::Full);
+            }
             Err(TryAcquireError::Closed) => return Err(NotNow::Gone),
         };
         match self.tx.try_send(Queued { item, bytes }) {
@@ -124,14 +132,16 @@ impl QueueSender {
         Ok(())
     }
 
-    /// Waits until a quarter of the budget and an event's place are free: what the
-    /// subscriber waits for, holding nothing, before it fetches more changes.
-    pub(crate) async fn room(&self) -> Result<(), Gone> {
-        let quarter = (self.budget / 4).max(1);
+    /// Waits until a quarter of the budget (or what the last refused item needs, if more)
+    /// and an event's place are free: what the subscriber waits for, holding nothing, before
+    /// it fetches more changes.
+    pub(crate) async fn room(&mut self) -> Result<(), Gone> {
+        let needed = (self.budget / 4).max(self.wanted).max(1);
         tokio::select! {
-            permit = self.room.acquire_many(quarter) => drop(permit.map_err(|_| Gone)?),
+            permit = self.room.acquire_many(needed) => drop(permit.map_err(|_| Gone)?),
             () = self.tx.closed() => return Err(Gone),
         }
+        self.wanted = 0;
         let place = self.tx.reserve().await.map_err(|_| Gone)?;
         drop(place);
         Ok(())
@@ -162,11 +172,14 @@ impl Subscription {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::domain::reconcile::{Operation, Phase};
 
     #[tokio::test]
     async fn bounded_in_bytes_and_events_and_given_back_when_taken() {
-        let (tx, mut rx) = queue(100, 3 * bytes_of(&Ok(FeedEvent::Progress(0))));
+        let (mut tx, mut rx) = queue(100, 3 * bytes_of(&Ok(FeedEvent::Progress(0))));
         for n in 0..3 {
             tx.try_send(Ok(FeedEvent::Progress(n))).unwrap();
         }
@@ -178,7 +191,7 @@ mod tests {
         tx.room().await.unwrap();
         tx.try_send(Ok(FeedEvent::Progress(3))).unwrap();
 
-        let (few, _rx) = queue(1, 1 << 20);
+        let (mut few, _rx) = queue(1, 1 << 20);
         few.try_send(Ok(FeedEvent::Progress(0))).unwrap();
         assert!(matches!(
             few.try_send(Ok(FeedEvent::Progress(1))),
@@ -186,9 +199,54 @@ mod tests {
         ));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn after_a_refusal_room_waits_for_what_the_refused_item_needs() {
+        let small = bytes_of(&Ok(FeedEvent::Progress(0)));
+        let op = Operation {
+            kind: "debt".into(),
+            key: "k".into(),
+            status: "signed".into(),
+            phase: Phase::Pending,
+            detail: "d".repeat(4 * small),
+            event_time: None,
+            first_received_at: 0,
+            updated_at: 0,
+            version: 1,
+            last_sequence: 1,
+            history: Vec::new(),
+            conflict: Vec::new(),
+            milestones: Vec::new(),
+            facts: Vec::new(),
+        };
+        let initial = || Ok(FeedEvent::Initial(Box::new(op.clone())));
+        let large = bytes_of(&initial());
+        // Room for it and half as much again; small items fill all but less than it (more
+        // than a quarter of the budget stays free).
+        let budget = large + large / 2;
+        let (mut tx, mut rx) = queue(1000, budget);
+        let mut queued = 0;
+        while budget - queued * small >= large {
+            tx.try_send(Ok(FeedEvent::Progress(0))).unwrap();
+            queued += 1;
+        }
+        assert!(budget - queued * small >= budget / 4);
+        assert!(matches!(tx.try_send(initial()), Err(NotNow::Full)));
+        assert!(
+            tokio::time::timeout(Duration::from_secs(60), tx.room())
+                .await
+                .is_err(),
+            "a quarter is free, not what the refused item needs"
+        );
+        for _ in 0..queued {
+            rx.recv().await.unwrap().unwrap();
+        }
+        tx.room().await.unwrap();
+        tx.try_send(initial()).unwrap();
+    }
+
     #[tokio::test]
     async fn an_item_over_the_whole_budget_goes_alone() {
-        let (tx, mut rx) = queue(10, 8);
+        let (mut tx, mut rx) = queue(10, 8);
         tx.send(Ok(FeedEvent::Progress(0))).await.unwrap();
         assert!(matches!(
             tx.try_send(Ok(FeedEvent::Progress(1))),
@@ -200,7 +258,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_receiver_that_went_away_is_seen() {
-        let (tx, rx) = queue(1, 1024);
+        let (mut tx, rx) = queue(1, 1024);
         drop(rx);
         assert!(matches!(
             tx.try_send(Ok(FeedEvent::Progress(0))),

@@ -368,6 +368,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
             intake_connections: as_gauge(state.intake.open() as u64),
             grpc_connections: as_gauge(state.grpc.open() as u64),
             watchers: as_gauge(state.feed.subscribers() as u64),
+            watchers_stalled: as_gauge(state.feed.stalled() as u64),
             log_bytes: as_gauge(log_bytes),
             oldest_sequence: as_gauge((compacted + 1).min(head.max(1))),
             head_sequence: as_gauge(head),

@@ -183,7 +183,7 @@ pub struct Config {
     pub watch_progress_interval: humantime::Duration,
 
     /// Most watch streams open at once. Each that stops reading holds at most its queue
-    /// (64 KiB as counted, under 100 KB measured): the default's worst case is about 400 MB.
+    /// (64 KiB as counted, about 100 KB measured): the default's worst case is about 400 MB.
     #[arg(long, env = "QISTATUS_MAX_WATCHERS", default_value_t = FeedSettings::DEFAULT.max_subscribers)]
     pub max_watchers: usize,
 

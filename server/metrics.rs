@@ -92,6 +92,8 @@ pub(crate) struct Snapshot {
     pub(crate) grpc_connections: i64,
     /// Open watch streams.
     pub(crate) watchers: i64,
+    /// Watch streams whose queue is full: their readers do not read.
+    pub(crate) watchers_stalled: i64,
     /// Bytes of the event log on disk.
     pub(crate) log_bytes: i64,
     /// The oldest sequence still in the log.
@@ -145,6 +147,7 @@ struct Gauges {
     queue_depth: Gauge,
     connections: Family<ListenerLabels, Gauge>,
     watchers: Gauge,
+    watchers_stalled: Gauge,
     log_bytes: Gauge,
     oldest_sequence: Gauge,
     head_sequence: Gauge,
@@ -213,6 +216,12 @@ impl Metrics {
             gauges.connections.clone(),
         );
         registry.register("watchers", "Open watch streams", gauges.watchers.clone());
+        registry.register(
+            "watchers_stalled",
+            "Watch streams whose queue is full, waiting for their reader (each holds at most \
+             its queue)",
+            gauges.watchers_stalled.clone(),
+        );
         registry.register(
             "log_bytes",
             "Bytes of the event log on disk",
@@ -450,6 +459,7 @@ impl Metrics {
                 .set(open);
         }
         g.watchers.set(snapshot.watchers);
+        g.watchers_stalled.set(snapshot.watchers_stalled);
         g.log_bytes.set(snapshot.log_bytes);
         g.oldest_sequence.set(snapshot.oldest_sequence);
         g.head_sequence.set(snapshot.head_sequence);
@@ -532,6 +542,7 @@ mod tests {
         });
         let text = metrics.encode(Snapshot {
             watchers: 3,
+            watchers_stalled: 2,
             view_keys_written: 12,
             changes_from_log: 7,
             ..Snapshot::default()
@@ -543,6 +554,7 @@ mod tests {
             "qistatus_grpc_requests_total{method=\"GetOperation\",code=\"NOT_FOUND\"} 1",
             "qistatus_ack_seconds_count 3",
             "qistatus_watchers 3",
+            "qistatus_watchers_stalled 2",
             "qistatus_view_keys_written_total 12",
             "qistatus_feed_changes_from_log_total 7",
         ] {

@@ -30,6 +30,7 @@
 //!   reconnect.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
@@ -173,6 +174,8 @@ pub(crate) struct ChangeFeed {
     catch_up: Duration,
     /// Changes older than the recent window, for every subscriber.
     older: Arc<CatchUp>,
+    /// Subscribers waiting for room in their queue.
+    stalled: Arc<AtomicUsize>,
 }
 
 /// How many changes a subscriber takes from the recent window at a time.
@@ -205,6 +208,7 @@ impl ChangeFeed {
             permits: Arc::new(Semaphore::new(settings.max_subscribers)),
             settings,
             catch_up: Duration::ZERO,
+            stalled: Arc::default(),
         }
     }
 
@@ -233,6 +237,12 @@ impl ChangeFeed {
     /// Subscriptions open now.
     pub(crate) fn subscribers(&self) -> usize {
         self.settings.max_subscribers - self.permits.available_permits()
+    }
+
+    /// Subscribers whose queue is full, waiting for their reader (what
+    /// `qistatus_watchers_stalled` shows).
+    pub(crate) fn stalled(&self) -> usize {
+        self.stalled.load(Ordering::Relaxed)
     }
 
     /// Changes worked out from the log, since the start, for subscribers behind the recent
@@ -279,6 +289,7 @@ impl ChangeFeed {
         let subscriber = Subscriber {
             store: self.store.clone(),
             older: self.older.clone(),
+            stalled: self.stalled.clone(),
             recent: self.recent.clone(),
             filter,
             cursor,
@@ -298,6 +309,7 @@ impl ChangeFeed {
 struct Subscriber {
     store: Store,
     older: Arc<CatchUp>,
+    stalled: Arc<AtomicUsize>,
     recent: Arc<RecentChanges>,
     filter: FeedFilter,
     cursor: u64,
@@ -305,6 +317,22 @@ struct Subscriber {
     stop: CancellationToken,
     tx: QueueSender,
     progress_interval: Duration,
+}
+
+/// One subscriber counted among the stalled while this lives.
+struct Stalled(Arc<AtomicUsize>);
+
+impl Stalled {
+    fn count(stalled: &Arc<AtomicUsize>) -> Stalled {
+        stalled.fetch_add(1, Ordering::Relaxed);
+        Stalled(stalled.clone())
+    }
+}
+
+impl Drop for Stalled {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Why a subscriber stops.
@@ -373,10 +401,12 @@ impl Subscriber {
     /// queued any. It waits for room first, holding nothing: a watcher that stopped reading
     /// keeps no changes but those queued.
     async fn catch_up(&mut self, head: u64) -> Result<bool, End> {
+        let stalled = self.tx.refused().then(|| Stalled::count(&self.stalled));
         tokio::select! {
             room = self.tx.room() => room.map_err(|_| End::Gone)?,
             () = self.stop.cancelled() => return Err(self.shutting_down()),
         }
+        drop(stalled);
         let after = self.cursor;
         // From the recent window, or else the older changes' chunk that follows the cursor.
         let (recent, older) = match self

@@ -112,7 +112,10 @@ impl QueueSender {
                 permit.forget();
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(_)) => Err(NotNow::Full),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.wanted = bytes;
+                Err(NotNow::Full)
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(NotNow::Gone),
         }
     }
@@ -130,6 +133,11 @@ impl QueueSender {
             .map_err(|_| Gone)?;
         permit.forget();
         Ok(())
+    }
+
+    /// Whether the last item offered was refused for want of room, and no room came since.
+    pub(crate) fn refused(&self) -> bool {
+        self.wanted > 0
     }
 
     /// Waits until a quarter of the budget (or what the last refused item needs, if more)

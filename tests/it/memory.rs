@@ -161,16 +161,15 @@ async fn a_thousand_stalled_watchers_on_one_connection_cost_a_bounded_queue_each
         stalled.push(stream);
     }
     assert_eq!(metric(&server, "qistatus_watchers").await, WATCHERS as f64);
-    // Every watcher has filled its queue by the time the work done for them stops growing.
-    let mut last = -1.0;
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = metric(&server, "qistatus_feed_changes_from_log_total").await;
-        if now == last {
-            break;
-        }
-        last = now;
-    }
+    // Every watcher has filled its queue and waits for its reader.
+    server
+        .metric_reaches(
+            "qistatus_watchers_stalled",
+            WATCHERS as f64,
+            Duration::from_secs(60),
+        )
+        .await;
+    let last = metric(&server, "qistatus_feed_changes_from_log_total").await;
     let after = server.rss_bytes();
     let each = after.saturating_sub(before) / WATCHERS as u64;
     eprintln!(

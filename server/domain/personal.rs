@@ -469,24 +469,16 @@ mod tests {
             facts: vec![("error_description".into(), FactValue::Text(secret.clone()))],
         };
         let mut op = Operation {
-            kind: "pix".into(),
-            key: "k".into(),
-            status: "rejected".into(),
-            phase: Phase::Failed,
             detail: secret.clone(),
-            event_time: None,
-            first_received_at: 0,
-            updated_at: 0,
             version: 2,
             last_sequence: 2,
             history: vec![entry(&secret), entry("call (11) 98765-4321 back")],
-            conflict: Vec::new(),
-            milestones: Vec::new(),
             facts: vec![
                 ("error_description".into(), FactValue::Text(secret.clone())),
                 ("error_code".into(), FactValue::Text("PXT000132".into())),
                 ("payer_document".into(), FactValue::Number(8141163701.0)),
             ],
+            ..Operation::bare("pix", "k", "rejected", Phase::Failed)
         };
         let masked = mask_operation(&mut op, &["*_name".into()], &["error_description".into()]);
         assert_eq!(op.detail, MASK, "the detail read from a personal fact");

@@ -170,6 +170,30 @@ pub struct Operation {
     pub facts: Vec<(String, FactValue)>,
 }
 
+#[cfg(test)]
+impl Operation {
+    /// An operation of one webhook with nothing but its kind, key, status and phase: what
+    /// tests build on with `..Operation::bare(...)`.
+    pub(crate) fn bare(kind: &str, key: &str, status: &str, phase: Phase) -> Operation {
+        Operation {
+            kind: kind.into(),
+            key: key.into(),
+            status: status.into(),
+            phase,
+            detail: String::new(),
+            event_time: None,
+            first_received_at: 0,
+            updated_at: 0,
+            version: 1,
+            last_sequence: 1,
+            history: Vec::new(),
+            conflict: Vec::new(),
+            milestones: Vec::new(),
+            facts: Vec::new(),
+        }
+    }
+}
+
 impl Operation {
     /// The operation without its history (what lists and watchers carry).
     pub fn without_history(&self) -> Operation {

@@ -61,22 +61,7 @@ mod tests {
         Change {
             previous_status: None,
             status_changed: changed,
-            operation: Operation {
-                kind: kind.into(),
-                key: key.into(),
-                status: status.into(),
-                phase,
-                detail: String::new(),
-                event_time: None,
-                first_received_at: 0,
-                updated_at: 0,
-                version: 1,
-                last_sequence: 1,
-                history: Vec::new(),
-                conflict: Vec::new(),
-                milestones: Vec::new(),
-                facts: Vec::new(),
-            },
+            operation: Operation::bare(kind, key, status, phase),
             milestones_reached: Vec::new(),
             overdue: None,
         }

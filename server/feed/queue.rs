@@ -211,20 +211,8 @@ mod tests {
     async fn after_a_refusal_room_waits_for_what_the_refused_item_needs() {
         let small = bytes_of(&Ok(FeedEvent::Progress(0)));
         let op = Operation {
-            kind: "debt".into(),
-            key: "k".into(),
-            status: "signed".into(),
-            phase: Phase::Pending,
             detail: "d".repeat(4 * small),
-            event_time: None,
-            first_received_at: 0,
-            updated_at: 0,
-            version: 1,
-            last_sequence: 1,
-            history: Vec::new(),
-            conflict: Vec::new(),
-            milestones: Vec::new(),
-            facts: Vec::new(),
+            ..Operation::bare("debt", "k", "signed", Phase::Pending)
         };
         let initial = || Ok(FeedEvent::Initial(Box::new(op.clone())));
         let large = bytes_of(&initial());

@@ -112,20 +112,9 @@ mod tests {
 
     fn change_with_detail(n: u64, detail: String) -> (u64, Arc<Change>) {
         let operation = Operation {
-            kind: "debt".into(),
-            key: format!("k{n}"),
-            status: "disbursed".into(),
-            phase: Phase::Pending,
             detail,
-            event_time: None,
-            first_received_at: 0,
-            updated_at: 0,
-            version: 1,
             last_sequence: n,
-            history: Vec::new(),
-            conflict: Vec::new(),
-            milestones: Vec::new(),
-            facts: Vec::new(),
+            ..Operation::bare("debt", &format!("k{n}"), "disbursed", Phase::Pending)
         };
         let change = Change {
             previous_status: None,

@@ -23,6 +23,7 @@
 //! `overdue_clock`) ← `recovery` (over `qitech_api`) ← (`grpc`, `console`) ← `server` ←
 //! `config` ← `main`.
 //! Leaves the others use: `clock` (the one clock, passed in: the system's, or a test's),
+//! `durable_file` (a small file written whole or not at all),
 //! `auth` and `tls` (who may post and call), `metrics` (it implements the store's
 //! `BatchReport`; the store never names it).
 //! Wire code (HTTP, gRPC, protobuf) lives only at the edge: `intake`, `grpc`, `admin`,
@@ -99,6 +100,8 @@ pub mod config;
 mod console;
 #[cfg(feature = "server")]
 pub mod domain;
+#[cfg(feature = "server")]
+mod durable_file;
 #[cfg(feature = "server")]
 mod feed;
 #[cfg(feature = "server")]

@@ -25,11 +25,12 @@
 //! back `--recover-lookback`: again a repeat at worst.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::durable_file::write_whole;
 
 /// Most callbacks followed after a resend; more are resent but not followed (a later pass
 /// that still lists them failed resends them again).
@@ -415,7 +416,7 @@ impl Ledger {
         match self {
             Ledger::File(path) => {
                 let path = path.clone();
-                let written = tokio::task::spawn_blocking(move || write_replacing(&path, &bytes))
+                let written = tokio::task::spawn_blocking(move || write_whole(&path, &bytes))
                     .await
                     .map_err(|e| self.error(e))?;
                 written.map_err(|e| self.error(e))
@@ -449,19 +450,6 @@ impl Ledger {
             }
         }
     }
-}
-
-/// Writes `bytes` to `path` durably, replacing it whole (see the module docs).
-fn write_replacing(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let partial = path.with_extension("json.partial");
-    let mut file = std::fs::File::create(&partial)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&partial, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::cluster::Progress;
+use crate::cluster::{Held, Progress};
 use crate::console::ConsoleState;
 use crate::feed::ChangeFeed;
 use crate::metrics::{Metrics, Snapshot};
@@ -90,6 +90,8 @@ pub(crate) struct AdminState {
     pub(crate) stopping: CancellationToken,
     /// A cluster node's progress along the stream.
     pub(crate) cluster: Option<Arc<Progress>>,
+    /// What a cluster node holds for its stream.
+    pub(crate) held: Option<Arc<Held>>,
     /// When the last catalog reload began: [`MIN_RELOAD_INTERVAL`] apart.
     pub(crate) last_reload: Arc<Mutex<Option<Instant>>>,
     /// The time of day: how long ago the disk was full, what is overdue now.
@@ -387,6 +389,10 @@ async fn metrics(State(state): State<AdminState>) -> Response {
                 .unwrap_or_default(),
             view_keys_written: store.keys_written(),
             changes_from_log: state.feed.changes_from_log(),
+            held: state
+                .held
+                .as_ref()
+                .map(|h| (as_gauge(h.count()), h.damaged())),
             recovery: state
                 .recovery
                 .as_ref()

@@ -12,7 +12,7 @@ use crate::AdminLimits;
 use crate::auth::grpc::BearerTokens;
 use crate::auth::response_signing::ResponseSigner;
 use crate::auth::webhook::{DEFAULT_MAX_CLOCK_SKEW, KeyError, WebhookVerifier};
-use crate::cluster::ClusterSettings;
+use crate::cluster::{ClusterSettings, Held};
 use crate::domain::catalog::{Catalog, CatalogError};
 use crate::feed::FeedSettings;
 use crate::grpc::GrpcLimits;
@@ -74,8 +74,8 @@ pub struct Config {
 
     /// Longest a webhook request may take (e.g. `4s`, `500ms`): then it is answered 408 if its
     /// body had not arrived, 503 (retry) if storing it had not been confirmed. By default 4s
-    /// on a single node, and 9s on a cluster node (`--nats`), which waits out a stream
-    /// leader's election within QI Tech's 10 s.
+    /// on a single node, and 9s on a cluster node (`--nats`), whose publish may wait
+    /// `--cluster-hold-after` for the stream, then hold the webhook on its disk.
     #[arg(long, env = "QISTATUS_REQUEST_TIMEOUT")]
     pub request_timeout: Option<humantime::Duration>,
 
@@ -352,6 +352,19 @@ pub struct Config {
           value_parser = clap::value_parser!(u8).range(1..=5))]
     pub nats_replicas: u8,
 
+    /// A cluster node: how long a webhook's publish waits for the stream's acknowledgement
+    /// before the node holds it on its own disk and answers `200` (`held`), publishing it
+    /// when the stream takes messages again. A stream whose leader died takes none for 4 to
+    /// 9 s (NATS's election); this keeps every answer within QI's 10 s.
+    #[arg(long, env = "QISTATUS_CLUSTER_HOLD_AFTER", default_value_t = Held::DEFAULT_HOLD_AFTER.into())]
+    pub cluster_hold_after: humantime::Duration,
+
+    /// A cluster node: most bytes of webhooks it holds at once for its stream; past it a
+    /// webhook the stream does not take in time is answered 503. 0 never holds: every `200`
+    /// then means "on a quorum of NATS servers".
+    #[arg(long, env = "QISTATUS_CLUSTER_HOLD_BYTES", default_value_t = Held::DEFAULT_MAX_BYTES)]
+    pub cluster_hold_bytes: u64,
+
     /// A host name the admin listener (console, metrics, probes) answers for, besides
     /// `localhost` and IP addresses; repeat for several (e.g. the name a proxy forwards
     /// with). Any other `Host` is refused, so that a web page of another site, by pointing
@@ -612,6 +625,8 @@ impl Config {
             stream: self.nats_stream.clone(),
             replicas: usize::from(self.nats_replicas),
             max_message_bytes: self.max_body,
+            hold_after: *self.cluster_hold_after,
+            hold_bytes: self.cluster_hold_bytes,
         });
         let settings = Settings {
             cluster,

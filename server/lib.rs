@@ -41,7 +41,8 @@
 //!   or the cluster's stream; the one place that knows which (the others ask it).
 //! - `reload`: the catalog in effect (its file, the handle every part reads) and reloads.
 //! - `intake`: `POST /webhooks` (axum); answers once the writer has the webhook on disk (on
-//!   a cluster node: once JetStream acknowledged it and this node's view applied it).
+//!   a cluster node: once JetStream acknowledged it and this node's view applied it, or
+//!   once it holds it on its disk while the stream cannot take it).
 //! - `feed`: the change feed, a resumable stream of changes per subscriber, in domain terms.
 //! - `listing`: the one list query (statuses, a phase, the overdue ones) the API and the
 //!   console ask, checked once, paged with one tamper-evident page token.

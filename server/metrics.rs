@@ -26,6 +26,8 @@ pub(crate) enum WebhookResult {
     Duplicate,
     /// Kept in the quarantine.
     Quarantined,
+    /// Held by a cluster node until its stream takes it.
+    Held,
     /// Refused as the sender's mistake (4xx other than 401).
     Refused,
     /// Refused: signature missing or wrong.
@@ -40,6 +42,7 @@ impl WebhookResult {
             WebhookResult::Accepted => "accepted",
             WebhookResult::Duplicate => "duplicate",
             WebhookResult::Quarantined => "quarantined",
+            WebhookResult::Held => "held",
             WebhookResult::Refused => "refused",
             WebhookResult::Unauthorized => "unauthorized",
             WebhookResult::Failed => "failed",
@@ -113,6 +116,9 @@ pub(crate) struct Snapshot {
     /// Changes worked out from the log for watchers behind the recent window, since the
     /// start.
     pub(crate) changes_from_log: u64,
+    /// A cluster node: webhooks held for the stream now, and held files set aside as
+    /// damaged since the start.
+    pub(crate) held: Option<(i64, u64)>,
     /// Recovery, when QI's API is configured: (the cursor's age, seconds since the last
     /// completed pass, callbacks followed, callbacks given up, whether this node recovers);
     /// an age is `-1` before the first.
@@ -139,6 +145,7 @@ pub(crate) struct Metrics {
     given_up: Counter,
     view_keys_written: Counter,
     changes_from_log: Counter,
+    held_damaged: Counter,
     gauges: Gauges,
 }
 
@@ -155,6 +162,7 @@ struct Gauges {
     quarantined: Gauge,
     stream_applied: Gauge,
     stream_lag: Gauge,
+    held: Gauge,
     overdue: Family<OverdueLabels, Gauge>,
     recovery_cursor_age: Gauge,
     recovery_pass_age: Gauge,
@@ -297,6 +305,19 @@ impl Metrics {
              and a reconciliation of its operation, where the window costs nothing",
             changes_from_log.clone(),
         );
+        registry.register(
+            "cluster_held_webhooks",
+            "A cluster node: webhooks acknowledged while the stream could not take them, held \
+             on this node's disk until it does (0 on a single node); any for long is an incident",
+            gauges.held.clone(),
+        );
+        let held_damaged = Counter::default();
+        registry.register(
+            "cluster_held_damaged",
+            "A cluster node: held webhooks whose file did not read back, set aside unpublished \
+             (any is an incident)",
+            held_damaged.clone(),
+        );
         let overdue_events = Counter::default();
         registry.register(
             "overdue_events",
@@ -365,6 +386,7 @@ impl Metrics {
             registry,
             view_keys_written,
             changes_from_log,
+            held_damaged,
             overdue_events,
             scrubbed_bytes,
             log_damage,
@@ -447,6 +469,7 @@ impl Metrics {
         for (counter, value) in [
             (&self.view_keys_written, snapshot.view_keys_written),
             (&self.changes_from_log, snapshot.changes_from_log),
+            (&self.held_damaged, snapshot.held.unwrap_or_default().1),
         ] {
             counter.inc_by(value.saturating_sub(counter.get()));
         }
@@ -468,6 +491,7 @@ impl Metrics {
         let (applied, lag) = snapshot.stream.unwrap_or_default();
         g.stream_applied.set(applied);
         g.stream_lag.set(lag);
+        g.held.set(snapshot.held.unwrap_or_default().0);
         let (cursor_age, pass_age, pending, given_up, leading) =
             snapshot.recovery.unwrap_or_default();
         g.recovery_leading.set(leading);
@@ -545,6 +569,7 @@ mod tests {
             watchers_stalled: 2,
             view_keys_written: 12,
             changes_from_log: 7,
+            held: Some((4, 1)),
             ..Snapshot::default()
         });
         for line in [
@@ -557,6 +582,8 @@ mod tests {
             "qistatus_watchers_stalled 2",
             "qistatus_view_keys_written_total 12",
             "qistatus_feed_changes_from_log_total 7",
+            "qistatus_cluster_held_webhooks 4",
+            "qistatus_cluster_held_damaged_total 1",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }

@@ -22,10 +22,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::cluster::{ClusterError, JetStreamLog, Progress, Publisher};
+use crate::clock::Clock;
+pub(crate) use crate::cluster::Receipt;
+use crate::cluster::{ClusterError, Held, JetStreamLog, Progress, Publisher};
 use crate::domain::overdue::OverdueMark;
 use crate::domain::webhook::{Facts, Normalized};
-use crate::store::{Ack, SubmitError, WriterHandle};
+use crate::store::{SubmitError, WriterHandle};
 
 /// How long a cluster node's watch waits for a resume point another node reached first.
 const CLUSTER_CATCH_UP: Duration = Duration::from_secs(10);
@@ -56,31 +58,40 @@ impl Sequencer {
         Sequencer::Writer(Box::new(writer))
     }
 
-    /// A cluster node's sequencer: the stream `log`, this node's `progress` along it, and its
-    /// store (which says where a repeat went).
+    /// A cluster node's sequencer: the stream `log`, this node's `progress` along it, its
+    /// store (which says where a repeat went), and what it holds while the stream cannot take
+    /// a webhook in time (dated by `clock`).
     pub(crate) fn stream(
         log: Arc<JetStreamLog>,
         progress: Arc<Progress>,
         store: crate::store::Store,
+        held: Arc<Held>,
+        clock: Clock,
     ) -> Sequencer {
         Sequencer::Stream(Box::new(Publisher {
             log,
             progress,
             store,
+            held,
+            clock,
         }))
     }
 
-    /// Stores a verified webhook, and answers once it is durable and this node's view has it.
-    /// `facts` are the catalog's facts of `raw`, read by the caller (the writer of a single
-    /// node takes them; every cluster node reads them again as it applies the stream).
+    /// Stores a verified webhook, and answers once it is durable and this node's view has it
+    /// (or, on a cluster node whose stream does not take it in time, once it is held on this
+    /// node's disk). `facts` are the catalog's facts of `raw`, read by the caller (the writer
+    /// of a single node takes them; every cluster node reads them again as it applies the
+    /// stream).
     pub(crate) async fn submit(
         &self,
         normalized: Normalized,
         raw: Bytes,
         facts: Facts,
-    ) -> Result<Ack, SequencerError> {
+    ) -> Result<Receipt, SequencerError> {
         match self {
-            Sequencer::Writer(writer) => Ok(writer.submit(normalized, raw, Some(facts)).await?),
+            Sequencer::Writer(writer) => Ok(Receipt::Stored(
+                writer.submit(normalized, raw, Some(facts)).await?,
+            )),
             Sequencer::Stream(publisher) => Ok(publisher.submit(&normalized, raw).await?),
         }
     }
@@ -130,6 +141,14 @@ impl Sequencer {
         match self {
             Sequencer::Writer(_) => Duration::ZERO,
             Sequencer::Stream(_) => CLUSTER_CATCH_UP,
+        }
+    }
+
+    /// What a cluster node holds for its stream, for metrics.
+    pub(crate) fn held(&self) -> Option<Arc<Held>> {
+        match self {
+            Sequencer::Writer(_) => None,
+            Sequencer::Stream(publisher) => Some(publisher.held.clone()),
         }
     }
 

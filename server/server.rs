@@ -23,7 +23,7 @@ use crate::auth::grpc::{BearerAuthLayer, BearerTokens};
 use crate::auth::response_signing::ResponseSigner;
 use crate::auth::webhook::WebhookVerifier;
 use crate::clock::Clock;
-use crate::cluster::{self, ClusterError, ClusterSettings, JetStreamLog, Progress};
+use crate::cluster::{self, ClusterError, ClusterSettings, Held, JetStreamLog, Progress};
 use crate::console::{ConsoleAccess, ConsoleState};
 use crate::domain::catalog::Catalog;
 use crate::feed::{ChangeFeed, FeedSettings};
@@ -306,6 +306,7 @@ pub async fn run(
             stopping: stop.clone(),
             last_reload: Default::default(),
             cluster: core.sequencer.stream_progress(),
+            held: core.sequencer.held(),
             clock: core.clock.clone(),
             recovery: core.recovery.as_ref().map(|r| r.figures.clone()),
             hosts: Arc::new(settings.admin_hosts.clone()),
@@ -461,7 +462,16 @@ impl Core {
                     progress.clone(),
                     stop.clone(),
                 ));
-                Sequencer::stream(log, progress, store.clone())
+                let cluster = settings
+                    .cluster
+                    .as_ref()
+                    .expect("a stream is bound only on a cluster node");
+                let held = Arc::new(
+                    Held::open(&settings.data_dir, cluster.hold_after, cluster.hold_bytes)
+                        .map_err(StoreError::from)?,
+                );
+                tasks.spawn(cluster::release(held.clone(), log.clone(), stop.clone()));
+                Sequencer::stream(log, progress, store.clone(), held, clock.clone())
             }
             None => Sequencer::writer(writer.clone()),
         };
@@ -566,6 +576,13 @@ fn set_aside(data_dir: &std::path::Path, clock: &Clock) -> Result<PathBuf, Serve
     name.push(format!(".damaged-{}", clock.now_millis()));
     let aside = PathBuf::from(name);
     std::fs::rename(data_dir, &aside).map_err(StoreError::from)?;
+    // What a cluster node held for its stream is not its copy of the stream: acknowledged
+    // webhooks no node has yet. They stay with the node, to be published.
+    let held = aside.join("held");
+    if held.exists() {
+        std::fs::create_dir_all(data_dir).map_err(StoreError::from)?;
+        std::fs::rename(&held, data_dir.join("held")).map_err(StoreError::from)?;
+    }
     Ok(aside)
 }
 

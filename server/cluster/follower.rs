@@ -17,7 +17,9 @@ use futures_util::stream::FuturesOrdered;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{ClusterError, JetStreamLog, OVERDUE_RECORD, OverdueProposal, RECORD_HEADER};
+use super::{
+    ClusterError, JetStreamLog, OVERDUE_RECORD, OverdueProposal, RECEIVED_HEADER, RECORD_HEADER,
+};
 use crate::backoff::Backoff;
 use crate::domain::catalog::Catalog;
 use crate::domain::webhook::normalize_with_facts;
@@ -256,10 +258,19 @@ pub(crate) async fn follow(
                 }
                 queued = sequence;
                 let raw = message.payload.clone();
+                // A webhook held by the node that received it says when that was; any other
+                // was received when the stream stored it.
+                let held_since = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(RECEIVED_HEADER))
+                    .and_then(|v| v.as_str().parse::<i64>().ok());
                 let origin = StreamOrigin {
                     stream_sequence: sequence,
-                    received_at: i64::try_from(published.unix_timestamp_nanos() / 1_000_000)
-                        .unwrap_or(i64::MAX),
+                    received_at: held_since.unwrap_or_else(|| {
+                        i64::try_from(published.unix_timestamp_nanos() / 1_000_000)
+                            .unwrap_or(i64::MAX)
+                    }),
                 };
                 let is_overdue = message
                     .headers

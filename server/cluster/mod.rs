@@ -21,7 +21,9 @@
 //!    the view's exact deduplication.
 //! 3. **Answer after the view.** The receiving node answers `200` only once JetStream
 //!    acknowledged the message *and* its own view applied it, so a read on that node right
-//!    after sees the webhook.
+//!    after sees the webhook. Unless the stream does not take it in time (no leader for the
+//!    4 to 9 s of an election): then the node holds it on its own disk and answers `held`
+//!    ([`held`]), and publishes it when the stream takes messages again.
 //!
 //! Each node keeps its own local log and sled view, exactly as a single node does: raw
 //! payloads are read locally, and a restart replays the local log, then follows the stream
@@ -31,6 +33,7 @@
 //!
 //! - An acknowledged webhook is on a quorum of NATS servers (JetStream's guarantee) and in
 //!   the receiving node's view; every other node applies it when it reaches it in the stream.
+//!   One answered `held` is on the receiving node's disk until the stream took it ([`held`]).
 //! - Every node has the same catalog (a node with another catalog would decide otherwise; the
 //!   README says so). The store's identity is the stream's, so resume tokens are checked
 //!   across nodes.
@@ -58,37 +61,86 @@
 //! (every node applies every webhook), not by its local disk.
 
 mod follower;
+mod held;
 mod stream;
 
 pub(crate) use follower::follow;
 pub use follower::{MAX_READY_LAG, Progress};
+pub use held::Held;
+pub(crate) use held::release;
 pub use stream::{ClusterError, ClusterSettings, JetStreamLog};
-pub(crate) use stream::{OVERDUE_RECORD, OverdueProposal, RECORD_HEADER};
+pub(crate) use stream::{OVERDUE_RECORD, OverdueProposal, RECEIVED_HEADER, RECORD_HEADER};
 
 use std::sync::Arc;
 
+use crate::clock::Clock;
 use crate::domain::webhook::Normalized;
 use crate::store::Ack;
 use crate::store::Store;
 use bytes::Bytes;
 
 /// What the intake of a cluster node uses in place of the writer: publish, then wait for the
-/// node's own view.
+/// node's own view; or hold the webhook when the stream does not take it in time.
 #[derive(Debug, Clone)]
 pub(crate) struct Publisher {
     pub(crate) log: Arc<JetStreamLog>,
     pub(crate) progress: Arc<Progress>,
     pub(crate) store: Store,
+    pub(crate) held: Arc<Held>,
+    pub(crate) clock: Clock,
+}
+
+/// What became of a webhook a node took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Receipt {
+    /// Stored, and this node's view shows it: the writer's answer.
+    Stored(Ack),
+    /// Held on this node's disk until the stream takes it ([`held`]): acknowledged, not
+    /// shown yet.
+    Held,
 }
 
 impl Publisher {
-    /// Publishes a verified webhook and answers once this node's view has applied it.
+    /// Publishes a verified webhook and answers once this node's view has applied it; holds
+    /// it instead if the stream has not acknowledged it within `--cluster-hold-after`.
     pub(crate) async fn submit(
         &self,
         normalized: &Normalized,
         raw: Bytes,
+    ) -> Result<Receipt, ClusterError> {
+        let received_at = self.clock.now_millis();
+        let publishing = self.log.publish(normalized.event_id(), raw.clone());
+        let published = match self.held.hold_after() {
+            None => publishing.await?,
+            Some(patience) => match tokio::time::timeout(patience, publishing).await {
+                Ok(published) => published?,
+                Err(_) => {
+                    // The publish may still have reached the stream: releasing the held copy
+                    // is then a repeat, which the message id makes harmless.
+                    self.held
+                        .hold(normalized.event_id(), raw, received_at)
+                        .await?;
+                    tracing::warn!(
+                        waited_ms = patience.as_millis() as u64,
+                        held = self.held.count(),
+                        "the stream did not take a webhook in time: held on this node until it does"
+                    );
+                    return Ok(Receipt::Held);
+                }
+            },
+        };
+        self.applied(normalized, published)
+            .await
+            .map(Receipt::Stored)
+    }
+
+    /// The writer's answer to a webhook the stream took at `published`, once this node's
+    /// view applied it.
+    async fn applied(
+        &self,
+        normalized: &Normalized,
+        published: stream::Published,
     ) -> Result<Ack, ClusterError> {
-        let published = self.log.publish(normalized.event_id(), raw).await?;
         self.progress.applied(published.sequence).await?;
         if !published.duplicate
             && let Some(ack) = self.progress.outcome(published.sequence)

@@ -13,6 +13,9 @@ use crate::store::{Store, StoreError};
 
 /// The header that marks a stream message the intake did not publish, and what it is.
 pub(crate) const RECORD_HEADER: &str = "Qistatus-Record";
+/// The header of a webhook published after it was held ([`super::held`]): when the node
+/// received it, ms since the epoch. Every node takes it as the webhook's received time.
+pub(crate) const RECEIVED_HEADER: &str = "Qistatus-Received";
 /// [`RECORD_HEADER`]'s value on the overdue clock's proposals.
 pub(crate) const OVERDUE_RECORD: &str = "overdue";
 
@@ -37,6 +40,11 @@ pub struct ClusterSettings {
     pub replicas: usize,
     /// The largest webhook the intake accepts: the stream's message limit follows it.
     pub max_message_bytes: usize,
+    /// How long a publish waits for the stream before the webhook is held on this node
+    /// ([`super::held`]).
+    pub hold_after: Duration,
+    /// Most bytes of webhooks held at once; 0 never holds.
+    pub hold_bytes: u64,
 }
 
 impl ClusterSettings {
@@ -249,11 +257,33 @@ impl JetStreamLog {
         event_id: EventId,
         raw: Bytes,
     ) -> Result<Published, ClusterError> {
+        self.publish_webhook(&event_id.to_string(), raw, None).await
+    }
+
+    /// Publishes a webhook this node held ([`super::held`]) with the time it received it
+    /// (ms since the epoch), which every node takes as its received time instead of the
+    /// stream's timestamp.
+    pub(crate) async fn publish_received(
+        &self,
+        message_id: &str,
+        raw: Bytes,
+        received_at: i64,
+    ) -> Result<Published, ClusterError> {
+        self.publish_webhook(message_id, raw, Some(received_at))
+            .await
+    }
+
+    async fn publish_webhook(
+        &self,
+        message_id: &str,
+        raw: Bytes,
+        received_at: Option<i64>,
+    ) -> Result<Published, ClusterError> {
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            async_nats::header::NATS_MESSAGE_ID,
-            event_id.to_string().as_str(),
-        );
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id);
+        if let Some(received_at) = received_at {
+            headers.insert(RECEIVED_HEADER, received_at.to_string().as_str());
+        }
         let ack = self.publish_until_acknowledged(headers, raw).await?;
         Ok(Published {
             sequence: ack.sequence,

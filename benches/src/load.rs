@@ -131,6 +131,11 @@ pub fn http_client() -> HttpClient {
 
 /// Posts a webhook; returns the sequence of a `200` answer.
 pub async fn post(client: &HttpClient, url: &str, body: Bytes) -> Option<u64> {
+    post_answer(client, url, body).await?["sequence"].as_u64()
+}
+
+/// POSTs a webhook; the JSON of a `200` answer (its `result`: accepted, duplicate, held).
+pub async fn post_answer(client: &HttpClient, url: &str, body: Bytes) -> Option<serde_json::Value> {
     let request = http::Request::post(url)
         .header("content-type", "application/json")
         .body(Full::new(body))
@@ -143,8 +148,7 @@ pub async fn post(client: &HttpClient, url: &str, body: Bytes) -> Option<u64> {
         .await
         .ok()?
         .to_bytes();
-    let answer: serde_json::Value = serde_json::from_slice(&body).ok()?;
-    answer["sequence"].as_u64()
+    serde_json::from_slice(&body).ok()
 }
 
 /// `n` separate HTTP/2 connections to `url`, so the load is not one connection's.

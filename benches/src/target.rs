@@ -10,7 +10,7 @@ use qistatus::pb::operation_status_service_client::OperationStatusServiceClient;
 use tonic::transport::Channel;
 
 use crate::etcd::{self, EtcdClient};
-use crate::load::{HttpClient, Webhook, channels, http_client, post};
+use crate::load::{HttpClient, Webhook, channels, http_client, post, post_answer};
 use crate::process::Process;
 
 /// What one watcher watches.
@@ -97,6 +97,11 @@ impl QistatusTarget {
             view,
             ..self.clone()
         }
+    }
+
+    /// POSTs webhook `w` by sender `i`; the JSON of a `200` answer.
+    pub async fn post_answer(&self, i: usize, w: &Webhook) -> Option<serde_json::Value> {
+        post_answer(&self.http, &self.urls[i % self.urls.len()], w.body.clone()).await
     }
 
     fn api(&self, i: usize) -> OperationStatusServiceClient<Channel> {

@@ -208,6 +208,14 @@ impl Held {
                     self.hold_after, held.1, held.0
                 )));
             }
+            if held.1 == 0 {
+                // Once per episode; `qistatus_cluster_held_webhooks` counts them.
+                tracing::warn!(
+                    waited_ms = self.hold_after.as_millis() as u64,
+                    "the stream does not take webhooks in time: holding them on this node \
+                     until it does"
+                );
+            }
             *held = (held.0 + size, held.1 + 1);
         }
         let number = self.next.fetch_add(1, Ordering::Relaxed);
@@ -268,13 +276,17 @@ impl Held {
     fn remove(&self, path: &Path) -> io::Result<()> {
         let size = std::fs::metadata(path)?.len();
         std::fs::remove_file(path)?;
-        self.released(size);
+        if self.released(size) == 0 {
+            tracing::info!("every held webhook is in the stream");
+        }
         Ok(())
     }
 
-    fn released(&self, size: u64) {
+    /// Counts a held file gone; returns how many are left.
+    fn released(&self, size: u64) -> u64 {
         let mut held = self.lock();
         *held = (held.0.saturating_sub(size), held.1.saturating_sub(1));
+        held.1
     }
 }
 
@@ -327,7 +339,7 @@ async fn release_waiting(
         let published = log
             .publish_received(&webhook.message_id, webhook.body, webhook.received_at)
             .await?;
-        tracing::info!(
+        tracing::debug!(
             stream_sequence = published.sequence,
             duplicate = published.duplicate,
             "a held webhook is in the stream"

@@ -120,11 +120,6 @@ impl Publisher {
                     self.held
                         .hold(normalized.event_id(), raw, received_at)
                         .await?;
-                    tracing::warn!(
-                        waited_ms = patience.as_millis() as u64,
-                        held = self.held.count(),
-                        "the stream did not take a webhook in time: held on this node until it does"
-                    );
                     return Ok(Receipt::Held);
                 }
             },

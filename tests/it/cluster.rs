@@ -298,7 +298,9 @@ async fn two_nodes_on_a_replicated_stream_agree_and_lose_nothing_when_killed() {
     );
 
     // Load on both nodes; one NATS server and node b are killed in the middle of it.
-    let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    // Each acknowledged key, with its sequence (`None`: answered `held`, its sequence known
+    // once the stream took it).
+    let acked: Arc<Mutex<BTreeMap<String, Option<u64>>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let senders: Vec<_> = (0..6)
         .map(|sender| {
@@ -312,7 +314,10 @@ async fn two_nodes_on_a_replicated_stream_agree_and_lose_nothing_when_killed() {
                     // Like QI Tech behind a balancer: a failed try goes to the other node.
                     for target in [targets[sender % 2], targets[(sender + 1) % 2]] {
                         if let Ok((200, answer)) = post(target, &body).await {
-                            let sequence = answer["sequence"].as_u64().expect("a sequence");
+                            let sequence = match answer["result"].as_str() {
+                                Some("held") => None,
+                                _ => Some(answer["sequence"].as_u64().expect("a sequence")),
+                            };
                             acked.lock().unwrap().insert(key.clone(), sequence);
                             break;
                         }
@@ -373,6 +378,16 @@ async fn two_nodes_on_a_replicated_stream_agree_and_lose_nothing_when_killed() {
 
     // Nothing acknowledged is lost, on either node, and both hold the same history.
     let acked = acked.lock().unwrap().clone();
+    // Held ones reach the stream too: their sequences are read from a node once it has them.
+    let mut acked = acked;
+    for (key, sequence) in acked.iter_mut().filter(|(_, s)| s.is_none()) {
+        let op = wait_for_version(a.grpc, key, 1).await;
+        *sequence = Some(op.last_sequence);
+    }
+    let acked: BTreeMap<String, u64> = acked
+        .into_iter()
+        .map(|(key, sequence)| (key, sequence.expect("every sequence known now")))
+        .collect();
     let head = *acked.values().max().expect("some acknowledged");
     let on_a = changes(a.grpc, 0, head, None).await;
     let id_a = store_id(a.grpc).await;

@@ -156,6 +156,57 @@ fn non_empty(s: String) -> Value {
     }
 }
 
+/// The JSON of a flow: durations in seconds (floats), days as `YYYY-MM-DD`.
+pub fn flow(flow: &pb::GetFlowResponse) -> Value {
+    let seconds = |d: Option<&prost_types::Duration>| {
+        d.map_or(Value::Null, |d| {
+            serde_json::json!(d.seconds as f64 + f64::from(d.nanos) / 1e9)
+        })
+    };
+    let summary = |s: Option<&pb::DurationSummary>| {
+        s.map_or(Value::Null, |s| {
+            serde_json::json!({
+                "count": s.count,
+                "p50_seconds": seconds(s.p50.as_ref()),
+                "p90_seconds": seconds(s.p90.as_ref()),
+                "p99_seconds": seconds(s.p99.as_ref()),
+            })
+        })
+    };
+    let day = |t: Option<&prost_types::Timestamp>| {
+        Value::String(rfc3339(t).get(..10).unwrap_or("").to_owned())
+    };
+    let daily = |days: &[pb::DailyDurations]| {
+        days.iter()
+            .map(|d| {
+                serde_json::json!({
+                    "day": day(d.day.as_ref()),
+                    "durations": summary(d.durations.as_ref()),
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    serde_json::json!({
+        "kind": flow.kind,
+        "since": non_empty(rfc3339(flow.since.as_ref())),
+        "until": non_empty(rfc3339(flow.until.as_ref())),
+        "stages": flow.stages.iter().map(|s| serde_json::json!({
+            "from": s.from_status,
+            "to": s.to_status,
+            "milestone": s.milestone,
+            "total": summary(s.total.as_ref()),
+            "by_day": daily(&s.by_day),
+        })).collect::<Vec<_>>(),
+        "delivery_lag": summary(flow.delivery_lag.as_ref()),
+        "delivery_lag_by_day": daily(&flow.delivery_lag_by_day),
+        "cohorts": flow.cohorts.iter().map(|c| serde_json::json!({
+            "day": day(c.day.as_ref()),
+            "phases": c.phases.iter().map(|p| (phase_name(p.phase).to_owned(), Value::from(p.operations))).collect::<serde_json::Map<_, _>>(),
+            "stopped_at": c.stopped_at.iter().map(|s| (s.status.clone(), Value::from(s.operations))).collect::<serde_json::Map<_, _>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,6 +62,10 @@ enum Command {
     /// files, or `-` for JSON lines on standard input. Prints a summary; exits non-zero if
     /// any webhook failed.
     Replay(ReplayArgs),
+    /// How long each stage of a kind takes (percentiles of the time between its statuses'
+    /// event times), how late its webhooks arrive, and where the operations that started on
+    /// each day are now; over whole UTC days (by default the week up to today).
+    Flow(FlowArgs),
     /// How many operations there are of each kind in each status, and the log's head.
     Stats,
     /// Snapshots of the running server.
@@ -107,6 +111,25 @@ struct ListArgs {
     /// Stop after this many operations.
     #[arg(long)]
     limit: Option<usize>,
+}
+
+/// `qistatus flow`.
+#[derive(Debug, Args)]
+struct FlowArgs {
+    /// The kind (e.g. `debt`).
+    kind: String,
+    /// From the day of this time: RFC 3339, or how long ago (`7d`, `12h`). Default: six days
+    /// before --until's day.
+    #[arg(long, value_parser = time_ago)]
+    since: Option<i64>,
+    /// To the day of this time, included: RFC 3339, or how long ago. Default: today.
+    #[arg(long, value_parser = time_ago)]
+    until: Option<i64>,
+}
+
+/// A time on the command line, in ms since the epoch (see [`qistatus::client::time_given`]).
+fn time_ago(text: &str) -> Result<i64, String> {
+    qistatus::client::time_given(text, chrono::Utc::now().timestamp_millis())
 }
 
 /// `qistatus watch`.
@@ -283,6 +306,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             command: SnapshotCommand::Save { file, key_file },
         }) => save_snapshot(client, file, key_file, json).await,
         Command::Stats => stats(client, json).await,
+        Command::Flow(args) => flow(client, args, json).await,
         Command::Quarantine(args) => quarantine(client, args, json).await,
         Command::Replay(_) => unreachable!("replay returned above, before connecting"),
     }
@@ -535,6 +559,17 @@ async fn stats(mut client: Client, json: bool) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// `qistatus flow`: a kind's stages, delivery lag and cohorts over a window of days.
+async fn flow(mut client: Client, args: FlowArgs, json: bool) -> Result<(), ClientError> {
+    let flow = client.flow(&args.kind, args.since, args.until).await?;
+    if json {
+        println!("{}", json::flow(&flow));
+    } else {
+        print_flow(&flow);
+    }
+    Ok(())
+}
+
 /// `qistatus quarantine`: the quarantined webhooks, with their bodies on request.
 async fn quarantine(
     mut client: Client,
@@ -651,6 +686,101 @@ fn print_stats(stats: &pb::GetStatsResponse) {
         "head sequence {} of store {}",
         stats.head_sequence, stats.store_id
     );
+}
+
+fn print_flow(flow: &pb::GetFlowResponse) {
+    let day = |t: Option<&prost_types::Timestamp>| rfc3339(t).get(..10).unwrap_or("").to_owned();
+    let until_day = flow.until.as_ref().map(|t| prost_types::Timestamp {
+        seconds: t.seconds - 86_400,
+        nanos: t.nanos,
+    });
+    println!(
+        "{} from {} to {} (UTC days, by event time)",
+        printable(&flow.kind),
+        day(flow.since.as_ref()),
+        day(until_day.as_ref())
+    );
+    println!();
+    println!(
+        "{:<56} {:>9} {:>9} {:>9} {:>9}",
+        "stage", "count", "p50", "p90", "p99"
+    );
+    for stage in &flow.stages {
+        let Some(total) = &stage.total else { continue };
+        let to = if stage.milestone {
+            format!("milestone {}", printable(&stage.to_status))
+        } else {
+            printable(&stage.to_status).into_owned()
+        };
+        println!(
+            "{:<56} {:>9} {:>9} {:>9} {:>9}",
+            format!("{} -> {to}", printable(&stage.from_status)),
+            total.count,
+            span_text(total.p50.as_ref()),
+            span_text(total.p90.as_ref()),
+            span_text(total.p99.as_ref()),
+        );
+    }
+    if flow.stages.is_empty() {
+        println!("(no stage ended in the window)");
+    }
+    println!();
+    match &flow.delivery_lag {
+        Some(lag) => println!(
+            "delivery lag (receipt - event time) of {} webhooks: p50 {}, p90 {}, p99 {}",
+            lag.count,
+            span_text(lag.p50.as_ref()),
+            span_text(lag.p90.as_ref()),
+            span_text(lag.p99.as_ref()),
+        ),
+        None => println!("delivery lag: no webhook with an event time received in the window"),
+    }
+    println!();
+    println!(
+        "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9}  failed ones stopped at",
+        "started", "total", "pending", "active", "succeeded", "failed"
+    );
+    for cohort in &flow.cohorts {
+        let count = |phase: pb::Phase| {
+            cohort
+                .phases
+                .iter()
+                .filter(|p| p.phase == phase as i32)
+                .map(|p| p.operations)
+                .sum::<u64>()
+        };
+        let total: u64 = cohort.phases.iter().map(|p| p.operations).sum();
+        let stopped: Vec<String> = cohort
+            .stopped_at
+            .iter()
+            .map(|s| format!("{} {}", printable(&s.status), s.operations))
+            .collect();
+        println!(
+            "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9}  {}",
+            day(cohort.day.as_ref()),
+            total,
+            count(pb::Phase::Pending),
+            count(pb::Phase::Active),
+            count(pb::Phase::Succeeded),
+            count(pb::Phase::Failed),
+            stopped.join(", ")
+        );
+    }
+}
+
+/// A percentile for people: `850ms`, `42s`, `17m`, `5.2h`, `3.1d`.
+fn span_text(d: Option<&prost_types::Duration>) -> String {
+    let Some(d) = d else {
+        return "-".into();
+    };
+    let seconds = d.seconds as f64 + f64::from(d.nanos) / 1e9;
+    match seconds {
+        s if s < 1.0 => format!("{:.0}ms", s * 1000.0),
+        s if s < 120.0 => format!("{s:.0}s"),
+        s if s < 7200.0 => format!("{:.0}m", s / 60.0),
+        s if s < 172_800.0 => format!("{:.1}h", s / 3600.0),
+        s => format!("{:.1}d", s / 86_400.0),
+    }
 }
 
 fn or_dash(s: String) -> String {

@@ -31,7 +31,7 @@ use crate::clock::Clock;
 use crate::cluster::{Held, Progress};
 use crate::console::ConsoleState;
 use crate::feed::ChangeFeed;
-use crate::metrics::{Metrics, Snapshot};
+use crate::metrics::{Metrics, Snapshot, flow_labelled};
 use crate::net::Admission;
 use crate::recovery::RecoveryFigures;
 use crate::reload::CatalogHandle;
@@ -389,6 +389,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
                 .unwrap_or_default(),
             view_keys_written: store.keys_written(),
             changes_from_log: state.feed.changes_from_log(),
+            flow: flow_labelled(&state.catalog.current(), store.flow_seen().snapshot()),
             held: state
                 .held
                 .as_ref()

@@ -325,6 +325,29 @@ impl Client {
             .ok_or_else(|| tonic::Status::internal("the server sent no operation").into())
     }
 
+    /// The flow of `kind` over the UTC days from `since` to `until` (ms; the server's defaults
+    /// when `None`: the week up to today).
+    pub async fn flow(
+        &mut self,
+        kind: &str,
+        since: Option<i64>,
+        until: Option<i64>,
+    ) -> Result<pb::GetFlowResponse, ClientError> {
+        let at = |ms: i64| prost_types::Timestamp {
+            seconds: ms.div_euclid(1000),
+            nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+        };
+        Ok(self
+            .inner
+            .get_flow(pb::GetFlowRequest {
+                kind: kind.to_owned(),
+                since: since.map(at),
+                until: until.map(at),
+            })
+            .await?
+            .into_inner())
+    }
+
     /// Every operation matching `query`, following pages; the stream ends after the last page
     /// or at the first error.
     pub fn list(
@@ -458,6 +481,19 @@ pub fn rfc3339(t: Option<&prost_types::Timestamp>) -> String {
     t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?))
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
         .unwrap_or_default()
+}
+
+/// A time given on a command line: RFC 3339, or how long before `now` (`3d`, `12h`); in ms
+/// since the epoch.
+#[cfg(feature = "cli")]
+pub fn time_given(text: &str, now: i64) -> Result<i64, String> {
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(at.timestamp_millis());
+    }
+    let ago = humantime::parse_duration(text).map_err(|_| {
+        format!("{text:?} is neither an RFC 3339 time nor a duration ago (3d, 12h)")
+    })?;
+    Ok(now.saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX)))
 }
 
 /// A duration as the catalog writes one (`5d`, `4h`, `30m`, `90s`): the largest unit it is a

@@ -20,7 +20,7 @@
 //! # Modules, in the one direction their dependencies point
 //!
 //! `domain` ← `store` ← `cluster` ← `sequencer` ← `reload` ← (`intake`, `feed`, `listing`,
-//! `overdue_clock`) ← `recovery` (over `qitech_api`) ← (`grpc`, `console`) ← `server` ←
+//! `flow_window`, `overdue_clock`) ← `recovery` (over `qitech_api`) ← (`grpc`, `console`) ← `server` ←
 //! `config` ← `main`.
 //! Leaves the others use: `clock` (the one clock, passed in: the system's, or a test's),
 //! `durable_file` (a small file written whole or not at all),
@@ -45,7 +45,8 @@
 //!   once it holds it on its disk while the stream cannot take it).
 //! - `feed`: the change feed, a resumable stream of changes per subscriber, in domain terms.
 //! - `listing`: the one list query (statuses, a phase, the overdue ones) the API and the
-//!   console ask, checked once, paged with one tamper-evident page token.
+//!   console ask, checked once, paged with one tamper-evident page token; `flow_window`: the
+//!   one flow question (a kind, a window of days) they ask, answered from the flow counters.
 //! - `overdue_clock`: proposes the operations that fell overdue, so that watchers hear of
 //!   silence too (to the writer, or to a cluster's stream, which then orders and dates them).
 //! - `qitech_api`: QI Tech's own API (its events listing and resend), signed as QI's pages
@@ -105,6 +106,8 @@ pub mod domain;
 mod durable_file;
 #[cfg(feature = "server")]
 mod feed;
+#[cfg(feature = "server")]
+mod flow_window;
 #[cfg(feature = "server")]
 mod grpc;
 #[cfg(feature = "server")]

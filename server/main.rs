@@ -310,11 +310,5 @@ fn open_store(config: &Config) -> anyhow::Result<qistatus::store::Store> {
 /// A time given on the command line: RFC 3339, or how long before `now` (`3d`, `12h`), in ms
 /// since the epoch.
 fn time_given(text: &str, now: i64) -> anyhow::Result<i64> {
-    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Ok(at.timestamp_millis());
-    }
-    let ago = humantime::parse_duration(text).with_context(|| {
-        format!("{text:?} is neither an RFC 3339 time nor a duration ago (3d, 12h)")
-    })?;
-    Ok(now.saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX)))
+    qistatus::client::time_given(text, now).map_err(anyhow::Error::msg)
 }

@@ -16,6 +16,16 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::exemplar::Exemplar;
+
+use crate::domain::catalog::{Catalog, StatusClass};
+use crate::domain::flow::{BUCKETS, Series, bucket_bounds, bucket_value};
 
 /// What happened to a webhook at the intake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -119,6 +129,9 @@ pub(crate) struct Snapshot {
     /// A cluster node: webhooks held for the stream now, and held files set aside as
     /// damaged since the start.
     pub(crate) held: Option<(i64, u64)>,
+    /// Stage durations and delivery lags the writer counted since the start, by (kind,
+    /// series), a count per bucket of [`crate::domain::flow`].
+    pub(crate) flow: Vec<(String, Series, Vec<u64>)>,
     /// Recovery, when QI's API is configured: (the cursor's age, seconds since the last
     /// completed pass, callbacks followed, callbacks given up, whether this node recovers);
     /// an age is `-1` before the first.
@@ -146,6 +159,7 @@ pub(crate) struct Metrics {
     view_keys_written: Counter,
     changes_from_log: Counter,
     held_damaged: Counter,
+    flow: Arc<FlowCollector>,
     gauges: Gauges,
 }
 
@@ -311,6 +325,8 @@ impl Metrics {
              on this node's disk until it does (0 on a single node); any for long is an incident",
             gauges.held.clone(),
         );
+        let flow = Arc::new(FlowCollector::default());
+        registry.register_collector(Box::new(flow.clone()));
         let held_damaged = Counter::default();
         registry.register(
             "cluster_held_damaged",
@@ -387,6 +403,7 @@ impl Metrics {
             view_keys_written,
             changes_from_log,
             held_damaged,
+            flow,
             overdue_events,
             scrubbed_bytes,
             log_damage,
@@ -506,10 +523,134 @@ impl Metrics {
                 .get_or_create(&OverdueLabels { kind, status })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
+        *self.flow.lock() = snapshot.flow;
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
         text
+    }
+}
+
+/// The flow's histograms, `qistatus_stage_duration_seconds{kind,from,to}` and
+/// `qistatus_delivery_lag_seconds{kind}`, from what the writer counted (set at each scrape by
+/// [`Metrics::encode`]). Their buckets are every eighth of the flow's own (1 s, 4 s, 16 s,
+/// ... each 4× the last, to 2^26 s), so each count falls in the bucket it belongs to; the
+/// sum takes each duration as its bucket's middle.
+#[derive(Debug, Default)]
+struct FlowCollector {
+    current: Mutex<Vec<(String, Series, Vec<u64>)>>,
+}
+
+impl FlowCollector {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, Series, Vec<u64>)>> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The flow's series with their labels bounded as every other label here: a kind the catalog
+/// does not know is `other`, and so is a status the catalog does not know for its kind (a
+/// webhook may carry any); series that become the same are added together.
+pub(crate) fn flow_labelled(
+    catalog: &Catalog,
+    seen: Vec<(String, Series, Vec<u64>)>,
+) -> Vec<(String, Series, Vec<u64>)> {
+    const OTHER: &str = "other";
+    let mut merged: std::collections::BTreeMap<(String, Series), Vec<u64>> = Default::default();
+    for (kind, series, counts) in seen {
+        let known = catalog.kind(&kind).is_some();
+        let status = |status: String| {
+            if known && catalog.classify(&kind, &status) != StatusClass::Unknown {
+                status
+            } else {
+                OTHER.to_owned()
+            }
+        };
+        let series = match series {
+            Series::Stage { from, to } => Series::Stage {
+                from: status(from),
+                to: status(to),
+            },
+            other => other,
+        };
+        let kind = if known { kind } else { OTHER.to_owned() };
+        let into = merged
+            .entry((kind, series))
+            .or_insert_with(|| vec![0; counts.len()]);
+        for (total, count) in into.iter_mut().zip(counts) {
+            *total += count;
+        }
+    }
+    merged
+        .into_iter()
+        .map(|((kind, series), counts)| (kind, series, counts))
+        .collect()
+}
+
+/// Histograms here carry no exemplars.
+type NoExemplars = HashMap<usize, Exemplar<Vec<(String, String)>, f64>>;
+
+/// A flow series' counts as Prometheus' buckets (each bound with the count since the bound
+/// before it: the encoder makes them cumulative), with its sum and count.
+fn prometheus_buckets(counts: &[u64]) -> (f64, u64, Vec<(f64, u64)>) {
+    let mut buckets = Vec::new();
+    let (mut sum, mut total, mut since_last) = (0.0, 0u64, 0u64);
+    for (b, &count) in counts.iter().enumerate() {
+        let b = u8::try_from(b).unwrap_or(u8::MAX);
+        total += count;
+        since_last += count;
+        sum += bucket_value(b) * count as f64;
+        if b % 8 == 0 && b + 1 < BUCKETS {
+            buckets.push((bucket_bounds(b).1, std::mem::take(&mut since_last)));
+        }
+    }
+    buckets.push((f64::INFINITY, since_last));
+    (sum, total, buckets)
+}
+
+impl Collector for FlowCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let current = self.lock();
+        let no_exemplars: Option<&NoExemplars> = None;
+        let mut stages = encoder.encode_descriptor(
+            "stage_duration_seconds",
+            "Time from one status of an operation to the next, between their event times, by \
+             kind and statuses, as the writer counted them since the start (a late webhook \
+             adds the stages it makes; qistatus flow answers with corrections)",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (kind, series, counts) in current.iter() {
+            if let Series::Stage { from, to } = series {
+                let labels = vec![
+                    ("kind".to_owned(), kind.clone()),
+                    ("from".to_owned(), from.clone()),
+                    ("to".to_owned(), to.clone()),
+                ];
+                let (sum, count, buckets) = prometheus_buckets(counts);
+                stages.encode_family(&labels)?.encode_histogram(
+                    sum,
+                    count,
+                    &buckets,
+                    no_exemplars,
+                )?;
+            }
+        }
+        let mut lag = encoder.encode_descriptor(
+            "delivery_lag_seconds",
+            "Receipt minus event time of each webhook, by kind, since the start: how late QI's \
+             webhooks arrive",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (kind, series, counts) in current.iter() {
+            if *series == Series::Lag {
+                let labels = vec![("kind".to_owned(), kind.clone())];
+                let (sum, count, buckets) = prometheus_buckets(counts);
+                lag.encode_family(&labels)?
+                    .encode_histogram(sum, count, &buckets, no_exemplars)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -570,6 +711,28 @@ mod tests {
             view_keys_written: 12,
             changes_from_log: 7,
             held: Some((4, 1)),
+            flow: vec![
+                (
+                    "debt".into(),
+                    Series::Stage {
+                        from: "waiting_signature".into(),
+                        to: "disbursed".into(),
+                    },
+                    // One under a second, two of 2 to 2.38 s, one of about 3 days.
+                    {
+                        let mut counts = vec![0; BUCKETS.into()];
+                        counts[0] = 1;
+                        counts[5] = 2;
+                        counts[usize::from(crate::domain::flow::bucket_of(3 * 86_400_000))] = 1;
+                        counts
+                    },
+                ),
+                ("debt".into(), Series::Lag, {
+                    let mut counts = vec![0; BUCKETS.into()];
+                    counts[1] = 3;
+                    counts
+                }),
+            ],
             ..Snapshot::default()
         });
         for line in [
@@ -584,8 +747,47 @@ mod tests {
             "qistatus_feed_changes_from_log_total 7",
             "qistatus_cluster_held_webhooks 4",
             "qistatus_cluster_held_damaged_total 1",
+            "qistatus_stage_duration_seconds_bucket{le=\"1.0\",kind=\"debt\",from=\"waiting_signature\",to=\"disbursed\"} 1",
+            "qistatus_stage_duration_seconds_bucket{le=\"4.0\",kind=\"debt\",from=\"waiting_signature\",to=\"disbursed\"} 3",
+            "qistatus_stage_duration_seconds_bucket{le=\"65536.0\",kind=\"debt\",from=\"waiting_signature\",to=\"disbursed\"} 3",
+            "qistatus_stage_duration_seconds_bucket{le=\"262144.0\",kind=\"debt\",from=\"waiting_signature\",to=\"disbursed\"} 4",
+            "qistatus_stage_duration_seconds_count{kind=\"debt\",from=\"waiting_signature\",to=\"disbursed\"} 4",
+            "qistatus_delivery_lag_seconds_bucket{le=\"4.0\",kind=\"debt\"} 3",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }
+    }
+    #[test]
+    fn flow_labels_are_the_catalogs_or_other() {
+        let catalog = Catalog::builtin();
+        let stage = |kind: &str, from: &str, to: &str, counts: Vec<u64>| {
+            (
+                kind.to_owned(),
+                Series::Stage {
+                    from: from.into(),
+                    to: to.into(),
+                },
+                counts,
+            )
+        };
+        let labelled = flow_labelled(
+            &catalog,
+            vec![
+                stage("debt", "waiting_signature", "disbursed", vec![1, 2]),
+                stage("debt", "made_up_status", "disbursed", vec![1, 2]),
+                stage("debt", "another_made_up", "disbursed", vec![1, 2]),
+                stage("made_up_kind", "a", "b", vec![1, 2]),
+                ("made_up_kind".into(), Series::Lag, vec![0, 5]),
+            ],
+        );
+        assert_eq!(
+            labelled,
+            [
+                stage("debt", "other", "disbursed", vec![2, 4]),
+                stage("debt", "waiting_signature", "disbursed", vec![1, 2]),
+                stage("other", "other", "other", vec![1, 2]),
+                ("other".into(), Series::Lag, vec![0, 5]),
+            ]
+        );
     }
 }

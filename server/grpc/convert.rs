@@ -3,6 +3,7 @@
 
 use prost_types::value::Kind;
 
+use crate::domain::flow::{Cohort, DAY_MS, FlowReport, Percentiles, StageFigures};
 use crate::domain::overdue::Overdue;
 use crate::domain::reconcile::{EventSummary, Operation, Phase};
 use crate::domain::webhook::{FactValue, bounded_detail};
@@ -269,6 +270,89 @@ fn fact_value(value: &FactValue) -> prost_types::Value {
         FactValue::Bool(b) => Kind::BoolValue(*b),
     };
     prost_types::Value { kind: Some(kind) }
+}
+
+/// A protobuf duration from seconds (a flow percentile), to the millisecond.
+fn duration_of(seconds: f64) -> prost_types::Duration {
+    let millis = (seconds * 1000.0).round() as i64;
+    prost_types::Duration {
+        seconds: millis.div_euclid(1000),
+        nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+impl From<&Percentiles> for pb::DurationSummary {
+    fn from(p: &Percentiles) -> Self {
+        pb::DurationSummary {
+            count: p.count,
+            p50: Some(duration_of(p.p50)),
+            p90: Some(duration_of(p.p90)),
+            p99: Some(duration_of(p.p99)),
+        }
+    }
+}
+
+/// One day's durations.
+fn daily(days: &[(i32, Percentiles)]) -> Vec<pb::DailyDurations> {
+    days.iter()
+        .map(|(day, p)| pb::DailyDurations {
+            day: Some(timestamp(i64::from(*day) * DAY_MS)),
+            durations: Some(p.into()),
+        })
+        .collect()
+}
+
+impl From<&StageFigures> for pb::StageFlow {
+    fn from(stage: &StageFigures) -> Self {
+        pb::StageFlow {
+            from_status: stage.from.clone(),
+            to_status: stage.to.clone(),
+            milestone: stage.milestone,
+            total: Some((&stage.total).into()),
+            by_day: daily(&stage.by_day),
+        }
+    }
+}
+
+impl From<&Cohort> for pb::Cohort {
+    fn from(cohort: &Cohort) -> Self {
+        pb::Cohort {
+            day: Some(timestamp(i64::from(cohort.day) * DAY_MS)),
+            phases: cohort
+                .phases
+                .iter()
+                .map(|(phase, operations)| pb::PhaseCount {
+                    phase: pb::Phase::from(*phase) as i32,
+                    operations: *operations,
+                })
+                .collect(),
+            stopped_at: cohort
+                .stopped_at
+                .iter()
+                .map(|(status, operations)| pb::StoppedAt {
+                    status: status.clone(),
+                    operations: *operations,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The answer to `GetFlow`: `report` of `kind` over the window `[since, until)` (ms).
+pub(crate) fn flow_response(
+    kind: &str,
+    (since, until): (i64, i64),
+    report: &FlowReport,
+) -> pb::GetFlowResponse {
+    pb::GetFlowResponse {
+        kind: kind.to_owned(),
+        since: Some(timestamp(since)),
+        until: Some(timestamp(until)),
+        stages: report.stages.iter().map(pb::StageFlow::from).collect(),
+        delivery_lag: report.lag.as_ref().map(pb::DurationSummary::from),
+        delivery_lag_by_day: daily(&report.lag_by_day),
+        cohorts: report.cohorts.iter().map(pb::Cohort::from).collect(),
+    }
 }
 
 #[cfg(test)]

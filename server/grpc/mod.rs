@@ -20,6 +20,7 @@ use crate::domain::overdue::overdue;
 use crate::domain::reconcile::{EventSummary, Operation, Phase, Reconciler};
 use crate::domain::webhook::{check_key, check_name};
 use crate::feed::{ChangeFeed, FeedError, FeedFilter};
+use crate::flow_window::FlowWindow;
 use crate::listing::{ListAsk, ListError, ListQuery, Lists, canonical_names};
 use crate::pb;
 use crate::pb::operation_status_service_server::OperationStatusService;
@@ -397,6 +398,30 @@ impl OperationStatusService for OperationStatusApi {
             operations,
             next_page_token: page.next_page_token.unwrap_or_default(),
         }))
+    }
+
+    async fn get_flow(
+        &self,
+        request: Request<pb::GetFlowRequest>,
+    ) -> Result<Response<pb::GetFlowResponse>, Status> {
+        let req = request.into_inner();
+        let millis = |t: &Option<prost_types::Timestamp>| {
+            t.as_ref()
+                .map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos) / 1_000_000)
+        };
+        let window = FlowWindow::new(
+            &req.kind,
+            millis(&req.since),
+            millis(&req.until),
+            self.clock.now_millis(),
+        )
+        .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        let report = window.answer(&self.store).await.map_err(ApiError::from)?;
+        Ok(Response::new(convert::flow_response(
+            &window.kind,
+            window.bounds(),
+            &report,
+        )))
     }
 
     type WatchOperationStream = WatchStream;

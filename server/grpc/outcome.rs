@@ -231,6 +231,7 @@ mod tests {
                 "/qistatus.v1.OperationStatusService/WatchOperation",
                 "WatchOperation",
             ),
+            ("/qistatus.v1.OperationStatusService/GetFlow", "GetFlow"),
             (
                 "/qistatus.v1.MaintenanceService/SaveSnapshot",
                 "SaveSnapshot",

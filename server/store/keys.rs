@@ -13,6 +13,7 @@
 //! | `C` | `Count` | `kind \0 phase byte \0 status` | how many operations are there, u64 big-endian (absent: none) |
 //! | `D` | `StatusSince` | `kind \0 status \0 since (8 bytes) key` | an operation on its way in a status the catalog has an expectation for, by when it took that status: empty, or the sequence (u64 big-endian) of the event that said it became overdue |
 //! | `U` | `Due` | `due (8 bytes) kind \0 key` | an operation not yet said to be overdue, by when it will be under the catalog in effect: its status |
+//! | `F` | `Flow` | `kind \0 day (4 bytes) tag fields \0 bucket` | a counter of the flow ([`crate::domain::flow`]): how many stages, webhooks or operations of a kind count on that UTC day in that series and bucket, u64 big-endian (absent: none) |
 //! | `M` | `Meta(name)` | the name | counters, secrets, format version |
 //!
 //! Kinds, statuses and keys never contain control characters (the normalizer quarantines
@@ -28,6 +29,7 @@ use std::ops::Bound;
 
 use sled::IVec;
 
+use crate::domain::flow::Series;
 use crate::domain::reconcile::Phase;
 use crate::domain::webhook::EventId;
 
@@ -90,6 +92,17 @@ pub(crate) enum Key<'a> {
         /// Its key.
         key: &'a str,
     },
+    /// A counter of the flow: a kind's count of `series` on `day` in `bucket`.
+    Flow {
+        /// The kind.
+        kind: &'a str,
+        /// The UTC day (days since 1970-01-01).
+        day: i32,
+        /// What it counts.
+        series: &'a Series,
+        /// The duration's bucket (0 for cohorts).
+        bucket: u8,
+    },
     /// A named value of the store itself.
     Meta(Meta),
 }
@@ -125,6 +138,8 @@ pub(crate) enum Meta {
     /// The fingerprint of the catalog the `U` space was last written under: a start or a
     /// reload under another catalog writes it again.
     DueCatalog,
+    /// Present once the `F` space counts every operation's flow.
+    FlowReady,
 }
 
 impl Meta {
@@ -142,6 +157,7 @@ impl Meta {
             Meta::CatalogFingerprint => b"catalog_fingerprint",
             Meta::DatedStatuses => b"dated_statuses",
             Meta::DueCatalog => b"due_catalog",
+            Meta::FlowReady => b"flow_ready",
         }
     }
 }
@@ -163,6 +179,7 @@ pub(crate) enum SpaceId {
     Counts = b'C' as isize,
     StatusSince = b'D' as isize,
     Due = b'U' as isize,
+    Flow = b'F' as isize,
     Meta = b'M' as isize,
 }
 
@@ -194,6 +211,52 @@ pub(crate) fn since_from_bytes(bytes: [u8; 8]) -> i64 {
     (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
 }
 
+/// Where a kind's flow counters of `day` start in the `F` space: a window of days is one
+/// range.
+pub(crate) fn flow_prefix(kind: &str, day: i32) -> Vec<u8> {
+    let mut k = kind.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&((day as u32) ^ (1 << 31)).to_be_bytes());
+    k
+}
+
+/// A flow counter's (day, series, bucket) from its key body, as [`Key::Flow`] wrote it;
+/// `None` if it does not decode.
+pub(crate) fn decode_flow(body: &[u8]) -> Option<(i32, Series, u8)> {
+    let at = body.iter().position(|b| *b == 0)?;
+    let rest = &body[at + 1..];
+    let (day, rest) = rest.split_first_chunk::<4>()?;
+    let day = (u32::from_be_bytes(*day) ^ (1 << 31)) as i32;
+    let (&tag, rest) = rest.split_first()?;
+    let (&bucket, rest) = rest.split_last()?;
+    let fields = rest.strip_suffix(&[0])?;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut parts = fields.splitn(2, |b| *b == 0);
+    let series = match tag {
+        b'S' => Series::Stage {
+            from: text(parts.next()?),
+            to: text(parts.next()?),
+        },
+        b'M' => Series::Milestone {
+            from: text(parts.next()?),
+            milestone: text(parts.next()?),
+        },
+        b'L' if fields.is_empty() => Series::Lag,
+        b'C' => {
+            let phase = match parts.next()? {
+                &[byte] => Phase::ALL.into_iter().find(|p| phase_byte(*p) == byte)?,
+                _ => return None,
+            };
+            Series::Cohort {
+                phase,
+                stopped_at: text(parts.next()?),
+            }
+        }
+        _ => return None,
+    };
+    Some((day, series, bucket))
+}
+
 fn joined(parts: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
     for (i, part) in parts.iter().enumerate() {
@@ -217,6 +280,7 @@ impl Key<'_> {
             Key::Count { .. } => SpaceId::Counts,
             Key::StatusSince { .. } => SpaceId::StatusSince,
             Key::Due { .. } => SpaceId::Due,
+            Key::Flow { .. } => SpaceId::Flow,
             Key::Meta(_) => SpaceId::Meta,
         }
     }
@@ -249,6 +313,32 @@ impl Key<'_> {
             Key::Due { due, kind, key } => {
                 let mut k = since_bytes(due).to_vec();
                 k.extend(joined(&[kind.as_bytes(), key.as_bytes()]));
+                k
+            }
+            Key::Flow {
+                kind,
+                day,
+                series,
+                bucket,
+            } => {
+                let mut k = flow_prefix(kind, day);
+                match series {
+                    Series::Stage { from, to } => {
+                        k.push(b'S');
+                        k.extend(joined(&[from.as_bytes(), to.as_bytes()]));
+                    }
+                    Series::Milestone { from, milestone } => {
+                        k.push(b'M');
+                        k.extend(joined(&[from.as_bytes(), milestone.as_bytes()]));
+                    }
+                    Series::Lag => k.push(b'L'),
+                    Series::Cohort { phase, stopped_at } => {
+                        k.push(b'C');
+                        k.extend(joined(&[&[phase_byte(*phase)], stopped_at.as_bytes()]));
+                    }
+                }
+                k.push(0);
+                k.push(bucket);
                 k
             }
             Key::Meta(name) => name.name().to_vec(),

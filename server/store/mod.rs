@@ -50,6 +50,7 @@
 
 mod due;
 mod failpoint;
+mod flow;
 mod index;
 mod integrity;
 mod keys;
@@ -399,6 +400,7 @@ struct Trees {
     counts: Space,
     status_since: Space,
     due: Space,
+    flow: Space,
 }
 
 /// A handle on the data directory, cheap to clone. Reads go straight to sled.
@@ -411,6 +413,8 @@ pub struct Store {
     /// Keys written to sled (inserted or removed) since the store was opened, counted in
     /// [`Store::apply`]: sled's cost is per key, so this is what the view costs.
     keys_written: Arc<std::sync::atomic::AtomicU64>,
+    /// Stage durations and lags the writer added since the store was opened.
+    flow_seen: Arc<flow::FlowSeen>,
 }
 
 impl Store {

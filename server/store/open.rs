@@ -81,6 +81,7 @@ impl Store {
             counts: space(SpaceId::Counts),
             status_since: space(SpaceId::StatusSince),
             due: space(SpaceId::Due),
+            flow: space(SpaceId::Flow),
             all,
         };
         let store = Store {
@@ -89,11 +90,13 @@ impl Store {
             log: Arc::new(SegmentLog::open(dir.join("log"), applied)?),
             dir: dir.to_owned(),
             keys_written: Arc::default(),
+            flow_seen: Arc::default(),
         };
         store.check_format(fresh)?;
         store.ensure_random_meta(Meta::PageTokenSecret, 32, "the page-token secret")?;
         store.ensure_random_meta(Meta::StoreId, 16, "the store's identity")?;
         store.ensure_counts()?;
+        store.ensure_flow()?;
         let log_ends = store.log.last_lsn();
         if log_ends < applied {
             return Err(StoreError::LogBehindView { log_ends, applied });

@@ -19,10 +19,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 
+use super::flow::{marks_of, put_flow};
 use super::index::{delete_operation, put_operation};
 use super::log::{Entry, PayloadRef, Record, RecordHeader};
 use super::{Key, Meta, Store, StoreError, Writes, failpoint, view};
 use crate::domain::catalog::Catalog;
+use crate::domain::flow::FlowMarks;
 use crate::domain::reconcile::{EventSummary, Operation, Reconciler};
 use crate::domain::webhook::{Normalized, normalize, normalize_with_facts};
 
@@ -270,6 +272,13 @@ pub fn finish(
                 .collect();
             op_bodies.sort_unstable_by_key(|(sequence, _)| *sequence);
             put_operation(&mut writes, &dated, was, op, &op_bodies);
+            put_flow(
+                &mut writes,
+                store.flow_seen(),
+                &op.kind,
+                marks_of(was).as_ref(),
+                Some(&FlowMarks::of(op)),
+            );
         }
     }
     let gone = old.keys().chain(touched.keys());
@@ -281,6 +290,13 @@ pub fn finish(
         {
             report.operations_changed += 1;
             delete_operation(&mut writes, &dated, was);
+            put_flow(
+                &mut writes,
+                store.flow_seen(),
+                &was.kind,
+                Some(&FlowMarks::of(was)),
+                None,
+            );
         }
     }
     report.operations = new.len();

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::due::{put_due, said_overdue};
+use super::flow::put_flow;
 use super::index::{as_indexed, put_operation};
 use super::log::{Entry, PayloadRef, Record};
 use super::record::{Bodies, encode};
@@ -26,6 +27,7 @@ use super::{
     Writes,
 };
 use crate::domain::catalog::Catalog;
+use crate::domain::flow::FlowMarks;
 use crate::domain::overdue::OverdueMark;
 use crate::domain::reconcile::{EventSummary, Operation, Reconciler};
 use crate::domain::webhook::Facts;
@@ -166,6 +168,8 @@ struct Batch<'a> {
 struct Touched {
     /// As its index entries were before (see [`as_indexed`]).
     before: Option<Operation>,
+    /// Its flow's marks as stored before (`None`: not stored).
+    flow: Option<FlowMarks>,
     /// As it is now.
     after: Operation,
     /// Where its webhooks' bodies are in the log.
@@ -193,7 +197,16 @@ impl Batch<'_> {
                 op.before.as_ref(),
                 &op.after,
             );
+            let marks = FlowMarks::of(&op.after);
+            put_flow(
+                &mut self.writes,
+                self.store.flow_seen(),
+                &op.after.kind,
+                op.flow.as_ref(),
+                Some(&marks),
+            );
             op.before = Some(as_indexed(&op.after));
+            op.flow = Some(marks);
         }
     }
 
@@ -263,16 +276,26 @@ impl Batch<'_> {
         known_facts: Option<&Facts>,
     ) -> Result<(), StoreError> {
         let op_key = (envelope.kind.clone(), envelope.key.clone());
-        let (before, current, mut bodies) = match self.operations.remove(&op_key) {
-            Some(touched) => (touched.before, Some(touched.after), touched.bodies),
+        let (before, flow, current, mut bodies) = match self.operations.remove(&op_key) {
+            Some(touched) => (
+                touched.before,
+                touched.flow,
+                Some(touched.after),
+                touched.bodies,
+            ),
             None => {
                 let stored = match self.preread.remove(&op_key) {
                     Some(read) => read,
                     None => self.store.stored_operation(&envelope.kind, &envelope.key)?,
                 };
                 match stored {
-                    Some((op, bodies)) => (Some(as_indexed(&op)), Some(op), bodies),
-                    None => (None, None, Vec::new()),
+                    Some((op, bodies)) => (
+                        Some(as_indexed(&op)),
+                        Some(FlowMarks::of(&op)),
+                        Some(op),
+                        bodies,
+                    ),
+                    None => (None, None, None, Vec::new()),
                 }
             }
         };
@@ -301,6 +324,7 @@ impl Batch<'_> {
             op_key,
             Touched {
                 before,
+                flow,
                 after,
                 bodies,
             },

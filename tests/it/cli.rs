@@ -176,7 +176,8 @@ async fn watch_prints_one_json_line_per_change_and_ends_cleanly_on_ctrl_c() {
     server.stop().await;
 }
 
-async fn cli(args: &[&str]) -> Output {
+/// Runs the `qistatus` CLI with `args`, bounded in time.
+pub(crate) async fn cli(args: &[&str]) -> Output {
     let run = tokio::process::Command::new(crate::process::CLI_BIN)
         .args(args)
         .output();

@@ -395,6 +395,20 @@ async fn two_nodes_on_a_replicated_stream_agree_and_lose_nothing_when_killed() {
     assert_eq!(store_id(b.grpc).await, id_a, "one identity for the cluster");
     assert_eq!(on_a.len(), on_b.len());
     assert!(on_a == on_b, "both nodes saw the same changes");
+    // And give the same flow for the same window (the webhooks' days, January 2024).
+    let flow = |grpc: SocketAddr| async move {
+        let mut client = qistatus::client::Client::connect(&format!("http://{grpc}"))
+            .await
+            .expect("connect");
+        let (since, until) = (1_703_980_800_000, 1_706_659_200_000);
+        client
+            .flow("debt", Some(since), Some(until))
+            .await
+            .expect("GetFlow")
+    };
+    let (flow_a, flow_b) = (flow(a.grpc).await, flow(b.grpc).await);
+    assert!(!flow_a.cohorts.is_empty(), "{flow_a:?}");
+    assert_eq!(flow_a, flow_b, "both nodes give the same flow");
     let by_sequence: BTreeMap<u64, &str> = on_a.iter().map(|c| (c.0, c.1.as_str())).collect();
     for (key, sequence) in &acked {
         assert_eq!(

@@ -25,6 +25,7 @@ mod console;
 mod crash;
 mod delivery_order;
 mod every_kind;
+mod flow;
 mod get_operation;
 mod integrity;
 mod list;

@@ -632,16 +632,18 @@ async fn replay(
             "accepted": summary.accepted,
             "duplicate": summary.duplicate,
             "quarantined": summary.quarantined,
+            "held": summary.held,
             "failed": summary.failed,
         })
         .to_string()
     } else {
         format!(
-            "replayed {} webhook(s): {} accepted, {} duplicate, {} quarantined, {} failed",
+            "replayed {} webhook(s): {} accepted, {} duplicate, {} quarantined, {} held, {} failed",
             summary.total(),
             summary.accepted,
             summary.duplicate,
             summary.quarantined,
+            summary.held,
             summary.failed
         )
     };

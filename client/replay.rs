@@ -7,7 +7,8 @@
 //! At most `--concurrency` requests are in flight, at most `--rate` start per second. A `503`
 //! is retried after its `Retry-After`, and a connection failure a few times with backoff;
 //! anything else that is not a `2xx` is a failure, reported with its line or file. The
-//! summary counts accepted, duplicate, quarantined and failed webhooks; any failure makes the
+//! summary counts accepted, duplicate, quarantined, held (a cluster node kept it until its
+//! stream takes it) and failed webhooks; any failure makes the
 //! exit status non-zero, so a script can trust a zero.
 
 use std::path::{Path, PathBuf};
@@ -38,12 +39,13 @@ pub(crate) struct Summary {
     pub(crate) accepted: u64,
     pub(crate) duplicate: u64,
     pub(crate) quarantined: u64,
+    pub(crate) held: u64,
     pub(crate) failed: u64,
 }
 
 impl Summary {
     pub(crate) fn total(&self) -> u64 {
-        self.accepted + self.duplicate + self.quarantined + self.failed
+        self.accepted + self.duplicate + self.quarantined + self.held + self.failed
     }
 }
 
@@ -58,6 +60,7 @@ enum Outcome {
     Accepted,
     Duplicate,
     Quarantined,
+    Held,
     Failed(String),
 }
 
@@ -98,6 +101,7 @@ pub(crate) async fn run(replay: Replay) -> Result<Summary, String> {
         Outcome::Accepted => summary.accepted += 1,
         Outcome::Duplicate => summary.duplicate += 1,
         Outcome::Quarantined => summary.quarantined += 1,
+        Outcome::Held => summary.held += 1,
         Outcome::Failed(reason) => {
             summary.failed += 1;
             progress.suspend(|| eprintln!("qistatus: {origin}: {reason}"));
@@ -174,6 +178,7 @@ async fn post(http: &reqwest::Client, replay: &Replay, body: &[u8]) -> Outcome {
                     (200, Some("accepted")) => return Outcome::Accepted,
                     (200, Some("duplicate")) => return Outcome::Duplicate,
                     (202, Some("quarantined")) => return Outcome::Quarantined,
+                    (200, Some("held")) => return Outcome::Held,
                     (503, _) => {
                         last_error = format!("the intake is busy ({status})");
                         let wait = backoff.next_delay();

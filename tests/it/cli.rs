@@ -427,7 +427,9 @@ async fn replay_posts_an_archive_and_sums_up_with_a_failing_exit_on_any_failure(
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a failed webhook fails the run");
     assert!(
-        stdout.contains("replayed 5 webhook(s): 2 accepted, 1 duplicate, 1 quarantined, 1 failed"),
+        stdout.contains(
+            "replayed 5 webhook(s): 2 accepted, 1 duplicate, 1 quarantined, 0 held, 1 failed"
+        ),
         "{stdout}"
     );
     assert!(
@@ -545,7 +547,9 @@ async fn replay_reads_signed_acknowledgements_and_reports_a_non_utf8_line_alone(
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stdout.contains("replayed 4 webhook(s): 2 accepted, 1 duplicate, 0 quarantined, 1 failed"),
+        stdout.contains(
+            "replayed 4 webhook(s): 2 accepted, 1 duplicate, 0 quarantined, 0 held, 1 failed"
+        ),
         "{stdout}\n{stderr}"
     );
     assert!(

@@ -770,19 +770,12 @@ fn print_flow(flow: &pb::GetFlowResponse) {
     }
 }
 
-/// A percentile for people: `850ms`, `42s`, `17m`, `5.2h`, `3.1d`.
+/// A percentile for people ([`qistatus::client::span_text`]); `-` when there is none.
 fn span_text(d: Option<&prost_types::Duration>) -> String {
-    let Some(d) = d else {
-        return "-".into();
-    };
-    let seconds = d.seconds as f64 + f64::from(d.nanos) / 1e9;
-    match seconds {
-        s if s < 1.0 => format!("{:.0}ms", s * 1000.0),
-        s if s < 120.0 => format!("{s:.0}s"),
-        s if s < 7200.0 => format!("{:.0}m", s / 60.0),
-        s if s < 172_800.0 => format!("{:.1}h", s / 3600.0),
-        s => format!("{:.1}d", s / 86_400.0),
-    }
+    d.map_or_else(
+        || "-".into(),
+        |d| qistatus::client::span_text(d.seconds as f64 + f64::from(d.nanos) / 1e9),
+    )
 }
 
 fn or_dash(s: String) -> String {

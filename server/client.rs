@@ -496,6 +496,18 @@ pub fn time_given(text: &str, now: i64) -> Result<i64, String> {
     Ok(now.saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX)))
 }
 
+/// A measured duration for people, in the unit that reads best: `850ms`, `42s`, `17m`,
+/// `5.2h`, `3.1d`.
+pub fn span_text(seconds: f64) -> String {
+    match seconds {
+        s if s < 1.0 => format!("{:.0}ms", s * 1000.0),
+        s if s < 120.0 => format!("{s:.0}s"),
+        s if s < 7200.0 => format!("{:.0}m", s / 60.0),
+        s if s < 172_800.0 => format!("{:.1}h", s / 3600.0),
+        s => format!("{:.1}d", s / 86_400.0),
+    }
+}
+
 /// A duration as the catalog writes one (`5d`, `4h`, `30m`, `90s`): the largest unit it is a
 /// whole number of.
 pub fn duration_text(d: Option<&prost_types::Duration>) -> String {

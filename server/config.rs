@@ -390,6 +390,12 @@ pub struct Config {
     #[arg(long, env = "QISTATUS_CACHE_MB", default_value_t = DEFAULT_CACHE_MB)]
     pub cache_mb: u64,
 
+    /// Keep no flow figures (stage durations, delivery lag, cohorts: `qistatus flow`,
+    /// GetFlow, the console's Flow page), saving their cost on every webhook. Starting
+    /// without it again counts them from the stored operations, once.
+    #[arg(long, env = "QISTATUS_NO_FLOW")]
+    pub no_flow: bool,
+
     /// Log filter, in `tracing` directive syntax (e.g. `info`, `qistatus=debug`).
     #[arg(long, env = "QISTATUS_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -632,6 +638,7 @@ impl Config {
             cluster,
             response_signer,
             cache_bytes: self.cache_mb.max(8) * 1024 * 1024,
+            flow: !self.no_flow,
             webhook_verifier,
             grpc_tokens,
             tls,

@@ -13,6 +13,17 @@ pub(crate) const MAX_DAYS: i32 = 366;
 /// The window when none is given: the week up to today.
 pub(crate) const DEFAULT_DAYS: i32 = 7;
 
+/// Why a flow question, checked, has no answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FlowError {
+    /// The server runs with `--no-flow`.
+    #[error("this server keeps no flow figures: it runs with --no-flow")]
+    Off,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// A flow question, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct FlowWindow {
@@ -95,9 +106,14 @@ impl FlowWindow {
     }
 
     /// The flow of the window, from the store's counters, read on the blocking pool.
-    pub(crate) async fn answer(&self, store: &Store) -> Result<FlowReport, StoreError> {
+    pub(crate) async fn answer(&self, store: &Store) -> Result<FlowReport, FlowError> {
+        if !store.flow_on() {
+            return Err(FlowError::Off);
+        }
         let (kind, days) = (self.kind.clone(), self.first_day..=self.last_day);
-        store.read_async(move |store| store.flow(&kind, days)).await
+        Ok(store
+            .read_async(move |store| store.flow(&kind, days))
+            .await?)
     }
 }
 

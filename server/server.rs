@@ -111,6 +111,9 @@ pub struct Settings {
     pub tls: Option<TlsIdentity>,
     /// Bytes of sled's page cache.
     pub cache_bytes: u64,
+    /// Whether writes keep the flow's counters (stage durations, lag, cohorts): `--no-flow`
+    /// saves their cost per webhook, and `GetFlow` then answers FAILED_PRECONDITION.
+    pub flow: bool,
     /// The cluster's stream, for a cluster node; `None` for a single node.
     pub cluster: Option<ClusterSettings>,
     /// The clock every part reads the time of day from: the system's, or a test's
@@ -149,6 +152,7 @@ impl Settings {
             grpc_tokens: BearerTokens::default(),
             tls: None,
             cache_bytes: crate::store::DEFAULT_CACHE_MB * 1024 * 1024,
+            flow: true,
             cluster: None,
             clock: Clock::system(),
             qitech_api: None,
@@ -397,6 +401,7 @@ impl Core {
             }
             opened => opened?,
         };
+        store.set_flow(settings.flow)?;
         let quarantined = store.quarantine_len();
         if quarantined > 0 {
             tracing::warn!(

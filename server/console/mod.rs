@@ -20,6 +20,7 @@
 //! the store (a resend asked of QI arrives at the intake like any webhook). Assets are
 //! embedded in the binary.
 
+mod charts;
 mod pages;
 mod session;
 
@@ -40,12 +41,13 @@ use serde::Deserialize;
 
 use crate::auth::grpc::BearerTokens;
 use crate::clock::Clock;
-use crate::domain::catalog::Catalog;
 use crate::domain::catalog::canonical_status;
+use crate::domain::catalog::{Catalog, StatusClass};
 use crate::domain::personal;
 use crate::domain::reconcile::{Operation, Phase};
 use crate::domain::webhook::{check_key, check_name};
 use crate::feed::{ChangeFeed, FeedEvent, FeedFilter};
+use crate::flow_window::{FlowError, FlowWindow};
 use crate::listing::{ListAsk, ListError, ListPage, ListQuery, Lists};
 use crate::recovery::{RecoveryError, RecoveryHandle};
 use crate::reload::CatalogHandle;
@@ -134,6 +136,7 @@ pub(crate) fn router(state: ConsoleState) -> Router {
         .route("/operations/{key}/webhooks/{sequence}/reveal", post(reveal))
         .route("/list", get(list))
         .route("/overdue", get(overdue))
+        .route("/flow", get(flow))
         .route("/quarantine", get(quarantine))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
@@ -668,6 +671,76 @@ async fn overdue(
         "Overdue",
         pages::overdue(&kinds, query.kind.as_deref(), count, &operations, now, next),
     ))
+}
+
+/// What `/ui/flow` was asked: a kind (by default `debt`, else the catalog's first), and how
+/// many days up to today (one of [`pages::FLOW_DAYS`], 7 by default).
+#[derive(Debug, Deserialize)]
+struct FlowForm {
+    kind: Option<String>,
+    days: Option<String>,
+}
+
+/// `GET /ui/flow`.
+async fn flow(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Query(form): Query<FlowForm>,
+) -> Result<Markup, ConsoleError> {
+    let viewer = viewer(&state, &headers)?;
+    let catalog = state.catalog.current();
+    let kinds: Vec<String> = catalog.kinds.keys().cloned().collect();
+    let kind = match ListForm::field(&form.kind) {
+        Some(kind) => catalog.resolve_kind(&kind),
+        None if catalog.kind("debt").is_some() => "debt".to_owned(),
+        None => kinds.first().cloned().unwrap_or_default(),
+    };
+    let days = match ListForm::field(&form.days) {
+        None => 7,
+        Some(days) => days
+            .parse::<i32>()
+            .ok()
+            .filter(|d| pages::FLOW_DAYS.contains(d))
+            .ok_or_else(|| {
+                ConsoleError::BadRequest(format!(
+                    "days must be one of {:?}, not {days:?}",
+                    pages::FLOW_DAYS
+                ))
+            })?,
+    };
+    let now = state.clock.now_millis();
+    let since = now - i64::from(days - 1) * crate::domain::flow::DAY_MS;
+    let window = FlowWindow::new(&kind, Some(since), Some(now), now)
+        .map_err(|e| ConsoleError::BadRequest(e.to_string()))?;
+    let report = window.answer(&state.store).await.map_err(|e| match e {
+        FlowError::Off => ConsoleError::NotFound(e.to_string()),
+        FlowError::Store(e) => ConsoleError::from(e),
+    })?;
+    let counts = state.store.read_async(|store| store.counts()).await?;
+    // Now, by status: the catalog's stages in their order, then its end statuses, then
+    // statuses it does not know.
+    let mut now_by_status: Vec<(String, Phase, u64)> = counts
+        .into_iter()
+        .filter(|c| c.kind == window.kind)
+        .map(|c| (c.status, c.phase, c.operations))
+        .collect();
+    now_by_status.sort_by_key(
+        |(status, _, _)| match catalog.classify(&window.kind, status) {
+            StatusClass::Stage(i) => (0, i),
+            StatusClass::End { .. } => (1, 0),
+            StatusClass::Unknown => (2, 0),
+        },
+    );
+    let view = pages::FlowView {
+        kinds: &kinds,
+        kind: &window.kind,
+        days,
+        first_day: window.first_day,
+        last_day: window.last_day,
+        now: &now_by_status,
+        report: &report,
+    };
+    Ok(page(&viewer, "Flow", pages::flow(&view)))
 }
 
 #[derive(Debug, Deserialize)]

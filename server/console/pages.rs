@@ -4,6 +4,8 @@
 
 use maud::{DOCTYPE, Markup, html};
 
+use super::charts::{Bar, Line, bars, lines_over_days};
+use crate::domain::flow::{FlowReport, Percentiles};
 use crate::domain::overdue::Overdue;
 use crate::domain::reconcile::{Operation, Phase};
 use crate::domain::webhook::FactValue;
@@ -30,6 +32,7 @@ pub(crate) fn layout(title: &str, csrf: Option<&str>, body: Markup) -> Markup {
                         a href="/ui/" { "Overview" }
                         a href="/ui/list" { "Lists" }
                         a href="/ui/overdue" { "Overdue" }
+                        a href="/ui/flow" { "Flow" }
                         a href="/ui/quarantine" { "Quarantine" }
                     }
                     form.search method="get" action="/ui/operations" {
@@ -383,6 +386,170 @@ fn duration(ms: i64) -> String {
         "under a minute".into()
     } else {
         parts.join(" ")
+    }
+}
+
+/// A measured duration in seconds, as people read it (`42s`, `17m`, `5.2h`).
+pub(crate) fn span(seconds: f64) -> String {
+    crate::client::span_text(seconds)
+}
+
+/// What the flow page shows: a kind's window ([`crate::flow_window`]) and its figures.
+pub(crate) struct FlowView<'a> {
+    /// Every kind of the catalog, for the form.
+    pub(crate) kinds: &'a [String],
+    /// The kind shown.
+    pub(crate) kind: &'a str,
+    /// How many days the window spans (the form's choice).
+    pub(crate) days: i32,
+    /// The window's first and last UTC day.
+    pub(crate) first_day: i32,
+    pub(crate) last_day: i32,
+    /// How many of the kind are in each status now, in the catalog's order of stages (then
+    /// the end statuses), with the status's phase.
+    pub(crate) now: &'a [(String, Phase, u64)],
+    /// The window's figures.
+    pub(crate) report: &'a FlowReport,
+}
+
+/// The day choices of the flow page's form.
+pub(crate) const FLOW_DAYS: [i32; 4] = [1, 7, 30, 90];
+/// How many stages get a chart of their own (the most counted).
+const CHARTED_STAGES: usize = 4;
+
+/// `GET /ui/flow`: where a kind's operations are now, how long each stage took, how late
+/// webhooks arrived, and what became of each day's operations.
+pub(crate) fn flow(view: &FlowView<'_>) -> Markup {
+    let day = |d: i32| {
+        chrono::DateTime::from_timestamp(i64::from(d) * 86_400, 0)
+            .map(|t| t.format("%Y-%m-%d").to_string())
+            .unwrap_or_default()
+    };
+    let report = view.report;
+    let funnel: Vec<Bar> = view
+        .now
+        .iter()
+        .map(|(status, phase, count)| Bar {
+            label: status.clone(),
+            value: *count,
+            class: phase_class(*phase),
+        })
+        .collect();
+    let percentiles_line = |name: &str,
+                            class: &'static str,
+                            days: &[(i32, Percentiles)],
+                            pick: fn(&Percentiles) -> f64| Line {
+        name: name.to_owned(),
+        class,
+        points: days.iter().map(|(d, p)| (*d, pick(p))).collect(),
+    };
+    html! {
+        h1 { "Flow" }
+        p.hint { "How long each stage takes, measured between the event times QI Tech gives, in each operation's event-time order whatever order the webhooks came in; how late the webhooks arrive; and what became of the operations that started on each day. Days are UTC. Durations are within 9.1 % (fixed buckets)." }
+        form.filters method="get" action="/ui/flow" {
+            label { "Kind " select name="kind" {
+                @for k in view.kinds { option value=(k) selected[k == view.kind] { (k) } }
+            } }
+            label { "Days " select name="days" {
+                @for d in FLOW_DAYS { option value=(d) selected[d == view.days] { (d) } }
+            } }
+            button type="submit" { "Show" }
+        }
+        p.summary { (view.kind) " · " (day(view.first_day)) " to " (day(view.last_day)) }
+        section #now {
+            h2 { "Where they are now" }
+            @if funnel.is_empty() {
+                p { "No operation of this kind yet." }
+            } @else {
+                (bars(&format!("{} by status now", view.kind), &funnel))
+            }
+        }
+        section #stages {
+            h2 { "How long each stage takes" }
+            @if report.stages.is_empty() {
+                p { "No stage ended in these days." }
+            } @else {
+                div.scroll { table.stages {
+                    thead { tr { th { "From" } th { "To" } th.num { "Count" } th.num { "p50" } th.num { "p90" } th.num { "p99" } } }
+                    tbody {
+                        @for stage in &report.stages {
+                            tr {
+                                td { (stage.from) }
+                                td { @if stage.milestone { "milestone " } (stage.to) }
+                                td.num { (stage.total.count) }
+                                td.num { (span(stage.total.p50)) }
+                                td.num { (span(stage.total.p90)) }
+                                td.num { (span(stage.total.p99)) }
+                            }
+                        }
+                    }
+                } }
+                @for stage in report.stages.iter().filter(|s| !s.milestone).take(CHARTED_STAGES) {
+                    h3 { (stage.from) " → " (stage.to) ", day by day" }
+                    (lines_over_days(
+                        &format!("{} to {}: median and 90th percentile by day", stage.from, stage.to),
+                        view.first_day,
+                        view.last_day,
+                        &[
+                            percentiles_line("p50", "p50", &stage.by_day, |p| p.p50),
+                            percentiles_line("p90", "p90", &stage.by_day, |p| p.p90),
+                        ],
+                    ))
+                }
+            }
+        }
+        section #lag {
+            h2 { "How late webhooks arrive" }
+            @match &report.lag {
+                None => p { "No webhook with an event time arrived in these days." },
+                Some(lag) => {
+                    p.summary { (lag.count) " webhooks, received after their event time by: p50 " (span(lag.p50)) " · p90 " (span(lag.p90)) " · p99 " (span(lag.p99)) }
+                    (lines_over_days(
+                        "Delivery lag: median and 99th percentile by day",
+                        view.first_day,
+                        view.last_day,
+                        &[
+                            percentiles_line("p50", "p50", &report.lag_by_day, |p| p.p50),
+                            percentiles_line("p99", "p99", &report.lag_by_day, |p| p.p99),
+                        ],
+                    ))
+                }
+            }
+        }
+        section #cohorts {
+            h2 { "What became of each day's operations" }
+            @if report.cohorts.is_empty() {
+                p { "No operation started in these days." }
+            } @else {
+                div.scroll { table.cohorts {
+                    thead { tr { th { "Started" } th.num { "Total" } @for p in Phase::ALL { th.num { (p.as_str()) } } th { "Failed ones stopped at" } } }
+                    tbody {
+                        @for cohort in &report.cohorts {
+                            tr {
+                                td { (day(cohort.day)) }
+                                td.num { (cohort.phases.iter().map(|(_, n)| n).sum::<u64>()) }
+                                @for p in Phase::ALL {
+                                    td.num { (cohort.phases.iter().filter(|(q, _)| *q == p).map(|(_, n)| n).sum::<u64>()) }
+                                }
+                                td { @for (i, (status, n)) in cohort.stopped_at.iter().enumerate() {
+                                    @if i > 0 { ", " } (status) " " (n)
+                                } }
+                            }
+                        }
+                    }
+                } }
+            }
+        }
+    }
+}
+
+/// The CSS class of a phase's colour.
+fn phase_class(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Pending => "phase-pending",
+        Phase::Active => "phase-active",
+        Phase::Succeeded => "phase-succeeded",
+        Phase::Failed => "phase-failed",
     }
 }
 

@@ -20,7 +20,7 @@ use crate::domain::overdue::overdue;
 use crate::domain::reconcile::{EventSummary, Operation, Phase, Reconciler};
 use crate::domain::webhook::{check_key, check_name};
 use crate::feed::{ChangeFeed, FeedError, FeedFilter};
-use crate::flow_window::FlowWindow;
+use crate::flow_window::{FlowError, FlowWindow};
 use crate::listing::{ListAsk, ListError, ListQuery, Lists, canonical_names};
 use crate::pb;
 use crate::pb::operation_status_service_server::OperationStatusService;
@@ -109,6 +109,15 @@ impl From<ListError> for ApiError {
                 ApiError::InvalidArgument(e.to_string())
             }
             ListError::Store(e) => ApiError::Store(e),
+        }
+    }
+}
+
+impl From<FlowError> for ApiError {
+    fn from(e: FlowError) -> Self {
+        match e {
+            FlowError::Off => ApiError::FailedPrecondition(e.to_string()),
+            FlowError::Store(e) => ApiError::Store(e),
         }
     }
 }

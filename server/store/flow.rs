@@ -92,12 +92,43 @@ pub(crate) fn marks_of(op: Option<&Operation>) -> Option<FlowMarks> {
 }
 
 impl Store {
-    /// Counts every operation's flow once, for a store written before the flow existed (a
-    /// scan, once); from then on every change keeps the counters.
-    pub(super) fn ensure_flow(&self) -> Result<(), StoreError> {
+    /// Turns the flow's counters on or off for this process (`--no-flow`). On: counters that
+    /// are not known to be complete (a store written before the flow existed, or by a run
+    /// with it off) are counted again from the operations, a scan, once. Off: no write keeps
+    /// them, and the store's mark that they are complete is removed first, so that turning
+    /// them on again counts them again.
+    pub fn set_flow(&self, on: bool) -> Result<(), StoreError> {
+        if on {
+            self.ensure_flow()?;
+        } else {
+            let mut writes = Writes::default();
+            writes.delete(Key::Meta(Meta::FlowReady));
+            writes.apply(&self.trees.all)?;
+        }
+        self.flow_on.store(on, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether writes keep the flow's counters.
+    pub fn flow_on(&self) -> bool {
+        self.flow_on.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts every operation's flow, unless the counters are marked complete: they are
+    /// cleared first (a run with the flow off may have left some), then counted from the
+    /// operations; from then on every change keeps them.
+    fn ensure_flow(&self) -> Result<(), StoreError> {
         if self.get(Key::Meta(Meta::FlowReady))?.is_some() {
             return Ok(());
         }
+        // Cleared in a batch of its own: a counter's change is added to its stored value
+        // when its batch is applied, which must then be the cleared one.
+        let mut clearing = Writes::default();
+        for kv in self.trees.flow.iter() {
+            let (key, _) = kv?;
+            clearing.delete_raw(super::SpaceId::Flow, &key);
+        }
+        clearing.apply(&self.trees.all)?;
         let mut writes = Writes::default();
         let seen = FlowSeen::default();
         let mut counted = 0u64;

@@ -415,6 +415,8 @@ pub struct Store {
     keys_written: Arc<std::sync::atomic::AtomicU64>,
     /// Stage durations and lags the writer added since the store was opened.
     flow_seen: Arc<flow::FlowSeen>,
+    /// Whether writes keep the flow's counters ([`Store::set_flow`]).
+    flow_on: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Store {

@@ -91,12 +91,12 @@ impl Store {
             dir: dir.to_owned(),
             keys_written: Arc::default(),
             flow_seen: Arc::default(),
+            flow_on: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         };
         store.check_format(fresh)?;
         store.ensure_random_meta(Meta::PageTokenSecret, 32, "the page-token secret")?;
         store.ensure_random_meta(Meta::StoreId, 16, "the store's identity")?;
         store.ensure_counts()?;
-        store.ensure_flow()?;
         let log_ends = store.log.last_lsn();
         if log_ends < applied {
             return Err(StoreError::LogBehindView { log_ends, applied });

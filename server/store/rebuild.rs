@@ -272,13 +272,15 @@ pub fn finish(
                 .collect();
             op_bodies.sort_unstable_by_key(|(sequence, _)| *sequence);
             put_operation(&mut writes, &dated, was, op, &op_bodies);
-            put_flow(
-                &mut writes,
-                store.flow_seen(),
-                &op.kind,
-                marks_of(was).as_ref(),
-                Some(&FlowMarks::of(op)),
-            );
+            if store.flow_on() {
+                put_flow(
+                    &mut writes,
+                    store.flow_seen(),
+                    &op.kind,
+                    marks_of(was).as_ref(),
+                    Some(&FlowMarks::of(op)),
+                );
+            }
         }
     }
     let gone = old.keys().chain(touched.keys());
@@ -290,13 +292,15 @@ pub fn finish(
         {
             report.operations_changed += 1;
             delete_operation(&mut writes, &dated, was);
-            put_flow(
-                &mut writes,
-                store.flow_seen(),
-                &was.kind,
-                Some(&FlowMarks::of(was)),
-                None,
-            );
+            if store.flow_on() {
+                put_flow(
+                    &mut writes,
+                    store.flow_seen(),
+                    &was.kind,
+                    Some(&FlowMarks::of(was)),
+                    None,
+                );
+            }
         }
     }
     report.operations = new.len();

@@ -197,16 +197,18 @@ impl Batch<'_> {
                 op.before.as_ref(),
                 &op.after,
             );
-            let marks = FlowMarks::of(&op.after);
-            put_flow(
-                &mut self.writes,
-                self.store.flow_seen(),
-                &op.after.kind,
-                op.flow.as_ref(),
-                Some(&marks),
-            );
+            if self.store.flow_on() {
+                let marks = FlowMarks::of(&op.after);
+                put_flow(
+                    &mut self.writes,
+                    self.store.flow_seen(),
+                    &op.after.kind,
+                    op.flow.as_ref(),
+                    Some(&marks),
+                );
+                op.flow = Some(marks);
+            }
             op.before = Some(as_indexed(&op.after));
-            op.flow = Some(marks);
         }
     }
 
@@ -291,7 +293,7 @@ impl Batch<'_> {
                 match stored {
                     Some((op, bodies)) => (
                         Some(as_indexed(&op)),
-                        Some(FlowMarks::of(&op)),
+                        self.store.flow_on().then(|| FlowMarks::of(&op)),
                         Some(op),
                         bodies,
                     ),

@@ -251,6 +251,15 @@ async fn every_metric_the_deploy_examples_use_is_served() {
     })
     .await;
     qi.deliver_to(&server.webhooks_url());
+    // Two statuses: a stage, as the flow's panels assume.
+    server
+        .post_ok(webhook(
+            "debt",
+            "m1",
+            "waiting_signature",
+            "2024-01-01 09:00:00",
+        ))
+        .await;
     server
         .post_ok(webhook("debt", "m1", "disbursed", "2024-01-01 10:00:00"))
         .await;

@@ -1,7 +1,8 @@
 //! The console, in a real browser: Debian's headless Chromium driven over WebDriver
 //! (`chromedriver`, started by the test) against the real server. What a person sees:
 //! the sign-in, the overview's counts and live list, an operation's status, milestones,
-//! facts and timeline, a payload with its personal data masked until revealed, and a
+//! facts and timeline, a payload with its personal data masked until revealed, the flow
+//! page's bars, table and charts, and a
 //! `<script>` in a webhook shown as text.
 //!
 //! Needs Chromium and ChromeDriver, which [`crate::peers`] finds or installs: the browser
@@ -651,4 +652,122 @@ async fn a_guesser_next_door_never_locks_a_colleague_out() {
         assert_eq!(again.status(), 303, "the colleague is let in");
     }
     assert_eq!(sign_in(no_redirects(), TOKEN, None).await.status(), 429);
+}
+
+/// The flow page (#37), in the browser: where a kind's operations are now (bars), how long
+/// each stage took (a table and a chart by day), how late webhooks came, and each day's
+/// cohort; on a clock the test drives, against figures computed here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flow_page_shows_where_operations_are_and_how_long_their_stages_take() {
+    use qistatus::domain::flow::{bucket_of, bucket_value};
+    // 2024-03-10 10:00 UTC.
+    const T0: i64 = 1_710_064_800_000;
+    const MINUTE: i64 = 60_000;
+    let at = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    // The clock at 12:00: every webhook is received then.
+    let clock = qistatus::ManualClock::at_millis(T0 + 120 * MINUTE);
+    let server = TestServer::start_configured(|s| s.clock = clock.clock()).await;
+    // Four debts disbursed 10, 20, 30 and 40 minutes after creation; one canceled.
+    for i in 0..4 {
+        let key = format!("flow-{i}");
+        server
+            .post_ok(webhook("debt", &key, "waiting_signature", &at(T0)))
+            .await;
+        let disbursed = at(T0 + (i + 1) * 10 * MINUTE);
+        server
+            .post_ok(webhook("debt", &key, "disbursed", &disbursed))
+            .await;
+    }
+    server
+        .post_ok(webhook("debt", "flow-x", "waiting_signature", &at(T0)))
+        .await;
+    server
+        .post_ok(webhook("debt", "flow-x", "canceled", &at(T0 + 5 * MINUTE)))
+        .await;
+
+    let browser = Browser::start().await;
+    let c = &browser.client;
+    c.goto(&format!("http://{}/ui/flow?kind=debt&days=7", server.admin))
+        .await
+        .unwrap();
+    let text = browser.text_once("//h1[text()='Flow']").await;
+    // Table cells come apart with tabs: read as words.
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(text.contains("debt · 2024-03-04 to 2024-03-10"), "{text}");
+
+    // Where they are now: a bar per status, as long as its count.
+    let bar = |status: &'static str| async move {
+        let bar = c
+            .find(Locator::Css(&format!(
+                "section#now svg g.bar[data-label='{status}']"
+            )))
+            .await
+            .unwrap_or_else(|e| panic!("a bar for {status}: {e}"));
+        let value = bar.attr("data-value").await.unwrap().unwrap();
+        let rect = bar.find(Locator::Css("rect")).await.unwrap();
+        let width: f64 = rect.attr("width").await.unwrap().unwrap().parse().unwrap();
+        (value, width)
+    };
+    let (disbursed, canceled) = (bar("disbursed").await, bar("canceled").await);
+    assert_eq!((disbursed.0.as_str(), canceled.0.as_str()), ("4", "1"));
+    assert!(
+        (disbursed.1 / canceled.1 - 4.0).abs() < 0.01,
+        "{disbursed:?} {canceled:?}"
+    );
+
+    // How long: creation to disbursement took 10, 20, 30, 40 min: the median is the 2nd
+    // (20 min), p90 and p99 the 4th (40 min), each shown as its bucket's value.
+    let shown =
+        |minutes: i64| qistatus::client::span_text(bucket_value(bucket_of(minutes * MINUTE)));
+    let row = format!(
+        "waiting_signature disbursed 4 {} {} {}",
+        shown(20),
+        shown(40),
+        shown(40)
+    );
+    assert!(text.contains(&row), "{row} in\n{text}");
+    // A chart by day per stage, and the lag's: one day, so one point per line.
+    let charts = c
+        .find_all(Locator::Css("section#stages svg.lines"))
+        .await
+        .unwrap();
+    assert_eq!(
+        charts.len(),
+        2,
+        "waiting_signature → disbursed and → canceled"
+    );
+    let points = charts[0].find_all(Locator::Css("circle")).await.unwrap();
+    assert_eq!(points.len(), 2, "p50 and p90 of the one day");
+    assert!(
+        c.find(Locator::Css("section#lag svg.lines")).await.is_ok(),
+        "the lag's chart"
+    );
+    // Ten webhooks, all received at 12:00.
+    assert!(
+        text.contains("10 webhooks, received after their event time by"),
+        "{text}"
+    );
+
+    // The day's cohort: four active, one failed, stopped at waiting_signature.
+    assert!(
+        text.contains("2024-03-10 5 0 4 0 1 waiting_signature 1"),
+        "{text}"
+    );
+    browser.screenshot("console-flow.png").await;
+
+    // A choice the form does not offer is a 400 that says which are.
+    let response = reqwest::get(format!("http://{}/ui/flow?days=9999", server.admin))
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let page = response.text().await.unwrap();
+    assert!(
+        page.contains("days must be one of [1, 7, 30, 90]"),
+        "{page}"
+    );
+    server.stop().await;
 }

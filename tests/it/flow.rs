@@ -218,3 +218,66 @@ fn set_clock(clock: &ManualClock, millis: i64) {
     assert!(by >= 0, "the clock only moves forward");
     clock.advance(Duration::from_millis(by as u64));
 }
+
+/// `--no-flow`: no counters are kept and GetFlow says why; a start with the flow on counts
+/// it from the stored operations, and again after another run without it (cleared first,
+/// never counted twice). This is also how a store written before the flow existed is
+/// counted: at its first start.
+#[tokio::test]
+async fn a_server_without_the_flow_says_so_and_a_start_with_it_counts_what_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |flow: bool| {
+        let mut settings = qistatus::Settings::new(dir.path().join("data"));
+        settings.flow = flow;
+        TestServer::start_with(settings)
+    };
+    let server = start(false).await;
+    post_debt(&server, "n-1").await;
+    post_debt(&server, "n-2").await;
+    let err = server
+        .client()
+        .await
+        .flow("debt", None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::FailedPrecondition));
+    assert!(err.to_string().contains("--no-flow"), "{err}");
+    server.stop().await;
+
+    let server = start(true).await;
+    assert_eq!(disbursed(&server).await, 2, "counted from what is stored");
+    server.stop().await;
+
+    let server = start(false).await;
+    post_debt(&server, "n-3").await;
+    server.stop().await;
+    let server = start(true).await;
+    assert_eq!(disbursed(&server).await, 3, "counted again, not added to");
+    post_debt(&server, "n-4").await;
+    assert_eq!(disbursed(&server).await, 4, "kept from then on");
+    server.stop().await;
+}
+
+/// A debt created at `T0` and disbursed 10 minutes later.
+async fn post_debt(server: &TestServer, key: &str) {
+    server
+        .post_ok(webhook("debt", key, "waiting_signature", &at(T0)))
+        .await;
+    server
+        .post_ok(webhook("debt", key, "disbursed", &at(T0 + 10 * MINUTE)))
+        .await;
+}
+
+/// How many `waiting_signature → disbursed` stages ended on `T0`'s day.
+async fn disbursed(server: &TestServer) -> u64 {
+    let flow = server
+        .client()
+        .await
+        .flow("debt", Some(T0), Some(T0))
+        .await
+        .expect("GetFlow");
+    stage(&flow, "waiting_signature", "disbursed")
+        .total
+        .unwrap()
+        .count
+}

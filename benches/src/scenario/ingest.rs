@@ -20,6 +20,22 @@ pub async fn run(cx: &Context, report: &mut Report, with_ingest: bool, with_read
     let (q_server, _) = cx.qistatus.start(&cx.dir("q-ingest"), None).await;
     let q_target = QistatusTarget::connect(&q_server).await;
     let q_ingest = ingest(&q_target, cx, Some(&q_server)).await;
+    // The same load on a server that keeps no flow figures: what they cost the intake.
+    let (no_flow_server, _) = cx
+        .qistatus
+        .start_with(&cx.dir("q-ingest-no-flow"), None, &["--no-flow".to_owned()])
+        .await;
+    let no_flow = ingest(
+        &QistatusTarget::connect(&no_flow_server).await,
+        cx,
+        Some(&no_flow_server),
+    )
+    .await;
+    let no_flow_keys = no_flow_server
+        .metric("qistatus_view_keys_written_total", "")
+        .zip(no_flow_server.metric("qistatus_webhooks_total", r#"result="accepted""#))
+        .map(|(keys, accepted)| keys / accepted.max(1.0));
+    no_flow_server.stop().await;
     // What the view cost per stored webhook, in sled keys (sled's cost is per key).
     let accepted = q_server.metric("qistatus_webhooks_total", r#"result="accepted""#);
     let keys_per_webhook = q_server
@@ -73,6 +89,20 @@ pub async fn run(cx: &Context, report: &mut Report, with_ingest: bool, with_read
             e.map_or("—".into(), |e| e.failures.to_string()),
             p.map_or("—".into(), |p| p.failures.to_string()),
         ));
+        report.row(
+            "durable ingest",
+            "webhooks acknowledged per second, flow kept vs --no-flow (same load, one after the other)",
+            format!("{:.0}/s vs {:.0}/s", q_ingest.median_rate(), no_flow.median_rate()),
+            Some(q_ingest.median_rate() / no_flow.median_rate()),
+            "",
+        );
+        report.notes.extend(cpu_note(
+            "ingest with and without the flow",
+            &[
+                ("flow kept", Some(&q_ingest)),
+                ("--no-flow", Some(&no_flow)),
+            ],
+        ));
         if let Some(per_webhook) = keys_per_webhook {
             report.row(
                 "durable ingest",
@@ -80,6 +110,15 @@ pub async fn run(cx: &Context, report: &mut Report, with_ingest: bool, with_read
                 format!("{per_webhook:.2}"),
                 None,
                 "≤ 2.5",
+            );
+        }
+        if let Some(per_webhook) = no_flow_keys {
+            report.row(
+                "durable ingest",
+                "the same, with --no-flow (what the flow's counters add is the difference)",
+                format!("{per_webhook:.2}"),
+                None,
+                "",
             );
         }
         if let Some(ceiling) = &ceiling {

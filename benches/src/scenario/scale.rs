@@ -33,6 +33,7 @@ pub async fn run(cx: &Context, report: &mut Report) {
     let small = list_pages(&server, s.list_pages).await;
     let small_overdue = overdue_pages(&server, s.list_pages).await;
     let small_count = overdue_counts(&server, 50).await;
+    let small_flow = flow_answers(&server, s.list_pages).await;
     let rate = populate(&server, s.scale_small, s.scale_large, s.concurrency).await;
     let large = list_pages(&server, s.list_pages).await;
     // The same pages once more: at the small size every page is in sled's cache from the
@@ -41,6 +42,7 @@ pub async fn run(cx: &Context, report: &mut Report) {
     let large_again = list_pages(&server, s.list_pages).await;
     let large_overdue = overdue_pages(&server, s.list_pages).await;
     let large_count = overdue_counts(&server, 50).await;
+    let large_flow = flow_answers(&server, s.list_pages).await;
     let rss = server.rss_bytes();
     let ports = server.ports();
     // Idle, with the overdue clock looking every second (the default).
@@ -113,6 +115,21 @@ pub async fn run(cx: &Context, report: &mut Report) {
         Some(lc as f64 / sc as f64),
         "",
     );
+    for (window, small, large) in [
+        ("the week up to today", &small_flow.0, &large_flow.0),
+        ("the 366 days up to today", &small_flow.1, &large_flow.1),
+    ] {
+        let (s99, l99) = (small.value_at_quantile(0.99), large.value_at_quantile(0.99));
+        let answer = |n: usize| format!("GetFlow of debts over {window}, p99, at {n}");
+        report.row("scale", &answer(s.scale_small), ms(s99), None, "");
+        report.row(
+            "scale",
+            &answer(s.scale_large),
+            ms(l99),
+            Some(l99 as f64 / s99 as f64),
+            "",
+        );
+    }
     report.row(
         "scale",
         &format!("server RSS at {} operations", s.scale_large),
@@ -367,6 +384,37 @@ async fn walk_pages(
 }
 
 /// `calls` GetStats calls, which count the overdue operations; returns latencies.
+/// Asks GetFlow `calls` times for the debts of the week up to today, and as many for the 366
+/// days up to today; returns both latencies. Every webhook was received today (each a lag
+/// counted today), and one in a hundred started two days ago (a cohort in both windows).
+async fn flow_answers(server: &Process, calls: usize) -> (Histogram<u64>, Histogram<u64>) {
+    let channel = channels(&server.grpc, 1).await.remove(0);
+    let mut client = OperationStatusServiceClient::new(channel);
+    let now = chrono::Utc::now().timestamp();
+    let mut out = (histogram(), histogram());
+    for (days, h) in [(7, &mut out.0), (366, &mut out.1)] {
+        let request = pb::GetFlowRequest {
+            kind: "debt".into(),
+            since: Some(prost_types::Timestamp {
+                seconds: now - (days - 1) * 86_400,
+                nanos: 0,
+            }),
+            until: None,
+        };
+        for _ in 0..calls {
+            let t = Instant::now();
+            let flow = client
+                .get_flow(request.clone())
+                .await
+                .expect("GetFlow")
+                .into_inner();
+            let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+            assert!(flow.delivery_lag.is_some(), "the lag of what was received");
+        }
+    }
+    out
+}
+
 async fn overdue_counts(server: &Process, calls: usize) -> Histogram<u64> {
     use qistatus::pb::maintenance_service_client::MaintenanceServiceClient;
     let channel = channels(&server.grpc, 1).await.remove(0);

@@ -90,6 +90,11 @@ pub struct KindSpec {
     /// The non-final statuses, in the order the flow goes through them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<String>,
+    /// Stages the flow goes back and forth between (a request sent back to the requester,
+    /// then sent again): each group ranks as its first member in `stages`, so between its
+    /// members the later event time wins, not the later stage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loops: Vec<Vec<String>>,
     /// The stages in which an operation is live and running (phase `Active`), e.g. a debt
     /// from `disbursed` on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -229,6 +234,7 @@ struct CatalogOverlay {
 #[serde(deny_unknown_fields)]
 struct KindOverlay {
     stages: Option<Vec<String>>,
+    loops: Option<Vec<Vec<String>>>,
     active: Option<Vec<String>>,
     success: Option<Vec<String>>,
     failure: Option<Vec<String>>,
@@ -359,6 +365,18 @@ impl Catalog {
                     .retain(|a| stages.iter().any(|s| canonical_status(s) == *a));
             }
             set(&mut spec.active, o.active);
+            if o.loops.is_none() && stages_replaced {
+                // The same for the loops: those whose stages all remain.
+                let stages = spec.stages.clone();
+                spec.loops.retain(|group| {
+                    group
+                        .iter()
+                        .all(|l| stages.iter().any(|s| canonical_status(s) == *l))
+                });
+            }
+            if let Some(loops) = o.loops {
+                spec.loops = loops;
+            }
             set(&mut spec.success, o.success);
             set(&mut spec.failure, o.failure);
             set(&mut spec.failure_patterns, o.failure_patterns);
@@ -492,7 +510,19 @@ impl Catalog {
             return StatusClass::Unknown;
         };
         if let Some(i) = spec.stages.iter().position(|s| s == status) {
-            return StatusClass::Stage(i as u32);
+            // A loop's members rank as its first: the later event time decides between them.
+            let rank = spec
+                .loops
+                .iter()
+                .find(|group| group.iter().any(|s| s == status))
+                .and_then(|group| {
+                    group
+                        .iter()
+                        .filter_map(|s| spec.stages.iter().position(|stage| stage == s))
+                        .min()
+                })
+                .unwrap_or(i);
+            return StatusClass::Stage(rank as u32);
         }
         let outcome = if spec.success.iter().any(|s| s == status) {
             EndOutcome::Success
@@ -529,6 +559,11 @@ impl Catalog {
                 &mut spec.failure_patterns,
             ] {
                 for s in list.iter_mut() {
+                    *s = canonical_status(s);
+                }
+            }
+            for group in &mut spec.loops {
+                for s in group.iter_mut() {
                     *s = canonical_status(s);
                 }
             }
@@ -599,6 +634,17 @@ impl Catalog {
             {
                 return bad(format!(
                     "kind {kind}: failure pattern {p:?} would match every status"
+                ));
+            }
+            if let Some(s) = spec.loops.iter().flatten().find(|s| !stages.contains(s)) {
+                return bad(format!(
+                    "kind {kind}: loops names {s}, which is not a stage"
+                ));
+            }
+            let looped: Vec<&String> = spec.loops.iter().flatten().collect();
+            if looped.iter().collect::<BTreeSet<_>>().len() != looped.len() {
+                return bad(format!(
+                    "kind {kind}: a stage is in two loops, or twice in one"
                 ));
             }
             if let Some(s) = spec.active.iter().find(|s| !stages.contains(s)) {
@@ -874,6 +920,18 @@ mod tests {
                 colour = "red""#,
                 "unknown field",
             ),
+            (
+                r#"[kinds.x]
+                stages = ["a", "b"]
+                loops = [["a", "zzz"]]"#,
+                "loops names zzz, which is not a stage",
+            ),
+            (
+                r#"[kinds.x]
+                stages = ["a", "b", "c"]
+                loops = [["a", "b"], ["b", "c"]]"#,
+                "a stage is in two loops",
+            ),
         ];
         for (text, expected) in cases {
             let err = Catalog::builtin()
@@ -882,6 +940,30 @@ mod tests {
                 .to_string();
             assert!(err.contains(expected), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn stages_of_a_loop_share_the_rank_of_the_first_and_the_others_keep_theirs() {
+        let c = Catalog::builtin()
+            .extended_with(
+                r#"[kinds.x]
+                stages = ["a", "b", "c", "d"]
+                loops = [["c", "b"]]"#,
+            )
+            .unwrap();
+        let ranks: Vec<StatusClass> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|s| c.classify("x", s))
+            .collect();
+        assert_eq!(
+            ranks,
+            [
+                StatusClass::Stage(0),
+                StatusClass::Stage(1),
+                StatusClass::Stage(1),
+                StatusClass::Stage(3)
+            ]
+        );
     }
 
     #[test]

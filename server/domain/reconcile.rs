@@ -20,7 +20,9 @@
 //!    later event time wins; at the same event time, the catalog's `end_precedence` decides
 //!    (`canceled` before `settled`), then the content hash.
 //! 3. **Between stages**: the later stage in the flow wins, so a late webhook never moves an
-//!    operation back; then the later event time, then the content hash.
+//!    operation back; then the later event time, then the content hash. Stages the catalog
+//!    says the flow loops between (its `loops`) rank alike, so there the later event time
+//!    decides.
 //! 4. **Statuses the catalog does not know** are placed by event time among themselves. They
 //!    never displace a known status: they are kept in history until the catalog learns them
 //!    (`--catalog` and `qistatus-server rebuild`).

@@ -99,6 +99,14 @@ pub fn markdown(catalog: &Catalog) -> String {
                 spec.operation_key_paths.join("`, then `")
             );
         }
+        for group in &spec.loops {
+            let _ = writeln!(
+                out,
+                "The flow goes back and forth between `{}`: they share one stage, and the later \
+                 event time says which the operation is in.\n",
+                group.join("` and `")
+            );
+        }
         out.push_str(
             "| status | what it means | phase | milestones it reaches | against other end statuses |\n",
         );

@@ -418,48 +418,131 @@ async fn a_reversal_was_disbursed_and_the_end_of_issuance_is_not_a_repayment() {
 
 /// QI's vehicle collateral webhooks: `key` is each webhook's own id, the operation is the
 /// reservation (`reservation_key`), and removing the lien (`deleted`) supersedes `reserved`.
+/// QI's vehicle collateral lien (its webhooks page's base structure, both spellings of its
+/// type; its status map's two lifecycles): one operation per reservation, a request sent back
+/// to the partner and resubmitted is where its later webhook says, a registered lien is live
+/// until it is removed, and every delivery order gives the same answer.
 #[tokio::test]
 async fn vehicle_collateral_webhooks_are_one_reservation_each() {
     let server = TestServer::start().await;
-    let collateral = |id: &str, status: &str, time: &str| {
+    let collateral = |reservation: &str, id: &str, status: &str, time: &str, spelling: &str| {
         serde_json::to_vec(&json!({
             "key": id,
-            "reservation_key": "res-1",
+            "reservation_key": reservation,
             "credit_operation_key": "debt-9",
             "status": status,
-            "webhook_type": "laas.vehicle_collateral.reservation_status_change",
+            "webhook_type": spelling,
             "event_datetime": time,
             "data": {"contract_number": "0001"}
         }))
         .unwrap()
     };
     let kind = "laas.vehicle_collateral.reservation_status_change";
-    for (id, status, time) in [
-        ("w-1", "pending_reservation", "2025-01-01T10:00:00Z"),
+    let portuguese = "laas.vehicle_collateral.reservation.status_change";
+    // Sent back to the partner, resubmitted, registered; half the webhooks in the
+    // Portuguese page's spelling; delivered in every order of a few shuffles.
+    let lien = [
+        ("w-1", "pending_reservation", "2025-01-01T10:00:00Z", kind),
         (
             "w-2",
             "pending_reservation_confirmation",
             "2025-01-01T11:00:00Z",
+            portuguese,
         ),
-        ("w-3", "reserved", "2025-01-01T12:00:00Z"),
-    ] {
-        server.post_ok(collateral(id, status, time)).await;
+        (
+            "w-3",
+            "pending_requester_action",
+            "2025-01-01T12:00:00Z",
+            kind,
+        ),
+        (
+            "w-4",
+            "pending_reservation_confirmation",
+            "2025-01-02T09:00:00Z",
+            portuguese,
+        ),
+    ];
+    let orders: [[usize; 4]; 3] = [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]];
+    for (n, order) in orders.iter().enumerate() {
+        let reservation = format!("res-{n}");
+        for &i in order {
+            let (id, status, time, spelling) = lien[i];
+            server
+                .post_ok(collateral(&reservation, id, status, time, spelling))
+                .await;
+        }
+        let op = server.get(&reservation, kind).await.unwrap();
+        assert_eq!(
+            (op.status.as_str(), phase(&op), op.history.len()),
+            ("pending_reservation_confirmation", "pending", 4),
+            "resubmitted after the partner's correction, order {order:?}"
+        );
     }
-    let op = server.get("res-1", kind).await.unwrap();
-    assert_eq!((op.status.as_str(), phase(&op)), ("reserved", "succeeded"));
-    assert_eq!(op.history.len(), 3, "one operation, not three");
     assert_eq!(
         server.get("w-1", kind).await.unwrap_err().code(),
-        tonic::Code::NotFound
+        tonic::Code::NotFound,
+        "a webhook's own key names no operation"
     );
-    // The deletion flow after the lien: removed, whatever is resent.
+    // Sent back again: waiting on the partner again.
     server
-        .post_ok(collateral("w-4", "deleted", "2025-02-01T10:00:00Z"))
+        .post_ok(collateral(
+            "res-0",
+            "w-5",
+            "pending_requester_action",
+            "2025-01-03T09:00:00Z",
+            kind,
+        ))
+        .await;
+    let op = server.get("res-0", kind).await.unwrap();
+    assert_eq!(op.status, "pending_requester_action");
+    // Registered: live, and the milestone reached.
+    server
+        .post_ok(collateral(
+            "res-0",
+            "w-6",
+            "reserved",
+            "2025-01-04T12:00:00Z",
+            portuguese,
+        ))
+        .await;
+    let op = server.get("res-0", kind).await.unwrap();
+    assert_eq!((op.status.as_str(), phase(&op)), ("reserved", "active"));
+    assert!(op.milestones.iter().any(|m| m.name == "reserved"));
+    // A cancellation after the lien: still in force while its removal is under way, then
+    // removed for good, whatever is resent.
+    server
+        .post_ok(collateral(
+            "res-0",
+            "w-7",
+            "pending_deletion",
+            "2025-02-01T10:00:00Z",
+            kind,
+        ))
+        .await;
+    let op = server.get("res-0", kind).await.unwrap();
+    assert_eq!(
+        (op.status.as_str(), phase(&op)),
+        ("pending_deletion", "active")
+    );
+    server
+        .post_ok(collateral(
+            "res-0",
+            "w-8",
+            "deleted",
+            "2025-02-02T10:00:00Z",
+            kind,
+        ))
         .await;
     server
-        .post_ok(collateral("w-5", "reserved", "2025-02-02T10:00:00Z"))
+        .post_ok(collateral(
+            "res-0",
+            "w-6",
+            "reserved",
+            "2025-01-04T12:00:00Z",
+            portuguese,
+        ))
         .await;
-    let op = server.get("res-1", kind).await.unwrap();
+    let op = server.get("res-0", kind).await.unwrap();
     assert_eq!((op.status.as_str(), phase(&op)), ("deleted", "failed"));
     server.stop().await;
 }

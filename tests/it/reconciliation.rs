@@ -167,6 +167,19 @@ proptest! {
         let b = deliver(&kind, &events, &delivery(events.len(), &extra_b, seed_b));
         prop_assert_eq!(a.version, events.len() as u64);
         prop_assert_eq!(a.history.len(), events.len());
+        // The flow's stages and milestones too (lags depend on when each arrived, by
+        // definition).
+        let stages = |op: &Operation| -> Vec<qistatus::domain::flow::Mark> {
+            qistatus::domain::flow::FlowMarks::of(op)
+                .marks()
+                .iter()
+                .filter(|m| !matches!(m.series, qistatus::domain::flow::Series::Lag))
+                .filter(|m| !matches!(m.series, qistatus::domain::flow::Series::Cohort { .. })
+                    || op.history.iter().any(|e| e.event_time.is_some()))
+                .cloned()
+                .collect()
+        };
+        prop_assert_eq!(stages(&a), stages(&b));
         prop_assert_eq!(arrival_independent(a), arrival_independent(b));
     }
 

@@ -427,23 +427,13 @@ mod tests {
     use super::*;
     use crate::domain::catalog::Catalog;
     use crate::domain::reconcile::{EventSummary, Reconciler};
-    use crate::domain::webhook::EventId;
 
     const HOUR: i64 = 3_600_000;
     /// 2024-01-01 00:00 UTC.
     const T0: i64 = 1_704_067_200_000;
 
     fn event(n: u8, status: &str, at: Option<i64>, received: i64) -> EventSummary {
-        EventSummary {
-            sequence: u64::from(n),
-            event_id: EventId([n; 32]),
-            status: status.into(),
-            outcome: None,
-            detail: String::new(),
-            event_time: at,
-            received_at: received,
-            facts: Vec::new(),
-        }
+        EventSummary::bare(n, status, at, received)
     }
 
     fn debt(events: Vec<EventSummary>) -> Operation {

@@ -98,19 +98,9 @@ pub fn overdue(catalog: &Catalog, op: &Operation, now: i64) -> Option<Overdue> {
 mod tests {
     use super::*;
     use crate::domain::reconcile::{EventSummary, Reconciler};
-    use crate::domain::webhook::EventId;
 
     fn summary(n: u8, status: &str, event_time: Option<i64>, received_at: i64) -> EventSummary {
-        EventSummary {
-            sequence: u64::from(n),
-            event_id: EventId([n; 32]),
-            status: status.into(),
-            outcome: None,
-            detail: String::new(),
-            event_time,
-            received_at,
-            facts: Vec::new(),
-        }
+        EventSummary::bare(n, status, event_time, received_at)
     }
 
     fn catalog() -> Catalog {

@@ -104,6 +104,29 @@ pub struct EventSummary {
     pub facts: Vec<(String, FactValue)>,
 }
 
+#[cfg(test)]
+impl EventSummary {
+    /// Webhook `n` (its sequence, and its content hash `[n; 32]`) with nothing but a status,
+    /// an event time and a receive time: what tests build histories of.
+    pub(crate) fn bare(
+        n: u8,
+        status: &str,
+        event_time: Option<i64>,
+        received_at: i64,
+    ) -> EventSummary {
+        EventSummary {
+            sequence: u64::from(n),
+            event_id: EventId([n; 32]),
+            status: status.into(),
+            outcome: None,
+            detail: String::new(),
+            event_time,
+            received_at,
+            facts: Vec::new(),
+        }
+    }
+}
+
 impl EventSummary {
     /// The summary of a normalized webhook stored at `sequence`, with the `facts` read from
     /// its body.

@@ -696,6 +696,17 @@ impl Config {
             qitech_api,
             recovery: self.recovery_settings(),
         };
+        if let Some(cluster) = &settings.cluster
+            && cluster.hold_bytes > 0
+            && cluster.hold_after >= settings.intake.request_timeout
+        {
+            warnings.push(format!(
+                "--cluster-hold-after ({:?}) is not shorter than --request-timeout ({:?}): a \
+                 webhook the stream does not take in time is answered 503 before it could be \
+                 held",
+                cluster.hold_after, settings.intake.request_timeout
+            ));
+        }
         Ok((settings, warnings))
     }
 
@@ -803,6 +814,35 @@ mod tests {
             )
         };
         assert_eq!(shown(&flags), shown(&library));
+        assert_eq!(flags.flow, library.flow);
+    }
+
+    #[test]
+    fn a_hold_that_could_never_happen_is_warned_of() {
+        let warned = |args: &[&str]| {
+            let config = Config::try_parse_from(args).expect("the flags parse");
+            let (settings, warnings) = config.settings().expect("servable");
+            (settings.cluster.expect("a cluster node"), warnings)
+        };
+        let (cluster, warnings) = warned(&["qistatus-server", "--nats", "nats://127.0.0.1:4222"]);
+        assert_eq!(cluster.hold_after, Held::DEFAULT_HOLD_AFTER);
+        assert!(
+            !warnings.iter().any(|w| w.contains("--cluster-hold-after")),
+            "{warnings:?}"
+        );
+        let (_, warnings) = warned(&[
+            "qistatus-server",
+            "--nats",
+            "nats://127.0.0.1:4222",
+            "--cluster-hold-after",
+            "12s",
+        ]);
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("--cluster-hold-after (12s)")),
+            "{warnings:?}"
+        );
     }
 
     #[test]

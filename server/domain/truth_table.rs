@@ -71,6 +71,7 @@ pub fn markdown(catalog: &Catalog) -> String {
             );
         }
     }
+    coverage(catalog, &mut out);
     if !catalog.aliases.is_empty() {
         out.push_str("\n## Other names\n\n| webhook kind | is an operation of |\n|---|---|\n");
         for (alias, kind) in &catalog.aliases {
@@ -145,6 +146,67 @@ pub fn markdown(catalog: &Catalog) -> String {
         }
     }
     out
+}
+
+/// The coverage section: each kind, where its webhook names its operation and its status,
+/// and the QI pages it was read from (the addresses in its `source`).
+fn coverage(catalog: &Catalog, out: &mut String) {
+    out.push_str(
+        "\n## Coverage\n\n\
+         Each kind, where its webhooks name the operation and its status, and the QI pages \
+         (or seeds) it comes from. Where a kind lists no place of its own, the generic ones \
+         are read: `key`, `debt_key`, `data.<type>_key`, one `<x>_key` beside its \
+         `<x>_status`, `origin_key`; `status`, `data.status`, `data.<type>_status`.\n\n\
+         | kind | operation from | status from | QI's pages |\n|---|---|---|---|\n",
+    );
+    let listed = |paths: &[String]| format!("`{}`", paths.join("`, then `"));
+    for (name, spec) in &catalog.kinds {
+        let key = match (&spec.operation_key_paths[..], &spec.key_paths[..]) {
+            ([], []) => "generic".to_owned(),
+            ([], paths) => format!("{} (after the generic `key`)", listed(paths)),
+            (paths, _) => format!("{} (before `key`)", listed(paths)),
+        };
+        let status = match (&spec.status_paths[..], &spec.outcome_path) {
+            ([], None) => "generic".to_owned(),
+            (paths, outcome) => {
+                let mut said = Vec::new();
+                if !paths.is_empty() {
+                    said.push(listed(paths));
+                }
+                if let Some(outcome) = outcome {
+                    said.push(format!("the outcome in `{outcome}`"));
+                }
+                said.join("; ")
+            }
+        };
+        let source = spec.source.as_deref().unwrap_or("");
+        let mut pages: Vec<String> = source
+            .split_whitespace()
+            .filter_map(|word| {
+                let at = word.find("docs.qitech.com.br")?;
+                let page = word[at..]
+                    .trim_end_matches(|c: char| !(c.is_alphanumeric() || c == '/' || c == '_'));
+                Some(format!("`{page}`"))
+            })
+            .collect();
+        pages.dedup();
+        let seeds: Vec<&str> = source
+            .split(|c: char| !c.is_alphanumeric())
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0].eq_ignore_ascii_case("seed") && w[1].len() == 3)
+            .map(|w| w[1])
+            .collect();
+        if !seeds.is_empty() {
+            pages.push(format!("seed {}", seeds.join(", ")));
+        }
+        let pages = if pages.is_empty() {
+            "no address in its source (see its section)".to_owned()
+        } else {
+            pages.join(", ")
+        };
+        let _ = writeln!(out, "| `{name}` | {key} | {status} | {pages} |");
+    }
 }
 
 /// Every status a kind names, in flow order: stages, then success, then failure, then

@@ -1548,8 +1548,17 @@ mod tests {
                 "009_bank_slip_occurrence_payment_notice.json",
                 "9c79733f6ecce751",
             ),
+            (
+                "009_bank_slip_ownership_exchange_approved.json",
+                "804bc8ba62fbb464",
+            ),
+            (
+                "009_bank_slip_ownership_exchange_sent.json",
+                "f254aa9b95b8f968",
+            ),
             ("009_bank_slip_registered.json", "3622f5fc6db5bf89"),
             ("009_card_order_fraud_approved.json", "138f01a1572b8d37"),
+            ("009_ccb_assignment_batch_settled.json", "1ee5344017a59e04"),
             (
                 "009_escrow_account_request_pending_kyc.json",
                 "f9b342008b6ca8f2",

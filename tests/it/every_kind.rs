@@ -483,67 +483,43 @@ async fn vehicle_collateral_webhooks_are_one_reservation_each() {
         tonic::Code::NotFound,
         "a webhook's own key names no operation"
     );
+    // Then, on res-0, one webhook at a time: the operation after each.
+    let then = |id: &'static str, status: &'static str, time: &'static str, spelling| {
+        let body = collateral("res-0", id, status, time, spelling);
+        let server = &server;
+        async move {
+            server.post_ok(body).await;
+            let op = server.get("res-0", kind).await.unwrap();
+            let milestones: Vec<String> = op.milestones.iter().map(|m| m.name.clone()).collect();
+            (op.status.clone(), phase(&op).to_owned(), milestones)
+        }
+    };
+    let reserved = vec!["reserved".to_owned()];
     // Sent back again: waiting on the partner again.
-    server
-        .post_ok(collateral(
-            "res-0",
-            "w-5",
-            "pending_requester_action",
-            "2025-01-03T09:00:00Z",
-            kind,
-        ))
-        .await;
-    let op = server.get("res-0", kind).await.unwrap();
-    assert_eq!(op.status, "pending_requester_action");
+    let (status, ..) = then(
+        "w-5",
+        "pending_requester_action",
+        "2025-01-03T09:00:00Z",
+        kind,
+    )
+    .await;
+    assert_eq!(status, "pending_requester_action");
     // Registered: live, and the milestone reached.
-    server
-        .post_ok(collateral(
-            "res-0",
-            "w-6",
-            "reserved",
-            "2025-01-04T12:00:00Z",
-            portuguese,
-        ))
-        .await;
-    let op = server.get("res-0", kind).await.unwrap();
-    assert_eq!((op.status.as_str(), phase(&op)), ("reserved", "active"));
-    assert!(op.milestones.iter().any(|m| m.name == "reserved"));
+    let after = then("w-6", "reserved", "2025-01-04T12:00:00Z", portuguese).await;
+    assert_eq!(
+        after,
+        ("reserved".into(), "active".into(), reserved.clone())
+    );
     // A cancellation after the lien: still in force while its removal is under way, then
     // removed for good, whatever is resent.
-    server
-        .post_ok(collateral(
-            "res-0",
-            "w-7",
-            "pending_deletion",
-            "2025-02-01T10:00:00Z",
-            kind,
-        ))
-        .await;
-    let op = server.get("res-0", kind).await.unwrap();
+    let after = then("w-7", "pending_deletion", "2025-02-01T10:00:00Z", kind).await;
     assert_eq!(
-        (op.status.as_str(), phase(&op)),
-        ("pending_deletion", "active")
+        after,
+        ("pending_deletion".into(), "active".into(), reserved.clone())
     );
-    server
-        .post_ok(collateral(
-            "res-0",
-            "w-8",
-            "deleted",
-            "2025-02-02T10:00:00Z",
-            kind,
-        ))
-        .await;
-    server
-        .post_ok(collateral(
-            "res-0",
-            "w-6",
-            "reserved",
-            "2025-01-04T12:00:00Z",
-            portuguese,
-        ))
-        .await;
-    let op = server.get("res-0", kind).await.unwrap();
-    assert_eq!((op.status.as_str(), phase(&op)), ("deleted", "failed"));
+    then("w-8", "deleted", "2025-02-02T10:00:00Z", kind).await;
+    let after = then("w-6", "reserved", "2025-01-04T12:00:00Z", portuguese).await;
+    assert_eq!(after, ("deleted".into(), "failed".into(), reserved));
     server.stop().await;
 }
 
@@ -576,7 +552,26 @@ async fn documented_families_and_kind_families_land_where_qi_says() {
     };
 
     // (fixture, kind, key, status, phase)
-    let singles: [(&'static [&'static str], &str, &str, &str, &str); 10] = [
+    let singles: [(&'static [&'static str], &str, &str, &str, &str); 12] = [
+        // A bank slip ownership exchange batch: sent, then approved, in either order.
+        (
+            &[
+                "009_bank_slip_ownership_exchange_sent.json",
+                "009_bank_slip_ownership_exchange_approved.json",
+            ],
+            "baas.bank_slip.bank_slip_ownership_exchange_batch",
+            "3e8d08df-3585-476f-b464-0897ecf7467d",
+            "approved",
+            "succeeded",
+        ),
+        // A CCB assignment batch, at its final status.
+        (
+            &["009_ccb_assignment_batch_settled.json"],
+            "assignment.status_change",
+            "6f1c2a9e-3b7d-4e58-9a0c-1d2e3f4a5b6c",
+            "settled",
+            "succeeded",
+        ),
         // A payment notice is not a payment: `paid` wins, in either order.
         (
             &[

@@ -344,10 +344,10 @@ mod tests {
     fn the_debt_rows_say_what_the_reconciler_does() {
         let table = rows_without_meanings(&markdown(&Catalog::builtin()));
         for row in [
-            "| `settled` | SUCCEEDED | `disbursed`, `settled` | precedence 5 of 6 |",
-            "| `debt_successfully_finished` | SUCCEEDED | `disbursed`, `issuance_finished` | precedence 6 of 6 |",
-            "| `canceled` | FAILED | `canceled` | superseded by `canceled_permanently`; precedence 2 of 6 |",
-            "| `disbursed` | ACTIVE (stage 7 of 10) | `disbursed` |",
+            "| `settled` | SUCCEEDED | `disbursed`, `settled` | precedence 5 of 5 |",
+            "| `debt_successfully_finished` | ACTIVE (stage 11 of 11) | `disbursed`, `issuance_finished` | — |",
+            "| `canceled` | FAILED | `canceled` | superseded by `canceled_permanently`; precedence 2 of 5 |",
+            "| `disbursed` | ACTIVE (stage 7 of 11) | `disbursed` |",
             "| `*_rejected` | FAILED (any status of this shape) |",
             "| `reversal_*` | PENDING (not a stage: history only) | `disbursed` |",
         ] {

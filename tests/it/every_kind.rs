@@ -387,7 +387,8 @@ async fn documented_examples_of_the_other_families_are_read_in_any_order() {
 
 /// What QI's documents mean, in milestones: a reversal alone (canceled within seven days
 /// of disbursement) says the debt was disbursed; seed 000's `debt_successfully_finished`
-/// ends the issuance, and says nothing of repayment.
+/// ends the issuance: the loan is live (ACTIVE, not SUCCEEDED, which only a repayment is),
+/// until a `settled` ends it.
 #[tokio::test]
 async fn a_reversal_was_disbursed_and_the_end_of_issuance_is_not_a_repayment() {
     let server = TestServer::start().await;
@@ -410,9 +411,22 @@ async fn a_reversal_was_disbursed_and_the_end_of_issuance_is_not_a_repayment() {
     let op = server.get("issued-1", "debt").await.unwrap();
     assert_eq!(
         (op.status.as_str(), phase(&op)),
-        ("debt_successfully_finished", "succeeded")
+        ("debt_successfully_finished", "active")
     );
     assert_eq!(milestones(&op), ["disbursed", "issuance_finished"]);
+    // Repaid later: SUCCEEDED now, and settled.
+    let repaid = serde_json::to_vec(&json!({
+        "webhook_type": "debt", "key": "issued-1", "status": "settled",
+        "event_datetime": "2025-03-01 10:00:00", "data": null
+    }))
+    .unwrap();
+    server.post_ok(repaid).await;
+    let op = server.get("issued-1", "debt").await.unwrap();
+    assert_eq!((op.status.as_str(), phase(&op)), ("settled", "succeeded"));
+    assert_eq!(
+        milestones(&op),
+        ["disbursed", "issuance_finished", "settled"]
+    );
     server.stop().await;
 }
 

@@ -44,7 +44,7 @@ const SEED_EXAMPLES: &[(&str, &str, &str, &str, &str)] = &[
         "debt",
         "5f0c2a8e-6d1b-4c3e-9a7f-000000000001",
         "debt_successfully_finished",
-        "succeeded",
+        "active",
     ),
     (
         "000_debt_rejected.json",

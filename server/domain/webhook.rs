@@ -858,8 +858,15 @@ mod tests {
             ),
             // `key` wins over the others; keys are opaque (not always UUIDs), kept as sent.
             (
-                json!({"webhook_type": "scr", "key": " Not-A-UUID ", "status": "x", "data": {"scr_key": "g"}}),
+                json!({"webhook_type": "installment.status_change", "key": " Not-A-UUID ",
+                    "status": "x", "data": {"installment_key": "g"}}),
                 " Not-A-UUID ",
+            ),
+            // Unless the kind names its operation elsewhere first: an SCR query is
+            // `data.scr_key`, its `key` the credit operation's (QI's SCR webhook page).
+            (
+                json!({"webhook_type": "scr", "key": "op", "status": "x", "data": {"scr_key": "q"}}),
+                "q",
             ),
             (
                 json!({"webhook_type": "debt", "key": null, "debt_key": "h", "status": "x"}),

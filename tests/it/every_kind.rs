@@ -537,6 +537,61 @@ async fn vehicle_collateral_webhooks_are_one_reservation_each() {
     server.stop().await;
 }
 
+/// QI's SCR webhook page: `key` is the credit operation's and `data.scr_key` each query's.
+/// Two queries of one operation are two answers, each its own operation, with the credit
+/// operation as a fact; a later query's end never hides the first's.
+#[tokio::test]
+async fn each_scr_query_of_an_operation_is_its_own() {
+    let server = TestServer::start().await;
+    let query = |scr_key: &str, status: &str, at: &str| {
+        serde_json::to_vec(&json!({
+            "data": {
+                "consulted_at": "2020-05-08",
+                "origin_key": "op-1",
+                "scr_key": scr_key,
+                "scr_status": status,
+                "report_start_date": "2019-02",
+                "report_end_date": "2020-03"
+            },
+            "webhook_type": "scr",
+            "event_datetime": at,
+            "status": status,
+            "key": "op-1"
+        }))
+        .unwrap()
+    };
+    for body in [
+        query("q-2", "rejected", "2020-05-09 10:00:00"),
+        query("q-1", "consulted", "2020-05-08 10:00:00"),
+        query("q-2", "rejected", "2020-05-09 10:00:00"),
+    ] {
+        server.post_ok(body).await;
+    }
+    for (key, status, phase_now) in [
+        ("q-1", "consulted", "succeeded"),
+        ("q-2", "rejected", "failed"),
+    ] {
+        let op = server.get(key, "scr").await.unwrap();
+        assert_eq!(
+            (op.status.as_str(), phase(&op)),
+            (status, phase_now),
+            "{key}"
+        );
+        let fact = op.facts.get("operation_key").and_then(|v| v.kind.clone());
+        assert_eq!(
+            fact,
+            Some(prost_types::value::Kind::StringValue("op-1".into())),
+            "{key}"
+        );
+    }
+    assert_eq!(
+        server.get("op-1", "scr").await.unwrap_err().code(),
+        tonic::Code::NotFound,
+        "the credit operation's key names no query"
+    );
+    server.stop().await;
+}
+
 /// QI's other documented families (fixtures 009), each delivered twice and in both orders
 /// where an operation has several: known kinds with their phases, and the kind families
 /// (joins) land in the operation QI's documents say they belong to.

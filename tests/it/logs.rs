@@ -72,6 +72,10 @@ async fn no_personal_data_in_the_logs() {
         // Quarantined: the same personal data with an unreadable key.
         let mut unreadable = value.clone();
         unreadable["key"] = 12345.into();
+        // An SCR query is named by `data.scr_key` before `key` (QI's SCR page).
+        if unreadable["data"]["scr_key"].is_string() {
+            unreadable["data"]["scr_key"] = 12345.into();
+        }
         let r = client.post(&url).json(&unreadable).send().await.unwrap();
         assert_eq!(r.status(), 202);
         // Refused: the same personal data, truncated.

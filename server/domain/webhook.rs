@@ -1570,6 +1570,10 @@ mod tests {
                 "009_escrow_account_request_pending_kyc.json",
                 "f9b342008b6ca8f2",
             ),
+            (
+                "009_installment_payment_paid_early.json",
+                "fd5a4a6212418e15",
+            ),
             ("009_invoice_payment_waiting.json", "b21f9e7256ddad77"),
             (
                 "009_payment_instrument_entry_concluded.json",

@@ -202,7 +202,7 @@ fn cases() -> Vec<Case> {
             phase: "failed",
         },
         Case {
-            // A kind the catalog does not know: its statuses are placed by event time.
+            // An installment (QI's installment webhooks): overdue, then paid after all.
             kind: "installment.status_change",
             key: "inst-e2e",
             webhooks: vec![
@@ -226,7 +226,7 @@ fn cases() -> Vec<Case> {
                 ),
             ],
             status: "paid",
-            phase: "pending",
+            phase: "succeeded",
         },
     ]
 }
@@ -621,7 +621,16 @@ async fn documented_families_and_kind_families_land_where_qi_says() {
     };
 
     // (fixture, kind, key, status, phase)
-    let singles: [(&'static [&'static str], &str, &str, &str, &str); 12] = [
+    let singles: [(&'static [&'static str], &str, &str, &str, &str); 13] = [
+        // An installment's payment: the installment's operation (its `data.installment_key`),
+        // not the debt's (its `key`).
+        (
+            &["009_installment_payment_paid_early.json"],
+            "installment.status_change",
+            "1234cb7b-3329-12d1-429c-24f84975ca02",
+            "paid_early",
+            "succeeded",
+        ),
         // A bank slip ownership exchange batch: sent, then approved, in either order.
         (
             &[
@@ -817,5 +826,20 @@ async fn documented_families_and_kind_families_land_where_qi_says() {
         milestones(&debt),
         ["disbursed", "payroll_reservation_terminated"]
     );
+    // The installment's payment named its debt in `key`: no operation of either kind there.
+    for kind in [
+        "installment.status_change",
+        "laas.credit_operation.installment.payment",
+    ] {
+        assert_eq!(
+            server
+                .get("4219cb7b-32b9-45d1-b19c-24fbca04ca02", kind)
+                .await
+                .unwrap_err()
+                .code(),
+            tonic::Code::NotFound,
+            "{kind}"
+        );
+    }
     server.stop().await;
 }

@@ -435,14 +435,6 @@ pub(crate) fn flow(view: &FlowView<'_>) -> Markup {
             class: phase_class(*phase),
         })
         .collect();
-    let percentiles_line = |name: &str,
-                            class: &'static str,
-                            days: &[(i32, Percentiles)],
-                            pick: fn(&Percentiles) -> f64| Line {
-        name: name.to_owned(),
-        class,
-        points: days.iter().map(|(d, p)| (*d, pick(p))).collect(),
-    };
     html! {
         h1 { "Flow" }
         p.hint { "How long each stage takes, measured between the event times QI Tech gives, in each operation's event-time order whatever order the webhooks came in; how late the webhooks arrive; and what became of the operations that started on each day. Days are UTC. Durations are within 9.1 % (fixed buckets)." }
@@ -486,14 +478,11 @@ pub(crate) fn flow(view: &FlowView<'_>) -> Markup {
                 } }
                 @for stage in report.stages.iter().filter(|s| !s.milestone).take(CHARTED_STAGES) {
                     h3 { (stage.from) " → " (stage.to) ", day by day" }
-                    (lines_over_days(
+                    (percentiles_chart(
+                        view,
                         &format!("{} to {}: median and 90th percentile by day", stage.from, stage.to),
-                        view.first_day,
-                        view.last_day,
-                        &[
-                            percentiles_line("p50", "p50", &stage.by_day, |p| p.p50),
-                            percentiles_line("p90", "p90", &stage.by_day, |p| p.p90),
-                        ],
+                        &stage.by_day,
+                        ("p90", |p| p.p90),
                     ))
                 }
             }
@@ -504,14 +493,11 @@ pub(crate) fn flow(view: &FlowView<'_>) -> Markup {
                 None => p { "No webhook with an event time arrived in these days." },
                 Some(lag) => {
                     p.summary { (lag.count) " webhooks, received after their event time by: p50 " (span(lag.p50)) " · p90 " (span(lag.p90)) " · p99 " (span(lag.p99)) }
-                    (lines_over_days(
+                    (percentiles_chart(
+                        view,
                         "Delivery lag: median and 99th percentile by day",
-                        view.first_day,
-                        view.last_day,
-                        &[
-                            percentiles_line("p50", "p50", &report.lag_by_day, |p| p.p50),
-                            percentiles_line("p99", "p99", &report.lag_by_day, |p| p.p99),
-                        ],
+                        &report.lag_by_day,
+                        ("p99", |p| p.p99),
                     ))
                 }
             }
@@ -541,6 +527,27 @@ pub(crate) fn flow(view: &FlowView<'_>) -> Markup {
             }
         }
     }
+}
+
+/// A chart, over the view's days, of the median of `days` and of one higher percentile
+/// (`upper`: its name, which is also its CSS class, and how to read it).
+fn percentiles_chart(
+    view: &FlowView<'_>,
+    title: &str,
+    days: &[(i32, Percentiles)],
+    upper: (&'static str, fn(&Percentiles) -> f64),
+) -> Markup {
+    let line = |(name, pick): (&'static str, fn(&Percentiles) -> f64)| Line {
+        name: name.to_owned(),
+        class: name,
+        points: days.iter().map(|(d, p)| (*d, pick(p))).collect(),
+    };
+    lines_over_days(
+        title,
+        view.first_day,
+        view.last_day,
+        &[line(("p50", |p| p.p50)), line(upper)],
+    )
 }
 
 /// The CSS class of a phase's colour.

@@ -55,6 +55,11 @@ pub fn webhooks(prefix: &str, count: usize, templates: &[&str]) -> Vec<Webhook> 
             let mut value = parsed[i % parsed.len()].clone();
             let key = format!("{prefix}-{i:08}");
             value["key"] = key.clone().into();
+            // An SCR query is named by its `data.scr_key` (QI's SCR page), which the seed's
+            // example carries too: each webhook its own query, as each is its own operation.
+            if value["data"]["scr_key"].is_string() {
+                value["data"]["scr_key"] = key.clone().into();
+            }
             // As sent: qistatus canonicalizes the kind a request names.
             let kind = value["webhook_type"].as_str().unwrap_or("debt").to_owned();
             Webhook {

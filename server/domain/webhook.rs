@@ -184,7 +184,7 @@ pub fn normalize_with_facts(
     let value = parse_object(raw)?;
     let normalized = read(catalog, &value, raw);
     let facts = match &normalized {
-        Normalized::Event(envelope) => facts_in(catalog, &envelope.kind, &value),
+        Normalized::Event(envelope) => facts_in(catalog, &envelope.kind, unwrapped(&value)),
         Normalized::Quarantine { .. } => Vec::new(),
     };
     Ok((normalized, facts))
@@ -198,8 +198,28 @@ fn parse_object(raw: &[u8]) -> Result<Json<'_>, MalformedWebhook> {
     Ok(value)
 }
 
+/// The webhook inside a body that is nothing but a `callback` object naming a kind: QI wraps
+/// its overpayment refund so on one of its pages (the `callback` object of its
+/// "indevidos" webhook). Any other body is its own webhook: a field called `callback` beside
+/// others is data.
+fn unwrapped<'v, 'a>(value: &'v Json<'a>) -> &'v Json<'a> {
+    match value {
+        Json::Object(object) if object.keys().eq(["callback"]) => match object.get("callback") {
+            Some(inner @ Json::Object(o))
+                if o.contains_key("webhook_type") || o.contains_key("event_type") =>
+            {
+                inner
+            }
+            _ => value,
+        },
+        _ => value,
+    }
+}
+
 fn read(catalog: &Catalog, value: &Json<'_>, raw: &[u8]) -> Normalized {
+    // The identity is the whole body's, as it came.
     let event_id = EventId::of_body(value, raw);
+    let value = unwrapped(value);
     match read_envelope(catalog, value, event_id) {
         Ok(envelope) => Normalized::Event(envelope),
         Err(reason) => Normalized::Quarantine { event_id, reason },

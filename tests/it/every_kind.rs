@@ -592,6 +592,100 @@ async fn each_scr_query_of_an_operation_is_its_own() {
     server.stop().await;
 }
 
+/// QI's card-order fraud webhook, with the statuses of its order page: a manual analysis ends
+/// with the analyst's decision, in any order; `not_analyzed` ends nothing.
+#[tokio::test]
+async fn a_card_order_in_manual_analysis_ends_with_the_analysts_decision() {
+    let server = TestServer::start().await;
+    let fraud = |order: &str, status: &str, at: &str| {
+        serde_json::to_vec(&json!({"order_id": order, "fraud_status": status, "event_date": at}))
+            .unwrap()
+    };
+    let kind = "caas.card_order.fraud_status";
+    for (order, last, phase_now) in [
+        ("o-1", "manually_approved", "succeeded"),
+        ("o-2", "manually_reproved", "failed"),
+    ] {
+        server
+            .post_ok(fraud(order, last, "2019-10-01T11:00:00-03:00"))
+            .await;
+        server
+            .post_ok(fraud(
+                order,
+                "in_manual_analysis",
+                "2019-10-01T10:37:25-03:00",
+            ))
+            .await;
+        let op = server.get(order, kind).await.unwrap();
+        assert_eq!(
+            (op.status.as_str(), phase(&op)),
+            (last, phase_now),
+            "{order}"
+        );
+    }
+    server
+        .post_ok(fraud(
+            "o-3",
+            "in_manual_analysis",
+            "2019-10-01T10:37:25-03:00",
+        ))
+        .await;
+    let op = server.get("o-3", kind).await.unwrap();
+    assert_eq!(phase(&op), "pending", "waiting for the analyst");
+    server
+        .post_ok(fraud("o-4", "not_analyzed", "2019-10-01T10:37:25-03:00"))
+        .await;
+    let op = server.get("o-4", kind).await.unwrap();
+    assert_eq!(
+        (op.status.as_str(), phase(&op)),
+        ("not_analyzed", "pending")
+    );
+    server.stop().await;
+}
+
+/// QI's overpayment refund ("indevidos"): the same webhook as a body of its own and wrapped in
+/// a `callback` object (both versions of QI's page) is one refund; a `callback` field beside
+/// others is data, not a wrapper.
+#[tokio::test]
+async fn an_overpayment_refund_is_read_bare_or_wrapped_in_callback() {
+    let server = TestServer::start().await;
+    let refund = json!({
+        "event_datetime": "2024-01-15T14:30:00.000Z",
+        "key": "fb34e0ac-2c98-47e7-9040-406b8c3d80e7",
+        "status": "refunded",
+        "webhook_type": "laas.devolution.refund_receipt",
+        "data": {
+            "devolution_key": "fb34e0ac-2c98-47e7-9040-406b8c3d80e7",
+            "devolution_amount": 150.75,
+            "devolution_status": "refunded",
+            "transacted_at": "2024-01-15T14:25:30.000Z"
+        }
+    });
+    let kind = "laas.devolution.refund_receipt";
+    let wrapped = json!({ "callback": refund.clone() });
+    for body in [&wrapped, &refund, &wrapped] {
+        let (code, answer) = server.post(serde_json::to_vec(body).unwrap()).await;
+        assert_eq!(code, 200, "{answer}");
+    }
+    let op = server
+        .get("fb34e0ac-2c98-47e7-9040-406b8c3d80e7", kind)
+        .await
+        .unwrap();
+    assert_eq!((op.status.as_str(), phase(&op)), ("refunded", "succeeded"));
+    assert_eq!(op.history.len(), 2, "two bodies, kept apart: one refund");
+    // Beside other fields, `callback` is data: this body names its own operation.
+    let mut beside = refund.clone();
+    beside["key"] = "other-refund".into();
+    beside["callback"] = json!({"webhook_type": "debt", "key": "not-me", "status": "settled"});
+    server.post_ok(serde_json::to_vec(&beside).unwrap()).await;
+    assert!(server.get("other-refund", kind).await.is_ok());
+    assert_eq!(
+        server.get("not-me", "debt").await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    server.stop().await;
+}
+
 /// QI's other documented families (fixtures 009), each delivered twice and in both orders
 /// where an operation has several: known kinds with their phases, and the kind families
 /// (joins) land in the operation QI's documents say they belong to.

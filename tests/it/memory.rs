@@ -160,6 +160,15 @@ async fn a_thousand_stalled_watchers_on_one_connection_cost_a_bounded_queue_each
             .into_inner();
         stalled.push(stream);
     }
+    // Every watcher is counted once the server has registered it: waited for, not assumed
+    // by the time the stream's headers came back (under load, the last may lag).
+    server
+        .metric_reaches(
+            "qistatus_watchers",
+            WATCHERS as f64,
+            Duration::from_secs(60),
+        )
+        .await;
     assert_eq!(metric(&server, "qistatus_watchers").await, WATCHERS as f64);
     // Every watcher has filled its queue and waits for its reader.
     server

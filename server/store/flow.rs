@@ -21,7 +21,6 @@ use super::keys::{decode_flow, flow_prefix};
 use super::record::u64_from_be;
 use super::{Key, Meta, Store, StoreError, Writes};
 use crate::domain::flow::{BUCKETS, FlowMarks, FlowReport, Series};
-use crate::domain::reconcile::Operation;
 
 /// Most (kind, series) pairs [`FlowSeen`] keeps; stages of statuses past it are not seen
 /// (the stored counters still count them).
@@ -84,11 +83,6 @@ pub(crate) fn put_flow(
             seen.add(kind, &mark.series, mark.bucket, delta.unsigned_abs());
         }
     }
-}
-
-/// The marks of a stored operation, if any.
-pub(crate) fn marks_of(op: Option<&Operation>) -> Option<FlowMarks> {
-    op.map(FlowMarks::of)
 }
 
 impl Store {

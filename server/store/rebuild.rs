@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 
-use super::flow::{marks_of, put_flow};
+use super::flow::put_flow;
 use super::index::{delete_operation, put_operation};
 use super::log::{Entry, PayloadRef, Record, RecordHeader};
 use super::{Key, Meta, Store, StoreError, Writes, failpoint, view};
@@ -277,7 +277,7 @@ pub fn finish(
                     &mut writes,
                     store.flow_seen(),
                     &op.kind,
-                    marks_of(was).as_ref(),
+                    was.map(FlowMarks::of).as_ref(),
                     Some(&FlowMarks::of(op)),
                 );
             }

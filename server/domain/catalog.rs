@@ -118,6 +118,11 @@ pub struct KindSpec {
     /// carries, from its latest webhook that has it, without anyone parsing `data`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub facts: BTreeMap<String, String>,
+    /// Facts (named in `facts`) that add up: each is the sum of the values of every distinct
+    /// webhook that carries one, not the latest (a Pix transfer's refunds, each of part of
+    /// it). Summed exactly in decimal, so no order of arrival changes the total.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sums: Vec<String>,
     /// Milestones: name -> the statuses (or `*` patterns) that reach it. A milestone, once
     /// reached, stays reached, so a watcher can be told exactly once.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -196,6 +201,11 @@ pub struct JoinSpec {
     /// never beats one it knows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_prefix: Option<String>,
+    /// The status of its kind it is classified as, whatever its own (which is still what it
+    /// shows): a BNPL debt canceled because the borrower paid back the reversal's Pix is the
+    /// debt's `reversal_canceled`, shown `canceled`, as QI sends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
     /// Facts it sets on the operation, whatever its body (`account_type = "escrow"`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub facts: BTreeMap<String, String>,
@@ -241,6 +251,7 @@ struct KindOverlay {
     failure_patterns: Option<Vec<String>>,
     milestones: Option<BTreeMap<String, Vec<String>>>,
     facts: Option<BTreeMap<String, String>>,
+    sums: Option<Vec<String>>,
     supersedes: Option<BTreeMap<String, Vec<String>>>,
     end_precedence: Option<Vec<String>>,
     key_paths: Option<Vec<String>>,
@@ -397,6 +408,7 @@ impl Catalog {
             if let Some(f) = o.facts {
                 spec.facts = f;
             }
+            set(&mut spec.sums, o.sums);
             if o.outcome_path.is_some() {
                 spec.outcome_path = o.outcome_path;
             }
@@ -647,6 +659,11 @@ impl Catalog {
                     "kind {kind}: a stage is in two loops, or twice in one"
                 ));
             }
+            if let Some(s) = spec.sums.iter().find(|s| !spec.facts.contains_key(*s)) {
+                return bad(format!(
+                    "kind {kind}: sums names {s}, which is not one of its facts"
+                ));
+            }
             if let Some(s) = spec.active.iter().find(|s| !stages.contains(s)) {
                 return bad(format!(
                     "kind {kind}: active names {s}, which is not a stage"
@@ -697,6 +714,9 @@ impl Catalog {
             if let Some(prefix) = &mut join.status_prefix {
                 *prefix = canonical_status(prefix);
             }
+            if let Some(outcome) = &mut join.outcome {
+                *outcome = canonical_status(outcome);
+            }
         }
         for join in &self.joins {
             let from = &join.webhook_type;
@@ -717,6 +737,16 @@ impl Catalog {
             if join.status.is_some() && join.status_prefix.is_some() {
                 return bad(format!(
                     "join from {from} sets both a status and a status prefix"
+                ));
+            }
+            if let (Some(outcome), Some(spec)) = (&join.outcome, self.kinds.get(&join.kind))
+                && !spec.success.contains(outcome)
+                && !spec.failure.contains(outcome)
+            {
+                return bad(format!(
+                    "join from {from} is classified as {outcome}, which is not an end status \
+                     of {}",
+                    join.kind
                 ));
             }
         }
@@ -931,6 +961,21 @@ mod tests {
                 stages = ["a", "b", "c"]
                 loops = [["a", "b"], ["b", "c"]]"#,
                 "a stage is in two loops",
+            ),
+            (
+                r#"[kinds.x]
+                success = ["a"]
+                facts = { amount = "data.amount" }
+                sums = ["total"]"#,
+                "sums names total, which is not one of its facts",
+            ),
+            (
+                r#"[[joins]]
+                webhook_type = "debt"
+                when = { "data.x" = "y" }
+                kind = "debt"
+                outcome = "waiting_signature""#,
+                "classified as waiting_signature, which is not an end status of debt",
             ),
         ];
         for (text, expected) in cases {

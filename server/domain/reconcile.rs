@@ -320,11 +320,25 @@ impl<'a> Reconciler<'a> {
         let winner = self.winner(kind, &events)?;
         let conflict = self.conflict(kind, &events, winner);
         let milestones = self.milestones(kind, &events);
-        // `events` is sorted by (event time, precedence): the last value of a fact wins.
-        let facts: std::collections::BTreeMap<String, FactValue> = events
+        // `events` is sorted by (event time, precedence): the last value of a fact wins,
+        // except for the facts the catalog sums.
+        let mut facts: std::collections::BTreeMap<String, FactValue> = events
             .iter()
             .flat_map(|e| e.facts.iter().cloned())
             .collect();
+        for name in self.catalog.kind(kind).iter().flat_map(|s| &s.sums) {
+            let values =
+                events
+                    .iter()
+                    .flat_map(|e| &e.facts)
+                    .filter_map(|(n, value)| match value {
+                        FactValue::Number(x) if n == name => Some(*x),
+                        _ => None,
+                    });
+            if let Some(total) = decimal_sum(values) {
+                facts.insert(name.clone(), FactValue::Number(total));
+            }
+        }
         let phase = match self.classify(kind, winner) {
             StatusClass::End {
                 outcome: EndOutcome::Success,
@@ -453,5 +467,90 @@ impl<'a> Reconciler<'a> {
         events.push(event);
         self.reconcile(kind, key, events)
             .expect("reconciling a non-empty list of events yields an operation")
+    }
+}
+
+/// The sum of `values` (`None` when there are none), added in decimal, as the amounts were
+/// written: refunds of 0.1, 0.2 and 0.3 total 0.6 in every order, where floating-point
+/// addition gives 0.6000000000000001 in some. A value with more than 12 decimals (no QI
+/// amount has more than 8) is added as a float, in `values`' order, which is the same for
+/// every delivery order.
+fn decimal_sum(values: impl Iterator<Item = f64>) -> Option<f64> {
+    /// `x` as (digits, decimals): 12.5 is (125, 1). Rust writes an `f64` in its shortest
+    /// decimal form that reads back the same, and never in exponent form.
+    fn decimal(x: f64) -> Option<(i128, u32)> {
+        let text = format!("{x}");
+        let (negative, text) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text.as_str()),
+        };
+        let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+        if !x.is_finite() || fraction.len() > 12 || whole.len() + fraction.len() > 30 {
+            return None;
+        }
+        let digits: i128 = format!("{whole}{fraction}").parse().ok()?;
+        Some((
+            if negative { -digits } else { digits },
+            fraction.len() as u32,
+        ))
+    }
+    let values: Vec<f64> = values.collect();
+    if values.is_empty() {
+        return None;
+    }
+    let float_sum = || values.iter().sum::<f64>();
+    let Some(parts) = values
+        .iter()
+        .map(|&x| decimal(x))
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Some(float_sum());
+    };
+    let scale = parts
+        .iter()
+        .map(|&(_, decimals)| decimals)
+        .max()
+        .unwrap_or(0);
+    let total = parts.iter().try_fold(0i128, |total, &(digits, decimals)| {
+        total.checked_add(digits.checked_mul(10i128.checked_pow(scale - decimals)?)?)
+    });
+    let Some(total) = total else {
+        return Some(float_sum());
+    };
+    let magnitude = format!(
+        "{:0>width$}",
+        total.unsigned_abs(),
+        width = scale as usize + 1
+    );
+    let (whole, fraction) = magnitude.split_at(magnitude.len() - scale as usize);
+    let sign = if total < 0 { "-" } else { "" };
+    format!("{sign}{whole}.{fraction}")
+        .trim_end_matches('.')
+        .parse()
+        .ok()
+        .or_else(|| Some(float_sum()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decimal_sum;
+
+    #[test]
+    fn amounts_add_up_exactly_in_any_order() {
+        let orders: [&[f64]; 3] = [&[0.1, 0.2, 0.3], &[0.3, 0.2, 0.1], &[0.2, 0.1, 0.3]];
+        for order in orders {
+            assert_eq!(decimal_sum(order.iter().copied()), Some(0.6), "{order:?}");
+        }
+        // What floating-point addition gives, which the sum must not.
+        assert_ne!(0.1 + 0.2 + 0.3, 0.6);
+        assert_eq!(decimal_sum([30.0, 20.25, 126.97].into_iter()), Some(177.22));
+        assert_eq!(decimal_sum([-1.5, 0.25].into_iter()), Some(-1.25));
+        assert_eq!(decimal_sum([1.0, 2.0].into_iter()), Some(3.0));
+        assert_eq!(decimal_sum([0.0].into_iter()), Some(0.0));
+        assert_eq!(decimal_sum(std::iter::empty()), None);
+        // More decimals than any amount has: added as floats, still a sum.
+        assert_eq!(decimal_sum([1e-20, 1.0].into_iter()), Some(1.0));
+        // Past what 30 digits hold: added as floats.
+        assert_eq!(decimal_sum([1e300, 1e300].into_iter()), Some(2e300));
     }
 }

@@ -53,6 +53,9 @@ pub fn markdown(catalog: &Catalog) -> String {
                 (None, Some(prefix)) => vec![format!("status `{prefix}<its status>`")],
                 (None, None) => vec!["its own status".to_owned()],
             };
+            if let Some(outcome) = &join.outcome {
+                there.push(format!("classified as `{outcome}`"));
+            }
             there.extend(
                 join.facts
                     .iter()
@@ -140,7 +143,13 @@ pub fn markdown(catalog: &Catalog) -> String {
             let facts: Vec<String> = spec
                 .facts
                 .iter()
-                .map(|(fact, path)| format!("`{fact}` from `{path}`"))
+                .map(|(fact, path)| {
+                    if spec.sums.contains(fact) {
+                        format!("`{fact}` the sum of every `{path}`")
+                    } else {
+                        format!("`{fact}` from `{path}`")
+                    }
+                })
                 .collect();
             let _ = writeln!(out, "{}.", facts.join(", "));
         }
@@ -334,10 +343,12 @@ mod tests {
             }
         }
         assert!(table.contains(
-            "| `refunded` | The receiver sent the money back: an incoming Pix of type `reversal` named this transfer"
+            "| `refunded` | The receiver sent money back: an incoming Pix of type `reversal` named this transfer"
         ));
         assert!(table.contains("| `baas.pix_transfer.incoming_pix` | `data.pix_transfer_type` = `reversal` | `baas.pix_transfer.outgoing_pix` (key from `data.original_outgoing_pix_transfer`) | status `refunded` |"));
         assert!(table.contains("| `escrow` | always | `account` (same key) | its own status; fact `account_type` = `escrow` |"));
+        assert!(table.contains("| `debt` | `data.cancel_reason_enumerator` = `refund_after_payee_request` | `debt` (same key) | its own status; classified as `reversal_canceled` |"));
+        assert!(table.contains("`refunded_amount` the sum of every `data.transfer_amount`"));
     }
 
     #[test]

@@ -334,13 +334,16 @@ fn read_envelope(
         );
     }
 
-    let outcome = spec
-        .filter(|s| s.outcome_statuses.contains(&status))
-        .and_then(|s| s.outcome_path.as_deref())
-        .and_then(|path| lookup(v, path))
-        .and_then(Json::as_str)
-        .map(canonical_status)
-        .filter(|o| !o.is_empty() && o.len() <= MAX_NAME_LEN);
+    // A join that says what its webhooks are classified as (a BNPL refund's `canceled` is a
+    // reversal's) overrides the kind's own outcome field.
+    let outcome = join.and_then(|j| j.outcome.clone()).or_else(|| {
+        spec.filter(|s| s.outcome_statuses.contains(&status))
+            .and_then(|s| s.outcome_path.as_deref())
+            .and_then(|path| lookup(v, path))
+            .and_then(Json::as_str)
+            .map(canonical_status)
+            .filter(|o| !o.is_empty() && o.len() <= MAX_NAME_LEN)
+    });
 
     let event_time = spec
         .iter()

@@ -430,6 +430,145 @@ async fn a_reversal_was_disbursed_and_the_end_of_issuance_is_not_a_repayment() {
     server.stop().await;
 }
 
+/// QI's BNPL reversal: a debt canceled because the borrower paid the reversal's Pix is
+/// canceled after disbursement (QI's BNPL reversal page), so it was disbursed even when its
+/// `disbursed` webhook never came; a debt canceled for another reason was not (as far as
+/// its webhooks say). The reason's text is QI's, from its table.
+#[tokio::test]
+async fn a_bnpl_refund_cancels_a_disbursed_debt() {
+    let server = TestServer::start().await;
+    let canceled = |key: &str, reason: &str| {
+        serde_json::to_vec(&json!({
+            "webhook_type": "debt", "key": key, "event_datetime": "2025-10-27T16:38:59Z",
+            "data": {"cancel_reason": "Operacao cancelada por estorno",
+                     "cancel_reason_enumerator": reason},
+            "status": "canceled"
+        }))
+        .unwrap()
+    };
+    let milestones = |op: &qistatus::pb::Operation| -> Vec<String> {
+        op.milestones.iter().map(|m| m.name.clone()).collect()
+    };
+    server
+        .post_ok(canceled("bnpl-refunded", "refund_after_payee_request"))
+        .await;
+    server.post_ok(canceled("bnpl-manual", "manual")).await;
+    let op = server.get("bnpl-refunded", "debt").await.unwrap();
+    assert_eq!((op.status.as_str(), phase(&op)), ("canceled", "failed"));
+    assert_eq!(milestones(&op), ["canceled", "disbursed"]);
+    assert_eq!(
+        op.facts["cancel_reason_code"].kind,
+        Some(prost_types::value::Kind::StringValue(
+            "refund_after_payee_request".into()
+        ))
+    );
+    let op = server.get("bnpl-manual", "debt").await.unwrap();
+    assert_eq!((op.status.as_str(), phase(&op)), ("canceled", "failed"));
+    assert_eq!(milestones(&op), ["canceled"]);
+    // The list of canceled debts has both: the refund is a cancellation like any other.
+    let canceled = server
+        .grpc()
+        .await
+        .list_by_status(qistatus::pb::ListByStatusRequest {
+            kind: "debt".into(),
+            statuses: vec!["canceled".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .operations;
+    assert_eq!(canceled.len(), 2, "{canceled:?}");
+    server.stop().await;
+}
+
+/// A Pix transfer refunded in parts (QI's refund webhook carries each refund's own
+/// `transfer_amount`): the refunds add up exactly, in every delivery order, and the transfer
+/// was sent, not failed (no QI webhook says how much it was, so none says all came back). A
+/// refund that names no outgoing transfer is an incoming Pix, never a transfer that does not
+/// exist.
+#[tokio::test]
+async fn a_pix_transfers_refunds_add_up_in_any_order() {
+    let server = TestServer::start().await;
+    let refund = |n: u32, amount: f64, original: Option<&str>| {
+        let mut body = json!({
+            "webhook_type": "baas.pix_transfer.incoming_pix",
+            "webhook_datetime": format!("2021-10-22T20:3{n}:23.459Z"),
+            "data": {"pix_transfer_key": format!("8cb70dea-9fb0-4a68-9572-99a72849c8d{n}"),
+                     "pix_transfer_status": "received", "pix_transfer_type": "reversal",
+                     "transfer_amount": amount, "reversals": []}
+        });
+        if let Some(original) = original {
+            body["data"]["original_outgoing_pix_transfer"] = original.into();
+        }
+        serde_json::to_vec(&body).unwrap()
+    };
+    let sent = |key: &str| {
+        serde_json::to_vec(&json!({
+            "webhook_type": "baas.pix_transfer.outgoing_pix",
+            "webhook_datetime": "2021-10-22T20:30:00.000Z",
+            "data": {"pix_transfer_key": key, "pix_transfer_status": "sent"}
+        }))
+        .unwrap()
+    };
+    let kind = "baas.pix_transfer.outgoing_pix";
+    // Three partial refunds whose floating-point sum depends on the order of addition
+    // (0.1 + 0.2 + 0.3 is 0.6000000000000001 one way, 0.6 the other), delivered in two
+    // orders to two transfers, with repeats.
+    let first = [
+        sent("pix-a"),
+        refund(1, 0.1, Some("pix-a")),
+        refund(2, 0.2, Some("pix-a")),
+        refund(3, 0.3, Some("pix-a")),
+        refund(2, 0.2, Some("pix-a")),
+    ];
+    let second = [
+        refund(6, 0.3, Some("pix-b")),
+        refund(5, 0.2, Some("pix-b")),
+        refund(6, 0.3, Some("pix-b")),
+        refund(4, 0.1, Some("pix-b")),
+        sent("pix-b"),
+    ];
+    for body in first.into_iter().chain(second) {
+        server.post_ok(body).await;
+    }
+    for key in ["pix-a", "pix-b"] {
+        let op = server.get(key, kind).await.unwrap();
+        assert_eq!(
+            (op.status.as_str(), phase(&op)),
+            ("refunded", "succeeded"),
+            "{key}"
+        );
+        assert_eq!(
+            op.facts["refunded_amount"].kind,
+            Some(prost_types::value::Kind::NumberValue(0.6)),
+            "{key}"
+        );
+        let reached: Vec<&str> = op.milestones.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(reached, ["refunded", "sent"], "{key}");
+        assert_eq!(op.history.len(), 4, "{key}: the sending and three refunds");
+    }
+    // A refund naming no outgoing transfer: the incoming Pix it is, and no outgoing one.
+    server.post_ok(refund(7, 5.0, None)).await;
+    let incoming = server
+        .get(
+            "8cb70dea-9fb0-4a68-9572-99a72849c8d7",
+            "baas.pix_transfer.incoming_pix",
+        )
+        .await
+        .unwrap();
+    assert_eq!(incoming.status, "received");
+    assert_eq!(
+        server
+            .get("8cb70dea-9fb0-4a68-9572-99a72849c8d7", kind)
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::NotFound
+    );
+    server.stop().await;
+}
+
 /// QI's vehicle collateral webhooks: `key` is each webhook's own id, the operation is the
 /// reservation (`reservation_key`), and removing the lien (`deleted`) supersedes `reserved`.
 /// QI's vehicle collateral lien (its webhooks page's base structure, both spellings of its
@@ -865,7 +1004,7 @@ async fn documented_families_and_kind_families_land_where_qi_says() {
         .unwrap();
     assert_eq!(
         (refunded.status.as_str(), phase(&refunded)),
-        ("refunded", "failed")
+        ("refunded", "succeeded")
     );
     assert_eq!(milestones(&refunded), ["refunded", "sent"]);
     assert_eq!(text(&refunded, "refunded_amount"), "126.97");

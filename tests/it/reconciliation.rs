@@ -68,10 +68,19 @@ fn summaries(kind: &str, webhooks: &[(usize, Option<i64>, u8)]) -> Vec<EventSumm
                 received_at: 0,
                 // Facts on some webhooks, so that "the latest webhook that has it" is
                 // exercised under every order too.
-                facts: if detail == 2 {
-                    Vec::new()
-                } else {
-                    vec![("amount".into(), FactValue::Number(f64::from(detail)))]
+                facts: {
+                    let mut facts = if detail == 2 {
+                        Vec::new()
+                    } else {
+                        vec![("amount".into(), FactValue::Number(f64::from(detail)))]
+                    };
+                    // The facts the kind sums: tenths, whose floating-point sum depends on
+                    // the order of addition.
+                    for name in Catalog::builtin().kind(kind).iter().flat_map(|s| &s.sums) {
+                        let tenths = f64::from(detail + 1) / 10.0;
+                        facts.push((name.clone(), FactValue::Number(tenths)));
+                    }
+                    facts
                 },
             }
         })

@@ -141,6 +141,13 @@ pub struct KindSpec {
     /// Extra dotted paths where the status may be found (after the generic ones).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub status_paths: Vec<String>,
+    /// Dotted path of the step a status belongs to, for kinds whose statuses mean different
+    /// things at different steps (QI's vehicle order: `Registered` is the lien's at `Lien
+    /// Inclusion` and the contract's at `Contract Registration`): the status is read as
+    /// `<step> <status>`, lower-cased (`lien inclusion registered`); without the field, as
+    /// it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_path: Option<String>,
     /// Dotted path of a field that carries the real outcome when the status does not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome_path: Option<String>,
@@ -259,6 +266,7 @@ struct KindOverlay {
     source: Option<String>,
     status_paths: Option<Vec<String>>,
     outcome_path: Option<String>,
+    step_path: Option<String>,
     outcome_statuses: Option<Vec<String>>,
     implied_by: Option<Vec<String>>,
     event_time_paths: Option<Vec<String>>,
@@ -411,6 +419,9 @@ impl Catalog {
             set(&mut spec.sums, o.sums);
             if o.outcome_path.is_some() {
                 spec.outcome_path = o.outcome_path;
+            }
+            if o.step_path.is_some() {
+                spec.step_path = o.step_path;
             }
             set(&mut spec.implied_by, o.implied_by);
             set(&mut spec.event_time_paths, o.event_time_paths);

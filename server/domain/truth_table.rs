@@ -103,6 +103,12 @@ pub fn markdown(catalog: &Catalog) -> String {
                 spec.operation_key_paths.join("`, then `")
             );
         }
+        if let Some(path) = &spec.step_path {
+            let _ = writeln!(
+                out,
+                "A status is read with its step, from `{path}`: `<step> <status>`.\n"
+            );
+        }
         for group in &spec.loops {
             let _ = writeln!(
                 out,
@@ -116,15 +122,27 @@ pub fn markdown(catalog: &Catalog) -> String {
         );
         out.push_str("|---|---|---|---|---|\n");
         for status in statuses(spec) {
-            let meaning = spec.meanings.get(&status).map_or(
-                "QI's documents name it and say no more; qistatus shows it as sent.",
-                String::as_str,
-            );
+            // A milestone's pattern is no status of its own: its row says which statuses
+            // reach the milestone, each classified by its own row (or as unknown).
+            let pattern = status.contains('*') && !spec.failure_patterns.contains(&status);
+            let meaning = match spec.meanings.get(&status) {
+                Some(meaning) => meaning.as_str(),
+                None if pattern => {
+                    "Any status of this shape (`*` is any run of characters): a pattern that \
+                     reaches milestones, not a status of its own."
+                }
+                None => "QI's documents name it and say no more; qistatus shows it as sent.",
+            };
+            let phase = if pattern {
+                "each its own".to_owned()
+            } else {
+                phase(catalog, name, &status)
+            };
             let _ = writeln!(
                 out,
                 "| `{status}` | {} | {} | {} | {} |",
                 meaning.trim(),
-                phase(catalog, name, &status),
+                phase,
                 milestones(spec, &status),
                 ends(spec, &status),
             );
@@ -360,7 +378,7 @@ mod tests {
             "| `canceled` | FAILED | `canceled` | superseded by `canceled_permanently`; precedence 2 of 5 |",
             "| `disbursed` | ACTIVE (stage 7 of 11) | `disbursed` |",
             "| `*_rejected` | FAILED (any status of this shape) |",
-            "| `reversal_*` | PENDING (not a stage: history only) | `disbursed` |",
+            "| `reversal_*` | each its own | `disbursed` |",
         ] {
             assert!(table.contains(row), "{row}\n{table}");
         }

@@ -318,6 +318,16 @@ fn read_envelope(
                 )
             })?,
     };
+    let step = match spec.and_then(|s| s.step_path.as_deref()) {
+        Some(path) => text_field(v, path)?
+            .map(canonical_status)
+            .filter(|step| !step.is_empty()),
+        None => None,
+    };
+    let status = match step {
+        Some(step) => format!("{step} {status}"),
+        None => status,
+    };
     let status = match join.and_then(|j| j.status_prefix.as_deref()) {
         Some(prefix) => format!("{prefix}{status}"),
         None => status,
@@ -1403,7 +1413,7 @@ mod tests {
                 "009_vehicle_order_status_denied.json",
                 "vehicle_collateral.order_status",
                 "QI-20260310-000123",
-                "denied",
+                "lien inclusion denied",
             ),
             (
                 "009_card_order_fraud_approved.json",

@@ -673,6 +673,137 @@ async fn vehicle_collateral_webhooks_are_one_reservation_each() {
     then("w-8", "deleted", "2025-02-02T10:00:00Z", kind).await;
     let after = then("w-6", "reserved", "2025-01-04T12:00:00Z", portuguese).await;
     assert_eq!(after, ("deleted".into(), "failed".into(), reserved));
+
+    // QI's sandbox page's shape: `event_type`, the reservation in `origin_key`, the webhook
+    // (its status and time, no keys) under `data.callback`. Sent back, then resubmitted:
+    // the later webhook says where it is, in either order.
+    let sandbox = |event: &str, status: &str, at: &str| {
+        serde_json::to_vec(&json!({
+            "event_key": event,
+            "event_type": portuguese,
+            "origin": "vehicle_collateral",
+            "origin_key": "res-sandbox",
+            "person_key": "requester-1",
+            "receiver_contact": null,
+            "data": {"callback": {
+                "webhook_type": portuguese, "status": status, "event_datetime": at,
+                "data": {"contract_number": "CTR-2026-001"}
+            }}
+        }))
+        .unwrap()
+    };
+    server
+        .post_ok(sandbox(
+            "e-2",
+            "pending_reservation_confirmation",
+            "2026-04-08T16:00:00.000Z",
+        ))
+        .await;
+    server
+        .post_ok(sandbox(
+            "e-1",
+            "pending_requester_action",
+            "2026-04-08T15:30:00.000Z",
+        ))
+        .await;
+    let op = server.get("res-sandbox", kind).await.unwrap();
+    assert_eq!(
+        (op.status.as_str(), phase(&op), op.history.len()),
+        ("pending_reservation_confirmation", "pending", 2)
+    );
+    server.stop().await;
+}
+
+/// QI's vehicle order status webhook, by its status map: each step (`etapaAtual`) has its
+/// own statuses, the same word meaning different things at different steps; an order goes
+/// from the lien to the contract to its image, and ends when the image is approved, even
+/// after a denial of an earlier image, whatever the order of delivery.
+#[tokio::test]
+async fn a_vehicle_order_ends_when_its_image_is_approved() {
+    let server = TestServer::start().await;
+    let kind = "vehicle_collateral.order_status";
+    let order = |code: &str, step: &str, status: &str, at: &str| {
+        serde_json::to_vec(&json!({
+            "transactionId": format!("{code}-{step}-{status}"),
+            "status": status,
+            "msgRetornoPlataforma": "",
+            "codigoQiTech": code,
+            "etapaAtual": step,
+            "timestamp": at,
+            "dataUltimaAtualizacao": at,
+            "gravame": "12345678",
+            "uf": "SP",
+            "chassi": "9BWZZZ377VT004251"
+        }))
+        .unwrap()
+    };
+    let steps = [
+        ("Lien Inclusion", "Sent", "2026-03-10T10:00:00Z"),
+        ("Lien Inclusion", "Registered", "2026-03-10T11:00:00Z"),
+        ("Contract Registration", "Sent", "2026-03-11T10:00:00Z"),
+        (
+            "Contract Registration",
+            "Registered",
+            "2026-03-12T10:00:00Z",
+        ),
+        ("Contract Image", "Sent", "2026-03-13T10:00:00Z"),
+        ("Contract Image", "Denied", "2026-03-14T10:00:00Z"),
+        ("Contract Image", "Approved", "2026-03-15T10:00:00Z"),
+    ];
+    let milestones = |op: &qistatus::pb::Operation| -> Vec<String> {
+        op.milestones.iter().map(|m| m.name.clone()).collect()
+    };
+    // Step by step on one order: where each webhook leaves it.
+    let expected = [
+        ("lien inclusion sent", "pending"),
+        ("lien inclusion registered", "pending"),
+        ("contract registration sent", "pending"),
+        ("contract registration registered", "pending"),
+        ("contract image sent", "pending"),
+        ("contract image denied", "failed"),
+        ("contract image approved", "succeeded"),
+    ];
+    for ((step, status, at), (shown, phase_now)) in steps.iter().zip(expected) {
+        server.post_ok(order("QI-1", step, status, at)).await;
+        let op = server.get("QI-1", kind).await.unwrap();
+        assert_eq!((op.status.as_str(), phase(&op)), (shown, phase_now));
+    }
+    let done = server.get("QI-1", kind).await.unwrap();
+    assert_eq!(
+        milestones(&done),
+        ["contract_registered", "image_approved", "lien_registered"]
+    );
+    // The same webhooks in reverse, and the denial resent last: the same answer.
+    for (step, status, at) in steps.iter().rev() {
+        server.post_ok(order("QI-2", step, status, at)).await;
+    }
+    server
+        .post_ok(order(
+            "QI-2",
+            "Contract Image",
+            "Denied",
+            "2026-03-14T10:00:00Z",
+        ))
+        .await;
+    let reversed = server.get("QI-2", kind).await.unwrap();
+    assert_eq!(
+        (reversed.status.as_str(), phase(&reversed)),
+        ("contract image approved", "succeeded")
+    );
+    assert_eq!(milestones(&reversed), milestones(&done));
+    // `Registered` at the lien is not the contract's: an order whose lien is registered has
+    // no registered contract yet.
+    server
+        .post_ok(order(
+            "QI-3",
+            "Lien Inclusion",
+            "Registered",
+            "2026-03-10T11:00:00Z",
+        ))
+        .await;
+    let lien_only = server.get("QI-3", kind).await.unwrap();
+    assert_eq!(milestones(&lien_only), ["lien_registered"]);
+    assert_eq!(phase(&lien_only), "pending");
     server.stop().await;
 }
 
@@ -947,7 +1078,7 @@ async fn documented_families_and_kind_families_land_where_qi_says() {
             &["009_vehicle_order_status_denied.json"],
             "vehicle_collateral.order_status",
             "QI-20260310-000123",
-            "denied",
+            "lien inclusion denied",
             "failed",
         ),
         (

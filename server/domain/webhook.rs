@@ -1416,6 +1416,42 @@ mod tests {
                 "lien inclusion denied",
             ),
             (
+                "009_caas_limit_event_approved.json",
+                "caas.limits.analysis_status",
+                "123456",
+                "automatically_approved",
+            ),
+            (
+                "009_pix_schedule_completed_sent.json",
+                "baas.pix_schedule.completed",
+                "0c9091ab-079b-4a43-8b3d-d4ba36a23883",
+                "sent",
+            ),
+            (
+                "009_pix_med_refund_request_open.json",
+                "incoming.internal_refund_request",
+                "9eb5f452-81fd-4f67-9f2a-49e14e53ef64",
+                "open",
+            ),
+            (
+                "009_receivables_asset_created.json",
+                "trade_receivables.asset_status_change",
+                "1caff47c-bd05-48b0-a6bc-9569f5070f6b",
+                "pending_eligibility",
+            ),
+            (
+                "009_receivables_asset_pre_approved.json",
+                "trade_receivables.asset_status_change",
+                "1caff47c-bd05-48b0-a6bc-9569f5070f6b",
+                "pre_approved",
+            ),
+            (
+                "009_receivables_assignment_pending_assets_wallet_inclusion.json",
+                "trade_receivables.assignment_status_change",
+                "1caff47c-bd05-48b0-a6bc-9569f5070f6c",
+                "pending_assets_wallet_inclusion",
+            ),
+            (
                 "009_card_order_fraud_approved.json",
                 "caas.card_order.fraud_status",
                 "123456",
@@ -1578,7 +1614,6 @@ mod tests {
             ),
             ("008_dtvm_investor_reproved.json", "48d2c7a713dd0260"),
             ("008_dtvm_issuer_approved.json", "8568d39e3c945efa"),
-            // Added with QI's other documented families (recorded when added).
             (
                 "009_automatic_pix_incoming_recurrence_pending.json",
                 "ede3f15142aaefa2",
@@ -1597,6 +1632,7 @@ mod tests {
                 "f254aa9b95b8f968",
             ),
             ("009_bank_slip_registered.json", "3622f5fc6db5bf89"),
+            ("009_caas_limit_event_approved.json", "cf7766dfb44f7456"),
             ("009_card_order_fraud_approved.json", "138f01a1572b8d37"),
             ("009_ccb_assignment_batch_settled.json", "1ee5344017a59e04"),
             (
@@ -1617,12 +1653,23 @@ mod tests {
                 "8dc2a7e3bf9cde42",
             ),
             ("009_pix_incoming_received.json", "87f32ec97808b2ed"),
+            ("009_pix_med_refund_request_open.json", "ef25018d80dbd9d7"),
             ("009_pix_refund_of_outgoing.json", "afb74d7dcc06f946"),
+            ("009_pix_schedule_completed_sent.json", "b6a8d76e32488449"),
             (
                 "009_private_payroll_reservation_pending_authorization.json",
                 "f8c8c3778e2a852c",
             ),
+            ("009_receivables_asset_created.json", "9e2059c861140fd4"),
+            (
+                "009_receivables_asset_pre_approved.json",
+                "c36ab1724a9721bb",
+            ),
             ("009_receivables_assignment_denied.json", "c81326fe735c080a"),
+            (
+                "009_receivables_assignment_pending_assets_wallet_inclusion.json",
+                "c64e2a2f0bed70de",
+            ),
             (
                 "009_receivables_assignment_pending_payment.json",
                 "920b57ff611180c6",

@@ -985,7 +985,7 @@ async fn documented_families_and_kind_families_land_where_qi_says() {
     };
 
     // (fixture, kind, key, status, phase)
-    let singles: [(&'static [&'static str], &str, &str, &str, &str); 13] = [
+    let singles: [(&'static [&'static str], &str, &str, &str, &str); 18] = [
         // An installment's payment: the installment's operation (its `data.installment_key`),
         // not the debt's (its `key`).
         (
@@ -1088,6 +1088,53 @@ async fn documented_families_and_kind_families_land_where_qi_says() {
             "automatically_approved",
             "succeeded",
         ),
+        // CaaS limits: no `webhook_type`, known by `id` and `analysis_status`; the same id
+        // as the card order above is another kind's operation.
+        (
+            &["009_caas_limit_event_approved.json"],
+            "caas.limits.analysis_status",
+            "123456",
+            "automatically_approved",
+            "succeeded",
+        ),
+        (
+            &["009_pix_schedule_completed_sent.json"],
+            "baas.pix_schedule.completed",
+            "0c9091ab-079b-4a43-8b3d-d4ba36a23883",
+            "sent",
+            "succeeded",
+        ),
+        // A MED refund request: its `key` is each webhook's own; the request is its
+        // `data.refund_request_key`.
+        (
+            &["009_pix_med_refund_request_open.json"],
+            "incoming.internal_refund_request",
+            "9eb5f452-81fd-4f67-9f2a-49e14e53ef64",
+            "open",
+            "pending",
+        ),
+        // An asset: created, then pre-approved, one operation by its own external id.
+        (
+            &[
+                "009_receivables_asset_created.json",
+                "009_receivables_asset_pre_approved.json",
+            ],
+            "trade_receivables.asset_status_change",
+            "1caff47c-bd05-48b0-a6bc-9569f5070f6b",
+            "pre_approved",
+            "pending",
+        ),
+        // A paid batch is past waiting for its payment, in either order.
+        (
+            &[
+                "009_receivables_assignment_pending_payment.json",
+                "009_receivables_assignment_pending_assets_wallet_inclusion.json",
+            ],
+            "trade_receivables.assignment_status_change",
+            "1caff47c-bd05-48b0-a6bc-9569f5070f6c",
+            "pending_assets_wallet_inclusion",
+            "pending",
+        ),
     ];
     for (files, kind, key, status, expected_phase) in singles {
         post_all(files).await;
@@ -1106,6 +1153,45 @@ async fn documented_families_and_kind_families_land_where_qi_says() {
         .await
         .unwrap();
     assert_eq!(text(&incoming, "transfer_amount"), "126.97");
+    let batch = server
+        .get(
+            "1caff47c-bd05-48b0-a6bc-9569f5070f6c",
+            "trade_receivables.assignment_status_change",
+        )
+        .await
+        .unwrap();
+    assert_eq!(milestones(&batch), ["paid"]);
+    let asset = server
+        .get(
+            "1caff47c-bd05-48b0-a6bc-9569f5070f6b",
+            "trade_receivables.asset_status_change",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        text(&asset, "assignment_external_id"),
+        "ac597f90-a13e-4f78-86f0-11c66f5fa6d6"
+    );
+    // The MED request's webhook key names no operation of its own.
+    assert_eq!(
+        server
+            .get(
+                "0dedf537-a75e-4945-be1d-5d278c623022",
+                "incoming.internal_refund_request"
+            )
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::NotFound
+    );
+    let med = server
+        .get(
+            "9eb5f452-81fd-4f67-9f2a-49e14e53ef64",
+            "incoming.internal_refund_request",
+        )
+        .await
+        .unwrap();
+    assert_eq!(text(&med, "requested_amount"), "40");
     let order = server
         .get("QI-20260310-000123", "vehicle_collateral.order_status")
         .await

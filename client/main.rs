@@ -319,13 +319,17 @@ async fn get(mut client: Client, args: GetArgs, json: bool) -> Result<(), Client
     } else {
         pb::OperationView::Basic
     };
-    let op = client
-        .get_view(&args.key, args.kind.as_deref(), view)
+    let (op, parts, parts_omitted) = client
+        .get_whole(&args.key, args.kind.as_deref(), view)
         .await?;
     if json {
-        println!("{}", json::operation(&op));
+        let mut out = json::operation(&op);
+        out["parts"] = parts.iter().map(json::operation).collect();
+        out["parts_omitted"] = parts_omitted.into();
+        println!("{out}");
     } else {
         print_operation(&op);
+        print_parts(&parts, parts_omitted);
     }
     Ok(())
 }
@@ -822,6 +826,26 @@ fn print_change(change: &pb::OperationChange, json: bool) {
             transition,
             phase_name(op.phase)
         );
+    }
+}
+
+/// An operation's parts (a debt's installments), a line each, after the operation.
+fn print_parts(parts: &[pb::Operation], omitted: u64) {
+    if parts.is_empty() {
+        return;
+    }
+    println!("  parts");
+    for part in parts {
+        println!(
+            "    {}  {}  {} ({})",
+            printable(&part.kind),
+            printable(&part.key),
+            printable(&part.status),
+            phase_name(part.phase)
+        );
+    }
+    if omitted > 0 {
+        println!("    ... and {omitted} more");
     }
 }
 

@@ -310,6 +310,17 @@ impl Client {
         kind: Option<&str>,
         view: pb::OperationView,
     ) -> Result<pb::Operation, ClientError> {
+        Ok(self.get_whole(key, kind, view).await?.0)
+    }
+
+    /// [`Client::get_view`], with the operation's parts (a debt's installments) and how many
+    /// were left out.
+    pub async fn get_whole(
+        &mut self,
+        key: &str,
+        kind: Option<&str>,
+        view: pb::OperationView,
+    ) -> Result<(pb::Operation, Vec<pb::Operation>, u64), ClientError> {
         let response = self
             .inner
             .get_operation(pb::GetOperationRequest {
@@ -318,11 +329,12 @@ impl Client {
                 include_raw_payload: false,
                 view: view as i32,
             })
-            .await?;
-        response
-            .into_inner()
+            .await?
+            .into_inner();
+        let operation = response
             .operation
-            .ok_or_else(|| tonic::Status::internal("the server sent no operation").into())
+            .ok_or_else(|| tonic::Status::internal("the server sent no operation"))?;
+        Ok((operation, response.parts, response.parts_omitted))
     }
 
     /// The flow of `kind` over the UTC days from `since` to `until` (ms; the server's defaults

@@ -377,6 +377,10 @@ async fn operation(
                 &catalog.personal_fields,
                 &catalog.personal_facts,
             );
+            let (parts, parts_omitted) =
+                state
+                    .store
+                    .parts_of(&op.kind, &op.key, crate::store::MOST_PARTS_LISTED)?;
             pages::operation(
                 &op,
                 masked,
@@ -384,6 +388,7 @@ async fn operation(
                     .recovery
                     .as_ref()
                     .map(|_| viewer.csrf.as_deref().unwrap_or("")),
+                (&parts, parts_omitted),
             )
         }
         Lookup::Missing(what) => return Err(ConsoleError::NotFound(what)),

@@ -159,7 +159,15 @@ pub(crate) fn overview(
 /// `resend`: `Some(csrf)` when QI's API is configured (the form token, empty on an open
 /// console), which offers "ask QI to resend".
 /// `masked`: how many of its values were masked ([`crate::domain::personal::mask_operation`]).
-pub(crate) fn operation(op: &Operation, masked: usize, resend: Option<&str>) -> Markup {
+/// `parts`: the operations that are parts of it (a debt's installments), and how many more
+/// there are.
+pub(crate) fn operation(
+    op: &Operation,
+    masked: usize,
+    resend: Option<&str>,
+    parts: (&[Operation], u64),
+) -> Markup {
+    let (parts, parts_omitted) = parts;
     html! {
         h1 { (op.kind) " " code { (op.key) } }
         @if masked > 0 {
@@ -204,6 +212,27 @@ pub(crate) fn operation(op: &Operation, masked: usize, resend: Option<&str>) -> 
                             FactValue::Bool(b) => (b),
                         } }
                     }
+                }
+            }
+        }
+        @if !parts.is_empty() {
+            section {
+                h2 { "Parts" }
+                div.scroll { table.parts {
+                    thead { tr { th { "Kind" } th { "Key" } th { "Status" } th { "Last update" } } }
+                    tbody {
+                        @for part in parts {
+                            tr {
+                                td { (part.kind) }
+                                td { a href=(operation_href(&part.kind, &part.key)) { code { (part.key) } } }
+                                td { (part.status) " " (phase_badge(part.phase)) }
+                                td { (time(Some(part.updated_at))) }
+                            }
+                        }
+                    }
+                } }
+                @if parts_omitted > 0 {
+                    p.hint { "… and " (parts_omitted) " more." }
                 }
             }
         }

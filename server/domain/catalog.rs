@@ -170,10 +170,26 @@ pub struct KindSpec {
     /// table prints it beside the status); where they are silent, the sentence says so.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meanings: BTreeMap<String, String>,
+    /// The operation each of this kind's operations is a part of: its kind, and the fact
+    /// that holds its key (an installment is part of the debt its fact `debt_key` names).
+    /// The whole lists its parts ([`crate::domain::reconcile::Operation::part_of`]); a part
+    /// never moves the whole's status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_of: Option<PartOf>,
     /// Stage -> how long an operation is expected to stay in it (`90s`, `30m`, `4h`, `5d`):
     /// longer, and it is overdue ([`crate::domain::overdue`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub expect: BTreeMap<String, String>,
+}
+
+/// Which operation a kind's operations are parts of ([`KindSpec::part_of`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartOf {
+    /// The whole's kind.
+    pub kind: String,
+    /// The part's fact that holds the whole's key.
+    pub fact: String,
 }
 
 /// A kind family: a webhook whose operation is another kind's. QI Tech sends the steps of
@@ -213,6 +229,10 @@ pub struct JoinSpec {
     /// debt's `reversal_canceled`, shown `canceled`, as QI sends it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
+    /// Facts it reads from its own body, beside its kind's: name -> dotted path (an
+    /// installment's payment carries its debt's key in `key`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fact_paths: BTreeMap<String, String>,
     /// Facts it sets on the operation, whatever its body (`account_type = "escrow"`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub facts: BTreeMap<String, String>,
@@ -272,6 +292,7 @@ struct KindOverlay {
     event_time_paths: Option<Vec<String>>,
     meanings: Option<BTreeMap<String, String>>,
     expect: Option<BTreeMap<String, String>>,
+    part_of: Option<PartOf>,
 }
 
 /// How the catalog classifies a status of a kind.
@@ -428,6 +449,9 @@ impl Catalog {
             // Added to (or overriding) the built-in ones, status by status: an operator
             // sets the expectations QI's documents do not state.
             spec.expect.extend(o.expect.unwrap_or_default());
+            if o.part_of.is_some() {
+                spec.part_of = o.part_of;
+            }
             match o.meanings {
                 Some(m) => spec.meanings = m,
                 None => {
@@ -761,6 +785,37 @@ impl Catalog {
                 ));
             }
         }
+        for (kind, spec) in &mut self.kinds {
+            if let Some(part_of) = &mut spec.part_of {
+                part_of.kind = canonical_kind(&part_of.kind);
+                if part_of.kind == *kind {
+                    return bad(format!("kind {kind} is part of itself"));
+                }
+            }
+        }
+        for (kind, spec) in &self.kinds {
+            let Some(part_of) = &spec.part_of else {
+                continue;
+            };
+            if !self.kinds.contains_key(&part_of.kind) {
+                return bad(format!(
+                    "kind {kind} is part of kind {}, which is not in the catalog",
+                    part_of.kind
+                ));
+            }
+            let read = spec.facts.contains_key(&part_of.fact)
+                || self
+                    .joins
+                    .iter()
+                    .any(|j| j.kind == *kind && j.fact_paths.contains_key(&part_of.fact));
+            if !read {
+                return bad(format!(
+                    "kind {kind} is part of the {} its fact {} names, but neither the kind nor \
+                     a join into it reads that fact",
+                    part_of.kind, part_of.fact
+                ));
+            }
+        }
         for (alias, kind) in &self.aliases {
             if !self.kinds.contains_key(kind) {
                 return bad(format!(
@@ -987,6 +1042,23 @@ mod tests {
                 kind = "debt"
                 outcome = "waiting_signature""#,
                 "classified as waiting_signature, which is not an end status of debt",
+            ),
+            (
+                r#"[kinds.x]
+                facts = { whole = "data.w" }
+                part_of = { kind = "nowhere", fact = "whole" }"#,
+                "is part of kind nowhere, which is not in the catalog",
+            ),
+            (
+                r#"[kinds.x]
+                part_of = { kind = "debt", fact = "debt_key" }"#,
+                "neither the kind nor a join into it reads that fact",
+            ),
+            (
+                r#"[kinds.x]
+                facts = { whole = "data.w" }
+                part_of = { kind = "x", fact = "whole" }"#,
+                "kind x is part of itself",
             ),
         ];
         for (text, expected) in cases {

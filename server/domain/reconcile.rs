@@ -220,6 +220,19 @@ impl Operation {
 }
 
 impl Operation {
+    /// The operation this one is a part of, as (kind, key), when the catalog says its kind
+    /// is part of another ([`crate::domain::catalog::KindSpec::part_of`]) and it carries the
+    /// fact that names it: an installment whose payment named its debt.
+    pub fn part_of<'a>(&'a self, catalog: &'a Catalog) -> Option<(&'a str, &'a str)> {
+        let part_of = catalog.kind(&self.kind)?.part_of.as_ref()?;
+        self.facts.iter().find_map(|(name, value)| match value {
+            FactValue::Text(key) if *name == part_of.fact => {
+                Some((part_of.kind.as_str(), key.as_str()))
+            }
+            _ => None,
+        })
+    }
+
     /// The operation without its history (what lists and watchers carry).
     pub fn without_history(&self) -> Operation {
         Operation {
@@ -533,7 +546,25 @@ fn decimal_sum(values: impl Iterator<Item = f64>) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::decimal_sum;
+    use super::{Catalog, FactValue, Operation, Phase, decimal_sum};
+
+    #[test]
+    fn an_installment_is_part_of_the_debt_its_payment_named_and_nothing_else_is() {
+        let catalog = Catalog::builtin();
+        let mut installment =
+            Operation::bare("installment.status_change", "i-1", "paid", Phase::Succeeded);
+        // Before its payment came: no debt named, part of nothing.
+        assert_eq!(installment.part_of(&catalog), None);
+        installment.facts = vec![("debt_key".into(), FactValue::Text("d-1".into()))];
+        assert_eq!(installment.part_of(&catalog), Some(("debt", "d-1")));
+        // A number where the key should be names nothing.
+        installment.facts = vec![("debt_key".into(), FactValue::Number(1.0))];
+        assert_eq!(installment.part_of(&catalog), None);
+        // A kind that is part of nothing, whatever its facts.
+        let mut debt = Operation::bare("debt", "d-1", "disbursed", Phase::Active);
+        debt.facts = vec![("debt_key".into(), FactValue::Text("d-2".into()))];
+        assert_eq!(debt.part_of(&catalog), None);
+    }
 
     #[test]
     fn amounts_add_up_exactly_in_any_order() {

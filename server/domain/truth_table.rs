@@ -61,6 +61,11 @@ pub fn markdown(catalog: &Catalog) -> String {
                     .iter()
                     .map(|(fact, value)| format!("fact `{fact}` = `{value}`")),
             );
+            there.extend(
+                join.fact_paths
+                    .iter()
+                    .map(|(fact, path)| format!("fact `{fact}` from `{path}`")),
+            );
             let _ = writeln!(
                 out,
                 "| `{}` | {when} | `{}` ({key}) | {} | {} |",
@@ -101,6 +106,14 @@ pub fn markdown(catalog: &Catalog) -> String {
                 out,
                 "The operation is named by `{}` (read before `key`).\n",
                 spec.operation_key_paths.join("`, then `")
+            );
+        }
+        if let Some(part_of) = &spec.part_of {
+            let _ = writeln!(
+                out,
+                "Each is a part of the `{}` its fact `{}` names: that operation lists it, and it \
+                 never moves that operation's status.\n",
+                part_of.kind, part_of.fact
             );
         }
         if let Some(path) = &spec.step_path {

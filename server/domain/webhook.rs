@@ -641,7 +641,7 @@ pub fn facts(catalog: &Catalog, kind: &str, raw: &[u8]) -> Facts {
         && !catalog
             .joins
             .iter()
-            .any(|j| j.kind == kind && !j.facts.is_empty())
+            .any(|j| j.kind == kind && !(j.facts.is_empty() && j.fact_paths.is_empty()))
     {
         return Vec::new();
     }
@@ -656,9 +656,13 @@ fn facts_in(catalog: &Catalog, kind: &str, v: &Json<'_>) -> Vec<(String, FactVal
     let Some(spec) = catalog.kind(kind) else {
         return Vec::new();
     };
+    let join = join_of(catalog, named_kind(v).ok().flatten(), v);
     let mut facts: Vec<(String, FactValue)> = spec
         .facts
         .iter()
+        // A join's own path for a fact is where its webhooks carry it.
+        .filter(|(name, _)| !join.is_some_and(|j| j.fact_paths.contains_key(*name)))
+        .chain(join.iter().flat_map(|j| &j.fact_paths))
         .filter_map(|(name, path)| {
             let value = match lookup(v, path)? {
                 Json::String(s) if !s.trim().is_empty() => {
@@ -673,7 +677,7 @@ fn facts_in(catalog: &Catalog, kind: &str, v: &Json<'_>) -> Vec<(String, FactVal
         .collect();
     // A join's facts are the webhook's whatever its body: an escrow account's last webhook
     // says it is one by its type alone.
-    if let Some(join) = join_of(catalog, named_kind(v).ok().flatten(), v) {
+    if let Some(join) = join {
         for (name, value) in &join.facts {
             facts.retain(|(n, _)| n != name);
             facts.push((name.clone(), FactValue::Text(value.clone())));

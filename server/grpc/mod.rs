@@ -225,9 +225,11 @@ impl OperationStatusApi {
         op: &Operation,
         view: pb::OperationView,
         include_raw: bool,
+        reserved: usize,
     ) -> Result<(pb::Operation, u64), ApiError> {
         let mut out = pb::Operation::from(op);
-        let mut size = out.encoded_len();
+        // What the rest of the response takes comes first.
+        let mut size = out.encoded_len() + reserved;
         // Newest first: what fits is the most recent part of the history.
         let mut entries: Vec<(&EventSummary, pb::HistoryEntry)> = Vec::new();
         let catalog = self.catalog.current();
@@ -300,6 +302,10 @@ impl OperationStatusApi {
 /// with room for framing and headers.
 pub(crate) const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024 - 64 * 1024;
 
+/// The most bytes of a `GetOperation` response the parts take, so that the operation and its
+/// recent history always fit beside them.
+const MAX_PARTS_BYTES: usize = MAX_RESPONSE_BYTES / 4;
+
 /// The bytes a nested message of `len` bytes takes in its parent: a tag and a length prefix.
 fn framed_len(len: usize) -> usize {
     1 + prost::length_delimiter_len(len) + len
@@ -363,14 +369,33 @@ impl OperationStatusService for OperationStatusApi {
             .map_err(|_| ApiError::InvalidArgument(format!("view has no value {}", req.view)))?;
         // A point read, in place (see `Store::read_async`).
         let op = self.find(&req.key, &req.kind)?;
-        let (mut operation, history_omitted) =
-            self.with_history(&op, view, req.include_raw_payload)?;
         let catalog = self.catalog.current();
-        operation.overdue =
-            overdue(&catalog, &op, self.clock.now_millis()).map(|o| pb::Overdue::from(&o));
+        let now = self.clock.now_millis();
+        let (found, mut parts_omitted) = self
+            .store
+            .parts_of(&op.kind, &op.key, crate::store::MOST_PARTS_LISTED)
+            .map_err(ApiError::Store)?;
+        let mut parts = Vec::with_capacity(found.len());
+        let mut parts_size = 0;
+        for part in &found {
+            let mut out = pb::Operation::from(part);
+            out.overdue = overdue(&catalog, part, now).map(|o| pb::Overdue::from(&o));
+            let size = framed_len(out.encoded_len());
+            if parts_size + size > MAX_PARTS_BYTES {
+                parts_omitted += (found.len() - parts.len()) as u64;
+                break;
+            }
+            parts_size += size;
+            parts.push(out);
+        }
+        let (mut operation, history_omitted) =
+            self.with_history(&op, view, req.include_raw_payload, parts_size)?;
+        operation.overdue = overdue(&catalog, &op, now).map(|o| pb::Overdue::from(&o));
         Ok(Response::new(pb::GetOperationResponse {
             operation: Some(operation),
             history_omitted,
+            parts,
+            parts_omitted,
         }))
     }
 

@@ -73,7 +73,9 @@ impl Store {
         for op in self.operations() {
             let mut writes = Writes::default();
             // Only the index entries are compared: no bodies needed.
-            put_operation(&mut writes, &watched, None, &op?, &[]);
+            // The `B` space is not compared here: its entries follow the catalog's parts,
+            // which the store alone does not know.
+            put_operation(&mut writes, &watched, &|_| None, None, &op?, &[]);
             for (key, value) in writes.entries() {
                 if matches!(key.first(), Some(&b) if b != SpaceId::Operations as u8) {
                     expected.insert(key.clone(), value.clone());
@@ -134,6 +136,7 @@ impl Store {
 pub(crate) fn put_operation(
     writes: &mut Writes,
     dated: Dated<'_>,
+    whole: WholeOf<'_>,
     before: Option<&Operation>,
     after: &Operation,
     bodies: &[(u64, PayloadRef)],
@@ -167,13 +170,26 @@ pub(crate) fn put_operation(
         }
     }
     let (kind, key) = (after.kind.as_str(), after.key.as_str());
+    let indexed = index_value(after);
+    let whole_after = whole(after);
+    if let Some(before) = before
+        && let Some(was) = whole(before)
+        && Some(&was) != whole_after.as_ref()
+    {
+        writes.delete(part_key(&was, before));
+    }
+    // Written at every change, as the status index's entry is: its value is the part as it
+    // is now.
+    if let Some(whole) = &whole_after {
+        writes.put(part_key(whole, after), indexed.clone());
+    }
     writes.put(
         Key::StatusIndex {
             status: &after.status,
             kind,
             key,
         },
-        index_value(after),
+        indexed,
     );
     writes.put(
         Key::Operation { kind, key },
@@ -182,7 +198,15 @@ pub(crate) fn put_operation(
 }
 
 /// Removes an operation and its index entries.
-pub(crate) fn delete_operation(writes: &mut Writes, dated: Dated<'_>, before: &Operation) {
+pub(crate) fn delete_operation(
+    writes: &mut Writes,
+    dated: Dated<'_>,
+    whole: WholeOf<'_>,
+    before: &Operation,
+) {
+    if let Some(was) = whole(before) {
+        writes.delete(part_key(&was, before));
+    }
     writes.add_count(count_key(before), -1);
     delete_status_entry(writes, before);
     if let Some(since) = since_entry(dated, before) {
@@ -206,6 +230,20 @@ pub(crate) fn as_indexed(op: &Operation) -> Operation {
         .cloned()
         .collect();
     indexed
+}
+
+/// The operation an operation is a part of, as (kind, key), under the catalog in effect
+/// ([`Operation::part_of`]): where the `B` space lists it.
+pub(crate) type WholeOf<'a> = &'a dyn Fn(&Operation) -> Option<(String, String)>;
+
+/// `part`'s entry under `whole` in the `B` space.
+fn part_key<'a>(whole: &'a (String, String), part: &'a Operation) -> Key<'a> {
+    Key::Part {
+        whole_kind: &whole.0,
+        whole_key: &whole.1,
+        kind: &part.kind,
+        key: &part.key,
+    }
 }
 
 /// Which (kind, status) pairs the `D` space dates: those the catalog in effect has an

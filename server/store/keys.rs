@@ -14,6 +14,7 @@
 //! | `D` | `StatusSince` | `kind \0 status \0 since (8 bytes) key` | an operation on its way in a status the catalog has an expectation for, by when it took that status: empty, or the sequence (u64 big-endian) of the event that said it became overdue |
 //! | `U` | `Due` | `due (8 bytes) kind \0 key` | an operation not yet said to be overdue, by when it will be under the catalog in effect: its status |
 //! | `F` | `Flow` | `kind \0 day (4 bytes) tag fields \0 bucket` | a counter of the flow ([`crate::domain::flow`]): how many stages, webhooks or operations of a kind count on that UTC day in that series and bucket, u64 big-endian (absent: none) |
+//! | `B` | `Part` | `whole key \0 whole kind \0 kind \0 key` | an operation that is a part of another (an installment of its debt, [`crate::domain::reconcile::Operation::part_of`]), without history: the whole's parts are one range scan |
 //! | `M` | `Meta(name)` | the name | counters, secrets, format version |
 //!
 //! Kinds, statuses and keys never contain control characters (the normalizer quarantines
@@ -103,6 +104,17 @@ pub(crate) enum Key<'a> {
         /// The duration's bucket (0 for cohorts).
         bucket: u8,
     },
+    /// An operation that is a part of another, under the whole.
+    Part {
+        /// The whole's kind.
+        whole_kind: &'a str,
+        /// The whole's key.
+        whole_key: &'a str,
+        /// The part's kind.
+        kind: &'a str,
+        /// The part's key.
+        key: &'a str,
+    },
     /// A named value of the store itself.
     Meta(Meta),
 }
@@ -180,6 +192,7 @@ pub(crate) enum SpaceId {
     StatusSince = b'D' as isize,
     Due = b'U' as isize,
     Flow = b'F' as isize,
+    Parts = b'B' as isize,
     Meta = b'M' as isize,
 }
 
@@ -191,6 +204,13 @@ pub(crate) fn phase_byte(phase: Phase) -> u8 {
         Phase::Succeeded => b'S',
         Phase::Failed => b'F',
     }
+}
+
+/// The run of the `B` space that holds one whole's parts.
+pub(crate) fn parts_prefix(whole_kind: &str, whole_key: &str) -> Vec<u8> {
+    let mut k = joined(&[whole_key.as_bytes(), whole_kind.as_bytes()]);
+    k.push(0);
+    k
 }
 
 /// The run of the `D` space that holds one (kind, status).
@@ -281,6 +301,7 @@ impl Key<'_> {
             Key::StatusSince { .. } => SpaceId::StatusSince,
             Key::Due { .. } => SpaceId::Due,
             Key::Flow { .. } => SpaceId::Flow,
+            Key::Part { .. } => SpaceId::Parts,
             Key::Meta(_) => SpaceId::Meta,
         }
     }
@@ -341,6 +362,17 @@ impl Key<'_> {
                 k.push(bucket);
                 k
             }
+            Key::Part {
+                whole_kind,
+                whole_key,
+                kind,
+                key,
+            } => joined(&[
+                whole_key.as_bytes(),
+                whole_kind.as_bytes(),
+                kind.as_bytes(),
+                key.as_bytes(),
+            ]),
             Key::Meta(name) => name.name().to_vec(),
         }
     }

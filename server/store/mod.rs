@@ -29,6 +29,7 @@
 //!   they fall overdue, which the overdue clock reads;
 //! - [`view`]: applying log records to sled; [`rebuild`](mod@rebuild): recomputing it all;
 //!   [`snapshot`]: consistent copies and restores; [`status_index`]: list pages;
+//!   [`parts`]: an operation's parts (a debt's installments);
 //!   [`recent`]: the window of changes watchers read from memory.
 //!
 //! # Guarantees
@@ -56,6 +57,7 @@ mod integrity;
 mod keys;
 mod log;
 mod open;
+mod parts;
 mod rebuild;
 mod recent;
 mod record;
@@ -81,6 +83,7 @@ use record::{Bodies, decode, decode_operation, u64_from_be};
 // submodule; what is not re-exported here is the store's own business.
 pub use integrity::{Damage, Salvage, Scrub, ScrubProgress, Verification, salvage, verify};
 pub use open::{CHECKPOINT_INTERVAL_MS, DEFAULT_CACHE_MB, STORE_FORMAT};
+pub use parts::MOST_PARTS_LISTED;
 pub use rebuild::{RebuildReport, rebuild, rebuild_if_the_catalog_changed};
 pub(crate) use recent::RecentChanges;
 pub use snapshot::{Restored, restore};
@@ -401,6 +404,7 @@ struct Trees {
     status_since: Space,
     due: Space,
     flow: Space,
+    parts: Space,
 }
 
 /// A handle on the data directory, cheap to clone. Reads go straight to sled.

@@ -82,6 +82,7 @@ impl Store {
             status_since: space(SpaceId::StatusSince),
             due: space(SpaceId::Due),
             flow: space(SpaceId::Flow),
+            parts: space(SpaceId::Parts),
             all,
         };
         let store = Store {

@@ -41,6 +41,37 @@ async fn get_prints_the_operation_for_people_and_for_scripts() {
     let history = value["history"].as_array().unwrap();
     assert_eq!(history.len(), 2);
     assert_eq!(history[1]["data"]["borrower"]["name"], "marcos antonio");
+    assert_eq!(value["parts"], serde_json::json!([]));
+
+    // An installment's payment names the debt: the debt lists it, for people and scripts.
+    server
+        .post_ok(
+            String::from_utf8(fixture("009_installment_payment_paid_early.json"))
+                .unwrap()
+                .replace("4219cb7b-32b9-45d1-b19c-24fbca04ca02", key),
+        )
+        .await;
+    let human = qistatus(&server, &["get", key, "--kind", "debt"]).await;
+    let text = String::from_utf8(human.stdout).unwrap();
+    assert!(
+        text.contains(
+            "  parts\n    installment.status_change  1234cb7b-3329-12d1-429c-24f84975ca02  \
+             paid_early (succeeded)\n"
+        ),
+        "{text}"
+    );
+    let json = qistatus(&server, &["get", key, "--kind", "debt", "--json"]).await;
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        value["status"], "disbursed",
+        "an installment never moves its debt"
+    );
+    assert_eq!(
+        value["parts"][0]["key"],
+        "1234cb7b-3329-12d1-429c-24f84975ca02"
+    );
+    assert_eq!(value["parts"][0]["status"], "paid_early");
+    assert_eq!(value["parts_omitted"], 0);
     server.stop().await;
 }
 

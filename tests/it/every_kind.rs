@@ -482,6 +482,123 @@ async fn a_bnpl_refund_cancels_a_disbursed_debt() {
     server.stop().await;
 }
 
+/// A debt's installments (QI's installment webhooks, and its payment webhooks, which name
+/// the debt in `key`): each installment is its own operation, never moving the debt, and
+/// the debt lists those its payments named, over gRPC and in the console, whatever the
+/// order of delivery.
+#[tokio::test]
+async fn a_debt_lists_its_installments_and_they_never_move_it() {
+    let server = TestServer::start().await;
+    let payment = |debt: &str, installment: &str, status: &str, at: &str| {
+        serde_json::to_vec(&json!({
+            "key": debt,
+            "webhook_type": "laas.credit_operation.installment.payment",
+            "event_datetime": at,
+            "data": {"installment_key": installment, "installment_status": status,
+                     "paid_amount": 567.73, "total_amount": 567.73}
+        }))
+        .unwrap()
+    };
+    let status_change = |installment: &str, status: &str| {
+        serde_json::to_vec(&json!({
+            "key": installment, "webhook_type": "installment.status_change",
+            "data": {"status": status}
+        }))
+        .unwrap()
+    };
+    let disbursed = |debt: &str| {
+        serde_json::to_vec(&json!({
+            "webhook_type": "debt", "key": debt, "status": "disbursed",
+            "event_datetime": "2026-01-01 10:00:00", "data": null
+        }))
+        .unwrap()
+    };
+    // Two debts, the same webhooks in opposite orders; the second's installments are
+    // announced before the debt itself.
+    let webhooks = |debt: &str, n: &str| {
+        vec![
+            disbursed(debt),
+            status_change(&format!("{n}-1"), "opened"),
+            payment(debt, &format!("{n}-1"), "paid", "2026-02-13 20:38:07"),
+            payment(debt, &format!("{n}-2"), "paid_early", "2026-03-13 20:38:07"),
+            status_change(&format!("{n}-3"), "overdue"),
+        ]
+    };
+    for body in webhooks("debt-a", "a") {
+        server.post_ok(body).await;
+    }
+    for body in webhooks("debt-b", "b").into_iter().rev() {
+        server.post_ok(body).await;
+    }
+    for (debt, n) in [("debt-a", "a"), ("debt-b", "b")] {
+        let response = server
+            .grpc()
+            .await
+            .get_operation(qistatus::pb::GetOperationRequest {
+                key: debt.into(),
+                kind: "debt".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let op = response.operation.unwrap();
+        assert_eq!((op.status.as_str(), phase(&op)), ("disbursed", "active"));
+        assert_eq!(
+            op.history.len(),
+            1,
+            "{debt}: no installment webhook is the debt's"
+        );
+        let parts: Vec<(&str, &str, &str)> = response
+            .parts
+            .iter()
+            .map(|p| (p.kind.as_str(), p.key.as_str(), p.status.as_str()))
+            .collect();
+        let (one, two) = (format!("{n}-1"), format!("{n}-2"));
+        assert_eq!(
+            parts,
+            [
+                ("installment.status_change", one.as_str(), "paid"),
+                ("installment.status_change", two.as_str(), "paid_early"),
+            ],
+            "{debt}: the installments its payments named (the third was never paid)"
+        );
+        assert!(response.parts.iter().all(|p| p.history.is_empty()));
+        assert_eq!(response.parts_omitted, 0);
+    }
+    // An installment is its own operation, with its debt as a fact.
+    let installment = server
+        .get("a-1", "installment.status_change")
+        .await
+        .unwrap();
+    assert_eq!(installment.history.len(), 2);
+    assert_eq!(
+        installment.facts["debt_key"].kind,
+        Some(prost_types::value::Kind::StringValue("debt-a".into()))
+    );
+    // The console's page of the debt links to them.
+    let html = reqwest::get(format!(
+        "http://{}/ui/operations/debt-a?kind=debt",
+        server.admin
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(html.contains("<h2>Parts</h2>"), "{html}");
+    for key in ["a-1", "a-2"] {
+        assert!(
+            html.contains(&format!(
+                "/ui/operations/{key}?kind=installment.status_change"
+            )),
+            "{key}: {html}"
+        );
+    }
+    assert!(!html.contains("/ui/operations/a-3?"), "{html}");
+    server.stop().await;
+}
+
 /// A Pix transfer refunded in parts (QI's refund webhook carries each refund's own
 /// `transfer_amount`): the refunds add up exactly, in every delivery order, and the transfer
 /// was sent, not failed (no QI webhook says how much it was, so none says all came back). A

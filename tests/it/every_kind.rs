@@ -326,7 +326,8 @@ async fn documented_examples_of_the_other_families_are_read_in_any_order() {
             "baas.automatic_pix.outgoing_recurrence.status_change",
             "8cb70dea-9fb0-4a68-9572-99a72849c8d6",
             "approved",
-            "succeeded",
+            // A mandate in force: payments are taken under it until it is canceled.
+            "active",
         ),
         (
             &["008_dtvm_issuer_approved.json"],
@@ -596,6 +597,112 @@ async fn a_debt_lists_its_installments_and_they_never_move_it() {
         );
     }
     assert!(!html.contains("/ui/operations/a-3?"), "{html}");
+    server.stop().await;
+}
+
+/// QI's post-paid card pages, in both versions QI publishes: an invoice closed then paid, an
+/// invoice payment waiting under either name then paid, a payment instrument entry `active`
+/// (one version's name for a created entry) then canceled, each in both orders.
+#[tokio::test]
+async fn post_paid_card_invoices_and_entries_end_where_qi_says() {
+    let server = TestServer::start().await;
+    let invoice = |status: &str, at: &str| {
+        serde_json::to_vec(&json!({
+            "webhook_type": "baas.invoice.invoice_status_change", "webhook_datetime": at,
+            "data": {"invoice_key": "8cb70dea-9fb0-4a68-9572-99a72849c8d6", "total_amount": 350.00,
+                     "paid_amount": 0.00, "closing_date": "2024-01-31", "due_date": "2024-02-15",
+                     "invoice_status": status}
+        }))
+        .unwrap()
+    };
+    let payment = |key: &str, status: &str, at: &str| {
+        serde_json::to_vec(&json!({
+            "webhook_type": "baas.invoice.invoice_payment_status_change", "webhook_datetime": at,
+            "data": {"wallet_key": "8cb70dea-9fb0-4a68-9572-99a72849c8d6", "invoice_payment_key": key,
+                     "total_amount": 350.00, "paid_amount": 0.00, "payment_date": "2024-02-15",
+                     "invoice_payment_type": "bank_slip", "invoice_payment_status": status}
+        }))
+        .unwrap()
+    };
+    let entry = |key: &str, status: &str| {
+        serde_json::to_vec(&json!({
+            "webhook_type": "baas.invoice.payment_instrument_entry",
+            "webhook_datetime": "2024-08-13T21:35:55.679Z",
+            "data": {"payment_instrument_key": "ecf87b4b-fa6e-49c0-a7f0-f2cad6b42d79",
+                     "payment_instrument_entry_key": key, "payment_instrument_entry_amount": 150.00,
+                     "payment_instrument_entry_type": "purchase",
+                     "payment_instrument_entry_status": status}
+        }))
+        .unwrap()
+    };
+    // Later events last, then the same in reverse on other keys.
+    server
+        .post_ok(invoice("closed", "2024-01-31T21:35:55.679Z"))
+        .await;
+    server
+        .post_ok(invoice("processing_payment", "2024-02-01T21:35:55.679Z"))
+        .await;
+    let op = server
+        .get(
+            "8cb70dea-9fb0-4a68-9572-99a72849c8d6",
+            "baas.invoice.invoice_status_change",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (op.status.as_str(), phase(&op)),
+        ("processing_payment", "pending")
+    );
+    server
+        .post_ok(invoice("paid", "2024-02-15T21:35:55.679Z"))
+        .await;
+    let op = server
+        .get(
+            "8cb70dea-9fb0-4a68-9572-99a72849c8d6",
+            "baas.invoice.invoice_status_change",
+        )
+        .await
+        .unwrap();
+    assert_eq!((op.status.as_str(), phase(&op)), ("paid", "succeeded"));
+    for (key, order) in [("pay-1", [0, 1]), ("pay-2", [1, 0])] {
+        let bodies = [
+            payment(key, "processing_payment", "2024-02-14T10:00:00Z"),
+            payment(key, "paid", "2024-02-15T10:00:00Z"),
+        ];
+        for i in order {
+            server.post_ok(bodies[i].clone()).await;
+        }
+        let op = server
+            .get(key, "baas.invoice.invoice_payment_status_change")
+            .await
+            .unwrap();
+        assert_eq!(
+            (op.status.as_str(), phase(&op)),
+            ("paid", "succeeded"),
+            "{key}"
+        );
+    }
+    for (key, order) in [("entry-1", [0, 1]), ("entry-2", [1, 0])] {
+        let bodies = [entry(key, "active"), entry(key, "canceled")];
+        server.post_ok(bodies[order[0]].clone()).await;
+        if key == "entry-1" {
+            let op = server
+                .get(key, "baas.invoice.payment_instrument_entry")
+                .await
+                .unwrap();
+            assert_eq!((op.status.as_str(), phase(&op)), ("active", "succeeded"));
+        }
+        server.post_ok(bodies[order[1]].clone()).await;
+        let op = server
+            .get(key, "baas.invoice.payment_instrument_entry")
+            .await
+            .unwrap();
+        assert_eq!(
+            (op.status.as_str(), phase(&op)),
+            ("canceled", "failed"),
+            "{key}"
+        );
+    }
     server.stop().await;
 }
 

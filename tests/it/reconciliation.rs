@@ -366,6 +366,10 @@ fn undated_ties_are_conflicts_and_reversals_supersede_what_they_reverse() {
             )
             .unwrap();
         assert_eq!((op.status.as_str(), op.conflict.len()), ("canceled", 0));
+        // The mandate ran before it was canceled: the milestone says so.
+        let reached: Vec<&str> = op.milestones.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(reached, ["approved"]);
+        assert_eq!(op.phase, Phase::Failed);
 
         // Bill payment: the same webhook_datetime, or executed resent after the reversal.
         for (executed, reverted) in [(Some(100), Some(100)), (Some(200), Some(100))] {

@@ -199,16 +199,22 @@ impl ServerProcess {
     /// Waits (at most `limit`) until its `/metrics` shows `metric` at `value` or more: a
     /// state the server reports, instead of a sleep that guesses how long it takes.
     pub async fn metric_reaches(&self, metric: &str, value: f64, limit: Duration) {
-        let what = format!("{metric} reaches {value}");
-        crate::wait::wait_until(&what, limit, || async {
+        let last = std::cell::Cell::new(None);
+        let reached = crate::wait::until_or_none(limit, || async {
             let text = self.metrics_text().await;
             let now = text.lines().find_map(|line| {
                 let (name, number) = line.split_once(' ')?;
                 (name == metric).then(|| number.trim().parse::<f64>().ok())?
             });
+            last.set(now);
             now.filter(|now| *now >= value).map(|_| ())
         })
         .await;
+        assert!(
+            reached.is_some(),
+            "{metric} reaches {value}: not within {limit:?} (last seen: {:?})",
+            last.get()
+        );
     }
 
     /// Its resident memory now, in bytes (Linux: `VmRSS` of `/proc/PID/status`).

@@ -381,15 +381,9 @@ async fn portuguese_fields_and_documents_inside_text_are_masked() {
         }
     });
     let sequence = server.post_ok(serde_json::to_vec(&body).unwrap()).await;
-    let page = reqwest::get(format!(
-        "http://{}/ui/operations/pt-1/webhooks/{sequence}",
-        server.admin
-    ))
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
+    let page = server
+        .admin_page(&format!("/ui/operations/pt-1/webhooks/{sequence}"))
+        .await;
     for personal in [
         "Aurora",
         "98765",
@@ -560,13 +554,9 @@ async fn personal_data_in_facts_details_and_camel_case_fields_is_masked_until_re
         },
     });
     server.post_ok(serde_json::to_vec(&pix).unwrap()).await;
-    let page = |path: String| async move {
-        reqwest::get(format!("http://{}{path}", server.admin))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+    let page = |path: String| {
+        let server = &server;
+        async move { server.admin_page(&path).await }
     };
     for (key, kind) in [
         ("QI-MASK-1", "vehicle_collateral.order_status"),

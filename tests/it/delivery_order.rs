@@ -277,15 +277,7 @@ async fn qi_s_year_9999_is_shown_as_given() {
         qistatus::client::rfc3339(op.event_time.as_ref()),
         "9999-12-31T23:59:59.999Z"
     );
-    let page = reqwest::get(format!(
-        "http://{}/ui/operations/never-1?kind=debt",
-        server.admin
-    ))
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
+    let page = server.admin_page("/ui/operations/never-1?kind=debt").await;
     assert!(page.contains("9999-12-31 23:59:59 UTC"), "{page}");
     assert!(!page.contains("10000-"), "{page}");
     server.stop().await;

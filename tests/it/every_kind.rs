@@ -1,7 +1,7 @@
 //! End to end, over HTTP and gRPC: one operation of every kind, its webhooks delivered
 //! shuffled and duplicated, ends in the status the catalog's rule gives.
 
-use crate::test_server::{TestServer, phase, webhook};
+use crate::test_server::{TestServer, milestones, phase, webhook};
 use serde_json::json;
 
 struct Case {
@@ -393,9 +393,6 @@ async fn documented_examples_of_the_other_families_are_read_in_any_order() {
 #[tokio::test]
 async fn a_reversal_was_disbursed_and_the_end_of_issuance_is_not_a_repayment() {
     let server = TestServer::start().await;
-    let milestones = |op: &qistatus::pb::Operation| -> Vec<String> {
-        op.milestones.iter().map(|m| m.name.clone()).collect()
-    };
     server
         .post_ok(reversal("only-reversal", "pending_fund", true))
         .await;
@@ -446,9 +443,6 @@ async fn a_bnpl_refund_cancels_a_disbursed_debt() {
             "status": "canceled"
         }))
         .unwrap()
-    };
-    let milestones = |op: &qistatus::pb::Operation| -> Vec<String> {
-        op.milestones.iter().map(|m| m.name.clone()).collect()
     };
     server
         .post_ok(canceled("bnpl-refunded", "refund_after_payee_request"))
@@ -578,15 +572,7 @@ async fn a_debt_lists_its_installments_and_they_never_move_it() {
         Some(prost_types::value::Kind::StringValue("debt-a".into()))
     );
     // The console's page of the debt links to them.
-    let html = reqwest::get(format!(
-        "http://{}/ui/operations/debt-a?kind=debt",
-        server.admin
-    ))
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
+    let html = server.admin_page("/ui/operations/debt-a?kind=debt").await;
     assert!(html.contains("<h2>Parts</h2>"), "{html}");
     for key in ["a-1", "a-2"] {
         assert!(
@@ -974,9 +960,6 @@ async fn a_vehicle_order_ends_when_its_image_is_approved() {
         ("Contract Image", "Denied", "2026-03-14T10:00:00Z"),
         ("Contract Image", "Approved", "2026-03-15T10:00:00Z"),
     ];
-    let milestones = |op: &qistatus::pb::Operation| -> Vec<String> {
-        op.milestones.iter().map(|m| m.name.clone()).collect()
-    };
     // Step by step on one order: where each webhook leaves it.
     let expected = [
         ("lien inclusion sent", "pending"),
@@ -1203,9 +1186,6 @@ async fn documented_families_and_kind_families_land_where_qi_says() {
             Some(prost_types::value::Kind::NumberValue(n)) => n.to_string(),
             other => panic!("{name}: {other:?}"),
         }
-    };
-    let milestones = |op: &qistatus::pb::Operation| -> Vec<String> {
-        op.milestones.iter().map(|m| m.name.clone()).collect()
     };
 
     // (fixture, kind, key, status, phase)

@@ -195,6 +195,24 @@ impl Drop for TestServer {
     }
 }
 
+impl TestServer {
+    /// The text of a page of the admin listener (`/ui/...`), as a browser without a session
+    /// gets it (the test server has no tokens).
+    pub async fn admin_page(&self, path: &str) -> String {
+        reqwest::get(format!("http://{}{path}", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+/// The names of the milestones an operation reached, in the catalog's order.
+pub fn milestones(op: &pb::Operation) -> Vec<String> {
+    op.milestones.iter().map(|m| m.name.clone()).collect()
+}
+
 /// The bytes of `tests/fixtures/NAME`.
 pub fn fixture(name: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

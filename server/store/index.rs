@@ -12,6 +12,7 @@ use super::record::{encode, encode_operation, u64_from_be};
 use super::{Key, Meta, OperationCount, SpaceId, Store, StoreError, Writes, keys};
 use crate::domain::overdue::{can_be_overdue, status_since};
 use crate::domain::reconcile::{Operation, Phase};
+use crate::domain::webhook::FactValue;
 
 impl Store {
     /// Counts every operation once, for a store written before counters existed (a scan, once);
@@ -125,6 +126,48 @@ impl Store {
             .collect();
         if kept != counted {
             problems.push(format!("counters {kept:?} differ from a count {counted:?}"));
+        }
+        problems.extend(self.check_parts()?);
+        Ok(problems)
+    }
+
+    /// Checks the `B` space without the catalog (which says which kinds are parts, and the
+    /// store does not know): every entry is an operation that exists, holds it as it is, and
+    /// carries a fact naming the whole it is listed under. A part missing from it is not
+    /// found this way: only the catalog could say it should be there.
+    fn check_parts(&self) -> Result<Vec<String>, StoreError> {
+        let mut problems = Vec::new();
+        for entry in self.trees.parts.iter() {
+            let (key, value) = entry?;
+            let text = String::from_utf8_lossy(&key).into_owned();
+            let mut fields = key.split(|b| *b == 0);
+            let (Some(whole_key), Some(_), Some(kind), Some(part_key), None) = (
+                fields.next(),
+                fields.next(),
+                fields.next(),
+                fields.next(),
+                fields.next(),
+            ) else {
+                problems.push(format!("malformed part entry {text:?}"));
+                continue;
+            };
+            let (kind, part_key) = (
+                String::from_utf8_lossy(kind),
+                String::from_utf8_lossy(part_key),
+            );
+            let Some(op) = self.operation(&kind, &part_key)? else {
+                problems.push(format!("stale {text:?}: no such operation"));
+                continue;
+            };
+            let names_whole = op
+                .facts
+                .iter()
+                .any(|(_, fact)| matches!(fact, FactValue::Text(t) if t.as_bytes() == whole_key));
+            if !names_whole {
+                problems.push(format!("stale {text:?}: no fact of it names that whole"));
+            } else if index_value(&op) != value.as_ref() {
+                problems.push(format!("outdated {text:?}"));
+            }
         }
         Ok(problems)
     }

@@ -187,6 +187,23 @@ pub async fn run(cx: &Context, report: &mut Report, with_ingest: bool, with_read
             e.as_ref().map_or("—".into(), |e| e.failures.to_string()),
             p.as_ref().map_or("—".into(), |p| p.failures.to_string()),
         ));
+        // A debt with the installments of QI's longest loans (monthly over 35 years) against
+        // one with none, both with one webhook of their own: what listing parts costs a read.
+        let (with_parts, without) = parts_reads(&q_target, cx).await;
+        report.row(
+            "point reads",
+            "GetOperation of a debt listing 420 installments vs one with none, p50 (sequential, interleaved)",
+            format!(
+                "{} vs {}",
+                ms(with_parts.value_at_quantile(0.5)),
+                ms(without.value_at_quantile(0.5))
+            ),
+            Some(
+                with_parts.value_at_quantile(0.5) as f64
+                    / without.value_at_quantile(0.5).max(1) as f64,
+            ),
+            "",
+        );
         // The same reads with each webhook's data as its JSON text.
         let json_target = q_target.with_view(qistatus::pb::OperationView::Json);
         let q_json = reads(&json_target, cx, &q_ingest.written, Some(&q_server)).await;
@@ -399,4 +416,57 @@ pub(super) async fn reads<T: Target>(
     }
     out.cpu = meter.and_then(|m| m.per_op(s.rounds * s.reads_per_round));
     out
+}
+
+/// Latencies (µs) of GetOperation on a debt listing 420 installments and on one listing none,
+/// read one after the other, `cx.sizes.reads_per_round / 10` times each.
+async fn parts_reads(
+    target: &QistatusTarget,
+    cx: &Context,
+) -> (hdrhistogram::Histogram<u64>, hdrhistogram::Histogram<u64>) {
+    let webhook = |kind: &str, key: &str, body: serde_json::Value| Webhook {
+        kind: kind.to_owned(),
+        key: key.to_owned(),
+        body: serde_json::to_vec(&body).expect("JSON").into(),
+    };
+    let debt = |key: &str| {
+        webhook(
+            "debt",
+            key,
+            serde_json::json!({"webhook_type": "debt", "key": key, "status": "disbursed",
+                               "event_datetime": "2026-01-01 10:00:00", "data": null}),
+        )
+    };
+    let (whole, alone) = (debt("bench-parts-whole"), debt("bench-parts-alone"));
+    for w in [&whole, &alone] {
+        assert!(target.post_answer(0, w).await.is_some(), "a debt is stored");
+    }
+    for n in 0..420 {
+        let installment = format!("bench-parts-installment-{n:03}");
+        let payment = webhook(
+            "installment.status_change",
+            &installment,
+            serde_json::json!({
+                "key": whole.key, "webhook_type": "laas.credit_operation.installment.payment",
+                "event_datetime": "2026-02-13 20:38:07",
+                "data": {"installment_key": installment, "installment_status": "paid",
+                         "paid_amount": 567.73}
+            }),
+        );
+        assert!(
+            target.post_answer(n, &payment).await.is_some(),
+            "an installment is stored"
+        );
+    }
+    let mut with_parts = hdrhistogram::Histogram::<u64>::new(3).expect("a histogram");
+    let mut without = with_parts.clone();
+    for _ in 0..(cx.sizes.reads_per_round / 10).max(100) {
+        for (w, into) in [(&whole, &mut with_parts), (&alone, &mut without)] {
+            let start = std::time::Instant::now();
+            assert!(target.read(0, w).await, "a read of {}", w.key);
+            into.record(start.elapsed().as_micros() as u64)
+                .expect("in range");
+        }
+    }
+    (with_parts, without)
 }

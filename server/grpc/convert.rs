@@ -105,10 +105,7 @@ impl From<&Overdue> for pb::Overdue {
         pb::Overdue {
             status: late.status.clone(),
             since: Some(timestamp(late.since)),
-            expected_within: Some(prost_types::Duration {
-                seconds: late.expected_within.div_euclid(1000),
-                nanos: (late.expected_within.rem_euclid(1000) * 1_000_000) as i32,
-            }),
+            expected_within: Some(duration(late.expected_within)),
             due: Some(timestamp(late.due)),
         }
     }
@@ -272,13 +269,17 @@ fn fact_value(value: &FactValue) -> prost_types::Value {
     prost_types::Value { kind: Some(kind) }
 }
 
-/// A protobuf duration from seconds (a flow percentile), to the millisecond.
-fn duration_of(seconds: f64) -> prost_types::Duration {
-    let millis = (seconds * 1000.0).round() as i64;
+/// A protobuf duration from milliseconds.
+fn duration(millis: i64) -> prost_types::Duration {
     prost_types::Duration {
         seconds: millis.div_euclid(1000),
         nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,
     }
+}
+
+/// A protobuf duration from seconds (a flow percentile), to the millisecond.
+fn duration_of(seconds: f64) -> prost_types::Duration {
+    duration((seconds * 1000.0).round() as i64)
 }
 
 impl From<&Percentiles> for pb::DurationSummary {

@@ -10,6 +10,7 @@
 use super::log::PayloadRef;
 use super::record::{encode, encode_operation, u64_from_be};
 use super::{Key, Meta, OperationCount, SpaceId, Store, StoreError, Writes, keys};
+use crate::domain::catalog::Catalog;
 use crate::domain::overdue::{can_be_overdue, status_since};
 use crate::domain::reconcile::{Operation, Phase};
 use crate::domain::webhook::FactValue;
@@ -76,7 +77,7 @@ impl Store {
             // Only the index entries are compared: no bodies needed.
             // The `B` space is not compared here: its entries follow the catalog's parts,
             // which the store alone does not know.
-            put_operation(&mut writes, &watched, &|_| None, None, &op?, &[]);
+            put_operation(&mut writes, &watched, None, None, &op?, &[]);
             for (key, value) in writes.entries() {
                 if matches!(key.first(), Some(&b) if b != SpaceId::Operations as u8) {
                     expected.insert(key.clone(), value.clone());
@@ -175,11 +176,13 @@ impl Store {
 
 /// Writes `after` (with where its webhooks' `bodies` are in the log) and its index entries,
 /// and removes the entries of `before` (its state before this write, if it existed) that no
-/// longer apply. The one place that knows which index entries an operation has.
+/// longer apply. The one place that knows which index entries an operation has. `parts`: the
+/// catalog in effect, which says which operations are parts of which (`None` writes no `B`
+/// entry: what [`Store::check_indexes`] compares without a catalog).
 pub(crate) fn put_operation(
     writes: &mut Writes,
     dated: Dated<'_>,
-    whole: WholeOf<'_>,
+    parts: Option<&Catalog>,
     before: Option<&Operation>,
     after: &Operation,
     bodies: &[(u64, PayloadRef)],
@@ -214,17 +217,19 @@ pub(crate) fn put_operation(
     }
     let (kind, key) = (after.kind.as_str(), after.key.as_str());
     let indexed = index_value(after);
-    let whole_after = whole(after);
-    if let Some(before) = before
-        && let Some(was) = whole(before)
-        && Some(&was) != whole_after.as_ref()
-    {
-        writes.delete(part_key(&was, before));
-    }
-    // Written at every change, as the status index's entry is: its value is the part as it
-    // is now.
-    if let Some(whole) = &whole_after {
-        writes.put(part_key(whole, after), indexed.clone());
+    if let Some(catalog) = parts {
+        let whole_after = after.part_of(catalog);
+        if let Some(before) = before
+            && let Some(was) = before.part_of(catalog)
+            && Some(was) != whole_after
+        {
+            writes.delete(part_key(was, before));
+        }
+        // Written at every change, as the status index's entry is: its value is the part as
+        // it is now.
+        if let Some(whole) = whole_after {
+            writes.put(part_key(whole, after), indexed.clone());
+        }
     }
     writes.put(
         Key::StatusIndex {
@@ -244,11 +249,11 @@ pub(crate) fn put_operation(
 pub(crate) fn delete_operation(
     writes: &mut Writes,
     dated: Dated<'_>,
-    whole: WholeOf<'_>,
+    parts: Option<&Catalog>,
     before: &Operation,
 ) {
-    if let Some(was) = whole(before) {
-        writes.delete(part_key(&was, before));
+    if let Some(was) = parts.and_then(|catalog| before.part_of(catalog)) {
+        writes.delete(part_key(was, before));
     }
     writes.add_count(count_key(before), -1);
     delete_status_entry(writes, before);
@@ -275,15 +280,12 @@ pub(crate) fn as_indexed(op: &Operation) -> Operation {
     indexed
 }
 
-/// The operation an operation is a part of, as (kind, key), under the catalog in effect
-/// ([`Operation::part_of`]): where the `B` space lists it.
-pub(crate) type WholeOf<'a> = &'a dyn Fn(&Operation) -> Option<(String, String)>;
-
-/// `part`'s entry under `whole` in the `B` space.
-fn part_key<'a>(whole: &'a (String, String), part: &'a Operation) -> Key<'a> {
+/// `part`'s entry in the `B` space under `whole`, (kind, key): where the catalog in effect
+/// says it belongs ([`Operation::part_of`]).
+fn part_key<'a>(whole: (&'a str, &'a str), part: &'a Operation) -> Key<'a> {
     Key::Part {
-        whole_kind: &whole.0,
-        whole_key: &whole.1,
+        whole_kind: whole.0,
+        whole_key: whole.1,
         kind: &part.kind,
         key: &part.key,
     }

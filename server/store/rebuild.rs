@@ -256,10 +256,6 @@ pub fn finish(
 
     let mut writes = Writes::default();
     let dated = |kind: &str, status: &str| catalog.expectation(kind, status).is_some();
-    let whole = |op: &Operation| {
-        op.part_of(catalog)
-            .map(|(kind, key)| (kind.to_owned(), key.to_owned()))
-    };
     let before = |op_key: &OpKey| match touched.get(op_key) {
         Some(current) => current.as_ref(),
         None => old.get(op_key),
@@ -275,7 +271,7 @@ pub fn finish(
                 .filter_map(|e| Some((e.sequence, *bodies.get(&e.sequence)?)))
                 .collect();
             op_bodies.sort_unstable_by_key(|(sequence, _)| *sequence);
-            put_operation(&mut writes, &dated, &whole, was, op, &op_bodies);
+            put_operation(&mut writes, &dated, Some(catalog), was, op, &op_bodies);
             if store.flow_on() {
                 put_flow(
                     &mut writes,
@@ -295,7 +291,7 @@ pub fn finish(
             && let Some(was) = before(op_key)
         {
             report.operations_changed += 1;
-            delete_operation(&mut writes, &dated, &whole, was);
+            delete_operation(&mut writes, &dated, Some(catalog), was);
             if store.flow_on() {
                 put_flow(
                     &mut writes,

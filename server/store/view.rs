@@ -183,15 +183,11 @@ impl Batch<'_> {
     fn settle(&mut self) {
         let catalog = self.catalog;
         let dated = |kind: &str, status: &str| catalog.expectation(kind, status).is_some();
-        let whole = |op: &Operation| {
-            op.part_of(catalog)
-                .map(|(kind, key)| (kind.to_owned(), key.to_owned()))
-        };
         for op in self.operations.values_mut() {
             put_operation(
                 &mut self.writes,
                 &dated,
-                &whole,
+                Some(catalog),
                 op.before.as_ref(),
                 &op.after,
                 &op.bodies,
